@@ -1,0 +1,41 @@
+//! The keyfleet agent: holds one Sync stream to the hub and applies the Secrets assigned to this
+//! cluster by server-side apply, acking each; repairs drift; touches nothing it does not own.
+//!
+//! # Layout
+//! - [`config`]: clap CLI (flags + `KEYFLEET_AGENT_*` env) parsed into per-module sub-configs.
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`app`]: wiring only.
+
+pub mod app;
+pub mod config;
+pub mod telemetry;
+
+pub use app::run;
+
+/// Resolves when the process receives SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,46 @@
+//! The keyfleet hub: reads each Azure Key Vault secret version once, renders the Kubernetes Secret
+//! once, and fans it out over one gRPC stream per cluster; records sync status in the store.
+//!
+//! # Layout
+//! - [`config`]: clap CLI (flags + `KEYFLEET_*` env) parsed into per-module sub-configs.
+//! - [`telemetry`]: tracing subscriber, optional OTLP export, the flush guard.
+//! - [`app`]: wiring only: connect, migrate, build, serve, drain.
+//! - [`domain`]: pure types and rules shared by every module (`SecretValue`, names, labels).
+//! - [`ops`]: the operations HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod ops;
+pub mod telemetry;
+
+pub use app::run;
+
+/// Resolves when the process receives SIGINT or SIGTERM: the hub then drains and exits.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

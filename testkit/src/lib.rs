@@ -1,0 +1,7 @@
+//! keyfleet's test doubles, used by the hub's, agent's and loadtest's tests and by the loadtest's
+//! fleet simulation. Each double is proven faithful by official clients in `scripts/test`.
+//!
+//! # Layout
+//! - [`tls`]: a generated test CA and server certificates (rcgen, ring), rustls configs.
+
+pub mod tls;
