@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod ops;
+pub mod spec;
 pub mod telemetry;
 
 pub use app::run;
