@@ -7,11 +7,16 @@
 //! - [`app`]: wiring only: connect, migrate, build, serve, drain.
 //! - [`domain`]: pure types and rules shared by every module (`SecretValue`, names, labels).
 //! - [`ops`]: the operations HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
+//! - [`spec`]: SecretStore / FleetSecret YAML specs, strict parsing and ESO-style validation.
+//! - [`render`]: a FleetSecret + source values → the complete Secret of one revision (pure).
+//! - [`grpc`]: tonic services; `grpc::convert` is the only proto ⇄ domain crossing.
 
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod grpc;
 pub mod ops;
+pub mod render;
 pub mod spec;
 pub mod telemetry;
 

@@ -21,6 +21,7 @@ mod validate;
 mod yaml;
 
 pub use template::{Template, TemplateError};
+pub(crate) use validate::is_secret_key;
 
 /// The two kinds of spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,262 @@
+//! Rendering tests: the regcred cases from the seeds, ESO's precedence rules, and errors that never
+//! quote a value.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::*;
+use crate::spec::{self, Spec, SpecFile};
+
+const SECRET_WORD: &str = "s3cr3t-Pa55";
+
+fn fleet_secret(yaml: &str) -> FleetSecretSpec {
+    let store = "kind: SecretStore\nname: shared-kv\nprovider: { azurekv: { vaultUrl: https://shared-kv.vault.azure.net } }\n";
+    let files = [SpecFile {
+        name: "test.yaml".to_owned(),
+        content: format!("{store}---\n{yaml}"),
+    }];
+    let mut specs = spec::parse_files(&files, &BTreeSet::new()).unwrap_or_else(|error| panic!("{error}"));
+    match specs.pop().map(|loaded| loaded.spec) {
+        Some(Spec::FleetSecret(secret)) => secret,
+        other => panic!("expected a FleetSecret, got {other:?}"),
+    }
+}
+
+fn example(name: &str) -> FleetSecretSpec {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let files = spec::read_path(&dir.join(name)).expect("example readable");
+    let mut all = Vec::new();
+    if name != "regcred.yaml" {
+        all = spec::read_path(&dir.join("regcred.yaml")).expect("store example");
+    }
+    all.extend(files);
+    let specs = spec::parse_files(&all, &BTreeSet::new()).unwrap_or_else(|error| panic!("{error}"));
+    specs
+        .into_iter()
+        .rev()
+        .find_map(|loaded| match loaded.spec {
+            Spec::FleetSecret(secret) => Some(secret),
+            Spec::SecretStore(_) => None,
+        })
+        .expect("a FleetSecret")
+}
+
+fn sources(pairs: &[(&str, &str)]) -> Sources {
+    Sources {
+        named: pairs
+            .iter()
+            .map(|(key, value)| {
+                (
+                    (*key).to_owned(),
+                    SourceValue {
+                        version: format!("{:0>32}", key.len()),
+                        value: SecretValue::new(value.as_bytes()),
+                    },
+                )
+            })
+            .collect(),
+        found: BTreeMap::new(),
+    }
+}
+
+fn text(value: &SecretValue) -> &str {
+    std::str::from_utf8(value.expose()).expect("utf-8")
+}
+
+#[test]
+fn regcred_from_a_docker_config_value_is_copied_verbatim() {
+    let spec = example("regcred.yaml");
+    let config = format!(r#"{{"auths":{{"acr.example.io":{{"auth":"{SECRET_WORD}"}}}}}}"#);
+    let rendered = render(&spec, &sources(&[("acr-pull", &config)])).expect("renders");
+    assert_eq!(rendered.secret_type, "kubernetes.io/dockerconfigjson");
+    assert_eq!(rendered.secret_name, "regcred");
+    assert_eq!(text(&rendered.data[".dockerconfigjson"]), config);
+    assert_eq!(
+        rendered
+            .labels
+            .get("app.kubernetes.io/part-of")
+            .map(String::as_str),
+        Some("registry")
+    );
+    assert_eq!(
+        rendered.namespaces,
+        TargetNamespaces::List(vec!["default".to_owned(), "ci".to_owned()])
+    );
+}
+
+#[test]
+fn regcred_from_username_password_and_server_goes_through_the_template() {
+    let spec = example("regcred-from-properties.yaml");
+    let parts = format!(r#"{{"username":"puller","password":"{SECRET_WORD}\"x","server":"acr.example.io"}}"#);
+    let rendered = render(&spec, &sources(&[("acr-pull-parts", &parts)])).expect("renders");
+    assert_eq!(rendered.data.len(), 1, "only the templated key is kept");
+    let config: serde_json::Value =
+        serde_json::from_slice(rendered.data[".dockerconfigjson"].expose()).expect("valid JSON");
+    let entry = &config["auths"]["acr.example.io"];
+    assert_eq!(entry["username"], "puller");
+    assert_eq!(entry["password"], format!("{SECRET_WORD}\"x"));
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("puller:{SECRET_WORD}\"x"));
+    assert_eq!(entry["auth"], auth);
+}
+
+#[test]
+fn an_invalid_docker_config_is_refused_without_quoting_it() {
+    let spec = example("regcred.yaml");
+    let cases = [
+        (
+            format!("{{\"auths\": {SECRET_WORD}"),
+            "not JSON (line 1 column 11)",
+        ),
+        (
+            format!(r#"{{"registries":{{"{SECRET_WORD}":{{}}}}}}"#),
+            "no \"auths\" member",
+        ),
+        (
+            format!(r#"{{"auths":{{"{SECRET_WORD}":{{"user":"{SECRET_WORD}"}}}}}}"#),
+            "registry entry 0 has neither",
+        ),
+        (
+            format!(r#"{{"auths":{{"r":{{"auth":1,"x":"{SECRET_WORD}"}}}}}}"#),
+            "auth is not a string",
+        ),
+        (r#"{"auths":{}}"#.to_owned(), "no registry entry"),
+    ];
+    for (value, expected) in cases {
+        let error = render(&spec, &sources(&[("acr-pull", &value)])).expect_err("invalid config");
+        let message = error.to_string();
+        assert!(message.contains(expected), "{message}");
+        assert!(
+            !message.contains(SECRET_WORD) && !format!("{error:?}").contains(SECRET_WORD),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn data_overrides_data_from_and_values_decode() {
+    let spec = fleet_secret(
+        "\
+kind: FleetSecret
+name: app
+storeRef: shared-kv
+dataFrom:
+  - extract: { key: bundle }
+  - find: { name: { regexp: \"^team-\" } }
+data:
+  - { secretKey: token, remoteRef: { key: token-b64, decodingStrategy: Base64 } }
+  - { secretKey: host, remoteRef: { key: bundle, property: db.host } }
+target: { namespaces: [apps] }
+",
+    );
+    let mut sources = sources(&[
+        (
+            "bundle",
+            r#"{"token":"from-bundle","db":{"host":"db1","port":5432}}"#,
+        ),
+        ("token-b64", "ZnJvbS1kYXRh"),
+    ]);
+    sources.found.insert(
+        1,
+        [(
+            "team-a".to_owned(),
+            SourceValue {
+                version: "f".repeat(32),
+                value: SecretValue::new(b"a".to_vec()),
+            },
+        )]
+        .into(),
+    );
+    let rendered = render(&spec, &sources).expect("renders");
+    let data: BTreeMap<&str, &str> = rendered.data.iter().map(|(k, v)| (k.as_str(), text(v))).collect();
+    assert_eq!(
+        data,
+        BTreeMap::from([
+            ("db", r#"{"host":"db1","port":5432}"#),
+            ("host", "db1"),
+            ("team-a", "a"),
+            ("token", "from-data"),
+        ])
+    );
+    assert_eq!(sources.versions().len(), 3);
+}
+
+#[test]
+fn merge_policy_keeps_data_keys_beside_templated_ones() {
+    let spec = fleet_secret(
+        "\
+kind: FleetSecret
+name: basic
+storeRef: shared-kv
+data:
+  - { secretKey: username, remoteRef: { key: user } }
+target:
+  type: kubernetes.io/basic-auth
+  namespaces: [apps]
+  template:
+    mergePolicy: Merge
+    data: { greeting: 'hello {{ .username | upper }}' }
+",
+    );
+    let rendered = render(&spec, &sources(&[("user", "bob")])).expect("renders");
+    assert_eq!(text(&rendered.data["username"]), "bob");
+    assert_eq!(text(&rendered.data["greeting"]), "hello BOB");
+}
+
+#[test]
+fn source_errors_name_the_key_and_never_the_value() {
+    let spec = fleet_secret(
+        "\
+kind: FleetSecret
+name: app
+storeRef: shared-kv
+data:
+  - { secretKey: host, remoteRef: { key: bundle, property: db.host } }
+  - { secretKey: token, remoteRef: { key: token, decodingStrategy: Base64 } }
+target: { namespaces: [apps] }
+",
+    );
+    let cases: Vec<(Sources, &str)> = vec![
+        (
+            sources(&[("token", "dG9r")]),
+            r#"no value for Key Vault secret "bundle""#,
+        ),
+        (
+            sources(&[("bundle", SECRET_WORD), ("token", "dG9r")]),
+            r#"Key Vault secret "bundle" is not a JSON object, so property "db.host" cannot be read from it"#,
+        ),
+        (
+            sources(&[
+                ("bundle", &format!(r#"{{"db":{{"port":"{SECRET_WORD}"}}}}"#)),
+                ("token", "dG9r"),
+            ]),
+            r#"Key Vault secret "bundle" has no property "db.host""#,
+        ),
+        (
+            sources(&[("bundle", r#"{"db":{"host":"h"}}"#), ("token", SECRET_WORD)]),
+            r#"Key Vault secret "token" is not valid base64 (decodingStrategy)"#,
+        ),
+    ];
+    for (sources, expected) in cases {
+        let error = render(&spec, &sources).expect_err("fails");
+        assert_eq!(error.to_string(), expected);
+        assert!(!format!("{error:?}").contains(SECRET_WORD));
+    }
+}
+
+#[test]
+fn oversized_secrets_are_refused() {
+    let spec = fleet_secret(
+        "kind: FleetSecret\nname: big\nstoreRef: shared-kv\ndata: [{ secretKey: blob, remoteRef: { key: blob } }]\ntarget: { namespaces: [apps] }\n",
+    );
+    let big = "x".repeat(keyfleet_proto::limits::MAX_SECRET_DATA_BYTES);
+    let error = render(&spec, &sources(&[("blob", &big)])).expect_err("too large");
+    assert!(matches!(error, RenderError::TooLarge { .. }), "{error}");
+}
+
+#[test]
+fn data_digest_tells_renderings_apart_without_showing_them() {
+    let a = BTreeMap::from([("k".to_owned(), SecretValue::new(b"v1".to_vec()))]);
+    let b = BTreeMap::from([("k".to_owned(), SecretValue::new(b"v2".to_vec()))]);
+    assert_ne!(data_digest(&a), data_digest(&b));
+    assert_eq!(data_digest(&a), data_digest(&a.clone()));
+}
