@@ -1,0 +1,330 @@
+//! The benchmark report: what the quickstart prints at the end and writes as JSON (`--report`).
+//! Every figure is measured in this run; targets are DESIGN.md §9.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::baseline::{RefreshCalls, Staleness};
+use crate::stats::Percentiles;
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// keyfleet version that produced it.
+    pub version: String,
+    /// When the run started (RFC 3339).
+    pub started: String,
+    /// Simulated clusters.
+    pub clusters: usize,
+    /// How the clusters were simulated: "real agent code (keyfleet_agent) against fake Kubernetes
+    /// APIs", or the protocol-level stand-in and why.
+    pub agents: String,
+    /// Store backend ("sqlite" or "postgres").
+    pub database: String,
+    /// Time to enroll every cluster and converge on the first revision, seconds.
+    pub initial_convergence_s: f64,
+    /// One entry per rotation.
+    pub rotations: Vec<Rotation>,
+    /// Hub process figures over the whole run.
+    pub hub: HubFigures,
+    /// Kill -9 and restart of the hub.
+    pub restart: Option<Restart>,
+    /// Every cluster's actual Secret against what the store says.
+    pub status_truth: StatusTruth,
+    /// The per-cluster polling baseline (ESO's model) for the same rotations.
+    pub baseline: Option<Baseline>,
+    /// Secret values found in the hub's captured log (must be empty).
+    pub leaks: Vec<crate::leakcheck::Finding>,
+    /// DESIGN.md §9 targets against what was measured.
+    pub targets: Vec<Target>,
+    /// Why the run failed; empty when it passed.
+    pub failures: Vec<String>,
+}
+
+/// One rotation, timed from the moment the loadtest asked the hub to sync (`SyncNow`), which is
+/// no later than the moment the hub saw the new version.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotation {
+    /// 1-based.
+    pub index: usize,
+    /// Key Vault version written.
+    pub version: String,
+    /// Revision the hub rendered for it.
+    pub revision: u64,
+    /// Per cluster: time until the new Secret was written into its Kubernetes API.
+    pub applied: Option<Percentiles>,
+    /// Clusters that held the new revision at the end of the rotation.
+    pub converged: usize,
+    /// Seconds until every cluster converged (or the timeout).
+    pub duration_s: f64,
+    /// Key Vault calls during the rotation, by operation (emulator counters).
+    pub keyvault_calls: BTreeMap<String, u64>,
+    /// Store writes for the rotation's status (hub metrics).
+    pub status_flushes: u64,
+    /// Status rows written.
+    pub status_rows: u64,
+    /// Bytes sent hub → agents during the rotation (hub metric).
+    pub bytes_sent: u64,
+}
+
+/// Hub process figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HubFigures {
+    /// Peak RSS of the hub process, bytes (VmHWM; of the restarted process after a restart).
+    pub rss_peak_bytes: u64,
+    /// RSS with every agent connected, bytes.
+    pub rss_connected_bytes: u64,
+    /// RSS per connected agent (connected RSS minus RSS before agents connected, / clusters).
+    pub rss_per_agent_bytes: u64,
+    /// Hub CPU seconds over the run (user + system).
+    pub cpu_s: f64,
+    /// Bytes sent hub → agents over the run.
+    pub bytes_sent: u64,
+}
+
+/// The restart scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restart {
+    /// Seconds from the new hub being ready until every agent was connected and in sync.
+    pub all_back_s: f64,
+    /// Agents that reconnected in sync (Welcome{in_sync}).
+    pub in_sync_reconnects: u64,
+    /// Bytes sent hub → agents by the restarted hub until every agent was back, per agent.
+    pub bytes_per_agent: f64,
+}
+
+/// Status truth.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusTruth {
+    /// Clusters compared.
+    pub checked: usize,
+    /// Clusters whose Secret differs from what the store records (must be 0).
+    pub mismatches: usize,
+    /// The first few mismatching clusters and why.
+    pub examples: Vec<String>,
+}
+
+/// Baseline figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    /// The model, in words.
+    pub model: String,
+    /// Calls per rotation (one refresh of every cluster), as issued.
+    pub per_rotation: Vec<RefreshCalls>,
+    /// Key Vault calls per rotation counted by the emulator, by operation.
+    pub keyvault_calls: Vec<BTreeMap<String, u64>>,
+    /// Staleness per rotation from refresh phases.
+    pub staleness: Option<Staleness>,
+    /// Baseline Key Vault calls / keyfleet Key Vault calls, over all rotations.
+    pub calls_ratio: f64,
+}
+
+/// One DESIGN.md §9 target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is measured.
+    pub what: String,
+    /// The target, in words.
+    pub target: String,
+    /// The measured figure, in words.
+    pub measured: String,
+    /// Whether it met the target (`None`: not applicable at this size).
+    pub met: Option<bool>,
+}
+
+impl Report {
+    /// Whether the run passed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The human summary printed at the end of the run.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "keyfleet {} · {} clusters · {} · store {}",
+            self.version, self.clusters, self.agents, self.database
+        );
+        let _ = writeln!(
+            out,
+            "initial enrollment + convergence: {:.1} s",
+            self.initial_convergence_s
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<4} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11}",
+            "rot",
+            "converged",
+            "first ms",
+            "p50",
+            "p90",
+            "p99",
+            "last",
+            "KV calls",
+            "flushes",
+            "rows",
+            "bytes sent"
+        );
+        for rotation in &self.rotations {
+            let p = rotation.applied;
+            let ms = |f: fn(&Percentiles) -> u64| p.as_ref().map_or("-".to_owned(), |p| f(p).to_string());
+            let _ = writeln!(
+                out,
+                "{:<4} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11}",
+                rotation.index,
+                format!("{}/{}", rotation.converged, self.clusters),
+                ms(|p| p.first_ms),
+                ms(|p| p.p50_ms),
+                ms(|p| p.p90_ms),
+                ms(|p| p.p99_ms),
+                ms(|p| p.last_ms),
+                rotation.keyvault_calls.values().sum::<u64>(),
+                rotation.status_flushes,
+                rotation.status_rows,
+                rotation.bytes_sent,
+            );
+        }
+        let hub = &self.hub;
+        let _ = writeln!(
+            out,
+            "\nhub: peak RSS {:.1} MiB, {:.1} KiB per connected agent, CPU {:.1} s, {} bytes sent",
+            mib(hub.rss_peak_bytes),
+            hub.rss_per_agent_bytes as f64 / 1024.0,
+            hub.cpu_s,
+            hub.bytes_sent
+        );
+        if let Some(restart) = &self.restart {
+            let _ = writeln!(
+                out,
+                "restart (kill -9): all agents back in sync after {:.1} s; {} in-sync reconnects, {:.0} bytes per agent",
+                restart.all_back_s, restart.in_sync_reconnects, restart.bytes_per_agent
+            );
+        }
+        let truth = &self.status_truth;
+        let _ = writeln!(
+            out,
+            "status truth: {} clusters checked, {} mismatches",
+            truth.checked, truth.mismatches
+        );
+        if let Some(baseline) = &self.baseline {
+            let calls: u64 = baseline
+                .keyvault_calls
+                .iter()
+                .flat_map(|calls| calls.values())
+                .sum();
+            let _ = writeln!(
+                out,
+                "polling baseline ({}): {} Key Vault calls for the same rotations ({:.0}× keyfleet)",
+                baseline.model, calls, baseline.calls_ratio
+            );
+            if let Some(staleness) = &baseline.staleness {
+                let p = &staleness.percentiles;
+                let _ = writeln!(
+                    out,
+                    "  staleness with refreshInterval {} s: p50 {:.1} min, p99 {:.1} min",
+                    staleness.refresh_interval_s,
+                    p.p50_ms as f64 / 60_000.0,
+                    p.p99_ms as f64 / 60_000.0
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "secret values in hub logs: {}",
+            if self.leaks.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("{} FOUND", self.leaks.len())
+            }
+        );
+        if !self.targets.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<44} {:<22} {:<24} verdict",
+                "target (DESIGN §9)", "goal", "measured"
+            );
+            for target in &self.targets {
+                let verdict = match target.met {
+                    Some(true) => "met",
+                    Some(false) => "MISSED",
+                    None => "n/a",
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<44} {:<22} {:<24} {}",
+                    target.what, target.target, target.measured, verdict
+                );
+            }
+        }
+        if self.passed() {
+            let _ = writeln!(out, "\nresult: PASSED");
+        } else {
+            let _ = writeln!(out, "\nresult: FAILED");
+            for failure in &self.failures {
+                let _ = writeln!(out, "  - {failure}");
+            }
+        }
+        out
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            version: "0.1.0".to_owned(),
+            started: "2026-11-26T03:00:00Z".to_owned(),
+            clusters: 3,
+            agents: "real agent code".to_owned(),
+            database: "sqlite".to_owned(),
+            initial_convergence_s: 1.5,
+            rotations: vec![Rotation {
+                index: 1,
+                version: "a".repeat(32),
+                revision: 2,
+                applied: crate::stats::percentiles(&[std::time::Duration::from_millis(40)]),
+                converged: 3,
+                duration_s: 0.2,
+                keyvault_calls: BTreeMap::from([("get_secret".to_owned(), 1)]),
+                status_flushes: 1,
+                status_rows: 3,
+                bytes_sent: 900,
+            }],
+            hub: HubFigures::default(),
+            restart: None,
+            status_truth: StatusTruth {
+                checked: 3,
+                ..StatusTruth::default()
+            },
+            baseline: None,
+            leaks: Vec::new(),
+            targets: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn table_shows_every_rotation_and_the_verdict() {
+        let mut report = report();
+        let table = report.table();
+        assert!(table.contains("3/3"), "{table}");
+        assert!(table.contains("result: PASSED"), "{table}");
+        report.failures.push("1 status mismatch".to_owned());
+        let table = report.table();
+        assert!(
+            table.contains("result: FAILED") && table.contains("1 status mismatch"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(json["rotations"][0]["applied"]["p50_ms"], 40);
+    }
+}
