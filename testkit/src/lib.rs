@@ -4,4 +4,5 @@
 //! # Layout
 //! - [`tls`]: a generated test CA and server certificates (rcgen, ring), rustls configs.
 
+pub mod keyvault;
 pub mod tls;

@@ -22,11 +22,36 @@ enum Command {
         #[arg(long)]
         state_dir: PathBuf,
     },
+    /// Run the Azure Key Vault + Entra emulator over HTTPS. Writes DIR/ca.pem, then prints
+    /// `ready <vault-url> <authority-url>` once listening.
+    Keyvault {
+        /// Listen address; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: std::net::SocketAddr,
+        /// Directory for ca.pem (created if missing).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// YAML/JSON file with the tenant and its principals (default: tenant keyfleet-test,
+        /// client keyfleet-hub / keyfleet-hub-secret with every permission).
+        #[arg(long)]
+        principals: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     match cli.command {
+        Command::Keyvault { addr, state_dir, principals } => {
+            let runtime = tokio::runtime::Runtime::new().context("start tokio")?;
+            runtime.block_on(run_keyvault(addr, &state_dir, principals.as_deref()))?;
+        }
         Command::Ca { state_dir } => {
             std::fs::create_dir_all(&state_dir).with_context(|| format!("create {}", state_dir.display()))?;
             let ca = keyfleet_testkit::tls::TestCa::generate("keyfleet test ca")?;
@@ -39,4 +64,49 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn run_keyvault(
+    addr: std::net::SocketAddr,
+    state_dir: &std::path::Path,
+    principals: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator};
+    let mut config = KeyVaultConfig { addr, ..KeyVaultConfig::default() };
+    if let Some(path) = principals {
+        config = config.with_principals_file(path)?;
+    }
+    std::fs::create_dir_all(state_dir).with_context(|| format!("create {}", state_dir.display()))?;
+    let handle = KeyVaultEmulator::start(config).await?;
+    let ca = state_dir.join("ca.pem");
+    std::fs::write(&ca, handle.ca_pem()).with_context(|| format!("write {}", ca.display()))?;
+    println!("ready {} {}", handle.vault_url(), handle.authority_url().as_str().trim_end_matches('/'));
+    use std::io::Write as _;
+    std::io::stdout().flush().context("flush stdout")?;
+    shutdown_signal().await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
 }
