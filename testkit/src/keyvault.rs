@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 pub use auth::{
-    DEFAULT_FEDERATED_ISSUER, DEFAULT_FEDERATED_SUBJECT, FEDERATED_AUDIENCE, Federated, ManagedIdentity, Permission,
-    Principal, VAULT_RESOURCE,
+    DEFAULT_FEDERATED_ISSUER, DEFAULT_FEDERATED_SUBJECT, FEDERATED_AUDIENCE, Federated, ManagedIdentity,
+    Permission, Principal, VAULT_RESOURCE,
 };
 pub use faults::{CounterRow, Counters, FaultSpec, Faults, Outcome, RetryAfter};
 pub use store::{Attributes, MAX_PAGE, MAX_VALUE_BYTES, ServiceError};
@@ -40,7 +40,17 @@ pub const DEFAULT_CLIENT_ID: &str = "keyfleet-hub";
 /// Default client secret.
 pub const DEFAULT_CLIENT_SECRET: &str = "keyfleet-hub-secret";
 /// api-versions the vault accepts: the current service version and those the SDKs send.
-pub const API_VERSIONS: &[&str] = &["7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"];
+pub const API_VERSIONS: &[&str] = &[
+    "7.0",
+    "7.1",
+    "7.2",
+    "7.3",
+    "7.4",
+    "7.5",
+    "7.6",
+    "2025-07-01",
+    "2026-04-01",
+];
 
 /// Errors starting the emulator or loading its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +133,10 @@ impl KeyVaultConfig {
     /// (`{tenant?: str, principals: [{clientId, clientSecret?, federated?, managedIdentity?, permissions?}]}`).
     pub fn with_principals_file(mut self, path: &Path) -> Result<Self, Error> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadPrincipals { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadPrincipals {
+            path: shown.clone(),
+            source,
+        })?;
         let file: PrincipalsFile =
             serde_yaml::from_str(&text).map_err(|source| Error::ParsePrincipals { path: shown, source })?;
         if let Some(tenant) = file.tenant {
@@ -146,7 +159,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn vault(&self) -> std::sync::MutexGuard<'_, store::Vault> {
-        self.vault.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.vault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -162,8 +177,14 @@ impl KeyVaultEmulator {
         let tls = cert.server_config(&[b"h2", b"http/1.1"])?;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
-            .map_err(|source| Error::Bind { addr: config.addr, source })?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.addr, source })?;
+            .map_err(|source| Error::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.addr,
+            source,
+        })?;
         let base = format!("https://{addr}");
         let shared = Arc::new(Shared {
             config,
@@ -237,24 +258,57 @@ impl KeyVaultHandle {
 
     /// Creates a new version of `name` (as `PUT /secrets/{name}`) and returns its version id.
     pub fn set_secret(&self, name: &str, value: &str, tags: &[(&str, &str)]) -> Result<String, ServiceError> {
-        let tags = tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>();
-        self.set_secret_with(name, value, Attributes { tags: Some(tags), ..Attributes::default() })
+        let tags = tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>();
+        self.set_secret_with(
+            name,
+            value,
+            Attributes {
+                tags: Some(tags),
+                ..Attributes::default()
+            },
+        )
     }
 
     /// Creates a new version with any attributes.
-    pub fn set_secret_with(&self, name: &str, value: &str, attributes: Attributes) -> Result<String, ServiceError> {
-        let version = self.shared.vault().set(name, Zeroizing::new(value.to_owned()), attributes, auth::now())?;
+    pub fn set_secret_with(
+        &self,
+        name: &str,
+        value: &str,
+        attributes: Attributes,
+    ) -> Result<String, ServiceError> {
+        let version =
+            self.shared
+                .vault()
+                .set(name, Zeroizing::new(value.to_owned()), attributes, auth::now())?;
         Ok(version.id)
     }
 
     /// Updates attributes of a version (the latest when `None`), as `PATCH`.
-    pub fn update_secret(&self, name: &str, version: Option<&str>, attributes: Attributes) -> Result<(), ServiceError> {
-        self.shared.vault().update(name, version, attributes, auth::now()).map(drop)
+    pub fn update_secret(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        attributes: Attributes,
+    ) -> Result<(), ServiceError> {
+        self.shared
+            .vault()
+            .update(name, version, attributes, auth::now())
+            .map(drop)
     }
 
     /// Enables or disables one version.
     pub fn set_enabled(&self, name: &str, version: &str, enabled: bool) -> Result<(), ServiceError> {
-        self.update_secret(name, Some(version), Attributes { enabled: Some(enabled), ..Attributes::default() })
+        self.update_secret(
+            name,
+            Some(version),
+            Attributes {
+                enabled: Some(enabled),
+                ..Attributes::default()
+            },
+        )
     }
 
     /// Soft-deletes a secret.

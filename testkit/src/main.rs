@@ -48,7 +48,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match cli.command {
-        Command::Keyvault { addr, state_dir, principals } => {
+        Command::Keyvault {
+            addr,
+            state_dir,
+            principals,
+        } => {
             let runtime = tokio::runtime::Runtime::new().context("start tokio")?;
             runtime.block_on(run_keyvault(addr, &state_dir, principals.as_deref()))?;
         }
@@ -72,7 +76,10 @@ async fn run_keyvault(
     principals: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator};
-    let mut config = KeyVaultConfig { addr, ..KeyVaultConfig::default() };
+    let mut config = KeyVaultConfig {
+        addr,
+        ..KeyVaultConfig::default()
+    };
     if let Some(path) = principals {
         config = config.with_principals_file(path)?;
     }
@@ -80,7 +87,11 @@ async fn run_keyvault(
     let handle = KeyVaultEmulator::start(config).await?;
     let ca = state_dir.join("ca.pem");
     std::fs::write(&ca, handle.ca_pem()).with_context(|| format!("write {}", ca.display()))?;
-    println!("ready {} {}", handle.vault_url(), handle.authority_url().as_str().trim_end_matches('/'));
+    println!(
+        "ready {} {}",
+        handle.vault_url(),
+        handle.authority_url().as_str().trim_end_matches('/')
+    );
     use std::io::Write as _;
     std::io::stdout().flush().context("flush stdout")?;
     shutdown_signal().await;

@@ -1,8 +1,8 @@
 //! The Key Vault emulator at the HTTP level: what the SDK tests (hub, conformance) do not reach.
 
 use keyfleet_testkit::keyvault::{
-    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, KeyVaultConfig, KeyVaultEmulator, KeyVaultHandle, ManagedIdentity,
-    Outcome, Permission, Principal,
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, KeyVaultConfig, KeyVaultEmulator, KeyVaultHandle,
+    ManagedIdentity, Outcome, Permission, Principal,
 };
 use serde_json::Value;
 
@@ -16,44 +16,75 @@ fn form<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
     out.finish()
 }
 
-fn post_form<K: AsRef<str>, V: AsRef<str>>(http: &reqwest::Client, url: &str, pairs: &[(K, V)]) -> reqwest::RequestBuilder {
-    http.post(url).header("content-type", "application/x-www-form-urlencoded").body(form(pairs))
+fn post_form<K: AsRef<str>, V: AsRef<str>>(
+    http: &reqwest::Client,
+    url: &str,
+    pairs: &[(K, V)],
+) -> reqwest::RequestBuilder {
+    http.post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(pairs))
 }
 
 fn client(handle: &KeyVaultHandle) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let certs = reqwest::Certificate::from_pem_bundle(handle.ca_pem().as_bytes()).expect("ca pem");
-    reqwest::Client::builder().tls_certs_only(certs).build().expect("client")
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .expect("client")
 }
 
-async fn token(http: &reqwest::Client, handle: &KeyVaultHandle, client_id: &str, secret: &str) -> reqwest::Response {
+async fn token(
+    http: &reqwest::Client,
+    handle: &KeyVaultHandle,
+    client_id: &str,
+    secret: &str,
+) -> reqwest::Response {
     let url = format!("{}{}/oauth2/v2.0/token", handle.authority_url(), handle.tenant());
-    post_form(http, &url, &[
+    post_form(
+        http,
+        &url,
+        &[
             ("grant_type", "client_credentials"),
             ("client_id", client_id),
             ("client_secret", secret),
             ("scope", "https://vault.azure.net/.default"),
-        ])
+        ],
+    )
     .send()
-        .await
-        .expect("token call")
+    .await
+    .expect("token call")
 }
 
 async fn bearer(http: &reqwest::Client, handle: &KeyVaultHandle, client_id: &str, secret: &str) -> String {
-    let body: Value = token(http, handle, client_id, secret).await.json().await.expect("json");
+    let body: Value = token(http, handle, client_id, secret)
+        .await
+        .json()
+        .await
+        .expect("json");
     body["access_token"].as_str().expect("access_token").to_owned()
 }
 
 #[tokio::test]
 async fn challenge_token_and_paging() {
-    let handle = KeyVaultEmulator::start(KeyVaultConfig::default()).await.expect("start");
+    let handle = KeyVaultEmulator::start(KeyVaultConfig::default())
+        .await
+        .expect("start");
     let http = client(&handle);
     let vault = handle.vault_url().as_str();
 
     // Unauthenticated: the challenge, before anything else is looked at.
-    let response = http.get(format!("{vault}secrets/nope/")).send().await.expect("get");
+    let response = http
+        .get(format!("{vault}secrets/nope/"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(response.status(), 401);
-    let challenge = response.headers()["www-authenticate"].to_str().expect("ascii").to_owned();
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     assert_eq!(
         challenge,
         format!(
@@ -71,13 +102,24 @@ async fn challenge_token_and_paging() {
 
     let token = bearer(&http, &handle, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET).await;
     for i in 0..30 {
-        handle.set_secret(&format!("s{i:02}"), "v", &[("i", &i.to_string())]).expect("set");
+        handle
+            .set_secret(&format!("s{i:02}"), "v", &[("i", &i.to_string())])
+            .expect("set");
     }
     // Missing api-version → 400; maxresults above 25 → 400.
-    let response = http.get(format!("{vault}secrets")).bearer_auth(&token).send().await.expect("list");
+    let response = http
+        .get(format!("{vault}secrets"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("list");
     assert_eq!(response.status(), 400);
-    let response =
-        http.get(format!("{vault}secrets?{API}&maxresults=26")).bearer_auth(&token).send().await.expect("list");
+    let response = http
+        .get(format!("{vault}secrets?{API}&maxresults=26"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("list");
     assert_eq!(response.status(), 400);
 
     // Paging with an empty first page, following nextLink until none.
@@ -85,11 +127,27 @@ async fn challenge_token_and_paging() {
     let mut url = format!("{vault}secrets?{API}&maxresults=7");
     let (mut pages, mut names) = (0, Vec::new());
     loop {
-        let page: Value = http.get(&url).bearer_auth(&token).send().await.expect("page").json().await.expect("json");
+        let page: Value = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("page")
+            .json()
+            .await
+            .expect("json");
         pages += 1;
         for item in page["value"].as_array().expect("array") {
             assert!(item.get("value").is_none(), "list items carry no value");
-            names.push(item["id"].as_str().expect("id").rsplit('/').next().expect("name").to_owned());
+            names.push(
+                item["id"]
+                    .as_str()
+                    .expect("id")
+                    .rsplit('/')
+                    .next()
+                    .expect("name")
+                    .to_owned(),
+            );
         }
         match page["nextLink"].as_str() {
             Some(next) => url = next.to_owned(),
@@ -105,8 +163,21 @@ async fn challenge_token_and_paging() {
 
     // The admin route serves the same counters and takes faults.
     let admin = handle.authority_url();
-    let json: Value = http.get(format!("{admin}_emulator/counters")).send().await.expect("counters").json().await.expect("json");
-    assert!(json["calls"].as_array().expect("rows").iter().any(|r| r["operation"] == "list" && r["count"] == 6));
+    let json: Value = http
+        .get(format!("{admin}_emulator/counters"))
+        .send()
+        .await
+        .expect("counters")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        json["calls"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["operation"] == "list" && r["count"] == 6)
+    );
     let response = http
         .post(format!("{admin}_emulator/faults"))
         .json(&serde_json::json!({"throttleNext": 1, "retryAfterSeconds": 2}))
@@ -114,12 +185,22 @@ async fn challenge_token_and_paging() {
         .await
         .expect("faults");
     assert_eq!(response.status(), 200);
-    let throttled = http.get(format!("{vault}secrets/s01/?{API}")).bearer_auth(&token).send().await.expect("get");
+    let throttled = http
+        .get(format!("{vault}secrets/s01/?{API}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get");
     assert_eq!(throttled.status(), 429);
     assert_eq!(throttled.headers()["retry-after"], "2");
     let body: Value = throttled.json().await.expect("json");
     assert_eq!(body["error"]["code"], "Throttled");
-    let served = http.get(format!("{vault}secrets/S01/?{API}")).bearer_auth(&token).send().await.expect("get");
+    let served = http
+        .get(format!("{vault}secrets/S01/?{API}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get");
     assert_eq!(served.status(), 200, "names are case-insensitive");
     handle.shutdown().await;
 }
@@ -130,7 +211,9 @@ async fn permissions_disabled_versions_tokens() {
         principals: vec![
             Principal::with_secret("reader", "reader-secret").permissions(&[Permission::Get]),
             Principal::with_secret("lister", "lister-secret").permissions(&[Permission::List]),
-            Principal::with_secret("mi", "unused").managed(ManagedIdentity::UserAssigned).federated("https://issuer", "sa"),
+            Principal::with_secret("mi", "unused")
+                .managed(ManagedIdentity::UserAssigned)
+                .federated("https://issuer", "sa"),
         ],
         ..KeyVaultConfig::default()
     };
@@ -143,19 +226,55 @@ async fn permissions_disabled_versions_tokens() {
 
     let reader = bearer(&http, &handle, "reader", "reader-secret").await;
     let lister = bearer(&http, &handle, "lister", "lister-secret").await;
-    let got: Value = http.get(format!("{vault}secrets/db/?{API}")).bearer_auth(&reader).send().await.expect("get").json().await.expect("json");
+    let got: Value = http
+        .get(format!("{vault}secrets/db/?{API}"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(got["value"], "two");
-    let disabled = http.get(format!("{vault}secrets/db/{first}?{API}")).bearer_auth(&reader).send().await.expect("get");
+    let disabled = http
+        .get(format!("{vault}secrets/db/{first}?{API}"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("get");
     assert_eq!(disabled.status(), 403);
     let body: Value = disabled.json().await.expect("json");
     assert_eq!(body["error"]["innererror"]["code"], "SecretDisabled");
-    let denied = http.get(format!("{vault}secrets?{API}")).bearer_auth(&reader).send().await.expect("list");
+    let denied = http
+        .get(format!("{vault}secrets?{API}"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("list");
     assert_eq!(denied.status(), 403);
     let body: Value = denied.json().await.expect("json");
-    assert!(body["error"]["message"].as_str().expect("msg").contains("does not have secrets list permission"));
-    let denied = http.get(format!("{vault}secrets/db/?{API}")).bearer_auth(&lister).send().await.expect("get");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("does not have secrets list permission")
+    );
+    let denied = http
+        .get(format!("{vault}secrets/db/?{API}"))
+        .bearer_auth(&lister)
+        .send()
+        .await
+        .expect("get");
     assert_eq!(denied.status(), 403);
-    let versions: Value = http.get(format!("{vault}secrets/db/versions?{API}")).bearer_auth(&lister).send().await.expect("versions").json().await.expect("json");
+    let versions: Value = http
+        .get(format!("{vault}secrets/db/versions?{API}"))
+        .bearer_auth(&lister)
+        .send()
+        .await
+        .expect("versions")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(versions["value"].as_array().expect("items").len(), 2);
 
     // A token for another audience is refused by the vault with a challenge.
@@ -166,7 +285,13 @@ async fn permissions_disabled_versions_tokens() {
         ("scope", "https://storage.azure.com/.default"),
     ];
     let url = format!("{}{}/oauth2/v2.0/token", handle.authority_url(), handle.tenant());
-    let other: Value = post_form(&http, &url, &other_scope).send().await.expect("token").json().await.expect("json");
+    let other: Value = post_form(&http, &url, &other_scope)
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
     let wrong_audience = http
         .get(format!("{vault}secrets/db/?{API}"))
         .bearer_auth(other["access_token"].as_str().expect("token"))
@@ -183,23 +308,58 @@ async fn permissions_disabled_versions_tokens() {
             ("grant_type".to_owned(), "client_credentials".to_owned()),
             ("client_id".to_owned(), "mi".to_owned()),
             ("client_assertion".to_owned(), assertion.to_owned()),
-            ("client_assertion_type".to_owned(), "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned()),
+            (
+                "client_assertion_type".to_owned(),
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+            ),
             ("scope".to_owned(), "https://vault.azure.net/.default".to_owned()),
         ]
     };
-    assert_eq!(post_form(&http, &url, &assertion_form(&assertion)).send().await.expect("token").status(), 200);
+    assert_eq!(
+        post_form(&http, &url, &assertion_form(&assertion))
+            .send()
+            .await
+            .expect("token")
+            .status(),
+        200
+    );
     let stranger = handle.mint_federated_token("https://issuer", "someone-else");
-    let refused = post_form(&http, &url, &assertion_form(&stranger)).send().await.expect("token");
+    let refused = post_form(&http, &url, &assertion_form(&stranger))
+        .send()
+        .await
+        .expect("token");
     assert_eq!(refused.status(), 400);
     let body: Value = refused.json().await.expect("json");
-    assert!(body["error_description"].as_str().expect("desc").starts_with("AADSTS70021"));
+    assert!(
+        body["error_description"]
+            .as_str()
+            .expect("desc")
+            .starts_with("AADSTS70021")
+    );
 
     // Managed identity endpoint: header required, identity chosen by client id.
     let mi = handle.identity_endpoint();
-    let no_header = http.get(format!("{mi}?{}", form(&[("api-version", "2019-08-01"), ("resource", "https://vault.azure.net")]))).send().await.expect("mi");
+    let no_header = http
+        .get(format!(
+            "{mi}?{}",
+            form(&[
+                ("api-version", "2019-08-01"),
+                ("resource", "https://vault.azure.net")
+            ])
+        ))
+        .send()
+        .await
+        .expect("mi");
     assert_eq!(no_header.status(), 401);
     let ok: Value = http
-        .get(format!("{mi}?{}", form(&[("api-version", "2019-08-01"), ("resource", "https://vault.azure.net"), ("client_id", "mi")])))
+        .get(format!(
+            "{mi}?{}",
+            form(&[
+                ("api-version", "2019-08-01"),
+                ("resource", "https://vault.azure.net"),
+                ("client_id", "mi")
+            ])
+        ))
         .header("x-identity-header", handle.identity_header())
         .send()
         .await
@@ -209,7 +369,14 @@ async fn permissions_disabled_versions_tokens() {
         .expect("json");
     assert!(ok["expires_on"].as_str().expect("string").parse::<i64>().is_ok());
     let unknown = http
-        .get(format!("{mi}?{}", form(&[("api-version", "2019-08-01"), ("resource", "https://vault.azure.net"), ("client_id", "reader")])))
+        .get(format!(
+            "{mi}?{}",
+            form(&[
+                ("api-version", "2019-08-01"),
+                ("resource", "https://vault.azure.net"),
+                ("client_id", "reader")
+            ])
+        ))
         .header("x-identity-header", handle.identity_header())
         .send()
         .await

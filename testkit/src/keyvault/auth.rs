@@ -39,7 +39,14 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Self; 6] = [Self::Get, Self::List, Self::Set, Self::Delete, Self::Recover, Self::Purge];
+    pub const ALL: [Self; 6] = [
+        Self::Get,
+        Self::List,
+        Self::Set,
+        Self::Delete,
+        Self::Recover,
+        Self::Purge,
+    ];
 
     /// The name Key Vault uses in messages.
     pub fn as_str(self) -> &'static str {
@@ -106,7 +113,10 @@ impl std::fmt::Debug for Principal {
         f.debug_struct("Principal")
             .field("client_id", &self.client_id)
             .field("object_id", &self.object_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("federated", &self.federated)
             .field("managed_identity", &self.managed_identity)
             .field("permissions", &self.permissions)
@@ -129,7 +139,9 @@ impl Principal {
 
     /// The object id.
     pub fn object_id(&self) -> String {
-        self.object_id.clone().unwrap_or_else(|| format!("{}-oid", self.client_id))
+        self.object_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-oid", self.client_id))
     }
 
     /// Replaces the permissions.
@@ -140,7 +152,10 @@ impl Principal {
 
     /// Adds a federated credential.
     pub fn federated(mut self, issuer: &str, subject: &str) -> Self {
-        self.federated.push(Federated { issuer: issuer.to_owned(), subject: subject.to_owned() });
+        self.federated.push(Federated {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+        });
         self
     }
 
@@ -208,7 +223,9 @@ pub struct Signer {
 impl Signer {
     /// A signer with a random key.
     pub fn random() -> Self {
-        Self { key: rand::random::<[u8; 32]>().to_vec() }
+        Self {
+            key: rand::random::<[u8; 32]>().to_vec(),
+        }
     }
 
     fn mac(&self, data: &[u8]) -> Vec<u8> {
@@ -228,14 +245,21 @@ impl Signer {
     }
 
     /// Verifies the signature and expiry of `token` and returns its claims.
-    pub fn verify<T: for<'de> Deserialize<'de> + HasExpiry>(&self, token: &str, now: i64) -> Result<T, TokenError> {
+    pub fn verify<T: for<'de> Deserialize<'de> + HasExpiry>(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<T, TokenError> {
         let token = token.trim();
         let mut parts = token.split('.');
-        let (Some(header), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(body), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
         let expected = self.mac(format!("{header}.{body}").as_bytes());
         if !constant_time_eq(&signature, &expected) {
             return Err(TokenError::Signature);
@@ -309,13 +333,22 @@ mod tests {
         let signer = Signer::random();
         let token = signer.sign(&claims(100));
         assert_eq!(signer.verify::<AccessClaims>(&token, 50), Ok(claims(100)));
-        assert_eq!(signer.verify::<AccessClaims>(&token, 100), Err(TokenError::Expired));
+        assert_eq!(
+            signer.verify::<AccessClaims>(&token, 100),
+            Err(TokenError::Expired)
+        );
         let other = Signer::random();
-        assert_eq!(other.verify::<AccessClaims>(&token, 50), Err(TokenError::Signature));
+        assert_eq!(
+            other.verify::<AccessClaims>(&token, 50),
+            Err(TokenError::Signature)
+        );
         let mut tampered = token.clone();
         tampered.insert(tampered.find('.').map_or(0, |i| i + 2), 'x');
         assert!(signer.verify::<AccessClaims>(&tampered, 50).is_err());
-        assert_eq!(signer.verify::<AccessClaims>("opaque", 50), Err(TokenError::Malformed));
+        assert_eq!(
+            signer.verify::<AccessClaims>("opaque", 50),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]
@@ -328,7 +361,8 @@ mod tests {
     #[test]
     fn principals_parse_with_all_permissions_by_default() {
         let principal: Principal =
-            serde_yaml::from_str("clientId: a\nclientSecret: b\nmanagedIdentity: userAssigned\n").expect("yaml");
+            serde_yaml::from_str("clientId: a\nclientSecret: b\nmanagedIdentity: userAssigned\n")
+                .expect("yaml");
         assert_eq!(principal.permissions.len(), Permission::ALL.len());
         assert_eq!(principal.managed_identity, Some(ManagedIdentity::UserAssigned));
         let limited: Principal = serde_yaml::from_str("clientId: a\npermissions: [get]\n").expect("yaml");

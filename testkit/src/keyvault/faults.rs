@@ -71,7 +71,9 @@ pub struct Faults {
 
 impl Faults {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Merges `spec` into the plan (fields given replace the current ones).
@@ -120,12 +122,19 @@ impl Faults {
 
     /// 429 above `per_second` vault calls per second (`None` turns it off).
     pub fn throttle_above(&self, per_second: Option<u32>) {
-        self.apply(FaultSpec { throttle_above_per_second: Some(per_second.unwrap_or(0)), ..FaultSpec::default() });
+        self.apply(FaultSpec {
+            throttle_above_per_second: Some(per_second.unwrap_or(0)),
+            ..FaultSpec::default()
+        });
     }
 
     /// `status` for the next `n` vault calls.
     pub fn error_next(&self, n: u32, status: u16) {
-        self.apply(FaultSpec { error_next: Some(n), error_status: Some(status), ..FaultSpec::default() });
+        self.apply(FaultSpec {
+            error_next: Some(n),
+            error_status: Some(status),
+            ..FaultSpec::default()
+        });
     }
 
     /// Added latency per vault call.
@@ -138,12 +147,18 @@ impl Faults {
 
     /// Full outage on or off.
     pub fn outage(&self, down: bool) {
-        self.apply(FaultSpec { outage: Some(down), ..FaultSpec::default() });
+        self.apply(FaultSpec {
+            outage: Some(down),
+            ..FaultSpec::default()
+        });
     }
 
     /// Empty-first-page paging on or off.
     pub fn empty_first_page(&self, on: bool) {
-        self.apply(FaultSpec { empty_first_page: Some(on), ..FaultSpec::default() });
+        self.apply(FaultSpec {
+            empty_first_page: Some(on),
+            ..FaultSpec::default()
+        });
     }
 
     pub(crate) fn is_outage(&self) -> bool {
@@ -232,7 +247,11 @@ pub struct Counters {
 impl Counters {
     /// All calls of `operation`, any principal and outcome.
     pub fn calls(&self, operation: &str) -> u64 {
-        self.calls.iter().filter(|r| r.operation == operation).map(|r| r.count).sum()
+        self.calls
+            .iter()
+            .filter(|r| r.operation == operation)
+            .map(|r| r.count)
+            .sum()
     }
 
     /// Calls of `operation` that ended with `outcome`.
@@ -255,7 +274,11 @@ impl Counters {
 
     /// Calls of any data-plane operation that ended with `outcome`.
     pub fn total(&self, outcome: Outcome) -> u64 {
-        self.calls.iter().filter(|r| r.outcome == outcome).map(|r| r.count).sum()
+        self.calls
+            .iter()
+            .filter(|r| r.outcome == outcome)
+            .map(|r| r.count)
+            .sum()
     }
 }
 
@@ -267,13 +290,21 @@ pub struct CounterSet {
 
 impl CounterSet {
     pub(crate) fn add(&self, operation: &str, principal: &str, outcome: Outcome) {
-        let mut rows = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *rows.entry((operation.to_owned(), principal.to_owned(), outcome)).or_default() += 1;
+        let mut rows = self
+            .rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *rows
+            .entry((operation.to_owned(), principal.to_owned(), outcome))
+            .or_default() += 1;
     }
 
     /// A snapshot.
     pub fn snapshot(&self) -> Counters {
-        let rows = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rows = self
+            .rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Counters {
             calls: rows
                 .iter()
@@ -289,7 +320,10 @@ impl CounterSet {
 
     /// Zeroes every counter.
     pub fn reset(&self) {
-        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 }
 

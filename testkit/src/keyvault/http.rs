@@ -81,15 +81,22 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         .skip(1)
         .map(|segment| percent_decode(segment))
         .collect();
-    let query: BTreeMap<String, String> = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let query: BTreeMap<String, String> =
+        url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
     let base = request_base(&shared, &parts.headers);
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
     let mut response = match segments.as_slice() {
         ["_emulator", rest @ ..] => admin(&shared, &parts.method, rest, &body),
         ["secrets" | "deletedsecrets", ..] => {
-            let call = Call { shared: &shared, method: &parts.method, headers: &parts.headers, query: &query, base: &base };
+            let call = Call {
+                shared: &shared,
+                method: &parts.method,
+                headers: &parts.headers,
+                query: &query,
+                base: &base,
+            };
             vault(call, &segments, &body).await
         }
         ["msi", "token"] | ["metadata", "identity", "oauth2", "token"] => {
@@ -97,7 +104,10 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         }
         [tenant, "v2.0", ".well-known", "openid-configuration"] => openid_configuration(&shared, tenant),
         [tenant, "oauth2", "v2.0", "token"] if parts.method == Method::POST => token(&shared, tenant, &body),
-        _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": "NotFound", "message": "Not found"}})))
+        _ => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": {"code": "NotFound", "message": "Not found"}})),
+        )
             .into_response(),
     };
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -126,15 +136,19 @@ fn request_base(shared: &Shared, headers: &HeaderMap) -> String {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c)))
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c))
+        })
         .map_or_else(|| shared.base.clone(), |host| format!("https://{host}"))
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     response
 }
 
@@ -143,7 +157,10 @@ fn service_error(error: &ServiceError) -> Response {
     if let Some(inner) = error.inner {
         body["error"]["innererror"] = json!({"code": inner});
     }
-    json_response(StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body)
+    json_response(
+        StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
 }
 
 // ---------------------------------------------------------------- admin
@@ -178,7 +195,10 @@ fn admin(shared: &Shared, method: &Method, rest: &[&str], body: &Bytes) -> Respo
                 #[serde(default)]
                 subject: Option<String>,
             }
-            let ask: Ask = serde_json::from_slice(body).unwrap_or(Ask { issuer: None, subject: None });
+            let ask: Ask = serde_json::from_slice(body).unwrap_or(Ask {
+                issuer: None,
+                subject: None,
+            });
             let token = auth::mint_assertion(
                 &shared.signer,
                 ask.issuer.as_deref().unwrap_or(auth::DEFAULT_FEDERATED_ISSUER),
@@ -212,7 +232,9 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
 
 fn openid_configuration(shared: &Shared, tenant: &str) -> Response {
     let a = &shared.base;
-    shared.counters.add("openid_configuration", "anonymous", Outcome::Ok);
+    shared
+        .counters
+        .add("openid_configuration", "anonymous", Outcome::Ok);
     json_response(
         StatusCode::OK,
         json!({
@@ -250,9 +272,15 @@ fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Response {
         .collect();
     let field = |name: &str| form.get(name).map(|v| v.as_str());
     let client_id = field("client_id").unwrap_or("").to_owned();
-    let principal_label = if client_id.is_empty() { "anonymous" } else { client_id.as_str() };
+    let principal_label = if client_id.is_empty() {
+        "anonymous"
+    } else {
+        client_id.as_str()
+    };
     let refuse = |response: Response| {
-        shared.counters.add("token", principal_label, Outcome::Unauthorized);
+        shared
+            .counters
+            .add("token", principal_label, Outcome::Unauthorized);
         tracing::info!(%tenant, client_id = %principal_label, status = response.status().as_u16(), "token refused");
         response
     };
@@ -269,7 +297,9 @@ fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Response {
             StatusCode::BAD_REQUEST,
             "invalid_tenant",
             90002,
-            &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
         ));
     }
     let Some(principal) = shared.config.principals.iter().find(|p| p.client_id == client_id) else {
@@ -290,7 +320,10 @@ fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Response {
         ));
     };
     if let Some(secret) = field("client_secret") {
-        let ok = principal.client_secret.as_deref().is_some_and(|expected| expected.as_bytes() == secret.as_bytes());
+        let ok = principal
+            .client_secret
+            .as_deref()
+            .is_some_and(|expected| expected.as_bytes() == secret.as_bytes());
         if !ok {
             return refuse(entra_error(
                 StatusCode::UNAUTHORIZED,
@@ -327,7 +360,10 @@ fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Response {
             }
             Ok(claims) => {
                 let matches = claims.aud == auth::FEDERATED_AUDIENCE
-                    && principal.federated.iter().any(|f| f.issuer == claims.iss && f.subject == claims.sub);
+                    && principal
+                        .federated
+                        .iter()
+                        .any(|f| f.issuer == claims.iss && f.subject == claims.sub);
                 if !matches {
                     return refuse(entra_error(
                         StatusCode::BAD_REQUEST,
@@ -358,7 +394,11 @@ fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Response {
     )
 }
 
-fn managed_identity_token(shared: &Shared, headers: &HeaderMap, query: &BTreeMap<String, String>) -> Response {
+fn managed_identity_token(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: &BTreeMap<String, String>,
+) -> Response {
     const OP: &str = "managed_identity_token";
     let header_ok = headers
         .get("x-identity-header")
@@ -380,15 +420,23 @@ fn managed_identity_token(shared: &Shared, headers: &HeaderMap, query: &BTreeMap
             json!({"statusCode": 400, "message": "Required query variable 'resource' is missing"}),
         );
     };
-    let managed = shared.config.principals.iter().filter(|p| p.managed_identity.is_some());
+    let managed = shared
+        .config
+        .principals
+        .iter()
+        .filter(|p| p.managed_identity.is_some());
     let found = if let Some(id) = query.get("client_id") {
         managed.clone().find(|p| &p.client_id == id)
     } else if let Some(id) = query.get("object_id").or_else(|| query.get("principal_id")) {
         managed.clone().find(|p| &p.object_id() == id)
     } else if let Some(id) = query.get("msi_res_id").or_else(|| query.get("mi_res_id")) {
-        managed.clone().find(|p| id.rsplit('/').next() == Some(p.client_id.as_str()))
+        managed
+            .clone()
+            .find(|p| id.rsplit('/').next() == Some(p.client_id.as_str()))
     } else {
-        managed.clone().find(|p| p.managed_identity == Some(auth::ManagedIdentity::SystemAssigned))
+        managed
+            .clone()
+            .find(|p| p.managed_identity == Some(auth::ManagedIdentity::SystemAssigned))
     };
     let Some(principal) = found else {
         shared.counters.add(OP, "anonymous", Outcome::Unauthorized);
@@ -476,8 +524,12 @@ fn route<'p>(method: &Method, path: &[&'p str]) -> Option<(Op, Option<&'p str>, 
         (&Method::PATCH, ["secrets", name, version]) => (Op::Update, Some(*name), non_empty(version)),
         (&Method::DELETE, ["secrets", name] | ["secrets", name, ""]) => (Op::Delete, Some(*name), None),
         (&Method::GET, ["deletedsecrets"] | ["deletedsecrets", ""]) => (Op::ListDeleted, None, None),
-        (&Method::GET, ["deletedsecrets", name] | ["deletedsecrets", name, ""]) => (Op::GetDeleted, Some(*name), None),
-        (&Method::DELETE, ["deletedsecrets", name] | ["deletedsecrets", name, ""]) => (Op::Purge, Some(*name), None),
+        (&Method::GET, ["deletedsecrets", name] | ["deletedsecrets", name, ""]) => {
+            (Op::GetDeleted, Some(*name), None)
+        }
+        (&Method::DELETE, ["deletedsecrets", name] | ["deletedsecrets", name, ""]) => {
+            (Op::Purge, Some(*name), None)
+        }
         (&Method::POST, ["deletedsecrets", name, "recover"]) => (Op::Recover, Some(*name), None),
         _ => return None,
     })
@@ -502,21 +554,35 @@ fn authenticate<'s>(shared: &'s Shared, headers: &HeaderMap) -> Result<&'s Princ
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
     else {
-        return Err(challenge(shared, "AKV10000: Request is missing a Bearer or PoP token."));
+        return Err(challenge(
+            shared,
+            "AKV10000: Request is missing a Bearer or PoP token.",
+        ));
     };
     let claims = match shared.signer.verify::<AccessClaims>(token, auth::now()) {
         Ok(claims) => claims,
-        Err(auth::TokenError::Expired) => return Err(challenge(shared, "AKV10022: Invalid audience or token expired.")),
+        Err(auth::TokenError::Expired) => {
+            return Err(challenge(shared, "AKV10022: Invalid audience or token expired."));
+        }
         Err(_) => return Err(challenge(shared, "AKV10032: Invalid issuer or signature.")),
     };
     let issuer = format!("{}/{}/v2.0", shared.base, shared.config.tenant);
     if claims.iss != issuer || claims.tid != shared.config.tenant {
-        return Err(challenge(shared, &format!("AKV10032: Invalid issuer. Expected {issuer}, found {}.", claims.iss)));
+        return Err(challenge(
+            shared,
+            &format!(
+                "AKV10032: Invalid issuer. Expected {issuer}, found {}.",
+                claims.iss
+            ),
+        ));
     }
     if claims.aud.trim_end_matches('/') != VAULT_RESOURCE {
         return Err(challenge(
             shared,
-            &format!("AKV10022: Invalid audience. Expected {VAULT_RESOURCE}, found: {}.", claims.aud),
+            &format!(
+                "AKV10022: Invalid audience. Expected {VAULT_RESOURCE}, found: {}.",
+                claims.aud
+            ),
         ));
     }
     shared
@@ -530,11 +596,19 @@ fn authenticate<'s>(shared: &'s Shared, headers: &HeaderMap) -> Result<&'s Princ
 async fn vault(call: Call<'_>, path: &[&str], body: &Bytes) -> Response {
     let shared = call.shared;
     let Some((op, name, version)) = route(call.method, path) else {
-        return service_error(&ServiceError::new(404, "NotFound", "The requested operation is not supported by this vault"));
+        return service_error(&ServiceError::new(
+            404,
+            "NotFound",
+            "The requested operation is not supported by this vault",
+        ));
     };
     if shared.faults.is_outage() {
         shared.counters.add(op.name(), "anonymous", Outcome::Injected);
-        return service_error(&ServiceError::new(503, "ServiceUnavailable", "The service is temporarily unavailable."));
+        return service_error(&ServiceError::new(
+            503,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable.",
+        ));
     }
     let principal = match authenticate(shared, call.headers) {
         Ok(principal) => principal,
@@ -556,7 +630,11 @@ async fn vault(call: Call<'_>, path: &[&str], body: &Bytes) -> Response {
         }
         Some(Fault::Error(status)) => {
             shared.counters.add(op.name(), who, Outcome::Injected);
-            let code = if status == 503 { "ServiceUnavailable" } else { "InternalServerError" };
+            let code = if status == 503 {
+                "ServiceUnavailable"
+            } else {
+                "InternalServerError"
+            };
             return service_error(&ServiceError::new(status, code, "Injected failure."));
         }
         None => {}
@@ -584,7 +662,11 @@ async fn vault(call: Call<'_>, path: &[&str], body: &Bytes) -> Response {
             response
         }
         Err(error) => {
-            let outcome = if error.status == 403 { Outcome::Forbidden } else { Outcome::Error };
+            let outcome = if error.status == 403 {
+                Outcome::Forbidden
+            } else {
+                Outcome::Error
+            };
             shared.counters.add(op.name(), who, outcome);
             service_error(&error)
         }
@@ -609,7 +691,9 @@ fn throttled(retry_after: RetryAfter) -> Response {
 
 fn check_api_version(query: &BTreeMap<String, String>) -> Result<(), ServiceError> {
     match query.get("api-version") {
-        None => Err(ServiceError::bad_parameter("The 'api-version' query parameter is missing.")),
+        None => Err(ServiceError::bad_parameter(
+            "The 'api-version' query parameter is missing.",
+        )),
         Some(v) if API_VERSIONS.contains(&v.as_str()) => Ok(()),
         Some(v) => Err(ServiceError::bad_parameter(format!(
             "The specified version ({v}) is not recognized. Consider using the latest supported version (2025-07-01)."
@@ -643,9 +727,19 @@ struct UpdateBody {
     attributes: Option<WireAttributes>,
 }
 
-fn attributes(content_type: Option<String>, tags: Option<BTreeMap<String, String>>, wire: Option<WireAttributes>) -> Attributes {
+fn attributes(
+    content_type: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+    wire: Option<WireAttributes>,
+) -> Attributes {
     let wire = wire.unwrap_or_default();
-    Attributes { content_type, tags, enabled: wire.enabled, expires: wire.exp, not_before: wire.nbf }
+    Attributes {
+        content_type,
+        tags,
+        enabled: wire.enabled,
+        expires: wire.exp,
+        not_before: wire.nbf,
+    }
 }
 
 fn wire_attributes(version: &Version) -> Value {
@@ -705,7 +799,9 @@ fn page_size(query: &BTreeMap<String, String>) -> Result<usize, ServiceError> {
 }
 
 fn skip(query: &BTreeMap<String, String>) -> Result<Option<usize>, ServiceError> {
-    let Some(token) = query.get("$skiptoken") else { return Ok(None) };
+    let Some(token) = query.get("$skiptoken") else {
+        return Ok(None);
+    };
     let invalid = || ServiceError::bad_parameter("The $skiptoken is invalid.");
     let bytes = URL_SAFE_NO_PAD.decode(token.trim()).map_err(|_| invalid())?;
     let parsed: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
@@ -719,11 +815,18 @@ fn paged(call: &Call<'_>, path: &str, items: Vec<Value>) -> Result<Response, Ser
     let offset = skip(call.query)?;
     let api_version = call.query.get("api-version").map_or("2025-07-01", String::as_str);
     let next_link = |next: usize| {
-        let token = URL_SAFE_NO_PAD.encode(json!({"NextMarker": format!("2!{next}"), "Offset": next}).to_string());
-        format!("{}{path}?api-version={api_version}&$skiptoken={token}&maxresults={size}", call.base)
+        let token =
+            URL_SAFE_NO_PAD.encode(json!({"NextMarker": format!("2!{next}"), "Offset": next}).to_string());
+        format!(
+            "{}{path}?api-version={api_version}&$skiptoken={token}&maxresults={size}",
+            call.base
+        )
     };
     if offset.is_none() && call.shared.faults.empty_first_page_on() {
-        return Ok(json_response(StatusCode::OK, json!({"value": [], "nextLink": next_link(0)})));
+        return Ok(json_response(
+            StatusCode::OK,
+            json!({"value": [], "nextLink": next_link(0)}),
+        ));
     }
     let (page, next) = store::page(&items, offset.unwrap_or(0), size);
     Ok(json_response(
@@ -732,7 +835,13 @@ fn paged(call: &Call<'_>, path: &str, items: Vec<Value>) -> Result<Response, Ser
     ))
 }
 
-fn execute(call: &Call<'_>, op: Op, name: &str, version: Option<&str>, body: &Bytes) -> Result<Response, ServiceError> {
+fn execute(
+    call: &Call<'_>,
+    op: Op,
+    name: &str,
+    version: Option<&str>,
+    body: &Bytes,
+) -> Result<Response, ServiceError> {
     let base = call.base;
     let now = auth::now();
     let shared = call.shared;
@@ -741,8 +850,12 @@ fn execute(call: &Call<'_>, op: Op, name: &str, version: Option<&str>, body: &By
             let vault = shared.vault();
             let (secret, found) = vault.get(name, version)?;
             if !found.enabled {
-                return Err(ServiceError::new(403, "Forbidden", "Operation get is not allowed on a disabled secret.")
-                    .with_inner("SecretDisabled"));
+                return Err(ServiceError::new(
+                    403,
+                    "Forbidden",
+                    "Operation get is not allowed on a disabled secret.",
+                )
+                .with_inner("SecretDisabled"));
             }
             let mut bundle = properties(format!("{base}/secrets/{}/{}", secret.name, found.id), found);
             bundle["value"] = json!(found.value.as_str());
@@ -753,7 +866,10 @@ fn execute(call: &Call<'_>, op: Op, name: &str, version: Option<&str>, body: &By
                 .vault()
                 .list()
                 .into_iter()
-                .filter_map(|s| s.latest().map(|v| properties(format!("{base}/secrets/{}", s.name), v)))
+                .filter_map(|s| {
+                    s.latest()
+                        .map(|v| properties(format!("{base}/secrets/{}", s.name), v))
+                })
                 .collect();
             paged(call, "/secrets", items)
         }
@@ -763,18 +879,32 @@ fn execute(call: &Call<'_>, op: Op, name: &str, version: Option<&str>, body: &By
                 // Key Vault answers an empty list for an unknown name.
                 vault.secret(name).map_or_else(
                     |_| Vec::new(),
-                    |s| s.versions.iter().map(|v| properties(format!("{base}/secrets/{}/{}", s.name, v.id), v)).collect(),
+                    |s| {
+                        s.versions
+                            .iter()
+                            .map(|v| properties(format!("{base}/secrets/{}/{}", s.name, v.id), v))
+                            .collect()
+                    },
                 )
             };
             paged(call, &format!("/secrets/{name}/versions"), items)
         }
         Op::Set => {
             store::check_name(name)?;
-            let parsed: SetBody = serde_json::from_slice(body)
-                .map_err(|_| ServiceError::bad_parameter("The request body is not a valid secret set request."))?;
-            let value = parsed.value.map(Zeroizing::new).ok_or_else(|| ServiceError::bad_parameter("Property 'value' is required."))?;
+            let parsed: SetBody = serde_json::from_slice(body).map_err(|_| {
+                ServiceError::bad_parameter("The request body is not a valid secret set request.")
+            })?;
+            let value = parsed
+                .value
+                .map(Zeroizing::new)
+                .ok_or_else(|| ServiceError::bad_parameter("Property 'value' is required."))?;
             let mut vault = shared.vault();
-            let created = vault.set(name, value, attributes(parsed.content_type, parsed.tags, parsed.attributes), now)?;
+            let created = vault.set(
+                name,
+                value,
+                attributes(parsed.content_type, parsed.tags, parsed.attributes),
+                now,
+            )?;
             let secret_name = vault.secret(name)?.name.clone();
             let mut bundle = properties(format!("{base}/secrets/{secret_name}/{}", created.id), &created);
             bundle["value"] = json!(created.value.as_str());
@@ -782,14 +912,19 @@ fn execute(call: &Call<'_>, op: Op, name: &str, version: Option<&str>, body: &By
         }
         Op::Update => {
             let parsed: UpdateBody = serde_json::from_slice(if body.is_empty() { b"{}" } else { body })
-                .map_err(|_| ServiceError::bad_parameter("The request body is not a valid secret update request."))?;
+                .map_err(|_| {
+                    ServiceError::bad_parameter("The request body is not a valid secret update request.")
+                })?;
             let (secret_name, updated) = shared.vault().update(
                 name,
                 version,
                 attributes(parsed.content_type, parsed.tags, parsed.attributes),
                 now,
             )?;
-            Ok(json_response(StatusCode::OK, properties(format!("{base}/secrets/{secret_name}/{}", updated.id), &updated)))
+            Ok(json_response(
+                StatusCode::OK,
+                properties(format!("{base}/secrets/{secret_name}/{}", updated.id), &updated),
+            ))
         }
         Op::Delete => {
             let mut vault = shared.vault();
@@ -798,18 +933,28 @@ fn execute(call: &Call<'_>, op: Op, name: &str, version: Option<&str>, body: &By
             Ok(json_response(StatusCode::OK, body))
         }
         Op::ListDeleted => {
-            let items: Vec<Value> =
-                shared.vault().list_deleted().into_iter().filter_map(|d| deleted_properties(base, d, false)).collect();
+            let items: Vec<Value> = shared
+                .vault()
+                .list_deleted()
+                .into_iter()
+                .filter_map(|d| deleted_properties(base, d, false))
+                .collect();
             paged(call, "/deletedsecrets", items)
         }
         Op::GetDeleted => {
             let vault = shared.vault();
             let deleted = vault.get_deleted(name)?;
-            Ok(json_response(StatusCode::OK, deleted_properties(base, deleted, true).unwrap_or_else(|| json!({}))))
+            Ok(json_response(
+                StatusCode::OK,
+                deleted_properties(base, deleted, true).unwrap_or_else(|| json!({})),
+            ))
         }
         Op::Recover => {
             let (secret_name, latest) = shared.vault().recover(name)?;
-            Ok(json_response(StatusCode::OK, properties(format!("{base}/secrets/{secret_name}/{}", latest.id), &latest)))
+            Ok(json_response(
+                StatusCode::OK,
+                properties(format!("{base}/secrets/{secret_name}/{}", latest.id), &latest),
+            ))
         }
         Op::Purge => {
             shared.vault().purge(name)?;
@@ -825,14 +970,32 @@ mod tests {
     #[test]
     fn routes_match_what_the_sdks_send() {
         let get = Method::GET;
-        assert_eq!(route(&get, &["secrets", "a", ""]), Some((Op::Get, Some("a"), None)));
+        assert_eq!(
+            route(&get, &["secrets", "a", ""]),
+            Some((Op::Get, Some("a"), None))
+        );
         assert_eq!(route(&get, &["secrets", "a"]), Some((Op::Get, Some("a"), None)));
-        assert_eq!(route(&get, &["secrets", "a", "abc"]), Some((Op::Get, Some("a"), Some("abc"))));
-        assert_eq!(route(&get, &["secrets", "a", "versions"]), Some((Op::ListVersions, Some("a"), None)));
+        assert_eq!(
+            route(&get, &["secrets", "a", "abc"]),
+            Some((Op::Get, Some("a"), Some("abc")))
+        );
+        assert_eq!(
+            route(&get, &["secrets", "a", "versions"]),
+            Some((Op::ListVersions, Some("a"), None))
+        );
         assert_eq!(route(&get, &["secrets"]), Some((Op::List, None, None)));
-        assert_eq!(route(&Method::PUT, &["secrets", "a"]), Some((Op::Set, Some("a"), None)));
-        assert_eq!(route(&Method::POST, &["deletedsecrets", "a", "recover"]), Some((Op::Recover, Some("a"), None)));
-        assert_eq!(route(&Method::DELETE, &["deletedsecrets", "a"]), Some((Op::Purge, Some("a"), None)));
+        assert_eq!(
+            route(&Method::PUT, &["secrets", "a"]),
+            Some((Op::Set, Some("a"), None))
+        );
+        assert_eq!(
+            route(&Method::POST, &["deletedsecrets", "a", "recover"]),
+            Some((Op::Recover, Some("a"), None))
+        );
+        assert_eq!(
+            route(&Method::DELETE, &["deletedsecrets", "a"]),
+            Some((Op::Purge, Some("a"), None))
+        );
         assert_eq!(route(&Method::POST, &["secrets", "a"]), None);
     }
 
@@ -841,7 +1004,10 @@ mod tests {
         let with = |v: &str| BTreeMap::from([("api-version".to_owned(), v.to_owned())]);
         assert!(check_api_version(&with("2025-07-01")).is_ok());
         assert!(check_api_version(&with("7.6")).is_ok());
-        assert_eq!(check_api_version(&with("1999-01-01")).map_err(|e| e.code), Err("BadParameter"));
+        assert_eq!(
+            check_api_version(&with("1999-01-01")).map_err(|e| e.code),
+            Err("BadParameter")
+        );
         assert!(check_api_version(&BTreeMap::new()).is_err());
     }
 
@@ -852,6 +1018,9 @@ mod tests {
         assert_eq!(skip(&query), Ok(Some(50)));
         let bad = BTreeMap::from([("$skiptoken".to_owned(), "!!".to_owned())]);
         assert!(skip(&bad).is_err());
-        assert_eq!(page_size(&BTreeMap::from([("maxresults".to_owned(), "26".to_owned())])).map_err(|e| e.status), Err(400));
+        assert_eq!(
+            page_size(&BTreeMap::from([("maxresults".to_owned(), "26".to_owned())])).map_err(|e| e.status),
+            Err(400)
+        );
     }
 }

@@ -112,7 +112,12 @@ pub struct ServiceError {
 
 impl ServiceError {
     pub(crate) fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), inner: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            inner: None,
+        }
     }
 
     pub(crate) fn with_inner(mut self, inner: &'static str) -> Self {
@@ -152,9 +157,8 @@ impl ServiceError {
 
 /// Checks a secret name: 1–127 characters of `0-9a-zA-Z-`.
 pub fn check_name(name: &str) -> Result<(), ServiceError> {
-    let ok = !name.is_empty()
-        && name.len() <= 127
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ok =
+        !name.is_empty() && name.len() <= 127 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -221,7 +225,9 @@ impl Vault {
 
     /// A secret by name.
     pub fn secret(&self, name: &str) -> Result<&Secret, ServiceError> {
-        self.secrets.get(&key(name)).ok_or_else(|| ServiceError::not_found(name))
+        self.secrets
+            .get(&key(name))
+            .ok_or_else(|| ServiceError::not_found(name))
     }
 
     /// `GET /secrets/{name}/{version?}`, disabled versions included (the caller decides).
@@ -244,13 +250,18 @@ impl Vault {
         now: i64,
     ) -> Result<(String, Version), ServiceError> {
         check_attributes(&attributes)?;
-        let secret = self.secrets.get_mut(&key(name)).ok_or_else(|| ServiceError::not_found(name))?;
+        let secret = self
+            .secrets
+            .get_mut(&key(name))
+            .ok_or_else(|| ServiceError::not_found(name))?;
         let secret_name = secret.name.clone();
         let id = match version {
             Some(id) => id.to_owned(),
             None => secret.latest().map(|v| v.id.clone()).unwrap_or_default(),
         };
-        let found = secret.version_mut(&id).ok_or_else(|| ServiceError::not_found(name))?;
+        let found = secret
+            .version_mut(&id)
+            .ok_or_else(|| ServiceError::not_found(name))?;
         if let Some(content_type) = attributes.content_type {
             found.content_type = Some(content_type);
         }
@@ -279,7 +290,10 @@ impl Vault {
 
     /// `DELETE /secrets/{name}`: soft delete.
     pub fn delete(&mut self, name: &str, now: i64) -> Result<&Deleted, ServiceError> {
-        let secret = self.secrets.remove(&key(name)).ok_or_else(|| ServiceError::not_found(name))?;
+        let secret = self
+            .secrets
+            .remove(&key(name))
+            .ok_or_else(|| ServiceError::not_found(name))?;
         let deleted = Deleted {
             secret,
             deleted_date: now,
@@ -298,14 +312,22 @@ impl Vault {
 
     /// `GET /deletedsecrets/{name}`.
     pub fn get_deleted(&self, name: &str) -> Result<&Deleted, ServiceError> {
-        self.deleted.get(&key(name)).ok_or_else(|| ServiceError::deleted_not_found(name))
+        self.deleted
+            .get(&key(name))
+            .ok_or_else(|| ServiceError::deleted_not_found(name))
     }
 
     /// `POST /deletedsecrets/{name}/recover`.
     pub fn recover(&mut self, name: &str) -> Result<(String, Version), ServiceError> {
-        let deleted = self.deleted.remove(&key(name)).ok_or_else(|| ServiceError::deleted_not_found(name))?;
+        let deleted = self
+            .deleted
+            .remove(&key(name))
+            .ok_or_else(|| ServiceError::deleted_not_found(name))?;
         let secret = deleted.secret;
-        let latest = secret.latest().cloned().ok_or_else(|| ServiceError::not_found(name))?;
+        let latest = secret
+            .latest()
+            .cloned()
+            .ok_or_else(|| ServiceError::not_found(name))?;
         let secret_name = secret.name.clone();
         self.secrets.insert(key(name), secret);
         Ok((secret_name, latest))
@@ -324,7 +346,9 @@ fn check_attributes(attributes: &Attributes) -> Result<(), ServiceError> {
     if let Some(content_type) = &attributes.content_type
         && content_type.len() > 255
     {
-        return Err(ServiceError::bad_parameter("contentType is longer than 255 characters"));
+        return Err(ServiceError::bad_parameter(
+            "contentType is longer than 255 characters",
+        ));
     }
     if let Some(tags) = &attributes.tags {
         if tags.len() > 15 {
@@ -371,25 +395,48 @@ mod tests {
     #[test]
     fn every_set_is_a_new_version_and_names_are_case_insensitive() {
         let mut vault = Vault::default();
-        let first = vault.set("Db", value("one"), Attributes::default(), 10).expect("set");
-        let second = vault.set("db", value("two"), Attributes::default(), 11).expect("set");
+        let first = vault
+            .set("Db", value("one"), Attributes::default(), 10)
+            .expect("set");
+        let second = vault
+            .set("db", value("two"), Attributes::default(), 11)
+            .expect("set");
         assert_ne!(first.id, second.id);
         assert_eq!(first.id.len(), 32);
-        assert!(first.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            first
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         let (secret, latest) = vault.get("DB", None).expect("get");
         assert_eq!(secret.name, "Db");
         assert_eq!(latest.value.as_str(), "two");
-        let (_, old) = vault.get("db", Some(&first.id.to_uppercase())).expect("by version");
+        let (_, old) = vault
+            .get("db", Some(&first.id.to_uppercase()))
+            .expect("by version");
         assert_eq!(old.value.as_str(), "one");
-        assert_eq!(vault.get("nope", None).map(|_| ()).expect_err("missing").code, "SecretNotFound");
+        assert_eq!(
+            vault.get("nope", None).map(|_| ()).expect_err("missing").code,
+            "SecretNotFound"
+        );
     }
 
     #[test]
     fn value_size_limit() {
         let mut vault = Vault::default();
-        assert!(vault.set("a", value(&"x".repeat(MAX_VALUE_BYTES)), Attributes::default(), 1).is_ok());
+        assert!(
+            vault
+                .set("a", value(&"x".repeat(MAX_VALUE_BYTES)), Attributes::default(), 1)
+                .is_ok()
+        );
         let error = vault
-            .set("a", value(&"x".repeat(MAX_VALUE_BYTES + 1)), Attributes::default(), 1)
+            .set(
+                "a",
+                value(&"x".repeat(MAX_VALUE_BYTES + 1)),
+                Attributes::default(),
+                1,
+            )
             .expect_err("too big");
         assert_eq!(error.status, 400);
         assert!(!error.message.contains("xxxx"));
@@ -401,7 +448,13 @@ mod tests {
         vault.set("a", value("v"), Attributes::default(), 1).expect("set");
         vault.delete("a", 5).expect("delete");
         assert_eq!(vault.get("a", None).map(|_| ()).expect_err("gone").status, 404);
-        assert_eq!(vault.set("a", value("w"), Attributes::default(), 6).expect_err("conflict").status, 409);
+        assert_eq!(
+            vault
+                .set("a", value("w"), Attributes::default(), 6)
+                .expect_err("conflict")
+                .status,
+            409
+        );
         assert_eq!(vault.list_deleted().len(), 1);
         vault.recover("a").expect("recover");
         assert_eq!(vault.get("a", None).expect("back").1.value.as_str(), "v");
@@ -416,10 +469,26 @@ mod tests {
         let mut vault = Vault::default();
         let tags = BTreeMap::from([("team".to_owned(), "fleet".to_owned())]);
         let v = vault
-            .set("a", value("v"), Attributes { tags: Some(tags.clone()), ..Attributes::default() }, 1)
+            .set(
+                "a",
+                value("v"),
+                Attributes {
+                    tags: Some(tags.clone()),
+                    ..Attributes::default()
+                },
+                1,
+            )
             .expect("set");
         let (_, updated) = vault
-            .update("a", Some(&v.id), Attributes { enabled: Some(false), ..Attributes::default() }, 9)
+            .update(
+                "a",
+                Some(&v.id),
+                Attributes {
+                    enabled: Some(false),
+                    ..Attributes::default()
+                },
+                9,
+            )
             .expect("update");
         assert!(!updated.enabled);
         assert_eq!(updated.tags, tags);
