@@ -74,13 +74,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         Ok(body) => body,
         Err(_) => return service_error(&ServiceError::bad_parameter("The request body could not be read")),
     };
-    let path: Vec<String> = parts
-        .uri
-        .path()
-        .split('/')
-        .skip(1)
-        .map(|segment| percent_decode(segment))
-        .collect();
+    let path: Vec<String> = parts.uri.path().split('/').skip(1).map(percent_decode).collect();
     let query: BTreeMap<String, String> =
         url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -547,42 +541,33 @@ fn challenge(shared: &Shared, message: &str) -> Response {
     response
 }
 
-/// The principal of a valid bearer token, or the 401 to send.
-fn authenticate<'s>(shared: &'s Shared, headers: &HeaderMap) -> Result<&'s Principal, Response> {
+/// The principal of a valid bearer token, or the message of the 401 challenge to send.
+fn authenticate<'s>(shared: &'s Shared, headers: &HeaderMap) -> Result<&'s Principal, String> {
     let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
     else {
-        return Err(challenge(
-            shared,
-            "AKV10000: Request is missing a Bearer or PoP token.",
-        ));
+        return Err("AKV10000: Request is missing a Bearer or PoP token.".to_owned());
     };
     let claims = match shared.signer.verify::<AccessClaims>(token, auth::now()) {
         Ok(claims) => claims,
         Err(auth::TokenError::Expired) => {
-            return Err(challenge(shared, "AKV10022: Invalid audience or token expired."));
+            return Err("AKV10022: Invalid audience or token expired.".to_owned());
         }
-        Err(_) => return Err(challenge(shared, "AKV10032: Invalid issuer or signature.")),
+        Err(_) => return Err("AKV10032: Invalid issuer or signature.".to_owned()),
     };
     let issuer = format!("{}/{}/v2.0", shared.base, shared.config.tenant);
     if claims.iss != issuer || claims.tid != shared.config.tenant {
-        return Err(challenge(
-            shared,
-            &format!(
-                "AKV10032: Invalid issuer. Expected {issuer}, found {}.",
-                claims.iss
-            ),
+        return Err(format!(
+            "AKV10032: Invalid issuer. Expected {issuer}, found {}.",
+            claims.iss
         ));
     }
     if claims.aud.trim_end_matches('/') != VAULT_RESOURCE {
-        return Err(challenge(
-            shared,
-            &format!(
-                "AKV10022: Invalid audience. Expected {VAULT_RESOURCE}, found: {}.",
-                claims.aud
-            ),
+        return Err(format!(
+            "AKV10022: Invalid audience. Expected {VAULT_RESOURCE}, found: {}.",
+            claims.aud
         ));
     }
     shared
@@ -590,7 +575,7 @@ fn authenticate<'s>(shared: &'s Shared, headers: &HeaderMap) -> Result<&'s Princ
         .principals
         .iter()
         .find(|p| p.client_id == claims.appid)
-        .ok_or_else(|| challenge(shared, "AKV10032: The token's application is unknown."))
+        .ok_or_else(|| "AKV10032: The token's application is unknown.".to_owned())
 }
 
 async fn vault(call: Call<'_>, path: &[&str], body: &Bytes) -> Response {
@@ -612,9 +597,9 @@ async fn vault(call: Call<'_>, path: &[&str], body: &Bytes) -> Response {
     }
     let principal = match authenticate(shared, call.headers) {
         Ok(principal) => principal,
-        Err(response) => {
+        Err(message) => {
             shared.counters.add(op.name(), "anonymous", Outcome::Unauthorized);
-            return response;
+            return challenge(shared, &message);
         }
     };
     let who = principal.client_id.as_str();
