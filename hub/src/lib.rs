@@ -9,6 +9,7 @@
 //! - [`ops`]: the operations HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
 //! - [`spec`]: SecretStore / FleetSecret YAML specs, strict parsing and ESO-style validation.
 //! - [`render`]: a FleetSecret + source values → the complete Secret of one revision (pure).
+//! - [`sync`]: `sync::plan` decides which cluster holds which revision (pure).
 //! - [`grpc`]: tonic services; `grpc::convert` is the only proto ⇄ domain crossing.
 
 pub mod app;
@@ -18,6 +19,7 @@ pub mod grpc;
 pub mod ops;
 pub mod render;
 pub mod spec;
+pub mod sync;
 pub mod telemetry;
 
 pub use app::run;

@@ -1,0 +1,3 @@
+//! Fleet synchronisation: planning (pure) and, later, the engine that carries plans out.
+
+pub mod plan;
