@@ -2,3 +2,4 @@
 //!
 //! - `convert`: every proto ⇄ domain conversion, including encoding a rendered revision once.
 pub mod convert;
+pub mod sync;

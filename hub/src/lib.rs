@@ -15,6 +15,7 @@
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod fleet;
 pub mod grpc;
 pub mod ops;
 pub mod render;
