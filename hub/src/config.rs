@@ -2,6 +2,7 @@
 //! Every constructor receives its own sub-config, never the whole CLI.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -37,6 +38,46 @@ pub struct ServeArgs {
     /// Grace period for draining streams and flushing status on shutdown.
     #[arg(long, env = "KEYFLEET_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Address of the gRPC endpoint for agents (Sync, Enrollment). Port 0 picks a free port.
+    #[arg(long, env = "KEYFLEET_GRPC_ADDR", default_value = "127.0.0.1:7443")]
+    pub grpc_addr: SocketAddr,
+    /// PEM certificate chain of the gRPC endpoint (with --tls-key).
+    #[arg(
+        long,
+        env = "KEYFLEET_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC endpoint (with --tls-cert).
+    #[arg(long, env = "KEYFLEET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Development only: create (or reuse) a CA in DIR (DIR/ca.pem, which agents pin) and serve a
+    /// certificate it issues for localhost, 127.0.0.1 and every --tls-san.
+    #[arg(long, env = "KEYFLEET_TLS_SELF_SIGNED", value_name = "DIR")]
+    pub tls_self_signed: Option<PathBuf>,
+    /// Extra DNS name or IP address for the --tls-self-signed certificate (repeatable).
+    #[arg(
+        long = "tls-san",
+        env = "KEYFLEET_TLS_SANS",
+        value_delimiter = ',',
+        requires = "tls_self_signed"
+    )]
+    pub tls_sans: Vec<String>,
+    /// Id of this replica in status and logs (default: hostname-pid).
+    #[arg(long, env = "KEYFLEET_REPLICA_ID")]
+    pub replica_id: Option<String>,
+}
+
+/// Settings of the gRPC endpoint ([`crate::grpc::server`]).
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Where the certificate comes from; `None` when no TLS flag was given (serve refuses).
+    pub tls: Option<crate::grpc::server::TlsSource>,
+    /// This replica's id.
+    pub replica_id: String,
 }
 
 /// Settings of the operations endpoint ([`crate::ops`]).
@@ -53,15 +94,42 @@ pub struct ServeConfig {
     pub ops: OpsConfig,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// gRPC endpoint.
+    pub grpc: GrpcConfig,
 }
 
 impl From<ServeArgs> for ServeConfig {
     fn from(args: ServeArgs) -> Self {
+        use crate::grpc::server::TlsSource;
+        let tls = match (args.tls_cert, args.tls_key, args.tls_self_signed) {
+            (Some(cert), Some(key), _) => Some(TlsSource::Files { cert, key }),
+            (_, _, Some(dir)) => Some(TlsSource::SelfSigned {
+                dir,
+                sans: args.tls_sans,
+            }),
+            _ => None,
+        };
         Self {
             ops: OpsConfig { addr: args.ops_addr },
             shutdown_grace: args.shutdown_grace,
+            grpc: GrpcConfig {
+                addr: args.grpc_addr,
+                tls,
+                replica_id: args.replica_id.unwrap_or_else(default_replica_id),
+            },
         }
     }
+}
+
+/// `hostname-pid`, the default replica id.
+pub fn default_replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "hub".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Parses a human duration such as `30s`, `250ms` or `5m`.
@@ -88,6 +156,70 @@ mod tests {
         let config = ServeConfig::from(args);
         assert_eq!(config.ops.addr, "127.0.0.1:0".parse().expect("literal address"));
         assert_eq!(config.shutdown_grace, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn grpc_and_tls_flags_land_in_the_grpc_config() {
+        use crate::grpc::server::TlsSource;
+        let cli = parse(&["serve"]).expect("defaults");
+        let Command::Serve(args) = cli.command;
+        let config = ServeConfig::from(args);
+        assert_eq!(
+            config.grpc.addr,
+            "127.0.0.1:7443".parse().expect("literal address")
+        );
+        assert_eq!(config.grpc.tls, None);
+        assert!(
+            config
+                .grpc
+                .replica_id
+                .ends_with(&format!("-{}", std::process::id()))
+        );
+        let cli = parse(&[
+            "serve",
+            "--tls-self-signed",
+            "/tmp/ca",
+            "--tls-san",
+            "hub.example,10.0.0.1",
+            "--replica-id",
+            "r1",
+        ])
+        .expect("self-signed");
+        let Command::Serve(args) = cli.command;
+        let config = ServeConfig::from(args);
+        assert_eq!(
+            config.grpc.tls,
+            Some(TlsSource::SelfSigned {
+                dir: "/tmp/ca".into(),
+                sans: vec!["hub.example".to_owned(), "10.0.0.1".to_owned()],
+            })
+        );
+        assert_eq!(config.grpc.replica_id, "r1");
+        let cli = parse(&["serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"]).expect("files");
+        let Command::Serve(args) = cli.command;
+        assert_eq!(
+            ServeConfig::from(args).grpc.tls,
+            Some(TlsSource::Files {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(
+            parse(&["serve", "--tls-cert", "c.pem"])
+                .expect_err("no key")
+                .exit_code(),
+            2
+        );
+        let both = parse(&[
+            "serve",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-self-signed",
+            "d",
+        ]);
+        assert_eq!(both.expect_err("conflict").exit_code(), 2);
     }
 
     #[test]

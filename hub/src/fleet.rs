@@ -273,8 +273,16 @@ pub struct FleetMetrics {
 impl FleetMetrics {
     fn register(&self, registry: &mut Registry) {
         let fleet = registry.sub_registry_with_prefix("fleet");
-        fleet.register("connected_agents", "Connected agent streams", self.connected.clone());
-        fleet.register("sent_bytes", "Encoded bytes sent to agents", self.bytes_sent.clone());
+        fleet.register(
+            "connected_agents",
+            "Connected agent streams",
+            self.connected.clone(),
+        );
+        fleet.register(
+            "sent_bytes",
+            "Encoded bytes sent to agents",
+            self.bytes_sent.clone(),
+        );
         fleet.register("updates", "Updates sent to agents", self.updates.clone());
         fleet.register("acks", "Items acknowledged by agents", self.acks.clone());
         fleet.register("nacks", "Items refused by agents", self.nacks.clone());
@@ -539,8 +547,7 @@ impl Fleet {
             id,
             shared,
             queue: queue::Queue::new(QueueLimits {
-                max_inflight: config.max_inflight.clamp(1, keyfleet_proto::limits::MAX_INFLIGHT)
-                    as usize,
+                max_inflight: config.max_inflight.clamp(1, keyfleet_proto::limits::MAX_INFLIGHT) as usize,
                 max_items: keyfleet_proto::limits::MAX_ITEMS,
                 // Room for the Update/HubMessage framing and removals.
                 max_bytes: keyfleet_proto::limits::MAX_MESSAGE_BYTES - 64 * 1024,
@@ -704,12 +711,7 @@ impl Session {
     }
 
     /// Applies an `Ack`, emitting one event per item. A bad ack emits nothing.
-    pub async fn ack(
-        &mut self,
-        nonce: u64,
-        results: Vec<ItemOutcome>,
-        now: Instant,
-    ) -> Result<(), AckError> {
+    pub async fn ack(&mut self, nonce: u64, results: Vec<ItemOutcome>, now: Instant) -> Result<(), AckError> {
         let settled = self.queue.ack(nonce, results, now)?;
         let at = Utc::now();
         for item in settled {
@@ -865,15 +867,24 @@ mod tests {
         assert_eq!(first.close_reason(), Some(CloseReason::Replaced));
         assert_eq!(fleet.connected_count(), 1);
         drop(first);
-        assert!(fleet.is_connected(cluster(1)), "the replaced stream does not detach the new one");
+        assert!(
+            fleet.is_connected(cluster(1)),
+            "the replaced stream does not detach the new one"
+        );
         assert!(matches!(events.recv().await, Some(FleetEvent::Connected { .. })));
-        assert!(events.try_recv().is_err(), "no Disconnected for a replaced stream");
+        assert!(
+            events.try_recv().is_err(),
+            "no Disconnected for a replaced stream"
+        );
         fleet.revoke(cluster(1));
         assert_eq!(second.close_reason(), Some(CloseReason::Revoked));
         tokio::time::timeout(Duration::from_secs(1), second.woken())
             .await
             .expect("woken by revoke");
-        assert_eq!(fleet.attach(cluster(1)).err(), Some(AttachError::Revoked(cluster(1))));
+        assert_eq!(
+            fleet.attach(cluster(1)).err(),
+            Some(AttachError::Revoked(cluster(1)))
+        );
     }
 
     #[tokio::test]

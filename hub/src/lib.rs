@@ -10,6 +10,7 @@
 //! - [`spec`]: SecretStore / FleetSecret YAML specs, strict parsing and ESO-style validation.
 //! - [`render`]: a FleetSecret + source values → the complete Secret of one revision (pure).
 //! - [`sync`]: `sync::plan` decides which cluster holds which revision (pure).
+//! - [`fleet`]: the fan-out registry (per-cluster desired sets, streams, coalescing queues).
 //! - [`grpc`]: tonic services; `grpc::convert` is the only proto ⇄ domain crossing.
 
 pub mod app;

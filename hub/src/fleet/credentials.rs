@@ -42,9 +42,7 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("count", &self.len())
-            .finish()
+        f.debug_struct("Credentials").field("count", &self.len()).finish()
     }
 }
 
@@ -63,7 +61,9 @@ impl Credentials {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Sha256, ClusterId>> {
-        self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Sha256, ClusterId>> {

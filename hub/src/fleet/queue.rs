@@ -243,9 +243,10 @@ impl Queue {
         let mut full = false;
         for (key, item) in &desired.items {
             if self.inflight_keys.contains_key(key)
-                || self.held.get(key).is_some_and(|held| {
-                    held.revision == item.revision && held.sha256 == item.sha256
-                })
+                || self
+                    .held
+                    .get(key)
+                    .is_some_and(|held| held.revision == item.revision && held.sha256 == item.sha256)
                 || self.blocked(key, item.revision, now)
             {
                 continue;
@@ -312,13 +313,7 @@ impl Queue {
                 refusal.retry_at = None;
             }
         }
-        self.inflight.insert(
-            nonce,
-            Inflight {
-                sent_at: now,
-                items,
-            },
-        );
+        self.inflight.insert(nonce, Inflight { sent_at: now, items });
         Some(PlannedUpdate {
             nonce,
             upserts,
@@ -328,8 +323,7 @@ impl Queue {
 
     fn blocked(&self, key: &str, revision: u64, now: Instant) -> bool {
         self.refused.get(key).is_some_and(|refusal| {
-            refusal.revision == revision
-                && (refusal.permanent || refusal.retry_at.is_some_and(|at| at > now))
+            refusal.revision == revision && (refusal.permanent || refusal.retry_at.is_some_and(|at| at > now))
         })
     }
 
@@ -341,10 +335,7 @@ impl Queue {
         results: Vec<ItemOutcome>,
         now: Instant,
     ) -> Result<Vec<Settled>, AckError> {
-        let inflight = self
-            .inflight
-            .get(&nonce)
-            .ok_or(AckError::UnknownNonce(nonce))?;
+        let inflight = self.inflight.get(&nonce).ok_or(AckError::UnknownNonce(nonce))?;
         let mut seen = std::collections::HashSet::with_capacity(results.len());
         for result in &results {
             let sent = inflight
@@ -378,7 +369,10 @@ impl Queue {
                 key: key.clone(),
             });
         }
-        let inflight = self.inflight.remove(&nonce).ok_or(AckError::UnknownNonce(nonce))?;
+        let inflight = self
+            .inflight
+            .remove(&nonce)
+            .ok_or(AckError::UnknownNonce(nonce))?;
         let mut settled = Vec::with_capacity(results.len());
         for result in results {
             self.inflight_keys.remove(&result.key);
@@ -386,8 +380,7 @@ impl Queue {
             match (result.error, sent) {
                 (None, Sent::Upsert { revision, sha256 }) => {
                     self.refused.remove(&result.key);
-                    self.held
-                        .insert(result.key.clone(), Held { revision, sha256 });
+                    self.held.insert(result.key.clone(), Held { revision, sha256 });
                     settled.push(Settled::Applied {
                         key: result.key,
                         revision,
@@ -406,9 +399,7 @@ impl Queue {
                         }
                         _ => 1,
                     };
-                    let retry_at = refusal
-                        .retryable
-                        .then(|| now + self.backoff(attempts));
+                    let retry_at = refusal.retryable.then(|| now + self.backoff(attempts));
                     self.refused.insert(
                         result.key.clone(),
                         Refusal {
@@ -549,7 +540,9 @@ mod tests {
         assert!(plan(&mut queue, &two, now).is_some());
         let three = desired(&[revision("a", 1, 10), revision("b", 1, 10), revision("c", 1, 10)]);
         assert!(plan(&mut queue, &three, now).is_none(), "k = 2 reached");
-        queue.ack(2, vec![ok("b", 1)], now).expect("out of order ack is fine");
+        queue
+            .ack(2, vec![ok("b", 1)], now)
+            .expect("out of order ack is fine");
         let update = plan(&mut queue, &three, now).expect("room again");
         assert_eq!(update.upserts[0].key, "c");
     }
@@ -566,9 +559,7 @@ mod tests {
         let update = plan(&mut queue, &want, now).expect("removal");
         assert!(update.upserts.is_empty());
         assert_eq!(update.removals, vec![("b".to_owned(), RemovalPolicy::Retain)]);
-        let settled = queue
-            .ack(1, vec![ok("b", 0)], now)
-            .expect("valid ack");
+        let settled = queue.ack(1, vec![ok("b", 0)], now).expect("valid ack");
         assert_eq!(settled, vec![Settled::Removed { key: "b".to_owned() }]);
         queue.set_held([
             ("a".to_owned(), 1, Sha256::of(b"a/1")),
@@ -604,7 +595,10 @@ mod tests {
         ));
         assert!(queue.held().is_empty());
         queue.ack(1, vec![ok("a", 1), ok("b", 1)], now).expect("valid");
-        assert_eq!(queue.ack(1, vec![ok("a", 1), ok("b", 1)], now), Err(AckError::UnknownNonce(1)));
+        assert_eq!(
+            queue.ack(1, vec![ok("a", 1), ok("b", 1)], now),
+            Err(AckError::UnknownNonce(1))
+        );
     }
 
     #[test]
@@ -628,9 +622,13 @@ mod tests {
         let retry_at = queue.deadline(now, Duration::from_secs(600)).expect("retry due");
         assert!(retry_at >= now + Duration::from_millis(500) && retry_at <= now + Duration::from_secs(1));
         let update = plan(&mut queue, &want, retry_at).expect("retried");
-        let settled = queue.ack(update.nonce, vec![nack(true)], retry_at).expect("valid");
+        let settled = queue
+            .ack(update.nonce, vec![nack(true)], retry_at)
+            .expect("valid");
         assert!(matches!(settled[0], Settled::Refused { attempts: 2, .. }));
-        let second = queue.deadline(retry_at, Duration::from_secs(600)).expect("retry due");
+        let second = queue
+            .deadline(retry_at, Duration::from_secs(600))
+            .expect("retry due");
         assert!(second >= retry_at + Duration::from_secs(1), "doubles");
         let update = plan(&mut queue, &want, second).expect("retried");
         queue.ack(update.nonce, vec![nack(false)], second).expect("valid");
@@ -659,7 +657,10 @@ mod tests {
         let first = queue.next_update(&want, now, &mut too_large).expect("update");
         assert_eq!(first.upserts.len(), 2);
         let second = queue.next_update(&want, now, &mut too_large).expect("update");
-        assert_eq!(second.upserts.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(
+            second.upserts.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
         assert_eq!(too_large.len(), 1);
         assert_eq!(too_large[0].key, "big");
         assert!(queue.next_update(&want, now, &mut too_large).is_none());

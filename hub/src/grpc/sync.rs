@@ -35,8 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::domain::Sha256;
 use crate::fleet::credentials::Credentials;
 use crate::fleet::{
-    AttachError, CloseReason, DriftKind, Fleet, ItemOutcome, ItemRefusal, NackCode, PlannedUpdate,
-    Session,
+    AttachError, CloseReason, DriftKind, Fleet, ItemOutcome, ItemRefusal, NackCode, PlannedUpdate, Session,
 };
 use crate::grpc::convert::{self, EncodedRevision};
 
@@ -89,8 +88,8 @@ impl SyncService {
     pub fn new(fleet: Fleet, credentials: Credentials, config: SyncConfig) -> Self {
         let rate = std::num::NonZeroU32::new(config.admission_per_second.max(1))
             .unwrap_or(std::num::NonZeroU32::MIN);
-        let burst = std::num::NonZeroU32::new(config.admission_burst.max(1))
-            .unwrap_or(std::num::NonZeroU32::MIN);
+        let burst =
+            std::num::NonZeroU32::new(config.admission_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
         let mut config = config;
         config.page_size = config.page_size.clamp(1, limits::MAX_ITEMS as u32);
         config.hub_instance = truncate(&config.hub_instance, 32).to_owned();
@@ -142,9 +141,8 @@ impl SyncService {
                 // Spread the retries over one more refill period.
                 let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
                 let hint = wait_ms + rand::random_range(0..=wait_ms.max(1000));
-                let mut status = Status::resource_exhausted(format!(
-                    "too many new streams; retry after {hint} ms"
-                ));
+                let mut status =
+                    Status::resource_exhausted(format!("too many new streams; retry after {hint} ms"));
                 if let Ok(value) = hint.to_string().parse() {
                     status.metadata_mut().insert(RETRY_AFTER_MS, value);
                 }
@@ -423,9 +421,9 @@ impl Stream {
             Err(End::Close(CloseReason::Revoked)) => {
                 Some(Status::permission_denied("cluster credential revoked"))
             }
-            Err(End::Close(CloseReason::Replaced)) => Some(Status::aborted(
-                "replaced by a newer stream of the same cluster",
-            )),
+            Err(End::Close(CloseReason::Replaced)) => {
+                Some(Status::aborted("replaced by a newer stream of the same cluster"))
+            }
             Err(End::Close(CloseReason::Drain { reconnect_after })) => {
                 let drain = v1::HubMessage {
                     body: Some(hub_message::Body::Drain(v1::Drain {
@@ -549,7 +547,11 @@ impl Stream {
     ) -> Result<(), End> {
         let hello = match self.recv_handshake(inbound, None, "hello").await? {
             agent_message::Body::Hello(hello) => hello,
-            _ => return Err(invalid("agent message: the first message must be hello".to_owned())),
+            _ => {
+                return Err(invalid(
+                    "agent message: the first message must be hello".to_owned(),
+                ));
+            }
         };
         check_hello(&hello)?;
         let session = slot.insert(self.service.inner.fleet.attach(self.cluster).map_err(
@@ -609,7 +611,10 @@ impl Stream {
         let mut items: Vec<v1::AppliedItem> = Vec::new();
         let mut keys = std::collections::HashSet::new();
         loop {
-            let page = match self.recv_handshake(inbound, Some(session), "version_page").await? {
+            let page = match self
+                .recv_handshake(inbound, Some(session), "version_page")
+                .await?
+            {
                 agent_message::Body::VersionPage(page) => page,
                 _ => {
                     return Err(invalid(
@@ -740,12 +745,10 @@ impl Stream {
                     .await;
                 Ok(())
             }
-            Some(agent_message::Body::Hello(_)) => {
-                Err(invalid("hello: sent twice on one stream".to_owned()))
+            Some(agent_message::Body::Hello(_)) => Err(invalid("hello: sent twice on one stream".to_owned())),
+            Some(agent_message::Body::VersionPage(_)) => {
+                Err(invalid("version_page: not requested on this stream".to_owned()))
             }
-            Some(agent_message::Body::VersionPage(_)) => Err(invalid(
-                "version_page: not requested on this stream".to_owned(),
-            )),
             None => Err(invalid("agent message: empty body".to_owned())),
         }
     }
