@@ -44,10 +44,16 @@ async fn secret_values_in_payloads_never_appear_in_logs() {
             revision("too-big", 1, &VALUE.repeat(200_000).into_bytes()),
         ]),
     );
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new()).await.unwrap();
+    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        .await
+        .unwrap();
     agent.handshake().await;
     let update = agent.update().await;
-    assert_eq!(update.upserts[0].data["value"], VALUE.as_bytes(), "the value did flow");
+    assert_eq!(
+        update.upserts[0].data["value"],
+        VALUE.as_bytes(),
+        "the value did flow"
+    );
     agent
         .send(agent_message::Body::Ack(v1::Ack {
             nonce: update.nonce,
@@ -62,8 +68,17 @@ async fn secret_values_in_payloads_never_appear_in_logs() {
             }],
         }))
         .await;
-    hub.event(|event| matches!(event, FleetEvent::Nacked { code: keyfleet_hub::fleet::NackCode::Conflict, .. }).then_some(()))
-        .await;
+    hub.event(|event| {
+        matches!(
+            event,
+            FleetEvent::Nacked {
+                code: keyfleet_hub::fleet::NackCode::Conflict,
+                ..
+            }
+        )
+        .then_some(())
+    })
+    .await;
     hub.credentials.revoke_cluster(cluster);
     hub.fleet.revoke(cluster);
     agent.end().await.expect_err("revoked");
