@@ -14,6 +14,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(ServeConfig::from(args), shutdown).await,
+        Command::Client(command) => {
+            install_crypto_provider();
+            crate::cli::run(command, &mut std::io::stdout()).await?;
+            Ok(())
+        }
     }
 }
 

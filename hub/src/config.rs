@@ -5,13 +5,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::telemetry;
 
 /// `keyfleet`: the hub server and its administration commands.
 #[derive(Debug, Parser)]
-#[command(name = "keyfleet", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "keyfleet",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Exit codes: 0 done, 1 the hub refused or failed, 2 usage (bad flag, unreadable file, \
+                  missing admin token), 3 hub unreachable or admin token refused, 4 not found."
+)]
 pub struct Cli {
     /// Logging and tracing options (apply to every command).
     #[command(flatten)]
@@ -26,6 +34,327 @@ pub struct Cli {
 pub enum Command {
     /// Run the hub: the gRPC endpoint for agents and admins, Key Vault polling, status writes.
     Serve(ServeArgs),
+    /// Administration commands: clients of a running hub's Admin API (see [`crate::cli`]).
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// Default address of the hub's gRPC endpoint for the administration commands.
+pub const DEFAULT_HUB_URL: &str = "https://127.0.0.1:7443";
+
+/// How the administration commands reach and authenticate to the hub.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Hub connection")]
+pub struct ClientArgs {
+    /// The hub's gRPC endpoint (`https://…`; `http://…` only for local tests).
+    #[arg(long = "hub", env = "KEYFLEET_HUB", default_value = DEFAULT_HUB_URL, global = true)]
+    pub hub_url: String,
+    /// File holding the admin token (first line). Alternatively set KEYFLEET_ADMIN_TOKEN.
+    #[arg(long, global = true)]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (environment only, so that it stays out of shell history).
+    #[arg(
+        long = "admin-token",
+        env = "KEYFLEET_ADMIN_TOKEN",
+        hide = true,
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+    /// PEM file of the CA that signed the hub's certificate (default: the system's roots).
+    #[arg(long, env = "KEYFLEET_HUB_CA", global = true)]
+    pub hub_ca: Option<PathBuf>,
+}
+
+/// A client command with its connection flags (accepted after the command name, before or after
+/// the subcommand: `keyfleet cluster --hub URL add NAME` or `keyfleet cluster add NAME --hub URL`).
+#[derive(Debug, Clone, Args)]
+pub struct WithClient<T: Subcommand> {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: T,
+}
+
+/// Output format of listings and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
+    /// YAML for scripts.
+    Yaml,
+}
+
+/// The administration commands (each talks to the hub's Admin API).
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClientCommand {
+    /// Add, list, show, label and revoke clusters; issue enrollment tokens.
+    Cluster(WithClient<ClusterCommand>),
+    /// Validate and store SecretStore and FleetSecret specs (all or nothing).
+    Apply(ApplyArgs),
+    /// List FleetSecrets or SecretStores.
+    Get(WithClient<GetCommand>),
+    /// Delete a FleetSecret (clusters then remove it as its deletionPolicy says).
+    Delete(WithClient<DeleteCommand>),
+    /// Where every FleetSecret (or one) stands: revision, counts, rollout, lagging clusters.
+    Status(StatusArgs),
+    /// Pause, resume, pin or unpin a FleetSecret's rollout.
+    Rollout(WithClient<RolloutCommand>),
+    /// Pin a FleetSecret's Key Vault secret to one version (rollback).
+    #[command(disable_version_flag = true)]
+    Pin(PinArgs),
+    /// Remove pins: the FleetSecret follows the latest versions again.
+    Unpin(UnpinArgs),
+    /// Poll Key Vault now instead of waiting for the poll interval.
+    SyncNow(SyncNowArgs),
+}
+
+impl ClientCommand {
+    /// The connection flags of this command.
+    pub fn client(&self) -> &ClientArgs {
+        match self {
+            Self::Cluster(with) => &with.client,
+            Self::Get(with) => &with.client,
+            Self::Delete(with) => &with.client,
+            Self::Rollout(with) => &with.client,
+            Self::Apply(args) => &args.client,
+            Self::Status(args) => &args.client,
+            Self::Pin(args) => &args.client,
+            Self::Unpin(args) => &args.client,
+            Self::SyncNow(args) => &args.client,
+        }
+    }
+}
+
+/// `keyfleet cluster …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Register a cluster; prints its one-time enrollment token and the agent install command.
+    Add {
+        /// Cluster name (DNS-1123 label).
+        name: String,
+        /// Inventory label `key=value` (repeatable).
+        #[arg(long = "label", short = 'l', value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Enrollment token lifetime (1m to 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        token_ttl: Duration,
+        /// Hub URL the agent dials, when it differs from --hub.
+        #[arg(long)]
+        agent_hub_url: Option<String>,
+    },
+    /// List clusters.
+    List {
+        /// Label selector, e.g. `env=prod,region in (eu,us),!legacy`.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Show one cluster with its per-FleetSecret status.
+    Show {
+        /// Cluster name.
+        name: String,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Set (`key=value`) and remove (`key-`) inventory labels.
+    Label {
+        /// Cluster name.
+        name: String,
+        /// `key=value` to set, `key-` to remove.
+        #[arg(required = true, value_parser = parse_label_change)]
+        changes: Vec<LabelChange>,
+    },
+    /// Revoke the cluster's credential; its stream ends within a second.
+    Revoke {
+        /// Cluster name.
+        name: String,
+    },
+    /// Issue a new one-time enrollment token (re-enrollment).
+    Token {
+        /// Cluster name.
+        name: String,
+        /// Enrollment token lifetime (1m to 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        token_ttl: Duration,
+        /// Hub URL the agent dials, when it differs from --hub.
+        #[arg(long)]
+        agent_hub_url: Option<String>,
+    },
+}
+
+/// One `cluster label` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    /// `key=value`.
+    Set(String, String),
+    /// `key-`.
+    Remove(String),
+}
+
+/// `keyfleet apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// YAML file or directory (repeatable); directories are read recursively (*.yaml, *.yml).
+    #[arg(long = "filename", short = 'f', required = true)]
+    pub files: Vec<PathBuf>,
+    /// Validate only; store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `keyfleet get …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GetCommand {
+    /// List FleetSecrets.
+    #[command(name = "fleetsecrets", visible_alias = "fleetsecret")]
+    FleetSecrets {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// List SecretStores.
+    #[command(name = "stores", visible_alias = "store")]
+    Stores {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+/// `keyfleet delete …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeleteCommand {
+    /// Delete a FleetSecret.
+    #[command(name = "fleetsecret")]
+    FleetSecret {
+        /// FleetSecret name.
+        name: String,
+    },
+}
+
+/// `keyfleet status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// One FleetSecret (all when omitted).
+    pub fleet_secret: Option<String>,
+    /// Lagging clusters listed per FleetSecret (1-1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lagging: u32,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `keyfleet rollout …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RolloutCommand {
+    /// Pause: no further wave starts.
+    Pause {
+        /// FleetSecret name.
+        name: String,
+    },
+    /// Resume a paused rollout.
+    Resume {
+        /// FleetSecret name.
+        name: String,
+    },
+    /// Same as `keyfleet pin`.
+    #[command(disable_version_flag = true)]
+    Pin(PinTarget),
+    /// Same as `keyfleet unpin`.
+    Unpin(UnpinTarget),
+}
+
+/// What to pin.
+#[derive(Debug, Clone, Args)]
+pub struct PinTarget {
+    /// FleetSecret name.
+    pub name: String,
+    /// Key Vault secret to pin (may be omitted when the FleetSecret reads exactly one).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Key Vault version id (32 hex characters).
+    #[arg(long)]
+    pub version: String,
+}
+
+/// What to unpin.
+#[derive(Debug, Clone, Args)]
+pub struct UnpinTarget {
+    /// FleetSecret name.
+    pub name: String,
+    /// Key Vault secret to unpin (all pins of the FleetSecret when omitted).
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+/// `keyfleet pin`.
+#[derive(Debug, Clone, Args)]
+pub struct PinArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to pin.
+    #[command(flatten)]
+    pub target: PinTarget,
+}
+
+/// `keyfleet unpin`.
+#[derive(Debug, Clone, Args)]
+pub struct UnpinArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to unpin.
+    #[command(flatten)]
+    pub target: UnpinTarget,
+}
+
+/// `keyfleet sync-now`.
+#[derive(Debug, Clone, Args)]
+pub struct SyncNowArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this SecretStore (all when omitted).
+    #[arg(long)]
+    pub store: Option<String>,
+}
+
+/// Parses `key=value`.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("invalid label {text:?}, expected key=value")),
+    }
+}
+
+/// Parses `key=value` (set) or `key-` (remove).
+pub fn parse_label_change(text: &str) -> Result<LabelChange, String> {
+    if let Some(key) = text.strip_suffix('-')
+        && !key.is_empty()
+        && !key.contains('=')
+    {
+        return Ok(LabelChange::Remove(key.to_owned()));
+    }
+    parse_label(text)
+        .map(|(key, value)| LabelChange::Set(key, value))
+        .map_err(|_| format!("invalid label change {text:?}, expected key=value or key-"))
 }
 
 /// Flags of `keyfleet serve`.
@@ -152,7 +481,9 @@ mod tests {
     fn serve_flags_land_in_their_sub_configs() {
         let cli =
             parse(&["serve", "--ops-addr", "127.0.0.1:0", "--shutdown-grace", "250ms"]).expect("valid flags");
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
         let config = ServeConfig::from(args);
         assert_eq!(config.ops.addr, "127.0.0.1:0".parse().expect("literal address"));
         assert_eq!(config.shutdown_grace, Duration::from_millis(250));
@@ -234,6 +565,172 @@ mod tests {
         let error = parse(&["serve", "--shutdown-grace", "soon"]).expect_err("bad duration");
         assert_eq!(error.exit_code(), 2);
         assert!(error.to_string().contains("soon"), "{error}");
+    }
+
+    fn client(args: &[&str]) -> ClientCommand {
+        match parse(args)
+            .unwrap_or_else(|error| panic!("{args:?}: {error}"))
+            .command
+        {
+            Command::Client(command) => command,
+            Command::Serve(_) => panic!("{args:?} parsed as serve"),
+        }
+    }
+
+    #[test]
+    fn cluster_add_takes_labels_ttl_and_connection_flags_anywhere() {
+        let command = client(&[
+            "cluster",
+            "--hub",
+            "http://127.0.0.1:1",
+            "add",
+            "prod-eu-1",
+            "--label",
+            "env=prod",
+            "-l",
+            "region=eu",
+            "--token-ttl",
+            "1h",
+            "--admin-token-file",
+            "/tmp/token",
+        ]);
+        assert_eq!(command.client().hub_url, "http://127.0.0.1:1");
+        assert_eq!(
+            command.client().admin_token_file,
+            Some(PathBuf::from("/tmp/token"))
+        );
+        let ClientCommand::Cluster(WithClient {
+            command:
+                ClusterCommand::Add {
+                    name,
+                    labels,
+                    token_ttl,
+                    ..
+                },
+            ..
+        }) = command
+        else {
+            panic!("not cluster add");
+        };
+        assert_eq!(name, "prod-eu-1");
+        assert_eq!(
+            labels,
+            [("env".into(), "prod".into()), ("region".into(), "eu".into())]
+        );
+        assert_eq!(token_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn client_commands_parse_their_arguments() {
+        let ClientCommand::Cluster(with) =
+            client(&["cluster", "label", "c1", "ring=canary", "legacy-", "a=b-"])
+        else {
+            panic!("not cluster");
+        };
+        let ClusterCommand::Label { changes, .. } = with.command else {
+            panic!("not label");
+        };
+        assert_eq!(
+            changes,
+            [
+                LabelChange::Set("ring".into(), "canary".into()),
+                LabelChange::Remove("legacy".into()),
+                LabelChange::Set("a".into(), "b-".into()),
+            ]
+        );
+        let ClientCommand::Apply(apply) = client(&["apply", "-f", "a.yaml", "-f", "dir", "--dry-run"]) else {
+            panic!("not apply");
+        };
+        assert_eq!(apply.files, [PathBuf::from("a.yaml"), PathBuf::from("dir")]);
+        assert!(apply.dry_run);
+        assert_eq!(apply.client.hub_url, DEFAULT_HUB_URL);
+        let ClientCommand::Status(status) = client(&["status", "regcred", "-o", "json", "--lagging", "5"])
+        else {
+            panic!("not status");
+        };
+        assert_eq!(
+            (status.fleet_secret.as_deref(), status.output, status.lagging),
+            (Some("regcred"), OutputFormat::Json, 5)
+        );
+        let ClientCommand::Rollout(rollout) = client(&[
+            "rollout",
+            "pin",
+            "regcred",
+            "--key",
+            "acr-pull",
+            "--version",
+            "abc",
+        ]) else {
+            panic!("not rollout");
+        };
+        assert!(
+            matches!(rollout.command, RolloutCommand::Pin(PinTarget { ref key, .. }) if key.as_deref() == Some("acr-pull"))
+        );
+        let ClientCommand::Pin(pin) = client(&["pin", "regcred", "--version", "abc"]) else {
+            panic!("not pin");
+        };
+        assert_eq!((pin.target.key, pin.target.version.as_str()), (None, "abc"));
+        assert!(matches!(client(&["unpin", "regcred"]), ClientCommand::Unpin(_)));
+        assert!(matches!(
+            client(&["get", "fleetsecrets", "-o", "yaml"]),
+            ClientCommand::Get(_)
+        ));
+        assert!(matches!(client(&["get", "stores"]), ClientCommand::Get(_)));
+        assert!(matches!(
+            client(&["delete", "fleetsecret", "regcred"]),
+            ClientCommand::Delete(_)
+        ));
+        assert!(matches!(
+            client(&["sync-now", "--store", "shared-kv"]),
+            ClientCommand::SyncNow(_)
+        ));
+        assert!(matches!(
+            client(&["cluster", "list", "--selector", "env=prod"]),
+            ClientCommand::Cluster(_)
+        ));
+    }
+
+    #[test]
+    fn bad_client_arguments_exit_with_2() {
+        for args in [
+            &["cluster", "add", "c1", "--label", "novalue"][..],
+            &["cluster", "label", "c1"],
+            &["cluster", "label", "c1", "-"],
+            &["cluster", "add", "c1", "--token-ttl", "soon"],
+            &["apply"],
+            &["status", "-o", "xml"],
+            &["status", "--lagging", "0"],
+            &["pin", "regcred"],
+            &["get", "secrets"],
+            &["rollout", "stop", "regcred"],
+        ] {
+            let error = parse(args).expect_err("bad arguments");
+            assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_command_has_help_text() {
+        fn walk(command: &clap::Command, path: &str) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "{path} has no help text");
+                for arg in sub.get_arguments() {
+                    assert!(
+                        arg.is_hide_set()
+                            || arg.get_help().is_some()
+                            || arg.get_id() == "help"
+                            || arg.get_id() == "version",
+                        "{path} --{} has no help text",
+                        arg.get_id()
+                    );
+                }
+                walk(sub, &path);
+            }
+        }
+        let command = <Cli as clap::CommandFactory>::command();
+        command.clone().debug_assert();
+        walk(&command, "keyfleet");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`config`]: clap CLI (flags + `KEYFLEET_*` env) parsed into per-module sub-configs.
 //! - [`telemetry`]: tracing subscriber, optional OTLP export, the flush guard.
 //! - [`app`]: wiring only: connect, migrate, build, serve, drain.
+//! - [`cli`]: the administration commands (`cluster`, `apply`, `status`, …), Admin API clients.
 //! - [`domain`]: pure types and rules shared by every module (`SecretValue`, names, labels).
 //! - [`ops`]: the operations HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
 //! - [`spec`]: SecretStore / FleetSecret YAML specs, strict parsing and ESO-style validation.
@@ -14,6 +15,7 @@
 //! - [`grpc`]: tonic services; `grpc::convert` is the only proto ⇄ domain crossing.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod fleet;
