@@ -493,7 +493,9 @@ mod tests {
     fn grpc_and_tls_flags_land_in_the_grpc_config() {
         use crate::grpc::server::TlsSource;
         let cli = parse(&["serve"]).expect("defaults");
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
         let config = ServeConfig::from(args);
         assert_eq!(
             config.grpc.addr,
@@ -516,7 +518,9 @@ mod tests {
             "r1",
         ])
         .expect("self-signed");
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
         let config = ServeConfig::from(args);
         assert_eq!(
             config.grpc.tls,
@@ -527,7 +531,9 @@ mod tests {
         );
         assert_eq!(config.grpc.replica_id, "r1");
         let cli = parse(&["serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"]).expect("files");
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
         assert_eq!(
             ServeConfig::from(args).grpc.tls,
             Some(TlsSource::Files {
