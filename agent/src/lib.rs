@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod reconcile;
 pub mod telemetry;
 
 pub use app::run;
