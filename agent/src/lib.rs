@@ -8,6 +8,8 @@
 
 pub mod app;
 pub mod config;
+pub mod hub;
+pub mod metrics;
 pub mod reconcile;
 pub mod telemetry;
 

@@ -1,0 +1,62 @@
+//! The agent's metrics: cheap atomics, registered into a Prometheus registry only by the binary
+//! (an in-process loadtest agent keeps them unregistered).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters and gauges of one agent.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    /// 1 while a Sync stream is established (after Welcome).
+    pub connected: Gauge,
+    /// Sync streams that ended and were reopened.
+    pub reconnects: Counter,
+    /// Upserts applied (ACK).
+    pub applied_ok: Counter,
+    /// Upserts refused (NACK).
+    pub applied_refused: Counter,
+    /// Managed Secrets repaired after an edit.
+    pub drift_modified: Counter,
+    /// Managed Secrets recreated after a deletion.
+    pub drift_deleted: Counter,
+    /// Keys currently applied.
+    pub applied_keys: Gauge,
+    /// Writes made to the Kubernetes API (apply, delete, release).
+    pub kube_writes: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric under the `keyfleet_agent` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("keyfleet_agent");
+        registry.register(
+            "connected",
+            "1 while the Sync stream to the hub is established",
+            self.connected.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Sync streams reopened",
+            self.reconnects.clone(),
+        );
+        registry.register("applied", "Upserts applied", self.applied_ok.clone());
+        registry.register("refused", "Upserts refused", self.applied_refused.clone());
+        registry.register(
+            "drift_modified",
+            "Managed Secrets repaired after an edit",
+            self.drift_modified.clone(),
+        );
+        registry.register(
+            "drift_deleted",
+            "Managed Secrets recreated after a deletion",
+            self.drift_deleted.clone(),
+        );
+        registry.register("applied_keys", "Keys applied", self.applied_keys.clone());
+        registry.register(
+            "kube_writes",
+            "Writes to the Kubernetes API",
+            self.kube_writes.clone(),
+        );
+    }
+}
