@@ -1,5 +1,6 @@
 //! Command line and environment (`KEYFLEET_AGENT_*`), parsed by clap into per-module sub-configs.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -31,6 +32,12 @@ pub struct Cli {
         default_value = "keyfleet-agent-credential"
     )]
     pub credential_secret: String,
+    /// Namespaces the agent may write Secrets into (comma-separated); all when unset.
+    #[arg(long, env = "KEYFLEET_AGENT_ALLOWED_NAMESPACES", value_delimiter = ',')]
+    pub allowed_namespaces: Option<Vec<String>>,
+    /// Kubeconfig file; in-cluster config (or `KUBECONFIG`) when unset.
+    #[arg(long, env = "KEYFLEET_AGENT_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Address of the operations endpoint (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "KEYFLEET_AGENT_OPS_ADDR", default_value = "0.0.0.0:9091")]
     pub ops_addr: SocketAddr,
@@ -71,6 +78,10 @@ pub struct Config {
     pub credential: CredentialConfig,
     /// Operations endpoint address.
     pub ops_addr: SocketAddr,
+    /// Namespaces the agent may write into (`None`: all).
+    pub allowed_namespaces: Option<BTreeSet<String>>,
+    /// Kubeconfig file (`None`: in-cluster or `KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl From<Cli> for Config {
@@ -86,6 +97,10 @@ impl From<Cli> for Config {
                 secret_name: cli.credential_secret,
             },
             ops_addr: cli.ops_addr,
+            allowed_namespaces: cli
+                .allowed_namespaces
+                .map(|namespaces| namespaces.into_iter().collect()),
+            kubeconfig: cli.kubeconfig,
         }
     }
 }
@@ -109,6 +124,8 @@ mod tests {
             "kfe_x",
             "--namespace",
             "kf",
+            "--allowed-namespaces",
+            "a,b",
         ])
         .expect("valid flags");
         let config = Config::from(cli);
@@ -116,6 +133,10 @@ mod tests {
         assert_eq!(config.hub.enrollment_token.as_deref(), Some("kfe_x"));
         assert_eq!(config.credential.namespace, "kf");
         assert_eq!(config.credential.secret_name, "keyfleet-agent-credential");
+        assert_eq!(
+            config.allowed_namespaces,
+            Some(["a".to_string(), "b".to_string()].into())
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use keyfleet_proto::v1::{
-    self, AgentMessage, agent_message, enrollment_client::EnrollmentClient,
-    hub_message, secret_sync_client::SecretSyncClient,
+    self, AgentMessage, agent_message, enrollment_client::EnrollmentClient, hub_message,
+    secret_sync_client::SecretSyncClient,
 };
 use keyfleet_proto::{PROTOCOL_VERSION, digest, limits};
 use rand::rngs::StdRng;
@@ -38,9 +38,8 @@ use zeroize::Zeroizing;
 
 use crate::metrics::Metrics;
 use crate::reconcile::{
-    Applied, CreationPolicy, DeletionPolicy, DesiredSecret, DriftKind, ErrorCode,
-    MANAGED_BY_LABEL, Operator, RESERVED_ANNOTATION_PREFIX, Refusal, Requirement, SecretBytes,
-    Selector, Targets,
+    Applied, CreationPolicy, DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, MANAGED_BY_LABEL, Operator,
+    RESERVED_ANNOTATION_PREFIX, Refusal, Requirement, SecretBytes, Selector, Targets,
 };
 
 /// Errors of the hub client.
@@ -55,9 +54,7 @@ pub enum HubError {
         reason: String,
     },
     /// No stored credential and no enrollment token.
-    #[error(
-        "not enrolled: credential Secret {namespace}/{name} not found and no enrollment token given"
-    )]
+    #[error("not enrolled: credential Secret {namespace}/{name} not found and no enrollment token given")]
     NotEnrolled {
         /// Agent namespace.
         namespace: String,
@@ -132,17 +129,11 @@ pub trait Cluster: Send + Sync {
     /// Error type for [`Cluster::applied`].
     type Error: std::error::Error + Send + Sync + 'static;
     /// Every applied key with its (revision, sha256).
-    fn applied(
-        &self,
-    ) -> impl Future<Output = Result<BTreeMap<String, Applied>, Self::Error>> + Send;
+    fn applied(&self) -> impl Future<Output = Result<BTreeMap<String, Applied>, Self::Error>> + Send;
     /// Applies one validated payload; all of it or, on refusal, nothing new.
     fn upsert(&self, desired: DesiredSecret) -> impl Future<Output = Result<(), Refusal>> + Send;
     /// Removes a key.
-    fn remove(
-        &self,
-        key: &str,
-        policy: DeletionPolicy,
-    ) -> impl Future<Output = Result<(), Refusal>> + Send;
+    fn remove(&self, key: &str, policy: DeletionPolicy) -> impl Future<Output = Result<(), Refusal>> + Send;
 }
 
 /// How to reach the hub.
@@ -274,7 +265,11 @@ pub async fn ensure_credential<S: CredentialStore>(
             Ok(None) => break,
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(error = &error as &dyn std::error::Error, ?delay, "cannot read the credential secret");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    ?delay,
+                    "cannot read the credential secret"
+                );
                 tokio::time::sleep(delay).await;
             }
         }
@@ -310,7 +305,11 @@ pub async fn ensure_credential<S: CredentialStore>(
             Err(error) => {
                 // The token is spent: keep trying, the credential exists only in memory.
                 let delay = backoff.next_delay();
-                tracing::error!(error = &error as &dyn std::error::Error, ?delay, "cannot store the credential, retrying");
+                tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    ?delay,
+                    "cannot store the credential, retrying"
+                );
                 tokio::time::sleep(delay).await;
             }
         }
@@ -319,10 +318,7 @@ pub async fn ensure_credential<S: CredentialStore>(
 
 fn credential_from(response: v1::EnrollResponse) -> Result<Credential, HubError> {
     let secret = Zeroizing::new(response.credential);
-    if secret.is_empty()
-        || secret.len() > 256
-        || !secret.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if secret.is_empty() || secret.len() > 256 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(HubError::EnrollResponse(
             "credential is empty, too long or not printable ascii",
         ));
@@ -439,10 +435,7 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
                         backoff.next_delay()
                     }
                 }
-                SessionEnd::Failed {
-                    reason,
-                    retry_after,
-                } => {
+                SessionEnd::Failed { reason, retry_after } => {
                     let delay = backoff.next_delay().max(retry_after.unwrap_or_default());
                     tracing::warn!(%reason, ?delay, "sync stream ended, reconnecting");
                     delay
@@ -453,11 +446,7 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
         }
     }
 
-    async fn session(
-        &self,
-        events: &mut mpsc::Receiver<ClusterEvent>,
-        welcomed: &mut bool,
-    ) -> SessionEnd {
+    async fn session(&self, events: &mut mpsc::Receiver<ClusterEvent>, welcomed: &mut bool) -> SessionEnd {
         let applied = match self.cluster.applied().await {
             Ok(applied) => applied,
             Err(error) => return failed(format!("cannot rebuild the applied state: {error}")),
@@ -614,11 +603,7 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
                     "key repeated in one update",
                 ))
             } else if let Err(reason) = check_subdomain(&removal.key) {
-                Some(Refusal::new(
-                    ErrorCode::Invalid,
-                    false,
-                    format!("key: {reason}"),
-                ))
+                Some(Refusal::new(ErrorCode::Invalid, false, format!("key: {reason}")))
             } else {
                 None
             };
@@ -721,10 +706,7 @@ fn version_pages(applied: &BTreeMap<String, Applied>, page_size: usize) -> Vec<A
 
 fn version_page(items: Vec<v1::AppliedItem>, last: bool) -> AgentMessage {
     AgentMessage {
-        body: Some(agent_message::Body::VersionPage(v1::VersionPage {
-            items,
-            last,
-        })),
+        body: Some(agent_message::Body::VersionPage(v1::VersionPage { items, last })),
     }
 }
 
@@ -937,8 +919,7 @@ pub fn desired_from_payload(payload: v1::SecretPayload) -> Result<DesiredSecret,
     if payload.revision == 0 {
         return Err(invalid("revision must be positive".into()));
     }
-    check_subdomain(&payload.secret_name)
-        .map_err(|reason| invalid(format!("secret_name: {reason}")))?;
+    check_subdomain(&payload.secret_name).map_err(|reason| invalid(format!("secret_name: {reason}")))?;
     if payload.r#type.len() > 253 || payload.r#type.bytes().any(|b| !b.is_ascii_graphic()) {
         return Err(invalid(
             "type must be at most 253 bytes of printable ascii".into(),
@@ -966,14 +947,10 @@ pub fn desired_from_payload(payload: v1::SecretPayload) -> Result<DesiredSecret,
             selector_from(selector).map_err(|reason| invalid(format!("namespace_selector: {reason}")))?,
         ),
         (true, None) => {
-            return Err(invalid(
-                "neither namespaces nor namespace_selector is set".into(),
-            ));
+            return Err(invalid("neither namespaces nor namespace_selector is set".into()));
         }
         (false, Some(_)) => {
-            return Err(invalid(
-                "both namespaces and namespace_selector are set".into(),
-            ));
+            return Err(invalid("both namespaces and namespace_selector are set".into()));
         }
     };
     let mut data_bytes = 0usize;
@@ -1098,11 +1075,32 @@ mod tests {
 
     #[test]
     fn invalid_payloads_are_refused_with_a_named_reason() {
-        let cases: Vec<(Box<dyn FnOnce(&mut v1::SecretPayload)>, bool, ErrorCode, &str)> = vec![
-            (Box::new(|p| p.key = "Bad_Key".into()), true, ErrorCode::Invalid, "key"),
-            (Box::new(|p| p.secret_name = "-x".into()), true, ErrorCode::Invalid, "secret_name"),
-            (Box::new(|p| p.namespaces = vec!["UPPER".into()]), true, ErrorCode::Invalid, "namespace"),
-            (Box::new(|p| p.namespaces.clear()), true, ErrorCode::Invalid, "neither"),
+        type Mutation = Box<dyn FnOnce(&mut v1::SecretPayload)>;
+        let cases: Vec<(Mutation, bool, ErrorCode, &str)> = vec![
+            (
+                Box::new(|p| p.key = "Bad_Key".into()),
+                true,
+                ErrorCode::Invalid,
+                "key",
+            ),
+            (
+                Box::new(|p| p.secret_name = "-x".into()),
+                true,
+                ErrorCode::Invalid,
+                "secret_name",
+            ),
+            (
+                Box::new(|p| p.namespaces = vec!["UPPER".into()]),
+                true,
+                ErrorCode::Invalid,
+                "namespace",
+            ),
+            (
+                Box::new(|p| p.namespaces.clear()),
+                true,
+                ErrorCode::Invalid,
+                "neither",
+            ),
             (
                 Box::new(|p| {
                     p.namespace_selector = Some(v1::LabelSelector::default());
@@ -1137,7 +1135,8 @@ mod tests {
             ),
             (
                 Box::new(|p| {
-                    p.data.insert("big".into(), vec![0; limits::MAX_SECRET_DATA_BYTES]);
+                    p.data
+                        .insert("big".into(), vec![0; limits::MAX_SECRET_DATA_BYTES]);
                 }),
                 true,
                 ErrorCode::Invalid,
@@ -1167,7 +1166,12 @@ mod tests {
                 ErrorCode::DigestMismatch,
                 "sha256",
             ),
-            (Box::new(|p| p.sha256.truncate(5)), false, ErrorCode::DigestMismatch, "5 bytes"),
+            (
+                Box::new(|p| p.sha256.truncate(5)),
+                false,
+                ErrorCode::DigestMismatch,
+                "5 bytes",
+            ),
         ];
         for (mutate, reseal, code, needle) in cases {
             let refusal = refusal(mutate, reseal);
@@ -1214,18 +1218,41 @@ mod tests {
     fn hello_digest_matches_the_canonical_set_digest() {
         let settings = SyncSettings::new("0.1.0");
         let applied: BTreeMap<String, Applied> = [
-            ("b".to_string(), Applied { revision: 2, sha256: [2; 32] }),
-            ("a".to_string(), Applied { revision: 1, sha256: [1; 32] }),
+            (
+                "b".to_string(),
+                Applied {
+                    revision: 2,
+                    sha256: [2; 32],
+                },
+            ),
+            (
+                "a".to_string(),
+                Applied {
+                    revision: 1,
+                    sha256: [1; 32],
+                },
+            ),
         ]
         .into();
         let Some(agent_message::Body::Hello(hello)) = hello(&settings, &applied).body else {
             panic!("not a hello");
         };
         let items = vec![
-            v1::AppliedItem { key: "a".into(), revision: 1, sha256: vec![1; 32] },
-            v1::AppliedItem { key: "b".into(), revision: 2, sha256: vec![2; 32] },
+            v1::AppliedItem {
+                key: "a".into(),
+                revision: 1,
+                sha256: vec![1; 32],
+            },
+            v1::AppliedItem {
+                key: "b".into(),
+                revision: 2,
+                sha256: vec![2; 32],
+            },
         ];
-        assert_eq!(hello.applied_digest, digest::applied_items_digest(&items).to_vec());
+        assert_eq!(
+            hello.applied_digest,
+            digest::applied_items_digest(&items).to_vec()
+        );
         assert_eq!(hello.applied_count, 2);
         assert_eq!(hello.boot_id.len(), 16);
         assert_eq!(hello.protocol, PROTOCOL_VERSION);
@@ -1234,7 +1261,15 @@ mod tests {
     #[test]
     fn version_pages_split_and_mark_the_last() {
         let applied: BTreeMap<String, Applied> = (0..5)
-            .map(|i| (format!("k{i}"), Applied { revision: i, sha256: [0; 32] }))
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    Applied {
+                        revision: i,
+                        sha256: [0; 32],
+                    },
+                )
+            })
             .collect();
         let pages = version_pages(&applied, 2);
         let flags: Vec<(usize, bool)> = pages

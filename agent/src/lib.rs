@@ -4,16 +4,22 @@
 //! # Layout
 //! - [`config`]: clap CLI (flags + `KEYFLEET_AGENT_*` env) parsed into per-module sub-configs.
 //! - [`telemetry`]: the tracing subscriber.
-//! - [`app`]: wiring only.
+//! - [`app`]: wiring: the binary's `run` and the in-process `run_agent` / `AgentRuntime`.
+//! - [`reconcile`]: pure; desired + observed Secrets → actions or a refusal.
+//! - [`hub`]: the hub client (enrollment, Sync stream, proto ⇄ domain conversions).
+//! - [`kube`]: the Kubernetes side (server-side apply, drift watcher, credential Secret).
+//! - [`metrics`], [`ops`]: counters and the `/healthz` `/readyz` `/metrics` endpoint.
 
 pub mod app;
 pub mod config;
 pub mod hub;
+pub mod kube;
 pub mod metrics;
+pub mod ops;
 pub mod reconcile;
 pub mod telemetry;
 
-pub use app::run;
+pub use app::{AgentRuntime, AgentSettings, run, run_agent};
 
 /// Resolves when the process receives SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

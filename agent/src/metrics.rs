@@ -35,11 +35,7 @@ impl Metrics {
             "1 while the Sync stream to the hub is established",
             self.connected.clone(),
         );
-        registry.register(
-            "reconnects",
-            "Sync streams reopened",
-            self.reconnects.clone(),
-        );
+        registry.register("reconnects", "Sync streams reopened", self.reconnects.clone());
         registry.register("applied", "Upserts applied", self.applied_ok.clone());
         registry.register("refused", "Upserts refused", self.applied_refused.clone());
         registry.register(

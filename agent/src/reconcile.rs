@@ -296,10 +296,7 @@ impl DesiredSecret {
         annotations.insert(REVISION_ANNOTATION.into(), self.revision.to_string());
         annotations.insert(SHA256_ANNOTATION.into(), hex::encode(self.sha256));
         annotations.insert(FLEET_SECRET_ANNOTATION.into(), self.key.clone());
-        annotations.insert(
-            CREATION_POLICY_ANNOTATION.into(),
-            self.creation.as_str().into(),
-        );
+        annotations.insert(CREATION_POLICY_ANNOTATION.into(), self.creation.as_str().into());
         annotations
     }
 }
@@ -349,8 +346,7 @@ pub struct Applied {
 impl ObservedSecret {
     /// Whose Secret this is.
     pub fn ownership(&self) -> Ownership<'_> {
-        let labelled =
-            self.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE);
+        let labelled = self.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE);
         match self.annotations.get(FLEET_SECRET_ANNOTATION) {
             Some(key) if labelled => Ownership::Ours {
                 key,
@@ -431,10 +427,7 @@ pub struct Namespace {
 
 /// The namespaces a payload writes into: the named ones (each must exist, else a retryable
 /// `NamespaceMissing`) or those the selector matches (possibly none).
-pub fn resolve_namespaces(
-    targets: &Targets,
-    cluster: &[Namespace],
-) -> Result<Vec<String>, Refusal> {
+pub fn resolve_namespaces(targets: &Targets, cluster: &[Namespace]) -> Result<Vec<String>, Refusal> {
     match targets {
         Targets::Namespaces(names) => {
             let existing: BTreeSet<&str> = cluster.iter().map(|ns| ns.name.as_str()).collect();
@@ -462,8 +455,8 @@ pub fn resolve_namespaces(
 }
 
 fn data_and_type_match(desired: &DesiredSecret, observed: &ObservedSecret) -> bool {
-    let type_ok = desired.creation == CreationPolicy::Merge
-        || observed.effective_type() == desired.secret_type;
+    let type_ok =
+        desired.creation == CreationPolicy::Merge || observed.effective_type() == desired.secret_type;
     type_ok
         && desired
             .data
@@ -474,9 +467,7 @@ fn data_and_type_match(desired: &DesiredSecret, observed: &ObservedSecret) -> bo
 /// Whether `observed` holds everything we would write for `desired` (extra foreign keys, labels
 /// and annotations are not ours and do not count).
 pub fn is_up_to_date(desired: &DesiredSecret, observed: &ObservedSecret) -> bool {
-    let immutable_ok = desired.creation == CreationPolicy::Merge
-        || !desired.immutable
-        || observed.immutable;
+    let immutable_ok = desired.creation == CreationPolicy::Merge || !desired.immutable || observed.immutable;
     observed.is_ours_for(&desired.key)
         && data_and_type_match(desired, observed)
         && immutable_ok
@@ -499,9 +490,7 @@ fn cleanup(observed: &ObservedSecret, policy: DeletionPolicy) -> Option<Action> 
     Some(match (creation, policy) {
         (CreationPolicy::Owner, DeletionPolicy::Delete) => Action::Delete { namespace, name },
         (CreationPolicy::Merge, DeletionPolicy::Delete) => Action::RemoveFields { namespace, name },
-        (CreationPolicy::Orphan, _) | (_, DeletionPolicy::Retain) => {
-            Action::Release { namespace, name }
-        }
+        (CreationPolicy::Orphan, _) | (_, DeletionPolicy::Retain) => Action::Release { namespace, name },
     })
 }
 
@@ -583,8 +572,7 @@ pub fn plan_upsert(
         }
     }
     for stale in observed.iter().filter(|o| {
-        o.is_ours_for(&desired.key)
-            && !(o.name == desired.secret_name && namespaces.contains(&o.namespace))
+        o.is_ours_for(&desired.key) && !(o.name == desired.secret_name && namespaces.contains(&o.namespace))
     }) {
         actions.extend(cleanup(stale, desired.deletion));
     }
@@ -629,11 +617,9 @@ pub fn check_drift(
     if is_up_to_date(desired, observed) {
         return None;
     }
-    let repair = (!observed.immutable || data_and_type_match(desired, observed)).then(|| {
-        Action::Apply {
-            namespace: namespace.into(),
-            force: true,
-        }
+    let repair = (!observed.immutable || data_and_type_match(desired, observed)).then(|| Action::Apply {
+        namespace: namespace.into(),
+        force: true,
     });
     Some(Drift {
         kind: DriftKind::Modified,
@@ -922,7 +908,9 @@ mod tests {
         let merge = desired(CreationPolicy::Merge, DeletionPolicy::Retain);
         let mut immutable_edited = written(&base, "a");
         immutable_edited.immutable = true;
-        immutable_edited.data.insert("token".into(), value_digest(b"other"));
+        immutable_edited
+            .data
+            .insert("token".into(), value_digest(b"other"));
         let cases: Vec<(&str, &DesiredSecret, Option<ObservedSecret>, Option<Drift>)> = vec![
             ("intact", &base, Some(written(&base, "a")), None),
             ("foreign extra key is not drift", &base, Some(extra_key), None),

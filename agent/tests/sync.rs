@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keyfleet_agent::hub::{
-    Backoff, ClusterEvent, Credential, HubEndpoint, SyncClient, SyncSettings, channel,
-    ensure_credential,
+    Backoff, ClusterEvent, Credential, HubEndpoint, SyncClient, SyncSettings, channel, ensure_credential,
 };
 use keyfleet_agent::metrics::Metrics;
 use keyfleet_agent::reconcile::{Applied, DeletionPolicy, DriftKind};
@@ -88,22 +87,43 @@ async fn enrollment_stores_the_credential_and_a_restart_reuses_it() {
     let channel = channel(&endpoint(&hub)).expect("channel");
     let store = MemStore::default();
     let not_enrolled = || unreachable!("a token is given");
-    let first = ensure_credential(&store, channel.clone(), Some(TOKEN), "0.1.0", not_enrolled, &mut fast_backoff())
-        .await
-        .expect("enrolled");
+    let first = ensure_credential(
+        &store,
+        channel.clone(),
+        Some(TOKEN),
+        "0.1.0",
+        not_enrolled,
+        &mut fast_backoff(),
+    )
+    .await
+    .expect("enrolled");
     assert_eq!(first.secret.as_str(), CREDENTIAL);
     assert_eq!(first.cluster_name, "c1");
     assert_eq!(store.saves.load(Ordering::SeqCst), 1);
     // A restarted agent (same store) does not enroll again, even with the token still configured.
-    let again = ensure_credential(&store, channel.clone(), Some(TOKEN), "0.1.0", not_enrolled, &mut fast_backoff())
-        .await
-        .expect("stored credential");
+    let again = ensure_credential(
+        &store,
+        channel.clone(),
+        Some(TOKEN),
+        "0.1.0",
+        not_enrolled,
+        &mut fast_backoff(),
+    )
+    .await
+    .expect("stored credential");
     assert_eq!(again.secret.as_str(), CREDENTIAL);
     assert_eq!(hub.enrolls.load(Ordering::SeqCst), 1);
     // A fresh store with the spent token is refused for good, and says so.
-    let error = ensure_credential(&MemStore::default(), channel, Some(TOKEN), "0.1.0", not_enrolled, &mut fast_backoff())
-        .await
-        .expect_err("token spent");
+    let error = ensure_credential(
+        &MemStore::default(),
+        channel,
+        Some(TOKEN),
+        "0.1.0",
+        not_enrolled,
+        &mut fast_backoff(),
+    )
+    .await
+    .expect_err("token spent");
     assert!(error.to_string().contains("enrollment refused"), "{error}");
     assert!(!error.to_string().contains(TOKEN));
 }
@@ -124,7 +144,12 @@ async fn missing_token_and_credential_is_a_named_error() {
     )
     .await
     .expect_err("not enrolled");
-    assert!(error.to_string().contains("keyfleet-system/keyfleet-agent-credential"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("keyfleet-system/keyfleet-agent-credential"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -132,27 +157,54 @@ async fn in_sync_reconnect_is_one_small_hello_with_the_bearer_credential() {
     let mut hub = ScriptedHub::start().await;
     let cluster = MemCluster::default();
     let applied: BTreeMap<String, Applied> = (0..50)
-        .map(|i| (format!("secret-{i}"), Applied { revision: 100 + i, sha256: [i as u8; 32] }))
+        .map(|i| {
+            (
+                format!("secret-{i}"),
+                Applied {
+                    revision: 100 + i,
+                    sha256: [i as u8; 32],
+                },
+            )
+        })
         .collect();
     *cluster.applied.lock().expect("lock") = applied.clone();
     let (credential, settings, metrics) = (credential(), fast_settings(), Metrics::default());
     let (_events_tx, mut events) = mpsc::channel(8);
-    let client = SyncClient::new(channel(&endpoint(&hub)).expect("channel"), &credential, &settings, &cluster, &metrics);
+    let client = SyncClient::new(
+        channel(&endpoint(&hub)).expect("channel"),
+        &credential,
+        &settings,
+        &cluster,
+        &metrics,
+    );
     let mut backoff = fast_backoff();
     let agent = client.run(&mut events, &mut backoff);
     let test = async {
         let mut session = hub.session().await;
-        assert_eq!(session.authorization.as_deref(), Some(format!("Bearer {CREDENTIAL}").as_str()));
+        assert_eq!(
+            session.authorization.as_deref(),
+            Some(format!("Bearer {CREDENTIAL}").as_str())
+        );
         let hello = hello(&mut session).await;
-        let expected = digest::set_digest(applied.iter().map(|(k, a)| (k.as_str(), a.revision, &a.sha256[..])));
+        let expected = digest::set_digest(
+            applied
+                .iter()
+                .map(|(k, a)| (k.as_str(), a.revision, &a.sha256[..])),
+        );
         assert_eq!(hello.applied_digest, expected.to_vec());
         assert_eq!(hello.applied_count, 50);
         assert_eq!(hello.boot_id, settings.boot_id.to_vec());
-        let bytes = v1::AgentMessage { body: Some(agent_message::Body::Hello(hello)) }.encoded_len() + 5;
+        let bytes = v1::AgentMessage {
+            body: Some(agent_message::Body::Hello(hello)),
+        }
+        .encoded_len()
+            + 5;
         eprintln!("in-sync reconnect: {bytes} bytes of gRPC messages from the agent");
         assert!(bytes <= 100, "hello is {bytes} bytes");
         session.send(welcome(true)).await;
-        session.send(hub_message::Body::Heartbeat(v1::Heartbeat { sent_at_unix_ms: 1 })).await;
+        session
+            .send(hub_message::Body::Heartbeat(v1::Heartbeat { sent_at_unix_ms: 1 }))
+            .await;
         assert!(matches!(session.recv().await, agent_message::Body::Heartbeat(_)));
         assert_eq!(metrics.connected.get(), 1);
     };
@@ -167,12 +219,26 @@ async fn need_versions_pages_then_each_item_is_acked_or_nacked() {
     let mut hub = ScriptedHub::start().await;
     let cluster = MemCluster::default();
     *cluster.applied.lock().expect("lock") = (0..5)
-        .map(|i| (format!("old-{i}"), Applied { revision: i + 1, sha256: [1; 32] }))
+        .map(|i| {
+            (
+                format!("old-{i}"),
+                Applied {
+                    revision: i + 1,
+                    sha256: [1; 32],
+                },
+            )
+        })
         .collect();
     cluster.refuse.lock().expect("lock").push("foreign".into());
     let (credential, settings, metrics) = (credential(), fast_settings(), Metrics::default());
     let (_events_tx, mut events) = mpsc::channel(8);
-    let client = SyncClient::new(channel(&endpoint(&hub)).expect("channel"), &credential, &settings, &cluster, &metrics);
+    let client = SyncClient::new(
+        channel(&endpoint(&hub)).expect("channel"),
+        &credential,
+        &settings,
+        &cluster,
+        &metrics,
+    );
     let mut backoff = fast_backoff();
     let (logs, _guard) = support::capture_logs();
     let agent = client.run(&mut events, &mut backoff);
@@ -180,7 +246,9 @@ async fn need_versions_pages_then_each_item_is_acked_or_nacked() {
         let mut session = hub.session().await;
         let hello = hello(&mut session).await;
         assert_eq!(hello.applied_count, 5);
-        session.send(hub_message::Body::NeedVersions(v1::NeedVersions { page_size: 2 })).await;
+        session
+            .send(hub_message::Body::NeedVersions(v1::NeedVersions { page_size: 2 }))
+            .await;
         let mut keys = Vec::new();
         loop {
             let agent_message::Body::VersionPage(page) = session.recv().await else {
@@ -195,7 +263,9 @@ async fn need_versions_pages_then_each_item_is_acked_or_nacked() {
         assert_eq!(keys, (0..5).map(|i| format!("old-{i}")).collect::<Vec<_>>());
         session.send(welcome(false)).await;
         let mut tampered = payload("tampered", 8);
-        tampered.data.insert("password".into(), b"something-else".to_vec());
+        tampered
+            .data
+            .insert("password".into(), b"something-else".to_vec());
         let mut bad_name = payload("bad-name", 9);
         bad_name.secret_name = "Not_A_Name".into();
         bad_name.sha256 = digest::payload_sha256(&bad_name).to_vec();
@@ -203,7 +273,10 @@ async fn need_versions_pages_then_each_item_is_acked_or_nacked() {
             .send(hub_message::Body::Update(v1::Update {
                 nonce: 1,
                 upserts: vec![payload("fresh", 7), tampered, bad_name, payload("foreign", 10)],
-                removals: vec![v1::Removal { key: "old-0".into(), deletion_policy: v1::DeletionPolicy::Delete as i32 }],
+                removals: vec![v1::Removal {
+                    key: "old-0".into(),
+                    deletion_policy: v1::DeletionPolicy::Delete as i32,
+                }],
             }))
             .await;
         let agent_message::Body::Ack(ack) = session.recv().await else {
@@ -217,9 +290,18 @@ async fn need_versions_pages_then_each_item_is_acked_or_nacked() {
             .collect();
         let expected: BTreeMap<String, (u64, Option<(i32, bool)>)> = [
             ("fresh".to_string(), (7, None)),
-            ("tampered".to_string(), (8, Some((v1::ErrorCode::DigestMismatch as i32, false)))),
-            ("bad-name".to_string(), (9, Some((v1::ErrorCode::Invalid as i32, false)))),
-            ("foreign".to_string(), (10, Some((v1::ErrorCode::NotOwned as i32, true)))),
+            (
+                "tampered".to_string(),
+                (8, Some((v1::ErrorCode::DigestMismatch as i32, false))),
+            ),
+            (
+                "bad-name".to_string(),
+                (9, Some((v1::ErrorCode::Invalid as i32, false))),
+            ),
+            (
+                "foreign".to_string(),
+                (10, Some((v1::ErrorCode::NotOwned as i32, true))),
+            ),
             ("old-0".to_string(), (0, None)),
         ]
         .into();
@@ -228,7 +310,10 @@ async fn need_versions_pages_then_each_item_is_acked_or_nacked() {
         assert_eq!(applied.get("fresh").map(|a| a.revision), Some(7));
         assert!(!applied.contains_key("tampered") && !applied.contains_key("foreign"));
         assert!(!applied.contains_key("old-0"));
-        assert_eq!(*cluster.removed.lock().expect("lock"), vec![("old-0".to_string(), DeletionPolicy::Delete)]);
+        assert_eq!(
+            *cluster.removed.lock().expect("lock"),
+            vec![("old-0".to_string(), DeletionPolicy::Delete)]
+        );
     };
     tokio::select! {
         () = agent => unreachable!("the client runs until dropped"),
@@ -246,7 +331,13 @@ async fn drain_and_refusals_reconnect_with_the_same_boot_id_and_drift_is_reporte
     let cluster = MemCluster::default();
     let (credential, settings, metrics) = (credential(), fast_settings(), Metrics::default());
     let (events_tx, mut events) = mpsc::channel(8);
-    let client = SyncClient::new(channel(&endpoint(&hub)).expect("channel"), &credential, &settings, &cluster, &metrics);
+    let client = SyncClient::new(
+        channel(&endpoint(&hub)).expect("channel"),
+        &credential,
+        &settings,
+        &cluster,
+        &metrics,
+    );
     let mut backoff = fast_backoff();
     let agent = client.run(&mut events, &mut backoff);
     let test = async {
@@ -255,28 +346,47 @@ async fn drain_and_refusals_reconnect_with_the_same_boot_id_and_drift_is_reporte
         assert_eq!(first.applied_digest, digest::set_digest([]).to_vec());
         session.send(welcome(true)).await;
         events_tx
-            .send(ClusterEvent::Drift { key: "regcred".into(), namespace: "ci".into(), kind: DriftKind::Deleted, revision: 4 })
+            .send(ClusterEvent::Drift {
+                key: "regcred".into(),
+                namespace: "ci".into(),
+                kind: DriftKind::Deleted,
+                revision: 4,
+            })
             .await
             .expect("agent alive");
         let agent_message::Body::Drift(drift) = session.recv().await else {
             panic!("expected a drift report");
         };
-        assert_eq!((drift.key.as_str(), drift.namespace.as_str(), drift.revision), ("regcred", "ci", 4));
+        assert_eq!(
+            (drift.key.as_str(), drift.namespace.as_str(), drift.revision),
+            ("regcred", "ci", 4)
+        );
         assert_eq!(drift.kind, v1::DriftKind::Deleted as i32);
 
         let drained_at = tokio::time::Instant::now();
         session
-            .send(hub_message::Body::Drain(v1::Drain { reconnect_after_ms: 300, reason: "rebalance".into() }))
+            .send(hub_message::Body::Drain(v1::Drain {
+                reconnect_after_ms: 300,
+                reason: "rebalance".into(),
+            }))
             .await;
-        assert!(session.next().await.is_none(), "the agent closes the drained stream");
+        assert!(
+            session.next().await.is_none(),
+            "the agent closes the drained stream"
+        );
         let mut session = hub.session().await;
-        assert!(drained_at.elapsed() >= Duration::from_millis(300), "reconnected before the drain delay");
+        assert!(
+            drained_at.elapsed() >= Duration::from_millis(300),
+            "reconnected before the drain delay"
+        );
         assert_eq!(hello(&mut session).await.boot_id, first.boot_id);
 
         // Admission refusal with retry-after: the agent waits at least that long.
         hub.refuse_next({
             let mut status = tonic::Status::resource_exhausted("admission limit");
-            status.metadata_mut().insert("retry-after-ms", "400".parse().expect("ascii"));
+            status
+                .metadata_mut()
+                .insert("retry-after-ms", "400".parse().expect("ascii"));
             status
         })
         .await;
@@ -284,7 +394,10 @@ async fn drain_and_refusals_reconnect_with_the_same_boot_id_and_drift_is_reporte
         assert!(session.next().await.is_none(), "resync closes the stream");
         let refused_at = tokio::time::Instant::now();
         let mut session = hub.session().await;
-        assert!(refused_at.elapsed() >= Duration::from_millis(400), "retry-after not honoured");
+        assert!(
+            refused_at.elapsed() >= Duration::from_millis(400),
+            "retry-after not honoured"
+        );
         hello(&mut session).await;
     };
     tokio::select! {
@@ -300,9 +413,18 @@ async fn reconnects_follow_the_full_jitter_schedule() {
     let cluster = MemCluster::default();
     cluster.unavailable.store(true, Ordering::SeqCst);
     let (credential, settings, metrics) = (credential(), SyncSettings::new("0.1.0"), Metrics::default());
-    let endpoint = HubEndpoint { url: "http://127.0.0.1:9".into(), ca_pem: None };
+    let endpoint = HubEndpoint {
+        url: "http://127.0.0.1:9".into(),
+        ca_pem: None,
+    };
     let (_events_tx, mut events) = mpsc::channel(8);
-    let client = SyncClient::new(channel(&endpoint).expect("channel"), &credential, &settings, &cluster, &metrics);
+    let client = SyncClient::new(
+        channel(&endpoint).expect("channel"),
+        &credential,
+        &settings,
+        &cluster,
+        &metrics,
+    );
     let seeded = || rand::rngs::StdRng::seed_from_u64(42);
     let mut backoff = Backoff::with_rng(Duration::from_secs(1), Duration::from_secs(60), seeded());
     let mut reference = Backoff::with_rng(Duration::from_secs(1), Duration::from_secs(60), seeded());
@@ -323,7 +445,10 @@ async fn reconnects_follow_the_full_jitter_schedule() {
     let ceilings = [1u64, 2, 4, 8, 16, 32, 60, 60, 60, 60];
     for (index, pair) in calls.windows(2).take(attempts).enumerate() {
         let gap = pair[1] - pair[0];
-        assert!(gap <= Duration::from_secs(ceilings[index]), "attempt {index}: {gap:?}");
+        assert!(
+            gap <= Duration::from_secs(ceilings[index]),
+            "attempt {index}: {gap:?}"
+        );
         assert_eq!(gap, reference.next_delay(), "attempt {index}");
     }
     // Each failed session is counted before its backoff sleep.

@@ -108,10 +108,7 @@ impl SecretSync for Service {
 
 #[tonic::async_trait]
 impl Enrollment for Service {
-    async fn enroll(
-        &self,
-        request: Request<EnrollRequest>,
-    ) -> Result<Response<EnrollResponse>, Status> {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
         let request = request.into_inner();
         if request.token != self.token || self.enrolls.fetch_add(1, Ordering::SeqCst) > 0 {
             return Err(Status::unauthenticated("invalid enrollment token"));
@@ -148,9 +145,7 @@ impl ScriptedHub {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca = TestCa::generate("scripted hub ca").expect("ca");
         let cert = ca.issue(&["localhost"]).expect("server cert");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (sessions_tx, sessions) = mpsc::channel(16);
         let admission = Arc::new(Mutex::new(Vec::new()));

@@ -44,7 +44,10 @@ impl Cluster for MemCluster {
             return Err(Refusal::new(
                 ErrorCode::NotOwned,
                 true,
-                format!("Secret default/{} exists and is not managed by keyfleet", desired.secret_name),
+                format!(
+                    "Secret default/{} exists and is not managed by keyfleet",
+                    desired.secret_name
+                ),
             ));
         }
         self.applied.lock().expect("lock").insert(

@@ -1,0 +1,1010 @@
+//! The Kubernetes side: server-side apply of the desired Secrets, a watcher on the Secrets the
+//! agent manages (drift repair), and the credential Secret.
+//!
+//! # What the agent touches
+//! Only Secrets labelled `app.kubernetes.io/managed-by: keyfleet` with our `keyfleet.io/*`
+//! annotations, and the Secret a desired payload names (created when absent; merged into only
+//! under creationPolicy Merge). Everything else is read at most (to find out that it is not ours).
+//! Its own credential Secret is never a valid target.
+//!
+//! # Writes
+//! - Apply: server-side apply, field manager `keyfleet-agent`, `force` only when the Secret is
+//!   already ours for the key (see `reconcile`). Owner/Orphan write data, type, labels,
+//!   annotations and `immutable`; Merge writes data, labels and annotations only.
+//! - Release (Retain): JSON merge patch removing our label and annotations; the data stays (and
+//!   stays recorded as applied by `keyfleet-agent` in managedFields).
+//! - RemoveFields (Delete of a Merge): server-side apply of an empty configuration, which drops
+//!   exactly the fields we own.
+//! - Delete (Delete of an Owner): DELETE with the Secret's uid as precondition.
+//!
+//! # Drift
+//! The watcher keeps a compact view of our Secrets (`ObservedSecret`: digests, never values) and
+//! the resource version of each; events older than what a write already told us are ignored, and
+//! events are handled under the same lock as writes, so the agent's own writes are never drift.
+//! A drifted Secret whose desired payload is in memory is repaired at once and reported. After a
+//! restart no payload is in memory: a change to a Secret of such a key marks the key stale, drops
+//! it from the applied set and asks the Sync client to reconnect, so the hub sends it again; the
+//! repair is reported once that upsert succeeds. A periodic audit re-checks everything in memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::watcher;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use zeroize::{Zeroize as _, Zeroizing};
+
+use crate::hub::{ClusterEvent, Credential, CredentialStore};
+use crate::metrics::Metrics;
+use crate::reconcile::{
+    self, Action, Applied, CREATION_POLICY_ANNOTATION, CreationPolicy, DeletionPolicy, DesiredSecret,
+    DriftKind, ErrorCode, FIELD_MANAGER, FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    Namespace, ObservedSecret, Ownership, REVISION_ANNOTATION, Refusal, SHA256_ANNOTATION,
+};
+
+/// Errors of the Kubernetes side.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes api: {what} failed: {reason}")]
+    Api {
+        /// What was attempted, naming the object.
+        what: String,
+        /// Why, without response bodies.
+        reason: String,
+    },
+    /// The credential Secret exists but is unusable.
+    #[error("credential secret {namespace}/{name}: {reason}")]
+    Credential {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Describes a kube error without response bodies (a decode error could quote a Secret).
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let mut message = status.message.clone();
+            message.truncate(300);
+            format!("{} {}: {message}", status.code, status.reason)
+        }
+        kube::Error::SerdeError(_) => "cannot decode the response".into(),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => "transport error".into(),
+        other => {
+            let mut text = other.to_string();
+            text.truncate(200);
+            text
+        }
+    }
+}
+
+fn api_error(what: impl Into<String>, error: &kube::Error) -> KubeError {
+    KubeError::Api {
+        what: what.into(),
+        reason: describe(error),
+    }
+}
+
+/// Maps a failed write to the NACK the hub gets.
+fn refusal(what: &str, error: &kube::Error) -> Refusal {
+    let reason = describe(error);
+    let message = format!("{what}: {reason}");
+    match error {
+        kube::Error::Api(status) => match status.code {
+            403 => Refusal::new(ErrorCode::Forbidden, true, message),
+            404 => Refusal::new(ErrorCode::NamespaceMissing, true, message),
+            409 => Refusal::new(ErrorCode::Conflict, true, message),
+            422 if status.message.contains("immutable") => Refusal::new(ErrorCode::Immutable, false, message),
+            400 | 413 | 422 => Refusal::new(ErrorCode::Invalid, false, message),
+            408 | 429 | 500..=599 => Refusal::new(ErrorCode::KubernetesUnavailable, true, message),
+            _ => Refusal::new(ErrorCode::Internal, true, message),
+        },
+        _ => Refusal::new(ErrorCode::KubernetesUnavailable, true, message),
+    }
+}
+
+/// Settings of the Kubernetes side.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// The agent's namespace (its credential Secret lives there).
+    pub namespace: String,
+    /// Name of the credential Secret.
+    pub credential_secret: String,
+    /// Namespaces the agent may write into; `None` means all.
+    pub allowed_namespaces: Option<BTreeSet<String>>,
+    /// How often everything in memory is re-checked against the watcher's view.
+    pub audit_interval: Duration,
+    /// How long a namespace listing is reused.
+    pub namespace_cache_ttl: Duration,
+}
+
+impl KubeSettings {
+    /// Defaults for the given namespace and credential Secret.
+    pub fn new(namespace: impl Into<String>, credential_secret: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            credential_secret: credential_secret.into(),
+            allowed_namespaces: None,
+            audit_interval: Duration::from_secs(60),
+            namespace_cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+type Location = (String, String);
+
+struct Entry {
+    observed: ObservedSecret,
+    resource_version: u64,
+}
+
+struct Held {
+    desired: Arc<DesiredSecret>,
+    namespaces: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Our Secrets as last seen (watch events and write responses).
+    cache: BTreeMap<Location, Entry>,
+    /// Keys whose desired payload is in memory.
+    held: BTreeMap<String, Held>,
+    /// Keys that drifted while no payload was in memory: (namespace, kind) per drifted Secret.
+    stale: BTreeMap<String, Vec<(String, DriftKind)>>,
+}
+
+/// The cluster as the Sync client sees it, backed by the Kubernetes API.
+pub struct KubeCluster {
+    client: kube::Client,
+    settings: KubeSettings,
+    state: Mutex<State>,
+    write_lock: tokio::sync::Mutex<()>,
+    synced: watch::Sender<bool>,
+    events: mpsc::Sender<ClusterEvent>,
+    metrics: Metrics,
+    namespaces: Mutex<Option<(Instant, Arc<Vec<Namespace>>)>>,
+}
+
+fn resource_version(meta: &ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The compact, value-free view of a Secret (the bytes are zeroized here).
+fn observe(mut secret: Secret) -> Option<(Location, Entry)> {
+    let namespace = secret.metadata.namespace.clone()?;
+    let name = secret.metadata.name.clone()?;
+    let resource_version = resource_version(&secret.metadata);
+    let data = secret
+        .data
+        .as_mut()
+        .map(|data| {
+            data.iter_mut()
+                .map(|(key, value)| {
+                    let digest = reconcile::value_digest(&value.0);
+                    value.0.zeroize();
+                    (key.clone(), digest)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let observed = ObservedSecret {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        secret_type: secret.type_.take().unwrap_or_default(),
+        labels: secret.metadata.labels.take().unwrap_or_default(),
+        annotations: secret.metadata.annotations.take().unwrap_or_default(),
+        data,
+        immutable: secret.immutable.unwrap_or(false),
+    };
+    Some((
+        (namespace, name),
+        Entry {
+            observed,
+            resource_version,
+        },
+    ))
+}
+
+fn is_ours(observed: &ObservedSecret) -> bool {
+    matches!(observed.ownership(), Ownership::Ours { .. })
+}
+
+fn ours_for(observed: &ObservedSecret) -> Option<&str> {
+    match observed.ownership() {
+        Ownership::Ours { key, .. } => Some(key),
+        Ownership::Foreign => None,
+    }
+}
+
+/// The Secret we apply for `desired` into `namespace` (data copied; zeroize it after use).
+fn secret_for(desired: &DesiredSecret, namespace: &str) -> Secret {
+    let merge = desired.creation == CreationPolicy::Merge;
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(desired.secret_name.clone()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(desired.full_labels()),
+            annotations: Some(desired.full_annotations()),
+            ..ObjectMeta::default()
+        },
+        type_: (!merge).then(|| desired.secret_type.clone()),
+        data: Some(
+            desired
+                .data
+                .iter()
+                .map(|(key, value)| (key.clone(), ByteString(value.expose().to_vec())))
+                .collect(),
+        ),
+        immutable: (!merge && desired.immutable).then_some(true),
+        ..Secret::default()
+    }
+}
+
+fn zeroize_secret(secret: &mut Secret) {
+    if let Some(data) = secret.data.as_mut() {
+        for value in data.values_mut() {
+            value.0.zeroize();
+        }
+    }
+}
+
+/// Whether a change to one of our Secrets matters (content or our marks), for keys whose
+/// payload is not in memory.
+fn meaningful_change(before: &ObservedSecret, after: &ObservedSecret) -> bool {
+    before.secret_type != after.secret_type
+        || before.data != after.data
+        || before.immutable != after.immutable
+        || [
+            REVISION_ANNOTATION,
+            SHA256_ANNOTATION,
+            FLEET_SECRET_ANNOTATION,
+            CREATION_POLICY_ANNOTATION,
+        ]
+        .iter()
+        .any(|key| before.annotations.get(*key) != after.annotations.get(*key))
+        || before.labels.get(MANAGED_BY_LABEL) != after.labels.get(MANAGED_BY_LABEL)
+}
+
+impl KubeCluster {
+    /// Builds the cluster side; the receiver carries drift reports and resync requests to the
+    /// Sync client. Nothing happens until [`KubeCluster::run_watcher`] runs.
+    pub fn new(
+        client: kube::Client,
+        settings: KubeSettings,
+        metrics: Metrics,
+    ) -> (Self, mpsc::Receiver<ClusterEvent>) {
+        let (events, receiver) = mpsc::channel(64);
+        let cluster = Self {
+            client,
+            settings,
+            state: Mutex::new(State::default()),
+            write_lock: tokio::sync::Mutex::new(()),
+            synced: watch::channel(false).0,
+            events,
+            metrics,
+            namespaces: Mutex::new(None),
+        };
+        (cluster, receiver)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing the agent; keep going with the data.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the watcher has listed the managed Secrets at least once.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    fn secrets(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Watches our Secrets (label selector), repairs drift and audits periodically. Runs until
+    /// dropped.
+    pub async fn run_watcher(&self) {
+        let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+        let stream = watcher::watcher(Api::<Secret>::all(self.client.clone()), config);
+        let stream = kube::runtime::WatchStreamExt::default_backoff(stream);
+        let mut stream = std::pin::pin!(stream);
+        let mut audit = tokio::time::interval(self.settings.audit_interval);
+        audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buffer: Option<BTreeMap<Location, Entry>> = None;
+        loop {
+            tokio::select! {
+                event = stream.next() => match event {
+                    Some(Ok(event)) => self.on_event(event, &mut buffer).await,
+                    Some(Err(error)) => tracing::warn!(error = %describe_watch(&error), "secret watch failed, retrying"),
+                    None => return,
+                },
+                _ = audit.tick() => {
+                    if self.is_synced() {
+                        let _guard = self.write_lock.lock().await;
+                        self.audit().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_event(&self, event: watcher::Event<Secret>, buffer: &mut Option<BTreeMap<Location, Entry>>) {
+        match event {
+            watcher::Event::Init => *buffer = Some(BTreeMap::new()),
+            watcher::Event::InitApply(secret) => {
+                if let (Some(buffer), Some((location, entry))) = (buffer.as_mut(), observe(secret)) {
+                    buffer.insert(location, entry);
+                }
+            }
+            watcher::Event::InitDone => {
+                let fresh = buffer.take().unwrap_or_default();
+                let _guard = self.write_lock.lock().await;
+                let previous = std::mem::take(&mut self.state().cache);
+                let locations: BTreeSet<Location> = previous.keys().chain(fresh.keys()).cloned().collect();
+                self.state().cache = fresh;
+                for location in locations {
+                    let before = previous.get(&location).map(|entry| entry.observed.clone());
+                    self.changed(&location, before).await;
+                }
+                self.synced.send_replace(true);
+                tracing::debug!(secrets = self.state().cache.len(), "managed secrets listed");
+            }
+            watcher::Event::Apply(secret) => {
+                let Some((location, entry)) = observe(secret) else {
+                    return;
+                };
+                let _guard = self.write_lock.lock().await;
+                let before = {
+                    let mut state = self.state();
+                    let before = state.cache.get(&location);
+                    if before.is_some_and(|before| {
+                        before.resource_version != 0
+                            && entry.resource_version != 0
+                            && entry.resource_version <= before.resource_version
+                    }) {
+                        return;
+                    }
+                    let before = before.map(|entry| entry.observed.clone());
+                    if is_ours(&entry.observed) {
+                        state.cache.insert(location.clone(), entry);
+                    } else {
+                        state.cache.remove(&location);
+                    }
+                    before
+                };
+                self.changed(&location, before).await;
+            }
+            watcher::Event::Delete(secret) => {
+                let Some((location, _)) = observe(secret) else {
+                    return;
+                };
+                let _guard = self.write_lock.lock().await;
+                let Some(before) = self.state().cache.remove(&location) else {
+                    return;
+                };
+                self.changed(&location, Some(before.observed)).await;
+            }
+        }
+    }
+
+    /// Reacts to a change at `location` (the cache already holds the new state, or nothing).
+    async fn changed(&self, location: &Location, before: Option<ObservedSecret>) {
+        let (namespace, name) = location;
+        let (repair, stale) = {
+            let mut state = self.state();
+            let after = state.cache.get(location).map(|entry| entry.observed.clone());
+            let key = after
+                .as_ref()
+                .and_then(ours_for)
+                .or_else(|| before.as_ref().and_then(ours_for))
+                .map(str::to_owned);
+            let held_key = state
+                .held
+                .iter()
+                .find(|(_, held)| &held.desired.secret_name == name && held.namespaces.contains(namespace))
+                .map(|(key, _)| key.clone());
+            match (held_key, key) {
+                (Some(key), _) => {
+                    let held = &state.held[&key];
+                    let drift = reconcile::check_drift(&held.desired, namespace, after.as_ref());
+                    (drift.map(|drift| (held.desired.clone(), drift)), None)
+                }
+                (None, Some(key)) if !state.held.contains_key(&key) => {
+                    let kind = match (&before, &after) {
+                        (Some(_), None) => Some(DriftKind::Deleted),
+                        (Some(before), Some(after)) if meaningful_change(before, after) => {
+                            Some(DriftKind::Modified)
+                        }
+                        _ => None,
+                    };
+                    let stale = kind.map(|kind| {
+                        state
+                            .stale
+                            .entry(key.clone())
+                            .or_default()
+                            .push((namespace.clone(), kind));
+                        key
+                    });
+                    (None, stale)
+                }
+                _ => (None, None),
+            }
+        };
+        if let Some(key) = stale {
+            tracing::warn!(%key, %namespace, %name, "managed secret changed while its payload is not in memory; asking the hub again");
+            if self.events.try_send(ClusterEvent::Resync).is_err() {
+                tracing::debug!("resync already pending");
+            }
+        }
+        if let Some((desired, drift)) = repair {
+            self.repair(&desired, namespace, drift).await;
+        }
+    }
+
+    async fn repair(&self, desired: &Arc<DesiredSecret>, namespace: &str, drift: reconcile::Drift) {
+        let key = &desired.key;
+        let Some(action) = drift.repair else {
+            tracing::warn!(%key, %namespace, kind = ?drift.kind, "managed secret drifted and cannot be repaired");
+            return;
+        };
+        match self.execute(desired, action).await {
+            Ok(()) => {
+                self.count_drift(drift.kind);
+                tracing::info!(%key, %namespace, kind = ?drift.kind, revision = desired.revision, "repaired drift");
+                let event = ClusterEvent::Drift {
+                    key: key.clone(),
+                    namespace: namespace.to_owned(),
+                    kind: drift.kind,
+                    revision: desired.revision,
+                };
+                if self.events.try_send(event).is_err() {
+                    tracing::warn!(%key, %namespace, "drift report dropped: queue full");
+                }
+            }
+            Err(refusal) => {
+                tracing::warn!(%key, %namespace, code = ?refusal.code, message = %refusal.message, "drift repair failed");
+            }
+        }
+    }
+
+    /// Re-checks every payload in memory against the cache.
+    async fn audit(&self) {
+        let checks: Vec<(Arc<DesiredSecret>, String, reconcile::Drift)> = {
+            let state = self.state();
+            state
+                .held
+                .values()
+                .flat_map(|held| {
+                    held.namespaces.iter().filter_map(|namespace| {
+                        let observed = state
+                            .cache
+                            .get(&(namespace.clone(), held.desired.secret_name.clone()))
+                            .map(|entry| &entry.observed);
+                        reconcile::check_drift(&held.desired, namespace, observed)
+                            .map(|drift| (held.desired.clone(), namespace.clone(), drift))
+                    })
+                })
+                .collect()
+        };
+        for (desired, namespace, drift) in checks {
+            self.repair(&desired, &namespace, drift).await;
+        }
+    }
+
+    async fn cluster_namespaces(&self) -> Result<Arc<Vec<Namespace>>, Refusal> {
+        if let Some((at, namespaces)) = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            && at.elapsed() < self.settings.namespace_cache_ttl
+        {
+            return Ok(namespaces.clone());
+        }
+        let api: Api<KubeNamespace> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|error| refusal("list namespaces", &error))?;
+        let namespaces: Arc<Vec<Namespace>> = Arc::new(
+            list.items
+                .into_iter()
+                .filter_map(|ns| {
+                    Some(Namespace {
+                        name: ns.metadata.name?,
+                        labels: ns.metadata.labels.unwrap_or_default(),
+                    })
+                })
+                .collect(),
+        );
+        *self
+            .namespaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), namespaces.clone()));
+        Ok(namespaces)
+    }
+
+    fn check_allowed(&self, desired: &DesiredSecret, namespaces: &[String]) -> Result<(), Refusal> {
+        for namespace in namespaces {
+            if namespace == &self.settings.namespace && desired.secret_name == self.settings.credential_secret
+            {
+                return Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    false,
+                    format!(
+                        "{namespace}/{} is the agent's own credential",
+                        desired.secret_name
+                    ),
+                ));
+            }
+            if let Some(allowed) = &self.settings.allowed_namespaces
+                && !allowed.contains(namespace)
+            {
+                return Err(Refusal::new(
+                    ErrorCode::Invalid,
+                    false,
+                    format!("namespace {namespace} is not one this agent may write"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Current state of the targets: cache for ours, GET for the rest.
+    async fn observe_targets(
+        &self,
+        desired: &DesiredSecret,
+        namespaces: &[String],
+    ) -> Result<Vec<ObservedSecret>, Refusal> {
+        let (mut observed, unknown): (Vec<ObservedSecret>, Vec<String>) = {
+            let state = self.state();
+            let ours: Vec<ObservedSecret> = state
+                .cache
+                .values()
+                .filter(|entry| ours_for(&entry.observed) == Some(desired.key.as_str()))
+                .map(|entry| entry.observed.clone())
+                .collect();
+            let unknown = namespaces
+                .iter()
+                .filter(|namespace| {
+                    !state
+                        .cache
+                        .contains_key(&((*namespace).clone(), desired.secret_name.clone()))
+                })
+                .cloned()
+                .collect();
+            let mut observed = ours;
+            for namespace in namespaces {
+                if let Some(entry) = state.cache.get(&(namespace.clone(), desired.secret_name.clone()))
+                    && ours_for(&entry.observed) != Some(desired.key.as_str())
+                {
+                    observed.push(entry.observed.clone());
+                }
+            }
+            (observed, unknown)
+        };
+        for namespace in unknown {
+            let found = self
+                .secrets(&namespace)
+                .get_opt(&desired.secret_name)
+                .await
+                .map_err(|error| {
+                    refusal(
+                        &format!("read Secret {namespace}/{}", desired.secret_name),
+                        &error,
+                    )
+                })?;
+            if let Some((_, entry)) = found.and_then(observe) {
+                observed.push(entry.observed);
+            }
+        }
+        Ok(observed)
+    }
+
+    async fn execute(&self, desired: &DesiredSecret, action: Action) -> Result<(), Refusal> {
+        match action {
+            Action::Apply { namespace, force } => {
+                let mut secret = secret_for(desired, &namespace);
+                let mut params = PatchParams::apply(FIELD_MANAGER);
+                if force {
+                    params = params.force();
+                }
+                let result = self
+                    .secrets(&namespace)
+                    .patch(&desired.secret_name, &params, &Patch::Apply(&secret))
+                    .await;
+                zeroize_secret(&mut secret);
+                let applied = result.map_err(|error| {
+                    refusal(
+                        &format!("apply Secret {namespace}/{}", desired.secret_name),
+                        &error,
+                    )
+                })?;
+                self.metrics.kube_writes.inc();
+                self.record(applied);
+                Ok(())
+            }
+            Action::Delete { namespace, name } => {
+                let uid = self.current_uid(&namespace, &name).await?;
+                let mut params = DeleteParams::default();
+                if let Some(uid) = uid {
+                    params = params.preconditions(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    });
+                }
+                match self.secrets(&namespace).delete(&name, &params).await {
+                    Ok(_) => {
+                        self.metrics.kube_writes.inc();
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => {
+                        return Err(refusal(&format!("delete Secret {namespace}/{name}"), &error));
+                    }
+                }
+                self.state().cache.remove(&(namespace, name));
+                Ok(())
+            }
+            Action::Release { namespace, name } => {
+                let mut labels = serde_json::Map::new();
+                labels.insert(MANAGED_BY_LABEL.into(), serde_json::Value::Null);
+                let mut annotations = serde_json::Map::new();
+                for key in [
+                    REVISION_ANNOTATION,
+                    SHA256_ANNOTATION,
+                    FLEET_SECRET_ANNOTATION,
+                    CREATION_POLICY_ANNOTATION,
+                ] {
+                    annotations.insert(key.into(), serde_json::Value::Null);
+                }
+                let patch = serde_json::json!({
+                    "metadata": { "labels": labels, "annotations": annotations }
+                });
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                match self
+                    .secrets(&namespace)
+                    .patch(&name, &params, &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(mut released) => {
+                        zeroize_secret(&mut released);
+                        self.metrics.kube_writes.inc();
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => {
+                        return Err(refusal(&format!("release Secret {namespace}/{name}"), &error));
+                    }
+                }
+                self.state().cache.remove(&(namespace, name));
+                Ok(())
+            }
+            Action::RemoveFields { namespace, name } => {
+                let empty = serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": { "name": name, "namespace": namespace },
+                });
+                match self
+                    .secrets(&namespace)
+                    .patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&empty))
+                    .await
+                {
+                    Ok(mut remaining) => {
+                        zeroize_secret(&mut remaining);
+                        self.metrics.kube_writes.inc();
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => {
+                        return Err(refusal(
+                            &format!("remove our fields from Secret {namespace}/{name}"),
+                            &error,
+                        ));
+                    }
+                }
+                self.state().cache.remove(&(namespace, name));
+                Ok(())
+            }
+        }
+    }
+
+    async fn current_uid(&self, namespace: &str, name: &str) -> Result<Option<String>, Refusal> {
+        let found = self
+            .secrets(namespace)
+            .get_opt(name)
+            .await
+            .map_err(|error| refusal(&format!("read Secret {namespace}/{name}"), &error))?;
+        Ok(found.and_then(|mut secret| {
+            zeroize_secret(&mut secret);
+            let ours = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(MANAGED_BY_LABEL))
+                .is_some_and(|value| value == MANAGED_BY_VALUE);
+            // Not ours any more: return a uid that cannot match so the delete is refused.
+            if ours {
+                secret.metadata.uid
+            } else {
+                Some(String::new())
+            }
+        }))
+    }
+
+    fn record(&self, secret: Secret) {
+        if let Some((location, entry)) = observe(secret) {
+            let mut state = self.state();
+            if is_ours(&entry.observed) {
+                state.cache.insert(location, entry);
+            } else {
+                state.cache.remove(&location);
+            }
+        }
+    }
+
+    fn count_drift(&self, kind: DriftKind) {
+        match kind {
+            DriftKind::Modified => self.metrics.drift_modified.inc(),
+            DriftKind::Deleted => self.metrics.drift_deleted.inc(),
+        };
+    }
+
+    async fn wait_synced(&self) {
+        let mut synced = self.synced.subscribe();
+        // The sender lives in self, so this only ends once the watcher has listed.
+        let _ = synced.wait_for(|synced| *synced).await;
+    }
+}
+
+fn describe_watch(error: &watcher::Error) -> String {
+    match error {
+        watcher::Error::InitialListFailed(error)
+        | watcher::Error::WatchStartFailed(error)
+        | watcher::Error::WatchFailed(error) => describe(error),
+        other => {
+            let mut text = other.to_string();
+            text.truncate(200);
+            text
+        }
+    }
+}
+
+impl crate::hub::Cluster for KubeCluster {
+    type Error = KubeError;
+
+    async fn applied(&self) -> Result<BTreeMap<String, Applied>, KubeError> {
+        self.wait_synced().await;
+        let state = self.state();
+        let observed: Vec<ObservedSecret> =
+            state.cache.values().map(|entry| entry.observed.clone()).collect();
+        let mut applied = reconcile::applied_state(&observed);
+        applied.retain(|key, _| !state.stale.contains_key(key));
+        self.metrics
+            .applied_keys
+            .set(i64::try_from(applied.len()).unwrap_or(i64::MAX));
+        Ok(applied)
+    }
+
+    async fn upsert(&self, desired: DesiredSecret) -> Result<(), Refusal> {
+        self.wait_synced().await;
+        let _guard = self.write_lock.lock().await;
+        let cluster_namespaces = self.cluster_namespaces().await?;
+        let namespaces = reconcile::resolve_namespaces(&desired.targets, &cluster_namespaces)?;
+        self.check_allowed(&desired, &namespaces)?;
+        let observed = self.observe_targets(&desired, &namespaces).await?;
+        let actions = reconcile::plan_upsert(&desired, &namespaces, &observed)?;
+        let key = desired.key.clone();
+        let desired = Arc::new(desired);
+        let previous = self.state().held.insert(
+            key.clone(),
+            Held {
+                desired: desired.clone(),
+                namespaces: namespaces.clone(),
+            },
+        );
+        let mut wrote = false;
+        for action in actions {
+            if let Err(refusal) = self.execute(&desired, action).await {
+                if !wrote {
+                    // Nothing changed: the previous payload (if any) is still what the cluster has.
+                    let mut state = self.state();
+                    match previous {
+                        Some(previous) => state.held.insert(key, previous),
+                        None => state.held.remove(&key),
+                    };
+                }
+                return Err(refusal);
+            }
+            wrote = true;
+        }
+        let drifted = self.state().stale.remove(&key).unwrap_or_default();
+        for (namespace, kind) in drifted {
+            self.count_drift(kind);
+            tracing::info!(%key, %namespace, ?kind, revision = desired.revision, "repaired drift after resync");
+            let event = ClusterEvent::Drift {
+                key: key.clone(),
+                namespace,
+                kind,
+                revision: desired.revision,
+            };
+            if self.events.try_send(event).is_err() {
+                tracing::warn!(%key, "drift report dropped: queue full");
+            }
+        }
+        tracing::debug!(%key, revision = desired.revision, namespaces = namespaces.len(), "applied");
+        Ok(())
+    }
+
+    async fn remove(&self, key: &str, policy: DeletionPolicy) -> Result<(), Refusal> {
+        self.wait_synced().await;
+        let _guard = self.write_lock.lock().await;
+        let observed: Vec<ObservedSecret> = {
+            let mut state = self.state();
+            state.held.remove(key);
+            state.stale.remove(key);
+            state
+                .cache
+                .values()
+                .filter(|entry| ours_for(&entry.observed) == Some(key))
+                .map(|entry| entry.observed.clone())
+                .collect()
+        };
+        // `execute` needs a payload only for Apply, which removal never produces.
+        let placeholder = DesiredSecret {
+            key: key.to_owned(),
+            revision: 0,
+            sha256: [0; 32],
+            secret_name: String::new(),
+            secret_type: String::new(),
+            targets: reconcile::Targets::Namespaces(Vec::new()),
+            data: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            creation: CreationPolicy::Owner,
+            deletion: policy,
+            immutable: false,
+        };
+        for action in reconcile::plan_removal(key, policy, &observed) {
+            self.execute(&placeholder, action).await?;
+        }
+        tracing::debug!(%key, ?policy, secrets = observed.len(), "removed");
+        Ok(())
+    }
+}
+
+/// Keeps the hub credential in a Secret in the agent's namespace.
+pub struct KubeCredentialStore {
+    api: Api<Secret>,
+    namespace: String,
+    name: String,
+}
+
+const CREDENTIAL_KEY: &str = "credential";
+const CLUSTER_NAME_KEY: &str = "cluster-name";
+const CLUSTER_ID_KEY: &str = "cluster-id";
+
+impl KubeCredentialStore {
+    /// The store for `namespace`/`name`.
+    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn invalid(&self, reason: &'static str) -> KubeError {
+        KubeError::Credential {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            reason,
+        }
+    }
+}
+
+impl CredentialStore for KubeCredentialStore {
+    type Error = KubeError;
+
+    async fn load(&self) -> Result<Option<Credential>, KubeError> {
+        let Some(mut secret) =
+            self.api.get_opt(&self.name).await.map_err(|error| {
+                api_error(format!("read Secret {}/{}", self.namespace, self.name), &error)
+            })?
+        else {
+            return Ok(None);
+        };
+        let mut data = secret.data.take().unwrap_or_default();
+        let mut take = |key: &str| -> Option<Zeroizing<String>> {
+            let bytes = Zeroizing::new(std::mem::take(&mut data.get_mut(key)?.0));
+            std::str::from_utf8(&bytes)
+                .ok()
+                .map(|text| Zeroizing::new(text.to_owned()))
+        };
+        let secret_value = take(CREDENTIAL_KEY).ok_or_else(|| self.invalid("no utf-8 `credential` key"))?;
+        let cluster_name = take(CLUSTER_NAME_KEY)
+            .map(|name| name.to_string())
+            .unwrap_or_default();
+        let cluster_id = take(CLUSTER_ID_KEY).map(|id| id.to_string()).unwrap_or_default();
+        for value in data.values_mut() {
+            value.0.zeroize();
+        }
+        if secret_value.is_empty() {
+            return Err(self.invalid("empty `credential` key"));
+        }
+        Ok(Some(Credential {
+            cluster_name,
+            cluster_id,
+            secret: secret_value,
+        }))
+    }
+
+    async fn save(&self, credential: &Credential) -> Result<(), KubeError> {
+        let mut secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(
+                    [
+                        ("app.kubernetes.io/name".to_string(), "keyfleet-agent".to_string()),
+                        (
+                            "app.kubernetes.io/component".to_string(),
+                            "credential".to_string(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(
+                [
+                    (CREDENTIAL_KEY, credential.secret.as_bytes()),
+                    (CLUSTER_NAME_KEY, credential.cluster_name.as_bytes()),
+                    (CLUSTER_ID_KEY, credential.cluster_id.as_bytes()),
+                ]
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), ByteString(value.to_vec())))
+                .collect(),
+            ),
+            ..Secret::default()
+        };
+        let result = self
+            .api
+            .patch(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await;
+        zeroize_secret(&mut secret);
+        match result {
+            Ok(mut stored) => {
+                zeroize_secret(&mut stored);
+                Ok(())
+            }
+            Err(error) => Err(api_error(
+                format!("store Secret {}/{}", self.namespace, self.name),
+                &error,
+            )),
+        }
+    }
+}
