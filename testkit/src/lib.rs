@@ -2,7 +2,10 @@
 //! fleet simulation. Each double is proven faithful by official clients in `scripts/test`.
 //!
 //! # Layout
+//! - [`kube`]: a fake Kubernetes API server (Secrets, Namespaces, server-side apply, watch), many
+//!   clusters per process.
 //! - [`tls`]: a generated test CA and server certificates (rcgen, ring), rustls configs.
 
 pub mod keyvault;
+pub mod kube;
 pub mod tls;

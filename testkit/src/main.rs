@@ -22,6 +22,26 @@ enum Command {
         #[arg(long)]
         state_dir: PathBuf,
     },
+    /// Serve a fake Kubernetes API over HTTPS. Writes DIR/kubeconfig (CA inline, a token with full
+    /// permissions) for the root cluster, DIR/kubeconfig-<name> for each --cluster and DIR/ca.pem,
+    /// then prints `ready <server-url>`.
+    KubeApi {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: std::net::SocketAddr,
+        /// Directory for the kubeconfig files (created if missing).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Extra clusters to serve under /clusters/<name> (repeatable).
+        #[arg(long = "cluster")]
+        clusters: Vec<String>,
+        /// Watch events kept per cluster (older resourceVersions get 410).
+        #[arg(long, default_value_t = 1000)]
+        watch_history: usize,
+        /// Interval of watch bookmarks.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        bookmark_interval: std::time::Duration,
+    },
     /// Run the Azure Key Vault + Entra emulator over HTTPS. Writes DIR/ca.pem, then prints
     /// `ready <vault-url> <authority-url>` once listening.
     Keyvault {
@@ -48,6 +68,24 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match cli.command {
+        Command::KubeApi {
+            addr,
+            state_dir,
+            clusters,
+            watch_history,
+            bookmark_interval,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().context("start tokio")?;
+            runtime.block_on(run_kube_api(
+                keyfleet_testkit::kube::Config {
+                    addr,
+                    watch_history,
+                    bookmark_interval,
+                },
+                &state_dir,
+                &clusters,
+            ))?;
+        }
         Command::Keyvault {
             addr,
             state_dir,
@@ -67,6 +105,32 @@ fn main() -> anyhow::Result<()> {
             println!("ready {}", state_dir.display());
         }
     }
+    Ok(())
+}
+
+async fn run_kube_api(
+    config: keyfleet_testkit::kube::Config,
+    state_dir: &std::path::Path,
+    clusters: &[String],
+) -> anyhow::Result<()> {
+    use keyfleet_testkit::kube::FakeKube;
+    std::fs::create_dir_all(state_dir).with_context(|| format!("create {}", state_dir.display()))?;
+    let kube = FakeKube::start(config).await?;
+    let root = kube.add_cluster("default")?;
+    let path = state_dir.join("kubeconfig");
+    std::fs::write(&path, root.kubeconfig_yaml()).with_context(|| format!("write {}", path.display()))?;
+    for name in clusters {
+        let cluster = kube.add_cluster(name)?;
+        let path = state_dir.join(format!("kubeconfig-{name}"));
+        std::fs::write(&path, cluster.kubeconfig_yaml())
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    let ca = state_dir.join("ca.pem");
+    std::fs::write(&ca, kube.ca_pem()).with_context(|| format!("write {}", ca.display()))?;
+    println!("ready {}", root.server_url());
+    use std::io::Write as _;
+    std::io::stdout().flush().context("flush stdout")?;
+    shutdown_signal().await;
     Ok(())
 }
 

@@ -1,0 +1,535 @@
+//! A fake Kubernetes API server, faithful enough for kubectl, the official Python client and
+//! kube-rs: discovery and OpenAPI v3, Namespaces and Secrets (get, list with selectors and paging,
+//! create, update with optimistic concurrency, delete, merge/strategic/JSON patch, server-side
+//! apply with managedFields and conflicts), watch (bookmarks, resume, 410, `sendInitialEvents`),
+//! `Status` bodies for every error, per-token permissions, and injected faults.
+//!
+//! One server serves many independent clusters: `https://HOST:PORT/clusters/<name>/…`, plus the
+//! unprefixed root as cluster `default`. Each has its own objects, tokens, resourceVersion counter
+//! and write counters. An empty cluster costs a few KiB.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keyfleet_testkit::kube::Error> {
+//! use keyfleet_testkit::kube::{Config, FakeKube};
+//! let kube = FakeKube::start(Config::default()).await?;
+//! let cluster = kube.add_cluster("c1")?;
+//! std::fs::write("kubeconfig", cluster.kubeconfig_yaml()).ok();
+//! # Ok(()) }
+//! ```
+//!
+//! Not supported: protobuf bodies (kubectl's typed `create secret`/`create namespace`; use
+//! `apply`/`create -f`), kinds other than Secret and Namespace, `Table` output.
+
+mod api;
+mod discovery;
+pub mod model;
+mod patch;
+mod selector;
+mod server;
+pub mod status;
+pub mod store;
+mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use tokio::sync::{Notify, broadcast};
+
+pub use model::{Field, Kind, ManagedFields, Object, Operation, SecretBytes};
+pub use status::ApiError;
+pub use store::{EventType, Permissions, Rule, Verb, WriteCounts};
+
+use crate::tls::TestCa;
+use store::{Committed, Preconditions, State, WriteOptions};
+
+/// Errors from starting the server or managing clusters.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The TLS material could not be generated.
+    #[error("generate tls material for the fake kubernetes api")]
+    Tls(#[source] crate::tls::Error),
+    /// Binding the listen address failed.
+    #[error("bind {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cluster name that cannot be a URL path segment.
+    #[error("invalid cluster name {0:?}: use lowercase letters, digits, '-' and '.'")]
+    ClusterName(String),
+    /// The API refused a handle write.
+    #[error("{kind} {namespace}/{name}: {reason}", reason = .source.message)]
+    Api {
+        /// Kind.
+        kind: &'static str,
+        /// Namespace ("" for cluster-scoped).
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The Status the API would have returned.
+        source: Box<ApiError>,
+    },
+}
+
+impl std::error::Error for ApiError {}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.reason, self.message)
+    }
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address (port 0 picks one).
+    pub addr: SocketAddr,
+    /// Watch events kept per cluster; resuming from an older resourceVersion gets 410.
+    pub watch_history: usize,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            watch_history: 1000,
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A change stored through the API or the handle, with when it happened.
+#[derive(Debug, Clone)]
+pub struct WriteEvent {
+    /// The cluster's name.
+    pub cluster: Arc<str>,
+    /// Secret or Namespace.
+    pub kind: Kind,
+    /// Namespace (None for Namespaces).
+    pub namespace: Option<String>,
+    /// Object name.
+    pub name: String,
+    /// Added, modified or deleted.
+    pub change: EventType,
+    /// The resourceVersion the change produced.
+    pub resource_version: u64,
+    /// The field manager, None for writes through the handle.
+    pub manager: Option<String>,
+    /// Wall-clock time of the commit.
+    pub at: SystemTime,
+    /// Monotonic time of the commit (for latency measurements).
+    pub instant: Instant,
+}
+
+/// One simulated cluster.
+pub(crate) struct Cluster {
+    pub(crate) name: Arc<str>,
+    state: Mutex<State>,
+    /// Woken on every commit and when watches are dropped.
+    pub(crate) changed: Notify,
+    token: String,
+}
+
+impl Cluster {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every mutation is a single
+        // insert/remove), so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+pub(crate) struct Inner {
+    clusters: RwLock<HashMap<Arc<str>, Arc<Cluster>>>,
+    pub(crate) config: Config,
+    ca_pem: String,
+    base_url: String,
+    writes: broadcast::Sender<WriteEvent>,
+    admin: Arc<Permissions>,
+}
+
+impl Inner {
+    pub(crate) fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.clusters
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Wakes watchers and reports `committed` changes to subscribers.
+    pub(crate) fn publish(&self, cluster: &Cluster, committed: Vec<Committed>, manager: Option<&str>) {
+        if committed.is_empty() {
+            return;
+        }
+        cluster.changed.notify_waiters();
+        if self.writes.receiver_count() == 0 {
+            return;
+        }
+        let (at, instant) = (SystemTime::now(), Instant::now());
+        for change in committed {
+            let object = &change.event.object;
+            // No receiver left is fine: nobody is measuring.
+            let _ = self.writes.send(WriteEvent {
+                cluster: cluster.name.clone(),
+                kind: object.kind(),
+                namespace: object.meta.namespace.clone(),
+                name: object.meta.name.clone(),
+                change: change.event.kind,
+                resource_version: change.event.resource_version,
+                manager: manager.map(str::to_owned),
+                at,
+                instant,
+            });
+        }
+    }
+
+    fn add_cluster(self: &Arc<Self>, name: &str) -> Result<Arc<Cluster>, Error> {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(Error::ClusterName(name.to_owned()));
+        }
+        let mut clusters = self
+            .clusters
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(existing) = clusters.get(name) {
+            return Ok(existing.clone());
+        }
+        let token = random_token();
+        let mut state = State::new(self.config.watch_history);
+        state.add_token_shared(token.clone(), self.admin.clone());
+        let cluster = Arc::new(Cluster {
+            name: Arc::from(name),
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            token,
+        });
+        clusters.insert(cluster.name.clone(), cluster.clone());
+        Ok(cluster)
+    }
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 24] = rand::random();
+    hex::encode(bytes)
+}
+
+/// The running server. Dropping it stops the server.
+pub struct FakeKube {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeKube {
+    /// Generates a CA, binds `config.addr` and serves HTTPS (h2 and http/1.1). The root cluster
+    /// `default` exists from the start.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        let ca = TestCa::generate("keyfleet fake kube ca").map_err(Error::Tls)?;
+        let cert = ca.issue(&["localhost", "127.0.0.1"]).map_err(Error::Tls)?;
+        let tls = cert.server_config(&[b"h2", b"http/1.1"]).map_err(Error::Tls)?;
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let (writes, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            clusters: RwLock::new(HashMap::new()),
+            config,
+            ca_pem: ca.cert_pem().to_owned(),
+            base_url: format!("https://127.0.0.1:{}", addr.port()),
+            writes,
+            admin: Arc::new(Permissions::admin()),
+        });
+        inner.add_cluster("default")?;
+        let task = tokio::spawn(server::serve(listener, tls, inner.clone()));
+        tracing::info!(%addr, "fake kubernetes api listening");
+        Ok(Self { inner, addr, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:PORT` (the root cluster `default`).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// The CA certificate (PEM) that signed the server certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.inner.ca_pem
+    }
+
+    /// Adds a cluster served under `/clusters/<name>` (or returns it if it exists). `default`
+    /// is the unprefixed root.
+    pub fn add_cluster(&self, name: &str) -> Result<ClusterHandle, Error> {
+        let cluster = self.inner.add_cluster(name)?;
+        Ok(ClusterHandle {
+            inner: self.inner.clone(),
+            cluster,
+        })
+    }
+
+    /// An existing cluster.
+    pub fn cluster(&self, name: &str) -> Option<ClusterHandle> {
+        self.inner.cluster(name).map(|cluster| ClusterHandle {
+            inner: self.inner.clone(),
+            cluster,
+        })
+    }
+
+    /// Number of clusters served.
+    pub fn cluster_count(&self) -> usize {
+        self.inner
+            .clusters
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Every stored change in every cluster from now on (API and handle writes), with its commit
+    /// time. Slow receivers lag (see `broadcast`).
+    pub fn subscribe(&self) -> broadcast::Receiver<WriteEvent> {
+        self.inner.writes.subscribe()
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One simulated cluster: its URL and credentials, direct object access that bypasses auth
+/// (for tests that simulate drift), write counters and fault injection.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    inner: Arc<Inner>,
+    cluster: Arc<Cluster>,
+}
+
+impl std::fmt::Debug for ClusterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHandle")
+            .field("name", &self.cluster.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterHandle {
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.cluster.name
+    }
+
+    /// The API server URL for this cluster (`https://127.0.0.1:PORT/clusters/<name>`, or the
+    /// root for `default`).
+    pub fn server_url(&self) -> String {
+        if &*self.cluster.name == "default" {
+            self.inner.base_url.clone()
+        } else {
+            format!("{}/clusters/{}", self.inner.base_url, self.cluster.name)
+        }
+    }
+
+    /// A bearer token with full permissions on this cluster.
+    pub fn token(&self) -> &str {
+        &self.cluster.token
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca_pem(&self) -> &str {
+        &self.inner.ca_pem
+    }
+
+    /// A kubeconfig for this cluster (CA inline, the full-permission token, namespace default).
+    pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_with_token(&self.cluster.token)
+    }
+
+    /// A kubeconfig using `token`.
+    pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
+        let name = &self.cluster.name;
+        let ca = base64::engine::general_purpose::STANDARD.encode(self.inner.ca_pem.as_bytes());
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {server}\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\n\
+             contexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\n    namespace: default\n\
+             current-context: {name}\n",
+            server = self.server_url(),
+        )
+    }
+
+    /// Registers another bearer token with `permissions`.
+    pub fn add_token(&self, token: &str, permissions: Permissions) {
+        self.cluster.lock().add_token(token.to_owned(), permissions);
+    }
+
+    /// The Secret `namespace/name`, if it exists.
+    pub fn get_secret(&self, namespace: &str, name: &str) -> Option<Arc<Object>> {
+        self.cluster.lock().get(Kind::Secret, Some(namespace), name)
+    }
+
+    /// Every Secret in `namespace` (all namespaces when None).
+    pub fn list_secrets(&self, namespace: Option<&str>) -> Vec<Arc<Object>> {
+        self.cluster
+            .lock()
+            .list(Kind::Secret, namespace, None)
+            .cloned()
+            .collect()
+    }
+
+    /// Creates or replaces a Secret as an Update by `manager`, bypassing auth and faults
+    /// (someone editing the Secret by hand). Labels, annotations, data, type and immutable are
+    /// taken from `secret`; its managedFields and resourceVersion are ignored.
+    pub fn put_secret(&self, secret: Object, manager: &str) -> Result<Arc<Object>, Error> {
+        let namespace = secret
+            .meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let name = secret.meta.name.clone();
+        let api_error = |source| Error::Api {
+            kind: "Secret",
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source: Box::new(source),
+        };
+        let options = WriteOptions {
+            manager: manager.to_owned(),
+            dry_run: false,
+            force: false,
+        };
+        let mut state = self.cluster.lock();
+        let mut secret = secret;
+        secret.meta.resource_version = 0;
+        secret.meta.managed_fields.clear();
+        let written = if state.get(Kind::Secret, Some(&namespace), &name).is_some() {
+            state.update(Some(&namespace), &name, secret, &options)
+        } else {
+            state.create(Some(&namespace), secret, &options)
+        }
+        .map_err(api_error)?;
+        drop(state);
+        self.inner
+            .publish(&self.cluster, written.committed.into_iter().collect(), None);
+        Ok(written.object)
+    }
+
+    /// Deletes a Secret, bypassing auth. False when it did not exist.
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> bool {
+        self.delete(Kind::Secret, Some(namespace), name)
+    }
+
+    /// Creates a Namespace (no-op if it exists).
+    pub fn create_namespace(&self, name: &str) -> Result<(), Error> {
+        let mut state = self.cluster.lock();
+        if state.get(Kind::Namespace, None, name).is_some() {
+            return Ok(());
+        }
+        let options = WriteOptions {
+            manager: "keyfleet-testkit".to_owned(),
+            dry_run: false,
+            force: false,
+        };
+        let written = state
+            .create(None, Object::new_namespace(name), &options)
+            .map_err(|source| Error::Api {
+                kind: "Namespace",
+                namespace: String::new(),
+                name: name.to_owned(),
+                source: Box::new(source),
+            })?;
+        drop(state);
+        self.inner
+            .publish(&self.cluster, written.committed.into_iter().collect(), None);
+        Ok(())
+    }
+
+    /// Deletes a Namespace and its Secrets. False when it did not exist.
+    pub fn delete_namespace(&self, name: &str) -> bool {
+        self.delete(Kind::Namespace, None, name)
+    }
+
+    fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) -> bool {
+        let result = self
+            .cluster
+            .lock()
+            .delete(kind, namespace, name, &Preconditions::default(), false);
+        match result {
+            Ok((_, committed)) => {
+                self.inner.publish(&self.cluster, committed, None);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Write requests received through the API so far.
+    pub fn writes(&self) -> WriteCounts {
+        self.cluster.lock().writes
+    }
+
+    /// The cluster's current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.cluster.lock().resource_version()
+    }
+
+    /// Adds `latency` before every API call (zero to stop).
+    pub fn set_latency(&self, latency: Duration) {
+        self.cluster.lock().faults.latency = latency;
+    }
+
+    /// The next `count` API calls fail with `code` (500 InternalError or 503 ServiceUnavailable).
+    pub fn fail_next(&self, count: usize, code: u16) {
+        let mut state = self.cluster.lock();
+        for _ in 0..count {
+            state.faults.queued.push_back(ApiError::injected(code));
+        }
+    }
+
+    /// The next `count` API calls get 429 with `Retry-After: retry_after_seconds`.
+    pub fn throttle_next(&self, count: usize, retry_after_seconds: u64) {
+        let mut state = self.cluster.lock();
+        for _ in 0..count {
+            state
+                .faults
+                .queued
+                .push_back(ApiError::too_many_requests(retry_after_seconds));
+        }
+    }
+
+    /// Ends every open watch on this cluster (clients see the stream close).
+    pub fn drop_watches(&self) {
+        self.cluster.lock().watch_epoch += 1;
+        self.cluster.changed.notify_waiters();
+    }
+
+    /// Forgets the event history: resuming a watch from any earlier resourceVersion gets 410.
+    /// Combine with [`Self::drop_watches`] to force clients to relist.
+    pub fn expire_history(&self) {
+        self.cluster.lock().compact();
+    }
+}

@@ -1,0 +1,88 @@
+//! Discovery (`/version`, `/api`, `/apis`, `/api/v1`) and the OpenAPI v3 documents kubectl needs
+//! to skip client-side validation and send `fieldValidation=Strict`.
+
+use serde_json::{Value, json};
+
+/// The version the fake reports.
+pub fn version() -> Value {
+    json!({
+        "major": "1", "minor": "36", "gitVersion": "v1.36.0-keyfleet-fake",
+        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+/// `GET /api`.
+pub fn api_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions", "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    })
+}
+
+/// `GET /apis`: no groups besides the core one.
+pub fn api_groups() -> Value {
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+}
+
+/// `GET /api/v1`.
+pub fn core_v1_resources() -> Value {
+    json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+        "resources": [
+            {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
+             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"]},
+            {"name": "secrets", "singularName": "secret", "namespaced": true, "kind": "Secret",
+             "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+             "storageVersionHash": "S6u1pOWzb84="},
+        ],
+    })
+}
+
+const HASH: &str = "KEYFLEETFAKE0001";
+
+/// `GET /openapi/v3`.
+pub fn openapi_index() -> Value {
+    json!({"paths": {"api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={HASH}")}}})
+}
+
+fn patch_operation(kind: &str, namespaced: bool) -> Value {
+    let mut parameters = vec![
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}),
+        json!({"name": "dryRun", "in": "query", "schema": {"type": "string"}}),
+        json!({"name": "fieldManager", "in": "query", "schema": {"type": "string"}}),
+        json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}),
+        json!({"name": "force", "in": "query", "schema": {"type": "boolean"}}),
+    ];
+    if namespaced {
+        parameters
+            .push(json!({"name": "namespace", "in": "path", "required": true, "schema": {"type": "string"}}));
+    }
+    json!({
+        "operationId": format!("patchCoreV1{}{kind}", if namespaced { "Namespaced" } else { "" }),
+        "x-kubernetes-action": "patch",
+        "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
+        "parameters": parameters,
+        "requestBody": {"content": {
+            "application/apply-patch+yaml": {"schema": {"type": "object"}},
+            "application/json-patch+json": {"schema": {"type": "object"}},
+            "application/merge-patch+json": {"schema": {"type": "object"}},
+            "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
+        }, "required": true},
+        "responses": {"200": {"description": "OK"}, "201": {"description": "Created"}},
+    })
+}
+
+/// `GET /openapi/v3/api/v1`.
+pub fn openapi_core_v1() -> Value {
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (keyfleet fake)", "version": "v1.36.0"},
+        "paths": {
+            "/api/v1/namespaces/{namespace}/secrets/{name}": {"patch": patch_operation("Secret", true)},
+            "/api/v1/namespaces/{name}": {"patch": patch_operation("Namespace", false)},
+        },
+        "components": {"schemas": {}},
+    })
+}
