@@ -481,6 +481,7 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
         };
         let mut silence = self.settings.first_message_timeout;
         let mut pending_drift: Vec<ClusterEvent> = Vec::new();
+        let mut events_open = true;
         loop {
             let deadline = tokio::time::sleep(silence);
             tokio::select! {
@@ -543,7 +544,7 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
                         }
                     }
                 }
-                event = events.recv() => match event {
+                event = events.recv(), if events_open => match event {
                     Some(ClusterEvent::Resync) => return SessionEnd::Resync,
                     Some(event) if *welcomed => {
                         if let Some(message) = drift_message(event)
@@ -558,7 +559,7 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
                         }
                     }
                     // The cluster side is gone; keep serving the hub.
-                    None => std::future::pending::<()>().await,
+                    None => events_open = false,
                 },
                 () = deadline => return failed(format!("no message from the hub for {silence:?}")),
             }

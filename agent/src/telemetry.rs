@@ -3,6 +3,8 @@
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
+const QUIET_KUBE_CLIENT: &str = "kube_client::client=error";
+
 /// Log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -14,8 +16,13 @@ pub enum LogFormat {
 
 /// Installs the global subscriber.
 pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter)
+    let mut filter = EnvFilter::try_new(filter)
         .map_err(|error| anyhow::anyhow!("invalid --log filter {filter:?}: {error}"))?;
+    // kube's client logs a whole response body when it cannot decode it; for a Secret that
+    // would be its data. Keep that target at error unless the operator asks for it by name.
+    if !filter.to_string().contains("kube_client") {
+        filter = filter.add_directive(QUIET_KUBE_CLIENT.parse()?);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

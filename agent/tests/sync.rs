@@ -454,3 +454,45 @@ async fn reconnects_follow_the_full_jitter_schedule() {
     // Each failed session is counted before its backoff sleep.
     assert_eq!(metrics.reconnects.get(), calls.len() as u64);
 }
+
+#[tokio::test]
+async fn a_silent_hub_is_left_after_three_heartbeat_intervals() {
+    let mut hub = ScriptedHub::start().await;
+    let cluster = MemCluster::default();
+    let (credential, settings, metrics) = (credential(), fast_settings(), Metrics::default());
+    let (_events_tx, mut events) = mpsc::channel(8);
+    let client = SyncClient::new(
+        channel(&endpoint(&hub)).expect("channel"),
+        &credential,
+        &settings,
+        &cluster,
+        &metrics,
+    );
+    let mut backoff = fast_backoff();
+    let agent = client.run(&mut events, &mut backoff);
+    let test = async {
+        let mut session = hub.session().await;
+        hello(&mut session).await;
+        let welcomed_at = tokio::time::Instant::now();
+        session
+            .send(hub_message::Body::Welcome(v1::Welcome {
+                in_sync: true,
+                hub_instance: "hub-0".into(),
+                heartbeat_interval_ms: 100,
+                max_inflight: 1,
+            }))
+            .await;
+        // The hub says nothing more: the agent gives up on the stream after ~300 ms.
+        assert!(
+            session.next().await.is_none(),
+            "the agent closes the silent stream"
+        );
+        assert!(welcomed_at.elapsed() >= Duration::from_millis(300));
+        let mut session = hub.session().await;
+        hello(&mut session).await;
+    };
+    tokio::select! {
+        () = agent => unreachable!("the client runs until dropped"),
+        () = test => {}
+    }
+}
