@@ -67,3 +67,44 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: ops\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics_are_served() {
+        let metrics = Metrics::default();
+        metrics.applied_ok.inc();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = ready.clone();
+        let ops = Ops::new(registry, move || flag.load(Ordering::SeqCst));
+        let (addr, server) = bind("127.0.0.1:0".parse().expect("addr"), ops)
+            .await
+            .expect("bind");
+        tokio::spawn(server);
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        ready.store(true, Ordering::SeqCst);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let body = get(addr, "/metrics").await;
+        assert!(body.contains("keyfleet_agent_applied_total 1"), "{body}");
+        assert!(body.contains("keyfleet_agent_connected 0"), "{body}");
+    }
+}
