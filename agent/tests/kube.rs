@@ -1,0 +1,586 @@
+//! The Kubernetes side of the agent against the fake API server, through `kube` (no mocked
+//! client): apply, rotation, ownership, Merge, removal, drift repair, restart without writes.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyfleet_agent::hub::{Cluster as _, ClusterEvent, desired_from_payload};
+use keyfleet_agent::kube::{KubeCluster, KubeSettings};
+use keyfleet_agent::metrics::Metrics;
+use keyfleet_agent::reconcile::{
+    DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, FIELD_MANAGER, FLEET_SECRET_ANNOTATION,
+    MANAGED_BY_LABEL, REVISION_ANNOTATION,
+};
+use keyfleet_proto::digest;
+use keyfleet_proto::v1;
+use keyfleet_testkit::kube::{ClusterHandle, Config, FakeKube, Kind, Object, Permissions, SecretBytes, Verb};
+use tokio::sync::mpsc;
+
+pub const VALUE: &str = "rotation-secret-value-1";
+
+pub async fn fake() -> (FakeKube, ClusterHandle) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeKube::start(Config::default()).await.expect("fake kube");
+    let handle = fake.cluster("default").expect("default cluster");
+    for namespace in ["a", "b", "keyfleet-system"] {
+        handle.create_namespace(namespace).expect("namespace");
+    }
+    (fake, handle)
+}
+
+pub async fn client(handle: &ClusterHandle) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&handle.kubeconfig_yaml()).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kube config");
+    kube::Client::try_from(config).expect("kube client")
+}
+
+pub fn payload(key: &str, revision: u64, value: &str, namespaces: &[&str]) -> v1::SecretPayload {
+    let mut payload = v1::SecretPayload {
+        key: key.into(),
+        revision,
+        secret_name: key.into(),
+        r#type: "Opaque".into(),
+        namespaces: namespaces.iter().map(|ns| (*ns).to_owned()).collect(),
+        data: [("token".to_string(), value.as_bytes().to_vec())].into(),
+        labels: [("team".to_string(), "payments".to_string())].into(),
+        deletion_policy: v1::DeletionPolicy::Delete as i32,
+        ..Default::default()
+    };
+    seal(&mut payload);
+    payload
+}
+
+pub fn seal(payload: &mut v1::SecretPayload) {
+    payload.sha256 = digest::payload_sha256(payload).to_vec();
+}
+
+fn desired(payload: v1::SecretPayload) -> DesiredSecret {
+    desired_from_payload(payload).expect("valid payload")
+}
+
+async fn cluster(handle: &ClusterHandle) -> (KubeCluster, mpsc::Receiver<ClusterEvent>) {
+    cluster_with(handle, client(handle).await)
+}
+
+fn cluster_with(handle: &ClusterHandle, client: kube::Client) -> (KubeCluster, mpsc::Receiver<ClusterEvent>) {
+    let _ = handle;
+    let mut settings = KubeSettings::new("keyfleet-system", "keyfleet-agent-credential");
+    settings.namespace_cache_ttl = Duration::ZERO;
+    KubeCluster::new(client, settings, Metrics::default())
+}
+
+async fn next_event(events: &mut mpsc::Receiver<ClusterEvent>) -> ClusterEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("cluster alive")
+}
+
+/// Runs `body` while the cluster's watcher runs.
+async fn with_watcher<F: Future<Output = ()>>(cluster: &KubeCluster, body: F) {
+    tokio::select! {
+        () = cluster.run_watcher() => panic!("watcher ended"),
+        () = body => {}
+    }
+}
+
+fn secret(handle: &ClusterHandle, namespace: &str, name: &str) -> Arc<Object> {
+    handle
+        .get_secret(namespace, name)
+        .unwrap_or_else(|| panic!("{namespace}/{name} exists"))
+}
+
+#[tokio::test]
+async fn rotation_is_applied_by_server_side_apply_with_our_marks() {
+    let (_fake, handle) = fake().await;
+    let (cluster, _events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["a", "b"])))
+            .await
+            .expect("applied");
+        for namespace in ["a", "b"] {
+            let object = secret(&handle, namespace, "regcred");
+            assert_eq!(object.data("token"), Some(VALUE.as_bytes()));
+            assert_eq!(
+                object.meta.labels.get(MANAGED_BY_LABEL).map(String::as_str),
+                Some("keyfleet")
+            );
+            assert_eq!(
+                object.meta.labels.get("team").map(String::as_str),
+                Some("payments")
+            );
+            assert_eq!(
+                object
+                    .meta
+                    .annotations
+                    .get(REVISION_ANNOTATION)
+                    .map(String::as_str),
+                Some("1")
+            );
+            assert_eq!(
+                object
+                    .meta
+                    .annotations
+                    .get(FLEET_SECRET_ANNOTATION)
+                    .map(String::as_str),
+                Some("regcred")
+            );
+            assert!(
+                object
+                    .meta
+                    .managed_fields
+                    .iter()
+                    .any(|entry| entry.manager == FIELD_MANAGER)
+            );
+        }
+        let rotated = payload("regcred", 2, "rotation-secret-value-2", &["a", "b"]);
+        let sha = rotated.sha256.clone();
+        cluster.upsert(desired(rotated)).await.expect("rotated");
+        let object = secret(&handle, "a", "regcred");
+        assert_eq!(object.data("token"), Some(&b"rotation-secret-value-2"[..]));
+        assert_eq!(
+            object
+                .meta
+                .annotations
+                .get(REVISION_ANNOTATION)
+                .map(String::as_str),
+            Some("2")
+        );
+        let applied = cluster.applied().await.expect("applied state");
+        assert_eq!(
+            applied.get("regcred").map(|a| (a.revision, a.sha256.to_vec())),
+            Some((2, sha))
+        );
+        // Same revision again: nothing to write.
+        let before = handle.writes();
+        cluster
+            .upsert(desired(payload(
+                "regcred",
+                2,
+                "rotation-secret-value-2",
+                &["a", "b"],
+            )))
+            .await
+            .expect("no-op");
+        assert_eq!(handle.writes().requests, before.requests);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_secret_it_does_not_own_is_nacked_and_left_untouched() {
+    let (_fake, handle) = fake().await;
+    let theirs = Object::new_secret("a", "regcred").with_data("token", b"theirs");
+    handle
+        .put_secret(theirs, "kubectl-create")
+        .expect("foreign secret");
+    let before = secret(&handle, "a", "regcred");
+    let (cluster, _events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        let refusal = cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["b", "a"])))
+            .await
+            .expect_err("not ours");
+        assert_eq!(refusal.code, ErrorCode::NotOwned);
+        assert!(refusal.message.contains("a/regcred"), "{}", refusal.message);
+        assert!(!refusal.message.contains(VALUE));
+        // Nothing at all was written: not the foreign Secret, not the other namespace.
+        assert_eq!(handle.writes().requests, 0);
+        assert_eq!(*secret(&handle, "a", "regcred"), *before);
+        assert!(handle.get_secret("b", "regcred").is_none());
+        let missing = cluster
+            .upsert(desired(payload("other", 1, VALUE, &["a", "nowhere"])))
+            .await
+            .expect_err("namespace missing");
+        assert_eq!(
+            (missing.code, missing.retryable),
+            (ErrorCode::NamespaceMissing, true)
+        );
+        let credential = cluster
+            .upsert(desired(payload(
+                "keyfleet-agent-credential",
+                1,
+                VALUE,
+                &["keyfleet-system"],
+            )))
+            .await
+            .expect_err("own credential");
+        assert_eq!(credential.code, ErrorCode::Invalid);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn merge_adds_only_our_keys_and_removal_takes_only_them_back() {
+    let (_fake, handle) = fake().await;
+    handle
+        .put_secret(
+            Object::new_secret("a", "shared").with_data("theirs", b"keep-me"),
+            "kubectl-create",
+        )
+        .expect("foreign secret");
+    let (cluster, _events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        let mut merge = payload("shared", 1, VALUE, &["a"]);
+        merge.creation_policy = v1::CreationPolicy::Merge as i32;
+        seal(&mut merge);
+        cluster.upsert(desired(merge)).await.expect("merged");
+        let object = secret(&handle, "a", "shared");
+        assert_eq!(object.data("theirs"), Some(&b"keep-me"[..]));
+        assert_eq!(object.data("token"), Some(VALUE.as_bytes()));
+        assert!(cluster.applied().await.expect("state").contains_key("shared"));
+        cluster
+            .remove("shared", DeletionPolicy::Delete)
+            .await
+            .expect("removed");
+        let object = secret(&handle, "a", "shared");
+        assert_eq!(object.data("theirs"), Some(&b"keep-me"[..]));
+        assert_eq!(object.data("token"), None, "our key is taken back");
+        assert!(!object.meta.labels.contains_key(MANAGED_BY_LABEL));
+        assert!(cluster.applied().await.expect("state").is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn removal_deletes_or_releases_by_policy() {
+    let (_fake, handle) = fake().await;
+    let (cluster, _events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        cluster
+            .upsert(desired(payload("gone", 1, VALUE, &["a"])))
+            .await
+            .expect("applied");
+        let mut kept = payload("kept", 1, VALUE, &["a"]);
+        kept.deletion_policy = v1::DeletionPolicy::Retain as i32;
+        seal(&mut kept);
+        cluster.upsert(desired(kept)).await.expect("applied");
+        cluster
+            .remove("gone", DeletionPolicy::Delete)
+            .await
+            .expect("deleted");
+        cluster
+            .remove("kept", DeletionPolicy::Retain)
+            .await
+            .expect("released");
+        assert!(handle.get_secret("a", "gone").is_none());
+        let released = secret(&handle, "a", "kept");
+        assert_eq!(released.data("token"), Some(VALUE.as_bytes()));
+        assert!(!released.meta.labels.contains_key(MANAGED_BY_LABEL));
+        assert!(!released.meta.annotations.contains_key(REVISION_ANNOTATION));
+        assert_eq!(
+            released.meta.labels.get("team").map(String::as_str),
+            Some("payments")
+        );
+        assert!(cluster.applied().await.expect("state").is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn edits_and_deletions_are_repaired_and_reported() {
+    let (_fake, handle) = fake().await;
+    let (cluster, mut events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        cluster
+            .upsert(desired(payload("regcred", 3, VALUE, &["a", "b"])))
+            .await
+            .expect("applied");
+        // Someone edits the value with another field manager (kubectl edit).
+        let mut edited = (*secret(&handle, "a", "regcred")).clone();
+        edited
+            .secret_mut()
+            .expect("secret")
+            .data
+            .insert("token".into(), SecretBytes::from(&b"hand-edited"[..]));
+        handle.put_secret(edited, "kubectl-edit").expect("edit");
+        assert_eq!(
+            next_event(&mut events).await,
+            ClusterEvent::Drift {
+                key: "regcred".into(),
+                namespace: "a".into(),
+                kind: DriftKind::Modified,
+                revision: 3
+            }
+        );
+        assert_eq!(
+            secret(&handle, "a", "regcred").data("token"),
+            Some(VALUE.as_bytes())
+        );
+        // Someone deletes it.
+        assert!(handle.delete_secret("b", "regcred"));
+        assert_eq!(
+            next_event(&mut events).await,
+            ClusterEvent::Drift {
+                key: "regcred".into(),
+                namespace: "b".into(),
+                kind: DriftKind::Deleted,
+                revision: 3
+            }
+        );
+        assert_eq!(
+            secret(&handle, "b", "regcred").data("token"),
+            Some(VALUE.as_bytes())
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_agent_rebuilds_its_state_writes_nothing_and_resyncs_drift() {
+    let (_fake, handle) = fake().await;
+    let sent = payload("regcred", 5, VALUE, &["a", "b"]);
+    let sha = sent.sha256.clone();
+    {
+        let (cluster, _events) = cluster(&handle).await;
+        with_watcher(&cluster, async {
+            cluster.upsert(desired(sent.clone())).await.expect("applied");
+        })
+        .await;
+    }
+    let writes = handle.writes();
+    // Restart: a new process with nothing in memory.
+    let (cluster, mut events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        let applied = cluster.applied().await.expect("state");
+        assert_eq!(
+            applied.get("regcred").map(|a| (a.revision, a.sha256.to_vec())),
+            Some((5, sha.clone()))
+        );
+        assert_eq!(handle.writes(), writes, "rebuilding the state wrote something");
+        // Drift while the payload is not in memory: the key leaves the applied set and the
+        // agent asks to resync; the hub's upsert then repairs it and the drift is reported.
+        assert!(handle.delete_secret("a", "regcred"));
+        assert_eq!(next_event(&mut events).await, ClusterEvent::Resync);
+        assert!(cluster.applied().await.expect("state").is_empty());
+        cluster.upsert(desired(sent.clone())).await.expect("re-applied");
+        assert_eq!(
+            next_event(&mut events).await,
+            ClusterEvent::Drift {
+                key: "regcred".into(),
+                namespace: "a".into(),
+                kind: DriftKind::Deleted,
+                revision: 5
+            }
+        );
+        assert_eq!(
+            secret(&handle, "a", "regcred").data("token"),
+            Some(VALUE.as_bytes())
+        );
+        assert!(cluster.applied().await.expect("state").contains_key("regcred"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kubernetes_refusals_become_nacks_without_changes() {
+    let (_fake, handle) = fake().await;
+    // A token that may read everything but write Secrets only in namespace a.
+    handle.add_token(
+        "restricted-token",
+        Permissions::none("agent")
+            .allow(&[Verb::Get, Verb::List, Verb::Watch], &[], &[])
+            .allow(&[], &[Kind::Secret], &["a"]),
+    );
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&handle.kubeconfig_yaml_with_token("restricted-token"))
+            .expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let (cluster, _events) = cluster_with(&handle, kube::Client::try_from(config).expect("client"));
+    with_watcher(&cluster, async {
+        let forbidden = cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["b"])))
+            .await
+            .expect_err("forbidden");
+        assert_eq!(
+            (forbidden.code, forbidden.retryable),
+            (ErrorCode::Forbidden, true)
+        );
+        assert!(forbidden.message.contains("b/regcred"), "{}", forbidden.message);
+        assert!(handle.get_secret("b", "regcred").is_none());
+        cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["a"])))
+            .await
+            .expect("allowed in a");
+        // The API fails the next call with a 500 (kube retries 503/429 by itself): a retryable
+        // NACK, and the Secret keeps revision 1.
+        handle.fail_next(1, 500);
+        let unavailable = cluster
+            .upsert(desired(payload("regcred", 2, "new-value", &["a"])))
+            .await
+            .expect_err("500");
+        assert_eq!(
+            (unavailable.code, unavailable.retryable),
+            (ErrorCode::KubernetesUnavailable, true)
+        );
+        let object = secret(&handle, "a", "regcred");
+        assert_eq!(
+            object
+                .meta
+                .annotations
+                .get(REVISION_ANNOTATION)
+                .map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(object.data("token"), Some(VALUE.as_bytes()));
+        assert_eq!(
+            cluster
+                .applied()
+                .await
+                .expect("state")
+                .get("regcred")
+                .map(|a| a.revision),
+            Some(1)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deletion_missed_while_the_watch_was_down_is_repaired_after_the_relist() {
+    let (_fake, handle) = fake().await;
+    let (cluster, mut events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        cluster
+            .upsert(desired(payload("regcred", 4, VALUE, &["a"])))
+            .await
+            .expect("applied");
+        // The watch drops and its history is gone: the watcher must relist (410) to see this.
+        handle.expire_history();
+        handle.drop_watches();
+        assert!(handle.delete_secret("a", "regcred"));
+        assert_eq!(
+            next_event(&mut events).await,
+            ClusterEvent::Drift {
+                key: "regcred".into(),
+                namespace: "a".into(),
+                kind: DriftKind::Deleted,
+                revision: 4
+            }
+        );
+        assert_eq!(
+            secret(&handle, "a", "regcred").data("token"),
+            Some(VALUE.as_bytes())
+        );
+    })
+    .await;
+}
+
+mod end_to_end {
+    use keyfleet_agent::{AgentSettings, run_agent};
+    use keyfleet_proto::v1::{agent_message, hub_message};
+    use tokio::sync::oneshot;
+    use zeroize::Zeroizing;
+
+    use super::support::hub::{CREDENTIAL, ScriptedHub, Session, TOKEN};
+    use super::*;
+
+    async fn hello(session: &mut Session) -> v1::Hello {
+        match session.recv().await {
+            agent_message::Body::Hello(hello) => hello,
+            _ => panic!("first message must be hello"),
+        }
+    }
+
+    fn welcome(in_sync: bool) -> hub_message::Body {
+        hub_message::Body::Welcome(v1::Welcome {
+            in_sync,
+            hub_instance: "hub-0".into(),
+            heartbeat_interval_ms: 30_000,
+            max_inflight: 4,
+        })
+    }
+
+    #[tokio::test]
+    async fn the_agent_enrolls_applies_and_restarts_in_sync_without_writes() {
+        let (_fake, handle) = fake().await;
+        let mut hub = ScriptedHub::start().await;
+        let (logs, _guard) = support::capture_logs();
+        let mut settings = AgentSettings::new(hub.url.clone(), Some(hub.ca_pem.clone()));
+        settings.enrollment_token = Some(Zeroizing::new(TOKEN.into()));
+        let sent = payload("regcred", 1, VALUE, &["a", "b"]);
+        let sha = sent.sha256.clone();
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        let agent = run_agent(settings.clone(), client(&handle).await, async {
+            let _ = stopped.await;
+        });
+        let hub_side = async {
+            let mut session = hub.session().await;
+            assert_eq!(
+                session.authorization.as_deref(),
+                Some(format!("Bearer {CREDENTIAL}").as_str())
+            );
+            let hello = hello(&mut session).await;
+            assert_eq!(hello.applied_count, 0);
+            session.send(welcome(false)).await;
+            session
+                .send(hub_message::Body::Update(v1::Update {
+                    nonce: 1,
+                    upserts: vec![sent.clone()],
+                    removals: vec![],
+                }))
+                .await;
+            let agent_message::Body::Ack(ack) = session.recv().await else {
+                panic!("expected an ack");
+            };
+            assert_eq!(ack.nonce, 1);
+            assert_eq!(ack.results.len(), 1);
+            assert!(
+                ack.results[0].error.is_none(),
+                "nack: {:?}",
+                ack.results[0].error.as_ref().map(|e| &e.message)
+            );
+            stop.send(()).expect("agent running");
+        };
+        let (result, ()) = tokio::join!(agent, hub_side);
+        result.expect("agent stops cleanly");
+        assert_eq!(
+            secret(&handle, "b", "regcred").data("token"),
+            Some(VALUE.as_bytes())
+        );
+        let stored = secret(&handle, "keyfleet-system", "keyfleet-agent-credential");
+        assert_eq!(stored.data("credential"), Some(CREDENTIAL.as_bytes()));
+
+        // Restart without the (spent) token: the stored credential is reused, the state is
+        // rebuilt from annotations, the hub finds it in sync, and nothing is written.
+        let writes = handle.writes();
+        settings.enrollment_token = None;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let agent = run_agent(settings, client(&handle).await, async {
+            let _ = stopped.await;
+        });
+        let hub_side = async {
+            let mut session = hub.session().await;
+            let hello = hello(&mut session).await;
+            assert_eq!(hello.applied_count, 1);
+            assert_eq!(
+                hello.applied_digest,
+                digest::set_digest([("regcred", 1, sha.as_slice())]).to_vec()
+            );
+            session.send(welcome(true)).await;
+            session
+                .send(hub_message::Body::Heartbeat(v1::Heartbeat { sent_at_unix_ms: 1 }))
+                .await;
+            assert!(matches!(session.recv().await, agent_message::Body::Heartbeat(_)));
+            stop.send(()).expect("agent running");
+        };
+        let (result, ()) = tokio::join!(agent, hub_side);
+        result.expect("agent stops cleanly");
+        assert_eq!(handle.writes(), writes, "an in-sync restart wrote to the cluster");
+        assert_eq!(hub.enrolls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let logs = logs.contents();
+        assert!(logs.contains("sync stream established"), "logs were captured");
+        for secret in [VALUE, CREDENTIAL, TOKEN] {
+            assert!(!logs.contains(secret), "a secret reached the logs");
+        }
+    }
+}
