@@ -13,6 +13,8 @@
 //! - [`sync`]: `sync::plan` decides which cluster holds which revision (pure).
 //! - [`fleet`]: the fan-out registry (per-cluster desired sets, streams, coalescing queues).
 //! - [`grpc`]: tonic services; `grpc::convert` is the only proto ⇄ domain crossing.
+//! - [`vault`]: Azure Key Vault through the official crates (`SecretSource`, `AzureKeyVault`) and
+//!   the per-store change `Poller`.
 
 pub mod app;
 pub mod cli;
@@ -25,6 +27,7 @@ pub mod render;
 pub mod spec;
 pub mod sync;
 pub mod telemetry;
+pub mod vault;
 
 pub use app::run;
 

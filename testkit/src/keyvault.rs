@@ -149,6 +149,8 @@ impl KeyVaultConfig {
 
 pub(crate) struct Shared {
     config: KeyVaultConfig,
+    /// Seconds added to the wall clock for the vault's timestamps (tests shift it).
+    clock_offset: std::sync::atomic::AtomicI64,
     vault: Mutex<store::Vault>,
     faults: Faults,
     counters: faults::CounterSet,
@@ -158,6 +160,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The vault's clock (unix seconds): wall clock plus the test offset.
+    fn now(&self) -> i64 {
+        auth::now() + self.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn vault(&self) -> std::sync::MutexGuard<'_, store::Vault> {
         self.vault
             .lock()
@@ -188,6 +195,7 @@ impl KeyVaultEmulator {
         let base = format!("https://{addr}");
         let shared = Arc::new(Shared {
             config,
+            clock_offset: std::sync::atomic::AtomicI64::new(0),
             vault: Mutex::new(store::Vault::default()),
             faults: Faults::default(),
             counters: faults::CounterSet::default(),
@@ -279,10 +287,12 @@ impl KeyVaultHandle {
         value: &str,
         attributes: Attributes,
     ) -> Result<String, ServiceError> {
-        let version =
-            self.shared
-                .vault()
-                .set(name, Zeroizing::new(value.to_owned()), attributes, auth::now())?;
+        let version = self.shared.vault().set(
+            name,
+            Zeroizing::new(value.to_owned()),
+            attributes,
+            self.shared.now(),
+        )?;
         Ok(version.id)
     }
 
@@ -295,7 +305,7 @@ impl KeyVaultHandle {
     ) -> Result<(), ServiceError> {
         self.shared
             .vault()
-            .update(name, version, attributes, auth::now())
+            .update(name, version, attributes, self.shared.now())
             .map(drop)
     }
 
@@ -313,7 +323,15 @@ impl KeyVaultHandle {
 
     /// Soft-deletes a secret.
     pub fn delete_secret(&self, name: &str) -> Result<(), ServiceError> {
-        self.shared.vault().delete(name, auth::now()).map(drop)
+        self.shared.vault().delete(name, self.shared.now()).map(drop)
+    }
+
+    /// Shifts the vault's clock (`created`/`updated` of later writes) by `seconds`; tokens keep
+    /// the wall clock.
+    pub fn shift_clock(&self, seconds: i64) {
+        self.shared
+            .clock_offset
+            .fetch_add(seconds, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A snapshot of the call counters.

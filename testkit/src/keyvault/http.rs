@@ -828,7 +828,7 @@ fn execute(
     body: &Bytes,
 ) -> Result<Response, ServiceError> {
     let base = call.base;
-    let now = auth::now();
+    let now = call.shared.now();
     let shared = call.shared;
     match op {
         Op::Get => {

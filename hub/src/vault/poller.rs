@@ -1,0 +1,517 @@
+//! Change detection for one store: one paged `list_secrets` sweep per `pollInterval`, then a value
+//! GET only for watched secrets whose current version changed.
+//!
+//! Key Vault's `updated` has one-second resolution, so a version created in the same second as the
+//! one last fetched would leave the listing unchanged. A fetch that recent is marked *unsettled*:
+//! the next sweeps confirm it with `list_versions` (a list call, no value) and GET only when a
+//! version newer than the fetched one appears.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{FetchedSecret, SecretInfo, SecretSource, VaultError, VaultMetrics};
+
+/// Seconds within which a fetched version is confirmed again (timestamp resolution plus skew).
+const SETTLE_SECONDS: i64 = 2;
+
+/// What a store's FleetSecrets reference: remote keys and `find` filters.
+#[derive(Debug, Clone, Default)]
+pub struct WatchSet {
+    /// Remote keys (Key Vault secret names; matched case-insensitively).
+    pub keys: BTreeSet<String>,
+    /// `dataFrom.find` filters.
+    pub finds: Vec<FindFilter>,
+}
+
+/// An ESO `find`: a name regex and tags that must all match. Disabled secrets never match.
+#[derive(Debug, Clone, Default)]
+pub struct FindFilter {
+    /// Name regex (any name when `None`).
+    pub name: Option<regex::Regex>,
+    /// Tags the secret must carry with these values.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl FindFilter {
+    /// Whether a listed secret matches.
+    pub fn matches(&self, info: &SecretInfo) -> bool {
+        info.enabled
+            && self.name.as_ref().is_none_or(|re| re.is_match(&info.name))
+            && self.tags.iter().all(|(k, v)| info.tags.get(k) == Some(v))
+    }
+}
+
+/// A new current version of a watched secret.
+#[derive(Debug, Clone)]
+pub struct VaultChange {
+    /// SecretStore name.
+    pub store: String,
+    /// The watched key (as referenced) or, for `find` matches, the name Key Vault lists.
+    pub key: String,
+    /// The version with its value.
+    pub secret: FetchedSecret,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    /// `updated` of the listing when last checked.
+    updated: Option<DateTime<Utc>>,
+    /// Version last fetched (or found disabled).
+    version: Option<String>,
+    /// `created` of that version.
+    created: Option<DateTime<Utc>>,
+    /// Wall clock of the last GET or confirmation.
+    checked_at: DateTime<Utc>,
+    /// Version ids already accounted for (the fetched one and those listed by a confirmation).
+    known: BTreeSet<String>,
+}
+
+impl Seen {
+    fn unsettled(&self) -> bool {
+        let reference = self.updated.max(self.created);
+        reference.is_some_and(|t| t.timestamp() >= self.checked_at.timestamp() - SETTLE_SECONDS)
+    }
+}
+
+/// Asks a running [`Poller`] to sweep now.
+#[derive(Debug, Clone)]
+pub struct PollerHandle {
+    sync: Arc<Notify>,
+}
+
+impl PollerHandle {
+    /// Sweep now (coalesced with a sweep already asked for).
+    pub fn sync_now(&self) {
+        self.sync.notify_one();
+    }
+}
+
+/// The change detector of one store.
+pub struct Poller {
+    store: String,
+    source: Arc<dyn SecretSource>,
+    watch: watch::Receiver<WatchSet>,
+    changes: mpsc::Sender<VaultChange>,
+    interval: Duration,
+    metrics: VaultMetrics,
+    sync: Arc<Notify>,
+    seen: HashMap<String, Seen>,
+    /// First retry delay after a failed sweep (doubles, full jitter, capped at the interval).
+    pub retry_base: Duration,
+}
+
+impl Poller {
+    /// A poller for `store` reading `source` every `interval`.
+    pub fn new(
+        store: &str,
+        source: Arc<dyn SecretSource>,
+        interval: Duration,
+        watch: watch::Receiver<WatchSet>,
+        changes: mpsc::Sender<VaultChange>,
+        metrics: VaultMetrics,
+    ) -> (Self, PollerHandle) {
+        let sync = Arc::new(Notify::new());
+        let poller = Self {
+            store: store.to_owned(),
+            source,
+            watch,
+            changes,
+            interval,
+            metrics,
+            sync: Arc::clone(&sync),
+            seen: HashMap::new(),
+            retry_base: Duration::from_secs(1),
+        };
+        (poller, PollerHandle { sync })
+    }
+
+    /// Sweeps now, then every interval, on `sync_now` and when the watch set changes, until
+    /// `shutdown` or until the change receiver is dropped. A failed sweep is retried with
+    /// backoff; nothing is emitted or forgotten meanwhile.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut delay = Duration::ZERO;
+        let mut failures: u32 = 0;
+        let mut watch_open = true;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+                () = self.sync.notified() => {}
+                changed = self.watch.changed(), if watch_open => watch_open = changed.is_ok(),
+            }
+            match self.poll_once().await {
+                Ok(_) => {
+                    failures = 0;
+                    delay = self.interval;
+                }
+                Err(PollError::Closed) => break,
+                Err(PollError::Vault(error)) => {
+                    failures = failures.saturating_add(1);
+                    delay = self.backoff(failures);
+                    tracing::warn!(store = %self.store, %error, failures, retry_in = ?delay, "key vault sweep failed; keeping the last good values");
+                }
+            }
+        }
+        tracing::debug!(store = %self.store, "vault poller stopped");
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let cap = self
+            .retry_base
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+            .min(self.interval)
+            .max(Duration::from_millis(1));
+        let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::random_range(millis / 2..=millis))
+    }
+
+    /// One sweep: list, compare, fetch what changed, emit. Returns the number of changes sent.
+    pub async fn poll_once(&mut self) -> Result<usize, PollError> {
+        let result = self.sweep().await;
+        self.metrics
+            .poll(&self.store, !matches!(result, Err(PollError::Vault(_))));
+        result
+    }
+
+    async fn sweep(&mut self) -> Result<usize, PollError> {
+        let listing = self.source.list_secrets().await?;
+        let watch = self.watch.borrow_and_update().clone();
+        let by_name: HashMap<String, &SecretInfo> = listing
+            .iter()
+            .map(|info| (info.name.to_ascii_lowercase(), info))
+            .collect();
+        let mut targets: BTreeMap<String, String> = BTreeMap::new();
+        for key in &watch.keys {
+            let lower = key.to_ascii_lowercase();
+            if by_name.contains_key(&lower) {
+                targets.insert(lower, key.clone());
+            } else {
+                tracing::debug!(store = %self.store, secret = %key, "watched secret is not in the vault");
+            }
+        }
+        for info in &listing {
+            if watch.finds.iter().any(|find| find.matches(info)) {
+                targets
+                    .entry(info.name.to_ascii_lowercase())
+                    .or_insert_with(|| info.name.clone());
+            }
+        }
+        let mut sent = 0;
+        for (lower, key) in targets {
+            let Some(info) = by_name.get(&lower) else { continue };
+            let (fetch, listed) = match self.seen.get(&lower) {
+                None => (true, Vec::new()),
+                Some(seen) if seen.updated != info.updated => (true, Vec::new()),
+                Some(seen) if seen.unsettled() => self.confirm(&info.name, seen).await?,
+                Some(_) => (false, Vec::new()),
+            };
+            if let Some(seen) = self.seen.get_mut(&lower) {
+                seen.checked_at = Utc::now();
+                seen.known.extend(listed.iter().cloned());
+            }
+            if !fetch {
+                continue;
+            }
+            match self.source.get(&info.name, None).await {
+                Ok(secret) => {
+                    let previous = self.seen.get(&lower).and_then(|s| s.version.clone());
+                    let mut known: BTreeSet<String> = listed.into_iter().collect();
+                    known.insert(secret.version.clone());
+                    self.seen.insert(
+                        lower,
+                        Seen {
+                            updated: info.updated,
+                            version: Some(secret.version.clone()),
+                            created: secret.created,
+                            checked_at: Utc::now(),
+                            known,
+                        },
+                    );
+                    if previous.as_deref() == Some(secret.version.as_str()) {
+                        continue;
+                    }
+                    tracing::info!(store = %self.store, secret = %key, version = %secret.version, "new secret version");
+                    self.metrics.change(&self.store);
+                    let change = VaultChange {
+                        store: self.store.clone(),
+                        key,
+                        secret,
+                    };
+                    self.changes.send(change).await.map_err(|_| PollError::Closed)?;
+                    sent += 1;
+                }
+                Err(VaultError::Disabled { .. }) => {
+                    tracing::warn!(store = %self.store, secret = %key, "current version is disabled; keeping the last good value");
+                    let seen = self.seen.entry(lower).or_insert(Seen {
+                        updated: None,
+                        version: None,
+                        created: None,
+                        checked_at: Utc::now(),
+                        known: BTreeSet::new(),
+                    });
+                    seen.updated = info.updated;
+                }
+                Err(error) if error.is_transient() => return Err(PollError::Vault(error)),
+                Err(error) => {
+                    tracing::warn!(store = %self.store, secret = %key, %error, "cannot read a watched secret");
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Confirms an unsettled fetch with `list_versions`: whether a version at least as new as the
+    /// fetched one and not yet accounted for is listed, and the ids listed that are that recent.
+    async fn confirm(&self, name: &str, seen: &Seen) -> Result<(bool, Vec<String>), PollError> {
+        let versions = self.source.list_versions(name).await?;
+        let recent: Vec<String> = versions
+            .into_iter()
+            .filter(|v| {
+                v.created
+                    .zip(seen.created)
+                    .is_none_or(|(created, fetched)| created.timestamp() >= fetched.timestamp())
+            })
+            .map(|v| v.version)
+            .collect();
+        let newer = recent.iter().any(|id| !seen.known.contains(id));
+        Ok((newer, recent))
+    }
+}
+
+/// Why a sweep stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// Key Vault failed (the sweep is retried with backoff).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The change receiver is gone.
+    #[error("the change receiver is closed")]
+    Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::super::{ErrorContext, Operation, VersionInfo};
+    use super::*;
+    use crate::domain::SecretValue;
+
+    /// (id, value, created second, enabled).
+    type FakeVersion = (String, String, i64, bool);
+
+    /// An in-memory vault with one-second timestamps, like Key Vault's.
+    #[derive(Default)]
+    struct Fake {
+        /// name → versions, oldest first.
+        secrets: Mutex<BTreeMap<String, Vec<FakeVersion>>>,
+        down: Mutex<bool>,
+        calls: Mutex<BTreeMap<&'static str, u32>>,
+    }
+
+    impl Fake {
+        fn put(&self, name: &str, id: &str, value: &str, second: i64) {
+            let mut secrets = self.secrets.lock().expect("lock");
+            secrets
+                .entry(name.to_owned())
+                .or_default()
+                .push((id.to_owned(), value.to_owned(), second, true));
+        }
+
+        fn count(&self, op: &'static str) -> u32 {
+            self.calls.lock().expect("lock").get(op).copied().unwrap_or(0)
+        }
+
+        fn call(&self, op: &'static str) -> Result<(), VaultError> {
+            *self.calls.lock().expect("lock").entry(op).or_default() += 1;
+            if *self.down.lock().expect("lock") {
+                return Err(VaultError::Unavailable {
+                    context: context(),
+                    cause: "down".to_owned(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    fn context() -> ErrorContext {
+        ErrorContext {
+            store: "s".to_owned(),
+            vault: "https://v/".to_owned(),
+            operation: Operation::Get,
+            secret: None,
+            auth_type: "ServicePrincipal",
+        }
+    }
+
+    fn at(second: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(second, 0)
+    }
+
+    #[async_trait::async_trait]
+    impl SecretSource for Fake {
+        async fn get(&self, name: &str, _version: Option<&str>) -> Result<FetchedSecret, VaultError> {
+            self.call("get")?;
+            let secrets = self.secrets.lock().expect("lock");
+            let (id, value, second, enabled) = secrets
+                .get(name)
+                .and_then(|v| v.last())
+                .cloned()
+                .ok_or(VaultError::NotFound { context: context() })?;
+            if !enabled {
+                return Err(VaultError::Disabled { context: context() });
+            }
+            Ok(FetchedSecret {
+                version: id,
+                value: SecretValue::new(value.into_bytes()),
+                enabled,
+                content_type: None,
+                tags: BTreeMap::new(),
+                created: at(second),
+                updated: at(second),
+                expires: None,
+                not_before: None,
+            })
+        }
+
+        async fn list_secrets(&self) -> Result<Vec<SecretInfo>, VaultError> {
+            self.call("list")?;
+            let secrets = self.secrets.lock().expect("lock");
+            Ok(secrets
+                .iter()
+                .filter_map(|(name, versions)| {
+                    versions.last().map(|(_, _, second, enabled)| SecretInfo {
+                        name: name.clone(),
+                        tags: BTreeMap::new(),
+                        enabled: *enabled,
+                        updated: at(*second),
+                    })
+                })
+                .collect())
+        }
+
+        async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>, VaultError> {
+            self.call("list_versions")?;
+            let secrets = self.secrets.lock().expect("lock");
+            Ok(secrets
+                .get(name)
+                .map(|versions| {
+                    versions
+                        .iter()
+                        .map(|(id, _, second, enabled)| VersionInfo {
+                            version: id.clone(),
+                            enabled: *enabled,
+                            created: at(*second),
+                            updated: at(*second),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default())
+        }
+    }
+
+    fn poller(fake: &Arc<Fake>, keys: &[&str]) -> (Poller, mpsc::Receiver<VaultChange>) {
+        let set = WatchSet {
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            finds: Vec::new(),
+        };
+        let (_tx, rx) = watch::channel(set);
+        let (changes, received) = mpsc::channel(16);
+        let source: Arc<dyn SecretSource> = Arc::clone(fake) as Arc<dyn SecretSource>;
+        let (poller, _handle) = Poller::new(
+            "s",
+            source,
+            Duration::from_secs(30),
+            rx,
+            changes,
+            VaultMetrics::default(),
+        );
+        (poller, received)
+    }
+
+    #[tokio::test]
+    async fn a_version_created_in_the_same_second_is_found_with_a_list_call_not_a_get() {
+        let fake = Arc::new(Fake::default());
+        let now = Utc::now().timestamp();
+        fake.put("db", "v1", "one", now);
+        let (mut poller, mut rx) = poller(&fake, &["db"]);
+        assert_eq!(poller.poll_once().await.expect("sweep"), 1);
+        assert_eq!(rx.try_recv().expect("v1").secret.version, "v1");
+
+        // Same second: the listing's `updated` does not move.
+        fake.put("db", "v2", "two", now);
+        assert_eq!(poller.poll_once().await.expect("sweep"), 1);
+        assert_eq!(rx.try_recv().expect("v2").secret.version, "v2");
+        assert_eq!((fake.count("get"), fake.count("list_versions")), (2, 1));
+
+        // Unchanged and still recent: confirmed by a list call, no GET.
+        assert_eq!(poller.poll_once().await.expect("sweep"), 0);
+        assert_eq!((fake.count("get"), fake.count("list_versions")), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn settled_secrets_cost_list_calls_only() {
+        let fake = Arc::new(Fake::default());
+        fake.put("a", "v1", "one", 1_000);
+        fake.put("b", "v1", "one", 1_000);
+        let (mut poller, mut rx) = poller(&fake, &["a", "B"]);
+        assert_eq!(poller.poll_once().await.expect("sweep"), 2);
+        let keys: BTreeSet<String> = [rx.try_recv().expect("a").key, rx.try_recv().expect("b").key].into();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["a".to_owned(), "B".to_owned()]),
+            "keys as referenced"
+        );
+        for _ in 0..3 {
+            assert_eq!(poller.poll_once().await.expect("sweep"), 0);
+        }
+        assert_eq!(
+            (fake.count("list"), fake.count("get"), fake.count("list_versions")),
+            (4, 2, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_disabled_current_version_keeps_the_last_value_and_is_not_refetched() {
+        let fake = Arc::new(Fake::default());
+        fake.put("a", "v1", "one", 1_000);
+        let (mut poller, mut rx) = poller(&fake, &["a"]);
+        poller.poll_once().await.expect("sweep");
+        rx.try_recv().expect("v1");
+        fake.secrets.lock().expect("lock").get_mut("a").expect("a").push((
+            "v2".into(),
+            "two".into(),
+            1_010,
+            false,
+        ));
+        assert_eq!(poller.poll_once().await.expect("sweep"), 0);
+        assert_eq!(poller.poll_once().await.expect("sweep"), 0);
+        assert_eq!(fake.count("get"), 2, "the disabled version is tried once");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_retried_with_backoff_and_emits_nothing() {
+        let fake = Arc::new(Fake::default());
+        fake.put("a", "v1", "one", 1_000);
+        *fake.down.lock().expect("lock") = true;
+        let (poller, mut rx) = poller(&fake, &["a"]);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(poller.run(shutdown.clone()));
+        // 1 s, 2 s, 4 s, 8 s (halved by jitter at worst) after the first attempt: 5+ attempts in 40 s.
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let attempts = fake.count("list");
+        assert!((5..=12).contains(&attempts), "{attempts} attempts");
+        assert!(rx.try_recv().is_err());
+        *fake.down.lock().expect("lock") = false;
+        let change = rx.recv().await.expect("recovers and emits");
+        assert_eq!(change.secret.version, "v1");
+        shutdown.cancel();
+        task.await.expect("stops");
+    }
+}
