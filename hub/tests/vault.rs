@@ -667,11 +667,9 @@ async fn no_secret_value_in_traces_errors_or_debug() {
         logs.contains("new secret version"),
         "the capture holds the hub's traces"
     );
-    assert!(
-        logs.len() > 10_000,
-        "trace level captured SDK and transport output ({} bytes)",
-        logs.len()
-    );
+    for target in ["TRACE", "keyfleet_testkit::keyvault", "keyfleet_hub::vault", "azure_core"] {
+        assert!(logs.contains(target), "the capture holds {target} output");
+    }
     let everything = format!("{logs}\n{}", printed.join("\n"));
     for value in values {
         let encoded = [
