@@ -667,7 +667,12 @@ async fn no_secret_value_in_traces_errors_or_debug() {
         logs.contains("new secret version"),
         "the capture holds the hub's traces"
     );
-    for target in ["TRACE", "keyfleet_testkit::keyvault", "keyfleet_hub::vault", "azure_core"] {
+    for target in [
+        "TRACE",
+        "keyfleet_testkit::keyvault",
+        "keyfleet_hub::vault",
+        "azure_core",
+    ] {
         assert!(logs.contains(target), "the capture holds {target} output");
     }
     let everything = format!("{logs}\n{}", printed.join("\n"));
