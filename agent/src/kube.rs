@@ -144,6 +144,14 @@ impl KubeSettings {
 
 type Location = (String, String);
 
+/// Who holds a Secret right before we delete it.
+enum Current {
+    Absent,
+    /// Ours, with its uid (the delete's precondition).
+    Ours(Option<String>),
+    Foreign,
+}
+
 struct Entry {
     observed: ObservedSecret,
     resource_version: u64,
@@ -618,38 +626,54 @@ impl KubeCluster {
         Ok(observed)
     }
 
+    /// Executes an action of `desired`'s plan (Apply writes `desired`).
     async fn execute(&self, desired: &DesiredSecret, action: Action) -> Result<(), Refusal> {
+        let Action::Apply { namespace, force } = action else {
+            return self.cleanup(action).await;
+        };
+        let mut secret = secret_for(desired, &namespace);
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        if force {
+            params = params.force();
+        }
+        let result = self
+            .secrets(&namespace)
+            .patch(&desired.secret_name, &params, &Patch::Apply(&secret))
+            .await;
+        zeroize_secret(&mut secret);
+        let applied = result.map_err(|error| {
+            refusal(
+                &format!("apply Secret {namespace}/{}", desired.secret_name),
+                &error,
+            )
+        })?;
+        self.metrics.kube_writes.inc();
+        self.record(applied);
+        Ok(())
+    }
+
+    /// Executes a Delete, Release or RemoveFields (an Apply needs a payload: refused).
+    async fn cleanup(&self, action: Action) -> Result<(), Refusal> {
         match action {
-            Action::Apply { namespace, force } => {
-                let mut secret = secret_for(desired, &namespace);
-                let mut params = PatchParams::apply(FIELD_MANAGER);
-                if force {
-                    params = params.force();
-                }
-                let result = self
-                    .secrets(&namespace)
-                    .patch(&desired.secret_name, &params, &Patch::Apply(&secret))
-                    .await;
-                zeroize_secret(&mut secret);
-                let applied = result.map_err(|error| {
-                    refusal(
-                        &format!("apply Secret {namespace}/{}", desired.secret_name),
-                        &error,
-                    )
-                })?;
-                self.metrics.kube_writes.inc();
-                self.record(applied);
-                Ok(())
-            }
+            Action::Apply { namespace, .. } => Err(Refusal::new(
+                ErrorCode::Internal,
+                false,
+                format!("apply into {namespace} without a payload"),
+            )),
             Action::Delete { namespace, name } => {
-                let uid = self.current_uid(&namespace, &name).await?;
-                let mut params = DeleteParams::default();
-                if let Some(uid) = uid {
-                    params = params.preconditions(Preconditions {
-                        uid: Some(uid),
-                        resource_version: None,
-                    });
-                }
+                let uid = match self.current_owner(&namespace, &name).await? {
+                    Current::Ours(uid) => uid,
+                    Current::Absent => None,
+                    Current::Foreign => {
+                        tracing::warn!(%namespace, %name, "not deleting a Secret that is no longer ours");
+                        self.state().cache.remove(&(namespace, name));
+                        return Ok(());
+                    }
+                };
+                let params = DeleteParams::default().preconditions(Preconditions {
+                    uid,
+                    resource_version: None,
+                });
                 match self.secrets(&namespace).delete(&name, &params).await {
                     Ok(_) => {
                         self.metrics.kube_writes.inc();
@@ -727,27 +751,27 @@ impl KubeCluster {
         }
     }
 
-    async fn current_uid(&self, namespace: &str, name: &str) -> Result<Option<String>, Refusal> {
+    async fn current_owner(&self, namespace: &str, name: &str) -> Result<Current, Refusal> {
         let found = self
             .secrets(namespace)
             .get_opt(name)
             .await
             .map_err(|error| refusal(&format!("read Secret {namespace}/{name}"), &error))?;
-        Ok(found.and_then(|mut secret| {
-            zeroize_secret(&mut secret);
-            let ours = secret
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|labels| labels.get(MANAGED_BY_LABEL))
-                .is_some_and(|value| value == MANAGED_BY_VALUE);
-            // Not ours any more: return a uid that cannot match so the delete is refused.
-            if ours {
-                secret.metadata.uid
-            } else {
-                Some(String::new())
-            }
-        }))
+        let Some(mut secret) = found else {
+            return Ok(Current::Absent);
+        };
+        zeroize_secret(&mut secret);
+        let ours = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(MANAGED_BY_LABEL))
+            .is_some_and(|value| value == MANAGED_BY_VALUE);
+        Ok(if ours {
+            Current::Ours(secret.metadata.uid)
+        } else {
+            Current::Foreign
+        })
     }
 
     fn record(&self, secret: Secret) {
@@ -868,23 +892,8 @@ impl crate::hub::Cluster for KubeCluster {
                 .map(|entry| entry.observed.clone())
                 .collect()
         };
-        // `execute` needs a payload only for Apply, which removal never produces.
-        let placeholder = DesiredSecret {
-            key: key.to_owned(),
-            revision: 0,
-            sha256: [0; 32],
-            secret_name: String::new(),
-            secret_type: String::new(),
-            targets: reconcile::Targets::Namespaces(Vec::new()),
-            data: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            creation: CreationPolicy::Owner,
-            deletion: policy,
-            immutable: false,
-        };
         for action in reconcile::plan_removal(key, policy, &observed) {
-            self.execute(&placeholder, action).await?;
+            self.cleanup(action).await?;
         }
         tracing::debug!(%key, ?policy, secrets = observed.len(), "removed");
         Ok(())
