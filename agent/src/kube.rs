@@ -492,8 +492,58 @@ impl KubeCluster {
         }
     }
 
+    /// Re-resolves namespace selectors (namespaces come and go, labels change) and writes or
+    /// cleans up where the set changed.
+    async fn follow_selectors(&self) {
+        let selected: Vec<(Arc<DesiredSecret>, Vec<String>)> = self
+            .state()
+            .held
+            .values()
+            .filter(|held| matches!(held.desired.targets, reconcile::Targets::Selector(_)))
+            .map(|held| (held.desired.clone(), held.namespaces.clone()))
+            .collect();
+        if selected.is_empty() {
+            return;
+        }
+        let cluster_namespaces = match self.cluster_namespaces().await {
+            Ok(namespaces) => namespaces,
+            Err(refusal) => {
+                tracing::warn!(message = %refusal.message, "cannot re-resolve namespace selectors");
+                return;
+            }
+        };
+        for (desired, current) in selected {
+            let key = &desired.key;
+            let result = async {
+                let namespaces =
+                    reconcile::resolve_namespaces(&desired.targets, &cluster_namespaces)?;
+                if namespaces == current {
+                    return Ok(());
+                }
+                self.check_allowed(&desired, &namespaces)?;
+                let observed = self.observe_targets(&desired, &namespaces).await?;
+                let actions = reconcile::plan_upsert(&desired, &namespaces, &observed)?;
+                for action in actions {
+                    self.execute(&desired, action).await?;
+                }
+                tracing::info!(%key, from = current.len(), to = namespaces.len(), "namespace selector now matches other namespaces");
+                if let Some(held) = self.state().held.get_mut(key)
+                    && held.desired.revision == desired.revision
+                {
+                    held.namespaces = namespaces;
+                }
+                Ok::<(), Refusal>(())
+            }
+            .await;
+            if let Err(refusal) = result {
+                tracing::warn!(%key, code = ?refusal.code, message = %refusal.message, "cannot follow the namespace selector");
+            }
+        }
+    }
+
     /// Re-checks every payload in memory against the cache.
     async fn audit(&self) {
+        self.follow_selectors().await;
         let checks: Vec<(Arc<DesiredSecret>, String, reconcile::Drift)> = {
             let state = self.state();
             state

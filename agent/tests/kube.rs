@@ -473,6 +473,83 @@ async fn a_deletion_missed_while_the_watch_was_down_is_repaired_after_the_relist
     .await;
 }
 
+#[tokio::test]
+async fn a_namespace_selector_follows_new_and_relabelled_namespaces() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let (fake, handle) = fake().await;
+    let mut writes = fake.subscribe();
+    let client = client(&handle).await;
+    let mut settings = KubeSettings::new("keyfleet-system", "keyfleet-agent-credential");
+    settings.namespace_cache_ttl = Duration::ZERO;
+    settings.audit_interval = Duration::from_millis(50);
+    let (cluster, _events) = KubeCluster::new(client.clone(), settings, Metrics::default());
+    let namespaces: Api<Namespace> = Api::all(client);
+    let labelled = |name: &str| {
+        serde_json::from_value::<Namespace>(serde_json::json!({
+            "metadata": { "name": name, "labels": { "env": "prod" } }
+        }))
+        .expect("namespace")
+    };
+    namespaces
+        .create(&PostParams::default(), &labelled("prod-1"))
+        .await
+        .expect("prod-1");
+    let mut selected = payload("regcred", 1, VALUE, &[]);
+    selected.namespace_selector = Some(v1::LabelSelector {
+        match_labels: [("env".to_string(), "prod".to_string())].into(),
+        match_expressions: vec![],
+    });
+    seal(&mut selected);
+    with_watcher(&cluster, async {
+        cluster.upsert(desired(selected)).await.expect("applied");
+        assert!(handle.get_secret("prod-1", "regcred").is_some());
+        assert!(handle.get_secret("a", "regcred").is_none());
+        // A new matching namespace gets the Secret at the next audit.
+        namespaces
+            .create(&PostParams::default(), &labelled("prod-2"))
+            .await
+            .expect("prod-2");
+        let written = async {
+            loop {
+                let event = writes.recv().await.expect("write events");
+                if event.namespace.as_deref() == Some("prod-2")
+                    && event.manager.as_deref() == Some(FIELD_MANAGER)
+                {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), written)
+            .await
+            .expect("written within 10 s");
+        assert_eq!(
+            secret(&handle, "prod-2", "regcred").data("token"),
+            Some(VALUE.as_bytes())
+        );
+        // prod-1 stops matching: deletionPolicy Delete removes the Secret there.
+        let unlabel = serde_json::json!({ "metadata": { "labels": { "env": null } } });
+        namespaces
+            .patch("prod-1", &PatchParams::default(), &Patch::Merge(&unlabel))
+            .await
+            .expect("relabel");
+        let deleted = async {
+            loop {
+                let event = writes.recv().await.expect("write events");
+                if event.namespace.as_deref() == Some("prod-1") && event.name == "regcred" {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), deleted)
+            .await
+            .expect("deleted within 10 s");
+        assert!(handle.get_secret("prod-1", "regcred").is_none());
+    })
+    .await;
+}
+
 mod end_to_end {
     use keyfleet_agent::{AgentSettings, run_agent};
     use keyfleet_proto::v1::{agent_message, hub_message};
