@@ -496,3 +496,73 @@ async fn a_silent_hub_is_left_after_three_heartbeat_intervals() {
         () = test => {}
     }
 }
+
+#[tokio::test]
+async fn wire_cost_of_connecting_and_of_an_in_sync_reconnect() {
+    let mut hub = ScriptedHub::start().await;
+    let port: u16 = hub
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("hub port");
+    let proxy = support::counting_proxy(([127, 0, 0, 1], port).into()).await;
+    let cluster = MemCluster::default();
+    *cluster.applied.lock().expect("lock") = (0..50)
+        .map(|i| {
+            (
+                format!("secret-{i}"),
+                Applied {
+                    revision: 100 + i,
+                    sha256: [i as u8; 32],
+                },
+            )
+        })
+        .collect();
+    let (credential, settings, metrics) = (credential(), fast_settings(), Metrics::default());
+    let via_proxy = HubEndpoint {
+        url: format!("https://localhost:{}", proxy.addr.port()),
+        ca_pem: Some(hub.ca_pem.clone()),
+    };
+    let (_events_tx, mut events) = mpsc::channel(8);
+    let client = SyncClient::new(
+        channel(&via_proxy).expect("channel"),
+        &credential,
+        &settings,
+        &cluster,
+        &metrics,
+    );
+    let mut backoff = fast_backoff();
+    let agent = client.run(&mut events, &mut backoff);
+    let sent = || proxy.sent_by_client.load(Ordering::SeqCst);
+    let test = async {
+        let mut session = hub.session().await;
+        hello(&mut session).await;
+        let first_connect = sent();
+        session.send(welcome(true)).await;
+        session
+            .send(hub_message::Body::Heartbeat(v1::Heartbeat { sent_at_unix_ms: 1 }))
+            .await;
+        assert!(matches!(session.recv().await, agent_message::Body::Heartbeat(_)));
+        let before = sent();
+        session
+            .send(hub_message::Body::Drain(v1::Drain {
+                reconnect_after_ms: 0,
+                reason: "rebalance".into(),
+            }))
+            .await;
+        let mut session = hub.session().await;
+        hello(&mut session).await;
+        let reconnect = sent() - before;
+        eprintln!(
+            "agent -> hub bytes on the wire: first connect (TLS + HTTP/2 + Hello) {first_connect}, \
+             in-sync reconnect on the open connection {reconnect}"
+        );
+        assert!(reconnect <= 512, "in-sync reconnect sent {reconnect} bytes");
+        assert!(first_connect <= 4096, "first connect sent {first_connect} bytes");
+    };
+    tokio::select! {
+        () = agent => unreachable!("the client runs until dropped"),
+        () = test => {}
+    }
+}

@@ -120,3 +120,50 @@ pub fn capture_logs() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
         .finish();
     (buffer, tracing::subscriber::set_default(subscriber))
 }
+
+/// A TCP proxy that counts the bytes the client sends (to measure the agent's wire cost).
+pub struct CountingProxy {
+    /// Where clients connect.
+    pub addr: std::net::SocketAddr,
+    /// Bytes received from clients and forwarded upstream.
+    pub sent_by_client: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Starts a counting proxy on 127.0.0.1:0 in front of `upstream`.
+pub async fn counting_proxy(upstream: std::net::SocketAddr) -> CountingProxy {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sent_by_client = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent_by_client.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 16 * 1024];
+                loop {
+                    match client_read.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            counter.fetch_add(n as u64, Ordering::SeqCst);
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    CountingProxy { addr, sent_by_client }
+}
