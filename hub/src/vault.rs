@@ -7,12 +7,15 @@
 //!   exponential backoff with full jitter, calls counted by operation and outcome.
 //! - [`Poller`] (`vault/poller.rs`): per store, one paged `list_secrets` sweep per `pollInterval`
 //!   and one value GET only for watched secrets whose latest version changed.
+//! - [`eventgrid`]: the Event Grid webhook; Key Vault secret events trigger a targeted fetch by
+//!   the vault's pollers (`PollerHandle::fetch_now`), the sweep stays the backstop.
 //! - [`VaultMetrics`] (`vault/metrics.rs`): Prometheus families, registered in a sub-registry.
 //!
 //! **Invariant:** a value only ever leaves as a [`SecretValue`]; errors name the store, vault,
 //! operation, secret and auth type, and carry the SDK's cause text, never a value.
 
 mod azure;
+pub mod eventgrid;
 mod metrics;
 mod poller;
 

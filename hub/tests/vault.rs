@@ -586,10 +586,36 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Runs the trace capture in its own process: a process-wide subscriber, so that no other test's
+/// callsite-interest caching can hide an event from the capture.
+#[tokio::test]
+async fn no_secret_value_in_traces_errors_or_debug() {
+    let exe = std::env::current_exe().expect("test binary");
+    let output = tokio::process::Command::new(exe)
+        .args([
+            "--exact",
+            "trace_capture_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .await
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
 /// Everything at `trace` (hub, SDK, emulator, hyper, rustls) through a rotation, plus every error
 /// and `Debug`: no secret value, raw or base64.
 #[tokio::test]
-async fn no_secret_value_in_traces_errors_or_debug() {
+#[ignore = "run in its own process by no_secret_value_in_traces_errors_or_debug"]
+async fn trace_capture_child() {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -597,7 +623,7 @@ async fn no_secret_value_in_traces_errors_or_debug() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).expect("first subscriber of this process");
 
     let config = KeyVaultConfig {
         principals: vec![
@@ -660,7 +686,6 @@ async fn no_secret_value_in_traces_errors_or_debug() {
         printed.push(format!("{error} {error:?}"));
     }
     handle.shutdown().await;
-    drop(_guard);
 
     let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8 logs");
     assert!(
@@ -686,4 +711,112 @@ async fn no_secret_value_in_traces_errors_or_debug() {
             assert!(!everything.contains(&encoded), "base64 of {value} leaked");
         }
     }
+}
+
+#[tokio::test]
+async fn an_event_grid_notification_fetches_the_new_version_without_a_sweep() {
+    use tower::ServiceExt as _;
+    let (handle, dir) = start(KeyVaultConfig::default()).await;
+    handle.set_secret("db", "db-1", &[]).expect("set");
+    let vault: Arc<dyn SecretSource> = Arc::new(source(&handle, &dir));
+    let (_watch_tx, watch_rx) = watch::channel(watch_keys(["db".to_owned()]));
+    let (tx, mut rx) = mpsc::channel::<VaultChange>(16);
+    let (poller, poller_handle) = Poller::new(
+        "kv-test",
+        vault,
+        Duration::from_secs(3600),
+        watch_rx,
+        tx,
+        VaultMetrics::default(),
+    );
+    let mut config = keyfleet_hub::vault::eventgrid::EventGridConfig {
+        code: Some("hook-code".to_owned()),
+        ..Default::default()
+    };
+    config.add(handle.vault_url(), poller_handle);
+    let webhook = keyfleet_hub::vault::eventgrid::router(config);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(poller.run(shutdown.clone()));
+    assert_eq!(
+        rx.recv().await.expect("first sweep").secret.value.expose(),
+        b"db-1"
+    );
+
+    // Rotated in the same second as the fetch: the notification finds it at once.
+    let v2 = handle.set_secret("db", "db-2", &[]).expect("rotate");
+    handle.reset_counters();
+    let vault_name = keyfleet_hub::vault::eventgrid::vault_name(handle.vault_url());
+    let event = serde_json::json!([{
+        "id": "1", "topic": "t", "subject": "db", "eventTime": "2026-11-26T00:00:00Z", "dataVersion": "1",
+        "eventType": "Microsoft.KeyVault.SecretNewVersionCreated",
+        "data": {"Id": format!("{}secrets/db/{v2}", handle.vault_url()), "VaultName": vault_name,
+                 "ObjectType": "Secret", "ObjectName": "db", "Version": v2}
+    }]);
+    let request = http::Request::post("/eventgrid/keyvault?code=hook-code")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(event.to_string()))
+        .expect("request");
+    let response = webhook.oneshot(request).await.expect("webhook");
+    assert_eq!(response.status(), 200);
+    let change = rx.recv().await.expect("notified change");
+    assert_eq!(
+        (change.secret.version.as_str(), change.secret.value.expose()),
+        (v2.as_str(), b"db-2".as_slice())
+    );
+    let counters = handle.counters();
+    assert_eq!(
+        (counters.calls("get"), counters.calls("list")),
+        (1, 0),
+        "one GET, no sweep"
+    );
+    shutdown.cancel();
+    task.await.expect("poller stops");
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_sweep_waits_for_retry_after_and_recovers() {
+    let (handle, dir) = start(KeyVaultConfig::default()).await;
+    handle.shift_clock(-100);
+    handle.set_secret("a", "a-1", &[]).expect("set");
+    let metrics = VaultMetrics::default();
+    let vault: Arc<dyn SecretSource> = Arc::new(
+        AzureKeyVault::new(
+            &spec(
+                &handle,
+                service_principal(&dir, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
+            ),
+            &VaultOptions {
+                metrics: metrics.clone(),
+                ..options(&handle)
+            },
+        )
+        .expect("vault"),
+    );
+    let (_watch_tx, watch_rx) = watch::channel(watch_keys(["a".to_owned()]));
+    let (tx, mut rx) = mpsc::channel::<VaultChange>(16);
+    let (mut poller, _sync) = Poller::new(
+        "kv-test",
+        vault,
+        Duration::from_secs(30),
+        watch_rx,
+        tx,
+        metrics.clone(),
+    );
+    poller.poll_once().await.expect("first sweep");
+    rx.try_recv().expect("a-1");
+
+    handle.shift_clock(10);
+    handle.set_secret("a", "a-2", &[]).expect("rotate");
+    handle.faults().throttle_next(2, RetryAfter::Seconds(2));
+    let started = tokio::time::Instant::now();
+    assert_eq!(poller.poll_once().await.expect("sweep through two 429s"), 1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rx.try_recv().expect("a-2").secret.value.expose(), b"a-2");
+    assert_eq!(metrics.stats("kv-test").throttled, 2);
+    handle.shutdown().await;
 }

@@ -78,16 +78,34 @@ impl Seen {
     }
 }
 
-/// Asks a running [`Poller`] to sweep now.
+/// Asks a running [`Poller`] to sweep now, or to fetch one secret now.
 #[derive(Debug, Clone)]
 pub struct PollerHandle {
+    store: String,
     sync: Arc<Notify>,
+    targeted: mpsc::Sender<String>,
 }
 
+/// Pending targeted fetches per poller (more are coalesced into the next sweep).
+const TARGETED_QUEUE: usize = 256;
+
 impl PollerHandle {
+    /// The store this poller serves.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+
     /// Sweep now (coalesced with a sweep already asked for).
     pub fn sync_now(&self) {
         self.sync.notify_one();
+    }
+
+    /// Fetch `name` now if it is watched (an Event Grid notification). When the queue is full,
+    /// falls back to a sweep.
+    pub fn fetch_now(&self, name: &str) {
+        if self.targeted.try_send(name.to_owned()).is_err() {
+            self.sync.notify_one();
+        }
     }
 }
 
@@ -100,6 +118,7 @@ pub struct Poller {
     interval: Duration,
     metrics: VaultMetrics,
     sync: Arc<Notify>,
+    pub(super) targeted: mpsc::Receiver<String>,
     seen: HashMap<String, Seen>,
     /// First retry delay after a failed sweep (doubles, full jitter, capped at the interval).
     pub retry_base: Duration,
@@ -116,6 +135,7 @@ impl Poller {
         metrics: VaultMetrics,
     ) -> (Self, PollerHandle) {
         let sync = Arc::new(Notify::new());
+        let (targeted_tx, targeted) = mpsc::channel(TARGETED_QUEUE);
         let poller = Self {
             store: store.to_owned(),
             source,
@@ -124,10 +144,18 @@ impl Poller {
             interval,
             metrics,
             sync: Arc::clone(&sync),
+            targeted,
             seen: HashMap::new(),
             retry_base: Duration::from_secs(1),
         };
-        (poller, PollerHandle { sync })
+        (
+            poller,
+            PollerHandle {
+                store: store.to_owned(),
+                sync,
+                targeted: targeted_tx,
+            },
+        )
     }
 
     /// Sweeps now, then every interval, on `sync_now` and when the watch set changes, until
@@ -137,12 +165,25 @@ impl Poller {
         let mut delay = Duration::ZERO;
         let mut failures: u32 = 0;
         let mut watch_open = true;
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
+                () = &mut sleep => {}
                 () = self.sync.notified() => {}
                 changed = self.watch.changed(), if watch_open => watch_open = changed.is_ok(),
+                Some(name) = self.targeted.recv() => {
+                    // A targeted fetch does not move the sweep schedule.
+                    match self.fetch_one(&name).await {
+                        Ok(_) => continue,
+                        Err(PollError::Closed) => break,
+                        Err(PollError::Vault(error)) => {
+                            tracing::warn!(store = %self.store, secret = %name, %error, "targeted fetch failed; the next sweep retries");
+                            continue;
+                        }
+                    }
+                }
             }
             match self.poll_once().await {
                 Ok(_) => {
@@ -156,6 +197,7 @@ impl Poller {
                     tracing::warn!(store = %self.store, %error, failures, retry_in = ?delay, "key vault sweep failed; keeping the last good values");
                 }
             }
+            sleep.as_mut().reset(tokio::time::Instant::now() + delay);
         }
         tracing::debug!(store = %self.store, "vault poller stopped");
     }
@@ -263,6 +305,51 @@ impl Poller {
             }
         }
         Ok(sent)
+    }
+
+    /// Fetches one secret now if it is watched (by key, or already matched by a `find`), and
+    /// emits it when its current version is new. Returns whether a change was sent.
+    pub async fn fetch_one(&mut self, name: &str) -> Result<bool, PollError> {
+        let lower = name.to_ascii_lowercase();
+        let key = {
+            let watch = self.watch.borrow();
+            watch.keys.iter().find(|k| k.eq_ignore_ascii_case(name)).cloned()
+        };
+        let Some(key) = key.or_else(|| self.seen.contains_key(&lower).then(|| name.to_owned())) else {
+            tracing::debug!(store = %self.store, secret = %name, "notification for a secret nobody watches");
+            return Ok(false);
+        };
+        match self.source.get(name, None).await {
+            Ok(secret) => {
+                let previous = self.seen.get(&lower).and_then(|s| s.version.clone());
+                let mut known = self.seen.get(&lower).map(|s| s.known.clone()).unwrap_or_default();
+                known.insert(secret.version.clone());
+                self.seen.insert(
+                    lower,
+                    Seen {
+                        updated: secret.updated,
+                        version: Some(secret.version.clone()),
+                        created: secret.created,
+                        checked_at: Utc::now(),
+                        known,
+                    },
+                );
+                if previous.as_deref() == Some(secret.version.as_str()) {
+                    return Ok(false);
+                }
+                tracing::info!(store = %self.store, secret = %key, version = %secret.version, "new secret version (notified)");
+                self.metrics.change(&self.store);
+                let change = VaultChange {
+                    store: self.store.clone(),
+                    key,
+                    secret,
+                };
+                self.changes.send(change).await.map_err(|_| PollError::Closed)?;
+                Ok(true)
+            }
+            Err(VaultError::Disabled { .. } | VaultError::NotFound { .. }) => Ok(false),
+            Err(error) => Err(PollError::Vault(error)),
+        }
     }
 
     /// Confirms an unsettled fetch with `list_versions`: whether a version at least as new as the
