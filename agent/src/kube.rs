@@ -59,6 +59,9 @@ pub enum KubeError {
         /// Why, without response bodies.
         reason: String,
     },
+    /// The managed Secrets could not be listed in time (see the watcher's warnings).
+    #[error("managed secrets not listed after {0:?} (check RBAC and the API server)")]
+    NotSynced(Duration),
     /// The credential Secret exists but is unusable.
     #[error("credential secret {namespace}/{name}: {reason}")]
     Credential {
@@ -127,6 +130,8 @@ pub struct KubeSettings {
     pub audit_interval: Duration,
     /// How long a namespace listing is reused.
     pub namespace_cache_ttl: Duration,
+    /// How long a write or a Hello waits for the first listing of the managed Secrets.
+    pub sync_timeout: Duration,
 }
 
 impl KubeSettings {
@@ -138,6 +143,7 @@ impl KubeSettings {
             allowed_namespaces: None,
             audit_interval: Duration::from_secs(60),
             namespace_cache_ttl: Duration::from_secs(5),
+            sync_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -842,10 +848,15 @@ impl KubeCluster {
         };
     }
 
-    async fn wait_synced(&self) {
+    /// Waits (bounded) until the watcher has listed our Secrets: nothing is planned from a
+    /// partial view.
+    async fn wait_synced(&self) -> Result<(), KubeError> {
         let mut synced = self.synced.subscribe();
-        // The sender lives in self, so this only ends once the watcher has listed.
-        let _ = synced.wait_for(|synced| *synced).await;
+        // The sender lives in self, so `wait_for` only ends once the watcher has listed.
+        match tokio::time::timeout(self.settings.sync_timeout, synced.wait_for(|synced| *synced)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(KubeError::NotSynced(self.settings.sync_timeout)),
+        }
     }
 }
 
@@ -866,7 +877,7 @@ impl crate::hub::Cluster for KubeCluster {
     type Error = KubeError;
 
     async fn applied(&self) -> Result<BTreeMap<String, Applied>, KubeError> {
-        self.wait_synced().await;
+        self.wait_synced().await?;
         let state = self.state();
         let observed: Vec<ObservedSecret> =
             state.cache.values().map(|entry| entry.observed.clone()).collect();
@@ -879,7 +890,9 @@ impl crate::hub::Cluster for KubeCluster {
     }
 
     async fn upsert(&self, desired: DesiredSecret) -> Result<(), Refusal> {
-        self.wait_synced().await;
+        self.wait_synced()
+            .await
+            .map_err(|error| Refusal::new(ErrorCode::KubernetesUnavailable, true, error.to_string()))?;
         let _guard = self.write_lock.lock().await;
         let cluster_namespaces = self.cluster_namespaces().await?;
         let namespaces = reconcile::resolve_namespaces(&desired.targets, &cluster_namespaces)?;
@@ -929,7 +942,9 @@ impl crate::hub::Cluster for KubeCluster {
     }
 
     async fn remove(&self, key: &str, policy: DeletionPolicy) -> Result<(), Refusal> {
-        self.wait_synced().await;
+        self.wait_synced()
+            .await
+            .map_err(|error| Refusal::new(ErrorCode::KubernetesUnavailable, true, error.to_string()))?;
         let _guard = self.write_lock.lock().await;
         let observed: Vec<ObservedSecret> = {
             let mut state = self.state();

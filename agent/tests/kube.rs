@@ -444,6 +444,41 @@ async fn kubernetes_refusals_become_nacks_without_changes() {
 }
 
 #[tokio::test]
+async fn without_rights_to_list_secrets_nothing_is_planned_and_the_reason_is_named() {
+    let (_fake, handle) = fake().await;
+    handle.add_token(
+        "no-secrets",
+        Permissions::none("agent").allow(&[], &[Kind::Namespace], &[]),
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&handle.kubeconfig_yaml_with_token("no-secrets"))
+        .expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let mut settings = KubeSettings::new("keyfleet-system", "keyfleet-agent-credential");
+    settings.sync_timeout = Duration::from_millis(300);
+    let (cluster, _events) = KubeCluster::new(
+        kube::Client::try_from(config).expect("client"),
+        settings,
+        Metrics::default(),
+    );
+    with_watcher(&cluster, async {
+        let error = cluster.applied().await.expect_err("cannot list");
+        assert!(error.to_string().contains("not listed"), "{error}");
+        let refusal = cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["a"])))
+            .await
+            .expect_err("not synced");
+        assert_eq!(
+            (refusal.code, refusal.retryable),
+            (ErrorCode::KubernetesUnavailable, true)
+        );
+        assert_eq!(handle.writes().requests, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_deletion_missed_while_the_watch_was_down_is_repaired_after_the_relist() {
     let (_fake, handle) = fake().await;
     let (cluster, mut events) = cluster(&handle).await;
