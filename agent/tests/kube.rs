@@ -620,6 +620,12 @@ mod end_to_end {
         let sent = payload("regcred", 1, VALUE, &["a", "b"]);
         let sha = sent.sha256.clone();
 
+        handle
+            .put_secret(
+                Object::new_secret("a", "theirs").with_data("token", b"not-yours"),
+                "kubectl-create",
+            )
+            .expect("foreign secret");
         let (stop, stopped) = oneshot::channel::<()>();
         let agent = run_agent(settings.clone(), client(&handle).await, async {
             let _ = stopped.await;
@@ -649,6 +655,43 @@ mod end_to_end {
                 ack.results[0].error.is_none(),
                 "nack: {:?}",
                 ack.results[0].error.as_ref().map(|e| &e.message)
+            );
+            // A Secret someone else owns: NACKed over the wire, left alone.
+            session
+                .send(hub_message::Body::Update(v1::Update {
+                    nonce: 2,
+                    upserts: vec![payload("theirs", 1, VALUE, &["a"])],
+                    removals: vec![],
+                }))
+                .await;
+            let agent_message::Body::Ack(ack) = session.recv().await else {
+                panic!("expected an ack");
+            };
+            let error = ack.results[0].error.as_ref().expect("nack");
+            assert_eq!(error.code, v1::ErrorCode::NotOwned as i32);
+            assert_eq!(
+                secret(&handle, "a", "theirs").data("token"),
+                Some(&b"not-yours"[..])
+            );
+            // An edit by another manager is repaired and reported on the stream.
+            let mut edited = (*secret(&handle, "b", "regcred")).clone();
+            edited
+                .secret_mut()
+                .expect("secret")
+                .data
+                .insert("token".into(), SecretBytes::from(&b"edited"[..]));
+            handle.put_secret(edited, "kubectl-edit").expect("edit");
+            let agent_message::Body::Drift(drift) = session.recv().await else {
+                panic!("expected a drift report");
+            };
+            assert_eq!(
+                (drift.key.as_str(), drift.namespace.as_str(), drift.revision),
+                ("regcred", "b", 1)
+            );
+            assert_eq!(drift.kind, v1::DriftKind::Modified as i32);
+            assert_eq!(
+                secret(&handle, "b", "regcred").data("token"),
+                Some(VALUE.as_bytes())
             );
             stop.send(()).expect("agent running");
         };
