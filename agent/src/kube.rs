@@ -1082,3 +1082,114 @@ impl CredentialStore for KubeCredentialStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::{SecretBytes, Targets};
+
+    fn desired(creation: CreationPolicy) -> DesiredSecret {
+        DesiredSecret {
+            key: "regcred".into(),
+            revision: 9,
+            sha256: [1; 32],
+            secret_name: "regcred".into(),
+            secret_type: "kubernetes.io/dockerconfigjson".into(),
+            targets: Targets::Namespaces(vec!["a".into()]),
+            data: [(".dockerconfigjson".to_string(), SecretBytes::new(b"{}".to_vec()))].into(),
+            labels: BTreeMap::new(),
+            annotations: [("note".to_string(), "x".to_string())].into(),
+            creation,
+            deletion: DeletionPolicy::Delete,
+            immutable: true,
+        }
+    }
+
+    #[test]
+    fn owner_applies_everything_merge_only_data_and_marks() {
+        let owner = secret_for(&desired(CreationPolicy::Owner), "a");
+        assert_eq!(owner.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+        assert_eq!(owner.immutable, Some(true));
+        let annotations = owner.metadata.annotations.expect("annotations");
+        assert_eq!(
+            annotations.get(REVISION_ANNOTATION).map(String::as_str),
+            Some("9")
+        );
+        assert_eq!(annotations.get("note").map(String::as_str), Some("x"));
+        let merge = secret_for(&desired(CreationPolicy::Merge), "a");
+        assert_eq!(merge.type_, None, "merge never claims the type");
+        assert_eq!(merge.immutable, None, "merge never claims immutability");
+        assert_eq!(
+            merge
+                .metadata
+                .labels
+                .expect("labels")
+                .get(MANAGED_BY_LABEL)
+                .map(String::as_str),
+            Some(MANAGED_BY_VALUE)
+        );
+    }
+
+    #[test]
+    fn observing_keeps_digests_only() {
+        let mut secret = secret_for(&desired(CreationPolicy::Owner), "a");
+        secret.metadata.resource_version = Some("42".into());
+        let ((namespace, name), entry) = observe(secret).expect("named");
+        assert_eq!((namespace.as_str(), name.as_str()), ("a", "regcred"));
+        assert_eq!(entry.resource_version, 42);
+        assert_eq!(
+            entry.observed.data.get(".dockerconfigjson"),
+            Some(&reconcile::value_digest(b"{}"))
+        );
+        assert!(entry.observed.immutable);
+    }
+
+    #[test]
+    fn kubernetes_errors_map_to_nack_codes() {
+        let api = |code: u16, message: &str| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: message.into(),
+                reason: "Reason".into(),
+                ..Default::default()
+            }))
+        };
+        let cases = [
+            (api(403, "forbidden"), ErrorCode::Forbidden, true),
+            (
+                api(404, "namespaces \"x\" not found"),
+                ErrorCode::NamespaceMissing,
+                true,
+            ),
+            (api(409, "conflict with kubectl"), ErrorCode::Conflict, true),
+            (api(422, "field is immutable"), ErrorCode::Immutable, false),
+            (api(422, "data: invalid"), ErrorCode::Invalid, false),
+            (api(429, "slow down"), ErrorCode::KubernetesUnavailable, true),
+            (api(503, "unavailable"), ErrorCode::KubernetesUnavailable, true),
+        ];
+        for (error, code, retryable) in cases {
+            let refusal = refusal("apply Secret a/regcred", &error);
+            assert_eq!(
+                (refusal.code, refusal.retryable),
+                (code, retryable),
+                "{}",
+                refusal.message
+            );
+            assert!(refusal.message.starts_with("apply Secret a/regcred: "));
+        }
+    }
+
+    #[test]
+    fn meaningful_changes_ignore_foreign_metadata() {
+        let ((_, _), entry) = observe(secret_for(&desired(CreationPolicy::Owner), "a")).expect("named");
+        let before = entry.observed;
+        let mut after = before.clone();
+        after.labels.insert("someone".into(), "else".into());
+        assert!(!meaningful_change(&before, &after));
+        after.annotations.insert(SHA256_ANNOTATION.into(), "00".into());
+        assert!(meaningful_change(&before, &after));
+        let mut after = before.clone();
+        after.data.insert(".dockerconfigjson".into(), [0; 32]);
+        assert!(meaningful_change(&before, &after));
+    }
+}
