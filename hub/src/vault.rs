@@ -4,7 +4,8 @@
 //!
 //! - [`AzureKeyVault`] (`vault/azure.rs`): the official crates with every `authType`, a `governor`
 //!   token bucket per vault applied to every wire request (retries included), `Retry-After` honoured,
-//!   exponential backoff with full jitter, calls counted by operation and outcome.
+//!   exponential backoff with full jitter, a circuit breaker (`vault/breaker.rs`), calls counted
+//!   by operation and outcome.
 //! - [`Poller`] (`vault/poller.rs`): per store, one paged `list_secrets` sweep per `pollInterval`
 //!   and one value GET only for watched secrets whose latest version changed.
 //! - [`eventgrid`]: the Event Grid webhook; Key Vault secret events trigger a targeted fetch by
@@ -15,6 +16,7 @@
 //! operation, secret and auth type, and carry the SDK's cause text, never a value.
 
 mod azure;
+mod breaker;
 pub mod eventgrid;
 mod metrics;
 mod poller;

@@ -820,3 +820,46 @@ async fn a_throttled_sweep_waits_for_retry_after_and_recovers() {
     assert_eq!(metrics.stats("kv-test").throttled, 2);
     handle.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_circuit_breaker_fails_fast_during_an_outage_and_closes_after() {
+    let (handle, dir) = start(KeyVaultConfig::default()).await;
+    handle.set_secret("a", "a-1", &[]).expect("set");
+    let metrics = VaultMetrics::default();
+    let options = VaultOptions {
+        max_retries: 0,
+        breaker_threshold: 3,
+        breaker_cooldown: Duration::from_secs(20),
+        metrics: metrics.clone(),
+        ..options(&handle)
+    };
+    let vault = AzureKeyVault::new(
+        &spec(
+            &handle,
+            service_principal(&dir, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
+        ),
+        &options,
+    )
+    .expect("vault");
+    vault.get("a", None).await.expect("warm up");
+    handle.faults().outage(true);
+    for _ in 0..3 {
+        let error = vault.get("a", None).await.expect_err("outage");
+        assert!(matches!(error, VaultError::Unavailable { .. }), "{error:?}");
+    }
+    handle.reset_counters();
+    let error = vault.get("a", None).await.expect_err("fails fast");
+    assert!(
+        matches!(error, VaultError::Unavailable { .. }) && error.to_string().contains("circuit breaker open"),
+        "{error}"
+    );
+    assert_eq!(handle.counters().calls("get"), 0, "an open breaker sends nothing");
+    handle.faults().outage(false);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert_eq!(
+        vault.get("a", None).await.expect("trial succeeds").value.expose(),
+        b"a-1"
+    );
+    assert_eq!(vault.get("a", None).await.expect("closed").value.expose(), b"a-1");
+    handle.shutdown().await;
+}

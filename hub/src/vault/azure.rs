@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt as _;
 use governor::clock::Clock as _;
 
+use super::breaker::{Admit, Breaker, OPEN_MESSAGE, Verdict};
 use super::{
     ErrorContext, FetchedSecret, Operation, SecretInfo, SecretSource, VaultError, VaultMetrics, VersionInfo,
 };
@@ -55,6 +56,10 @@ pub struct VaultOptions {
     pub base_backoff: Duration,
     /// Largest backoff step.
     pub max_backoff: Duration,
+    /// Consecutive failed requests (5xx, 408, transport) that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails requests fast before one trial request.
+    pub breaker_cooldown: Duration,
     /// Where calls are counted.
     pub metrics: VaultMetrics,
 }
@@ -69,6 +74,8 @@ impl Default for VaultOptions {
             max_retries: 4,
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
+            breaker_threshold: 10,
+            breaker_cooldown: Duration::from_secs(30),
             metrics: VaultMetrics::default(),
         }
     }
@@ -104,11 +111,12 @@ type Limiter = governor::RateLimiter<
     governor::middleware::NoOpMiddleware<std::time::Instant>,
 >;
 
-/// Per-try policy: rate limit, then count the outcome by operation.
+/// Per-try policy: circuit breaker, rate limit, then count the outcome by operation.
 #[derive(Debug)]
 struct VaultPolicy {
     store: String,
     limiter: Arc<Limiter>,
+    breaker: Breaker,
     metrics: VaultMetrics,
 }
 
@@ -142,10 +150,20 @@ impl Policy for VaultPolicy {
         reason = "async_trait needs the trait's late-bound Context lifetime"
     )]
     async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let operation = operation_of(request.method(), request.url().path());
+        if let Admit::No { retry_in } = self.breaker.admit() {
+            self.metrics.call(&self.store, operation, "circuit_open");
+            return Err(azure_core::Error::with_message(
+                ErrorKind::Other,
+                format!(
+                    "{OPEN_MESSAGE} after consecutive failures; next attempt in {} ms",
+                    retry_in.as_millis()
+                ),
+            ));
+        }
         while let Err(not_until) = self.limiter.check() {
             tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
         }
-        let operation = operation_of(request.method(), request.url().path());
         let authorized = request.headers().get_optional_str(&AUTHORIZATION).is_some();
         let Some((first, rest)) = next.split_first() else {
             return Err(azure_core::Error::with_message(
@@ -159,6 +177,17 @@ impl Policy for VaultPolicy {
             Err(_) => "transport_error",
         };
         self.metrics.call(&self.store, operation, outcome);
+        let verdict = match outcome {
+            "server_error" | "transport_error" => Verdict::Down,
+            "client_error" if matches!(&result, Ok(r) if r.status() == StatusCode::RequestTimeout) => {
+                Verdict::Down
+            }
+            "throttled" => Verdict::Neutral,
+            _ => Verdict::Up,
+        };
+        if self.breaker.record(verdict) {
+            tracing::warn!(store = %self.store, "key vault failing: circuit breaker open");
+        }
         if outcome == "throttled" {
             tracing::info!(store = %self.store, operation, "key vault throttled the request (429)");
         }
@@ -352,6 +381,7 @@ impl AzureKeyVault {
             per_try_policies: vec![Arc::new(VaultPolicy {
                 store: spec.name.clone(),
                 limiter,
+                breaker: Breaker::new(options.breaker_threshold, options.breaker_cooldown),
                 metrics: options.metrics.clone(),
             })],
             ..ClientOptions::default()
@@ -424,6 +454,7 @@ fn inner_code(error: &azure_core::Error) -> Option<String> {
 fn classify(error: &azure_core::Error, context: ErrorContext) -> VaultError {
     let cause = cause_text(error, context.operation == Operation::Get);
     match error.kind() {
+        _ if cause.contains(OPEN_MESSAGE) => VaultError::Unavailable { context, cause },
         ErrorKind::Credential => VaultError::Auth { context, cause },
         ErrorKind::Io | ErrorKind::Connection => VaultError::Unavailable { context, cause },
         ErrorKind::HttpResponse { status, .. } => match u16::from(*status) {

@@ -75,6 +75,7 @@ pub(crate) const OUTCOMES: &[&str] = &[
     "server_error",
     "client_error",
     "transport_error",
+    "circuit_open",
 ];
 
 impl VaultMetrics {
