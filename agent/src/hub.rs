@@ -413,10 +413,11 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
 
     /// Keeps a session open, reconnecting with backoff, until the future is dropped.
     pub async fn run(&self, events: &mut mpsc::Receiver<ClusterEvent>, backoff: &mut Backoff) {
+        let mut pending_drift = Vec::new();
         loop {
             let started = Instant::now();
             let mut welcomed = false;
-            let end = self.session(events, &mut welcomed).await;
+            let end = self.session(events, &mut welcomed, &mut pending_drift).await;
             self.metrics.connected.set(0);
             if welcomed && started.elapsed() >= self.settings.stable_after {
                 backoff.reset();
@@ -446,7 +447,19 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
         }
     }
 
-    async fn session(&self, events: &mut mpsc::Receiver<ClusterEvent>, welcomed: &mut bool) -> SessionEnd {
+    async fn session(
+        &self,
+        events: &mut mpsc::Receiver<ClusterEvent>,
+        welcomed: &mut bool,
+        pending_drift: &mut Vec<ClusterEvent>,
+    ) -> SessionEnd {
+        // A resync asked for while disconnected is answered by this session's Hello; drift
+        // reports wait (across failed sessions) until a Welcome.
+        while let Ok(event) = events.try_recv() {
+            if event != ClusterEvent::Resync && pending_drift.len() < 64 {
+                pending_drift.push(event);
+            }
+        }
         let applied = match self.cluster.applied().await {
             Ok(applied) => applied,
             Err(error) => return failed(format!("cannot rebuild the applied state: {error}")),
@@ -480,7 +493,6 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
             Err(status) => return status_end(&status),
         };
         let mut silence = self.settings.first_message_timeout;
-        let mut pending_drift: Vec<ClusterEvent> = Vec::new();
         let mut events_open = true;
         loop {
             let deadline = tokio::time::sleep(silence);

@@ -429,13 +429,12 @@ async fn reconnects_follow_the_full_jitter_schedule() {
     let mut backoff = Backoff::with_rng(Duration::from_secs(1), Duration::from_secs(60), seeded());
     let mut reference = Backoff::with_rng(Duration::from_secs(1), Duration::from_secs(60), seeded());
     let attempts = 10;
+    let mut calls = cluster.applied_count.subscribe();
     let watch = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if cluster.applied_calls.lock().expect("lock").len() > attempts {
-                break;
-            }
-        }
+        calls
+            .wait_for(|count| *count > attempts)
+            .await
+            .expect("cluster alive");
     };
     tokio::select! {
         () = client.run(&mut events, &mut backoff) => unreachable!(),
@@ -560,6 +559,57 @@ async fn wire_cost_of_connecting_and_of_an_in_sync_reconnect() {
         );
         assert!(reconnect <= 512, "in-sync reconnect sent {reconnect} bytes");
         assert!(first_connect <= 4096, "first connect sent {first_connect} bytes");
+    };
+    tokio::select! {
+        () = agent => unreachable!("the client runs until dropped"),
+        () = test => {}
+    }
+}
+
+#[tokio::test]
+async fn drift_found_while_disconnected_is_reported_after_welcome_without_an_extra_reconnect() {
+    let mut hub = ScriptedHub::start().await;
+    let cluster = MemCluster::default();
+    cluster.unavailable.store(true, Ordering::SeqCst);
+    let (credential, settings, metrics) = (credential(), fast_settings(), Metrics::default());
+    let (events_tx, mut events) = mpsc::channel(8);
+    let drift = ClusterEvent::Drift {
+        key: "regcred".into(),
+        namespace: "a".into(),
+        kind: DriftKind::Modified,
+        revision: 2,
+    };
+    events_tx.send(drift).await.expect("queued");
+    events_tx.send(ClusterEvent::Resync).await.expect("queued");
+    let client = SyncClient::new(
+        channel(&endpoint(&hub)).expect("channel"),
+        &credential,
+        &settings,
+        &cluster,
+        &metrics,
+    );
+    let mut backoff = fast_backoff();
+    let agent = client.run(&mut events, &mut backoff);
+    let test = async {
+        // Let a few sessions fail on the unreadable cluster, then let it answer.
+        let mut calls = cluster.applied_count.subscribe();
+        calls.wait_for(|count| *count >= 3).await.expect("cluster alive");
+        cluster.unavailable.store(false, Ordering::SeqCst);
+        let mut session = hub.session().await;
+        hello(&mut session).await;
+        session.send(welcome(true)).await;
+        let agent_message::Body::Drift(report) = session.recv().await else {
+            panic!("expected the drift report");
+        };
+        assert_eq!(
+            (report.key.as_str(), report.namespace.as_str(), report.revision),
+            ("regcred", "a", 2)
+        );
+        // The queued resync did not close this stream: it still answers heartbeats.
+        session
+            .send(hub_message::Body::Heartbeat(v1::Heartbeat { sent_at_unix_ms: 1 }))
+            .await;
+        assert!(matches!(session.recv().await, agent_message::Body::Heartbeat(_)));
     };
     tokio::select! {
         () = agent => unreachable!("the client runs until dropped"),

@@ -23,6 +23,8 @@ pub struct MemCluster {
     pub unavailable: std::sync::atomic::AtomicBool,
     pub applied_calls: Mutex<Vec<tokio::time::Instant>>,
     pub removed: Mutex<Vec<(String, DeletionPolicy)>>,
+    /// Number of `applied` calls so far, observable without polling.
+    pub applied_count: tokio::sync::watch::Sender<usize>,
 }
 
 impl Cluster for MemCluster {
@@ -33,6 +35,7 @@ impl Cluster for MemCluster {
             .lock()
             .expect("lock")
             .push(tokio::time::Instant::now());
+        self.applied_count.send_modify(|count| *count += 1);
         if self.unavailable.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Unavailable);
         }
