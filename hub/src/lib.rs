@@ -15,6 +15,7 @@
 //! - [`grpc`]: tonic services; `grpc::convert` is the only proto ⇄ domain crossing.
 //! - [`vault`]: Azure Key Vault through the official crates (`SecretSource`, `AzureKeyVault`) and
 //!   the per-store change `Poller`.
+//! - [`store`]: Postgres / SQLite store (inventory, revisions, sync status); the only sqlx user.
 
 pub mod app;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod ops;
 pub mod render;
 pub mod spec;
+pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod vault;

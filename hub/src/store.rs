@@ -1,0 +1,773 @@
+//! The store: inventory, enrollment, specs, Key Vault versions (ids and digests), revisions, sync
+//! status, change log, pins, rollouts, audit. One API over two backends:
+//! - Postgres (`postgres://…`), the production store, with compile-time checked `query!` macros
+//!   (`.sqlx/` is committed; `scripts/checks/sqlx.sh` fails when it is stale);
+//! - SQLite (`sqlite://PATH`, `sqlite::memory:`), the embedded default, with runtime-bound
+//!   `sqlx::query` (the macros check against one `DATABASE_URL`, which is the Postgres one); the
+//!   same conformance tests (`store/tests.rs`) prove both.
+//!
+//! **Invariants:** only this module names sqlx; it returns the records of [`records`], never rows;
+//! no column can hold a secret value (only SHA-256 digests of tokens, credentials and values);
+//! status writes are one statement per batch; `NOTIFY keyfleet_changes` is only a wake-up, the
+//! change log is the truth.
+
+mod postgres;
+mod records;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::domain::{ClusterId, ClusterState, Labels, LabelSelector, Sha256, SyncState};
+
+pub use records::{
+    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord,
+    RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, StatusRow,
+    StoredSpec, SyncStatus, TokenRejection,
+};
+
+/// The Postgres channel `append_change` notifies and `change_wakeups` listens on.
+pub const CHANGES_CHANNEL: &str = "keyfleet_changes";
+
+/// Agents' error strings are cut to this many bytes (on a character boundary).
+pub const MAX_ERROR_BYTES: usize = 1024;
+
+/// Errors of the store. Messages never include bound values (only names of what was wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named thing does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, e.g. `cluster "eu-1"`.
+        what: String,
+    },
+    /// The named thing exists already.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// What was created twice.
+        what: String,
+    },
+    /// The operation is refused in the current state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database refused or failed the statement.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("cannot migrate the database")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The database URL names no supported backend (the URL itself is not repeated: it may hold a
+    /// password).
+    #[error("unsupported database url: expected postgres://…, sqlite://PATH or sqlite::memory:")]
+    UnsupportedUrl,
+    /// A stored value does not decode (a row written by something else than this store).
+    #[error("stored {what} is invalid")]
+    Corrupt {
+        /// Column or record.
+        what: &'static str,
+    },
+    /// A number does not fit the column.
+    #[error("{what} is out of range")]
+    OutOfRange {
+        /// Field.
+        what: &'static str,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(error)
+    }
+}
+
+#[derive(Clone)]
+enum Backend {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// Handle to the store; cheap to clone (a connection pool).
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    status_statements: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend()).finish()
+    }
+}
+
+/// Calls the same-named function of the active backend module.
+macro_rules! dispatch {
+    ($self:ident . $op:ident ( $($arg:expr),* $(,)? )) => {
+        match &$self.backend {
+            Backend::Postgres(pool) => postgres::$op(pool, $($arg),*).await,
+            Backend::Sqlite(pool) => sqlite::$op(pool, $($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// `postgres://…` or `sqlite://PATH` / `sqlite::memory:` (file created if missing, WAL mode).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(postgres::connect(url).await?)
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite(sqlite::connect(url).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        Ok(Store {
+            backend,
+            status_statements: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Applies the pending migrations of this backend (`migrations/postgres` or `migrations/sqlite`).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_report().await.map(drop)
+    }
+
+    /// Like [`Store::migrate`], and returns the migrations this call applied (oldest first).
+    pub async fn migrate_report(&self) -> Result<Vec<AppliedMigration>, StoreError> {
+        let applied = dispatch!(self.migrate())?;
+        for migration in &applied {
+            tracing::info!(
+                backend = self.backend(),
+                version = migration.version,
+                description = %migration.description,
+                "migration applied"
+            );
+        }
+        Ok(applied)
+    }
+
+    /// `"postgres"` or `"sqlite"`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Closes the pool: waits for checked-out connections to come back.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Postgres(pool) => pool.close().await,
+            Backend::Sqlite(pool) => pool.close().await,
+        }
+    }
+
+    /// Statements `upsert_status_batch` executed since this store was connected (for benchmarks:
+    /// 1 per call on Postgres, 1 per 3,640 rows on SQLite).
+    pub fn status_statements(&self) -> u64 {
+        self.status_statements.load(Ordering::Relaxed)
+    }
+
+    // --- clusters ---
+
+    /// Adds a cluster in state pending. `AlreadyExists` when the name is taken.
+    pub async fn create_cluster(&self, name: &str, labels: &Labels) -> Result<Cluster, StoreError> {
+        let id = ClusterId(uuid::Uuid::new_v4());
+        dispatch!(self.create_cluster(id, name, labels, now()))
+    }
+
+    /// The cluster with this name.
+    pub async fn cluster_by_name(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
+        dispatch!(self.cluster_by_name(name))
+    }
+
+    /// The cluster with this id.
+    pub async fn cluster_by_id(&self, id: ClusterId) -> Result<Option<Cluster>, StoreError> {
+        dispatch!(self.cluster_by_id(id))
+    }
+
+    /// Sorted by name. matchLabels pushed down (jsonb @> on PG); full selector applied exactly.
+    pub async fn list_clusters(
+        &self,
+        selector: Option<&LabelSelector>,
+    ) -> Result<Vec<Cluster>, StoreError> {
+        let match_labels = selector.map(|s| &s.match_labels).filter(|m| !m.is_empty());
+        let mut clusters: Vec<Cluster> = dispatch!(self.list_clusters(match_labels))?;
+        if let Some(selector) = selector {
+            clusters.retain(|cluster| selector.matches(&cluster.labels));
+        }
+        Ok(clusters)
+    }
+
+    /// Replaces the labels of a cluster.
+    pub async fn set_cluster_labels(
+        &self,
+        id: ClusterId,
+        labels: &Labels,
+    ) -> Result<Cluster, StoreError> {
+        dispatch!(self.set_cluster_labels(id, labels, now()))?.ok_or_else(|| cluster_not_found(id))
+    }
+
+    /// state = revoked, credential hash cleared, pending tokens invalidated.
+    pub async fn revoke_cluster(&self, id: ClusterId) -> Result<Cluster, StoreError> {
+        dispatch!(self.revoke_cluster(id, now()))?.ok_or_else(|| cluster_not_found(id))
+    }
+
+    // --- enrollment and credentials (only hashes are stored) ---
+
+    /// Records a single-use enrollment token (its hash) for a cluster. `NotFound` for an unknown
+    /// cluster, `Conflict` for a revoked one, `AlreadyExists` for a hash already issued.
+    pub async fn issue_enrollment_token(
+        &self,
+        cluster: ClusterId,
+        token_hash: &Sha256,
+        expires: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let issued = dispatch!(self.issue_enrollment_token(
+            cluster,
+            token_hash,
+            micros(expires),
+            now()
+        ))?;
+        if issued {
+            return Ok(());
+        }
+        match self.cluster_by_id(cluster).await? {
+            None => Err(cluster_not_found(cluster)),
+            Some(found) if found.state == ClusterState::Revoked => Err(StoreError::Conflict(
+                format!("cluster {:?} is revoked", found.name),
+            )),
+            Some(found) => Err(StoreError::Conflict(format!(
+                "cannot issue a token for cluster {:?}",
+                found.name
+            ))),
+        }
+    }
+
+    /// Atomic, single use: exactly one of two concurrent callers gets Ok(cluster).
+    pub async fn consume_enrollment_token(
+        &self,
+        token_hash: &Sha256,
+        now: DateTime<Utc>,
+    ) -> Result<Result<ClusterId, TokenRejection>, StoreError> {
+        let now = micros(now);
+        if let Some(cluster) = dispatch!(self.consume_enrollment_token(token_hash, now))? {
+            return Ok(Ok(cluster));
+        }
+        let Some(token) = dispatch!(self.token_state(token_hash))? else {
+            return Ok(Err(TokenRejection::Unknown));
+        };
+        let rejection = if token.cluster_state == ClusterState::Revoked {
+            TokenRejection::ClusterRevoked
+        } else if token.used {
+            TokenRejection::Used
+        } else if token.expires <= now {
+            TokenRejection::Expired
+        } else {
+            // Unused and unexpired but not consumed: only possible when the cluster was revoked
+            // and un-revoked between the two statements, which the store never does.
+            TokenRejection::Used
+        };
+        Ok(Err(rejection))
+    }
+
+    /// Sets the credential hash and state = active (refused for a revoked cluster: Conflict).
+    pub async fn set_cluster_credential(
+        &self,
+        id: ClusterId,
+        credential_hash: &Sha256,
+    ) -> Result<(), StoreError> {
+        if dispatch!(self.set_cluster_credential(id, credential_hash, now()))? {
+            return Ok(());
+        }
+        match self.cluster_by_id(id).await? {
+            None => Err(cluster_not_found(id)),
+            Some(found) => Err(StoreError::Conflict(format!(
+                "cluster {:?} is revoked",
+                found.name
+            ))),
+        }
+    }
+
+    /// Credential hash → cluster for every active cluster (the hub keeps this index in memory).
+    pub async fn active_credentials(&self) -> Result<Vec<(Sha256, ClusterId)>, StoreError> {
+        dispatch!(self.active_credentials())
+    }
+
+    /// Records that `replica` holds the cluster's stream now.
+    pub async fn record_connect(
+        &self,
+        id: ClusterId,
+        replica: &str,
+        agent_version: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if dispatch!(self.record_connect(id, replica, agent_version, micros(at)))? {
+            Ok(())
+        } else {
+            Err(cluster_not_found(id))
+        }
+    }
+
+    /// Clears connected_replica only if it still equals `replica`.
+    pub async fn record_disconnect(
+        &self,
+        id: ClusterId,
+        replica: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if dispatch!(self.record_disconnect(id, replica, micros(at)))? {
+            Ok(())
+        } else {
+            Err(cluster_not_found(id))
+        }
+    }
+
+    /// One statement for the whole slice (coarse liveness refresh).
+    pub async fn touch_last_seen(
+        &self,
+        ids: &[ClusterId],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self.touch_last_seen(ids, micros(at)))
+    }
+
+    /// Clears connected_replica for every cluster held by `replica` (startup after a crash).
+    pub async fn clear_replica(&self, replica: &str) -> Result<u64, StoreError> {
+        dispatch!(self.clear_replica(replica, now()))
+    }
+
+    // --- specs ---
+
+    /// Creates or updates a spec; the generation starts at 1 and grows on each change of YAML.
+    pub async fn upsert_spec(
+        &self,
+        kind: SpecKind,
+        name: &str,
+        yaml: &str,
+    ) -> Result<(u64, SpecAction), StoreError> {
+        dispatch!(self.upsert_spec(kind, name, yaml, now()))
+    }
+
+    /// Every spec, by kind then name.
+    pub async fn list_specs(&self) -> Result<Vec<StoredSpec>, StoreError> {
+        dispatch!(self.list_specs())
+    }
+
+    /// Whether a spec was deleted.
+    pub async fn delete_spec(&self, kind: SpecKind, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self.delete_spec(kind, name))
+    }
+
+    // --- Key Vault versions and revisions ---
+
+    /// Records (or refreshes) one Key Vault version: id, digest and attributes.
+    pub async fn upsert_secret_version(&self, v: &SecretVersionRecord) -> Result<(), StoreError> {
+        let v = SecretVersionRecord {
+            created: v.created.map(micros),
+            expires: v.expires.map(micros),
+            not_before: v.not_before.map(micros),
+            ..v.clone()
+        };
+        dispatch!(self.upsert_secret_version(&v, now()))
+    }
+
+    /// Idempotent on (fleet_secret, sha256, spec_generation): returns the existing number when the
+    /// same content is the fleet secret's newest revision, else a new globally increasing number
+    /// (so content that comes back after another revision gets a new, higher number and stays
+    /// the newest).
+    pub async fn upsert_revision(&self, r: &NewRevision) -> Result<u64, StoreError> {
+        i64::try_from(r.spec_generation).map_err(|_| StoreError::OutOfRange {
+            what: "spec generation",
+        })?;
+        dispatch!(self.upsert_revision(r, now()))
+    }
+
+    /// The newest revision of every fleet secret, by fleet secret name.
+    pub async fn latest_revisions(&self) -> Result<Vec<RevisionRecord>, StoreError> {
+        dispatch!(self.latest_revisions())
+    }
+
+    // --- pins and rollouts ---
+
+    /// Pins a remote key of a fleet secret to a Key Vault version.
+    pub async fn set_pin(
+        &self,
+        fleet_secret: &str,
+        remote_key: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.set_pin(fleet_secret, remote_key, version, now()))
+    }
+
+    /// Removes one pin (`Some(remote_key)`) or every pin of a fleet secret; returns how many.
+    pub async fn remove_pins(
+        &self,
+        fleet_secret: &str,
+        remote_key: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.remove_pins(fleet_secret, remote_key))
+    }
+
+    /// Every pin, by fleet secret then remote key.
+    pub async fn pins(&self) -> Result<Vec<PinRecord>, StoreError> {
+        dispatch!(self.pins())
+    }
+
+    /// Creates or replaces the rollout of a fleet secret. `NotFound` when the revision does not
+    /// exist.
+    pub async fn set_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
+        let revision = to_i64(r.revision, "rollout revision")?;
+        dispatch!(self.set_rollout(r, revision, now())).map_err(|error| match error {
+            StoreError::Database(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                StoreError::NotFound {
+                    what: format!("revision {}", r.revision),
+                }
+            }
+            other => other,
+        })
+    }
+
+    /// Every rollout, by fleet secret.
+    pub async fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        dispatch!(self.rollouts())
+    }
+
+    // --- sync status ---
+
+    /// ONE statement per call (unnest on Postgres, one multi-row INSERT … ON CONFLICT on SQLite,
+    /// chunked only above SQLite's bind limit). Upsert on (cluster, fleet_secret); when the same
+    /// pair appears twice, the later row wins. Returns the number of rows written.
+    pub async fn upsert_status_batch(&self, rows: &[StatusRow]) -> Result<u64, StoreError> {
+        let rows = prepare_status_rows(rows)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let (written, statements) = dispatch!(self.upsert_status_batch(&rows))?;
+        self.status_statements
+            .fetch_add(statements, Ordering::Relaxed);
+        Ok(written)
+    }
+
+    /// Forgets the status of a (cluster, fleet secret) (e.g. it is no longer targeted).
+    pub async fn delete_status(
+        &self,
+        cluster: ClusterId,
+        fleet_secret: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.delete_status(cluster, fleet_secret))
+    }
+
+    /// Status rows of one cluster, by fleet secret.
+    pub async fn status_for_cluster(&self, id: ClusterId) -> Result<Vec<SyncStatus>, StoreError> {
+        dispatch!(self.status_for_cluster(id))
+    }
+
+    /// Status rows of one fleet secret, by cluster name.
+    pub async fn status_for_fleet_secret(
+        &self,
+        name: &str,
+    ) -> Result<Vec<SyncStatus>, StoreError> {
+        dispatch!(self.status_for_fleet_secret(name))
+    }
+
+    /// Every status row, by cluster name then fleet secret.
+    pub async fn all_status(&self) -> Result<Vec<SyncStatus>, StoreError> {
+        dispatch!(self.all_status())
+    }
+
+    /// Rows not on their desired revision, oldest first (by last write, then cluster name).
+    pub async fn lagging(
+        &self,
+        fleet_secret: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SyncStatus>, StoreError> {
+        dispatch!(self.lagging(fleet_secret, i64::from(limit)))
+    }
+
+    // --- change log ---
+
+    /// Appends to the change log; on Postgres also `NOTIFY keyfleet_changes` in the same statement.
+    pub async fn append_change(&self, kind: ChangeKind, subject: &str) -> Result<i64, StoreError> {
+        dispatch!(self.append_change(kind, subject, now()))
+    }
+
+    /// Entries after `cursor`, oldest first, at most `limit`.
+    pub async fn changes_since(&self, cursor: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        dispatch!(self.changes_since(cursor, i64::from(limit)))
+    }
+
+    /// The newest sequence number (0 when the log is empty).
+    pub async fn latest_change(&self) -> Result<i64, StoreError> {
+        dispatch!(self.latest_change())
+    }
+
+    /// PG: a task that LISTENs `keyfleet_changes` and sends () per notification (and once after
+    /// each reconnect, after re-LISTEN). SQLite: a receiver that is never signalled.
+    /// Wake-ups coalesce (capacity 1): a wake-up means "read the log from your cursor".
+    pub async fn change_wakeups(&self) -> Result<mpsc::Receiver<()>, StoreError> {
+        let (sender, receiver) = mpsc::channel(1);
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::spawn_listener(pool, sender).await?,
+            Backend::Sqlite(_) => {
+                // Single node: nobody else writes the log. Keep the sender alive with the
+                // receiver so it reads as "no wake-up yet" rather than "closed".
+                tokio::spawn(async move { sender.closed().await });
+            }
+        }
+        Ok(receiver)
+    }
+
+    // --- leader election ---
+
+    /// PG: session advisory lock on a dedicated connection held by the returned guard; dropping
+    /// the guard (or losing the connection) releases it; `Leadership::lost()` resolves when it is
+    /// lost. SQLite: always Some.
+    pub async fn try_lead(&self, key: &str) -> Result<Option<Leadership>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::try_lead(pool, key).await,
+            Backend::Sqlite(_) => Ok(Some(Leadership { inner: None })),
+        }
+    }
+
+    // --- audit ---
+
+    /// Appends an audit event (names only, never values).
+    pub async fn append_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.append_audit(actor, action, subject, micros(at)))
+    }
+
+    /// The newest `limit` audit events, newest first.
+    pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        dispatch!(self.audit(i64::from(limit)))
+    }
+}
+
+/// Held leadership (see [`Store::try_lead`]). Dropping it steps down.
+pub struct Leadership {
+    inner: Option<PgLeadership>,
+}
+
+struct PgLeadership {
+    stop: Option<oneshot::Sender<()>>,
+    lost: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    backend_pid: i32,
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("postgres", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl Leadership {
+    /// Resolves when leadership is lost (the lock's connection died). Never on SQLite.
+    pub async fn lost(&self) {
+        match &self.inner {
+            Some(pg) => {
+                let mut lost = pg.lost.clone();
+                // An error means the holder task ended, which only happens once lost or stopped.
+                let _ = lost.wait_for(|lost| *lost).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Steps down and waits until the lock is released (dropping also releases it, in the
+    /// background).
+    pub async fn step_down(mut self) {
+        if let Some(mut pg) = self.inner.take() {
+            drop(pg.stop.take());
+            let _ = (&mut pg.task).await;
+        }
+    }
+
+    #[cfg(test)]
+    fn backend_pid(&self) -> Option<i32> {
+        self.inner.as_ref().map(|pg| pg.backend_pid)
+    }
+}
+
+/// What `consume_enrollment_token` reads back to say why a token was refused.
+struct TokenState {
+    used: bool,
+    expires: DateTime<Utc>,
+    cluster_state: ClusterState,
+}
+
+/// Database times have microsecond precision: truncate so what is read back equals what was
+/// written.
+fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
+}
+
+fn now() -> DateTime<Utc> {
+    micros(Utc::now())
+}
+
+fn cluster_not_found(id: ClusterId) -> StoreError {
+    StoreError::NotFound {
+        what: format!("cluster {id}"),
+    }
+}
+
+fn to_i64(value: u64, what: &'static str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what })
+}
+
+fn to_u64(value: i64, what: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn to_u32(value: i64, what: &'static str) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn sha256(bytes: &[u8], what: &'static str) -> Result<Sha256, StoreError> {
+    Sha256::from_slice(bytes).ok_or(StoreError::Corrupt { what })
+}
+
+fn cluster_state(text: &str) -> Result<ClusterState, StoreError> {
+    match text {
+        "pending" => Ok(ClusterState::Pending),
+        "active" => Ok(ClusterState::Active),
+        "revoked" => Ok(ClusterState::Revoked),
+        _ => Err(StoreError::Corrupt {
+            what: "cluster state",
+        }),
+    }
+}
+
+fn sync_state(text: &str) -> Result<SyncState, StoreError> {
+    match text {
+        "pending" => Ok(SyncState::Pending),
+        "applied" => Ok(SyncState::Applied),
+        "error" => Ok(SyncState::Error),
+        "undelivered" => Ok(SyncState::Undelivered),
+        _ => Err(StoreError::Corrupt { what: "sync state" }),
+    }
+}
+
+fn spec_kind(text: &str) -> Result<SpecKind, StoreError> {
+    SpecKind::parse(text).ok_or(StoreError::Corrupt { what: "spec kind" })
+}
+
+fn change_kind(text: &str) -> Result<ChangeKind, StoreError> {
+    ChangeKind::parse(text).ok_or(StoreError::Corrupt {
+        what: "change kind",
+    })
+}
+
+fn labels_json(labels: &Labels) -> serde_json::Value {
+    serde_json::Value::Object(
+        labels
+            .iter()
+            .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
+            .collect(),
+    )
+}
+
+fn labels_from_json(value: serde_json::Value) -> Result<Labels, StoreError> {
+    serde_json::from_value(value).map_err(|_| StoreError::Corrupt {
+        what: "cluster labels",
+    })
+}
+
+fn sources_json(sources: &[(String, String)]) -> serde_json::Value {
+    serde_json::Value::Array(
+        sources
+            .iter()
+            .map(|(key, version)| {
+                serde_json::Value::Array(vec![
+                    serde_json::Value::String(key.clone()),
+                    serde_json::Value::String(version.clone()),
+                ])
+            })
+            .collect(),
+    )
+}
+
+fn sources_from_json(value: serde_json::Value) -> Result<Vec<(String, String)>, StoreError> {
+    serde_json::from_value(value).map_err(|_| StoreError::Corrupt {
+        what: "revision sources",
+    })
+}
+
+/// Cuts an agent's error to [`MAX_ERROR_BYTES`] on a character boundary.
+fn truncate_error(text: &str) -> String {
+    if text.len() <= MAX_ERROR_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// A status row checked and converted for binding.
+struct StatusBind {
+    cluster: uuid::Uuid,
+    fleet_secret: String,
+    desired_revision: i64,
+    applied_revision: Option<i64>,
+    applied_sha256: Option<Vec<u8>>,
+    state: &'static str,
+    last_error: Option<String>,
+    attempts: i32,
+    at: DateTime<Utc>,
+}
+
+/// Checks ranges, truncates errors, and keeps the last row of each (cluster, fleet secret) so the
+/// single upsert never touches a row twice.
+fn prepare_status_rows(rows: &[StatusRow]) -> Result<Vec<StatusBind>, StoreError> {
+    let mut last = std::collections::HashMap::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        last.insert((row.cluster, row.fleet_secret.as_str()), index);
+    }
+    let mut out = Vec::with_capacity(last.len());
+    for (index, row) in rows.iter().enumerate() {
+        if last.get(&(row.cluster, row.fleet_secret.as_str())) != Some(&index) {
+            continue;
+        }
+        out.push(StatusBind {
+            cluster: row.cluster.0,
+            fleet_secret: row.fleet_secret.clone(),
+            desired_revision: to_i64(row.desired_revision, "desired revision")?,
+            applied_revision: row
+                .applied_revision
+                .map(|revision| to_i64(revision, "applied revision"))
+                .transpose()?,
+            applied_sha256: row.applied_sha256.map(|sha| sha.0.to_vec()),
+            state: row.state.as_str(),
+            last_error: row.last_error.as_deref().map(truncate_error),
+            attempts: i32::try_from(row.attempts).map_err(|_| StoreError::OutOfRange {
+                what: "attempts",
+            })?,
+            at: micros(row.at),
+        });
+    }
+    Ok(out)
+}
