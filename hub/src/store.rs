@@ -361,7 +361,7 @@ impl Store {
         dispatch!(self.upsert_spec(kind, name, yaml, now()))
     }
 
-    /// Every spec, by kind then name.
+    /// Every spec, by kind (`FleetSecret` before `SecretStore`) then name.
     pub async fn list_specs(&self) -> Result<Vec<StoredSpec>, StoreError> {
         dispatch!(self.list_specs())
     }
