@@ -4,8 +4,9 @@ use std::future::Future;
 
 use anyhow::Context as _;
 
-use crate::config::{Command, ServeConfig};
+use crate::config::{Command, MigrateArgs, ServeConfig};
 use crate::ops::{self, Ops};
+use crate::store::Store;
 
 /// Runs one `keyfleet` command to completion. `shutdown` ends `serve` gracefully.
 pub async fn run(
@@ -19,7 +20,36 @@ pub async fn run(
             crate::cli::run(command, &mut std::io::stdout()).await?;
             Ok(())
         }
+        Command::Migrate(args) => migrate(args).await,
     }
+}
+
+/// `keyfleet migrate`: applies the pending migrations and prints them (user-facing output).
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    install_crypto_provider();
+    let store = Store::connect(&args.database)
+        .await
+        .context("connect to the database given by --database")?;
+    let applied = store
+        .migrate_report()
+        .await
+        .with_context(|| format!("migrate the {} database", store.backend()))?;
+    if applied.is_empty() {
+        println!(
+            "{}: no pending migrations, the schema is up to date",
+            store.backend()
+        );
+    }
+    for migration in &applied {
+        println!(
+            "{}: applied migration {:04} {}",
+            store.backend(),
+            migration.version,
+            migration.description
+        );
+    }
+    store.close().await;
+    Ok(())
 }
 
 async fn serve(

@@ -34,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the hub: the gRPC endpoint for agents and admins, Key Vault polling, status writes.
     Serve(ServeArgs),
+    /// Apply the pending database migrations, print which were applied, and exit.
+    Migrate(MigrateArgs),
     /// Administration commands: clients of a running hub's Admin API (see [`crate::cli`]).
     #[command(flatten)]
     Client(ClientCommand),
@@ -357,6 +359,17 @@ pub fn parse_label_change(text: &str) -> Result<LabelChange, String> {
         .map_err(|_| format!("invalid label change {text:?}, expected key=value or key-"))
 }
 
+/// The embedded default store: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE: &str = "sqlite://keyfleet.db";
+
+/// Flags of `keyfleet migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
+    #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE)]
+    pub database: String,
+}
+
 /// Flags of `keyfleet serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -396,6 +409,12 @@ pub struct ServeArgs {
     /// Id of this replica in status and logs (default: hostname-pid).
     #[arg(long, env = "KEYFLEET_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
+    #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE)]
+    pub database: String,
+    /// Apply pending database migrations before serving (else `keyfleet migrate` must have run).
+    #[arg(long, env = "KEYFLEET_MIGRATE")]
+    pub migrate: bool,
 }
 
 /// Settings of the gRPC endpoint ([`crate::grpc::server`]).
@@ -425,6 +444,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// gRPC endpoint.
     pub grpc: GrpcConfig,
+    /// Store URL (`postgres://…` or `sqlite://…`); may hold a password: never log it.
+    pub database: String,
+    /// Apply pending migrations at startup.
+    pub migrate: bool,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -446,6 +469,8 @@ impl From<ServeArgs> for ServeConfig {
                 tls,
                 replica_id: args.replica_id.unwrap_or_else(default_replica_id),
             },
+            database: args.database,
+            migrate: args.migrate,
         }
     }
 }
@@ -487,6 +512,40 @@ mod tests {
         let config = ServeConfig::from(args);
         assert_eq!(config.ops.addr, "127.0.0.1:0".parse().expect("literal address"));
         assert_eq!(config.shutdown_grace, Duration::from_millis(250));
+        assert_eq!(config.database, DEFAULT_DATABASE);
+        assert!(!config.migrate);
+    }
+
+    #[test]
+    fn serve_takes_the_database_and_migrate_flags() {
+        let cli =
+            parse(&["serve", "--database", "postgres://hub@db/keyfleet", "--migrate"]).expect("valid flags");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        let config = ServeConfig::from(args);
+        assert_eq!(config.database, "postgres://hub@db/keyfleet");
+        assert!(config.migrate);
+    }
+
+    #[test]
+    fn migrate_takes_the_database_with_the_sqlite_default() {
+        let cli = parse(&["migrate"]).expect("valid flags");
+        let Command::Migrate(args) = cli.command else {
+            panic!("migrate expected");
+        };
+        assert_eq!(args.database, "sqlite://keyfleet.db");
+        let cli = parse(&["migrate", "--database", "sqlite:///var/lib/keyfleet/k.db"]).expect("valid flags");
+        let Command::Migrate(args) = cli.command else {
+            panic!("migrate expected");
+        };
+        assert_eq!(args.database, "sqlite:///var/lib/keyfleet/k.db");
+    }
+
+    #[test]
+    fn migrate_rejects_serve_flags() {
+        let error = parse(&["migrate", "--migrate"]).expect_err("not a migrate flag");
+        assert_eq!(error.exit_code(), 2);
     }
 
     #[test]

@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, SubsecRound as _, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::domain::{ClusterId, ClusterState, Labels, LabelSelector, Sha256, SyncState};
+use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256, SyncState};
 
 pub use records::{
-    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord,
-    RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, StatusRow,
-    StoredSpec, SyncStatus, TokenRejection,
+    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord, RevisionRecord,
+    RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, StatusRow, StoredSpec, SyncStatus,
+    TokenRejection,
 };
 
 /// The Postgres channel `append_change` notifies and `change_wakeups` listens on.
@@ -196,10 +196,7 @@ impl Store {
     }
 
     /// Sorted by name. matchLabels pushed down (jsonb @> on PG); full selector applied exactly.
-    pub async fn list_clusters(
-        &self,
-        selector: Option<&LabelSelector>,
-    ) -> Result<Vec<Cluster>, StoreError> {
+    pub async fn list_clusters(&self, selector: Option<&LabelSelector>) -> Result<Vec<Cluster>, StoreError> {
         let match_labels = selector.map(|s| &s.match_labels).filter(|m| !m.is_empty());
         let mut clusters: Vec<Cluster> = dispatch!(self.list_clusters(match_labels))?;
         if let Some(selector) = selector {
@@ -209,11 +206,7 @@ impl Store {
     }
 
     /// Replaces the labels of a cluster.
-    pub async fn set_cluster_labels(
-        &self,
-        id: ClusterId,
-        labels: &Labels,
-    ) -> Result<Cluster, StoreError> {
+    pub async fn set_cluster_labels(&self, id: ClusterId, labels: &Labels) -> Result<Cluster, StoreError> {
         dispatch!(self.set_cluster_labels(id, labels, now()))?.ok_or_else(|| cluster_not_found(id))
     }
 
@@ -232,20 +225,16 @@ impl Store {
         token_hash: &Sha256,
         expires: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let issued = dispatch!(self.issue_enrollment_token(
-            cluster,
-            token_hash,
-            micros(expires),
-            now()
-        ))?;
+        let issued = dispatch!(self.issue_enrollment_token(cluster, token_hash, micros(expires), now()))?;
         if issued {
             return Ok(());
         }
         match self.cluster_by_id(cluster).await? {
             None => Err(cluster_not_found(cluster)),
-            Some(found) if found.state == ClusterState::Revoked => Err(StoreError::Conflict(
-                format!("cluster {:?} is revoked", found.name),
-            )),
+            Some(found) if found.state == ClusterState::Revoked => Err(StoreError::Conflict(format!(
+                "cluster {:?} is revoked",
+                found.name
+            ))),
             Some(found) => Err(StoreError::Conflict(format!(
                 "cannot issue a token for cluster {:?}",
                 found.name
@@ -333,11 +322,7 @@ impl Store {
     }
 
     /// One statement for the whole slice (coarse liveness refresh).
-    pub async fn touch_last_seen(
-        &self,
-        ids: &[ClusterId],
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn touch_last_seen(&self, ids: &[ClusterId], at: DateTime<Utc>) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -413,11 +398,7 @@ impl Store {
     }
 
     /// Removes one pin (`Some(remote_key)`) or every pin of a fleet secret; returns how many.
-    pub async fn remove_pins(
-        &self,
-        fleet_secret: &str,
-        remote_key: Option<&str>,
-    ) -> Result<u64, StoreError> {
+    pub async fn remove_pins(&self, fleet_secret: &str, remote_key: Option<&str>) -> Result<u64, StoreError> {
         dispatch!(self.remove_pins(fleet_secret, remote_key))
     }
 
@@ -456,17 +437,12 @@ impl Store {
             return Ok(0);
         }
         let (written, statements) = dispatch!(self.upsert_status_batch(&rows))?;
-        self.status_statements
-            .fetch_add(statements, Ordering::Relaxed);
+        self.status_statements.fetch_add(statements, Ordering::Relaxed);
         Ok(written)
     }
 
     /// Forgets the status of a (cluster, fleet secret) (e.g. it is no longer targeted).
-    pub async fn delete_status(
-        &self,
-        cluster: ClusterId,
-        fleet_secret: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn delete_status(&self, cluster: ClusterId, fleet_secret: &str) -> Result<(), StoreError> {
         dispatch!(self.delete_status(cluster, fleet_secret))
     }
 
@@ -476,10 +452,7 @@ impl Store {
     }
 
     /// Status rows of one fleet secret, by cluster name.
-    pub async fn status_for_fleet_secret(
-        &self,
-        name: &str,
-    ) -> Result<Vec<SyncStatus>, StoreError> {
+    pub async fn status_for_fleet_secret(&self, name: &str) -> Result<Vec<SyncStatus>, StoreError> {
         dispatch!(self.status_for_fleet_secret(name))
     }
 
@@ -675,9 +648,7 @@ fn spec_kind(text: &str) -> Result<SpecKind, StoreError> {
 }
 
 fn change_kind(text: &str) -> Result<ChangeKind, StoreError> {
-    ChangeKind::parse(text).ok_or(StoreError::Corrupt {
-        what: "change kind",
-    })
+    ChangeKind::parse(text).ok_or(StoreError::Corrupt { what: "change kind" })
 }
 
 fn labels_json(labels: &Labels) -> serde_json::Value {
@@ -763,9 +734,7 @@ fn prepare_status_rows(rows: &[StatusRow]) -> Result<Vec<StatusBind>, StoreError
             applied_sha256: row.applied_sha256.map(|sha| sha.0.to_vec()),
             state: row.state.as_str(),
             last_error: row.last_error.as_deref().map(truncate_error),
-            attempts: i32::try_from(row.attempts).map_err(|_| StoreError::OutOfRange {
-                what: "attempts",
-            })?,
+            attempts: i32::try_from(row.attempts).map_err(|_| StoreError::OutOfRange { what: "attempts" })?,
             at: micros(row.at),
         });
     }

@@ -11,11 +11,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::{
-    AppliedMigration, AuditEvent, CHANGES_CHANNEL, Change, ChangeKind, Cluster, Leadership,
-    NewRevision, PgLeadership, PinRecord, RevisionRecord, RolloutRecord, SecretVersionRecord,
-    SpecAction, SpecKind, StatusBind, StoreError, StoredSpec, SyncStatus, TokenState,
-    change_kind, cluster_state, labels_from_json, labels_json, sha256, sources_from_json,
-    sources_json, spec_kind, sync_state, to_i64, to_u32, to_u64,
+    AppliedMigration, AuditEvent, CHANGES_CHANNEL, Change, ChangeKind, Cluster, Leadership, NewRevision,
+    PgLeadership, PinRecord, RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind,
+    StatusBind, StoreError, StoredSpec, SyncStatus, TokenState, change_kind, cluster_state, labels_from_json,
+    labels_json, sha256, sources_from_json, sources_json, spec_kind, sync_state, to_i64, to_u32, to_u64,
 };
 use crate::domain::{ClusterId, Labels, Sha256};
 
@@ -110,10 +109,7 @@ pub(super) async fn create_cluster(
     .try_into()
 }
 
-pub(super) async fn cluster_by_name(
-    pool: &PgPool,
-    name: &str,
-) -> Result<Option<Cluster>, StoreError> {
+pub(super) async fn cluster_by_name(pool: &PgPool, name: &str) -> Result<Option<Cluster>, StoreError> {
     sqlx::query_as!(
         ClusterRow,
         r#"SELECT id, name, labels, state, agent_version, connected_replica, last_seen, created_at
@@ -126,10 +122,7 @@ pub(super) async fn cluster_by_name(
     .transpose()
 }
 
-pub(super) async fn cluster_by_id(
-    pool: &PgPool,
-    id: ClusterId,
-) -> Result<Option<Cluster>, StoreError> {
+pub(super) async fn cluster_by_id(pool: &PgPool, id: ClusterId) -> Result<Option<Cluster>, StoreError> {
     sqlx::query_as!(
         ClusterRow,
         r#"SELECT id, name, labels, state, agent_version, connected_replica, last_seen, created_at
@@ -294,9 +287,7 @@ pub(super) async fn set_cluster_credential(
     Ok(result.rows_affected() == 1)
 }
 
-pub(super) async fn active_credentials(
-    pool: &PgPool,
-) -> Result<Vec<(Sha256, ClusterId)>, StoreError> {
+pub(super) async fn active_credentials(pool: &PgPool) -> Result<Vec<(Sha256, ClusterId)>, StoreError> {
     sqlx::query!(
         r#"SELECT credential_sha256 AS "credential_sha256!", id FROM clusters
            WHERE state = 'active' AND credential_sha256 IS NOT NULL ORDER BY id"#
@@ -447,11 +438,7 @@ pub(super) async fn list_specs(pool: &PgPool) -> Result<Vec<StoredSpec>, StoreEr
         .collect()
 }
 
-pub(super) async fn delete_spec(
-    pool: &PgPool,
-    kind: SpecKind,
-    name: &str,
-) -> Result<bool, StoreError> {
+pub(super) async fn delete_spec(pool: &PgPool, kind: SpecKind, name: &str) -> Result<bool, StoreError> {
     let result = sqlx::query!(
         "DELETE FROM specs WHERE kind = $1 AND name = $2",
         kind.as_str(),
@@ -610,9 +597,7 @@ pub(super) async fn set_rollout(
     revision: i64,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let wave = i32::try_from(r.current_wave).map_err(|_| StoreError::OutOfRange {
-        what: "rollout wave",
-    })?;
+    let wave = i32::try_from(r.current_wave).map_err(|_| StoreError::OutOfRange { what: "rollout wave" })?;
     sqlx::query!(
         "INSERT INTO rollouts (fleet_secret, revision, current_wave, paused, reason, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -767,10 +752,7 @@ fn statuses(rows: Vec<StatusRecord>) -> Result<Vec<SyncStatus>, StoreError> {
     rows.into_iter().map(SyncStatus::try_from).collect()
 }
 
-pub(super) async fn status_for_cluster(
-    pool: &PgPool,
-    id: ClusterId,
-) -> Result<Vec<SyncStatus>, StoreError> {
+pub(super) async fn status_for_cluster(pool: &PgPool, id: ClusterId) -> Result<Vec<SyncStatus>, StoreError> {
     statuses(
         sqlx::query_as!(
             StatusRecord,
@@ -868,11 +850,7 @@ pub(super) async fn append_change(
     .await?)
 }
 
-pub(super) async fn changes_since(
-    pool: &PgPool,
-    cursor: i64,
-    limit: i64,
-) -> Result<Vec<Change>, StoreError> {
+pub(super) async fn changes_since(pool: &PgPool, cursor: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
     sqlx::query!(
         "SELECT seq, kind, subject, at FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
         cursor,
@@ -903,10 +881,7 @@ pub(super) async fn latest_change(pool: &PgPool) -> Result<i64, StoreError> {
 /// LISTENs on a connection of its own (a one-connection pool, so the store's pool keeps all of
 /// its connections) and turns notifications into coalesced wake-ups. Ends when the receiver is
 /// dropped.
-pub(super) async fn spawn_listener(
-    pool: &PgPool,
-    sender: mpsc::Sender<()>,
-) -> Result<(), StoreError> {
+pub(super) async fn spawn_listener(pool: &PgPool, sender: mpsc::Sender<()>) -> Result<(), StoreError> {
     let listen_pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)

@@ -17,10 +17,10 @@ use sqlx::{AssertSqlSafe, Row as _, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord,
-    RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, StatusBind,
-    StoreError, StoredSpec, SyncStatus, TokenState, change_kind, cluster_state, labels_json,
-    sha256, sources_json, spec_kind, sync_state, to_u32, to_u64,
+    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord, RevisionRecord,
+    RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, StatusBind, StoreError, StoredSpec, SyncStatus,
+    TokenState, change_kind, cluster_state, labels_json, sha256, sources_json, spec_kind, sync_state, to_u32,
+    to_u64,
 };
 use crate::domain::{ClusterId, Labels, Sha256};
 
@@ -85,11 +85,7 @@ fn parse_ts(text: &str, what: &'static str) -> Result<DateTime<Utc>, StoreError>
         .map_err(|_| StoreError::Corrupt { what })
 }
 
-fn opt_ts(
-    row: &SqliteRow,
-    column: &str,
-    what: &'static str,
-) -> Result<Option<DateTime<Utc>>, StoreError> {
+fn opt_ts(row: &SqliteRow, column: &str, what: &'static str) -> Result<Option<DateTime<Utc>>, StoreError> {
     row.try_get::<Option<String>, _>(column)?
         .map(|text| parse_ts(&text, what))
         .transpose()
@@ -161,10 +157,7 @@ pub(super) async fn create_cluster(
     }
 }
 
-pub(super) async fn cluster_by_name(
-    pool: &SqlitePool,
-    name: &str,
-) -> Result<Option<Cluster>, StoreError> {
+pub(super) async fn cluster_by_name(pool: &SqlitePool, name: &str) -> Result<Option<Cluster>, StoreError> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = ?1"
     )))
@@ -176,10 +169,7 @@ pub(super) async fn cluster_by_name(
     .transpose()
 }
 
-pub(super) async fn cluster_by_id(
-    pool: &SqlitePool,
-    id: ClusterId,
-) -> Result<Option<Cluster>, StoreError> {
+pub(super) async fn cluster_by_id(pool: &SqlitePool, id: ClusterId) -> Result<Option<Cluster>, StoreError> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = ?1"
     )))
@@ -295,8 +285,7 @@ pub(super) async fn consume_enrollment_token(
     .bind(ts(now))
     .fetch_optional(pool)
     .await?;
-    row.map(|row| uuid(&row, "cluster_id").map(ClusterId))
-        .transpose()
+    row.map(|row| uuid(&row, "cluster_id").map(ClusterId)).transpose()
 }
 
 pub(super) async fn token_state(
@@ -340,9 +329,7 @@ pub(super) async fn set_cluster_credential(
     Ok(result.rows_affected() == 1)
 }
 
-pub(super) async fn active_credentials(
-    pool: &SqlitePool,
-) -> Result<Vec<(Sha256, ClusterId)>, StoreError> {
+pub(super) async fn active_credentials(pool: &SqlitePool) -> Result<Vec<(Sha256, ClusterId)>, StoreError> {
     sqlx::query(
         "SELECT credential_sha256, id FROM clusters
          WHERE state = 'active' AND credential_sha256 IS NOT NULL ORDER BY id",
@@ -474,18 +461,14 @@ pub(super) async fn upsert_spec(
         };
         return Ok((to_u64(generation, "spec generation")?, action));
     }
-    let generation: i64 =
-        sqlx::query_scalar("SELECT generation FROM specs WHERE kind = ?1 AND name = ?2")
-            .bind(kind.as_str())
-            .bind(name)
-            .fetch_optional(pool)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Conflict(format!(
-                    "{} {name:?} was deleted concurrently",
-                    kind.as_str()
-                ))
-            })?;
+    let generation: i64 = sqlx::query_scalar("SELECT generation FROM specs WHERE kind = ?1 AND name = ?2")
+        .bind(kind.as_str())
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Conflict(format!("{} {name:?} was deleted concurrently", kind.as_str()))
+        })?;
     Ok((to_u64(generation, "spec generation")?, SpecAction::Unchanged))
 }
 
@@ -506,11 +489,7 @@ pub(super) async fn list_specs(pool: &SqlitePool) -> Result<Vec<StoredSpec>, Sto
         .collect()
 }
 
-pub(super) async fn delete_spec(
-    pool: &SqlitePool,
-    kind: SpecKind,
-    name: &str,
-) -> Result<bool, StoreError> {
+pub(super) async fn delete_spec(pool: &SqlitePool, kind: SpecKind, name: &str) -> Result<bool, StoreError> {
     let result = sqlx::query("DELETE FROM specs WHERE kind = ?1 AND name = ?2")
         .bind(kind.as_str())
         .bind(name)
@@ -606,11 +585,11 @@ pub(super) async fn latest_revisions(pool: &SqlitePool) -> Result<Vec<RevisionRe
             revision: to_u64(row.try_get("revision")?, "revision")?,
             sha256: sha256(&row.try_get::<Vec<u8>, _>("sha256")?, "revision sha256")?,
             spec_generation: to_u64(row.try_get("spec_generation")?, "spec generation")?,
-            sources: serde_json::from_str(&row.try_get::<String, _>("sources")?).map_err(
-                |_| StoreError::Corrupt {
+            sources: serde_json::from_str(&row.try_get::<String, _>("sources")?).map_err(|_| {
+                StoreError::Corrupt {
                     what: "revision sources",
-                },
-            )?,
+                }
+            })?,
             created: req_ts(row, "created_at", "revision created_at")?,
         })
     })
@@ -645,31 +624,27 @@ pub(super) async fn remove_pins(
     fleet_secret: &str,
     remote_key: Option<&str>,
 ) -> Result<u64, StoreError> {
-    let result = sqlx::query(
-        "DELETE FROM pins WHERE fleet_secret = ?1 AND (?2 IS NULL OR remote_key = ?2)",
-    )
-    .bind(fleet_secret)
-    .bind(remote_key)
-    .execute(pool)
-    .await?;
+    let result = sqlx::query("DELETE FROM pins WHERE fleet_secret = ?1 AND (?2 IS NULL OR remote_key = ?2)")
+        .bind(fleet_secret)
+        .bind(remote_key)
+        .execute(pool)
+        .await?;
     Ok(result.rows_affected())
 }
 
 pub(super) async fn pins(pool: &SqlitePool) -> Result<Vec<PinRecord>, StoreError> {
-    sqlx::query(
-        "SELECT fleet_secret, remote_key, version FROM pins ORDER BY fleet_secret, remote_key",
-    )
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|row| {
-        Ok(PinRecord {
-            fleet_secret: row.try_get("fleet_secret")?,
-            remote_key: row.try_get("remote_key")?,
-            version: row.try_get("version")?,
+    sqlx::query("SELECT fleet_secret, remote_key, version FROM pins ORDER BY fleet_secret, remote_key")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(PinRecord {
+                fleet_secret: row.try_get("fleet_secret")?,
+                remote_key: row.try_get("remote_key")?,
+                version: row.try_get("version")?,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 pub(super) async fn set_rollout(
@@ -751,9 +726,8 @@ pub(super) async fn upsert_status_batch(
     let mut written = 0;
     let mut statements = 0;
     for chunk in rows.chunks(per_statement) {
-        let mut sql = String::with_capacity(
-            STATUS_UPSERT_HEAD.len() + STATUS_UPSERT_TAIL.len() + chunk.len() * 20,
-        );
+        let mut sql =
+            String::with_capacity(STATUS_UPSERT_HEAD.len() + STATUS_UPSERT_TAIL.len() + chunk.len() * 20);
         sql.push_str(STATUS_UPSERT_HEAD);
         for index in 0..chunk.len() {
             if index > 0 {
@@ -929,11 +903,9 @@ pub(super) async fn changes_since(
 }
 
 pub(super) async fn latest_change(pool: &SqlitePool) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT COALESCE(max(seq), 0) FROM changes")
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("SELECT COALESCE(max(seq), 0) FROM changes")
+        .fetch_one(pool)
+        .await?)
 }
 
 // --- audit ---

@@ -51,9 +51,7 @@ where
             let outcome = AssertUnwindSafe(body(store.clone())).catch_unwind().await;
             store.close().await;
             admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE {name} WITH (FORCE)"
-                )))
+                .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
                 .await
                 .expect("drop the test database");
             if let Err(panic) = outcome {
@@ -205,7 +203,10 @@ async fn clusters_crud(store: Store) {
     let us = cluster(&store, "us-1").await;
     let ap = cluster(&store, "ap-1").await;
 
-    assert_eq!(store.cluster_by_name("eu-1").await.expect("read"), Some(eu.clone()));
+    assert_eq!(
+        store.cluster_by_name("eu-1").await.expect("read"),
+        Some(eu.clone())
+    );
     assert_eq!(store.cluster_by_id(us.id).await.expect("read"), Some(us.clone()));
     assert_eq!(store.cluster_by_name("nope").await.expect("read"), None);
     assert_eq!(
@@ -219,7 +220,12 @@ async fn clusters_crud(store: Store) {
         .expect("relabel");
     assert_eq!(relabelled.labels, labels(&[("env", "dev"), ("ring", "canary")]));
     assert_eq!(
-        store.cluster_by_id(ap.id).await.expect("read").expect("exists").labels,
+        store
+            .cluster_by_id(ap.id)
+            .await
+            .expect("read")
+            .expect("exists")
+            .labels,
         relabelled.labels
     );
     let missing = ClusterId(uuid::Uuid::new_v4());
@@ -243,16 +249,11 @@ async fn selectors_push_down_and_apply_exactly(store: Store) {
         ("c", &[("env", "dev"), ("region", "eu")][..]),
         ("d", &[][..]),
     ] {
-        store
-            .create_cluster(name, &labels(pairs))
-            .await
-            .expect("create");
+        store.create_cluster(name, &labels(pairs)).await.expect("create");
     }
-    let select = |match_labels: &[(&str, &str)], expressions: Vec<LabelRequirement>| {
-        LabelSelector {
-            match_labels: labels(match_labels),
-            match_expressions: expressions,
-        }
+    let select = |match_labels: &[(&str, &str)], expressions: Vec<LabelRequirement>| LabelSelector {
+        match_labels: labels(match_labels),
+        match_expressions: expressions,
     };
     let requirement = |key: &str, operator, values: &[&str]| LabelRequirement {
         key: key.to_owned(),
@@ -265,11 +266,17 @@ async fn selectors_push_down_and_apply_exactly(store: Store) {
         (select(&[("env", "prod"), ("region", "eu")], vec![]), vec!["a"]),
         (select(&[("env", "staging")], vec![]), vec![]),
         (
-            select(&[], vec![requirement("region", SelectorOperator::In, &["eu", "us"])]),
+            select(
+                &[],
+                vec![requirement("region", SelectorOperator::In, &["eu", "us"])],
+            ),
             vec!["a", "b", "c"],
         ),
         (
-            select(&[], vec![requirement("ring", SelectorOperator::NotIn, &["canary"])]),
+            select(
+                &[],
+                vec![requirement("ring", SelectorOperator::NotIn, &["canary"])],
+            ),
             vec!["a", "c", "d"],
         ),
         (
@@ -308,15 +315,24 @@ async fn enrollment_tokens_are_single_use(store: Store) {
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(
-        store.consume_enrollment_token(&digest("other"), at(0)).await.expect("consume"),
+        store
+            .consume_enrollment_token(&digest("other"), at(0))
+            .await
+            .expect("consume"),
         Err(TokenRejection::Unknown)
     );
     assert_eq!(
-        store.consume_enrollment_token(&token, at(0)).await.expect("consume"),
+        store
+            .consume_enrollment_token(&token, at(0))
+            .await
+            .expect("consume"),
         Ok(c.id)
     );
     assert_eq!(
-        store.consume_enrollment_token(&token, at(1)).await.expect("consume"),
+        store
+            .consume_enrollment_token(&token, at(1))
+            .await
+            .expect("consume"),
         Err(TokenRejection::Used)
     );
 
@@ -326,7 +342,10 @@ async fn enrollment_tokens_are_single_use(store: Store) {
         .await
         .expect("issue");
     assert_eq!(
-        store.consume_enrollment_token(&expiring, at(10)).await.expect("consume"),
+        store
+            .consume_enrollment_token(&expiring, at(10))
+            .await
+            .expect("consume"),
         Err(TokenRejection::Expired),
         "a token is expired at its expiry time"
     );
@@ -338,11 +357,16 @@ async fn enrollment_tokens_are_single_use(store: Store) {
         .expect("issue");
     store.revoke_cluster(c.id).await.expect("revoke");
     assert_eq!(
-        store.consume_enrollment_token(&pending, at(1)).await.expect("consume"),
+        store
+            .consume_enrollment_token(&pending, at(1))
+            .await
+            .expect("consume"),
         Err(TokenRejection::ClusterRevoked)
     );
     assert!(matches!(
-        store.issue_enrollment_token(c.id, &digest("token-4"), at(1000)).await,
+        store
+            .issue_enrollment_token(c.id, &digest("token-4"), at(1000))
+            .await,
         Err(StoreError::Conflict(_))
     ));
 }
@@ -378,7 +402,12 @@ async fn credentials_and_revocation(store: Store) {
         .await
         .expect("credential");
     assert_eq!(
-        store.cluster_by_id(a.id).await.expect("read").expect("exists").state,
+        store
+            .cluster_by_id(a.id)
+            .await
+            .expect("read")
+            .expect("exists")
+            .state,
         ClusterState::Active
     );
     let mut expected = vec![(digest("cred-a"), a.id), (digest("cred-b"), b.id)];
@@ -439,19 +468,26 @@ async fn connect_disconnect_and_liveness(store: Store) {
         .await
         .expect("disconnect");
     assert_eq!(
-        store.cluster_by_id(a.id).await.expect("read").expect("exists").connected_replica,
+        store
+            .cluster_by_id(a.id)
+            .await
+            .expect("read")
+            .expect("exists")
+            .connected_replica,
         None
     );
 
-    store
-        .touch_last_seen(&[a.id, b.id], at(30))
-        .await
-        .expect("touch");
+    store.touch_last_seen(&[a.id, b.id], at(30)).await.expect("touch");
     // Never moves backwards.
     store.touch_last_seen(&[a.id], at(25)).await.expect("touch");
     for id in [a.id, b.id] {
         assert_eq!(
-            store.cluster_by_id(id).await.expect("read").expect("exists").last_seen,
+            store
+                .cluster_by_id(id)
+                .await
+                .expect("read")
+                .expect("exists")
+                .last_seen,
             Some(at(30))
         );
     }
@@ -460,7 +496,12 @@ async fn connect_disconnect_and_liveness(store: Store) {
     assert_eq!(store.clear_replica("replica-1").await.expect("clear"), 1);
     assert_eq!(store.clear_replica("replica-1").await.expect("clear"), 0);
     assert_eq!(
-        store.cluster_by_id(b.id).await.expect("read").expect("exists").connected_replica,
+        store
+            .cluster_by_id(b.id)
+            .await
+            .expect("read")
+            .expect("exists")
+            .connected_replica,
         None
     );
     let missing = ClusterId(uuid::Uuid::new_v4());
@@ -474,20 +515,32 @@ async fn specs_generations(store: Store) {
     let yaml1 = "kind: FleetSecret\nname: db\n";
     let yaml2 = "kind: FleetSecret\nname: db\nx: 1\n";
     assert_eq!(
-        store.upsert_spec(SpecKind::FleetSecret, "db", yaml1).await.expect("upsert"),
+        store
+            .upsert_spec(SpecKind::FleetSecret, "db", yaml1)
+            .await
+            .expect("upsert"),
         (1, SpecAction::Created)
     );
     assert_eq!(
-        store.upsert_spec(SpecKind::FleetSecret, "db", yaml1).await.expect("upsert"),
+        store
+            .upsert_spec(SpecKind::FleetSecret, "db", yaml1)
+            .await
+            .expect("upsert"),
         (1, SpecAction::Unchanged)
     );
     assert_eq!(
-        store.upsert_spec(SpecKind::FleetSecret, "db", yaml2).await.expect("upsert"),
+        store
+            .upsert_spec(SpecKind::FleetSecret, "db", yaml2)
+            .await
+            .expect("upsert"),
         (2, SpecAction::Configured)
     );
     // Same name, other kind: a separate spec.
     assert_eq!(
-        store.upsert_spec(SpecKind::SecretStore, "db", "kind: SecretStore\n").await.expect("upsert"),
+        store
+            .upsert_spec(SpecKind::SecretStore, "db", "kind: SecretStore\n")
+            .await
+            .expect("upsert"),
         (1, SpecAction::Created)
     );
     let specs = store.list_specs().await.expect("list");
@@ -502,10 +555,23 @@ async fn specs_generations(store: Store) {
             (SpecKind::SecretStore, "db", "kind: SecretStore\n", 1),
         ]
     );
-    assert!(store.delete_spec(SpecKind::FleetSecret, "db").await.expect("delete"));
-    assert!(!store.delete_spec(SpecKind::FleetSecret, "db").await.expect("delete"));
+    assert!(
+        store
+            .delete_spec(SpecKind::FleetSecret, "db")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_spec(SpecKind::FleetSecret, "db")
+            .await
+            .expect("delete")
+    );
     assert_eq!(
-        store.upsert_spec(SpecKind::FleetSecret, "db", yaml1).await.expect("upsert"),
+        store
+            .upsert_spec(SpecKind::FleetSecret, "db", yaml1)
+            .await
+            .expect("upsert"),
         (1, SpecAction::Created)
     );
     assert_eq!(SpecAction::Configured.as_str(), "configured");
@@ -551,18 +617,45 @@ async fn revisions_idempotent_and_monotonic(store: Store) {
         spec_generation: generation,
         sources: vec![("db-password".to_owned(), format!("v-{content}"))],
     };
-    let a1 = store.upsert_revision(&revision("a", "one", 1)).await.expect("upsert");
-    assert_eq!(store.upsert_revision(&revision("a", "one", 1)).await.expect("again"), a1);
-    let a2 = store.upsert_revision(&revision("a", "two", 1)).await.expect("upsert");
+    let a1 = store
+        .upsert_revision(&revision("a", "one", 1))
+        .await
+        .expect("upsert");
+    assert_eq!(
+        store
+            .upsert_revision(&revision("a", "one", 1))
+            .await
+            .expect("again"),
+        a1
+    );
+    let a2 = store
+        .upsert_revision(&revision("a", "two", 1))
+        .await
+        .expect("upsert");
     assert!(a2 > a1);
-    let b1 = store.upsert_revision(&revision("b", "one", 1)).await.expect("upsert");
+    let b1 = store
+        .upsert_revision(&revision("b", "one", 1))
+        .await
+        .expect("upsert");
     assert!(b1 > a2, "numbers are global across fleet secrets");
-    let a3 = store.upsert_revision(&revision("a", "two", 2)).await.expect("new generation");
+    let a3 = store
+        .upsert_revision(&revision("a", "two", 2))
+        .await
+        .expect("new generation");
     assert!(a3 > b1);
     // Content that comes back after another revision is a new, newest revision.
-    let a4 = store.upsert_revision(&revision("a", "one", 2)).await.expect("back");
+    let a4 = store
+        .upsert_revision(&revision("a", "one", 2))
+        .await
+        .expect("back");
     assert!(a4 > a3);
-    assert_eq!(store.upsert_revision(&revision("a", "one", 2)).await.expect("again"), a4);
+    assert_eq!(
+        store
+            .upsert_revision(&revision("a", "one", 2))
+            .await
+            .expect("again"),
+        a4
+    );
 
     // Two concurrent writers of the same content get the same number.
     let same = revision("c", "same", 1);
@@ -600,7 +693,11 @@ async fn pins_and_rollouts(store: Store) {
     };
     assert_eq!(
         store.pins().await.expect("pins"),
-        [pin("api", "key", "k1"), pin("db", "password", "v2"), pin("db", "user", "u1")]
+        [
+            pin("api", "key", "k1"),
+            pin("db", "password", "v2"),
+            pin("db", "user", "u1")
+        ]
     );
     assert_eq!(store.remove_pins("db", Some("user")).await.expect("remove"), 1);
     assert_eq!(store.remove_pins("db", Some("user")).await.expect("remove"), 0);
@@ -717,10 +814,7 @@ async fn status_semantics(store: Store) {
     // Same pair twice in one batch: the later row wins.
     let mut earlier = nack.clone();
     earlier.attempts = 1;
-    store
-        .upsert_status_batch(&[earlier, nack])
-        .await
-        .expect("nack");
+    store.upsert_status_batch(&[earlier, nack]).await.expect("nack");
     let read = &store.status_for_cluster(a.id).await.expect("read")[0];
     assert_eq!(read.state, SyncState::Error);
     assert_eq!(read.attempts, 3);
@@ -776,8 +870,14 @@ async fn change_log_tail(store: Store) {
     assert_eq!(store.latest_change().await.expect("latest"), 0);
     assert_eq!(store.changes_since(0, 10).await.expect("tail"), []);
     let one = store.append_change(ChangeKind::Spec, "db").await.expect("append");
-    let two = store.append_change(ChangeKind::Revision, "db").await.expect("append");
-    let three = store.append_change(ChangeKind::Cluster, "eu-1").await.expect("append");
+    let two = store
+        .append_change(ChangeKind::Revision, "db")
+        .await
+        .expect("append");
+    let three = store
+        .append_change(ChangeKind::Cluster, "eu-1")
+        .await
+        .expect("append");
     assert!(one < two && two < three);
     assert_eq!(store.latest_change().await.expect("latest"), three);
     let all = store.changes_since(0, 10).await.expect("tail");
@@ -862,12 +962,7 @@ async fn leader_election(store: Store) {
 
     // Losing the connection is reported by lost().
     let pid = leader.backend_pid().expect("postgres leadership");
-    let killed = inspect!(
-        store,
-        (bool,),
-        "SELECT pg_terminate_backend($1)".to_owned(),
-        pid
-    );
+    let killed = inspect!(store, (bool,), "SELECT pg_terminate_backend($1)".to_owned(), pid);
     assert_eq!(killed, [(true,)]);
     tokio::time::timeout(Duration::from_secs(30), leader.lost())
         .await
@@ -901,11 +996,7 @@ async fn audit_returns_exactly_what_was_passed(store: Store) {
         .collect();
     assert_eq!(read, expected, "newest first, exactly as passed");
     assert_eq!(store.audit(1).await.expect("read"), expected[..1]);
-    let columns = inspect!(
-        store,
-        (i64,),
-        "SELECT count(*) FROM audit_events".to_owned()
-    );
+    let columns = inspect!(store, (i64,), "SELECT count(*) FROM audit_events".to_owned());
     assert_eq!(columns, [(3,)]);
 }
 
@@ -916,7 +1007,10 @@ async fn dashboard_views(store: Store) {
     }
     // c1, c2 online; c3, c4 offline.
     for id in &ids[..2] {
-        store.record_connect(*id, "r1", "0.1.0", at(0)).await.expect("connect");
+        store
+            .record_connect(*id, "r1", "0.1.0", at(0))
+            .await
+            .expect("connect");
     }
     let mut rows = vec![
         applied(status_row(ids[0], "db", 8, 0), 8, 10),
@@ -1002,8 +1096,22 @@ async fn dashboard_views(store: Store) {
     assert_eq!(
         lagging,
         [
-            ("c3".to_owned(), "db".to_owned(), 8, None, "pending".to_owned(), false),
-            ("c4".to_owned(), "db".to_owned(), 8, Some(7), "error".to_owned(), false),
+            (
+                "c3".to_owned(),
+                "db".to_owned(),
+                8,
+                None,
+                "pending".to_owned(),
+                false
+            ),
+            (
+                "c4".to_owned(),
+                "db".to_owned(),
+                8,
+                Some(7),
+                "error".to_owned(),
+                false
+            ),
         ]
     );
 }
@@ -1022,7 +1130,10 @@ async fn no_column_holds_a_secret_value(store: Store) {
         .await
         .expect("token");
     assert_eq!(
-        store.consume_enrollment_token(&digest("token"), at(1)).await.expect("consume"),
+        store
+            .consume_enrollment_token(&digest("token"), at(1))
+            .await
+            .expect("consume"),
         Ok(c.id)
     );
     store
@@ -1069,7 +1180,10 @@ async fn no_column_holds_a_secret_value(store: Store) {
     let mut row = applied(status_row(c.id, "db", revision, 0), revision, 1);
     row.applied_sha256 = Some(Sha256::of(encoded.as_bytes()));
     store.upsert_status_batch(&[row]).await.expect("status");
-    store.append_change(ChangeKind::Revision, "db").await.expect("change");
+    store
+        .append_change(ChangeKind::Revision, "db")
+        .await
+        .expect("change");
     store
         .append_audit("alice", "pin.set", "db/db-password@v1", at(1))
         .await
