@@ -638,7 +638,7 @@ mod tests {
             .command
         {
             Command::Client(command) => command,
-            Command::Serve(_) => panic!("{args:?} parsed as serve"),
+            other => panic!("{args:?} parsed as {other:?}"),
         }
     }
 
