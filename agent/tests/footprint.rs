@@ -53,7 +53,10 @@ async fn agent_rss_with_fifty_managed_secrets_stays_under_32_mib() {
     std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).expect("kubeconfig");
     let hub_ca = dir.path().join("hub-ca.pem");
     std::fs::write(&hub_ca, &hub.ca_pem).expect("hub ca");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfleet-agent"))
+    // KEYFLEET_AGENT_BIN measures another build (e.g. target/release/keyfleet-agent).
+    let binary =
+        std::env::var_os("KEYFLEET_AGENT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_keyfleet-agent").into());
+    let mut child = tokio::process::Command::new(binary)
         .args([
             "--hub-url",
             &hub.url,
