@@ -1,6 +1,8 @@
 use clap::Parser as _;
 
-#[tokio::main]
+// One thread: the agent's work is a few sockets; a multi-thread runtime would start a worker (and
+// a malloc arena) per node core for nothing.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let config = keyfleet_agent::config::Cli::parse(); // bad flag or env: clap prints usage, exits 2
     keyfleet_agent::telemetry::init(&config.log, config.log_format)?;
