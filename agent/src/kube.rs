@@ -336,17 +336,43 @@ impl KubeCluster {
     /// dropped.
     pub async fn run_watcher(&self) {
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-        let stream = watcher::watcher(Api::<Secret>::all(self.client.clone()), config);
-        let stream = kube::runtime::WatchStreamExt::default_backoff(stream);
-        let mut stream = std::pin::pin!(stream);
+        // With an allow-list, one namespaced watch per namespace: the agent then needs Secret
+        // rights in those namespaces only (RBAC cannot narrow a cluster-wide list by label).
+        let scopes: Vec<Option<String>> = match &self.settings.allowed_namespaces {
+            Some(namespaces) => namespaces.iter().cloned().map(Some).collect(),
+            None => vec![None],
+        };
+        let streams = scopes.iter().enumerate().map(|(index, scope)| {
+            let api: Api<Secret> = match scope {
+                Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+                None => Api::all(self.client.clone()),
+            };
+            let stream =
+                kube::runtime::WatchStreamExt::default_backoff(watcher::watcher(api, config.clone()));
+            stream.map(move |event| (index, event)).boxed()
+        });
+        let mut stream = futures::stream::select_all(streams);
         let mut audit = tokio::time::interval(self.settings.audit_interval);
         audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut buffer: Option<BTreeMap<Location, Entry>> = None;
+        let mut buffers: Vec<Option<BTreeMap<Location, Entry>>> = scopes.iter().map(|_| None).collect();
+        let mut listed = vec![false; scopes.len()];
         loop {
             tokio::select! {
                 event = stream.next() => match event {
-                    Some(Ok(event)) => self.on_event(event, &mut buffer).await,
-                    Some(Err(error)) => tracing::warn!(error = %describe_watch(&error), "secret watch failed, retrying"),
+                    Some((index, Ok(event))) => {
+                        let initial_done = matches!(event, watcher::Event::InitDone);
+                        self.on_event(scopes[index].as_deref(), event, &mut buffers[index]).await;
+                        if initial_done && !listed[index] {
+                            listed[index] = true;
+                            if listed.iter().all(|listed| *listed) {
+                                self.synced.send_replace(true);
+                                tracing::debug!(secrets = self.state().cache.len(), "managed secrets listed");
+                            }
+                        }
+                    }
+                    Some((_, Err(error))) => {
+                        tracing::warn!(error = %describe_watch(&error), "secret watch failed, retrying");
+                    }
                     None => return,
                 },
                 _ = audit.tick() => {
@@ -359,7 +385,13 @@ impl KubeCluster {
         }
     }
 
-    async fn on_event(&self, event: watcher::Event<Secret>, buffer: &mut Option<BTreeMap<Location, Entry>>) {
+    /// One watch event from the watch of `scope` (a namespace, or `None` for all).
+    async fn on_event(
+        &self,
+        scope: Option<&str>,
+        event: watcher::Event<Secret>,
+        buffer: &mut Option<BTreeMap<Location, Entry>>,
+    ) {
         match event {
             watcher::Event::Init => *buffer = Some(BTreeMap::new()),
             watcher::Event::InitApply(secret) => {
@@ -370,15 +402,30 @@ impl KubeCluster {
             watcher::Event::InitDone => {
                 let fresh = buffer.take().unwrap_or_default();
                 let _guard = self.write_lock.lock().await;
-                let previous = std::mem::take(&mut self.state().cache);
-                let locations: BTreeSet<Location> = previous.keys().chain(fresh.keys()).cloned().collect();
-                self.state().cache = fresh;
+                let in_scope = |location: &Location| scope.is_none_or(|namespace| location.0 == namespace);
+                let previous: BTreeMap<Location, Entry> = {
+                    let mut state = self.state();
+                    let (previous, other) = std::mem::take(&mut state.cache)
+                        .into_iter()
+                        .partition(|(location, _)| in_scope(location));
+                    state.cache = other;
+                    state
+                        .cache
+                        .extend(fresh.into_iter().filter(|(location, _)| in_scope(location)));
+                    previous
+                };
+                let locations: BTreeSet<Location> = {
+                    let state = self.state();
+                    previous
+                        .keys()
+                        .chain(state.cache.keys().filter(|location| in_scope(location)))
+                        .cloned()
+                        .collect()
+                };
                 for location in locations {
                     let before = previous.get(&location).map(|entry| entry.observed.clone());
                     self.changed(&location, before).await;
                 }
-                self.synced.send_replace(true);
-                tracing::debug!(secrets = self.state().cache.len(), "managed secrets listed");
             }
             watcher::Event::Apply(secret) => {
                 let Some((location, entry)) = observe(secret) else {

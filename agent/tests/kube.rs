@@ -479,6 +479,62 @@ async fn without_rights_to_list_secrets_nothing_is_planned_and_the_reason_is_nam
 }
 
 #[tokio::test]
+async fn with_an_allow_list_namespaced_rights_are_enough() {
+    let (_fake, handle) = fake().await;
+    // Secrets only in a and b (no cluster-wide Secret rights at all), namespaces readable.
+    handle.add_token(
+        "namespaced",
+        Permissions::none("agent")
+            .allow(&[Verb::Get, Verb::List, Verb::Watch], &[Kind::Namespace], &[])
+            .allow(&[], &[Kind::Secret], &["a", "b"]),
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&handle.kubeconfig_yaml_with_token("namespaced"))
+        .expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let mut settings = KubeSettings::new("keyfleet-system", "keyfleet-agent-credential");
+    settings.allowed_namespaces = Some(["a".to_string(), "b".to_string()].into());
+    let (cluster, mut events) = KubeCluster::new(
+        kube::Client::try_from(config).expect("client"),
+        settings,
+        Metrics::default(),
+    );
+    with_watcher(&cluster, async {
+        cluster
+            .upsert(desired(payload("regcred", 2, VALUE, &["a", "b"])))
+            .await
+            .expect("applied");
+        assert_eq!(
+            cluster
+                .applied()
+                .await
+                .expect("state")
+                .get("regcred")
+                .map(|a| a.revision),
+            Some(2)
+        );
+        let refusal = cluster
+            .upsert(desired(payload("elsewhere", 1, VALUE, &["keyfleet-system"])))
+            .await
+            .expect_err("not allowed");
+        assert_eq!(refusal.code, ErrorCode::Invalid);
+        assert!(handle.delete_secret("b", "regcred"));
+        assert_eq!(
+            next_event(&mut events).await,
+            ClusterEvent::Drift {
+                key: "regcred".into(),
+                namespace: "b".into(),
+                kind: DriftKind::Deleted,
+                revision: 2
+            }
+        );
+        assert!(handle.get_secret("b", "regcred").is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_deletion_missed_while_the_watch_was_down_is_repaired_after_the_relist() {
     let (_fake, handle) = fake().await;
     let (cluster, mut events) = cluster(&handle).await;
