@@ -471,8 +471,10 @@ fn write(
                 }
             }
         }
-        Verb::Delete => return delete(inner, cluster, target, query, bytes, dry_run),
-        Verb::DeleteCollection => return delete_collection(inner, cluster, target, query, dry_run),
+        Verb::Delete => return delete(inner, cluster, target, query, bytes, dry_run, manager.as_deref()),
+        Verb::DeleteCollection => {
+            return delete_collection(inner, cluster, target, query, dry_run, manager.as_deref());
+        }
         Verb::Get | Verb::List | Verb::Watch => return Err(ApiError::method_not_allowed("GET", "write")),
     };
     let Written {
@@ -530,6 +532,7 @@ fn delete(
     query: &Query,
     bytes: &Bytes,
     dry_run: bool,
+    manager: Option<&str>,
 ) -> Result<Response, ApiError> {
     let (preconditions, body_dry_run) = delete_options(query, bytes)?;
     let name = target.name.as_deref().unwrap_or_default();
@@ -540,7 +543,7 @@ fn delete(
         &preconditions,
         dry_run || body_dry_run,
     )?;
-    inner.publish(cluster, committed, None);
+    inner.publish(cluster, committed, manager);
     let body = match target.kind {
         Kind::Secret => status::success(name, target.kind.resource(), &object.meta.uid),
         Kind::Namespace => object.to_json(),
@@ -554,6 +557,7 @@ fn delete_collection(
     target: &Target,
     query: &Query,
     dry_run: bool,
+    manager: Option<&str>,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(target.kind, query)?;
     let mut state = cluster.lock();
@@ -582,7 +586,7 @@ fn delete_collection(
     }
     let resource_version = state.resource_version();
     drop(state);
-    inner.publish(cluster, committed, None);
+    inner.publish(cluster, committed, manager);
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": target.kind.list_kind(), "apiVersion": "v1",

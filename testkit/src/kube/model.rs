@@ -225,6 +225,8 @@ pub struct ObjectMeta {
     pub owner_references: Option<Value>,
     /// `metadata.managedFields`.
     pub managed_fields: Vec<ManagedFields>,
+    /// `metadata.generateName` of a create request (never stored).
+    pub generate_name: Option<String>,
 }
 
 /// The kind-specific part of an object.
@@ -719,6 +721,7 @@ impl ObjectMeta {
             finalizers: None,
             owner_references: None,
             managed_fields: Vec::new(),
+            generate_name: None,
         }
     }
 }
@@ -758,8 +761,8 @@ fn decode_meta(value: &Value, meta: &mut ObjectMeta, unknown: &mut Vec<String>) 
             | "deletionTimestamp"
             | "deletionGracePeriodSeconds"
             | "generation"
-            | "selfLink"
-            | "generateName" => {}
+            | "selfLink" => {}
+            "generateName" => meta.generate_name = optional_string(field, "metadata.generateName")?,
             other => unknown.push(format!(".metadata.{other}")),
         }
     }

@@ -415,12 +415,25 @@ impl State {
             self.namespace_exists(namespace)?;
         }
         if object.meta.name.is_empty() {
-            return Err(ApiError::invalid(
-                kind.name(),
-                kind.resource(),
-                "",
-                vec![required("metadata.name")],
-            ));
+            match object.meta.generate_name.take() {
+                Some(prefix) if !prefix.is_empty() => {
+                    let suffix: String = uuid::Uuid::new_v4()
+                        .simple()
+                        .to_string()
+                        .chars()
+                        .take(5)
+                        .collect();
+                    object.meta.name = format!("{prefix}{suffix}");
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        kind.name(),
+                        kind.resource(),
+                        "",
+                        vec![required("metadata.name")],
+                    ));
+                }
+            }
         }
         if self.get(kind, namespace, &object.meta.name).is_some() {
             return Err(ApiError::already_exists(kind.resource(), &object.meta.name));
@@ -770,6 +783,7 @@ fn check_namespace_field(object: &mut Object, namespace: Option<&str>) -> Result
 }
 
 fn prepare_new(object: &mut Object) {
+    object.meta.generate_name = None;
     object.meta.uid = uuid::Uuid::new_v4().to_string();
     object.meta.creation_timestamp = Utc::now();
     object.meta.deletion_timestamp = None;
@@ -797,6 +811,7 @@ fn default_fields(object: &mut Object) {
 }
 
 fn keep_server_fields(object: &mut Object, live: &Object) {
+    object.meta.generate_name = None;
     object.meta.uid.clone_from(&live.meta.uid);
     object.meta.creation_timestamp = live.meta.creation_timestamp;
     object.meta.deletion_timestamp = live.meta.deletion_timestamp;
@@ -1217,6 +1232,24 @@ mod tests {
         assert!(!perms.allows(Verb::Patch, Kind::Secret, Some("other")));
         assert!(!perms.allows(Verb::Delete, Kind::Secret, Some("apps")));
         assert!(!perms.allows(Verb::List, Kind::Namespace, None));
+    }
+
+    #[test]
+    fn create_with_generate_name_picks_a_name() {
+        let mut state = State::new(10);
+        let body =
+            config(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"generateName": "tok-"}}));
+        let written = state
+            .create(Some("default"), body, &options("a", false))
+            .expect("create");
+        let name = &written.object.meta.name;
+        assert!(name.starts_with("tok-") && name.len() == 9, "{name}");
+        assert!(written.object.meta.generate_name.is_none());
+        let body = config(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}}));
+        let error = state
+            .create(Some("default"), body, &options("a", false))
+            .expect_err("no name");
+        assert_eq!(error.code, 422);
     }
 
     #[test]
