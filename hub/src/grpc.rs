@@ -1,8 +1,10 @@
 //! The gRPC surface of the hub (tonic). Only this module names `keyfleet_proto` types.
 //!
+//! - `admin`: the `Admin` service behind the CLI, with its own (admin token) authentication.
 //! - `convert`: every proto ⇄ domain conversion, including encoding a rendered revision once.
 //! - `sync`: the `SecretSync` stream service over `crate::fleet`.
 //! - `server`: TLS material and the tonic listener.
+pub mod admin;
 pub mod convert;
 pub mod server;
 pub mod sync;

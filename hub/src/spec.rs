@@ -21,7 +21,7 @@ mod validate;
 mod yaml;
 
 pub use template::{Template, TemplateError};
-pub(crate) use validate::is_secret_key;
+pub(crate) use validate::{is_dns1123_label, is_label_value, is_qualified_name, is_secret_key};
 
 /// The two kinds of spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
