@@ -31,6 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -250,7 +251,7 @@ pub const MANUAL_PAUSE_REASON: &str = "paused by admin";
 /// Computes the plan.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let clusters = input.clusters;
-    let cluster_index: HashMap<ClusterId, usize> = clusters
+    let cluster_index: FastMap<ClusterId, usize> = clusters
         .iter()
         .enumerate()
         .map(|(index, cluster)| (cluster.id, index))
@@ -280,7 +281,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .iter()
         .map(|secret| Arc::from(secret.spec.name.as_str()))
         .collect();
-    let secret_index: HashMap<&str, usize> = input
+    let secret_index: FastMap<&str, usize> = input
         .fleet_secrets
         .iter()
         .enumerate()
@@ -288,14 +289,24 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .collect();
 
     // Status by FleetSecret, then by cluster index.
-    let mut status_by_secret: Vec<HashMap<usize, &PlanStatus>> =
-        vec![HashMap::new(); input.fleet_secrets.len()];
-    for row in input.status {
-        if let (Some(&secret), Some(&cluster)) = (
-            secret_index.get(row.fleet_secret.as_str()),
-            cluster_index.get(&row.cluster),
-        ) {
-            status_by_secret[secret].insert(cluster, row);
+    // Each status row resolved once: (cluster index, FleetSecret index when it still exists).
+    let rows: Vec<Option<(usize, Option<usize>)>> = input
+        .status
+        .iter()
+        .map(|row| {
+            let cluster = *cluster_index.get(&row.cluster)?;
+            Some((cluster, secret_index.get(row.fleet_secret.as_str()).copied()))
+        })
+        .collect();
+    // Dense status table: FleetSecret index → cluster index → row.
+    let mut status_by_secret: Vec<Vec<Option<&PlanStatus>>> = vec![Vec::new(); input.fleet_secrets.len()];
+    for (row, resolved) in input.status.iter().zip(&rows) {
+        if let Some((cluster, Some(secret))) = *resolved {
+            let table = &mut status_by_secret[secret];
+            if table.is_empty() {
+                table.resize(clusters.len(), None);
+            }
+            table[cluster] = Some(row);
         }
     }
     let progress: HashMap<&str, &RolloutProgress> = input
@@ -337,16 +348,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 
     let mut removals: Vec<Vec<Removal>> = vec![Vec::new(); clusters.len()];
-    for row in input.status {
-        let Some(&cluster) = cluster_index.get(&row.cluster) else {
+    for (row, resolved) in input.status.iter().zip(&rows) {
+        let Some((cluster, secret)) = *resolved else {
             continue;
         };
         if clusters[cluster].state == ClusterState::Revoked {
             continue;
         }
-        let removal = match secret_index.get(row.fleet_secret.as_str()) {
-            Some(&secret) if targeted_by_secret[secret][cluster] => None,
-            Some(&secret) => Some(Removal {
+        let removal = match secret {
+            Some(secret) if targeted_by_secret[secret][cluster] => None,
+            Some(secret) => Some(Removal {
                 fleet_secret: Arc::clone(&names[secret]),
                 deletion_policy: input.fleet_secrets[secret].spec.target.deletion_policy,
             }),
@@ -379,6 +390,36 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     Plan { clusters, rollouts }
 }
 
+/// A `HashMap` with [`FastHasher`]: the planner's keys (random UUIDs, short names) need no
+/// protection against crafted collisions, and SipHash dominated its lookups.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// Multiply-rotate hashing of 8-byte words (the FxHash scheme) with a final avalanche.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(SEED);
+        }
+    }
+
+    /// Ends with the murmur3 finalizer so that every input bit reaches the low bits hashbrown
+    /// indexes by (sequential ids differ only in their last bytes).
+    fn finish(&self) -> u64 {
+        let mut hash = self.0;
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^ (hash >> 33)
+    }
+}
+
 /// Stable 64-bit hash of a cluster id (first 8 bytes of its SHA-256), the percentage wave order.
 pub fn wave_hash(id: ClusterId) -> u64 {
     let digest = Sha256::of(id.0.as_bytes());
@@ -399,7 +440,8 @@ struct SecretContext<'a> {
     secret: &'a PlanFleetSecret,
     clusters: &'a [PlanCluster],
     targeted: &'a [bool],
-    status: &'a HashMap<usize, &'a PlanStatus>,
+    /// Cluster index → status row (empty when no cluster has one).
+    status: &'a [Option<&'a PlanStatus>],
     can_answer: &'a [bool],
     hash_order: &'a [(u64, ClusterId, usize)],
     progress: Option<&'a RolloutProgress>,
@@ -415,6 +457,10 @@ struct WaveCounts {
 }
 
 impl SecretContext<'_> {
+    fn status_of(&self, cluster: usize) -> Option<&PlanStatus> {
+        self.status.get(cluster).copied().flatten()
+    }
+
     fn targeted(&self) -> impl Iterator<Item = usize> + '_ {
         self.targeted
             .iter()
@@ -465,7 +511,7 @@ impl SecretContext<'_> {
             let Some(wave) = wave else { continue };
             let counts = &mut counts[*wave as usize];
             counts.size += 1;
-            let status = self.status.get(&cluster);
+            let status = self.status_of(cluster);
             if status.is_some_and(|status| status.applied_revision == Some(current.number)) {
                 counts.applied += 1;
             } else if status.is_some_and(|status| {
@@ -544,10 +590,7 @@ impl SecretContext<'_> {
                 assignments.push((cluster, current));
                 continue;
             }
-            let held = self
-                .status
-                .get(&cluster)
-                .and_then(|status| status.applied_revision);
+            let held = self.status_of(cluster).and_then(|status| status.applied_revision);
             let keep = match held {
                 Some(number) if number == current.number => Some(current),
                 Some(number) if previous.is_some_and(|previous| previous.number == number) => previous,

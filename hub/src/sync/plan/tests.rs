@@ -740,3 +740,20 @@ fn ten_thousand_clusters_and_fifty_fleet_secrets() {
         }
     }
 }
+
+#[test]
+fn the_map_hasher_spreads_sequential_ids_over_the_low_bits() {
+    use std::hash::{BuildHasher as _, BuildHasherDefault};
+    let build = BuildHasherDefault::<FastHasher>::default();
+    let buckets: BTreeSet<u64> = (0..10_000u128).map(|n| build.hash_one(id(n)) & 0x3fff).collect();
+    // 10,000 keys over 16,384 buckets: a uniform hash fills about 7,400 of them.
+    assert!(
+        buckets.len() > 6_500,
+        "{} distinct low-bit buckets",
+        buckets.len()
+    );
+    let names: BTreeSet<u64> = (0..1_000)
+        .map(|n| build.hash_one(format!("secret-{n}").as_str()) & 0x7ff)
+        .collect();
+    assert!(names.len() > 550, "{} distinct low-bit buckets", names.len());
+}
