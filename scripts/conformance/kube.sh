@@ -171,6 +171,38 @@ t_prefixed_cluster_is_separate() {
   ! k get secret only-in-fleet-1 2>/dev/null
 }
 
+t_other_writes() {
+  secret_yaml cs-1 one >"$WORK/cs1.yaml"
+  k create -f "$WORK/cs1.yaml" | grep -q 'secret/cs-1 created' || return 1
+  if k create -f "$WORK/cs1.yaml" 2>"$WORK/exists.err"; then echo "second create succeeded"; return 1; fi
+  grep -q 'AlreadyExists' "$WORK/exists.err" || { cat "$WORK/exists.err"; return 1; }
+  # Client-side apply: POST, then a strategic merge patch with the last-applied annotation.
+  secret_yaml cs-2 one >"$WORK/cs2.yaml"
+  k apply -f "$WORK/cs2.yaml" | grep -q 'secret/cs-2 created' || return 1
+  secret_yaml cs-2 two >"$WORK/cs2.yaml"
+  k apply -f "$WORK/cs2.yaml" | grep -q 'secret/cs-2 configured' || return 1
+  [ "$(k get secret cs-2 -o jsonpath='{.data.password}')" = "$(printf two | base64)" ] || return 1
+  k get secret cs-2 -o yaml | grep -q 'kubectl.kubernetes.io/last-applied-configuration' || return 1
+  k patch secret cs-1 -p '{"metadata":{"labels":{"patched":"yes"}}}' | grep -q 'patched' || return 1
+  k patch secret cs-1 --type=json -p '[{"op":"add","path":"/data/extra","value":"eA=="}]' | grep -q 'patched' || return 1
+  [ "$(k get secret cs-1 -o jsonpath='{.data.extra}/{.metadata.labels.patched}')" = "eA==/yes" ] || return 1
+  # Server-side dry run changes nothing.
+  local rv
+  rv=$(k get secret cs-1 -o jsonpath='{.metadata.resourceVersion}')
+  secret_yaml cs-1 dry | k apply --server-side --force-conflicts --dry-run=server -f - | grep -q 'server dry run' || return 1
+  [ "$(k get secret cs-1 -o jsonpath='{.metadata.resourceVersion}')" = "$rv" ] || return 1
+  # A TLS Secret without tls.key is refused as the apiserver does.
+  printf 'apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad-tls\ntype: kubernetes.io/tls\ndata:\n  tls.crt: YQ==\n' >"$WORK/tls.yaml"
+  if k apply --server-side -f "$WORK/tls.yaml" 2>"$WORK/tls.err"; then echo "tls secret without key accepted"; return 1; fi
+  grep -q 'is invalid' "$WORK/tls.err" || { cat "$WORK/tls.err"; return 1; }
+  # Namespaces: apply, then delete cascades to its Secrets.
+  printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n' | k apply --server-side -f - || return 1
+  secret_yaml in-team-a x | sed 's/namespace: default/namespace: team-a/' | k apply --server-side -f - || return 1
+  k get namespace team-a -o jsonpath='{.status.phase}' | grep -qx Active || return 1
+  k delete namespace team-a | grep -q 'namespace "team-a" deleted' || return 1
+  ! k get secret in-team-a -n team-a 2>/dev/null
+}
+
 check "get namespaces" t_get_namespaces
 check "apply --server-side twice (second: unchanged resourceVersion)" t_apply_twice
 check "conflict with another --field-manager, then --force-conflicts" t_conflict_then_force
@@ -180,6 +212,7 @@ check "get --watch sees an event" t_watch_sees_event
 check "stale replace is 409, unknown field is refused" t_stale_replace_and_strict_fields
 check "delete and wait --for=delete" t_delete_and_wait
 check "path-prefixed cluster is a separate cluster" t_prefixed_cluster_is_separate
+check "create -f, client-side apply, strategic and json patch, dry run, secret types, namespaces" t_other_writes
 
 if "$PYTHON" scripts/conformance/kube_client.py "$KUBECONFIG" "$HISTORY" >"$WORK/python.log" 2>&1; then
   python_ok=1

@@ -938,6 +938,7 @@ pub fn validate(live: Option<&Object>, object: &Object) -> Result<(), ApiError> 
         }
     }
     if let Some(secret) = object.secret() {
+        causes.extend(type_rules(object, secret));
         let mut total = 0usize;
         for (key, value) in &secret.data {
             total += value.expose().len();
@@ -992,6 +993,78 @@ pub fn validate(live: Option<&Object>, object: &Object) -> Result<(), ApiError> 
         Ok(())
     } else {
         Err(ApiError::invalid(kind.name(), kind.resource(), name, causes))
+    }
+}
+
+fn required_key(key: &str) -> Cause {
+    Cause {
+        reason: "FieldValueRequired",
+        message: "Required value".to_owned(),
+        field: format!("data[{key}]"),
+    }
+}
+
+/// The apiserver's per-type Secret rules (`ValidateSecret`).
+fn type_rules(object: &Object, secret: &super::model::SecretBody) -> Vec<Cause> {
+    let has = |key: &str| secret.data.contains_key(key);
+    let json_key = |key: &str| -> Vec<Cause> {
+        match secret.data.get(key) {
+            None => vec![required_key(key)],
+            Some(value) if serde_json::from_slice::<Value>(value.expose()).is_err() => vec![Cause {
+                reason: "FieldValueInvalid",
+                message: "Invalid value: \"<secret contents redacted>\": invalid JSON".to_owned(),
+                field: format!("data[{key}]"),
+            }],
+            Some(_) => Vec::new(),
+        }
+    };
+    match secret.type_.as_deref().unwrap_or("Opaque") {
+        "" => vec![Cause {
+            reason: "FieldValueRequired",
+            message: "Required value".to_owned(),
+            field: "type".to_owned(),
+        }],
+        "kubernetes.io/service-account-token" => {
+            if object
+                .meta
+                .annotations
+                .contains_key("kubernetes.io/service-account.name")
+            {
+                Vec::new()
+            } else {
+                vec![Cause {
+                    reason: "FieldValueRequired",
+                    message: "Required value".to_owned(),
+                    field: "metadata.annotations[kubernetes.io/service-account.name]".to_owned(),
+                }]
+            }
+        }
+        "kubernetes.io/dockercfg" => json_key(".dockercfg"),
+        "kubernetes.io/dockerconfigjson" => json_key(".dockerconfigjson"),
+        "kubernetes.io/basic-auth" => {
+            if has("username") || has("password") {
+                Vec::new()
+            } else {
+                vec![Cause {
+                    reason: "FieldValueRequired",
+                    message: "Required value: must contain at least one of username or password".to_owned(),
+                    field: "data[username]".to_owned(),
+                }]
+            }
+        }
+        "kubernetes.io/ssh-auth" => {
+            if has("ssh-privatekey") {
+                Vec::new()
+            } else {
+                vec![required_key("ssh-privatekey")]
+            }
+        }
+        "kubernetes.io/tls" => ["tls.crt", "tls.key"]
+            .into_iter()
+            .filter(|key| !has(key))
+            .map(required_key)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -1232,6 +1305,62 @@ mod tests {
         assert!(!perms.allows(Verb::Patch, Kind::Secret, Some("other")));
         assert!(!perms.allows(Verb::Delete, Kind::Secret, Some("apps")));
         assert!(!perms.allows(Verb::List, Kind::Namespace, None));
+    }
+
+    #[test]
+    fn secret_types_require_their_keys() {
+        let mut state = State::new(10);
+        let cases = [
+            (
+                json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "YQ=="}}),
+                Some("data[tls.key]"),
+            ),
+            (
+                json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "YQ==", "tls.key": "YQ=="}}),
+                None,
+            ),
+            (
+                json!({"type": "kubernetes.io/dockerconfigjson", "data": {}}),
+                Some("data[.dockerconfigjson]"),
+            ),
+            // "notjson" in base64: present but not JSON.
+            (
+                json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "bm90anNvbg=="}}),
+                Some("data[.dockerconfigjson]"),
+            ),
+            (
+                json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}}),
+                None,
+            ),
+            (
+                json!({"type": "kubernetes.io/basic-auth", "data": {}}),
+                Some("data[username]"),
+            ),
+            (
+                json!({"type": "kubernetes.io/ssh-auth", "data": {}}),
+                Some("data[ssh-privatekey]"),
+            ),
+            (json!({"type": "example.com/custom", "data": {}}), None),
+        ];
+        for (index, (fields, expected)) in cases.into_iter().enumerate() {
+            let mut body =
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("s{index}")}});
+            patch::merge(&mut body, &fields);
+            let result = state.create(Some("default"), config(body), &options("a", false));
+            match expected {
+                None => assert!(result.is_ok(), "case {index}: {result:?}"),
+                Some(field) => {
+                    let error = result.expect_err("invalid");
+                    assert_eq!(error.code, 422, "case {index}");
+                    assert!(error.message.contains(field), "case {index}: {}", error.message);
+                    assert!(
+                        !error.message.contains("notjson"),
+                        "a value leaked into {}",
+                        error.message
+                    );
+                }
+            }
+        }
     }
 
     #[test]
