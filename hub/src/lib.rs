@@ -12,6 +12,7 @@
 //! - [`render`]: a FleetSecret + source values → the complete Secret of one revision (pure).
 //! - [`sync`]: `sync::plan` decides which cluster holds which revision (pure).
 //! - [`fleet`]: the fan-out registry (per-cluster desired sets, streams, coalescing queues).
+//! - [`status`]: fleet events → batched status writes, liveness, undelivered detector.
 //! - [`grpc`]: tonic services; `grpc::convert` is the only proto ⇄ domain crossing.
 //! - [`vault`]: Azure Key Vault through the official crates (`SecretSource`, `AzureKeyVault`) and
 //!   the per-store change `Poller`.
@@ -26,6 +27,7 @@ pub mod grpc;
 pub mod ops;
 pub mod render;
 pub mod spec;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
