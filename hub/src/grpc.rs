@@ -4,7 +4,9 @@
 //! - `convert`: every proto ⇄ domain conversion, including encoding a rendered revision once.
 //! - `sync`: the `SecretSync` stream service over `crate::fleet`.
 //! - `server`: TLS material and the tonic listener.
+//! - `enroll`: the Enrollment service (token → credential).
 pub mod admin;
 pub mod convert;
+pub mod enroll;
 pub mod server;
 pub mod sync;

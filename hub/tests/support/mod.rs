@@ -44,6 +44,7 @@ pub struct Hub {
     pub sync: SyncService,
     pub events: mpsc::Receiver<FleetEvent>,
     shutdown: Option<oneshot::Sender<()>>,
+    view: Option<keyfleet_hub::status::StatusView>,
     _dir: tempfile::TempDir,
 }
 
@@ -80,6 +81,30 @@ impl Hub {
     }
 
     pub async fn start_with(fleet_config: FleetConfig, sync_config: SyncConfig) -> Self {
+        Self::start_inner(fleet_config, sync_config, None).await
+    }
+
+    /// A hub with the Enrollment service and a status writer over `store` (the writer consumes
+    /// the fleet events; `events` stays empty).
+    pub async fn start_with_store(
+        store: keyfleet_hub::store::Store,
+        status: keyfleet_hub::status::StatusConfig,
+    ) -> (Self, keyfleet_hub::status::StatusView) {
+        let hub = Self::start_inner(
+            default_fleet_config(),
+            SyncConfig::default(),
+            Some((store, status)),
+        )
+        .await;
+        let view = hub.view.clone().unwrap();
+        (hub, view)
+    }
+
+    async fn start_inner(
+        fleet_config: FleetConfig,
+        sync_config: SyncConfig,
+        store: Option<(keyfleet_hub::store::Store, keyfleet_hub::status::StatusConfig)>,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let material = TlsMaterial::load(&TlsSource::SelfSigned {
@@ -87,13 +112,28 @@ impl Hub {
             sans: vec![],
         })
         .unwrap();
-        let (fleet, events) = Fleet::new(fleet_config);
+        let (fleet, mut events) = Fleet::new(fleet_config);
         let credentials = Credentials::default();
         let sync = SyncService::new(fleet.clone(), credentials.clone(), sync_config);
         sync.set_ready(true);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let routes = tonic::service::Routes::new(sync.clone().into_server());
+        let mut routes = tonic::service::Routes::new(sync.clone().into_server());
+        let mut view = None;
+        if let Some((store, status)) = store {
+            let enroll = keyfleet_hub::grpc::enroll::EnrollService::new(
+                store.clone(),
+                credentials.clone(),
+                100,
+                100,
+            );
+            routes = routes.add_service(enroll.into_server());
+            let writer = keyfleet_hub::status::StatusWriter::new(store, fleet.clone(), status);
+            view = Some(writer.view());
+            let (_unused, empty) = mpsc::channel(1);
+            let fleet_events = std::mem::replace(&mut events, empty);
+            tokio::spawn(writer.run(fleet_events));
+        }
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let tls = material.server_config();
         tokio::spawn(async move {
@@ -111,6 +151,7 @@ impl Hub {
             sync,
             events,
             shutdown: Some(shutdown),
+            view,
             _dir: dir,
         }
     }
@@ -392,4 +433,60 @@ impl TestAgent {
             }
         }
     }
+}
+
+/// A fresh, migrated Postgres database named after a random id (created from `DATABASE_URL`,
+/// which scripts/test sets); dropped by [`TestDb::drop_db`].
+pub struct TestDb {
+    pub store: keyfleet_hub::store::Store,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        use sqlx::{Connection as _, Executor as _};
+        let base = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL must name a Postgres server (scripts/test sets it)");
+        let name = format!("keyfleet_fanout_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&base).unwrap();
+        url.set_path(&name);
+        let store = keyfleet_hub::store::Store::connect(url.as_str()).await.unwrap();
+        store.migrate().await.unwrap();
+        Self {
+            store,
+            admin_url: base,
+            name,
+        }
+    }
+
+    pub async fn drop_db(self) {
+        use sqlx::{Connection as _, Executor as _};
+        self.store.close().await;
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {} WITH (FORCE)",
+                self.name
+            )))
+            .await
+            .unwrap();
+    }
+}
+
+/// Enrolls over gRPC.
+pub async fn enroll_rpc(hub: &Hub, token: &str) -> Result<v1::EnrollResponse, Status> {
+    let mut client = keyfleet_proto::v1::enrollment_client::EnrollmentClient::new(hub.channel().await);
+    client
+        .enroll(v1::EnrollRequest {
+            token: token.to_owned(),
+            agent_version: "0.1.0-test".to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }

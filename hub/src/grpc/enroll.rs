@@ -1,0 +1,171 @@
+//! `keyfleet.v1.Enrollment/Enroll`: a one-time enrollment token (`kfe_…`, from
+//! `keyfleet cluster add`) is traded for the cluster's long-lived credential (`kfc_…`).
+//!
+//! Only hashes are stored: the token is looked up by `Sha256::of(token)` and consumed atomically;
+//! the new credential's hash is stored and added to the in-memory [`Credentials`] index. An
+//! unknown, used or expired token gets the same UNAUTHENTICATED answer (tokens cannot be probed);
+//! the precise reason is logged on the hub. Neither token nor credential is ever logged or echoed.
+
+use base64::Engine as _;
+use chrono::Utc;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use keyfleet_proto::limits;
+use keyfleet_proto::v1::{self, enrollment_server};
+use tonic::{Request, Response, Status};
+
+use crate::domain::Sha256;
+use crate::fleet::credentials::{self, Credentials};
+use crate::store::{Store, TokenRejection};
+
+/// Prefix of an enrollment token.
+pub const TOKEN_PREFIX: &str = "kfe_";
+
+/// The answer for any token that cannot be used.
+const REFUSED: &str = "enrollment token is unknown, already used or expired";
+
+/// A fresh enrollment token: `kfe_` + 32 random bytes in unpadded base64url (for `cluster add`).
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn well_formed(token: &str) -> bool {
+    token.strip_prefix(TOKEN_PREFIX).is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// The Enrollment service.
+pub struct EnrollService {
+    store: Store,
+    credentials: Credentials,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl EnrollService {
+    /// Enrollments are limited to `per_second` (burst `burst`) per replica.
+    pub fn new(store: Store, credentials: Credentials, per_second: u32, burst: u32) -> Self {
+        let rate = std::num::NonZeroU32::new(per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            store,
+            credentials,
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+        }
+    }
+
+    /// The tonic service to add to the server's routes.
+    pub fn into_server(self) -> enrollment_server::EnrollmentServer<Self> {
+        enrollment_server::EnrollmentServer::new(self)
+            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl enrollment_server::Enrollment for EnrollService {
+    async fn enroll(
+        &self,
+        request: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        if self.limiter.check().is_err() {
+            return Err(Status::resource_exhausted("too many enrollments; retry later"));
+        }
+        let request = request.into_inner();
+        if !well_formed(&request.token) {
+            return Err(Status::invalid_argument(
+                "token: expected \"kfe_\" followed by 43 base64url characters",
+            ));
+        }
+        if request.agent_version.len() > limits::MAX_AGENT_VERSION_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "agent_version: {} bytes, limit {}",
+                request.agent_version.len(),
+                limits::MAX_AGENT_VERSION_BYTES
+            )));
+        }
+        let token_hash = Sha256::of(request.token.as_bytes());
+        let cluster = match self
+            .store
+            .consume_enrollment_token(&token_hash, Utc::now())
+            .await
+        {
+            Ok(Ok(cluster)) => cluster,
+            Ok(Err(rejection)) => {
+                let reason = match rejection {
+                    TokenRejection::Unknown => "unknown",
+                    TokenRejection::Used => "already used",
+                    TokenRejection::Expired => "expired",
+                    TokenRejection::ClusterRevoked => "issued for a revoked cluster",
+                };
+                tracing::warn!(reason, token = ?token_hash, "enrollment refused");
+                return Err(Status::unauthenticated(REFUSED));
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "enrollment: store failed");
+                return Err(Status::unavailable("store unavailable; retry later"));
+            }
+        };
+        let credential = credentials::new_credential();
+        let credential_hash = Sha256::of(credential.as_bytes());
+        match self
+            .store
+            .set_cluster_credential(cluster, &credential_hash)
+            .await
+        {
+            Ok(()) => {}
+            Err(crate::store::StoreError::Conflict(_)) => {
+                tracing::warn!(%cluster, "enrollment refused: cluster revoked meanwhile");
+                return Err(Status::unauthenticated(REFUSED));
+            }
+            Err(error) => {
+                tracing::error!(%cluster, error = %error, "enrollment: cannot store the credential");
+                return Err(Status::unavailable("store unavailable; retry later"));
+            }
+        }
+        self.credentials.insert(credential_hash, cluster);
+        let name = match self.store.cluster_by_id(cluster).await {
+            Ok(Some(record)) => record.name,
+            Ok(None) | Err(_) => String::new(),
+        };
+        if let Err(error) = self
+            .store
+            .append_audit(&format!("cluster:{name}"), "enroll", &name, Utc::now())
+            .await
+        {
+            tracing::warn!(%cluster, error = %error, "cannot audit an enrollment");
+        }
+        tracing::info!(%cluster, cluster_name = %name, agent_version = %request.agent_version,
+            "cluster enrolled");
+        Ok(Response::new(v1::EnrollResponse {
+            cluster_name: name,
+            cluster_id: cluster.to_string(),
+            credential,
+        }))
+    }
+}
+
+/// Loads the credential index from the store (at start, and after a `Cluster` change on another
+/// replica).
+pub async fn load_credentials(store: &Store) -> Result<Credentials, crate::store::StoreError> {
+    Ok(Credentials::from_entries(store.active_credentials().await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_the_documented_shape() {
+        let token = new_token();
+        assert!(well_formed(&token), "{token}");
+        assert_eq!(token.len(), 47);
+        assert!(!well_formed(&token.replace("kfe_", "kfc_")));
+        assert!(!well_formed("kfe_short"));
+    }
+}

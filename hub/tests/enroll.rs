@@ -1,0 +1,194 @@
+//! Enrollment and status against real Postgres: a token is traded once for a credential that
+//! opens the Sync stream; acks and NACKs reach the store in batches.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use keyfleet_hub::domain::{Labels, Sha256, SyncState};
+use keyfleet_hub::grpc::enroll::new_token;
+use keyfleet_hub::status::StatusConfig;
+use keyfleet_proto::v1::{self, agent_message};
+use support::*;
+use tonic::Code;
+
+fn status_config() -> StatusConfig {
+    StatusConfig {
+        replica: "replica-test".to_owned(),
+        flush_interval: Duration::from_millis(100),
+        flush_rows: 1_000,
+        liveness_interval: Duration::from_secs(300),
+        undelivered_after: Duration::from_secs(300),
+        detector_interval: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_enrolls_once_and_its_credential_opens_the_stream() {
+    let db = TestDb::create().await;
+    let store = db.store.clone();
+    let (hub, _view) = Hub::start_with_store(store.clone(), status_config()).await;
+    let cluster = store.create_cluster("eu-1", &Labels::new()).await.unwrap();
+    let token = new_token();
+    store
+        .issue_enrollment_token(
+            cluster.id,
+            &Sha256::of(token.as_bytes()),
+            Utc::now() + chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+
+    let enrolled = enroll_rpc(&hub, &token).await.unwrap();
+    assert_eq!(enrolled.cluster_name, "eu-1");
+    assert_eq!(enrolled.cluster_id, cluster.id.to_string());
+    assert!(enrolled.credential.starts_with("kfc_"));
+    assert_eq!(enrolled.credential.len(), 47);
+    // Only the hash is stored, and the in-memory index knows it.
+    let stored = store.active_credentials().await.unwrap();
+    assert_eq!(
+        stored,
+        vec![(Sha256::of(enrolled.credential.as_bytes()), cluster.id)]
+    );
+    assert_eq!(hub.credentials.lookup(&enrolled.credential), Some(cluster.id));
+
+    // The same token again: refused, without echoing it.
+    let again = enroll_rpc(&hub, &token).await.unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated);
+    assert!(again.message().contains("already used"), "{again:?}");
+    assert!(!again.message().contains(&token));
+
+    // Unknown, expired and malformed tokens.
+    let unknown = enroll_rpc(&hub, &new_token()).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    let other = store.create_cluster("eu-2", &Labels::new()).await.unwrap();
+    let expired = new_token();
+    store
+        .issue_enrollment_token(
+            other.id,
+            &Sha256::of(expired.as_bytes()),
+            Utc::now() - chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        enroll_rpc(&hub, &expired).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let malformed = enroll_rpc(&hub, "kfe_nope").await.unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert!(!malformed.message().contains("kfe_nope"));
+
+    // The credential authenticates the Sync stream as this cluster.
+    let mut agent = TestAgent::connect(&hub, &enrolled.credential, Applied::new())
+        .await
+        .unwrap();
+    assert!(agent.handshake().await.in_sync);
+    assert!(hub.fleet.is_connected(cluster.id));
+    let record = within(PROMPT, "connect recorded", async {
+        loop {
+            let record = store.cluster_by_id(cluster.id).await.unwrap().unwrap();
+            if record.connected_replica.is_some() {
+                return record;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(record.connected_replica.as_deref(), Some("replica-test"));
+    assert_eq!(record.agent_version.as_deref(), Some("0.1.0-test"));
+    drop(agent);
+    drop(hub);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_and_nacks_reach_the_store_in_batches() {
+    let db = TestDb::create().await;
+    let store = db.store.clone();
+    let (hub, view) = Hub::start_with_store(store.clone(), status_config()).await;
+    let cluster = store.create_cluster("us-1", &Labels::new()).await.unwrap();
+    let credential = keyfleet_hub::fleet::credentials::new_credential();
+    store
+        .set_cluster_credential(cluster.id, &Sha256::of(credential.as_bytes()))
+        .await
+        .unwrap();
+    hub.credentials
+        .insert(Sha256::of(credential.as_bytes()), cluster.id);
+    let items: Vec<_> = (0..20)
+        .map(|n| revision(&format!("secret-{n}"), 10 + n, b"value"))
+        .collect();
+    hub.fleet.set_desired(cluster.id, desired(&items));
+    let statements_before = store.status_statements();
+
+    let mut agent = TestAgent::connect(&hub, &credential, Applied::new()).await.unwrap();
+    agent.handshake().await;
+    let update = agent.update().await;
+    assert_eq!(update.upserts.len(), 20);
+    agent.apply_and_ack(&update).await;
+    let rows = within(PROMPT, "status flushed", async {
+        loop {
+            let rows = store.status_for_cluster(cluster.id).await.unwrap();
+            if rows.len() == 20 {
+                return rows;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(rows.iter().all(|row| row.state == SyncState::Applied));
+    assert!(rows.iter().all(|row| row.applied_revision == Some(row.desired_revision)));
+    assert_eq!(
+        store.status_statements() - statements_before,
+        1,
+        "20 acks, one statement"
+    );
+    assert_eq!(view.applied_revision(cluster.id, "secret-3"), Some(13));
+
+    // A rotation of one key is refused: the old revision stays applied, the reason is recorded.
+    hub.fleet.set_desired(cluster.id, {
+        let mut next = items.clone();
+        next[0] = revision("secret-0", 99, b"rotated");
+        desired(&next)
+    });
+    let update = agent.update().await;
+    agent
+        .send(agent_message::Body::Ack(v1::Ack {
+            nonce: update.nonce,
+            results: vec![v1::ItemResult {
+                key: "secret-0".to_owned(),
+                revision: 99,
+                error: Some(v1::ItemError {
+                    code: v1::ErrorCode::NotOwned as i32,
+                    retryable: false,
+                    message: "secret default/secret-0 exists and is not managed by keyfleet"
+                        .to_owned(),
+                }),
+            }],
+        }))
+        .await;
+    let row = within(PROMPT, "nack recorded", async {
+        loop {
+            let rows = store.status_for_cluster(cluster.id).await.unwrap();
+            if let Some(row) = rows
+                .into_iter()
+                .find(|row| row.fleet_secret == "secret-0" && row.state == SyncState::Error)
+            {
+                return row;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(row.desired_revision, 99);
+    assert_eq!(row.applied_revision, Some(10));
+    assert!(
+        row.last_error.as_deref().unwrap().contains("not managed by keyfleet"),
+        "{row:?}"
+    );
+    drop(agent);
+    drop(hub);
+    db.drop_db().await;
+}
