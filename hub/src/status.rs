@@ -136,13 +136,21 @@ impl StatusMetrics {
         let status = registry.sub_registry_with_prefix("status");
         status.register("flushes", "Status batches written", self.flushes.clone());
         status.register("rows", "Status rows written", self.rows.clone());
-        status.register("write_errors", "Failed status writes (retried)", self.errors.clone());
+        status.register(
+            "write_errors",
+            "Failed status writes (retried)",
+            self.errors.clone(),
+        );
         status.register(
             "undelivered",
             "Rows marked undelivered by the detector",
             self.undelivered.clone(),
         );
-        status.register("drift_reports", "Drift repairs reported by agents", self.drift.clone());
+        status.register(
+            "drift_reports",
+            "Drift repairs reported by agents",
+            self.drift.clone(),
+        );
     }
 }
 
@@ -176,16 +184,16 @@ impl StatusView {
 
     fn read(
         &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<ClusterId, BTreeMap<String, (u64, Option<Sha256>)>>>
-    {
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<ClusterId, BTreeMap<String, (u64, Option<Sha256>)>>> {
         self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(
         &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<ClusterId, BTreeMap<String, (u64, Option<Sha256>)>>>
-    {
-        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<ClusterId, BTreeMap<String, (u64, Option<Sha256>)>>> {
+        self.inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -269,8 +277,7 @@ impl<S: StatusSink> StatusWriter<S> {
         if self.flush_at.is_none() {
             self.flush_at = Some(Instant::now() + self.config.flush_interval);
         }
-        self.buffer
-            .insert((row.cluster, row.fleet_secret.clone()), row);
+        self.buffer.insert((row.cluster, row.fleet_secret.clone()), row);
     }
 
     fn desired_revision(&self, cluster: ClusterId, key: &str) -> Option<u64> {
@@ -455,9 +462,7 @@ impl<S: StatusSink> StatusWriter<S> {
                         Some(entry) if entry.0 == item.revision => *entry,
                         _ => (item.revision, now, false),
                     };
-                    let refused = self
-                        .refused
-                        .contains(&(*cluster, key.clone(), item.revision));
+                    let refused = self.refused.contains(&(*cluster, key.clone(), item.revision));
                     let due = now.duration_since(entry.1) >= self.config.undelivered_after;
                     let mark = due && !entry.2 && !refused;
                     if mark {

@@ -123,7 +123,9 @@ async fn acks_and_nacks_reach_the_store_in_batches() {
     hub.fleet.set_desired(cluster.id, desired(&items));
     let statements_before = store.status_statements();
 
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new()).await.unwrap();
+    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        .await
+        .unwrap();
     agent.handshake().await;
     let update = agent.update().await;
     assert_eq!(update.upserts.len(), 20);
@@ -139,7 +141,10 @@ async fn acks_and_nacks_reach_the_store_in_batches() {
     })
     .await;
     assert!(rows.iter().all(|row| row.state == SyncState::Applied));
-    assert!(rows.iter().all(|row| row.applied_revision == Some(row.desired_revision)));
+    assert!(
+        rows.iter()
+            .all(|row| row.applied_revision == Some(row.desired_revision))
+    );
     assert_eq!(
         store.status_statements() - statements_before,
         1,
@@ -163,8 +168,7 @@ async fn acks_and_nacks_reach_the_store_in_batches() {
                 error: Some(v1::ItemError {
                     code: v1::ErrorCode::NotOwned as i32,
                     retryable: false,
-                    message: "secret default/secret-0 exists and is not managed by keyfleet"
-                        .to_owned(),
+                    message: "secret default/secret-0 exists and is not managed by keyfleet".to_owned(),
                 }),
             }],
         }))
@@ -185,10 +189,74 @@ async fn acks_and_nacks_reach_the_store_in_batches() {
     assert_eq!(row.desired_revision, 99);
     assert_eq!(row.applied_revision, Some(10));
     assert!(
-        row.last_error.as_deref().unwrap().contains("not managed by keyfleet"),
+        row.last_error
+            .as_deref()
+            .unwrap()
+            .contains("not managed by keyfleet"),
         "{row:?}"
     );
     drop(agent);
+    drop(hub);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_reaches_200_agents_and_status_shows_all_applied() {
+    const AGENTS: usize = 200;
+    let db = TestDb::create().await;
+    let store = db.store.clone();
+    let (hub, _view) = Hub::start_with_store(
+        store.clone(),
+        StatusConfig {
+            flush_rows: 1_000,
+            ..status_config()
+        },
+    )
+    .await;
+    let mut agents = Vec::new();
+    let mut clusters = Vec::new();
+    for n in 0..AGENTS {
+        let cluster = store
+            .create_cluster(&format!("c{n}"), &Labels::new())
+            .await
+            .unwrap();
+        let credential = keyfleet_hub::fleet::credentials::new_credential();
+        store
+            .set_cluster_credential(cluster.id, &Sha256::of(credential.as_bytes()))
+            .await
+            .unwrap();
+        hub.credentials
+            .insert(Sha256::of(credential.as_bytes()), cluster.id);
+        let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+            .await
+            .unwrap();
+        agent.handshake().await;
+        agents.push(agent);
+        clusters.push(cluster.id);
+    }
+    let statements_before = store.status_statements();
+    let rotation = desired(&[revision("registry", 42, b"rotated-credential")]);
+    hub.fleet
+        .set_desired_many(clusters.iter().map(|cluster| (*cluster, rotation.clone())));
+    let delivered = futures::future::join_all(agents.iter_mut().map(|agent| async move {
+        let update = agent.update().await;
+        agent.apply_and_ack(&update).await;
+    }));
+    within(PROMPT, "all 200 agents received the rotation", delivered).await;
+    let rows = within(PROMPT, "status shows all applied", async {
+        loop {
+            let rows = store.status_for_fleet_secret("registry").await.unwrap();
+            if rows.len() == AGENTS && rows.iter().all(|row| row.state == SyncState::Applied) {
+                return rows;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(rows.iter().all(|row| row.applied_revision == Some(42)));
+    let statements = store.status_statements() - statements_before;
+    assert!(statements <= 10, "{statements} statements for {AGENTS} acks");
+    drop(agents);
     drop(hub);
     db.drop_db().await;
 }

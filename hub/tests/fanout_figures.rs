@@ -27,11 +27,14 @@ fn rss_kib() -> u64 {
 #[ignore = "measurement; run explicitly"]
 async fn fanout_to_1000_in_process_streams() {
     const AGENTS: u128 = 1_000;
-    let mut hub = Hub::start_with(default_fleet_config(), SyncConfig {
-        admission_burst: 10_000,
-        admission_per_second: 10_000,
-        ..SyncConfig::default()
-    })
+    let mut hub = Hub::start_with(
+        default_fleet_config(),
+        SyncConfig {
+            admission_burst: 10_000,
+            admission_per_second: 10_000,
+            ..SyncConfig::default()
+        },
+    )
     .await;
     let before = rss_kib();
     let connect_started = Instant::now();
@@ -39,7 +42,9 @@ async fn fanout_to_1000_in_process_streams() {
     let mut clusters = Vec::new();
     for n in 0..AGENTS {
         let (cluster, credential) = hub.enroll(n);
-        let mut agent = TestAgent::connect(&hub, &credential, Applied::new()).await.unwrap();
+        let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+            .await
+            .unwrap();
         agent.handshake().await;
         agents.push(agent);
         clusters.push(cluster);

@@ -539,3 +539,27 @@ async fn oversized_revisions_are_refused_by_the_hub_without_blocking_the_rest() 
         .await;
     assert_eq!((key.as_str(), code), ("huge", NackCode::TooLarge));
 }
+
+#[tokio::test]
+async fn garbage_on_the_grpc_port_does_not_disturb_other_agents() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let hub = Hub::start().await;
+    let (cluster, credential) = hub.enroll(1);
+    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        .await
+        .unwrap();
+    agent.handshake().await;
+    // Plain bytes where a TLS handshake is expected, then a TLS-less HTTP/2 preface.
+    for garbage in [
+        vec![0xffu8; 4096],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec(),
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+        let _ = socket.write_all(&garbage).await;
+        let mut sink = Vec::new();
+        // The hub closes the connection (or answers with a TLS alert and closes).
+        let _ = within(PROMPT, "garbage connection closed", socket.read_to_end(&mut sink)).await;
+    }
+    hub.fleet.set_desired(cluster, desired(&[revision("a", 1, b"v")]));
+    assert_eq!(agent.update().await.upserts[0].key, "a");
+}

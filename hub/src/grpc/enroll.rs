@@ -62,8 +62,7 @@ impl EnrollService {
 
     /// The tonic service to add to the server's routes.
     pub fn into_server(self) -> enrollment_server::EnrollmentServer<Self> {
-        enrollment_server::EnrollmentServer::new(self)
-            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+        enrollment_server::EnrollmentServer::new(self).max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
     }
 }
 
@@ -90,11 +89,7 @@ impl enrollment_server::Enrollment for EnrollService {
             )));
         }
         let token_hash = Sha256::of(request.token.as_bytes());
-        let cluster = match self
-            .store
-            .consume_enrollment_token(&token_hash, Utc::now())
-            .await
-        {
+        let cluster = match self.store.consume_enrollment_token(&token_hash, Utc::now()).await {
             Ok(Ok(cluster)) => cluster,
             Ok(Err(rejection)) => {
                 let reason = match rejection {
@@ -113,11 +108,7 @@ impl enrollment_server::Enrollment for EnrollService {
         };
         let credential = credentials::new_credential();
         let credential_hash = Sha256::of(credential.as_bytes());
-        match self
-            .store
-            .set_cluster_credential(cluster, &credential_hash)
-            .await
-        {
+        match self.store.set_cluster_credential(cluster, &credential_hash).await {
             Ok(()) => {}
             Err(crate::store::StoreError::Conflict(_)) => {
                 tracing::warn!(%cluster, "enrollment refused: cluster revoked meanwhile");

@@ -691,7 +691,6 @@ impl Stream {
             }
             let deadline = session.deadline(Instant::now());
             tokio::select! {
-                biased;
                 () = session.woken() => {}
                 message = inbound.message() => match message {
                     Ok(Some(message)) => self.handle(session, message).await?,

@@ -183,7 +183,9 @@ impl Harness {
 #[tokio::test(start_paused = true)]
 async fn acks_are_written_in_one_batch_250ms_after_the_first() {
     let mut harness = start(config());
-    harness.fleet.set_desired(cluster(1), desired(&[("a", 2), ("b", 1)]));
+    harness
+        .fleet
+        .set_desired(cluster(1), desired(&[("a", 2), ("b", 1)]));
     let started = Instant::now();
     harness.send(acked(cluster(1), "a", 2)).await;
     harness.send(acked(cluster(1), "b", 1)).await;
@@ -351,7 +353,10 @@ async fn unacknowledged_desired_revisions_become_undelivered_once_but_refusals_d
     // Marked once per revision: a new revision starts a new deadline.
     harness.fleet.set_desired(cluster(1), desired(&[("late", 6)]));
     let (later, call) = harness.next_call().await;
-    assert!(matches!(&call, Call::Batch(rows) if rows[0].desired_revision == 6), "{call:?}");
+    assert!(
+        matches!(&call, Call::Batch(rows) if rows[0].desired_revision == 6),
+        "{call:?}"
+    );
     assert!(later.duration_since(at) >= Duration::from_secs(60));
     assert_eq!(harness.metrics.undelivered.get(), 2);
 }
@@ -367,11 +372,18 @@ async fn a_failed_flush_is_retried_and_the_rest_is_flushed_when_events_end() {
     assert_eq!(at.duration_since(started), Duration::from_millis(500));
     assert_eq!(harness.metrics.errors.get(), 1);
     harness.send(acked(cluster(2), "a", 1)).await;
-    let Harness { events, task, recorder, .. } = harness;
+    let Harness {
+        events,
+        task,
+        recorder,
+        ..
+    } = harness;
     drop(events);
     task.await.expect("writer ends when the fleet is gone");
     let calls = recorder.calls();
-    assert!(matches!(&calls.last().expect("final flush").1, Call::Batch(rows) if rows[0].cluster == cluster(2)));
+    assert!(
+        matches!(&calls.last().expect("final flush").1, Call::Batch(rows) if rows[0].cluster == cluster(2))
+    );
 }
 
 #[test]

@@ -121,12 +121,8 @@ impl Hub {
         let mut routes = tonic::service::Routes::new(sync.clone().into_server());
         let mut view = None;
         if let Some((store, status)) = store {
-            let enroll = keyfleet_hub::grpc::enroll::EnrollService::new(
-                store.clone(),
-                credentials.clone(),
-                100,
-                100,
-            );
+            let enroll =
+                keyfleet_hub::grpc::enroll::EnrollService::new(store.clone(), credentials.clone(), 100, 100);
             routes = routes.add_service(enroll.into_server());
             let writer = keyfleet_hub::status::StatusWriter::new(store, fleet.clone(), status);
             view = Some(writer.view());
