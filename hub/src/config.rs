@@ -31,6 +31,8 @@ pub struct Cli {
 
 /// The hub's commands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the hub: the gRPC endpoint for agents and admins, Key Vault polling, status writes.
     Serve(ServeArgs),

@@ -154,10 +154,13 @@ impl StatusMetrics {
     }
 }
 
+/// Per cluster: key → (applied revision, its digest when known).
+type Applied = HashMap<ClusterId, BTreeMap<String, (u64, Option<Sha256>)>>;
+
 /// Per cluster, what its agent holds: key → (revision, digest when known). Cheap to clone.
 #[derive(Clone, Default)]
 pub struct StatusView {
-    inner: Arc<RwLock<HashMap<ClusterId, BTreeMap<String, (u64, Option<Sha256>)>>>>,
+    inner: Arc<RwLock<Applied>>,
 }
 
 impl StatusView {
@@ -182,15 +185,11 @@ impl StatusView {
         self.read().get(&cluster).and_then(|keys| keys.get(key)).copied()
     }
 
-    fn read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<ClusterId, BTreeMap<String, (u64, Option<Sha256>)>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
         self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<ClusterId, BTreeMap<String, (u64, Option<Sha256>)>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
         self.inner
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
