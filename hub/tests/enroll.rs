@@ -53,6 +53,15 @@ async fn a_token_enrolls_once_and_its_credential_opens_the_stream() {
         vec![(Sha256::of(enrolled.credential.as_bytes()), cluster.id)]
     );
     assert_eq!(hub.credentials.lookup(&enrolled.credential), Some(cluster.id));
+    // Other replicas learn about it from the change log.
+    let changes = store.changes_since(0, 100).await.unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|change| change.kind == keyfleet_hub::store::ChangeKind::Cluster
+                && change.subject == "eu-1"),
+        "{changes:?}"
+    );
 
     // The same token again: refused, without echoing it.
     let again = enroll_rpc(&hub, &token).await.unwrap_err();

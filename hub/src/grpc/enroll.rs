@@ -131,6 +131,15 @@ impl enrollment_server::Enrollment for EnrollService {
         {
             tracing::warn!(%cluster, error = %error, "cannot audit an enrollment");
         }
+        // Other replicas reload their credential index on a cluster change; until then the
+        // agent's stream is refused there and it retries with backoff.
+        if let Err(error) = self
+            .store
+            .append_change(crate::store::ChangeKind::Cluster, &name)
+            .await
+        {
+            tracing::warn!(%cluster, error = %error, "cannot announce an enrollment to other replicas");
+        }
         tracing::info!(%cluster, cluster_name = %name, agent_version = %request.agent_version,
             "cluster enrolled");
         Ok(Response::new(v1::EnrollResponse {
