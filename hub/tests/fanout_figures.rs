@@ -31,7 +31,7 @@ async fn fanout_to_1000_in_process_streams() {
         default_fleet_config(),
         SyncConfig {
             admission_burst: 10_000,
-            admission_per_second: 10_000,
+            admission_per_second: 10_000.0,
             ..SyncConfig::default()
         },
     )

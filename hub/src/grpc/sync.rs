@@ -51,8 +51,8 @@ pub struct SyncConfig {
     pub page_size: u32,
     /// How long a new stream may take to send Hello, and each VersionPage.
     pub handshake_timeout: Duration,
-    /// New streams admitted per second (token refill rate).
-    pub admission_per_second: u32,
+    /// New streams admitted per second on average (token refill rate; fractions allowed).
+    pub admission_per_second: f64,
     /// Burst of new streams admitted at once.
     pub admission_burst: u32,
 }
@@ -63,7 +63,7 @@ impl Default for SyncConfig {
             hub_instance: "hub".to_owned(),
             page_size: 1_000,
             handshake_timeout: Duration::from_secs(10),
-            admission_per_second: 200,
+            admission_per_second: 200.0,
             admission_burst: 500,
         }
     }
@@ -86,10 +86,13 @@ struct ServiceInner {
 impl SyncService {
     /// A service over `fleet`, authenticating against `credentials`.
     pub fn new(fleet: Fleet, credentials: Credentials, config: SyncConfig) -> Self {
-        let rate = std::num::NonZeroU32::new(config.admission_per_second.max(1))
-            .unwrap_or(std::num::NonZeroU32::MIN);
+        // One token per 1/rate seconds (rates below one per hour are treated as one per hour).
+        let period = Duration::from_secs_f64(1.0 / config.admission_per_second.max(1.0 / 3600.0));
         let burst =
             std::num::NonZeroU32::new(config.admission_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX))
+            .allow_burst(burst);
         let mut config = config;
         config.page_size = config.page_size.clamp(1, limits::MAX_ITEMS as u32);
         config.hub_instance = truncate(&config.hub_instance, 32).to_owned();
@@ -98,7 +101,7 @@ impl SyncService {
                 fleet,
                 credentials,
                 config,
-                admission: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+                admission: RateLimiter::direct(quota),
                 ready: AtomicBool::new(false),
             }),
         }
