@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use keyfleet_hub::domain::{Labels, Sha256, SyncState};
-use keyfleet_hub::grpc::enroll::new_token;
+use keyfleet_hub::grpc::admin::new_enrollment_token as new_token;
 use keyfleet_hub::status::StatusConfig;
 use keyfleet_proto::v1::{self, agent_message};
 use support::*;

@@ -6,7 +6,6 @@
 //! unknown, used or expired token gets the same UNAUTHENTICATED answer (tokens cannot be probed);
 //! the precise reason is logged on the hub. Neither token nor credential is ever logged or echoed.
 
-use base64::Engine as _;
 use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use keyfleet_proto::limits;
@@ -15,25 +14,14 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::Sha256;
 use crate::fleet::credentials::{self, Credentials};
+use crate::grpc::admin::ENROLLMENT_TOKEN_PREFIX;
 use crate::store::{Store, TokenRejection};
-
-/// Prefix of an enrollment token.
-pub const TOKEN_PREFIX: &str = "kfe_";
 
 /// The answer for any token that cannot be used.
 const REFUSED: &str = "enrollment token is unknown, already used or expired";
 
-/// A fresh enrollment token: `kfe_` + 32 random bytes in unpadded base64url (for `cluster add`).
-pub fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
-
 fn well_formed(token: &str) -> bool {
-    token.strip_prefix(TOKEN_PREFIX).is_some_and(|rest| {
+    token.strip_prefix(ENROLLMENT_TOKEN_PREFIX).is_some_and(|rest| {
         rest.len() == 43
             && rest
                 .bytes()
@@ -161,8 +149,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_have_the_documented_shape() {
-        let token = new_token();
+    fn admin_issued_tokens_are_well_formed() {
+        let token = crate::grpc::admin::new_enrollment_token();
         assert!(well_formed(&token), "{token}");
         assert_eq!(token.len(), 47);
         assert!(!well_formed(&token.replace("kfe_", "kfc_")));
