@@ -417,6 +417,26 @@ pub struct ServeArgs {
     /// Apply pending database migrations before serving (else `keyfleet migrate` must have run).
     #[arg(long, env = "KEYFLEET_MIGRATE")]
     pub migrate: bool,
+    /// SecretStore and FleetSecret YAML files applied at startup (as `keyfleet apply -f DIR`).
+    #[arg(long, env = "KEYFLEET_CONFIG_DIR", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// File with the Admin API bearer token(s), one per line. Without it the Admin API refuses
+    /// every call.
+    #[arg(long, env = "KEYFLEET_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Once serving, write `{"grpc_addr", "ops_addr"}` as JSON to FILE (atomically).
+    #[arg(long, env = "KEYFLEET_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Extra PEM trust root for Key Vault and Entra (emulators, TLS-inspecting proxies).
+    #[arg(long, env = "KEYFLEET_VAULT_CA_FILE", value_name = "FILE")]
+    pub vault_ca_file: Option<PathBuf>,
+    /// Entra authority host, overriding the SecretStore's cloud (the standard Azure variable).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL")]
+    pub vault_authority_host: Option<url::Url>,
+    /// Accept a Key Vault challenge whose resource is not the vault's domain (emulators on
+    /// 127.0.0.1 only; never in production).
+    #[arg(long, env = "KEYFLEET_VAULT_SKIP_CHALLENGE_RESOURCE_CHECK")]
+    pub vault_skip_challenge_resource_check: bool,
 }
 
 /// Settings of the gRPC endpoint ([`crate::grpc::server`]).
@@ -428,6 +448,17 @@ pub struct GrpcConfig {
     pub tls: Option<crate::grpc::server::TlsSource>,
     /// This replica's id.
     pub replica_id: String,
+}
+
+/// How the hub reaches Key Vault beyond what SecretStores say ([`crate::vault::VaultOptions`]).
+#[derive(Debug, Clone, Default)]
+pub struct VaultConfig {
+    /// Extra trust root.
+    pub ca_file: Option<PathBuf>,
+    /// Entra authority override.
+    pub authority_host: Option<url::Url>,
+    /// Skip the challenge resource check (emulators).
+    pub skip_challenge_resource_check: bool,
 }
 
 /// Settings of the operations endpoint ([`crate::ops`]).
@@ -450,6 +481,14 @@ pub struct ServeConfig {
     pub database: String,
     /// Apply pending migrations at startup.
     pub migrate: bool,
+    /// Specs applied at startup.
+    pub config_dir: Option<PathBuf>,
+    /// Admin bearer tokens.
+    pub admin_token_file: Option<PathBuf>,
+    /// Where to announce the listening addresses.
+    pub ready_file: Option<PathBuf>,
+    /// Key Vault reachability.
+    pub vault: VaultConfig,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -473,6 +512,14 @@ impl From<ServeArgs> for ServeConfig {
             },
             database: args.database,
             migrate: args.migrate,
+            config_dir: args.config_dir,
+            admin_token_file: args.admin_token_file,
+            ready_file: args.ready_file,
+            vault: VaultConfig {
+                ca_file: args.vault_ca_file,
+                authority_host: args.vault_authority_host,
+                skip_challenge_resource_check: args.vault_skip_challenge_resource_check,
+            },
         }
     }
 }

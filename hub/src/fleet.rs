@@ -268,6 +268,8 @@ pub struct FleetMetrics {
     pub admission_rejects: Counter,
     /// Events dropped because the event channel was full at disconnect.
     pub events_dropped: Counter,
+    /// Streams accepted whose Hello matched the desired set (Welcome{in_sync}: nothing to send).
+    pub in_sync_hellos: Counter,
 }
 
 impl FleetMetrics {
@@ -295,6 +297,11 @@ impl FleetMetrics {
             "admission_rejects",
             "New streams refused by the admission limit",
             self.admission_rejects.clone(),
+        );
+        fleet.register(
+            "in_sync_hellos",
+            "Streams accepted already in sync (Welcome{in_sync}, no update)",
+            self.in_sync_hellos.clone(),
         );
         fleet.register(
             "events_dropped",
@@ -647,6 +654,9 @@ impl Session {
     /// Emits `Connected` once the handshake is done.
     pub async fn announce(&mut self, agent_version: &str, in_sync: bool) {
         self.announced = true;
+        if in_sync {
+            self.fleet.metrics().in_sync_hellos.inc();
+        }
         self.fleet
             .emit(FleetEvent::Connected {
                 cluster: self.cluster,

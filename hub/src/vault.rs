@@ -30,7 +30,7 @@ use crate::domain::SecretValue;
 
 pub use azure::{AzureKeyVault, VaultOptions};
 pub use metrics::{PollerStats, VaultMetrics};
-pub use poller::{FindFilter, PollError, Poller, PollerHandle, VaultChange, WatchSet};
+pub use poller::{FindFilter, PollError, Poller, PollerHandle, SweepOutcome, VaultChange, WatchSet};
 
 /// A secret source: Azure Key Vault in production, anything in tests.
 #[async_trait::async_trait]

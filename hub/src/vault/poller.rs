@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -78,12 +79,25 @@ impl Seen {
     }
 }
 
-/// Asks a running [`Poller`] to sweep now, or to fetch one secret now.
+/// How a sweep ended, published after each one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepOutcome {
+    /// The highest sweep request this sweep served (see [`PollerHandle::sweep`]).
+    pub ticket: u64,
+    /// Changes sent.
+    pub changes: usize,
+    /// Why it failed (names the vault, secret and operation; never a value).
+    pub error: Option<String>,
+}
+
+/// Asks a running [`Poller`] to sweep now or to fetch one secret now, and tells when a sweep ended.
 #[derive(Debug, Clone)]
 pub struct PollerHandle {
     store: String,
     sync: Arc<Notify>,
     targeted: mpsc::Sender<String>,
+    requested: Arc<AtomicU64>,
+    done: watch::Receiver<Option<SweepOutcome>>,
 }
 
 /// Pending targeted fetches per poller (more are coalesced into the next sweep).
@@ -97,6 +111,7 @@ impl PollerHandle {
 
     /// Sweep now (coalesced with a sweep already asked for).
     pub fn sync_now(&self) {
+        self.requested.fetch_add(1, Ordering::SeqCst);
         self.sync.notify_one();
     }
 
@@ -105,6 +120,41 @@ impl PollerHandle {
     pub fn fetch_now(&self, name: &str) {
         if self.targeted.try_send(name.to_owned()).is_err() {
             self.sync.notify_one();
+        }
+    }
+
+    /// Asks for a sweep and resolves when a sweep that started after this call has ended, with
+    /// the number of changes it sent or why it failed.
+    pub fn sweep(&self) -> impl std::future::Future<Output = Result<usize, String>> + Send + 'static {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.sync.notify_one();
+        let mut done = self.done.clone();
+        async move {
+            let outcome = done
+                .wait_for(|outcome| outcome.as_ref().is_some_and(|outcome| outcome.ticket >= ticket))
+                .await
+                .map_err(|_| "the poller stopped".to_owned())?
+                .clone();
+            match outcome {
+                Some(SweepOutcome {
+                    error: None, changes, ..
+                }) => Ok(changes),
+                Some(SweepOutcome {
+                    error: Some(error), ..
+                }) => Err(error),
+                None => Err("the poller stopped".to_owned()),
+            }
+        }
+    }
+
+    /// Resolves when the first sweep has ended (successfully or not).
+    pub fn first_sweep(&self) -> impl std::future::Future<Output = Option<SweepOutcome>> + Send + 'static {
+        let mut done = self.done.clone();
+        async move {
+            done.wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|outcome| outcome.clone())
         }
     }
 }
@@ -119,6 +169,8 @@ pub struct Poller {
     metrics: VaultMetrics,
     sync: Arc<Notify>,
     pub(super) targeted: mpsc::Receiver<String>,
+    requested: Arc<AtomicU64>,
+    done: watch::Sender<Option<SweepOutcome>>,
     seen: HashMap<String, Seen>,
     /// First retry delay after a failed sweep (doubles, full jitter, capped at the interval).
     pub retry_base: Duration,
@@ -136,6 +188,8 @@ impl Poller {
     ) -> (Self, PollerHandle) {
         let sync = Arc::new(Notify::new());
         let (targeted_tx, targeted) = mpsc::channel(TARGETED_QUEUE);
+        let requested = Arc::new(AtomicU64::new(0));
+        let (done, done_rx) = watch::channel(None);
         let poller = Self {
             store: store.to_owned(),
             source,
@@ -145,6 +199,8 @@ impl Poller {
             metrics,
             sync: Arc::clone(&sync),
             targeted,
+            requested: Arc::clone(&requested),
+            done,
             seen: HashMap::new(),
             retry_base: Duration::from_secs(1),
         };
@@ -154,6 +210,8 @@ impl Poller {
                 store: store.to_owned(),
                 sync,
                 targeted: targeted_tx,
+                requested,
+                done: done_rx,
             },
         )
     }
@@ -185,7 +243,14 @@ impl Poller {
                     }
                 }
             }
-            match self.poll_once().await {
+            let ticket = self.requested.load(Ordering::SeqCst);
+            let result = self.poll_once().await;
+            self.done.send_replace(Some(SweepOutcome {
+                ticket,
+                changes: *result.as_ref().unwrap_or(&0),
+                error: result.as_ref().err().map(ToString::to_string),
+            }));
+            match result {
                 Ok(_) => {
                     failures = 0;
                     delay = self.interval;
@@ -598,6 +663,42 @@ mod tests {
         *fake.down.lock().expect("lock") = false;
         let change = rx.recv().await.expect("recovers and emits");
         assert_eq!(change.secret.version, "v1");
+        shutdown.cancel();
+        task.await.expect("stops");
+    }
+
+    #[tokio::test]
+    async fn sweep_waits_for_a_sweep_that_started_after_the_request() {
+        let fake = Arc::new(Fake::default());
+        fake.put("a", "v1", "one", 1_000);
+        let (_tx, watch_rx) = watch::channel(WatchSet {
+            keys: ["a".to_owned()].into_iter().collect(),
+            finds: Vec::new(),
+        });
+        let (changes, mut received) = mpsc::channel(16);
+        let source: Arc<dyn SecretSource> = Arc::clone(&fake) as Arc<dyn SecretSource>;
+        let (poller, handle) = Poller::new(
+            "s",
+            source,
+            Duration::from_secs(3600),
+            watch_rx,
+            changes,
+            VaultMetrics::default(),
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(poller.run(shutdown.clone()));
+        let first = handle.first_sweep().await.expect("first sweep");
+        assert_eq!((first.changes, first.error), (1, None));
+        assert_eq!(received.recv().await.expect("v1").secret.version, "v1");
+        // A rotation: the next requested sweep reports it, long before the hour-long interval.
+        fake.put("a", "v2", "two", 2_000);
+        assert_eq!(handle.sweep().await, Ok(1));
+        assert_eq!(received.recv().await.expect("v2").secret.version, "v2");
+        assert_eq!(handle.sweep().await, Ok(0), "nothing new");
+        *fake.down.lock().expect("lock") = true;
+        let error = handle.sweep().await.expect_err("vault down");
+        assert!(error.contains("https://v/"), "{error}");
+        assert!(!error.contains("two"), "{error}");
         shutdown.cancel();
         task.await.expect("stops");
     }

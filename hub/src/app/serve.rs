@@ -1,0 +1,247 @@
+//! `keyfleet serve`: connects the store, builds the fleet, the runtime, the status writer and the
+//! gRPC services, opens the listeners, and on shutdown drains agents and flushes status.
+//!
+//! Order matters: the gRPC listener (Admin) opens early, but the Sync service accepts agents only
+//! once the runtime has computed every cluster's desired set (`SyncService::set_ready`), so a
+//! reconnecting agent is never compared against an empty set.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::fleet::credentials::Credentials;
+use crate::fleet::{Fleet, FleetConfig, FleetEvent};
+use crate::grpc::admin::{AdminAuth, AdminService};
+use crate::grpc::enroll::EnrollService;
+use crate::grpc::server::{self, TlsMaterial};
+use crate::grpc::sync::{SyncConfig, SyncService};
+use crate::ops::{self, Ops};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::status::{StatusConfig, StatusWriter};
+use crate::store::Store;
+use crate::vault::{VaultMetrics, VaultOptions};
+
+/// Capacity of each copy of the fleet's event stream.
+const EVENT_BUFFER: usize = 65_536;
+/// Enrollments admitted per second, and at once (a fleet enrolling after `cluster add` en masse).
+const ENROLL_PER_SECOND: u32 = 200;
+const ENROLL_BURST: u32 = 500;
+
+pub(super) async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    super::install_crypto_provider();
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    let ops = Ops::default();
+
+    // Store.
+    let store = Store::connect(&config.database)
+        .await
+        .context("connect to the store given by --database")?;
+    if config.migrate {
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("migrate the {} store", store.backend()))?;
+    }
+    tracing::info!(backend = store.backend(), "store connected");
+    if let Some(dir) = &config.config_dir {
+        super::load_config_dir(&store, dir).await?;
+    }
+
+    // Fan-out, runtime, status.
+    let replica = config.grpc.replica_id.clone();
+    let (fleet, events) = Fleet::new(FleetConfig::default());
+    ops.register(|registry| fleet.register_metrics(registry));
+    let credentials = Credentials::default();
+    let vault_metrics = VaultMetrics::default();
+    ops.register(|registry| vault_metrics.register(registry));
+    let vault = VaultOptions {
+        ca_pem: match &config.vault.ca_file {
+            Some(path) => Some(
+                std::fs::read(path).with_context(|| format!("read --vault-ca-file {}", path.display()))?,
+            ),
+            None => None,
+        },
+        authority_host: config.vault.authority_host.clone(),
+        verify_challenge_resource: !config.vault.skip_challenge_resource_check,
+        metrics: vault_metrics,
+        ..VaultOptions::default()
+    };
+    let (runtime, control) = Runtime::new(
+        RuntimeConfig {
+            replica: replica.clone(),
+            vault,
+            ..RuntimeConfig::default()
+        },
+        store.clone(),
+        fleet.clone(),
+        credentials.clone(),
+    );
+    let mut runtime_ready = runtime.ready();
+    let (status_tx, status_rx) = mpsc::channel(EVENT_BUFFER);
+    let (runtime_tx, runtime_rx) = mpsc::channel(EVENT_BUFFER);
+    tokio::spawn(tee(events, status_tx, runtime_tx));
+    let status = StatusWriter::new(
+        store.clone(),
+        fleet.clone(),
+        StatusConfig {
+            replica: replica.clone(),
+            ..StatusConfig::default()
+        },
+    );
+    ops.register(|registry| status.metrics().register(registry));
+    let status_task = tokio::spawn(status.run(status_rx));
+    let mut runtime_task = tokio::spawn(runtime.run(runtime_rx, stop.clone().cancelled_owned()));
+
+    // Operations endpoint.
+    let (ops_addr, ops_server) = ops::bind(config.ops.addr, ops.clone(), stop.clone().cancelled_owned())
+        .await
+        .with_context(|| format!("bind the operations endpoint on {}", config.ops.addr))?;
+    let ops_task = tokio::spawn(ops_server);
+
+    // gRPC: Sync, Enrollment, Admin.
+    let tls_source = config
+        .grpc
+        .tls
+        .as_ref()
+        .context("serve needs TLS: --tls-cert and --tls-key, or --tls-self-signed DIR for development")?;
+    let tls = TlsMaterial::load(tls_source).context("load the gRPC TLS material")?;
+    let listener = tokio::net::TcpListener::bind(config.grpc.addr)
+        .await
+        .with_context(|| format!("bind the gRPC endpoint on {}", config.grpc.addr))?;
+    let grpc_addr = listener.local_addr().context("read the gRPC address")?;
+    let sync = SyncService::new(
+        fleet.clone(),
+        credentials.clone(),
+        SyncConfig {
+            hub_instance: replica.clone(),
+            ..SyncConfig::default()
+        },
+    );
+    let enroll = EnrollService::new(
+        store.clone(),
+        credentials.clone(),
+        ENROLL_PER_SECOND,
+        ENROLL_BURST,
+    );
+    let admin_tokens = super::read_admin_tokens(config.admin_token_file.as_deref())?;
+    let admin = AdminService::new(store.clone(), Arc::new(control)).into_server(AdminAuth::new(admin_tokens));
+    let routes = tonic::service::Routes::new(sync.clone().into_server())
+        .add_service(enroll.into_server())
+        .add_service(admin);
+    let grpc_stop = CancellationToken::new();
+    let grpc_task = tokio::spawn(server::serve(
+        listener,
+        tls.server_config(),
+        routes,
+        grpc_stop.clone().cancelled_owned(),
+    ));
+    tracing::info!(%grpc_addr, %ops_addr, replica = %replica, "listening; computing desired state");
+
+    // Ready once the runtime has every cluster's desired set.
+    tokio::select! {
+        ready = runtime_ready.wait_for(|ready| *ready) => {
+            if ready.is_err() {
+                return finish_runtime(&mut runtime_task).await;
+            }
+        }
+        result = &mut runtime_task => return runtime_result(result),
+        () = stop.cancelled() => {}
+    }
+    if !stop.is_cancelled() {
+        sync.set_ready(true);
+        ops.set_ready(true);
+        if let Some(path) = &config.ready_file {
+            super::write_ready_file(path, grpc_addr, ops_addr)?;
+        }
+        tracing::info!(%grpc_addr, %ops_addr, "hub ready");
+        tokio::select! {
+            () = stop.cancelled() => {}
+            result = &mut runtime_task => {
+                // The runtime only ends early on an error; serve no longer.
+                stop.cancel();
+                runtime_result(result)?;
+            }
+        }
+    }
+
+    // Drain: tell agents to reconnect elsewhere (jittered), wait for streams to end, then stop.
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining agents");
+    ops.set_ready(false);
+    sync.set_ready(false);
+    let draining = fleet.drain();
+    if tokio::time::timeout(config.shutdown_grace, fleet.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            streams = draining,
+            "grace period over; closing the remaining streams"
+        );
+    }
+    grpc_stop.cancel();
+    if let Ok(Err(error)) = grpc_task.await {
+        tracing::warn!(error = %error, "gRPC server ended with an error");
+    }
+    // The fleet (and with it the event stream) ends with the last stream; the status writer
+    // flushes what it buffered and returns.
+    drop(fleet);
+    drop(sync);
+    match tokio::time::timeout(config.shutdown_grace, status_task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(error = %error, "status writer failed"),
+        Err(_) => tracing::warn!("status writer did not finish its last flush in time"),
+    }
+    let _ = ops_task.await;
+    if !runtime_task.is_finished() {
+        runtime_task.abort();
+    }
+    store.close().await;
+    tracing::info!("hub stopped");
+    Ok(())
+}
+
+/// Copies every fleet event to the status writer and to the runtime (rollout progress).
+async fn tee(
+    mut events: mpsc::Receiver<FleetEvent>,
+    status: mpsc::Sender<FleetEvent>,
+    runtime: mpsc::Sender<FleetEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let copy = event.clone();
+        if status.send(event).await.is_err() {
+            return;
+        }
+        // The runtime ends first at shutdown: the status writer still gets the rest.
+        let _ = runtime.send(copy).await;
+    }
+}
+
+fn runtime_result(
+    result: Result<Result<(), crate::runtime::RuntimeError>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(anyhow::Error::new(error).context("the runtime stopped")),
+        Err(error) => Err(anyhow::Error::new(error).context("the runtime task failed")),
+    }
+}
+
+async fn finish_runtime(
+    task: &mut tokio::task::JoinHandle<Result<(), crate::runtime::RuntimeError>>,
+) -> anyhow::Result<()> {
+    runtime_result(task.await)
+}
