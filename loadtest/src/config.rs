@@ -1,0 +1,98 @@
+//! `keyfleet-loadtest` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The fleet rotation simulation: Key Vault emulator, the real hub binary, and N clusters (each a
+/// fake Kubernetes API with the real agent code); rotates the shared registry credential R times
+/// and reports how fast and how cheaply every cluster got it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "keyfleet-loadtest", version, about)]
+pub struct Args {
+    /// Simulated clusters.
+    #[arg(long, env = "KEYFLEET_LOADTEST_CLUSTERS", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub clusters: u32,
+    /// Rotations of the Key Vault secret after the initial convergence.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub rotations: u32,
+    /// Hub store: default an embedded SQLite file in the run's temporary directory;
+    /// `postgres://…` for Postgres.
+    #[arg(long, env = "KEYFLEET_LOADTEST_DATABASE")]
+    pub database: Option<String>,
+    /// Initial value of the Key Vault secret `acr-pull` (a docker config JSON); generated when absent.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Leave everything running at the end (for `keyfleet status` and dashboards) until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+    /// The hub binary (default: `keyfleet` next to this binary).
+    #[arg(long, env = "KEYFLEET_LOADTEST_HUB")]
+    pub hub_binary: Option<PathBuf>,
+    /// How long a rotation may take before the clusters still behind count as not converged.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub converge_timeout: Duration,
+    /// Skip the kill -9 / restart scenario.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Skip the per-cluster polling baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// ESO refreshInterval assumed by the baseline's staleness figures.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub baseline_refresh: Duration,
+    /// The FleetSecret spec to apply (its SecretStore document is replaced by one for the emulator).
+    #[arg(long, default_value = "deploy/examples/regcred.yaml")]
+    pub fleet_secret: PathBuf,
+    /// No live progress bar (for CI logs).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("invalid duration {text:?}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("keyfleet-loadtest").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_the_quickstart() {
+        let args = parse(&[]).expect("defaults");
+        assert_eq!(args.clusters, 1500);
+        assert_eq!(args.rotations, 3);
+        assert!(args.database.is_none());
+        assert_eq!(args.converge_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for bad in [
+            &["--clusters", "0"][..],
+            &["--clusters", "many"],
+            &["--converge-timeout", "soon"],
+        ] {
+            let error = parse(bad).expect_err("invalid");
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+        }
+        let args = parse(&[
+            "--clusters",
+            "10000",
+            "--rotations",
+            "1",
+            "--database",
+            "postgres://x",
+        ])
+        .expect("valid");
+        assert_eq!(args.clusters, 10_000);
+    }
+}
