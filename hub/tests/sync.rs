@@ -559,3 +559,21 @@ async fn garbage_on_the_grpc_port_does_not_disturb_other_agents() {
     hub.fleet.set_desired(cluster, desired(&[revision("a", 1, b"v")]));
     assert_eq!(agent.update().await.upserts[0].key, "a");
 }
+
+#[tokio::test]
+async fn streams_are_refused_until_the_hub_is_ready() {
+    let hub = Hub::start().await;
+    let (_, credential) = hub.enroll(1);
+    hub.sync.set_ready(false);
+    let refused = TestAgent::connect(&hub, &credential, Applied::new())
+        .await
+        .err()
+        .expect("not ready");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(refused.message().contains("not ready"), "{refused:?}");
+    hub.sync.set_ready(true);
+    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        .await
+        .unwrap();
+    assert!(agent.handshake().await.in_sync);
+}
