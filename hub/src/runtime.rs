@@ -640,8 +640,8 @@ impl Runtime {
                         self.load_cluster(subject).await?;
                     }
                 }
-                self.credentials
-                    .replace_all(self.store.active_credentials().await?);
+                // Enrolled on another replica, or revoked anywhere: align index and streams.
+                crate::grpc::enroll::refresh_credentials(&self.store, &self.credentials, &self.fleet).await?;
                 self.replan = true;
             }
             if revisions && self.leadership.is_none() {

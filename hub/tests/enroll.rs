@@ -269,3 +269,56 @@ async fn a_rotation_reaches_200_agents_and_status_shows_all_applied() {
     drop(hub);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_elsewhere_reach_the_credential_index_and_revoke_streams() {
+    use keyfleet_hub::grpc::enroll::refresh_credentials;
+    let db = TestDb::create().await;
+    let store = db.store.clone();
+    let (hub, _view) = Hub::start_with_store(store.clone(), status_config()).await;
+    // Enrolled through another replica: only the store knows the credential.
+    let cluster = store.create_cluster("ap-1", &Labels::new()).await.unwrap();
+    let credential = keyfleet_hub::fleet::credentials::new_credential();
+    store
+        .set_cluster_credential(cluster.id, &Sha256::of(credential.as_bytes()))
+        .await
+        .unwrap();
+    let refused = TestAgent::connect(&hub, &credential, Applied::new())
+        .await
+        .err()
+        .expect("unknown here yet");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let revoked = refresh_credentials(&store, &hub.credentials, &hub.fleet)
+        .await
+        .unwrap();
+    assert!(revoked.is_empty());
+    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        .await
+        .unwrap();
+    agent.handshake().await;
+
+    // Revoked through another replica's admin API: the next refresh ends the stream.
+    store.revoke_cluster(cluster.id).await.unwrap();
+    let revoked = refresh_credentials(&store, &hub.credentials, &hub.fleet)
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec![cluster.id]);
+    let status = within(Duration::from_secs(1), "revocation", agent.end())
+        .await
+        .expect_err("ended");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let again = TestAgent::connect(&hub, &credential, Applied::new())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(again.code(), Code::Unauthenticated);
+    assert!(
+        refresh_credentials(&store, &hub.credentials, &hub.fleet)
+            .await
+            .unwrap()
+            .is_empty(),
+        "revoked once"
+    );
+    drop(hub);
+    db.drop_db().await;
+}

@@ -138,10 +138,38 @@ impl enrollment_server::Enrollment for EnrollService {
     }
 }
 
-/// Loads the credential index from the store (at start, and after a `Cluster` change on another
-/// replica).
+/// Loads the credential index from the store (at start).
 pub async fn load_credentials(store: &Store) -> Result<Credentials, crate::store::StoreError> {
     Ok(Credentials::from_entries(store.active_credentials().await?))
+}
+
+/// Brings the credential index and the fleet in line with the store after a cluster change made
+/// anywhere (another replica's enrollment, `keyfleet cluster revoke`): credentials enrolled
+/// elsewhere are added, and every cluster the store holds as revoked loses its credential and its
+/// stream (PERMISSION_DENIED) and is refused from then on. Returns the clusters newly revoked here.
+pub async fn refresh_credentials(
+    store: &Store,
+    credentials: &Credentials,
+    fleet: &crate::fleet::Fleet,
+) -> Result<Vec<crate::domain::ClusterId>, crate::store::StoreError> {
+    let active = store.active_credentials().await?;
+    let clusters = store.list_clusters(None).await?;
+    for (hash, cluster) in active {
+        credentials.insert(hash, cluster);
+    }
+    let mut revoked = Vec::new();
+    for cluster in clusters {
+        if cluster.state != crate::domain::ClusterState::Revoked {
+            continue;
+        }
+        let had_credential = credentials.revoke_cluster(cluster.id);
+        if had_credential || !fleet.is_revoked(cluster.id) {
+            fleet.revoke(cluster.id);
+            tracing::info!(cluster = %cluster.id, cluster_name = %cluster.name, "cluster revoked");
+            revoked.push(cluster.id);
+        }
+    }
+    Ok(revoked)
 }
 
 #[cfg(test)]
