@@ -816,8 +816,7 @@ pub(super) async fn lagging(
                       s.applied_revision, s.applied_sha256, s.state, s.last_error, s.attempts,
                       s.updated_at, s.applied_at
                FROM sync_status s JOIN clusters c ON c.id = s.cluster_id
-               WHERE s.applied_revision IS DISTINCT FROM s.desired_revision
-                 AND ($1::text IS NULL OR s.fleet_secret = $1)
+               WHERE s.lagging AND ($1::text IS NULL OR s.fleet_secret = $1)
                ORDER BY s.updated_at, c.name, s.fleet_secret
                LIMIT $2"#,
             fleet_secret,
