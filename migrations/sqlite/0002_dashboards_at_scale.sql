@@ -6,21 +6,37 @@
 DROP VIEW keyfleet_rollout;
 DROP VIEW keyfleet_cluster_sync;
 
+-- Covering index: the per-revision counts read only this index, never the table.
+CREATE INDEX sync_status_rollout
+    ON sync_status (fleet_secret, desired_revision, state, applied_revision, applied_at);
+
 CREATE VIEW keyfleet_rollout AS
-SELECT s.fleet_secret,
-       s.desired_revision AS revision,
-       count(*) AS targeted,
-       count(*) FILTER (WHERE s.applied_revision = s.desired_revision AND s.state = 'applied') AS applied,
-       count(*) FILTER (WHERE s.state <> 'error'
-                          AND (s.applied_revision IS NOT s.desired_revision OR s.state <> 'applied')) AS pending,
-       count(*) FILTER (WHERE s.state = 'error') AS error,
-       count(*) FILTER (WHERE c.connected_replica IS NULL
-                          AND s.applied_revision IS NOT s.desired_revision) AS offline,
-       min(s.applied_at) FILTER (WHERE s.applied_revision = s.desired_revision) AS first_applied_at,
-       max(s.applied_at) FILTER (WHERE s.applied_revision = s.desired_revision) AS last_applied_at
-FROM sync_status s
-JOIN clusters c ON c.id = s.cluster_id
-GROUP BY s.fleet_secret, s.desired_revision;
+SELECT a.fleet_secret,
+       a.revision,
+       a.targeted,
+       a.applied,
+       a.pending,
+       a.error,
+       coalesce(o.offline, 0) AS offline,
+       a.first_applied_at,
+       a.last_applied_at
+FROM (SELECT s.fleet_secret,
+             s.desired_revision AS revision,
+             count(*) AS targeted,
+             count(*) FILTER (WHERE s.applied_revision = s.desired_revision AND s.state = 'applied') AS applied,
+             count(*) FILTER (WHERE s.state <> 'error'
+                                AND (s.applied_revision IS NOT s.desired_revision OR s.state <> 'applied')) AS pending,
+             count(*) FILTER (WHERE s.state = 'error') AS error,
+             min(s.applied_at) FILTER (WHERE s.applied_revision = s.desired_revision) AS first_applied_at,
+             max(s.applied_at) FILTER (WHERE s.applied_revision = s.desired_revision) AS last_applied_at
+      FROM sync_status s
+      GROUP BY s.fleet_secret, s.desired_revision) a
+LEFT JOIN (SELECT s.fleet_secret, s.desired_revision, count(*) AS offline
+           FROM sync_status s
+           JOIN clusters c ON c.id = s.cluster_id
+           WHERE s.applied_revision IS NOT s.desired_revision AND c.connected_replica IS NULL
+           GROUP BY s.fleet_secret, s.desired_revision) o
+       ON o.fleet_secret = a.fleet_secret AND o.desired_revision = a.revision;
 
 CREATE VIEW keyfleet_cluster_sync AS
 SELECT c.id AS cluster_id,

@@ -951,7 +951,10 @@ async fn change_wakeups_survive_a_lost_listener(store: Store) {
         }
     })
     .await;
-    assert!(killed.is_ok(), "the listener's session is visible in pg_stat_activity");
+    assert!(
+        killed.is_ok(),
+        "the listener's session is visible in pg_stat_activity"
+    );
     tokio::time::timeout(Duration::from_secs(30), wakeups.recv())
         .await
         .expect("a wake-up after the reconnect")
@@ -973,7 +976,10 @@ async fn rollout_view_matches_the_status_rows(store: Store) {
         ids.push(cluster(&store, &format!("c{index}")).await.id);
     }
     for id in &ids[..3] {
-        store.record_connect(*id, "r1", "0.1.0", at(0)).await.expect("connect");
+        store
+            .record_connect(*id, "r1", "0.1.0", at(0))
+            .await
+            .expect("connect");
     }
     let check = |step: &'static str| {
         let store = store.clone();
@@ -1515,7 +1521,10 @@ async fn bench(store: &Store) {
             async move {
                 let id = cluster(&store, &format!("cluster-{index:05}")).await.id;
                 if index % 20 != 0 {
-                    store.record_connect(id, "r1", "0.1.0", at(0)).await.expect("connect");
+                    store
+                        .record_connect(id, "r1", "0.1.0", at(0))
+                        .await
+                        .expect("connect");
                 }
                 id
             }
@@ -1523,7 +1532,10 @@ async fn bench(store: &Store) {
         .buffered(8)
         .collect()
         .await;
-    eprintln!("[{backend}] {CLUSTERS} clusters added and connected in {:?}", started.elapsed());
+    eprintln!(
+        "[{backend}] {CLUSTERS} clusters added and connected in {:?}",
+        started.elapsed()
+    );
 
     let statements_before = store.status_statements();
     let mut pending_time = Duration::ZERO;
@@ -1565,11 +1577,29 @@ async fn bench(store: &Store) {
         (SECRETS * CLUSTERS as u64) as f64 / ack_time.as_secs_f64(),
     );
 
+    // What autovacuum does after a bulk load: statistics for the planner.
+    match &store.backend {
+        Backend::Postgres(pool) => pool.execute("ANALYZE").await.map(drop),
+        Backend::Sqlite(pool) => pool.execute("ANALYZE").await.map(drop),
+    }
+    .expect("analyze");
     let views = [
         ("keyfleet_rollout", "SELECT * FROM keyfleet_rollout", 50),
-        ("keyfleet_cluster_sync", "SELECT * FROM keyfleet_cluster_sync", CLUSTERS),
-        ("keyfleet_lagging (first 100)", "SELECT * FROM keyfleet_lagging LIMIT 100", 100),
-        ("keyfleet_lagging (all)", "SELECT * FROM keyfleet_lagging", 2 * 50 * 200),
+        (
+            "keyfleet_cluster_sync",
+            "SELECT * FROM keyfleet_cluster_sync",
+            CLUSTERS,
+        ),
+        (
+            "keyfleet_lagging (first 100)",
+            "SELECT * FROM keyfleet_lagging LIMIT 100",
+            100,
+        ),
+        (
+            "keyfleet_lagging (all)",
+            "SELECT * FROM keyfleet_lagging",
+            2 * 50 * 200,
+        ),
     ];
     for (name, sql, expected_rows) in views {
         let mut times = Vec::new();
@@ -1579,6 +1609,9 @@ async fn bench(store: &Store) {
             times.push(elapsed);
         }
         times.sort();
-        eprintln!("[{backend}] {name}: median {:?} (min {:?}) over 500,000 status rows", times[2], times[0]);
+        eprintln!(
+            "[{backend}] {name}: median {:?} (min {:?}) over 500,000 status rows",
+            times[2], times[0]
+        );
     }
 }
