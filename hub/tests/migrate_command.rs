@@ -18,7 +18,10 @@ fn migrate_applies_once_then_reports_up_to_date() {
     let first = keyfleet(&["migrate", "--database", &url]);
     assert!(first.status.success(), "{first:?}");
     let stdout = String::from_utf8_lossy(&first.stdout);
-    assert_eq!(stdout, "sqlite: applied migration 0001 init\n");
+    assert_eq!(
+        stdout,
+        "sqlite: applied migration 0001 init\nsqlite: applied migration 0002 dashboards at scale\n"
+    );
     assert!(dir.path().join("keyfleet.db").exists(), "the file is created");
 
     let second = keyfleet(&["migrate", "--database", &url]);
