@@ -195,6 +195,10 @@ t_other_writes() {
   printf 'apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad-tls\ntype: kubernetes.io/tls\ndata:\n  tls.crt: YQ==\n' >"$WORK/tls.yaml"
   if k apply --server-side -f "$WORK/tls.yaml" 2>"$WORK/tls.err"; then echo "tls secret without key accepted"; return 1; fi
   grep -q 'is invalid' "$WORK/tls.err" || { cat "$WORK/tls.err"; return 1; }
+  # Typed commands POST protobuf.
+  k create namespace typed-ns | grep -q 'namespace/typed-ns created' || return 1
+  k create secret generic typed -n typed-ns --from-literal=k=v | grep -q 'secret/typed created' || return 1
+  [ "$(k get secret typed -n typed-ns -o jsonpath='{.data.k}/{.type}')" = "dg==/Opaque" ] || return 1
   # Namespaces: apply, then delete cascades to its Secrets.
   printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n' | k apply --server-side -f - || return 1
   secret_yaml in-team-a x | sed 's/namespace: default/namespace: team-a/' | k apply --server-side -f - || return 1

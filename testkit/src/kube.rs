@@ -17,13 +17,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not supported: protobuf bodies (kubectl's typed `create secret`/`create namespace`; use
-//! `apply`/`create -f`), kinds other than Secret and Namespace, `Table` output.
+//! Protobuf request bodies (kubectl's typed `create secret`/`create namespace`) are decoded for
+//! create and update; responses are always JSON. Not supported: kinds other than Secret and
+//! Namespace, `Table` output.
 
 mod api;
 mod discovery;
 pub mod model;
 mod patch;
+mod protobuf;
 mod selector;
 mod server;
 pub mod status;

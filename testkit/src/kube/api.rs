@@ -16,7 +16,7 @@ use super::model::{Kind, Object};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{PatchType, Permissions, Preconditions, Verb, WriteOptions, Written};
-use super::{Cluster, Inner, discovery, watch};
+use super::{Cluster, Inner, discovery, protobuf, watch};
 
 /// Largest request body accepted (a Secret is at most 1 MiB of data, base64 inflates it).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -399,9 +399,6 @@ fn write(
     let name = target.name.as_deref().unwrap_or_default();
     let kind = target.kind;
     let media = content_type(headers);
-    if media.contains("protobuf") {
-        return Err(ApiError::unsupported_media_type(&media));
-    }
     let manager = field_manager(query, headers)?;
     let options = |manager: String, force: bool| WriteOptions {
         manager,
@@ -411,7 +408,14 @@ fn write(
     let mut unknown = Vec::new();
     let (written, warnings, manager_name) = match verb {
         Verb::Create | Verb::Update => {
-            let body = parse_body(bytes, media.contains("yaml"))?;
+            let body = if media == "application/vnd.kubernetes.protobuf" {
+                if !protobuf::is_envelope(bytes) {
+                    return Err(ApiError::unsupported_media_type(&media));
+                }
+                protobuf::decode(kind, bytes)?
+            } else {
+                parse_body(bytes, media.contains("yaml"))?
+            };
             let object = Object::from_json(kind, &body, &mut unknown)?;
             let warnings = check_unknown(query, &unknown, false)?;
             let manager = manager.unwrap_or_else(|| "unknown".to_owned());

@@ -630,6 +630,7 @@ impl State {
         }
         entries.retain(|entry| !entry.fields.is_empty());
         object.meta.managed_fields = entries;
+        default_fields(&mut object);
         validate(Some(&live), &object)?;
         if object.same_content(&live) {
             self.writes.noop_applies += 1;
@@ -798,7 +799,8 @@ fn prepare_new(object: &mut Object) {
 fn default_fields(object: &mut Object) {
     match &mut object.body {
         Body::Secret(secret) => {
-            if secret.type_.is_none() {
+            // An absent or empty type defaults to Opaque, as in the apiserver's defaulting.
+            if secret.type_.as_deref().is_none_or(str::is_empty) {
                 secret.type_ = Some("Opaque".to_owned());
             }
         }
@@ -1019,11 +1021,6 @@ fn type_rules(object: &Object, secret: &super::model::SecretBody) -> Vec<Cause> 
         }
     };
     match secret.type_.as_deref().unwrap_or("Opaque") {
-        "" => vec![Cause {
-            reason: "FieldValueRequired",
-            message: "Required value".to_owned(),
-            field: "type".to_owned(),
-        }],
         "kubernetes.io/service-account-token" => {
             if object
                 .meta
