@@ -28,7 +28,7 @@ trap cleanup EXIT
   --cluster fleet-1 --watch-history "$HISTORY" --bookmark-interval 1s \
   >"$WORK/server.out" 2>"$WORK/server.err" &
 SERVER_PID=$!
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   grep -q '^ready ' "$WORK/server.out" 2>/dev/null && break
   kill -0 "$SERVER_PID" 2>/dev/null || break
   sleep 0.1
@@ -62,7 +62,7 @@ check() {
 # Waits (bounded) until FILE contains PATTERN.
 wait_for() {
   local file=$1 pattern=$2
-  for _ in $(seq 1 150); do
+  for _ in $(seq 1 300); do
     grep -q -- "$pattern" "$file" 2>/dev/null && return 0
     sleep 0.1
   done
