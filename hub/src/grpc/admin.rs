@@ -131,7 +131,9 @@ impl Interceptor for AdminAuth {
             .metadata()
             .get("authorization")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+            .and_then(|value| value.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token);
         match token {
             Some(token) if self.accepts(token.trim()) => Ok(request),
             Some(_) => Err(Status::unauthenticated("the admin token is not accepted")),
@@ -1173,6 +1175,10 @@ mod tests {
             request
         };
         assert!(auth.call(with(Some("Bearer kfa_one"))).is_ok());
+        assert!(
+            auth.call(with(Some("bearer  kfa_one"))).is_ok(),
+            "the scheme is case-insensitive"
+        );
         for value in [
             None,
             Some("Bearer kfa_two"),
