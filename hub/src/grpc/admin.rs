@@ -56,8 +56,10 @@ pub const MAX_FILE_NAME_BYTES: usize = 1_024;
 pub const DEFAULT_LAGGING_LIMIT: u32 = 20;
 /// Most lagging clusters listed per FleetSecret.
 pub const MAX_LAGGING_LIMIT: u32 = 1_000;
-/// How long a disconnected cluster holds a rollout wave back (see [`crate::sync::plan`]).
-pub const OFFLINE_GRACE: TimeDelta = TimeDelta::minutes(10);
+/// How long a disconnected cluster holds a rollout wave back in the status this service reports
+/// (see [`crate::sync::plan`]); the runtime's default, change both with
+/// [`AdminService::with_offline_grace`].
+pub const OFFLINE_GRACE: TimeDelta = TimeDelta::minutes(5);
 
 /// What a sync-now did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,6 +163,7 @@ pub fn new_enrollment_token() -> String {
 pub struct AdminService {
     store: Store,
     control: Arc<dyn HubControl>,
+    offline_grace: TimeDelta,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -177,7 +180,19 @@ pub type AuthenticatedAdmin = InterceptedService<AdminServer<AdminService>, Admi
 impl AdminService {
     /// Over this store, telling `control` about every change.
     pub fn new(store: Store, control: Arc<dyn HubControl>) -> Self {
-        Self { store, control }
+        Self {
+            store,
+            control,
+            offline_grace: OFFLINE_GRACE,
+        }
+    }
+
+    /// Uses the runtime's offline grace, so that the rollout status reported here is the decision
+    /// the runtime takes.
+    #[must_use]
+    pub fn with_offline_grace(mut self, offline_grace: TimeDelta) -> Self {
+        self.offline_grace = offline_grace;
+        self
     }
 
     /// The tonic service, behind `auth`.
@@ -337,7 +352,7 @@ impl AdminService {
             status: &plan_status,
             rollouts: &progress,
             now: Utc::now(),
-            offline_grace: OFFLINE_GRACE,
+            offline_grace: self.offline_grace,
         });
 
         let mut rows_by_secret: HashMap<&str, HashMap<crate::domain::ClusterId, &SyncStatus>> =
