@@ -274,7 +274,9 @@ impl Runtime {
                     changed = true;
                 }
                 Some(event) = events.recv() => {
+                    // An ack may complete a wave: plan again (debounced) so the next wave starts.
                     if self.observe(event) {
+                        self.replan = true;
                         changed = true;
                     }
                 }
