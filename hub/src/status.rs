@@ -240,7 +240,18 @@ impl<S: StatusSink> StatusWriter<S> {
     }
 
     /// Consumes events until the channel closes (the fleet is gone), then flushes what is left.
-    pub async fn run(mut self, mut events: mpsc::Receiver<FleetEvent>) {
+    pub async fn run(self, events: mpsc::Receiver<FleetEvent>) {
+        self.run_until(events, std::future::pending()).await;
+    }
+
+    /// Like [`StatusWriter::run`], but also stops when `shutdown` resolves: the events already
+    /// queued are taken, then the last flush is written (for shutdown while `Fleet` clones live).
+    pub async fn run_until(
+        mut self,
+        mut events: mpsc::Receiver<FleetEvent>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
         let start = Instant::now();
         let mut liveness_at = start + self.config.liveness_interval;
         let mut detect_at = start + self.config.detector_interval;
@@ -266,6 +277,12 @@ impl<S: StatusSink> StatusWriter<S> {
                 () = sleep_until(detect_at) => {
                     detect_at = Instant::now() + self.config.detector_interval;
                     self.detect_undelivered(Instant::now());
+                }
+                () = &mut shutdown => {
+                    while let Ok(event) = events.try_recv() {
+                        self.handle(event).await;
+                    }
+                    break;
                 }
             }
         }

@@ -386,6 +386,24 @@ async fn a_failed_flush_is_retried_and_the_rest_is_flushed_when_events_end() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn shutdown_takes_queued_events_and_flushes_without_waiting_for_the_fleet() {
+    let (fleet, _fleet_events) = Fleet::new(FleetConfig::default());
+    let (recorder, _signals) = Recorder::new();
+    let writer = StatusWriter::new(recorder.clone(), fleet.clone(), config());
+    let (events, receiver) = mpsc::channel(16);
+    events.send(acked(cluster(1), "a", 1)).await.expect("queued");
+    events.send(acked(cluster(2), "a", 1)).await.expect("queued");
+    let started = Instant::now();
+    // The sender stays alive (as Fleet clones do at shutdown): only the signal ends the writer.
+    writer.run_until(receiver, std::future::ready(())).await;
+    let calls = recorder.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(matches!(&calls[0].1, Call::Batch(rows) if rows.len() == 2));
+    assert_eq!(calls[0].0, started, "flushed at once, not after the interval");
+    drop(events);
+}
+
 #[test]
 fn metrics_use_the_documented_names() {
     let metrics = StatusMetrics::default();
