@@ -53,7 +53,7 @@ if [ "$status" -ne 0 ]; then
   exit "$status"
 fi
 # The emulator's log must never hold a secret value the SDK wrote.
-if grep -E 'value-one|value-two|secret-value|hunter2' "$STATE/emulator.log"; then
+if grep -E 'value-one|value-two|secret-value|written-twice|workload-value' "$STATE/emulator.log"; then
   echo "keyvault conformance: a secret value reached the emulator log" >&2
   exit 1
 fi

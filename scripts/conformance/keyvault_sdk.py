@@ -152,6 +152,17 @@ def check_throttling_retried():
     admin("DELETE", "faults")
 
 
+def check_commit_then_503_duplicates_a_retried_set():
+    c = client(secret_credential())
+    admin("POST", "faults", {"commitThenErrorNext": 1})
+    try:
+        c.set_secret("conf-retried", "written-twice")
+    finally:
+        admin("DELETE", "faults")
+    versions = list(c.list_properties_of_secret_versions("conf-retried"))
+    expect(len(versions) == 2, f"{len(versions)} versions: the SDK retried the committed PUT")
+
+
 def check_workload_identity():
     token = admin("POST", "federated-token", {})["token"]
     path = os.path.join(STATE, "federated-token")
@@ -199,6 +210,7 @@ CHECKS = [
     check_delete_recover_purge,
     check_wrong_secret,
     check_throttling_retried,
+    check_commit_then_503_duplicates_a_retried_set,
     check_workload_identity,
     check_managed_identity,
     check_permissions,

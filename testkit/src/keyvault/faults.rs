@@ -37,6 +37,10 @@ pub struct FaultSpec {
     /// Status of injected errors (default 503).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_status: Option<u16>,
+    /// Carry out the next N writes (set, update, delete, recover, purge), then answer 503 anyway:
+    /// a client that retries the write repeats it (a retried set makes another version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_then_error_next: Option<u32>,
     /// Added latency per vault call, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
@@ -90,6 +94,7 @@ impl Faults {
             throttle_above_per_second,
             error_next,
             error_status,
+            commit_then_error_next,
             latency_ms,
             outage,
             empty_first_page
@@ -135,6 +140,26 @@ impl Faults {
             error_status: Some(status),
             ..FaultSpec::default()
         });
+    }
+
+    /// Commit the next `n` writes, then answer 503.
+    pub fn commit_then_error_next(&self, n: u32) {
+        self.apply(FaultSpec {
+            commit_then_error_next: Some(n),
+            ..FaultSpec::default()
+        });
+    }
+
+    /// Whether this committed write must be answered with 503 (consumes one).
+    pub(crate) fn take_commit_then_error(&self) -> bool {
+        let mut state = self.lock();
+        match state.spec.commit_then_error_next {
+            Some(n) if n > 0 => {
+                state.spec.commit_then_error_next = Some(n - 1);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Added latency per vault call.

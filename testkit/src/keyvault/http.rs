@@ -493,6 +493,13 @@ impl Op {
         }
     }
 
+    fn is_write(self) -> bool {
+        matches!(
+            self,
+            Self::Set | Self::Update | Self::Delete | Self::Recover | Self::Purge
+        )
+    }
+
     fn permission(self) -> Permission {
         match self {
             Self::Get => Permission::Get,
@@ -642,6 +649,19 @@ async fn vault(call: Call<'_>, path: &[&str], body: &Bytes) -> Response {
     }
     let result = execute(&call, op, name.unwrap_or(""), version, body);
     match result {
+        Ok(_) if op.is_write() && shared.faults.take_commit_then_error() => {
+            shared.counters.add(op.name(), who, Outcome::Injected);
+            tracing::info!(
+                operation = op.name(),
+                principal = who,
+                "committed, then injected 503"
+            );
+            service_error(&ServiceError::new(
+                503,
+                "ServiceUnavailable",
+                "Injected failure after commit.",
+            ))
+        }
         Ok(response) => {
             shared.counters.add(op.name(), who, Outcome::Ok);
             response
