@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::domain::{ClusterId, ClusterState, SyncState};
 use crate::fleet::credentials::Credentials;
 use crate::fleet::{ClusterDesired, Fleet, FleetEvent};
-use crate::grpc::admin::{HubControl, SyncNowOutcome};
+use crate::grpc::admin::{HubControl, StoreHealth, SyncNowOutcome};
 use crate::grpc::convert::{EncodedRevision, encode_revision, rendered_sha256};
 use crate::render;
 use crate::spec::{self, DataFrom, FleetSecretSpec, Kind, SecretStoreSpec, Spec};
@@ -98,13 +98,37 @@ enum Command {
 #[derive(Clone)]
 pub struct RuntimeHandle {
     commands: mpsc::Sender<Command>,
+    pollers: PollerRegistry,
 }
+
+/// The running pollers by store, for [`HubControl::store_health`].
+type PollerRegistry = Arc<std::sync::Mutex<BTreeMap<String, PollerHandle>>>;
 
 #[async_trait::async_trait]
 impl HubControl for RuntimeHandle {
     async fn changed(&self) {
         // A full queue already holds a wake-up; the change log is the truth.
         let _ = self.commands.try_send(Command::Changed);
+    }
+
+    async fn store_health(&self) -> BTreeMap<String, StoreHealth> {
+        let pollers = self
+            .pollers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pollers
+            .iter()
+            .filter_map(|(store, poller)| {
+                let outcome = poller.last_outcome()?;
+                Some((
+                    store.clone(),
+                    StoreHealth {
+                        healthy: outcome.error.is_none(),
+                        last_error: outcome.error.unwrap_or_default(),
+                    },
+                ))
+            })
+            .collect()
     }
 
     async fn sync_now(&self, store: Option<String>) -> Result<SyncNowOutcome, tonic::Status> {
@@ -177,6 +201,7 @@ pub struct Runtime {
     vault_tx: mpsc::Sender<VaultChange>,
     vault_rx: mpsc::Receiver<VaultChange>,
     ready: watch::Sender<bool>,
+    pollers: PollerRegistry,
 }
 
 impl Runtime {
@@ -190,6 +215,7 @@ impl Runtime {
         let (commands_tx, commands) = mpsc::channel(64);
         let (vault_tx, vault_rx) = mpsc::channel(4096);
         let (ready, _) = watch::channel(false);
+        let pollers = PollerRegistry::default();
         let runtime = Self {
             config,
             store,
@@ -214,11 +240,13 @@ impl Runtime {
             vault_tx,
             vault_rx,
             ready,
+            pollers: Arc::clone(&pollers),
         };
         (
             runtime,
             RuntimeHandle {
                 commands: commands_tx,
+                pollers,
             },
         )
     }
@@ -299,6 +327,7 @@ impl Runtime {
                     for state in self.stores.values_mut() {
                         state.poller = None;
                     }
+                    self.pollers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
                 }
                 () = sleep_until_opt(deadline), if deadline.is_some() => {
                     due = None;
@@ -405,6 +434,10 @@ impl Runtime {
             );
             let stop = tokio_util::sync::CancellationToken::new();
             tokio::spawn(poller.run(stop.clone()));
+            self.pollers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.to_owned(), handle.clone());
             state.poller = Some(PollerTask {
                 handle,
                 watch,
@@ -710,6 +743,11 @@ impl Runtime {
                 }
             }
         }
+        let live: BTreeSet<String> = self.stores.keys().cloned().collect();
+        self.pollers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|name, _| live.contains(name));
         // Fleet secrets: a new generation renders again; a removed one is removed from clusters.
         let mut old = std::mem::take(&mut self.secrets);
         for (name, (spec, generation)) in secrets {

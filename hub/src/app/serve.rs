@@ -80,16 +80,13 @@ pub(super) async fn serve(
         metrics: vault_metrics,
         ..VaultOptions::default()
     };
-    let (runtime, control) = Runtime::new(
-        RuntimeConfig {
-            replica: replica.clone(),
-            vault,
-            ..RuntimeConfig::default()
-        },
-        store.clone(),
-        fleet.clone(),
-        credentials.clone(),
-    );
+    let runtime_config = RuntimeConfig {
+        replica: replica.clone(),
+        vault,
+        ..RuntimeConfig::default()
+    };
+    let offline_grace = runtime_config.offline_grace;
+    let (runtime, control) = Runtime::new(runtime_config, store.clone(), fleet.clone(), credentials.clone());
     let mut runtime_ready = runtime.ready();
     let (status_tx, status_rx) = mpsc::channel(EVENT_BUFFER);
     let (runtime_tx, runtime_rx) = mpsc::channel(EVENT_BUFFER);
@@ -103,7 +100,10 @@ pub(super) async fn serve(
         },
     );
     ops.register(|registry| status.metrics().register(registry));
-    let status_task = tokio::spawn(status.run(status_rx));
+    // Stopped explicitly once the gRPC server is down (other fleet clones may outlive it): it
+    // then writes what it buffered.
+    let status_stop = CancellationToken::new();
+    let status_task = tokio::spawn(status.run_until(status_rx, status_stop.clone().cancelled_owned()));
     let mut runtime_task = tokio::spawn(runtime.run(runtime_rx, stop.clone().cancelled_owned()));
 
     // Operations endpoint.
@@ -138,7 +138,9 @@ pub(super) async fn serve(
         ENROLL_BURST,
     );
     let admin_tokens = super::read_admin_tokens(config.admin_token_file.as_deref())?;
-    let admin = AdminService::new(store.clone(), Arc::new(control)).into_server(AdminAuth::new(admin_tokens));
+    let admin = AdminService::new(store.clone(), Arc::new(control))
+        .with_offline_grace(offline_grace)
+        .into_server(AdminAuth::new(admin_tokens));
     let routes = tonic::service::Routes::new(sync.clone().into_server())
         .add_service(enroll.into_server())
         .add_service(admin);
@@ -196,10 +198,10 @@ pub(super) async fn serve(
     if let Ok(Err(error)) = grpc_task.await {
         tracing::warn!(error = %error, "gRPC server ended with an error");
     }
-    // The fleet (and with it the event stream) ends with the last stream; the status writer
-    // flushes what it buffered and returns.
+    // No stream is left: the status writer flushes what it buffered and returns.
     drop(fleet);
     drop(sync);
+    status_stop.cancel();
     match tokio::time::timeout(config.shutdown_grace, status_task).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(error = %error, "status writer failed"),

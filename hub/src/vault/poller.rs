@@ -147,6 +147,11 @@ impl PollerHandle {
         }
     }
 
+    /// How the last sweep ended (`None` before the first one).
+    pub fn last_outcome(&self) -> Option<SweepOutcome> {
+        self.done.borrow().clone()
+    }
+
     /// Resolves when the first sweep has ended (successfully or not).
     pub fn first_sweep(&self) -> impl std::future::Future<Output = Option<SweepOutcome>> + Send + 'static {
         let mut done = self.done.clone();
