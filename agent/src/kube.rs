@@ -597,6 +597,15 @@ impl KubeCluster {
     /// Re-checks every payload in memory against the cache.
     async fn audit(&self) {
         self.follow_selectors().await;
+        let applied: BTreeSet<String> = self
+            .state()
+            .cache
+            .values()
+            .filter_map(|entry| ours_for(&entry.observed).map(str::to_owned))
+            .collect();
+        self.metrics
+            .applied_keys
+            .set(i64::try_from(applied.len()).unwrap_or(i64::MAX));
         let checks: Vec<(Arc<DesiredSecret>, String, reconcile::Drift)> = {
             let state = self.state();
             state

@@ -20,7 +20,7 @@ pub struct Metrics {
     pub drift_modified: Counter,
     /// Managed Secrets recreated after a deletion.
     pub drift_deleted: Counter,
-    /// Keys currently applied.
+    /// Keys applied (refreshed at each Hello and each audit).
     pub applied_keys: Gauge,
     /// Writes made to the Kubernetes API (apply, delete, release).
     pub kube_writes: Counter,
