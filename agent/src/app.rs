@@ -174,6 +174,28 @@ pub async fn run_agent(
     AgentRuntime::new(settings, client).run(shutdown).await
 }
 
+/// System CA bundles tried, in order, when `--hub-ca` is not given (after `SSL_CERT_FILE`).
+const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+fn system_ca_bundle() -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    for path in from_env
+        .into_iter()
+        .chain(SYSTEM_CA_FILES.iter().map(std::path::PathBuf::from))
+    {
+        if path.is_file() {
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("read CA bundle {}", path.display()))?;
+            return Ok(Some(pem));
+        }
+    }
+    Ok(None)
+}
+
 /// Runs the binary until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -181,7 +203,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Some(path) => {
             Some(std::fs::read_to_string(path).with_context(|| format!("read --hub-ca {}", path.display()))?)
         }
-        None => None,
+        None => system_ca_bundle()?,
     };
     let client = match &config.kubeconfig {
         Some(path) => {
@@ -202,6 +224,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     settings.namespace = config.credential.namespace.clone();
     settings.credential_secret = config.credential.secret_name.clone();
     settings.allowed_namespaces = config.allowed_namespaces.clone();
+    settings.audit_interval = config.audit_interval;
     tracing::info!(hub = %settings.hub_url, namespace = %settings.namespace, "keyfleet-agent starting");
     let runtime = std::sync::Arc::new(AgentRuntime::new(settings, client));
     let mut registry = Registry::default();

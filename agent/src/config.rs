@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -15,7 +16,8 @@ pub struct Cli {
     /// Hub gRPC endpoint, e.g. `https://keyfleet.example.com:8443`.
     #[arg(long, env = "KEYFLEET_AGENT_HUB_URL")]
     pub hub_url: String,
-    /// PEM file with the CA that signed the hub's certificate (pinned instead of system roots).
+    /// PEM file with the CA that signed the hub's certificate (pinned: the only root trusted).
+    /// Default: `SSL_CERT_FILE` or the system CA bundle.
     #[arg(long, env = "KEYFLEET_AGENT_HUB_CA")]
     pub hub_ca: Option<PathBuf>,
     /// One-time enrollment token from `keyfleet cluster add`; used only when no credential is
@@ -35,6 +37,10 @@ pub struct Cli {
     /// Namespaces the agent may write Secrets into (comma-separated); all when unset.
     #[arg(long, env = "KEYFLEET_AGENT_ALLOWED_NAMESPACES", value_delimiter = ',')]
     pub allowed_namespaces: Option<Vec<String>>,
+    /// How often the managed Secrets are re-checked (and namespace selectors re-resolved), on
+    /// top of the watch.
+    #[arg(long, env = "KEYFLEET_AGENT_AUDIT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub audit_interval: Duration,
     /// Kubeconfig file; in-cluster config (or `KUBECONFIG`) when unset.
     #[arg(long, env = "KEYFLEET_AGENT_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -82,6 +88,8 @@ pub struct Config {
     pub allowed_namespaces: Option<BTreeSet<String>>,
     /// Kubeconfig file (`None`: in-cluster or `KUBECONFIG`).
     pub kubeconfig: Option<PathBuf>,
+    /// Drift audit period.
+    pub audit_interval: Duration,
 }
 
 impl From<Cli> for Config {
@@ -101,6 +109,7 @@ impl From<Cli> for Config {
                 .allowed_namespaces
                 .map(|namespaces| namespaces.into_iter().collect()),
             kubeconfig: cli.kubeconfig,
+            audit_interval: cli.audit_interval,
         }
     }
 }
@@ -126,6 +135,8 @@ mod tests {
             "kf",
             "--allowed-namespaces",
             "a,b",
+            "--audit-interval",
+            "5m",
         ])
         .expect("valid flags");
         let config = Config::from(cli);
@@ -133,6 +144,7 @@ mod tests {
         assert_eq!(config.hub.enrollment_token.as_deref(), Some("kfe_x"));
         assert_eq!(config.credential.namespace, "kf");
         assert_eq!(config.credential.secret_name, "keyfleet-agent-credential");
+        assert_eq!(config.audit_interval, Duration::from_secs(300));
         assert_eq!(
             config.allowed_namespaces,
             Some(["a".to_string(), "b".to_string()].into())
