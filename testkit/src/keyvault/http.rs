@@ -41,6 +41,8 @@ pub(crate) async fn serve(
                     Ok(pair) => pair,
                     Err(error) => {
                         tracing::warn!(%error, "key vault emulator accept failed");
+                        // Out of file descriptors (or a transient error): back off instead of spinning.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 };

@@ -22,6 +22,8 @@ pub(super) async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>,
                     Ok(accepted) => accepted,
                     Err(error) => {
                         tracing::warn!(%error, "fake kube api: accept failed");
+                        // Out of file descriptors (or a transient error): back off instead of spinning.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 };
