@@ -24,7 +24,7 @@ use chrono::{TimeDelta, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::domain::{ClusterId, ClusterState, SyncState};
+use crate::domain::{ClusterId, SyncState};
 use crate::fleet::credentials::Credentials;
 use crate::fleet::{ClusterDesired, Fleet, FleetEvent};
 use crate::grpc::admin::{HubControl, StoreHealth, SyncNowOutcome};
@@ -786,28 +786,11 @@ impl Runtime {
 
     async fn load_clusters(&mut self) -> Result<(), RuntimeError> {
         let clusters = self.store.list_clusters(None).await?;
-        let previous = std::mem::take(&mut self.clusters);
-        for cluster in clusters {
-            let connected = self.fleet.is_connected(cluster.id);
-            if cluster.state == ClusterState::Revoked
-                && previous
-                    .get(&cluster.id)
-                    .is_some_and(|old| old.state != ClusterState::Revoked)
-            {
-                self.fleet.revoke(cluster.id);
-            }
-            self.clusters.insert(
-                cluster.id,
-                PlanCluster {
-                    id: cluster.id,
-                    name: cluster.name,
-                    labels: cluster.labels,
-                    state: cluster.state,
-                    connected,
-                    last_seen: cluster.last_seen,
-                },
-            );
-        }
+        // Revocations reach streams and credentials through `refresh_credentials` (catch_up).
+        self.clusters = clusters
+            .into_iter()
+            .map(|cluster| (cluster.id, self.plan_cluster(cluster)))
+            .collect();
         Ok(())
     }
 
@@ -833,24 +816,21 @@ impl Runtime {
             }
             return Ok(());
         };
-        let id = cluster.id;
-        if cluster.state == ClusterState::Revoked {
-            self.fleet.revoke(id);
-            self.credentials.revoke_cluster(id);
-        }
-        let connected = self.fleet.is_connected(id);
-        self.clusters.insert(
-            id,
-            PlanCluster {
-                id,
-                name: cluster.name,
-                labels: cluster.labels,
-                state: cluster.state,
-                connected,
-                last_seen: cluster.last_seen,
-            },
-        );
+        // A revocation reaches the stream and the credential through `refresh_credentials`,
+        // which catch_up runs after reloading clusters.
+        self.clusters.insert(cluster.id, self.plan_cluster(cluster));
         Ok(())
+    }
+
+    fn plan_cluster(&self, cluster: crate::store::Cluster) -> PlanCluster {
+        PlanCluster {
+            id: cluster.id,
+            connected: self.fleet.is_connected(cluster.id),
+            name: cluster.name,
+            labels: cluster.labels,
+            state: cluster.state,
+            last_seen: cluster.last_seen,
+        }
     }
 
     async fn load_pins(&mut self) -> Result<(), RuntimeError> {
@@ -952,9 +932,12 @@ impl Runtime {
             }
         };
         let sha256 = rendered_sha256(&rendered);
-        if let Some(current) = &state_current(&self.secrets, name)
-            && current.reference.sha256 == sha256
-        {
+        let unchanged = self
+            .secrets
+            .get(name)
+            .and_then(|state| state.current.as_ref())
+            .is_some_and(|current| current.reference.sha256 == sha256);
+        if unchanged {
             return Ok(());
         }
         let number = self
@@ -1165,10 +1148,6 @@ impl Runtime {
         }
         Ok(())
     }
-}
-
-fn state_current(secrets: &BTreeMap<String, SecretState>, name: &str) -> Option<Built> {
-    secrets.get(name).and_then(|state| state.current.clone())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
