@@ -56,6 +56,12 @@ pub struct RuntimeConfig {
     pub tail_interval: Duration,
     /// A disconnected cluster stops counting for wave progress after this long.
     pub offline_grace: TimeDelta,
+    /// The leader prunes change-log entries older than this (keeping `change_log_keep` newest).
+    pub change_log_retention: TimeDelta,
+    /// Newest change-log entries never pruned.
+    pub change_log_keep: u32,
+    /// How often the leader prunes the change log.
+    pub change_log_prune_interval: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -67,6 +73,9 @@ impl Default for RuntimeConfig {
             debounce_max: Duration::from_millis(500),
             tail_interval: Duration::from_secs(1),
             offline_grace: TimeDelta::minutes(5),
+            change_log_retention: TimeDelta::hours(24),
+            change_log_keep: 10_000,
+            change_log_prune_interval: Duration::from_secs(600),
         }
     }
 }
@@ -275,6 +284,8 @@ impl Runtime {
         let mut wakeups = self.store.change_wakeups().await?;
         let mut tail = tokio::time::interval(self.config.tail_interval);
         tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(self.config.change_log_prune_interval);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lead_retry = tokio::time::interval(Duration::from_secs(5));
         lead_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut due: Option<(Instant, Instant)> = None;
@@ -316,6 +327,7 @@ impl Runtime {
                     self.catch_up().await?;
                     changed = self.replan || !self.dirty.is_empty();
                 }
+                _ = prune.tick(), if self.leadership.is_some() => self.prune_change_log().await,
                 _ = lead_retry.tick(), if self.leadership.is_none() => {
                     if self.try_lead().await? {
                         changed = true;
@@ -633,10 +645,50 @@ impl Runtime {
         );
     }
 
+    /// The leader keeps the change log bounded; a failure is only logged (the next tick retries).
+    async fn prune_change_log(&self) {
+        let older_than = Utc::now() - self.config.change_log_retention;
+        match self
+            .store
+            .prune_changes(older_than, self.config.change_log_keep)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned the change log"),
+            Err(error) => tracing::warn!(error = %error, "cannot prune the change log"),
+        }
+    }
+
+    /// Reloads everything the change log could name: for a cursor the log was pruned past.
+    async fn reload_all(&mut self) -> Result<(), RuntimeError> {
+        self.load_specs().await?;
+        self.load_pins().await?;
+        self.load_rollouts().await?;
+        self.load_clusters().await?;
+        crate::grpc::enroll::refresh_credentials(&self.store, &self.credentials, &self.fleet).await?;
+        if self.leadership.is_none() {
+            self.follow_revisions().await?;
+        }
+        self.replan = true;
+        Ok(())
+    }
+
     /// Reads the change log from the cursor and reloads what it names.
     async fn catch_up(&mut self) -> Result<(), RuntimeError> {
         loop {
             let changes = self.store.changes_since(self.cursor, 1000).await?;
+            // Read after the page, so entries pruned while it was read are noticed too.
+            if self.cursor < self.store.change_horizon().await? {
+                let latest = self.store.latest_change().await?;
+                tracing::warn!(
+                    cursor = self.cursor,
+                    latest,
+                    "the change log was pruned past this replica's cursor; reloading everything"
+                );
+                self.cursor = latest;
+                self.reload_all().await?;
+                continue;
+            }
             let Some(last) = changes.last() else {
                 return Ok(());
             };

@@ -11,6 +11,7 @@
 //! status writes are one statement per batch; `NOTIFY keyfleet_changes` is only a wake-up, the
 //! change log is the truth.
 
+pub mod bench;
 mod postgres;
 mod records;
 mod sqlite;
@@ -485,6 +486,18 @@ impl Store {
     /// The newest sequence number (0 when the log is empty).
     pub async fn latest_change(&self) -> Result<i64, StoreError> {
         dispatch!(self.latest_change())
+    }
+
+    /// Deletes change-log entries appended before `older_than`, always keeping the `keep` newest,
+    /// and moves the horizon ([`Store::change_horizon`]) past them. Returns the entries deleted.
+    pub async fn prune_changes(&self, older_than: DateTime<Utc>, keep: u32) -> Result<u64, StoreError> {
+        dispatch!(self.prune_changes(older_than, i64::from(keep)))
+    }
+
+    /// The last sequence number pruned (0 when never): a reader whose cursor is below it may have
+    /// missed entries and must reload everything rather than tail.
+    pub async fn change_horizon(&self) -> Result<i64, StoreError> {
+        dispatch!(self.change_horizon())
     }
 
     /// PG: a task that LISTENs `keyfleet_changes` and sends () per notification (and once after

@@ -871,7 +871,53 @@ pub(super) async fn changes_since(pool: &PgPool, cursor: i64, limit: i64) -> Res
 
 pub(super) async fn latest_change(pool: &PgPool) -> Result<i64, StoreError> {
     Ok(
-        sqlx::query_scalar!(r#"SELECT COALESCE(max(seq), 0) AS "seq!" FROM changes"#)
+        // Past the horizon even when pruning emptied the log, so a new reader's cursor is valid.
+        sqlx::query_scalar!(
+            r#"SELECT GREATEST(COALESCE((SELECT max(seq) FROM changes), 0),
+                               COALESCE((SELECT pruned_through FROM change_horizon), 0)) AS "seq!""#
+        )
+        .fetch_one(pool)
+        .await?,
+    )
+}
+
+pub(super) async fn prune_changes(
+    pool: &PgPool,
+    older_than: DateTime<Utc>,
+    keep: i64,
+) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    // The newest entry old enough, never one of the `keep` newest.
+    let cutoff = sqlx::query_scalar!(
+        "SELECT max(seq) FROM changes
+         WHERE at < $1 AND seq <= (SELECT COALESCE(max(seq), 0) FROM changes) - $2",
+        older_than,
+        keep,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let Some(cutoff) = cutoff else {
+        return Ok(0);
+    };
+    let pruned = sqlx::query!("DELETE FROM changes WHERE seq <= $1", cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query!(
+        "INSERT INTO change_horizon (id, pruned_through) VALUES (true, $1)
+         ON CONFLICT (id) DO UPDATE
+         SET pruned_through = GREATEST(change_horizon.pruned_through, excluded.pruned_through)",
+        cutoff,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(pruned)
+}
+
+pub(super) async fn change_horizon(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar!(r#"SELECT COALESCE((SELECT pruned_through FROM change_horizon), 0) AS "seq!""#)
             .fetch_one(pool)
             .await?,
     )

@@ -903,9 +903,55 @@ pub(super) async fn changes_since(
 }
 
 pub(super) async fn latest_change(pool: &SqlitePool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT COALESCE(max(seq), 0) FROM changes")
-        .fetch_one(pool)
-        .await?)
+    // Past the horizon even when pruning emptied the log, so a new reader's cursor is valid.
+    Ok(sqlx::query_scalar(
+        "SELECT max(COALESCE((SELECT max(seq) FROM changes), 0),
+                    COALESCE((SELECT pruned_through FROM change_horizon), 0))",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+pub(super) async fn prune_changes(
+    pool: &SqlitePool,
+    older_than: DateTime<Utc>,
+    keep: i64,
+) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    // The newest entry old enough, never one of the `keep` newest.
+    let cutoff: Option<i64> = sqlx::query_scalar(
+        "SELECT max(seq) FROM changes
+         WHERE at < ?1 AND seq <= (SELECT COALESCE(max(seq), 0) FROM changes) - ?2",
+    )
+    .bind(ts(older_than))
+    .bind(keep)
+    .fetch_one(&mut *tx)
+    .await?;
+    let Some(cutoff) = cutoff else {
+        return Ok(0);
+    };
+    let pruned = sqlx::query("DELETE FROM changes WHERE seq <= ?1")
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query(
+        "INSERT INTO change_horizon (id, pruned_through) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET pruned_through = max(pruned_through, excluded.pruned_through)",
+    )
+    .bind(cutoff)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(pruned)
+}
+
+pub(super) async fn change_horizon(pool: &SqlitePool) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE((SELECT pruned_through FROM change_horizon), 0)")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 // --- audit ---

@@ -106,6 +106,7 @@ conformance!(
     status_batch_of_10000_rows_is_one_call,
     status_semantics,
     change_log_tail,
+    change_log_pruning_moves_the_horizon,
     change_wakeups,
     change_wakeups_survive_a_lost_listener,
     leader_election,
@@ -909,6 +910,62 @@ async fn change_log_tail(store: Store) {
     assert_eq!(kinds, ["pin", "rollout"]);
 }
 
+async fn change_log_pruning_moves_the_horizon(store: Store) {
+    assert_eq!(store.change_horizon().await.expect("horizon"), 0);
+    assert_eq!(
+        store.prune_changes(Utc::now(), 0).await.expect("prune"),
+        0,
+        "an empty log prunes nothing"
+    );
+    let mut seqs = Vec::new();
+    for index in 0..5 {
+        seqs.push(
+            store
+                .append_change(ChangeKind::Cluster, &format!("c-{index}"))
+                .await
+                .expect("append"),
+        );
+    }
+    let past = Utc::now() - chrono::TimeDelta::hours(1);
+    assert_eq!(
+        store.prune_changes(past, 0).await.expect("prune"),
+        0,
+        "nothing that old"
+    );
+    assert_eq!(store.change_horizon().await.expect("horizon"), 0);
+
+    let future = Utc::now() + chrono::TimeDelta::minutes(1);
+    assert_eq!(
+        store.prune_changes(future, 2).await.expect("prune"),
+        3,
+        "the 2 newest stay"
+    );
+    assert_eq!(store.change_horizon().await.expect("horizon"), seqs[2]);
+    let left: Vec<i64> = store
+        .changes_since(0, 10)
+        .await
+        .expect("tail")
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(left, seqs[3..]);
+    assert_eq!(store.latest_change().await.expect("latest"), seqs[4]);
+
+    assert_eq!(store.prune_changes(future, 2).await.expect("prune"), 0);
+    assert_eq!(store.prune_changes(future, 0).await.expect("prune"), 2);
+    assert_eq!(store.change_horizon().await.expect("horizon"), seqs[4]);
+    assert_eq!(store.changes_since(0, 10).await.expect("tail"), []);
+    assert_eq!(
+        store.latest_change().await.expect("latest"),
+        seqs[4],
+        "a cursor taken from an emptied log is not behind the horizon"
+    );
+    // Sequence numbers are not reused after the log was emptied.
+    let next = store.append_change(ChangeKind::Spec, "db").await.expect("append");
+    assert!(next > seqs[4], "{next} after {}", seqs[4]);
+    assert_eq!(store.latest_change().await.expect("latest"), next);
+}
+
 async fn change_wakeups(store: Store) {
     let mut wakeups = store.change_wakeups().await.expect("subscribe");
     let seq = store.append_change(ChangeKind::Spec, "db").await.expect("append");
@@ -1016,6 +1073,36 @@ async fn rollout_view_matches_the_status_rows(store: Store) {
                     .to_owned()
             );
             assert_eq!(found, expected, "after {step}");
+
+            // keyfleet_lagging holds exactly the rows off their desired revision (on Postgres
+            // from `sync_lagging`, kept by triggers).
+            let mut expected: Vec<(String, String, i64, Option<i64>, String)> = store
+                .all_status()
+                .await
+                .expect("status")
+                .into_iter()
+                .filter(|s| s.applied_revision != Some(s.desired_revision))
+                .map(|s| {
+                    let index = ids.iter().position(|id| *id == s.cluster).expect("known");
+                    (
+                        format!("c{index}"),
+                        s.fleet_secret,
+                        s.desired_revision as i64,
+                        s.applied_revision.map(|r| r as i64),
+                        s.state.as_str().to_owned(),
+                    )
+                })
+                .collect();
+            expected.sort();
+            let mut found = inspect!(
+                store,
+                (String, String, i64, Option<i64>, String),
+                "SELECT cluster, fleet_secret, desired_revision, applied_revision, state
+                 FROM keyfleet_lagging"
+                    .to_owned()
+            );
+            found.sort();
+            assert_eq!(found, expected, "lagging after {step}");
         }
     };
     let mut rows = Vec::new();
@@ -1346,6 +1433,7 @@ async fn no_column_holds_a_secret_value(store: Store) {
     let tables: BTreeSet<&str> = columns.iter().map(|(table, _, _)| table.as_str()).collect();
     let mut expected = BTreeSet::from([
         "audit_events",
+        "change_horizon",
         "changes",
         "clusters",
         "enrollment_tokens",
@@ -1358,6 +1446,7 @@ async fn no_column_holds_a_secret_value(store: Store) {
     ]);
     if store.backend() == "postgres" {
         expected.insert("sync_rollup");
+        expected.insert("sync_lagging");
     }
     assert_eq!(tables, expected);
     for (table, column, _) in &columns {
@@ -1403,19 +1492,27 @@ async fn no_column_holds_a_secret_value(store: Store) {
 async fn migration_from_empty(kind: Kind) {
     with_db(kind, false, |store| async move {
         let applied = store.migrate_report().await.expect("migrate");
-        assert_eq!(
-            applied,
-            [
-                AppliedMigration {
-                    version: 1,
-                    description: "init".to_owned()
-                },
-                AppliedMigration {
-                    version: 2,
-                    description: "dashboards at scale".to_owned()
-                }
-            ]
-        );
+        let mut expected = vec![
+            AppliedMigration {
+                version: 1,
+                description: "init".to_owned(),
+            },
+            AppliedMigration {
+                version: 2,
+                description: "dashboards at scale".to_owned(),
+            },
+            AppliedMigration {
+                version: 3,
+                description: "change log horizon".to_owned(),
+            },
+        ];
+        if store.backend() == "postgres" {
+            expected.push(AppliedMigration {
+                version: 4,
+                description: "lagging rows".to_owned(),
+            });
+        }
+        assert_eq!(applied, expected);
         assert_eq!(store.migrate_report().await.expect("again"), []);
         let views = inspect!(
             store,
@@ -1475,143 +1572,4 @@ fn debug_of_records_shows_digests_not_bytes() {
     let row = applied(row, 1, 0);
     let printed = format!("{row:?}");
     assert!(printed.contains("sha256:"), "{printed}");
-}
-
-/// Runs `sql` on either backend and returns how long fetching every row took, and the row count.
-macro_rules! time_query {
-    ($store:expr, $sql:expr) => {{
-        let started = Instant::now();
-        let rows = match &$store.backend {
-            Backend::Postgres(pool) => sqlx::query(sqlx::AssertSqlSafe($sql))
-                .fetch_all(pool)
-                .await
-                .expect("view query")
-                .len(),
-            Backend::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe($sql))
-                .fetch_all(pool)
-                .await
-                .expect("view query")
-                .len(),
-        };
-        (started.elapsed(), rows)
-    }};
-}
-
-/// Benchmark, not a timed test (it asserts only correctness and prints figures):
-/// `DATABASE_URL=… cargo test --release -p keyfleet-hub --lib store::tests::store_bench -- --ignored --nocapture`.
-/// 10,000 clusters × 50 fleet secrets: a full-fleet rotation of each secret written as 10,000-row
-/// status batches (500,000 rows), then the acks (2 % left pending or failed, 5 % of the clusters
-/// offline), then each dashboard view timed (median of 5).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run with --ignored --nocapture"]
-async fn store_bench() {
-    with_db(Kind::Postgres, true, |store| async move { bench(&store).await }).await;
-    with_db(Kind::Sqlite, true, |store| async move { bench(&store).await }).await;
-}
-
-async fn bench(store: &Store) {
-    use futures::StreamExt as _;
-    const CLUSTERS: usize = 10_000;
-    const SECRETS: u64 = 50;
-    let backend = store.backend();
-    let started = Instant::now();
-    let ids: Vec<ClusterId> = futures::stream::iter(0..CLUSTERS)
-        .map(|index| {
-            let store = store.clone();
-            async move {
-                let id = cluster(&store, &format!("cluster-{index:05}")).await.id;
-                if index % 20 != 0 {
-                    store
-                        .record_connect(id, "r1", "0.1.0", at(0))
-                        .await
-                        .expect("connect");
-                }
-                id
-            }
-        })
-        .buffered(8)
-        .collect()
-        .await;
-    eprintln!(
-        "[{backend}] {CLUSTERS} clusters added and connected in {:?}",
-        started.elapsed()
-    );
-
-    let statements_before = store.status_statements();
-    let mut pending_time = Duration::ZERO;
-    let mut ack_time = Duration::ZERO;
-    for secret in 0..SECRETS {
-        let name = format!("secret-{secret:02}");
-        let revision = 100 + secret;
-        let rows: Vec<StatusRow> = ids
-            .iter()
-            .map(|id| status_row(*id, &name, revision, 10))
-            .collect();
-        let started = Instant::now();
-        assert_eq!(store.upsert_status_batch(&rows).await.expect("pending"), 10_000);
-        pending_time += started.elapsed();
-        let acks: Vec<StatusRow> = rows
-            .into_iter()
-            .enumerate()
-            .map(|(index, row)| match index % 50 {
-                0 => row, // still pending
-                1 => StatusRow {
-                    state: SyncState::Error,
-                    last_error: Some("namespace \"apps\" not found".to_owned()),
-                    ..row
-                },
-                _ => applied(row, revision, 20),
-            })
-            .collect();
-        let started = Instant::now();
-        assert_eq!(store.upsert_status_batch(&acks).await.expect("acks"), 10_000);
-        ack_time += started.elapsed();
-    }
-    let statements = store.status_statements() - statements_before;
-    let rows_written = 2 * SECRETS * CLUSTERS as u64;
-    eprintln!(
-        "[{backend}] status: {rows_written} rows in {statements} statements \
-         ({} per 10,000 acks); pending batches {:.0} rows/s, ack batches {:.0} rows/s",
-        statements / (2 * SECRETS),
-        (SECRETS * CLUSTERS as u64) as f64 / pending_time.as_secs_f64(),
-        (SECRETS * CLUSTERS as u64) as f64 / ack_time.as_secs_f64(),
-    );
-
-    // What autovacuum does after a bulk load: statistics for the planner.
-    match &store.backend {
-        Backend::Postgres(pool) => pool.execute("ANALYZE").await.map(drop),
-        Backend::Sqlite(pool) => pool.execute("ANALYZE").await.map(drop),
-    }
-    .expect("analyze");
-    let views = [
-        ("keyfleet_rollout", "SELECT * FROM keyfleet_rollout", 50),
-        (
-            "keyfleet_cluster_sync",
-            "SELECT * FROM keyfleet_cluster_sync",
-            CLUSTERS,
-        ),
-        (
-            "keyfleet_lagging (first 100)",
-            "SELECT * FROM keyfleet_lagging LIMIT 100",
-            100,
-        ),
-        (
-            "keyfleet_lagging (all)",
-            "SELECT * FROM keyfleet_lagging",
-            2 * 50 * 200,
-        ),
-    ];
-    for (name, sql, expected_rows) in views {
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let (elapsed, rows) = time_query!(store, sql);
-            assert_eq!(rows, expected_rows, "{name}");
-            times.push(elapsed);
-        }
-        times.sort();
-        eprintln!(
-            "[{backend}] {name}: median {:?} (min {:?}) over 500,000 status rows",
-            times[2], times[0]
-        );
-    }
 }
