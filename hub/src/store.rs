@@ -28,8 +28,8 @@ use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256, Sync
 
 pub use records::{
     AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord, RevisionRecord,
-    RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, StatusRow, StoredSpec, SyncStatus,
-    TokenRejection,
+    RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite, StatusRow, StoredSpec,
+    SyncStatus, TokenRejection,
 };
 
 /// The Postgres channel `append_change` notifies and `change_wakeups` listens on.
@@ -345,6 +345,19 @@ impl Store {
         yaml: &str,
     ) -> Result<(u64, SpecAction), StoreError> {
         dispatch!(self.upsert_spec(kind, name, yaml, now()))
+    }
+
+    /// Applies several specs all or nothing, in ONE transaction: each is upserted as
+    /// [`Store::upsert_spec`] does, and each one that changed appends its change-log row
+    /// (`spec`, [`SpecWrite::subject`]) and its audit row (`actor`, `spec.<action>`, subject) in the
+    /// same transaction. On any error nothing is written (no spec, no change, no audit row).
+    /// Outcomes are in the order of `specs`.
+    pub async fn apply_specs(
+        &self,
+        specs: &[SpecWrite<'_>],
+        actor: &str,
+    ) -> Result<Vec<SpecOutcome>, StoreError> {
+        dispatch!(self.apply_specs(specs, actor, now()))
     }
 
     /// Every spec, by kind (`FleetSecret` before `SecretStore`) then name.

@@ -13,8 +13,9 @@ use uuid::Uuid;
 use super::{
     AppliedMigration, AuditEvent, CHANGES_CHANNEL, Change, ChangeKind, Cluster, Leadership, NewRevision,
     PgLeadership, PinRecord, RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind,
-    StatusBind, StoreError, StoredSpec, SyncStatus, TokenState, change_kind, cluster_state, labels_from_json,
-    labels_json, sha256, sources_from_json, sources_json, spec_kind, sync_state, to_i64, to_u32, to_u64,
+    SpecOutcome, SpecWrite, StatusBind, StoreError, StoredSpec, SyncStatus, TokenState, change_kind,
+    cluster_state, labels_from_json, labels_json, sha256, sources_from_json, sources_json, spec_kind,
+    sync_state, to_i64, to_u32, to_u64,
 };
 use crate::domain::{ClusterId, Labels, Sha256};
 
@@ -387,6 +388,45 @@ pub(super) async fn upsert_spec(
     yaml: &str,
     now: DateTime<Utc>,
 ) -> Result<(u64, SpecAction), StoreError> {
+    upsert_spec_on(&mut *pool.acquire().await?, kind, name, yaml, now).await
+}
+
+pub(super) async fn apply_specs(
+    pool: &PgPool,
+    specs: &[SpecWrite<'_>],
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<SpecOutcome>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let (generation, action) = upsert_spec_on(&mut tx, spec.kind, spec.name, spec.yaml, now).await?;
+        if action != SpecAction::Unchanged {
+            let subject = spec.subject();
+            append_change_on(&mut tx, ChangeKind::Spec, &subject, now).await?;
+            append_audit_on(
+                &mut tx,
+                actor,
+                &format!("spec.{}", action.as_str()),
+                &subject,
+                now,
+            )
+            .await?;
+        }
+        outcomes.push(SpecOutcome { generation, action });
+    }
+    // NOTIFY is delivered at commit, with the rows it announces.
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn upsert_spec_on(
+    conn: &mut PgConnection,
+    kind: SpecKind,
+    name: &str,
+    yaml: &str,
+    now: DateTime<Utc>,
+) -> Result<(u64, SpecAction), StoreError> {
     let written = sqlx::query_scalar!(
         "INSERT INTO specs (kind, name, yaml, generation, created_at, updated_at)
          VALUES ($1, $2, $3, 1, $4, $4)
@@ -400,7 +440,7 @@ pub(super) async fn upsert_spec(
         yaml,
         now,
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     if let Some(generation) = written {
         let action = if generation == 1 {
@@ -415,7 +455,7 @@ pub(super) async fn upsert_spec(
         kind.as_str(),
         name,
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| StoreError::Conflict(format!("{} {name:?} was deleted concurrently", kind.as_str())))?;
     Ok((to_u64(generation, "spec generation")?, SpecAction::Unchanged))
@@ -835,6 +875,15 @@ pub(super) async fn append_change(
     subject: &str,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
+    append_change_on(&mut *pool.acquire().await?, kind, subject, now).await
+}
+
+async fn append_change_on(
+    conn: &mut PgConnection,
+    kind: ChangeKind,
+    subject: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
     // One statement: the row and its wake-up commit together.
     Ok(sqlx::query_scalar!(
         r#"WITH inserted AS (
@@ -845,7 +894,7 @@ pub(super) async fn append_change(
         subject,
         now,
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?)
 }
 
@@ -1052,6 +1101,16 @@ pub(super) async fn append_audit(
     subject: &str,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    append_audit_on(&mut *pool.acquire().await?, actor, action, subject, at).await
+}
+
+async fn append_audit_on(
+    conn: &mut PgConnection,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
     sqlx::query!(
         "INSERT INTO audit_events (actor, action, subject, at) VALUES ($1, $2, $3, $4)",
         actor,
@@ -1059,7 +1118,7 @@ pub(super) async fn append_audit(
         subject,
         at,
     )
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

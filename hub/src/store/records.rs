@@ -88,6 +88,33 @@ impl SpecAction {
     }
 }
 
+/// One spec of an all-or-nothing [`crate::store::Store::apply_specs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecWrite<'a> {
+    /// Its kind.
+    pub kind: SpecKind,
+    /// Its name.
+    pub name: &'a str,
+    /// Canonical YAML.
+    pub yaml: &'a str,
+}
+
+impl SpecWrite<'_> {
+    /// `secretstore/NAME` or `fleetsecret/NAME`: the subject of its change and audit rows.
+    pub fn subject(&self) -> String {
+        format!("{}/{}", self.kind.as_str().to_lowercase(), self.name)
+    }
+}
+
+/// What [`crate::store::Store::apply_specs`] did to one spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecOutcome {
+    /// Its generation after the call.
+    pub generation: u64,
+    /// Created, configured or unchanged.
+    pub action: SpecAction,
+}
+
 /// A stored spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSpec {

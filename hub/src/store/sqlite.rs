@@ -13,14 +13,14 @@ use sqlx::migrate::{Migrate as _, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row as _, SqlitePool};
+use sqlx::{AssertSqlSafe, Row as _, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
     AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord, RevisionRecord,
-    RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, StatusBind, StoreError, StoredSpec, SyncStatus,
-    TokenState, change_kind, cluster_state, labels_json, sha256, sources_json, spec_kind, sync_state, to_u32,
-    to_u64,
+    RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite, StatusBind, StoreError,
+    StoredSpec, SyncStatus, TokenState, change_kind, cluster_state, labels_json, sha256, sources_json,
+    spec_kind, sync_state, to_u32, to_u64,
 };
 use crate::domain::{ClusterId, Labels, Sha256};
 
@@ -438,6 +438,44 @@ pub(super) async fn upsert_spec(
     yaml: &str,
     now: DateTime<Utc>,
 ) -> Result<(u64, SpecAction), StoreError> {
+    upsert_spec_on(&mut *pool.acquire().await?, kind, name, yaml, now).await
+}
+
+pub(super) async fn apply_specs(
+    pool: &SqlitePool,
+    specs: &[SpecWrite<'_>],
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<SpecOutcome>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let (generation, action) = upsert_spec_on(&mut tx, spec.kind, spec.name, spec.yaml, now).await?;
+        if action != SpecAction::Unchanged {
+            let subject = spec.subject();
+            append_change_on(&mut tx, ChangeKind::Spec, &subject, now).await?;
+            append_audit_on(
+                &mut tx,
+                actor,
+                &format!("spec.{}", action.as_str()),
+                &subject,
+                now,
+            )
+            .await?;
+        }
+        outcomes.push(SpecOutcome { generation, action });
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn upsert_spec_on(
+    conn: &mut SqliteConnection,
+    kind: SpecKind,
+    name: &str,
+    yaml: &str,
+    now: DateTime<Utc>,
+) -> Result<(u64, SpecAction), StoreError> {
     let written: Option<i64> = sqlx::query_scalar(
         "INSERT INTO specs (kind, name, yaml, generation, created_at, updated_at)
          VALUES (?1, ?2, ?3, 1, ?4, ?4)
@@ -451,7 +489,7 @@ pub(super) async fn upsert_spec(
     .bind(name)
     .bind(yaml)
     .bind(ts(now))
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     if let Some(generation) = written {
         let action = if generation == 1 {
@@ -464,7 +502,7 @@ pub(super) async fn upsert_spec(
     let generation: i64 = sqlx::query_scalar("SELECT generation FROM specs WHERE kind = ?1 AND name = ?2")
         .bind(kind.as_str())
         .bind(name)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| {
             StoreError::Conflict(format!("{} {name:?} was deleted concurrently", kind.as_str()))
@@ -870,12 +908,21 @@ pub(super) async fn append_change(
     subject: &str,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
+    append_change_on(&mut *pool.acquire().await?, kind, subject, now).await
+}
+
+async fn append_change_on(
+    conn: &mut SqliteConnection,
+    kind: ChangeKind,
+    subject: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("INSERT INTO changes (kind, subject, at) VALUES (?1, ?2, ?3) RETURNING seq")
             .bind(kind.as_str())
             .bind(subject)
             .bind(ts(now))
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?,
     )
 }
@@ -963,12 +1010,22 @@ pub(super) async fn append_audit(
     subject: &str,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    append_audit_on(&mut *pool.acquire().await?, actor, action, subject, at).await
+}
+
+async fn append_audit_on(
+    conn: &mut SqliteConnection,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO audit_events (actor, action, subject, at) VALUES (?1, ?2, ?3, ?4)")
         .bind(actor)
         .bind(action)
         .bind(subject)
         .bind(ts(at))
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
