@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::config::{Command, MigrateArgs, ServeConfig};
 use crate::domain::Sha256;
 use crate::spec;
-use crate::store::{ChangeKind, SpecAction, SpecKind, Store};
+use crate::store::{SpecKind, SpecWrite, Store};
 
 mod serve;
 
@@ -33,7 +33,7 @@ pub async fn run(
 /// `keyfleet migrate`: applies the pending migrations and prints them (user-facing output).
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     install_crypto_provider();
-    let store = Store::connect(&args.database)
+    let store = Store::connect(args.database.expose())
         .await
         .context("connect to the database given by --database")?;
     let applied = store
@@ -69,10 +69,15 @@ fn write_ready_file(path: &Path, grpc_addr: SocketAddr, ops_addr: SocketAddr) ->
 }
 
 /// The admin tokens' SHA-256 from `--admin-token-file` (one token per line; blank lines and
-/// `#` comments ignored). Without the file, the Admin API refuses every call.
-fn read_admin_tokens(path: Option<&Path>) -> anyhow::Result<Vec<Sha256>> {
+/// `#` comments ignored). Without the file, only client certificates authenticate admins
+/// (`--admin-client-ca`), and without either the Admin API refuses every call.
+fn read_admin_tokens(path: Option<&Path>, client_ca: bool) -> anyhow::Result<Vec<Sha256>> {
     let Some(path) = path else {
-        tracing::warn!("no --admin-token-file: the Admin API refuses every call");
+        if client_ca {
+            tracing::info!("no --admin-token-file: admins authenticate by client certificate only");
+        } else {
+            tracing::warn!("no --admin-token-file or --admin-client-ca: the Admin API refuses every call");
+        }
         return Ok(Vec::new());
     };
     let text = std::fs::read_to_string(path)
@@ -89,8 +94,9 @@ fn read_admin_tokens(path: Option<&Path>) -> anyhow::Result<Vec<Sha256>> {
     Ok(tokens)
 }
 
-/// `--config-dir`: every spec in the directory is validated together and stored (as
-/// `keyfleet apply -f DIR` would), before the runtime reads the store.
+/// `--config-dir`: every spec in the directory is validated together and stored all or nothing
+/// (as `keyfleet apply -f DIR` would, audited as actor `config-dir`), before the runtime reads
+/// the store.
 async fn load_config_dir(store: &Store, dir: &Path) -> anyhow::Result<()> {
     let files = spec::read_path(dir).with_context(|| format!("read --config-dir {}", dir.display()))?;
     let known: std::collections::BTreeSet<String> = store
@@ -101,30 +107,30 @@ async fn load_config_dir(store: &Store, dir: &Path) -> anyhow::Result<()> {
         .map(|stored| stored.name)
         .collect();
     let specs = spec::parse_files(&files, &known).map_err(|error| anyhow::anyhow!("{error}"))?;
-    let mut changed = false;
-    for loaded in specs {
-        let kind = match loaded.spec.kind() {
-            spec::Kind::SecretStore => SpecKind::SecretStore,
-            spec::Kind::FleetSecret => SpecKind::FleetSecret,
-        };
-        let (generation, action) = store
-            .upsert_spec(kind, loaded.spec.name(), &loaded.canonical_yaml)
-            .await?;
-        tracing::info!(kind = kind.as_str(), name = loaded.spec.name(), generation, action = action.as_str(), file = %loaded.file, "spec from --config-dir");
-        if action != SpecAction::Unchanged {
-            store
-                .append_audit(
-                    "config-dir",
-                    action.as_str(),
-                    &format!("{}/{}", kind.as_str(), loaded.spec.name()),
-                    chrono::Utc::now(),
-                )
-                .await?;
-            changed = true;
-        }
-    }
-    if changed {
-        store.append_change(ChangeKind::Spec, "config-dir").await?;
+    let writes: Vec<SpecWrite<'_>> = specs
+        .iter()
+        .map(|loaded| SpecWrite {
+            kind: match loaded.spec.kind() {
+                spec::Kind::SecretStore => SpecKind::SecretStore,
+                spec::Kind::FleetSecret => SpecKind::FleetSecret,
+            },
+            name: loaded.spec.name(),
+            yaml: &loaded.canonical_yaml,
+        })
+        .collect();
+    let outcomes = store
+        .apply_specs(&writes, "config-dir")
+        .await
+        .with_context(|| format!("store the specs of --config-dir {}", dir.display()))?;
+    for ((write, outcome), loaded) in writes.iter().zip(&outcomes).zip(&specs) {
+        tracing::info!(
+            kind = write.kind.as_str(),
+            name = write.name,
+            generation = outcome.generation,
+            action = outcome.action.as_str(),
+            file = %loaded.file,
+            "spec from --config-dir"
+        );
     }
     Ok(())
 }

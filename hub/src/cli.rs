@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::{
     ClientArgs, ClientCommand, ClusterCommand, DeleteCommand, GetCommand, LabelChange, OutputFormat,
@@ -65,6 +65,15 @@ pub enum CliError {
         /// The gRPC status.
         status: tonic::Status,
     },
+    /// The hub's TLS layer refused the client certificate (`--client-cert`).
+    #[error(
+        "the hub refused the client certificate (TLS alert {alert}): it must be issued by the CA \
+         the hub trusts for admins (--admin-client-ca) and be valid now"
+    )]
+    ClientCertificateRefused {
+        /// The TLS alert the hub sent, e.g. `UnknownCA`.
+        alert: String,
+    },
     /// The output could not be written.
     #[error("cannot write the output")]
     Output(#[from] std::io::Error),
@@ -75,7 +84,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) | Self::Read { .. } | Self::Spec(crate::spec::SpecError::Read { .. }) => 2,
-            Self::Connect { .. } => 3,
+            Self::Connect { .. } | Self::ClientCertificateRefused { .. } => 3,
             Self::Hub { status, .. } => match status.code() {
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::Unavailable => 3,
                 tonic::Code::NotFound => 4,
@@ -91,9 +100,10 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     error.downcast_ref::<CliError>().map_or(1, CliError::exit_code)
 }
 
-/// Adds the admin token to every request.
-#[derive(Clone)]
-pub struct BearerToken(AsciiMetadataValue);
+/// Adds the admin token to every request (nothing when the client authenticates by certificate
+/// alone: [`BearerToken::default`]).
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<AsciiMetadataValue>);
 
 impl BearerToken {
     /// `authorization: Bearer <token>`; the value is marked sensitive (never logged by tonic/hyper).
@@ -103,13 +113,15 @@ impl BearerToken {
                 CliError::Usage("the admin token holds characters a header cannot carry".to_owned())
             })?;
         value.set_sensitive(true);
-        Ok(Self(value))
+        Ok(Self(Some(value)))
     }
 }
 
 impl Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
         Ok(request)
     }
 }
@@ -117,8 +129,10 @@ impl Interceptor for BearerToken {
 /// An authenticated Admin API client.
 pub type Client = AdminClient<InterceptedService<Channel, BearerToken>>;
 
-/// Reads the admin token: `--admin-token-file` (first line) or `KEYFLEET_ADMIN_TOKEN`.
-pub fn admin_token(args: &ClientArgs) -> Result<String, CliError> {
+/// Reads the admin token: `--admin-token-file` (first line) or `KEYFLEET_ADMIN_TOKEN`. `None`
+/// when neither is given but a client certificate is (mTLS alone); an error when there is no
+/// credential at all.
+pub fn admin_token(args: &ClientArgs) -> Result<Option<String>, CliError> {
     let token = match (&args.admin_token_file, &args.admin_token) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
@@ -128,16 +142,53 @@ pub fn admin_token(args: &ClientArgs) -> Result<String, CliError> {
             text.lines().next().unwrap_or_default().trim().to_owned()
         }
         (None, Some(token)) => token.trim().to_owned(),
+        (None, None) if args.client_cert.is_some() => return Ok(None),
         (None, None) => {
             return Err(CliError::Usage(
-                "no admin token: pass --admin-token-file or set KEYFLEET_ADMIN_TOKEN".to_owned(),
+                "no admin credentials: pass --admin-token-file or set KEYFLEET_ADMIN_TOKEN, or pass \
+                 --client-cert and --client-key"
+                    .to_owned(),
             ));
         }
     };
     if token.is_empty() {
         return Err(CliError::Usage("the admin token is empty".to_owned()));
     }
-    Ok(token)
+    Ok(Some(token))
+}
+
+/// The client certificate and key of `--client-cert`/`--client-key`, if given.
+fn client_identity(args: &ClientArgs) -> Result<Option<Identity>, CliError> {
+    let (cert, key) = match (&args.client_cert, &args.client_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            return Err(CliError::Usage(
+                "--client-cert and --client-key go together".to_owned(),
+            ));
+        }
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| CliError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let key_pem = zeroize::Zeroizing::new(read(key)?);
+    if !String::from_utf8_lossy(&cert_pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(CliError::Usage(format!(
+            "--client-cert {}: no PEM certificate found",
+            cert.display()
+        )));
+    }
+    if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
+        return Err(CliError::Usage(format!(
+            "--client-key {}: no PEM private key found",
+            key.display()
+        )));
+    }
+    Ok(Some(Identity::from_pem(cert_pem, key_pem.as_slice())))
 }
 
 /// System CA bundles tried, in order, when `--hub-ca` is not given.
@@ -169,9 +220,13 @@ fn read_ca(args: &ClientArgs) -> Result<Option<Certificate>, CliError> {
     Ok(None)
 }
 
-/// Connects to `--hub` with the admin token.
+/// Connects to `--hub` with the admin token and/or the client certificate.
 pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
-    let token = BearerToken::new(&admin_token(args)?)?;
+    let token = match admin_token(args)? {
+        Some(token) => BearerToken::new(&token)?,
+        None => BearerToken::default(),
+    };
+    let identity = client_identity(args)?;
     let url = args.hub_url.clone();
     let bad_url = || CliError::Usage(format!("invalid --hub URL {url:?}, expected https://HOST:PORT"));
     let mut endpoint = Endpoint::from_shared(url.clone())
@@ -184,10 +239,18 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
             if let Some(ca) = read_ca(args)? {
                 tls = tls.ca_certificate(ca);
             }
+            if let Some(identity) = identity {
+                tls = tls.identity(identity);
+            }
             endpoint = endpoint.tls_config(tls).map_err(|source| CliError::Connect {
                 url: url.clone(),
                 source,
             })?;
+        }
+        Some("http") if identity.is_some() => {
+            return Err(CliError::Usage(
+                "--client-cert needs an https:// --hub URL".to_owned(),
+            ));
         }
         Some("http") => {}
         _ => return Err(bad_url()),
@@ -195,7 +258,10 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|source| CliError::Connect { url, source })?;
+        .map_err(|source| match certificate_alert(&source) {
+            Some(alert) => CliError::ClientCertificateRefused { alert },
+            None => CliError::Connect { url, source },
+        })?;
     Ok(AdminClient::with_interceptor(channel, token))
 }
 
@@ -291,7 +357,44 @@ async fn call<T>(
     response
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|status| CliError::Hub { action, status })
+        .map_err(|status| match certificate_alert(&status) {
+            Some(alert) => CliError::ClientCertificateRefused { alert },
+            None => CliError::Hub { action, status },
+        })
+}
+
+/// The TLS alert the hub sent about our client certificate, if that is why `error` happened.
+/// With TLS 1.3 the client finishes its handshake before the server checks the certificate, so
+/// the refusal arrives with the first call (an HTTP/2 transport error), not at connect. By then
+/// tokio-rustls has turned the rustls error into text, so the alert is read from the message.
+fn certificate_alert(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    const PREFIX: &str = "received fatal alert: ";
+    const CERTIFICATE_ALERTS: &[&str] = &[
+        "UnknownCA",
+        "BadCertificate",
+        "UnsupportedCertificate",
+        "CertificateExpired",
+        "CertificateRevoked",
+        "CertificateUnknown",
+        "AccessDenied",
+    ];
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(rustls::Error::AlertReceived(alert)) = error.downcast_ref::<rustls::Error>() {
+            let alert = format!("{alert:?}");
+            return CERTIFICATE_ALERTS.contains(&alert.as_str()).then_some(alert);
+        }
+        let text = error.to_string();
+        if let Some(alert) = text
+            .split_once(PREFIX)
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_alphanumeric()).next())
+            && CERTIFICATE_ALERTS.contains(&alert)
+        {
+            return Some(alert.to_owned());
+        }
+        next = error.source();
+    }
+    None
 }
 
 async fn cluster(
@@ -1115,6 +1218,8 @@ pub fn markdown_reference() -> String {
                 | "admin_token_file"
                 | "admin_token"
                 | "hub_ca"
+                | "client_cert"
+                | "client_key"
         )
     }
 
@@ -1157,11 +1262,14 @@ pub fn markdown_reference() -> String {
          Every command talks to a hub's Admin API. Connection flags, accepted after the command name:\n\n\
          - `--hub URL` (env `KEYFLEET_HUB`, default `https://127.0.0.1:7443`)\n\
          - `--admin-token-file FILE`, or the token itself in env `KEYFLEET_ADMIN_TOKEN`\n\
-         - `--hub-ca FILE` (env `KEYFLEET_HUB_CA`; default: the system's CA bundle)\n\n\
+         - `--hub-ca FILE` (env `KEYFLEET_HUB_CA`; default: the system's CA bundle)\n\
+         - `--client-cert FILE --client-key FILE` (env `KEYFLEET_CLIENT_CERT`, `KEYFLEET_CLIENT_KEY`): a\n\
+         \x20 client certificate (mTLS) issued by the hub's `--admin-client-ca`; it authenticates instead of\n\
+         \x20 the admin token, or besides it\n\n\
          Listings and status print tables; `-o json` or `-o yaml` print the same data for scripts.\n\n\
          Exit codes: 0 done, 1 the hub refused or failed (invalid spec, already exists, bad state),\n\
          2 usage (bad flag, unreadable file, bad selector, missing admin token), 3 the hub is unreachable\n\
-         or the admin token is refused, 4 the named object does not exist.\n\n",
+         or the admin token or client certificate is refused, 4 the named object does not exist.\n\n",
     );
     walk(&command, "keyfleet", &mut out);
     out.truncate(out.trim_end().len());
@@ -1243,15 +1351,46 @@ mod tests {
             admin_token_file: Some(path),
             ..ClientArgs::default()
         };
-        assert_eq!(admin_token(&args).expect("token"), "kfa_file");
+        assert_eq!(admin_token(&args).expect("token").as_deref(), Some("kfa_file"));
         args.admin_token_file = None;
-        assert_eq!(admin_token(&args).expect("token"), "kfa_env");
+        assert_eq!(admin_token(&args).expect("token").as_deref(), Some("kfa_env"));
         args.admin_token = None;
         let error = admin_token(&args).expect_err("no token");
         assert_eq!(error.exit_code(), 2);
         assert!(error.to_string().contains("KEYFLEET_ADMIN_TOKEN"), "{error}");
+        assert!(error.to_string().contains("--client-cert"), "{error}");
+        args.client_cert = Some(dir.path().join("alice.pem"));
+        assert_eq!(admin_token(&args).expect("a client certificate is enough"), None);
         args.admin_token_file = Some(dir.path().join("missing"));
         assert_eq!(admin_token(&args).expect_err("missing file").exit_code(), 2);
+    }
+
+    #[test]
+    fn certificate_alerts_are_recognised_in_an_error_chain() {
+        let text = std::io::Error::new(std::io::ErrorKind::InvalidData, "received fatal alert: UnknownCA");
+        assert_eq!(certificate_alert(&text).as_deref(), Some("UnknownCA"));
+        let typed = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired);
+        assert_eq!(certificate_alert(&typed).as_deref(), Some("CertificateExpired"));
+        let status = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: BadCertificate",
+        )));
+        assert_eq!(certificate_alert(&status).as_deref(), Some("BadCertificate"));
+        for other in [
+            "received fatal alert: HandshakeFailure",
+            "connection refused",
+            "received fatal alert: ",
+        ] {
+            let error = std::io::Error::other(other);
+            assert_eq!(certificate_alert(&error), None, "{other}");
+        }
+        assert_eq!(
+            CliError::ClientCertificateRefused {
+                alert: "UnknownCA".to_owned()
+            }
+            .exit_code(),
+            3
+        );
     }
 
     #[test]
@@ -1279,6 +1418,43 @@ mod tests {
         assert_eq!(value.to_str().expect("ascii"), "Bearer kfa_secret");
         assert!(!format!("{value:?}").contains("kfa_secret"));
         assert!(BearerToken::new("bad\ntoken").is_err());
+        let request = BearerToken::default()
+            .call(tonic::Request::new(()))
+            .expect("intercepted");
+        assert!(
+            request.metadata().get("authorization").is_none(),
+            "certificate-only clients send no token"
+        );
+    }
+
+    #[test]
+    fn client_certificates_are_checked_before_connecting() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("alice.pem");
+        let key = dir.path().join("alice-key.pem");
+        let mut args = ClientArgs {
+            client_cert: Some(cert.clone()),
+            client_key: Some(key.clone()),
+            ..ClientArgs::default()
+        };
+        let error = client_identity(&args).map(drop).expect_err("missing files");
+        assert!(error.to_string().contains("alice.pem"), "{error}");
+        assert_eq!(error.exit_code(), 2);
+        std::fs::write(&cert, "not pem").expect("write");
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let error = client_identity(&args).map(drop).expect_err("not a certificate");
+        assert_eq!(
+            error.to_string(),
+            format!("--client-cert {}: no PEM certificate found", cert.display())
+        );
+        args.client_key = None;
+        assert_eq!(client_identity(&args).map(drop).expect_err("half").exit_code(), 2);
+        args.client_cert = None;
+        assert!(client_identity(&args).expect("none").is_none());
     }
 
     #[test]

@@ -68,6 +68,25 @@ pub struct ClientArgs {
     /// PEM file of the CA that signed the hub's certificate (default: the system's roots).
     #[arg(long, env = "KEYFLEET_HUB_CA", global = true)]
     pub hub_ca: Option<PathBuf>,
+    /// PEM client certificate (chain) for mTLS: authenticates without an admin token when the
+    /// hub's --admin-client-ca issued it (with --client-key).
+    #[arg(
+        long,
+        env = "KEYFLEET_CLIENT_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "KEYFLEET_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 /// A client command with its connection flags (accepted after the command name, before or after
@@ -364,12 +383,65 @@ pub fn parse_label_change(text: &str) -> Result<LabelChange, String> {
 /// The embedded default store: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE: &str = "sqlite://keyfleet.db";
 
+/// The store URL (`--database`). It may hold a password (`postgres://user:PASSWORD@…` or a
+/// `password=` query parameter), so its `Debug` shows it redacted and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL as given, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `<redacted>` (the whole URL when it does not parse).
+    pub fn redacted(&self) -> String {
+        const REDACTED: &str = "<redacted>";
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return REDACTED.to_owned();
+        };
+        if url.password().is_some() && url.set_password(Some(REDACTED)).is_err() {
+            return REDACTED.to_owned();
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if key.to_ascii_lowercase().contains("password") {
+                        REDACTED.to_owned()
+                    } else {
+                        value.into_owned()
+                    };
+                    (key.into_owned(), value)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        // `<` and `>` come back percent-encoded from the URL writer; show them as written.
+        url.as_str().replace("%3Credacted%3E", REDACTED)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
 /// Flags of `keyfleet migrate`.
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
     /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
-    #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE)]
-    pub database: String,
+    #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE, hide_env_values = true)]
+    pub database: DatabaseUrl,
 }
 
 /// Flags of `keyfleet serve`.
@@ -412,18 +484,23 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYFLEET_REPLICA_ID")]
     pub replica_id: Option<String>,
     /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
-    #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE)]
-    pub database: String,
+    #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE, hide_env_values = true)]
+    pub database: DatabaseUrl,
     /// Apply pending database migrations before serving (else `keyfleet migrate` must have run).
     #[arg(long, env = "KEYFLEET_MIGRATE")]
     pub migrate: bool,
     /// SecretStore and FleetSecret YAML files applied at startup (as `keyfleet apply -f DIR`).
     #[arg(long, env = "KEYFLEET_CONFIG_DIR", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// File with the Admin API bearer token(s), one per line. Without it the Admin API refuses
-    /// every call.
+    /// File with the Admin API bearer token(s), one per line. Without it (and without
+    /// --admin-client-ca) the Admin API refuses every call.
     #[arg(long, env = "KEYFLEET_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// PEM CA bundle whose client certificates authenticate Admin API calls (mTLS), besides the
+    /// admin token. The gRPC endpoint then asks every client for a certificate without requiring
+    /// one; agents never need one (they authenticate by credential).
+    #[arg(long, env = "KEYFLEET_ADMIN_CLIENT_CA", value_name = "FILE")]
+    pub admin_client_ca: Option<PathBuf>,
     /// Once serving, write `{"grpc_addr", "ops_addr"}` as JSON to FILE (atomically).
     #[arg(long, env = "KEYFLEET_READY_FILE", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -477,14 +554,16 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// gRPC endpoint.
     pub grpc: GrpcConfig,
-    /// Store URL (`postgres://…` or `sqlite://…`); may hold a password: never log it.
-    pub database: String,
+    /// Store URL (`postgres://…` or `sqlite://…`); may hold a password (redacted in `Debug`).
+    pub database: DatabaseUrl,
     /// Apply pending migrations at startup.
     pub migrate: bool,
     /// Specs applied at startup.
     pub config_dir: Option<PathBuf>,
     /// Admin bearer tokens.
     pub admin_token_file: Option<PathBuf>,
+    /// CA bundle of admin client certificates.
+    pub admin_client_ca: Option<PathBuf>,
     /// Where to announce the listening addresses.
     pub ready_file: Option<PathBuf>,
     /// Key Vault reachability.
@@ -514,6 +593,7 @@ impl From<ServeArgs> for ServeConfig {
             migrate: args.migrate,
             config_dir: args.config_dir,
             admin_token_file: args.admin_token_file,
+            admin_client_ca: args.admin_client_ca,
             ready_file: args.ready_file,
             vault: VaultConfig {
                 ca_file: args.vault_ca_file,
@@ -561,7 +641,7 @@ mod tests {
         let config = ServeConfig::from(args);
         assert_eq!(config.ops.addr, "127.0.0.1:0".parse().expect("literal address"));
         assert_eq!(config.shutdown_grace, Duration::from_millis(250));
-        assert_eq!(config.database, DEFAULT_DATABASE);
+        assert_eq!(config.database.expose(), DEFAULT_DATABASE);
         assert!(!config.migrate);
     }
 
@@ -573,7 +653,7 @@ mod tests {
             panic!("serve expected");
         };
         let config = ServeConfig::from(args);
-        assert_eq!(config.database, "postgres://hub@db/keyfleet");
+        assert_eq!(config.database.expose(), "postgres://hub@db/keyfleet");
         assert!(config.migrate);
     }
 
@@ -583,12 +663,103 @@ mod tests {
         let Command::Migrate(args) = cli.command else {
             panic!("migrate expected");
         };
-        assert_eq!(args.database, "sqlite://keyfleet.db");
+        assert_eq!(args.database.expose(), "sqlite://keyfleet.db");
         let cli = parse(&["migrate", "--database", "sqlite:///var/lib/keyfleet/k.db"]).expect("valid flags");
         let Command::Migrate(args) = cli.command else {
             panic!("migrate expected");
         };
-        assert_eq!(args.database, "sqlite:///var/lib/keyfleet/k.db");
+        assert_eq!(args.database.expose(), "sqlite:///var/lib/keyfleet/k.db");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_database_password() {
+        let cli = parse(&[
+            "serve",
+            "--database",
+            "postgres://hub:s3cr%40t-pw@db:5432/keyfleet?sslmode=require&password=other-pw",
+        ])
+        .expect("valid flags");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        let printed_args = format!("{args:?}");
+        let config = ServeConfig::from(args);
+        let printed_config = format!("{config:?}");
+        for printed in [&printed_args, &printed_config] {
+            assert!(!printed.contains("s3cr"), "{printed}");
+            assert!(!printed.contains("other-pw"), "{printed}");
+            assert!(
+                printed.contains(
+                    "postgres://hub:<redacted>@db:5432/keyfleet?sslmode=require&password=<redacted>"
+                ),
+                "{printed}"
+            );
+        }
+        assert_eq!(
+            config.database.expose(),
+            "postgres://hub:s3cr%40t-pw@db:5432/keyfleet?sslmode=require&password=other-pw",
+            "the store still connects with the password"
+        );
+        for (url, shown) in [
+            ("sqlite://keyfleet.db", "sqlite://keyfleet.db"),
+            ("postgres://hub@db/keyfleet", "postgres://hub@db/keyfleet"),
+            ("not a url: pw", "<redacted>"),
+        ] {
+            let database: DatabaseUrl = url.parse().expect("infallible");
+            assert_eq!(database.redacted(), shown);
+        }
+        let Command::Migrate(args) = parse(&["migrate", "--database", "postgres://u:pw1@h/d"])
+            .expect("valid flags")
+            .command
+        else {
+            panic!("migrate expected");
+        };
+        assert!(!format!("{args:?}").contains("pw1"), "{args:?}");
+    }
+
+    #[test]
+    fn admin_client_ca_and_client_certificates_are_flags_and_env() {
+        let cli = parse(&["serve", "--admin-client-ca", "/etc/keyfleet/admins.pem"]).expect("valid flags");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        assert_eq!(
+            ServeConfig::from(args).admin_client_ca,
+            Some(PathBuf::from("/etc/keyfleet/admins.pem"))
+        );
+        let command = client(&[
+            "status",
+            "--client-cert",
+            "alice.pem",
+            "--client-key",
+            "alice-key.pem",
+        ]);
+        assert_eq!(command.client().client_cert, Some(PathBuf::from("alice.pem")));
+        assert_eq!(command.client().client_key, Some(PathBuf::from("alice-key.pem")));
+        let error = parse(&["status", "--client-cert", "alice.pem"]).expect_err("no key");
+        assert_eq!(error.exit_code(), 2);
+        let error = parse(&["status", "--client-key", "alice-key.pem"]).expect_err("no cert");
+        assert_eq!(error.exit_code(), 2);
+        let serve = <Cli as clap::CommandFactory>::command();
+        let serve = serve.find_subcommand("serve").expect("serve");
+        let env = |id: &str| {
+            serve
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .and_then(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+        };
+        assert_eq!(
+            env("admin_client_ca").as_deref(),
+            Some("KEYFLEET_ADMIN_CLIENT_CA")
+        );
+        let root = <Cli as clap::CommandFactory>::command();
+        let status = root.find_subcommand("status").expect("status");
+        let client_env: Vec<_> = status
+            .get_arguments()
+            .filter(|arg| ["client_cert", "client_key"].contains(&arg.get_id().as_str()))
+            .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(client_env, ["KEYFLEET_CLIENT_CERT", "KEYFLEET_CLIENT_KEY"]);
     }
 
     #[test]

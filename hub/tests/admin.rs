@@ -454,7 +454,7 @@ async fn clusters(hub: Hub) {
         expected.map(|(a, s)| (a.to_owned(), s.to_owned())),
         "{audit:?}"
     );
-    assert!(audit.iter().all(|event| event.actor == "admin"));
+    assert!(audit.iter().all(|event| event.actor == "token"), "{audit:?}");
     let printed = format!("{audit:?}");
     assert!(!printed.contains("kfe_"), "{printed}");
 }

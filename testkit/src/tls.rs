@@ -1,10 +1,14 @@
-//! A throwaway certificate authority for test servers: generates a CA, issues server
-//! certificates for loopback names, and builds rustls server configs. Ring only.
+//! A throwaway certificate authority for test servers and clients: generates a CA, issues server
+//! certificates for loopback names and client certificates for a common name, and builds rustls
+//! server configs. Ring only.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 
 /// Errors while generating or loading test certificates.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +36,7 @@ pub struct TestCa {
     cert_pem: String,
 }
 
-/// A server certificate with its private key, both PEM.
+/// A leaf certificate (server or client) with its private key, both PEM.
 pub struct ServerCert {
     /// Leaf certificate PEM.
     pub cert_pem: String,
@@ -85,9 +89,30 @@ impl TestCa {
             key_der: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
         })
     }
+
+    /// Issues a client certificate (extended key usage clientAuth) whose subject common name is
+    /// `common_name`.
+    pub fn issue_client(&self, common_name: &str) -> Result<ServerCert, Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Generate)?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().map_err(Error::Generate)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(Error::Generate)?;
+        Ok(ServerCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+            key_der: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+        })
+    }
 }
 
 impl ServerCert {
+    /// The certificate, DER.
+    pub fn cert_der(&self) -> &rustls::pki_types::CertificateDer<'static> {
+        &self.cert_der
+    }
+
     /// A rustls server config presenting this certificate, offering `alpn` protocols.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 use crate::fleet::credentials::Credentials;
 use crate::fleet::{Fleet, FleetConfig, FleetEvent};
 use crate::grpc::admin::{AdminAuth, AdminService};
+use crate::grpc::client_ca::ClientCa;
 use crate::grpc::enroll::EnrollService;
 use crate::grpc::server::{self, TlsMaterial};
 use crate::grpc::sync::{SyncConfig, SyncService};
@@ -47,7 +48,7 @@ pub(super) async fn serve(
     let ops = Ops::default();
 
     // Store.
-    let store = Store::connect(&config.database)
+    let store = Store::connect(config.database.expose())
         .await
         .context("connect to the store given by --database")?;
     if config.migrate {
@@ -119,6 +120,10 @@ pub(super) async fn serve(
         .as_ref()
         .context("serve needs TLS: --tls-cert and --tls-key, or --tls-self-signed DIR for development")?;
     let tls = TlsMaterial::load(tls_source).context("load the gRPC TLS material")?;
+    let admin_client_ca = match &config.admin_client_ca {
+        Some(path) => Some(ClientCa::load(path).context("load --admin-client-ca")?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.grpc.addr)
         .await
         .with_context(|| format!("bind the gRPC endpoint on {}", config.grpc.addr))?;
@@ -137,17 +142,22 @@ pub(super) async fn serve(
         ENROLL_PER_SECOND,
         ENROLL_BURST,
     );
-    let admin_tokens = super::read_admin_tokens(config.admin_token_file.as_deref())?;
+    let admin_tokens =
+        super::read_admin_tokens(config.admin_token_file.as_deref(), admin_client_ca.is_some())?;
+    let mut admin_auth = AdminAuth::new(admin_tokens);
+    if let Some(client_ca) = admin_client_ca.clone() {
+        admin_auth = admin_auth.with_client_ca(client_ca);
+    }
     let admin = AdminService::new(store.clone(), Arc::new(control))
         .with_offline_grace(offline_grace)
-        .into_server(AdminAuth::new(admin_tokens));
+        .into_server(admin_auth);
     let routes = tonic::service::Routes::new(sync.clone().into_server())
         .add_service(enroll.into_server())
         .add_service(admin);
     let grpc_stop = CancellationToken::new();
     let grpc_task = tokio::spawn(server::serve(
         listener,
-        tls.server_config(),
+        tls.server_config_with(admin_client_ca.as_ref()),
         routes,
         grpc_stop.clone().cancelled_owned(),
     ));

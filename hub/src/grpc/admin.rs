@@ -2,12 +2,15 @@
 //! status, rollouts, pins and sync-now, over the store.
 //!
 //! **Invariants:**
-//! - Authentication is an admin bearer token checked by [`AdminAuth`] (SHA-256 of the presented
-//!   token compared in constant time with the configured digests). It is separate from agent
-//!   authentication: a cluster credential is never accepted here.
+//! - Authentication ([`AdminAuth`]) is an admin bearer token (SHA-256 of the presented token
+//!   compared in constant time with the configured digests) OR a client certificate chaining to
+//!   the admin client CA (`--admin-client-ca`, see [`crate::grpc::client_ca`]). It is separate
+//!   from agent authentication: a cluster credential is never accepted here, and a certificate
+//!   never authenticates an agent.
 //! - Every mutation writes the store, appends a change (`store.append_change`) and an audit event
-//!   (actor `admin`, action, subject; names only, never a value), then calls
-//!   [`HubControl::changed`] so the running hub reacts at once.
+//!   (actor [`AdminActor`]: `token` or `cert:<subject CN>`, action, subject; names only, never a
+//!   value), then calls [`HubControl::changed`] so the running hub reacts at once. ApplySpecs
+//!   writes its specs, changes and audit events in one transaction (all or nothing).
 //! - Enrollment tokens are `kfe_` + 43 base64url characters from 32 random bytes; only their
 //!   SHA-256 is stored, and the token is returned once.
 //! - Bad input is `INVALID_ARGUMENT` naming the field; an unknown name is `NOT_FOUND`.
@@ -26,18 +29,19 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{ClusterState, Labels, Sha256, SyncState};
+use crate::grpc::client_ca::ClientCa;
 use crate::grpc::convert::selector_from_proto;
 use crate::spec::{self, FleetSecretSpec, Kind, Spec, SpecFile};
 use crate::store::{
-    ChangeKind, Cluster, PinRecord, RevisionRecord, RolloutRecord, SpecAction, SpecKind, Store, StoreError,
-    StoredSpec, SyncStatus,
+    ChangeKind, Cluster, PinRecord, RevisionRecord, RolloutRecord, SpecAction, SpecKind, SpecOutcome,
+    SpecWrite, Store, StoreError, StoredSpec, SyncStatus,
 };
 use crate::sync::plan::{
     self, PlanCluster, PlanFleetSecret, PlanInput, PlanStatus, RevisionRef, RolloutProgress,
 };
 
-/// Actor recorded in the audit log for every Admin API call.
-pub const AUDIT_ACTOR: &str = "admin";
+/// Actor recorded in the audit log for a call authenticated by an admin token.
+pub const TOKEN_ACTOR: &str = "token";
 /// Enrollment token lifetime when the request says 0.
 pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 86_400;
 /// Shortest enrollment token lifetime accepted.
@@ -92,26 +96,60 @@ pub struct StoreHealth {
     pub last_error: String,
 }
 
-/// Checks `authorization: Bearer <admin token>` against the SHA-256 digests of the admin tokens.
+/// Who made an Admin call, as the audit log names it: [`TOKEN_ACTOR`] or `cert:<subject CN>`.
+/// [`AdminAuth`] puts it in the request extensions of every call it lets through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminActor(String);
+
+impl AdminActor {
+    /// The audit log's name for this caller.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The caller [`AdminAuth`] authenticated (refused when the service runs without it).
+fn actor_of<T>(request: &Request<T>) -> Result<AdminActor, Status> {
+    request
+        .extensions()
+        .get::<AdminActor>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the Admin service runs without authentication"))
+}
+
+/// Authenticates Admin calls: `authorization: Bearer <admin token>` checked against the SHA-256
+/// digests of the admin tokens, or a TLS client certificate chaining to the admin client CA.
+/// Either one is enough; a valid certificate names the caller even when a token is sent too.
 #[derive(Clone)]
 pub struct AdminAuth {
     digests: Arc<[Sha256]>,
+    client_ca: Option<ClientCa>,
 }
 
 impl std::fmt::Debug for AdminAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminAuth")
             .field("tokens", &self.digests.len())
+            .field("client_ca", &self.client_ca.is_some())
             .finish()
     }
 }
 
 impl AdminAuth {
-    /// Accepts the tokens whose SHA-256 is in `token_sha256s` (none: every call is refused).
+    /// Accepts the tokens whose SHA-256 is in `token_sha256s` (none: only certificates, when
+    /// [`AdminAuth::with_client_ca`] is set; else every call is refused).
     pub fn new(token_sha256s: impl IntoIterator<Item = Sha256>) -> Self {
         Self {
             digests: token_sha256s.into_iter().collect(),
+            client_ca: None,
         }
+    }
+
+    /// Also accepts callers presenting a client certificate issued by `client_ca`.
+    #[must_use]
+    pub fn with_client_ca(mut self, client_ca: ClientCa) -> Self {
+        self.client_ca = Some(client_ca);
+        self
     }
 
     /// Whether `token` is an admin token. Compares every digest, in constant time each.
@@ -121,6 +159,41 @@ impl AdminAuth {
             found | constant_time_eq(&digest.0, &presented.0)
         })
     }
+
+    /// The caller, or why it is refused.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<AdminActor, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        // Only with a configured CA: without one the listener asks for no certificate, and a
+        // certificate is never trusted unverified.
+        let certificate = match (&self.client_ca, request.peer_certs()) {
+            (Some(client_ca), Some(chain)) if !chain.is_empty() => Some(client_ca.verify(&chain)),
+            _ => None,
+        };
+        match (token, certificate) {
+            (_, Some(Ok(name))) => Ok(AdminActor(name)),
+            (Some(token), _) if self.accepts(token) => Ok(AdminActor(TOKEN_ACTOR.to_owned())),
+            (Some(_), Some(Err(reason))) => Err(Status::unauthenticated(format!(
+                "the admin token is not accepted, and neither is the client certificate: {reason}"
+            ))),
+            (Some(_), None) => Err(Status::unauthenticated("the admin token is not accepted")),
+            (None, Some(Err(reason))) => Err(Status::unauthenticated(format!(
+                "the client certificate is not accepted: {reason}"
+            ))),
+            (None, None) if self.client_ca.is_some() => Err(Status::unauthenticated(
+                "missing admin credentials: send authorization: Bearer <admin token>, or a client \
+                 certificate issued by the hub's admin client CA",
+            )),
+            (None, None) => Err(Status::unauthenticated(
+                "missing admin token: send authorization: Bearer <admin token>",
+            )),
+        }
+    }
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -128,21 +201,10 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 impl Interceptor for AdminAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token);
-        match token {
-            Some(token) if self.accepts(token.trim()) => Ok(request),
-            Some(_) => Err(Status::unauthenticated("the admin token is not accepted")),
-            None => Err(Status::unauthenticated(
-                "missing admin token: send authorization: Bearer <admin token>",
-            )),
-        }
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let actor = self.authenticate(&request)?;
+        request.extensions_mut().insert(actor);
+        Ok(request)
     }
 }
 
@@ -201,7 +263,13 @@ impl AdminService {
     }
 
     /// Appends the change and the audit event, then tells the hub.
-    async fn record(&self, kind: Option<ChangeKind>, action: &str, subject: &str) -> Result<(), Status> {
+    async fn record(
+        &self,
+        actor: &AdminActor,
+        kind: Option<ChangeKind>,
+        action: &str,
+        subject: &str,
+    ) -> Result<(), Status> {
         if let Some(kind) = kind {
             self.store
                 .append_change(kind, subject)
@@ -209,10 +277,10 @@ impl AdminService {
                 .map_err(store_status)?;
         }
         self.store
-            .append_audit(AUDIT_ACTOR, action, subject, Utc::now())
+            .append_audit(actor.as_str(), action, subject, Utc::now())
             .await
             .map_err(store_status)?;
-        tracing::info!(action, subject, "admin change");
+        tracing::info!(actor = actor.as_str(), action, subject, "admin change");
         if kind.is_some() {
             self.control.changed().await;
         }
@@ -453,7 +521,12 @@ impl AdminService {
             .ok_or_else(|| Status::not_found(format!("fleetsecret {name:?} not found")))
     }
 
-    async fn set_paused(&self, name: &str, paused: bool) -> Result<v1::FleetSecretStatus, Status> {
+    async fn set_paused(
+        &self,
+        actor: &AdminActor,
+        name: &str,
+        paused: bool,
+    ) -> Result<v1::FleetSecretStatus, Status> {
         require_name("fleet_secret", name)?;
         let (_, secret) = self.fleet_secret(name).await?;
         if secret.rollout.is_none() {
@@ -486,8 +559,13 @@ impl AdminService {
         };
         self.store.set_rollout(&record).await.map_err(store_status)?;
         let action = if paused { "rollout.pause" } else { "rollout.resume" };
-        self.record(Some(ChangeKind::Rollout), action, &format!("fleetsecret/{name}"))
-            .await?;
+        self.record(
+            actor,
+            Some(ChangeKind::Rollout),
+            action,
+            &format!("fleetsecret/{name}"),
+        )
+        .await?;
         self.status_of(name).await
     }
 }
@@ -650,6 +728,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::CreateClusterRequest>,
     ) -> Result<Response<v1::CreateClusterResponse>, Status> {
+        let actor = actor_of(&request)?;
         let request = request.into_inner();
         check_cluster_name(&request.name)?;
         let labels: Labels = request.labels.into_iter().collect();
@@ -662,6 +741,7 @@ impl Admin for AdminService {
             .map_err(store_status)?;
         let token = self.issue_token(&cluster, request.token_ttl_seconds).await?;
         self.record(
+            &actor,
             Some(ChangeKind::Cluster),
             "cluster.create",
             &format!("cluster/{}", cluster.name),
@@ -743,6 +823,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::LabelClusterRequest>,
     ) -> Result<Response<v1::Cluster>, Status> {
+        let actor = actor_of(&request)?;
         let request = request.into_inner();
         require_name("name", &request.name)?;
         let set: Labels = request.set.into_iter().collect();
@@ -763,6 +844,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         self.record(
+            &actor,
             Some(ChangeKind::Cluster),
             "cluster.label",
             &format!("cluster/{}", cluster.name),
@@ -775,6 +857,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::RevokeClusterRequest>,
     ) -> Result<Response<v1::Cluster>, Status> {
+        let actor = actor_of(&request)?;
         let name = request.into_inner().name;
         require_name("name", &name)?;
         let cluster = self.cluster(&name).await?;
@@ -784,6 +867,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         self.record(
+            &actor,
             Some(ChangeKind::Cluster),
             "cluster.revoke",
             &format!("cluster/{name}"),
@@ -796,6 +880,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::IssueEnrollmentTokenRequest>,
     ) -> Result<Response<v1::EnrollmentToken>, Status> {
+        let actor = actor_of(&request)?;
         let request = request.into_inner();
         require_name("name", &request.name)?;
         token_ttl(request.token_ttl_seconds)?;
@@ -808,6 +893,7 @@ impl Admin for AdminService {
         }
         let token = self.issue_token(&cluster, request.token_ttl_seconds).await?;
         self.record(
+            &actor,
             Some(ChangeKind::Cluster),
             "cluster.token",
             &format!("cluster/{}", cluster.name),
@@ -820,6 +906,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ApplySpecsRequest>,
     ) -> Result<Response<v1::ApplySpecsResponse>, Status> {
+        let actor = actor_of(&request)?;
         let request = request.into_inner();
         if request.files.is_empty() {
             return Err(invalid("files", "at least one file is required"));
@@ -861,48 +948,57 @@ impl Admin for AdminService {
             .iter()
             .map(|spec| ((spec.kind, spec.name.as_str()), spec))
             .collect();
-        let mut objects = Vec::with_capacity(loaded.len());
+        let writes: Vec<SpecWrite<'_>> = loaded
+            .iter()
+            .map(|spec| SpecWrite {
+                kind: spec_kind(spec.spec.kind()),
+                name: spec.spec.name(),
+                yaml: &spec.canonical_yaml,
+            })
+            .collect();
+        let outcomes: Vec<SpecOutcome> = if request.dry_run {
+            writes
+                .iter()
+                .map(|write| match current.get(&(write.kind, write.name)) {
+                    None => SpecOutcome {
+                        generation: 1,
+                        action: SpecAction::Created,
+                    },
+                    Some(existing) if existing.yaml == write.yaml => SpecOutcome {
+                        generation: existing.generation,
+                        action: SpecAction::Unchanged,
+                    },
+                    Some(existing) => SpecOutcome {
+                        generation: existing.generation + 1,
+                        action: SpecAction::Configured,
+                    },
+                })
+                .collect()
+        } else {
+            // All or nothing: the specs, their change-log rows and audit rows in one transaction.
+            self.store
+                .apply_specs(&writes, actor.as_str())
+                .await
+                .map_err(store_status)?
+        };
+        let mut objects = Vec::with_capacity(writes.len());
         let mut changed = false;
-        for spec in &loaded {
-            let kind = spec_kind(spec.spec.kind());
-            let name = spec.spec.name();
-            let (generation, action) = if request.dry_run {
-                match current.get(&(kind, name)) {
-                    None => (1, SpecAction::Created),
-                    Some(existing) if existing.yaml == spec.canonical_yaml => {
-                        (existing.generation, SpecAction::Unchanged)
-                    }
-                    Some(existing) => (existing.generation + 1, SpecAction::Configured),
-                }
-            } else {
-                self.store
-                    .upsert_spec(kind, name, &spec.canonical_yaml)
-                    .await
-                    .map_err(store_status)?
-            };
-            let subject = format!("{}/{name}", kind.as_str().to_lowercase());
-            if !request.dry_run && action != SpecAction::Unchanged {
-                self.store
-                    .append_change(ChangeKind::Spec, &subject)
-                    .await
-                    .map_err(store_status)?;
-                self.store
-                    .append_audit(
-                        AUDIT_ACTOR,
-                        &format!("spec.{}", action.as_str()),
-                        &subject,
-                        Utc::now(),
-                    )
-                    .await
-                    .map_err(store_status)?;
-                tracing::info!(action = action.as_str(), %subject, generation, "spec applied");
+        for (write, outcome) in writes.iter().zip(&outcomes) {
+            if !request.dry_run && outcome.action != SpecAction::Unchanged {
+                tracing::info!(
+                    actor = actor.as_str(),
+                    action = outcome.action.as_str(),
+                    subject = %write.subject(),
+                    generation = outcome.generation,
+                    "spec applied"
+                );
                 changed = true;
             }
             objects.push(v1::AppliedObject {
-                kind: kind.as_str().to_owned(),
-                name: name.to_owned(),
-                generation,
-                action: action.as_str().to_owned(),
+                kind: write.kind.as_str().to_owned(),
+                name: write.name.to_owned(),
+                generation: outcome.generation,
+                action: outcome.action.as_str().to_owned(),
             });
         }
         if changed {
@@ -981,6 +1077,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::DeleteFleetSecretRequest>,
     ) -> Result<Response<v1::DeleteFleetSecretResponse>, Status> {
+        let actor = actor_of(&request)?;
         let name = request.into_inner().name;
         require_name("name", &name)?;
         if !self
@@ -993,6 +1090,7 @@ impl Admin for AdminService {
         }
         self.store.remove_pins(&name, None).await.map_err(store_status)?;
         self.record(
+            &actor,
             Some(ChangeKind::Spec),
             "fleetsecret.delete",
             &format!("fleetsecret/{name}"),
@@ -1018,22 +1116,25 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::RolloutRequest>,
     ) -> Result<Response<v1::FleetSecretStatus>, Status> {
+        let actor = actor_of(&request)?;
         let name = request.into_inner().fleet_secret;
-        self.set_paused(&name, true).await.map(Response::new)
+        self.set_paused(&actor, &name, true).await.map(Response::new)
     }
 
     async fn resume_rollout(
         &self,
         request: Request<v1::RolloutRequest>,
     ) -> Result<Response<v1::FleetSecretStatus>, Status> {
+        let actor = actor_of(&request)?;
         let name = request.into_inner().fleet_secret;
-        self.set_paused(&name, false).await.map(Response::new)
+        self.set_paused(&actor, &name, false).await.map(Response::new)
     }
 
     async fn pin_version(
         &self,
         request: Request<v1::PinVersionRequest>,
     ) -> Result<Response<v1::FleetSecretStatus>, Status> {
+        let actor = actor_of(&request)?;
         let request = request.into_inner();
         require_name("fleet_secret", &request.fleet_secret)?;
         if !is_version_id(&request.version) {
@@ -1080,6 +1181,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         self.record(
+            &actor,
             Some(ChangeKind::Pin),
             "pin.set",
             &format!("fleetsecret/{}/{remote_key}", request.fleet_secret),
@@ -1092,6 +1194,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::UnpinVersionRequest>,
     ) -> Result<Response<v1::FleetSecretStatus>, Status> {
+        let actor = actor_of(&request)?;
         let request = request.into_inner();
         require_name("fleet_secret", &request.fleet_secret)?;
         self.fleet_secret(&request.fleet_secret).await?;
@@ -1112,7 +1215,8 @@ impl Admin for AdminService {
             Some(key) => format!("fleetsecret/{}/{key}", request.fleet_secret),
             None => format!("fleetsecret/{}", request.fleet_secret),
         };
-        self.record(Some(ChangeKind::Pin), "pin.remove", &subject).await?;
+        self.record(&actor, Some(ChangeKind::Pin), "pin.remove", &subject)
+            .await?;
         self.status_of(&request.fleet_secret).await.map(Response::new)
     }
 
@@ -1120,6 +1224,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::SyncNowRequest>,
     ) -> Result<Response<v1::SyncNowResponse>, Status> {
+        let actor = actor_of(&request)?;
         let store = Some(request.into_inner().store).filter(|store| !store.is_empty());
         if let Some(name) = &store {
             let known = self
@@ -1138,7 +1243,7 @@ impl Admin for AdminService {
             |name| format!("secretstore/{name}"),
         );
         let outcome = self.control.sync_now(store).await?;
-        self.record(None, "sync-now", &subject).await?;
+        self.record(&actor, None, "sync-now", &subject).await?;
         Ok(Response::new(v1::SyncNowResponse {
             stores: outcome.stores,
             new_versions: outcome.new_versions,
@@ -1174,7 +1279,7 @@ mod tests {
             "no configured token refuses everything"
         );
         let printed = format!("{auth:?}");
-        assert_eq!(printed, "AdminAuth { tokens: 2 }");
+        assert_eq!(printed, "AdminAuth { tokens: 2, client_ca: false }");
     }
 
     #[test]
@@ -1189,7 +1294,12 @@ mod tests {
             }
             request
         };
-        assert!(auth.call(with(Some("Bearer kfa_one"))).is_ok());
+        let accepted = auth.call(with(Some("Bearer kfa_one"))).expect("accepted");
+        assert_eq!(
+            accepted.extensions().get::<AdminActor>().map(AdminActor::as_str),
+            Some(TOKEN_ACTOR),
+            "the interceptor names the caller for the audit log"
+        );
         assert!(
             auth.call(with(Some("bearer  kfa_one"))).is_ok(),
             "the scheme is case-insensitive"

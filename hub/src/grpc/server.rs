@@ -12,6 +12,8 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::grpc::client_ca::ClientCa;
+
 /// Common name of the development CA written by `--tls-self-signed`.
 const DEV_CA_NAME: &str = "keyfleet development CA";
 
@@ -122,9 +124,23 @@ impl TlsMaterial {
         }
     }
 
-    /// The tonic server TLS configuration.
+    /// The tonic server TLS configuration, without client certificates.
     pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+        self.server_config_with(None)
+    }
+
+    /// The tonic server TLS configuration. With `admin_client_ca`, every client is asked for a
+    /// certificate but none is required (agents authenticate by credential); a certificate that is
+    /// given must chain to that CA, and only the Admin service looks at it
+    /// ([`crate::grpc::admin::AdminAuth`]).
+    pub fn server_config_with(&self, admin_client_ca: Option<&ClientCa>) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match admin_client_ca {
+            Some(client_ca) => config
+                .client_ca_root(client_ca.tonic_certificate())
+                .client_auth_optional(true),
+            None => config,
+        }
     }
 }
 

@@ -1,0 +1,230 @@
+//! Admin authentication by client certificate (`keyfleet serve --admin-client-ca FILE`).
+//!
+//! The one TLS listener asks every client for a certificate without requiring one (agents
+//! authenticate by credential, not certificate), and its TLS layer verifies any certificate it is
+//! given against this CA bundle. [`crate::grpc::admin::AdminAuth`] checks the chain again per
+//! call with [`ClientCa::verify`] (so an Admin service served behind other TLS settings still
+//! refuses foreign certificates) and names the caller by the certificate's subject common name.
+//!
+//! **Invariant:** only the Admin service looks at client certificates; the Sync and Enrollment
+//! services ignore them (a certificate never makes an agent).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use sha2::Digest as _;
+
+/// Longest common name recorded as an actor (longer ones are cut).
+pub const MAX_ACTOR_NAME: usize = 128;
+
+/// Errors of loading the admin client CA.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCaError {
+    /// The file could not be read.
+    #[error("read {path}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds no usable CA certificate.
+    #[error("{path}: {what}")]
+    Pem {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// The CA bundle whose certificates authenticate admins.
+#[derive(Clone)]
+pub struct ClientCa {
+    pem: String,
+    roots: usize,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCa").field("roots", &self.roots).finish()
+    }
+}
+
+impl ClientCa {
+    /// Reads a PEM bundle of CA certificates.
+    pub fn load(path: &Path) -> Result<Self, ClientCaError> {
+        let pem = std::fs::read_to_string(path).map_err(|source| ClientCaError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_pem(&pem).map_err(|what| ClientCaError::Pem {
+            path: path.to_owned(),
+            what,
+        })
+    }
+
+    /// From PEM text holding one or more CA certificates; the error says what is wrong.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|error| format!("not a PEM certificate bundle ({error})"))?;
+        if certs.is_empty() {
+            return Err("no PEM certificate found".to_owned());
+        }
+        let mut roots = RootCertStore::empty();
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        if ignored > 0 {
+            return Err(format!(
+                "{ignored} certificate(s) are not usable as a trust anchor"
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|error| format!("cannot verify client certificates with it ({error})"))?;
+        Ok(Self {
+            pem: pem.to_owned(),
+            roots: added,
+            verifier,
+        })
+    }
+
+    /// The bundle for the listener's `ServerTlsConfig::client_ca_root`.
+    pub fn tonic_certificate(&self) -> tonic::transport::Certificate {
+        tonic::transport::Certificate::from_pem(&self.pem)
+    }
+
+    /// Checks that `chain` (end entity first, as TLS presents it) chains to this CA for client
+    /// authentication, now. Returns the actor name: `cert:<subject CN>` (or `cert:sha256:<16 hex>`
+    /// of the certificate when it has no common name).
+    pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<String, String> {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return Err("no client certificate".to_owned());
+        };
+        self.verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map_err(|error| refusal(&error))?;
+        Ok(match common_name(end_entity) {
+            Some(name) => format!("cert:{name}"),
+            None => {
+                let digest = sha2::Sha256::digest(end_entity.as_ref());
+                format!("cert:sha256:{}", hex::encode(&digest[..8]))
+            }
+        })
+    }
+}
+
+/// Why a certificate is refused, in words an operator acts on.
+fn refusal(error: &rustls::Error) -> String {
+    use rustls::CertificateError;
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "it is not issued by the hub's admin client CA (--admin-client-ca)".to_owned()
+        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "it has expired".to_owned(),
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "it is not valid yet".to_owned(),
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => "it is revoked".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The last common name (OID 2.5.4.3) of the certificate's subject, with control characters
+/// replaced and cut to [`MAX_ACTOR_NAME`] characters. `None` when there is none or the DER does
+/// not parse (it was verified before, so that means "no usable name").
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    let (_, certificate, _) = tlv(cert).filter(|(tag, _, _)| *tag == SEQUENCE)?;
+    let (_, tbs, _) = tlv(certificate).filter(|(tag, _, _)| *tag == SEQUENCE)?;
+    let mut fields = tbs;
+    // version [0] EXPLICIT is optional.
+    if fields.first() == Some(&0xA0) {
+        fields = tlv(fields)?.2;
+    }
+    // serialNumber, signature, issuer, validity, then subject.
+    for _ in 0..4 {
+        fields = tlv(fields)?.2;
+    }
+    let (_, mut subject, _) = tlv(fields).filter(|(tag, _, _)| *tag == SEQUENCE)?;
+    let mut found = None;
+    while !subject.is_empty() {
+        let (tag, mut set, rest) = tlv(subject)?;
+        subject = rest;
+        if tag != SET {
+            return None;
+        }
+        while !set.is_empty() {
+            let (_, attribute, rest) = tlv(set).filter(|(tag, _, _)| *tag == SEQUENCE)?;
+            set = rest;
+            let (oid_tag, oid, value) = tlv(attribute)?;
+            if oid_tag == OID && oid == CN {
+                let (value_tag, value, _) = tlv(value)?;
+                found = decode_string(value_tag, value).or(found);
+            }
+        }
+    }
+    found.map(|name| {
+        name.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .take(MAX_ACTOR_NAME)
+            .collect()
+    })
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+
+/// One DER tag-length-value: (tag, contents, rest). Single-byte tags only (all X.509 needs here).
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let bytes = usize::from(first & 0x7F);
+        if bytes == 0 || bytes > 4 || rest.len() < bytes {
+            return None;
+        }
+        let (length, rest) = rest.split_at(bytes);
+        let length = length
+            .iter()
+            .fold(0usize, |total, byte| (total << 8) | usize::from(*byte));
+        (length, rest)
+    };
+    if rest.len() < length {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(length);
+    Some((tag, contents, rest))
+}
+
+fn decode_string(tag: u8, value: &[u8]) -> Option<String> {
+    match tag {
+        // UTF8String, PrintableString, IA5String.
+        0x0C | 0x13 | 0x16 => std::str::from_utf8(value).ok().map(str::to_owned),
+        // BMPString: UTF-16BE.
+        0x1E if value.len().is_multiple_of(2) => {
+            let units: Vec<u16> = value
+                .chunks_exact(2)
+                .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
