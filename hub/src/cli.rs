@@ -65,15 +65,6 @@ pub enum CliError {
         /// The gRPC status.
         status: tonic::Status,
     },
-    /// The hub's TLS layer refused the client certificate (`--client-cert`).
-    #[error(
-        "the hub refused the client certificate (TLS alert {alert}): it must be issued by the CA \
-         the hub trusts for admins (--admin-client-ca) and be valid now"
-    )]
-    ClientCertificateRefused {
-        /// The TLS alert the hub sent, e.g. `UnknownCA`.
-        alert: String,
-    },
     /// The output could not be written.
     #[error("cannot write the output")]
     Output(#[from] std::io::Error),
@@ -84,7 +75,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) | Self::Read { .. } | Self::Spec(crate::spec::SpecError::Read { .. }) => 2,
-            Self::Connect { .. } | Self::ClientCertificateRefused { .. } => 3,
+            Self::Connect { .. } => 3,
             Self::Hub { status, .. } => match status.code() {
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::Unavailable => 3,
                 tonic::Code::NotFound => 4,
@@ -258,10 +249,7 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|source| match certificate_alert(&source) {
-            Some(alert) => CliError::ClientCertificateRefused { alert },
-            None => CliError::Connect { url, source },
-        })?;
+        .map_err(|source| CliError::Connect { url, source })?;
     Ok(AdminClient::with_interceptor(channel, token))
 }
 
@@ -357,44 +345,7 @@ async fn call<T>(
     response
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|status| match certificate_alert(&status) {
-            Some(alert) => CliError::ClientCertificateRefused { alert },
-            None => CliError::Hub { action, status },
-        })
-}
-
-/// The TLS alert the hub sent about our client certificate, if that is why `error` happened.
-/// With TLS 1.3 the client finishes its handshake before the server checks the certificate, so
-/// the refusal arrives with the first call (an HTTP/2 transport error), not at connect. By then
-/// tokio-rustls has turned the rustls error into text, so the alert is read from the message.
-fn certificate_alert(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    const PREFIX: &str = "received fatal alert: ";
-    const CERTIFICATE_ALERTS: &[&str] = &[
-        "UnknownCA",
-        "BadCertificate",
-        "UnsupportedCertificate",
-        "CertificateExpired",
-        "CertificateRevoked",
-        "CertificateUnknown",
-        "AccessDenied",
-    ];
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(rustls::Error::AlertReceived(alert)) = error.downcast_ref::<rustls::Error>() {
-            let alert = format!("{alert:?}");
-            return CERTIFICATE_ALERTS.contains(&alert.as_str()).then_some(alert);
-        }
-        let text = error.to_string();
-        if let Some(alert) = text
-            .split_once(PREFIX)
-            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_alphanumeric()).next())
-            && CERTIFICATE_ALERTS.contains(&alert)
-        {
-            return Some(alert.to_owned());
-        }
-        next = error.source();
-    }
-    None
+        .map_err(|status| CliError::Hub { action, status })
 }
 
 async fn cluster(
@@ -1363,34 +1314,6 @@ mod tests {
         assert_eq!(admin_token(&args).expect("a client certificate is enough"), None);
         args.admin_token_file = Some(dir.path().join("missing"));
         assert_eq!(admin_token(&args).expect_err("missing file").exit_code(), 2);
-    }
-
-    #[test]
-    fn certificate_alerts_are_recognised_in_an_error_chain() {
-        let text = std::io::Error::new(std::io::ErrorKind::InvalidData, "received fatal alert: UnknownCA");
-        assert_eq!(certificate_alert(&text).as_deref(), Some("UnknownCA"));
-        let typed = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired);
-        assert_eq!(certificate_alert(&typed).as_deref(), Some("CertificateExpired"));
-        let status = tonic::Status::from_error(Box::new(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "received fatal alert: BadCertificate",
-        )));
-        assert_eq!(certificate_alert(&status).as_deref(), Some("BadCertificate"));
-        for other in [
-            "received fatal alert: HandshakeFailure",
-            "connection refused",
-            "received fatal alert: ",
-        ] {
-            let error = std::io::Error::other(other);
-            assert_eq!(certificate_alert(&error), None, "{other}");
-        }
-        assert_eq!(
-            CliError::ClientCertificateRefused {
-                alert: "UnknownCA".to_owned()
-            }
-            .exit_code(),
-            3
-        );
     }
 
     #[test]

@@ -155,12 +155,18 @@ pub(super) async fn serve(
         .add_service(enroll.into_server())
         .add_service(admin);
     let grpc_stop = CancellationToken::new();
-    let grpc_task = tokio::spawn(server::serve(
-        listener,
-        tls.server_config_with(admin_client_ca.as_ref()),
-        routes,
-        grpc_stop.clone().cancelled_owned(),
-    ));
+    let grpc_shutdown = grpc_stop.clone().cancelled_owned();
+    let grpc_task = match admin_client_ca {
+        Some(client_ca) => tokio::spawn(async move {
+            server::serve_requesting_client_certs(listener, &tls, &client_ca, routes, grpc_shutdown).await
+        }),
+        None => tokio::spawn(server::serve(
+            listener,
+            tls.server_config(),
+            routes,
+            grpc_shutdown,
+        )),
+    };
     tracing::info!(%grpc_addr, %ops_addr, replica = %replica, "listening; computing desired state");
 
     // Ready once the runtime has every cluster's desired set.

@@ -190,7 +190,8 @@ impl AdminAuth {
                  certificate issued by the hub's admin client CA",
             )),
             (None, None) => Err(Status::unauthenticated(
-                "missing admin token: send authorization: Bearer <admin token>",
+                "missing admin token: send authorization: Bearer <admin token> (this hub \
+                 authenticates no client certificate: it runs without --admin-client-ca)",
             )),
         }
     }

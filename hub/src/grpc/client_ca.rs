@@ -1,21 +1,26 @@
 //! Admin authentication by client certificate (`keyfleet serve --admin-client-ca FILE`).
 //!
-//! The one TLS listener asks every client for a certificate without requiring one (agents
-//! authenticate by credential, not certificate), and its TLS layer verifies any certificate it is
-//! given against this CA bundle. [`crate::grpc::admin::AdminAuth`] checks the chain again per
-//! call with [`ClientCa::verify`] (so an Admin service served behind other TLS settings still
-//! refuses foreign certificates) and names the caller by the certificate's subject common name.
+//! With a client CA, the hub's one TLS listener asks every client for a certificate (hinting this
+//! CA's subjects) without requiring one, since agents authenticate by credential, and lets any
+//! certificate through whose private key the client proves ([`ClientCa::listener_verifier`]). The
+//! chain is checked where it matters, per Admin call, by [`ClientCa::verify`] (called from
+//! [`crate::grpc::admin::AdminAuth`]), which also names the caller by the certificate's subject
+//! common name. So a foreign certificate gets a clear UNAUTHENTICATED answer from the Admin
+//! service instead of a handshake failure the client may only see as a closed connection, and a
+//! certificate never affects an agent.
 //!
-//! **Invariant:** only the Admin service looks at client certificates; the Sync and Enrollment
-//! services ignore them (a certificate never makes an agent).
+//! **Invariant:** only the Admin service looks at client certificates, and never without
+//! [`ClientCa::verify`]; the Sync and Enrollment services ignore them (a certificate never makes
+//! an agent).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use sha2::Digest as _;
 
 /// Longest common name recorded as an actor (longer ones are cut).
@@ -46,7 +51,6 @@ pub enum ClientCaError {
 /// The CA bundle whose certificates authenticate admins.
 #[derive(Clone)]
 pub struct ClientCa {
-    pem: String,
     roots: usize,
     verifier: Arc<dyn ClientCertVerifier>,
 }
@@ -91,15 +95,16 @@ impl ClientCa {
             .build()
             .map_err(|error| format!("cannot verify client certificates with it ({error})"))?;
         Ok(Self {
-            pem: pem.to_owned(),
             roots: added,
             verifier,
         })
     }
 
-    /// The bundle for the listener's `ServerTlsConfig::client_ca_root`.
-    pub fn tonic_certificate(&self) -> tonic::transport::Certificate {
-        tonic::transport::Certificate::from_pem(&self.pem)
+    /// The listener's client certificate verifier: asks for a certificate (hinting this CA's
+    /// subjects), requires none, checks the handshake signature that proves the client holds the
+    /// certificate's key, and leaves the chain to [`ClientCa::verify`] in the Admin service.
+    pub fn listener_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(DeferredChainCheck(Arc::clone(&self.verifier)))
     }
 
     /// Checks that `chain` (end entity first, as TLS presents it) chains to this CA for client
@@ -119,6 +124,57 @@ impl ClientCa {
                 format!("cert:sha256:{}", hex::encode(&digest[..8]))
             }
         })
+    }
+}
+
+/// The webpki verifier of the admin CA for everything but the chain, which is checked per Admin
+/// call instead (see the module documentation).
+#[derive(Debug)]
+struct DeferredChainCheck(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for DeferredChainCheck {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Deferred to `ClientCa::verify`, the only consumer of client certificates.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

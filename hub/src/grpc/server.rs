@@ -1,13 +1,21 @@
 //! The gRPC listener: TLS material (files, or a development CA written to a directory) and
 //! [`serve`], which runs tonic with HTTP/2 keepalive, `TCP_NODELAY` and the protocol's message
-//! size limit.
+//! size limit. With an admin client CA, [`serve_requesting_client_certs`] does the TLS handshakes
+//! itself (tonic's TLS settings cannot defer the chain check to the Admin service).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use tokio::net::TcpListener;
+use rustls::pki_types::CertificateDer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -52,6 +60,12 @@ pub enum ServerError {
     /// tonic refused the TLS configuration or the server failed.
     #[error("grpc server")]
     Transport(#[source] tonic::transport::Error),
+    /// The loaded certificate or key is unusable.
+    #[error("tls material: {0}")]
+    Material(&'static str),
+    /// rustls refused the certificate, the key or the configuration.
+    #[error("tls configuration")]
+    Rustls(#[source] rustls::Error),
 }
 
 /// Where the server's certificate comes from.
@@ -124,23 +138,35 @@ impl TlsMaterial {
         }
     }
 
-    /// The tonic server TLS configuration, without client certificates.
+    /// The tonic server TLS configuration (no client certificates).
     pub fn server_config(&self) -> ServerTlsConfig {
-        self.server_config_with(None)
+        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
     }
 
-    /// The tonic server TLS configuration. With `admin_client_ca`, every client is asked for a
-    /// certificate but none is required (agents authenticate by credential); a certificate that is
-    /// given must chain to that CA, and only the Admin service looks at it
-    /// ([`crate::grpc::admin::AdminAuth`]).
-    pub fn server_config_with(&self, admin_client_ca: Option<&ClientCa>) -> ServerTlsConfig {
-        let config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
-        match admin_client_ca {
-            Some(client_ca) => config
-                .client_ca_root(client_ca.tonic_certificate())
-                .client_auth_optional(true),
-            None => config,
+    /// A rustls server configuration that asks every client for a certificate without requiring
+    /// one ([`ClientCa::listener_verifier`]), offering HTTP/2.
+    pub fn rustls_config_requesting_client_certs(
+        &self,
+        admin_client_ca: &ClientCa,
+    ) -> Result<rustls::ServerConfig, ServerError> {
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|_| ServerError::Material("the certificate chain is not valid PEM"))?;
+        if chain.is_empty() {
+            return Err(ServerError::Material("no certificate in the certificate chain"));
         }
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .map_err(|_| ServerError::Material("the private key is not valid PEM"))?
+            .ok_or(ServerError::Material("no private key"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(ServerError::Rustls)?
+            .with_client_cert_verifier(admin_client_ca.listener_verifier())
+            .with_single_cert(chain, key)
+            .map_err(ServerError::Rustls)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
     }
 }
 
@@ -228,6 +254,11 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// HTTP/2 keepalive ping timeout.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A TLS handshake that takes longer is abandoned (on the listener that handshakes itself).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (out of file descriptors, say) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// Serves `routes` on `listener` with TLS until `shutdown` resolves (then in-flight streams are
 /// given tonic's graceful shutdown; drain the fleet first).
 pub async fn serve(
@@ -236,19 +267,86 @@ pub async fn serve(
     routes: Routes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    Server::builder()
+    builder()
         .tls_config(tls)
         .map_err(ServerError::Transport)?
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(tcp_incoming(listener), shutdown)
+        .await
+        .map_err(ServerError::Transport)
+}
+
+/// Like [`serve`], but every client is asked for a certificate signed under `admin_client_ca`
+/// (required of nobody): the handshakes run here, each in its own task and bounded by
+/// [`TLS_HANDSHAKE_TIMEOUT`], with [`TlsMaterial::rustls_config_requesting_client_certs`]. The
+/// Admin service checks a presented chain per call and names its holder
+/// ([`crate::grpc::admin::AdminAuth`]); the other services never look at it.
+pub async fn serve_requesting_client_certs(
+    listener: TcpListener,
+    material: &TlsMaterial,
+    admin_client_ca: &ClientCa,
+    routes: Routes,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let acceptor = TlsAcceptor::from(Arc::new(
+        material.rustls_config_requesting_client_certs(admin_client_ca)?,
+    ));
+    let (connections, incoming) = mpsc::channel::<std::io::Result<TlsStream<TcpStream>>>(64);
+    tokio::spawn(handshake_loop(tcp_incoming(listener), acceptor, connections));
+    builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
+        .await
+        .map_err(ServerError::Transport)
+}
+
+/// The tonic server settings every listener shares.
+fn builder() -> Server {
+    Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_max_pending_accept_reset_streams(Some(100))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(ServerError::Transport)
+}
+
+fn tcp_incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+}
+
+/// Accepts TCP connections and hands each completed TLS handshake to the server; ends when the
+/// server stops (its receiver is dropped), which closes the listener.
+async fn handshake_loop(
+    mut tcp: TcpIncoming,
+    acceptor: TlsAcceptor,
+    connections: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = tcp.next() => accepted,
+            () = connections.closed() => return,
+        };
+        let stream = match accepted {
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                tracing::debug!(error = %error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+            None => return,
+        };
+        let acceptor = acceptor.clone();
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = connections.send(Ok(tls)).await;
+                }
+                Ok(Err(error)) => tracing::debug!(error = %error, "tls handshake failed"),
+                Err(_) => tracing::debug!(timeout = ?TLS_HANDSHAKE_TIMEOUT, "tls handshake timed out"),
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +378,34 @@ mod tests {
         }
         let printed = format!("{first:?}");
         assert!(!printed.contains("PRIVATE"), "{printed}");
+    }
+
+    #[test]
+    fn the_listener_asks_for_client_certificates_without_requiring_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let material = TlsMaterial::load(&TlsSource::SelfSigned {
+            dir: dir.path().to_owned(),
+            sans: vec![],
+        })
+        .expect("generate");
+        let admins = keyfleet_testkit::tls::TestCa::generate("admins").expect("ca");
+        let client_ca = ClientCa::from_pem(admins.cert_pem()).expect("bundle");
+        let config = material
+            .rustls_config_requesting_client_certs(&client_ca)
+            .expect("config");
+        assert_eq!(config.alpn_protocols, [b"h2".to_vec()]);
+        let verifier = client_ca.listener_verifier();
+        assert!(verifier.offer_client_auth());
+        assert!(!verifier.client_auth_mandatory());
+        assert_eq!(verifier.root_hint_subjects().len(), 1, "hints the admin CA");
+        let broken = TlsMaterial {
+            key_pem: "no key here".to_owned(),
+            ..material
+        };
+        let error = broken
+            .rustls_config_requesting_client_certs(&client_ca)
+            .expect_err("no key");
+        assert_eq!(error.to_string(), "tls material: no private key");
     }
 
     #[test]
