@@ -1,0 +1,535 @@
+//! Issue #6's "done when", end to end: the real `keyfleet serve` binary on port 0 with a scratch
+//! Postgres database (from `DATABASE_URL`) and the Key Vault emulator holding two versions of the
+//! regcred secret; the real `keyfleet` CLI applies `deploy/examples/regcred.yaml` (its vault URL
+//! pointed at the emulator) and adds a cluster; a protocol-level test agent enrolls and syncs;
+//! `keyfleet status regcred -o json` shows the revision and the targeted cluster; `keyfleet rollout
+//! pin regcred --version <older>` makes the agent receive a revision whose data is the older
+//! version's value, and `unpin` brings the latest back. Admin calls go by token and by client
+//! certificate (mTLS), and the audit log names both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use keyfleet_hub::store::Store;
+use keyfleet_proto::v1;
+use keyfleet_testkit::keyvault::{self, KeyVaultConfig, KeyVaultEmulator};
+use keyfleet_testkit::tls::TestCa;
+use serde_json::Value;
+use sqlx::{Connection as _, Executor as _};
+use support::{Applied, HelloOptions, TestAgent};
+use tokio::io::AsyncBufReadExt as _;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+const KEYFLEET: &str = env!("CARGO_BIN_EXE_keyfleet");
+/// How long the hub may take to start (migrations, first Key Vault sweep) on a loaded machine.
+const START: Duration = Duration::from_secs(120);
+/// Bound for a state the hub reaches without an event we can wait on (status flushes).
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A fresh Postgres database next to `DATABASE_URL`'s, dropped by [`ScratchDb::drop_db`].
+struct ScratchDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDb {
+    async fn create() -> Self {
+        let admin_url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL must name a Postgres server (scripts/test sets it)");
+        let name = format!("keyfleet_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&name);
+        Self {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    async fn drop_db(&self) {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .await
+            .unwrap();
+    }
+}
+
+/// `keyfleet serve` as a child process; its log is kept and printed when the test fails.
+struct HubProcess {
+    child: tokio::process::Child,
+    log: Arc<Mutex<Vec<String>>>,
+    grpc_addr: SocketAddr,
+}
+
+impl HubProcess {
+    /// Starts `keyfleet serve ARGS` and waits for its "hub ready" log line, then reads the
+    /// addresses from its ready file.
+    async fn start(args: &[String], env: &[(&str, String)], ready_file: &Path) -> Self {
+        let mut child = tokio::process::Command::new(KEYFLEET)
+            .arg("serve")
+            .args(args)
+            .arg("--ready-file")
+            .arg(ready_file)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .env("KEYFLEET_LOG", "info")
+            .env("KEYFLEET_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start keyfleet serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let log = Arc::clone(&log);
+            // Drains the log for the hub's whole life (a full pipe would block it).
+            tokio::spawn(async move {
+                let mut ready_tx = Some(ready_tx);
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("hub ready")
+                        && let Some(ready) = ready_tx.take()
+                    {
+                        let _ = ready.send(());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let print_log = |log: &Mutex<Vec<String>>| log.lock().unwrap().join("\n");
+        match tokio::time::timeout(START, ready_rx).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("keyfleet serve exited before it was ready:\n{}", print_log(&log)),
+            Err(_) => panic!(
+                "keyfleet serve was not ready within {START:?}:\n{}",
+                print_log(&log)
+            ),
+        }
+        let ready: Value = serde_json::from_slice(&std::fs::read(ready_file).unwrap()).unwrap();
+        Self {
+            child,
+            log,
+            grpc_addr: ready["grpc_addr"].as_str().unwrap().parse().unwrap(),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then the graceful exit (drain, status flush) with status 0.
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("running");
+        let signalled = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(signalled.success());
+        let exit = tokio::time::timeout(START, self.child.wait())
+            .await
+            .expect("keyfleet serve stops within the bound")
+            .unwrap();
+        assert!(
+            exit.success(),
+            "keyfleet serve exited with {exit}:\n{}",
+            self.log()
+        );
+        assert!(self.log().contains("hub stopped"), "{}", self.log());
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- keyfleet serve log ---\n{}\n--- end of log ---", self.log());
+        }
+    }
+}
+
+/// What one `keyfleet` CLI run printed.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// The CLI's connection flags.
+struct Cli {
+    hub: String,
+    hub_ca: PathBuf,
+    token_file: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Cli {
+    /// `keyfleet ARGS` with the admin token.
+    async fn run(&self, args: &[&str]) -> Run {
+        self.run_as(args, &["--admin-token-file", self.token_file.to_str().unwrap()])
+            .await
+    }
+
+    /// `keyfleet ARGS` with the client certificate and no token.
+    async fn run_with_cert(&self, args: &[&str]) -> Run {
+        let cert = self.cert.to_str().unwrap();
+        let key = self.key.to_str().unwrap();
+        self.run_as(args, &["--client-cert", cert, "--client-key", key])
+            .await
+    }
+
+    async fn run_as(&self, args: &[&str], auth: &[&str]) -> Run {
+        let output = tokio::process::Command::new(KEYFLEET)
+            .args(args)
+            .args(["--hub", &self.hub, "--hub-ca", self.hub_ca.to_str().unwrap()])
+            .args(auth)
+            .env_remove("KEYFLEET_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run keyfleet");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    /// `keyfleet ARGS` that must succeed; its standard output.
+    async fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args).await;
+        assert_eq!(run.code, 0, "keyfleet {args:?}: {}{}", run.stdout, run.stderr);
+        run.stdout
+    }
+
+    /// `keyfleet status regcred -o json` (by client certificate), parsed.
+    async fn status(&self) -> Value {
+        let run = self.run_with_cert(&["status", "regcred", "-o", "json"]).await;
+        assert_eq!(run.code, 0, "keyfleet status: {}{}", run.stdout, run.stderr);
+        serde_json::from_str(&run.stdout).unwrap()
+    }
+
+    /// Polls the status (no event tells us when the status writer flushed) until `done` holds.
+    async fn status_until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let status = self.status().await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {SETTLE:?}; last status {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A docker config JSON for the registry with this password.
+fn docker_config(password: &str) -> String {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("pull:{password}"));
+    serde_json::json!({
+        "auths": { "keyfleet.azurecr.io": { "username": "pull", "password": password, "auth": auth } }
+    })
+    .to_string()
+}
+
+/// The next Update for regcred (acked), with its revision and `.dockerconfigjson` bytes.
+async fn next_regcred(agent: &mut TestAgent) -> (u64, Vec<u8>) {
+    let update = agent.update().await;
+    agent.apply_and_ack(&update).await;
+    let payload = update
+        .upserts
+        .iter()
+        .find(|payload| payload.key == "regcred")
+        .unwrap_or_else(|| panic!("an update without regcred: {update:?}"));
+    assert_eq!(payload.r#type, "kubernetes.io/dockerconfigjson");
+    assert_eq!(payload.secret_name, "regcred");
+    assert_eq!(payload.namespaces, ["default", "ci"]);
+    (
+        payload.revision,
+        payload.data.get(".dockerconfigjson").cloned().unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_apply_status_and_pin_an_older_version_end_to_end() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = ScratchDb::create().await;
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(scenario(&db.url))).await;
+    db.drop_db().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn scenario(database_url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+
+    // Key Vault: two versions of the regcred secret.
+    let kv = KeyVaultEmulator::start(KeyVaultConfig::default()).await.unwrap();
+    let older_value = docker_config("first-password");
+    let latest_value = docker_config("second-password");
+    let older = kv.set_secret("acr-pull", &older_value, &[]).unwrap();
+    let latest = kv.set_secret("acr-pull", &latest_value, &[]).unwrap();
+    assert_ne!(older, latest);
+    std::fs::write(path("kv-ca.pem"), kv.ca_pem()).unwrap();
+    std::fs::write(
+        path("federated-token"),
+        kv.mint_federated_token(
+            keyvault::DEFAULT_FEDERATED_ISSUER,
+            keyvault::DEFAULT_FEDERATED_SUBJECT,
+        ),
+    )
+    .unwrap();
+
+    // Admin credentials: a token, and a client certificate from the admin CA.
+    std::fs::write(path("admin-token"), "kfa_e2e-admin-token-0123456789\n").unwrap();
+    let admins = TestCa::generate("keyfleet e2e admins").unwrap();
+    admins.write_cert(&path("admins.pem")).unwrap();
+    let alice = admins.issue_client("alice@platform").unwrap();
+    std::fs::write(path("alice.pem"), &alice.cert_pem).unwrap();
+    std::fs::write(path("alice-key.pem"), &alice.key_pem).unwrap();
+
+    let show = |name: &str| path(name).display().to_string();
+    let args: Vec<String> = [
+        "--database",
+        database_url,
+        "--migrate",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--ops-addr",
+        "127.0.0.1:0",
+        "--tls-self-signed",
+        &show("tls"),
+        "--admin-token-file",
+        &show("admin-token"),
+        "--admin-client-ca",
+        &show("admins.pem"),
+        "--vault-ca-file",
+        &show("kv-ca.pem"),
+        "--vault-skip-challenge-resource-check",
+        "--replica-id",
+        "e2e-hub",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let env = [
+        ("AZURE_TENANT_ID", kv.tenant().to_owned()),
+        ("AZURE_CLIENT_ID", keyvault::DEFAULT_CLIENT_ID.to_owned()),
+        ("AZURE_FEDERATED_TOKEN_FILE", show("federated-token")),
+        ("AZURE_AUTHORITY_HOST", kv.authority_url().to_string()),
+    ];
+    let hub = HubProcess::start(&args, &env, &path("ready.json")).await;
+    assert_ne!(hub.grpc_addr.port(), 0);
+    let cli = Cli {
+        hub: format!("https://localhost:{}", hub.grpc_addr.port()),
+        hub_ca: path("tls").join("ca.pem"),
+        token_file: path("admin-token"),
+        cert: path("alice.pem"),
+        key: path("alice-key.pem"),
+    };
+
+    // The example as shipped, with its SecretStore pointed at the emulator.
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/regcred.yaml"),
+    )
+    .unwrap();
+    let shipped_url = "vaultUrl: https://shared-kv.vault.azure.net";
+    assert!(
+        example.contains(shipped_url),
+        "the example changed: update this test"
+    );
+    let vault_url = kv.vault_url().as_str().trim_end_matches('/');
+    std::fs::write(
+        path("regcred.yaml"),
+        example.replace(shipped_url, &format!("vaultUrl: {vault_url}")),
+    )
+    .unwrap();
+    let out = cli.ok(&["apply", "-f", &show("regcred.yaml")]).await;
+    assert_eq!(
+        out,
+        "secretstore/shared-kv created (generation 1)\nfleetsecret/regcred created (generation 1)\n"
+    );
+
+    // A cluster in the canary wave, and its agent.
+    let out = cli
+        .ok(&[
+            "cluster",
+            "add",
+            "prod-eu-1",
+            "--label",
+            "env=prod",
+            "--label",
+            "ring=canary",
+        ])
+        .await;
+    let token = out
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("kfe_"))
+        .unwrap_or_else(|| panic!("no enrollment token in {out}"))
+        .to_owned();
+    let channel = agent_channel(hub.grpc_addr, &cli.hub_ca).await;
+    let credential = keyfleet_proto::v1::enrollment_client::EnrollmentClient::new(channel.clone())
+        .enroll(v1::EnrollRequest {
+            token,
+            agent_version: "0.1.0-e2e".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .credential;
+    let mut agent = TestAgent::connect_on(
+        channel,
+        Some(&credential),
+        Applied::new(),
+        HelloOptions::default(),
+    )
+    .await
+    .unwrap();
+    agent.handshake().await;
+
+    // The latest version reaches the agent; status shows its revision and the targeted cluster.
+    let (first, data) = next_regcred(&mut agent).await;
+    assert_eq!(data, latest_value.as_bytes(), "the latest Key Vault version");
+    let status = cli
+        .status_until("the first revision applied", |status| {
+            status["revision"] == first && status["applied"] == 1
+        })
+        .await;
+    assert_eq!(status["name"], "regcred");
+    assert_eq!(status["targeted"], 1, "{status:#}");
+    assert_eq!(
+        status["sources"],
+        serde_json::json!([{ "remoteKey": "acr-pull", "version": latest }])
+    );
+    assert_eq!(status["pins"], serde_json::json!([]));
+
+    // Pin the older version: a new revision carrying the older value.
+    cli.ok(&["rollout", "pin", "regcred", "--version", &older]).await;
+    let (pinned, data) = next_regcred(&mut agent).await;
+    assert!(pinned > first, "a new revision: {pinned} after {first}");
+    assert_eq!(
+        data,
+        older_value.as_bytes(),
+        "the pinned (older) Key Vault version"
+    );
+    let status = cli
+        .status_until("the pinned revision applied", |status| {
+            status["revision"] == pinned && status["applied"] == 1
+        })
+        .await;
+    assert_eq!(
+        status["pins"],
+        serde_json::json!([{ "remoteKey": "acr-pull", "version": older }])
+    );
+    assert_eq!(status["sources"][0]["version"], older.as_str());
+
+    // Unpin (by client certificate): back to the latest value, in a newer revision again.
+    let run = cli.run_with_cert(&["rollout", "unpin", "regcred"]).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let (unpinned, data) = next_regcred(&mut agent).await;
+    assert!(unpinned > pinned, "a new revision: {unpinned} after {pinned}");
+    assert_eq!(data, latest_value.as_bytes(), "the latest version again");
+    let status = cli
+        .status_until("the unpinned revision applied", |status| {
+            status["revision"] == unpinned && status["applied"] == 1
+        })
+        .await;
+    assert_eq!(status["pins"], serde_json::json!([]));
+    assert_eq!(status["sources"][0]["version"], latest.as_str());
+
+    // A certificate from another CA is refused, with a message that says so.
+    let mallory = TestCa::generate("someone else")
+        .unwrap()
+        .issue_client("mallory")
+        .unwrap();
+    std::fs::write(path("mallory.pem"), &mallory.cert_pem).unwrap();
+    std::fs::write(path("mallory-key.pem"), &mallory.key_pem).unwrap();
+    let refused = cli
+        .run_as(
+            &["status", "regcred"],
+            &[
+                "--client-cert",
+                &show("mallory.pem"),
+                "--client-key",
+                &show("mallory-key.pem"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(
+            "the client certificate is not accepted: it is not issued by the hub's admin client CA"
+        ),
+        "{}",
+        refused.stderr
+    );
+
+    // The audit log names who did what: the token or the certificate's subject.
+    let store = Store::connect(database_url).await.unwrap();
+    let audit: Vec<(String, String, String)> = store
+        .audit(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|event| (event.actor, event.action, event.subject))
+        .collect();
+    store.close().await;
+    let expected = [
+        ("token", "spec.created", "secretstore/shared-kv"),
+        ("token", "spec.created", "fleetsecret/regcred"),
+        ("token", "cluster.create", "cluster/prod-eu-1"),
+        ("cluster:prod-eu-1", "enroll", "prod-eu-1"),
+        ("token", "pin.set", "fleetsecret/regcred/acr-pull"),
+        ("cert:alice@platform", "pin.remove", "fleetsecret/regcred"),
+    ]
+    .map(|(actor, action, subject)| (actor.to_owned(), action.to_owned(), subject.to_owned()));
+    assert_eq!(audit, expected);
+
+    // No secret value in the hub's log.
+    let log = hub.log();
+    for value in [&older_value, &latest_value] {
+        assert!(!log.contains(value.as_str()), "a secret value in the hub log");
+    }
+    assert!(!log.contains("first-password") && !log.contains("second-password"));
+    drop(agent);
+    hub.stop().await;
+    kv.shutdown().await;
+}
+
+/// A TLS channel to the hub that pins its development CA, as an agent dials it.
+async fn agent_channel(addr: SocketAddr, ca: &Path) -> Channel {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
