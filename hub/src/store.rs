@@ -399,6 +399,17 @@ impl Store {
         dispatch!(self.latest_revisions())
     }
 
+    /// The newest revision of `fleet_secret` numbered below `below`: the one before a given
+    /// revision (what clusters beyond a rollout's current wave keep).
+    pub async fn revision_before(
+        &self,
+        fleet_secret: &str,
+        below: u64,
+    ) -> Result<Option<RevisionRecord>, StoreError> {
+        let below = i64::try_from(below).map_err(|_| StoreError::OutOfRange { what: "revision" })?;
+        dispatch!(self.revision_before(fleet_secret, below))
+    }
+
     // --- pins and rollouts ---
 
     /// Pins a remote key of a fleet secret to a Key Vault version.

@@ -584,6 +584,33 @@ pub(super) async fn latest_revisions(pool: &PgPool) -> Result<Vec<RevisionRecord
     .collect()
 }
 
+pub(super) async fn revision_before(
+    pool: &PgPool,
+    fleet_secret: &str,
+    below: i64,
+) -> Result<Option<RevisionRecord>, StoreError> {
+    sqlx::query!(
+        "SELECT fleet_secret, revision, sha256, spec_generation, sources, created_at
+         FROM revisions WHERE fleet_secret = $1 AND revision < $2
+         ORDER BY revision DESC LIMIT 1",
+        fleet_secret,
+        below,
+    )
+    .fetch_optional(pool)
+    .await?
+    .map(|row| {
+        Ok(RevisionRecord {
+            fleet_secret: row.fleet_secret,
+            revision: to_u64(row.revision, "revision")?,
+            sha256: sha256(&row.sha256, "revision sha256")?,
+            spec_generation: to_u64(row.spec_generation, "spec generation")?,
+            sources: sources_from_json(row.sources)?,
+            created: row.created_at,
+        })
+    })
+    .transpose()
+}
+
 // --- pins and rollouts ---
 
 pub(super) async fn set_pin(

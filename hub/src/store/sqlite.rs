@@ -617,21 +617,42 @@ pub(super) async fn latest_revisions(pool: &SqlitePool) -> Result<Vec<RevisionRe
     .fetch_all(pool)
     .await?
     .iter()
-    .map(|row| {
-        Ok(RevisionRecord {
-            fleet_secret: row.try_get("fleet_secret")?,
-            revision: to_u64(row.try_get("revision")?, "revision")?,
-            sha256: sha256(&row.try_get::<Vec<u8>, _>("sha256")?, "revision sha256")?,
-            spec_generation: to_u64(row.try_get("spec_generation")?, "spec generation")?,
-            sources: serde_json::from_str(&row.try_get::<String, _>("sources")?).map_err(|_| {
-                StoreError::Corrupt {
-                    what: "revision sources",
-                }
-            })?,
-            created: req_ts(row, "created_at", "revision created_at")?,
-        })
-    })
+    .map(revision_record)
     .collect()
+}
+
+pub(super) async fn revision_before(
+    pool: &SqlitePool,
+    fleet_secret: &str,
+    below: i64,
+) -> Result<Option<RevisionRecord>, StoreError> {
+    sqlx::query(
+        "SELECT fleet_secret, revision, sha256, spec_generation, sources, created_at
+         FROM revisions WHERE fleet_secret = ?1 AND revision < ?2
+         ORDER BY revision DESC LIMIT 1",
+    )
+    .bind(fleet_secret)
+    .bind(below)
+    .fetch_optional(pool)
+    .await?
+    .as_ref()
+    .map(revision_record)
+    .transpose()
+}
+
+fn revision_record(row: &SqliteRow) -> Result<RevisionRecord, StoreError> {
+    Ok(RevisionRecord {
+        fleet_secret: row.try_get("fleet_secret")?,
+        revision: to_u64(row.try_get("revision")?, "revision")?,
+        sha256: sha256(&row.try_get::<Vec<u8>, _>("sha256")?, "revision sha256")?,
+        spec_generation: to_u64(row.try_get("spec_generation")?, "spec generation")?,
+        sources: serde_json::from_str(&row.try_get::<String, _>("sources")?).map_err(|_| {
+            StoreError::Corrupt {
+                what: "revision sources",
+            }
+        })?,
+        created: req_ts(row, "created_at", "revision created_at")?,
+    })
 }
 
 // --- pins and rollouts ---

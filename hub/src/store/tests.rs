@@ -813,6 +813,22 @@ async fn revisions_idempotent_and_monotonic(store: Store) {
         latest[0].sources,
         [("db-password".to_owned(), "v-one".to_owned())]
     );
+    // The one before a revision: what clusters beyond a rollout's current wave keep.
+    let before = store.revision_before("a", a4).await.expect("before");
+    assert_eq!(before.map(|r| (r.revision, r.sha256)), Some((a3, digest("two"))));
+    let first = store.revision_before("a", a2).await.expect("before");
+    assert_eq!(
+        first.map(|r| (r.revision, r.sources)),
+        Some((a1, vec![("db-password".to_owned(), "v-one".to_owned())]))
+    );
+    assert!(store.revision_before("b", b1).await.expect("before").is_none());
+    assert!(
+        store
+            .revision_before("nothing", a4)
+            .await
+            .expect("before")
+            .is_none()
+    );
     assert!(matches!(
         store.upsert_revision(&revision("a", "x", u64::MAX)).await,
         Err(StoreError::OutOfRange { .. })
