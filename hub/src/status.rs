@@ -6,7 +6,9 @@
 //! - Connect and disconnect are persisted as they happen; liveness otherwise stays in memory and
 //!   is refreshed coarsely (`touch_last_seen` of every connected cluster in one statement).
 //! - The undelivered detector marks a (cluster, key) whose desired revision stayed unacknowledged
-//!   for `undelivered_after` (and was not refused: that is `error`).
+//!   on a stream of this process for `undelivered_after` (and was not refused: that is `error`).
+//! - On connect, keys the agent already holds at their desired revision are written as applied
+//!   (an ack that a dead replica had buffered is not lost).
 //! - [`StatusView`] exposes, per cluster, the applied key → revision for the runtime.
 //!
 //! A failed write is logged (no values exist here to leak) and retried with the next flush.
@@ -386,13 +388,39 @@ impl<S: StatusSink> StatusWriter<S> {
                 at,
                 ..
             } => {
-                self.view.write().insert(
-                    cluster,
-                    applied
-                        .into_iter()
-                        .map(|(key, revision)| (key, (revision, None)))
-                        .collect(),
-                );
+                // What the agent holds at its desired revision is applied, whether or not its ack
+                // reached the store: an ack buffered by a replica that died is recorded here. Keys
+                // this process already knew at that revision are not written again.
+                let desired = self.fleet.desired(cluster);
+                let known = self.view.read().get(&cluster).cloned().unwrap_or_default();
+                let mut held = BTreeMap::new();
+                for (key, revision) in applied {
+                    let item = desired
+                        .as_ref()
+                        .and_then(|desired| desired.items.get(&key))
+                        .filter(|item| item.revision == revision);
+                    let sha256 = item.map(|item| item.sha256);
+                    let recorded = known
+                        .get(&key)
+                        .is_some_and(|(known_revision, _)| *known_revision == revision);
+                    if let Some(sha256) = sha256
+                        && !recorded
+                    {
+                        self.buffer(StatusRow {
+                            cluster,
+                            fleet_secret: key.clone(),
+                            desired_revision: revision,
+                            applied_revision: Some(revision),
+                            applied_sha256: Some(sha256),
+                            state: SyncState::Applied,
+                            last_error: None,
+                            attempts: 0,
+                            at,
+                        });
+                    }
+                    held.insert(key, (revision, sha256));
+                }
+                self.view.write().insert(cluster, held);
                 if let Err(error) = self
                     .sink
                     .record_connect(cluster, &self.config.replica, &agent_version, at)
@@ -459,14 +487,18 @@ impl<S: StatusSink> StatusWriter<S> {
     }
 
     /// One pass of the undelivered detector: buffers an `undelivered` row for every desired
-    /// revision first seen unacknowledged at least `undelivered_after` ago (once per revision).
+    /// revision that a stream of this process has been offered, unacknowledged, for at least
+    /// `undelivered_after` (once per revision). The deadline runs from the first pass that saw the
+    /// revision wanted on a connected stream here: a cluster that is offline, or served by another
+    /// replica, is never marked by this one, and after a restart every deadline starts afresh.
     pub fn detect_undelivered(&mut self, now: Instant) {
+        let connected: HashSet<ClusterId> = self.fleet.connected_clusters().into_iter().collect();
         let snapshot = self.fleet.desired_snapshot();
         let mut waiting = HashMap::with_capacity(self.waiting.len());
         let mut rows = Vec::new();
         {
             let view = self.view.read();
-            for (cluster, desired) in &snapshot {
+            for (cluster, desired) in snapshot.iter().filter(|(cluster, _)| connected.contains(cluster)) {
                 let applied = view.get(cluster);
                 for (key, item) in &desired.items {
                     let held = applied.and_then(|keys| keys.get(key));

@@ -317,6 +317,7 @@ async fn liveness_of_connected_clusters_is_refreshed_in_one_call() {
 async fn unacknowledged_desired_revisions_become_undelivered_once_but_refusals_do_not() {
     let mut harness = start(config());
     let started = Instant::now();
+    let _stream = harness.fleet.attach(cluster(1)).expect("attach");
     harness
         .fleet
         .set_desired(cluster(1), desired(&[("late", 5), ("done", 1), ("refused", 2)]));
@@ -359,6 +360,81 @@ async fn unacknowledged_desired_revisions_become_undelivered_once_but_refusals_d
     );
     assert!(later.duration_since(at) >= Duration::from_secs(60));
     assert_eq!(harness.metrics.undelivered.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_undelivered_deadline_runs_only_while_a_stream_here_is_offered_the_revision() {
+    let mut harness = start(StatusConfig {
+        liveness_interval: Duration::from_secs(3_600),
+        ..config()
+    });
+    // Desired, but offline (or served by another replica): never marked by this process, however
+    // long it waits (a restarted hub sees every cluster like this at first).
+    harness.fleet.set_desired(cluster(1), desired(&[("a", 5)]));
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(harness.recorder.calls(), vec![], "nothing marked while offline");
+    // Connected here: the deadline starts now.
+    let attached = Instant::now();
+    let _stream = harness.fleet.attach(cluster(1)).expect("attach");
+    let (at, call) = harness.next_call().await;
+    assert!(
+        matches!(&call, Call::Batch(rows) if rows[0].state == SyncState::Undelivered),
+        "{call:?}"
+    );
+    let waited = at.duration_since(attached);
+    assert!(
+        waited >= Duration::from_secs(60) && waited <= Duration::from_secs(71),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connecting_agent_records_what_it_holds_at_the_desired_revision_once() {
+    let mut harness = start(config());
+    harness
+        .fleet
+        .set_desired(cluster(1), desired(&[("a", 4), ("b", 5)]));
+    let connected = || FleetEvent::Connected {
+        cluster: cluster(1),
+        agent_version: "0.1.0".to_owned(),
+        in_sync: false,
+        applied: [("a".to_owned(), 4), ("b".to_owned(), 3)].into(),
+        at: Utc::now(),
+    };
+    // Its ack of a@4 went to a replica that died before flushing: the connect records it.
+    harness.send(connected()).await;
+    assert_eq!(
+        harness.next_call().await.1,
+        Call::Connect(cluster(1), "replica-a".to_owned())
+    );
+    let (_, call) = harness.next_call().await;
+    let Call::Batch(rows) = call else {
+        panic!("expected a batch, got {call:?}");
+    };
+    assert_eq!(rows.len(), 1, "b is behind and waits for its ack: {rows:?}");
+    assert_eq!(rows[0].fleet_secret, "a");
+    assert_eq!(rows[0].state, SyncState::Applied);
+    assert_eq!(
+        (
+            rows[0].desired_revision,
+            rows[0].applied_revision,
+            rows[0].applied_sha256
+        ),
+        (4, Some(4), Some(sha(4)))
+    );
+    // A reconnect holding the same is not written again.
+    harness.send(connected()).await;
+    assert_eq!(
+        harness.next_call().await.1,
+        Call::Connect(cluster(1), "replica-a".to_owned())
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        harness.recorder.calls().len(),
+        3,
+        "{:?}",
+        harness.recorder.calls()
+    );
 }
 
 #[tokio::test(start_paused = true)]
