@@ -41,7 +41,9 @@ async fn a_token_enrolls_once_and_its_credential_opens_the_stream() {
         .await
         .unwrap();
 
-    let enrolled = enroll_rpc(&hub, &token).await.unwrap();
+    let enrolled = keyfleet_testkit::agent::enroll(&hub.endpoint, &token)
+        .await
+        .unwrap();
     assert_eq!(enrolled.cluster_name, "eu-1");
     assert_eq!(enrolled.cluster_id, cluster.id.to_string());
     assert!(enrolled.credential.starts_with("kfc_"));
@@ -64,13 +66,17 @@ async fn a_token_enrolls_once_and_its_credential_opens_the_stream() {
     );
 
     // The same token again: refused, without echoing it.
-    let again = enroll_rpc(&hub, &token).await.unwrap_err();
+    let again = keyfleet_testkit::agent::enroll(&hub.endpoint, &token)
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), Code::Unauthenticated);
     assert!(again.message().contains("already used"), "{again:?}");
     assert!(!again.message().contains(&token));
 
     // Unknown, expired and malformed tokens.
-    let unknown = enroll_rpc(&hub, &new_token()).await.unwrap_err();
+    let unknown = keyfleet_testkit::agent::enroll(&hub.endpoint, &new_token())
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::Unauthenticated);
     let other = store.create_cluster("eu-2", &Labels::new()).await.unwrap();
     let expired = new_token();
@@ -83,18 +89,23 @@ async fn a_token_enrolls_once_and_its_credential_opens_the_stream() {
         .await
         .unwrap();
     assert_eq!(
-        enroll_rpc(&hub, &expired).await.unwrap_err().code(),
+        keyfleet_testkit::agent::enroll(&hub.endpoint, &expired)
+            .await
+            .unwrap_err()
+            .code(),
         Code::Unauthenticated
     );
-    let malformed = enroll_rpc(&hub, "kfe_nope").await.unwrap_err();
+    let malformed = keyfleet_testkit::agent::enroll(&hub.endpoint, "kfe_nope")
+        .await
+        .unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument);
     assert!(!malformed.message().contains("kfe_nope"));
 
     // The credential authenticates the Sync stream as this cluster.
-    let mut agent = TestAgent::connect(&hub, &enrolled.credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &enrolled.credential, Applied::new())
         .await
         .unwrap();
-    assert!(agent.handshake().await.in_sync);
+    assert!(agent.handshake().await.unwrap().in_sync);
     assert!(hub.fleet.is_connected(cluster.id));
     let record = within(PROMPT, "connect recorded", async {
         loop {
@@ -132,17 +143,18 @@ async fn acks_and_nacks_reach_the_store_in_batches() {
     hub.fleet.set_desired(cluster.id, desired(&items));
     let statements_before = store.status_statements();
 
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
-    let update = agent.update().await;
+    agent.handshake().await.unwrap();
+    let update = agent.update().await.unwrap();
     assert_eq!(update.upserts.len(), 20);
-    agent.apply_and_ack(&update).await;
+    agent.apply_and_ack(&update).await.unwrap();
     let rows = within(PROMPT, "status flushed", async {
         loop {
             let rows = store.status_for_cluster(cluster.id).await.unwrap();
-            if rows.len() == 20 {
+            // The statement counter moves once the statement returns, after the rows are visible.
+            if rows.len() == 20 && store.status_statements() > statements_before {
                 return rows;
             }
             tokio::task::yield_now().await;
@@ -167,7 +179,7 @@ async fn acks_and_nacks_reach_the_store_in_batches() {
         next[0] = revision("secret-0", 99, b"rotated");
         desired(&next)
     });
-    let update = agent.update().await;
+    let update = agent.update().await.unwrap();
     agent
         .send(agent_message::Body::Ack(v1::Ack {
             nonce: update.nonce,
@@ -181,7 +193,8 @@ async fn acks_and_nacks_reach_the_store_in_batches() {
                 }),
             }],
         }))
-        .await;
+        .await
+        .unwrap();
     let row = within(PROMPT, "nack recorded", async {
         loop {
             let rows = store.status_for_cluster(cluster.id).await.unwrap();
@@ -236,10 +249,10 @@ async fn a_rotation_reaches_200_agents_and_status_shows_all_applied() {
             .unwrap();
         hub.credentials
             .insert(Sha256::of(credential.as_bytes()), cluster.id);
-        let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
             .await
             .unwrap();
-        agent.handshake().await;
+        agent.handshake().await.unwrap();
         agents.push(agent);
         clusters.push(cluster.id);
     }
@@ -248,8 +261,8 @@ async fn a_rotation_reaches_200_agents_and_status_shows_all_applied() {
     hub.fleet
         .set_desired_many(clusters.iter().map(|cluster| (*cluster, rotation.clone())));
     let delivered = futures::future::join_all(agents.iter_mut().map(|agent| async move {
-        let update = agent.update().await;
-        agent.apply_and_ack(&update).await;
+        let update = agent.update().await.unwrap();
+        agent.apply_and_ack(&update).await.unwrap();
     }));
     within(PROMPT, "all 200 agents received the rotation", delivered).await;
     let rows = within(PROMPT, "status shows all applied", async {
@@ -283,7 +296,7 @@ async fn changes_made_elsewhere_reach_the_credential_index_and_revoke_streams() 
         .set_cluster_credential(cluster.id, &Sha256::of(credential.as_bytes()))
         .await
         .unwrap();
-    let refused = TestAgent::connect(&hub, &credential, Applied::new())
+    let refused = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .err()
         .expect("unknown here yet");
@@ -292,10 +305,10 @@ async fn changes_made_elsewhere_reach_the_credential_index_and_revoke_streams() 
         .await
         .unwrap();
     assert!(revoked.is_empty());
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
+    agent.handshake().await.unwrap();
 
     // Revoked through another replica's admin API: the next refresh ends the stream.
     store.revoke_cluster(cluster.id).await.unwrap();
@@ -307,7 +320,7 @@ async fn changes_made_elsewhere_reach_the_credential_index_and_revoke_streams() 
         .await
         .expect_err("ended");
     assert_eq!(status.code(), Code::PermissionDenied);
-    let again = TestAgent::connect(&hub, &credential, Applied::new())
+    let again = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .err()
         .expect("refused");

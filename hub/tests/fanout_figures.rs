@@ -42,10 +42,10 @@ async fn fanout_to_1000_in_process_streams() {
     let mut clusters = Vec::new();
     for n in 0..AGENTS {
         let (cluster, credential) = hub.enroll(n);
-        let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
             .await
             .unwrap();
-        agent.handshake().await;
+        agent.handshake().await.unwrap();
         agents.push(agent);
         clusters.push(cluster);
     }
@@ -57,8 +57,8 @@ async fn fanout_to_1000_in_process_streams() {
         .set_desired_many(clusters.iter().map(|cluster| (*cluster, rotation.clone())));
     let enqueue = started.elapsed();
     let delivered = futures::future::join_all(agents.iter_mut().map(|agent| async move {
-        let update = agent.update().await;
-        agent.apply_and_ack(&update).await;
+        let update = agent.update().await.unwrap();
+        agent.apply_and_ack(&update).await.unwrap();
     }));
     within(PROMPT, "all delivered", delivered).await;
     let delivered_at = started.elapsed();
@@ -78,7 +78,9 @@ async fn fanout_to_1000_in_process_streams() {
     // An in-sync reconnect: everything the hub sends before we drain it.
     let applied = agents[0].applied.clone();
     let (_, credential) = hub.enroll(0);
-    let mut again = TestAgent::connect(&hub, &credential, applied).await.unwrap();
-    assert!(again.handshake().await.in_sync);
+    let mut again = TestAgent::connect(&hub.endpoint, &credential, applied)
+        .await
+        .unwrap();
+    assert!(again.handshake().await.unwrap().in_sync);
     eprintln!("in_sync_reconnect_bytes={}", again.received_bytes);
 }

@@ -20,7 +20,7 @@ async fn streams_need_a_known_credential_and_the_identity_comes_from_it() {
     hub.fleet
         .set_desired(other, desired(&[revision("other-secret", 1, b"x")]));
 
-    let missing = TestAgent::connect_with(&hub, None, Applied::new(), HelloOptions::default())
+    let missing = TestAgent::connect_with(&hub.endpoint, None, Applied::new(), HelloOptions::default())
         .await
         .err()
         .expect("refused");
@@ -28,7 +28,7 @@ async fn streams_need_a_known_credential_and_the_identity_comes_from_it() {
     assert!(missing.message().contains("authorization"), "{missing:?}");
 
     let forged = keyfleet_hub::fleet::credentials::new_credential();
-    let wrong = TestAgent::connect(&hub, &forged, Applied::new())
+    let wrong = TestAgent::connect(&hub.endpoint, &forged, Applied::new())
         .await
         .err()
         .expect("refused");
@@ -38,10 +38,10 @@ async fn streams_need_a_known_credential_and_the_identity_comes_from_it() {
 
     // A valid credential serves its own cluster only: nothing of `other` is sent.
     hub.fleet.set_desired(cluster, desired(&[]));
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    let welcome = agent.handshake().await;
+    let welcome = agent.handshake().await.unwrap();
     assert!(welcome.in_sync, "empty desired set, empty agent");
     assert!(hub.fleet.is_connected(cluster));
     assert!(!hub.fleet.is_connected(other));
@@ -55,10 +55,10 @@ async fn an_in_sync_reconnect_costs_at_most_100_bytes() {
         .map(|n| revision(&format!("secret-{n}"), 100 + n, &[7u8; 2048]))
         .collect();
     hub.fleet.set_desired(cluster, desired(&items));
-    let mut agent = TestAgent::connect(&hub, &credential, applied_of(&items))
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, applied_of(&items))
         .await
         .unwrap();
-    let welcome = agent.handshake().await;
+    let welcome = agent.handshake().await.unwrap();
     assert!(welcome.in_sync);
     assert_eq!(welcome.hub_instance, "test-hub");
     assert_eq!(welcome.max_inflight, 4);
@@ -105,17 +105,21 @@ async fn need_versions_pages_and_only_the_difference_is_sent() {
         std::sync::Arc::new(set)
     });
     // Holds a at an old revision, b current, d no longer wanted, e current: 4 items, 2 pages.
-    let mut agent = TestAgent::connect(&hub, &credential, applied_of(&[a1, b1.clone(), d1, e1.clone()]))
-        .await
-        .unwrap();
+    let mut agent = TestAgent::connect(
+        &hub.endpoint,
+        &credential,
+        applied_of(&[a1, b1.clone(), d1, e1.clone()]),
+    )
+    .await
+    .unwrap();
     match agent.next_body().await.unwrap() {
         Some(hub_message::Body::NeedVersions(need)) => assert_eq!(need.page_size, 2),
         other => panic!("expected need_versions, got {other:?}"),
     }
-    agent.send_pages(2).await;
-    let welcome = agent.handshake().await;
+    agent.send_pages(2).await.unwrap();
+    let welcome = agent.handshake().await.unwrap();
     assert!(!welcome.in_sync);
-    let update = agent.update().await;
+    let update = agent.update().await.unwrap();
     assert_eq!(update.nonce, 1);
     let upserts: Vec<(&str, u64)> = update
         .upserts
@@ -131,7 +135,7 @@ async fn need_versions_pages_and_only_the_difference_is_sent() {
         }]
     );
     assert_eq!(update.upserts[0].data["value"], b"a-two");
-    agent.apply_and_ack(&update).await;
+    agent.apply_and_ack(&update).await.unwrap();
     let mut acked = Vec::new();
     while acked.len() < 3 {
         let event = hub
@@ -148,8 +152,10 @@ async fn need_versions_pages_and_only_the_difference_is_sent() {
     // The agent now holds exactly the desired set: a reconnect is in sync.
     drop(agent);
     let expected = applied_of(&[a2, b1, c1, e1]);
-    let mut again = TestAgent::connect(&hub, &credential, expected).await.unwrap();
-    assert!(again.handshake().await.in_sync);
+    let mut again = TestAgent::connect(&hub.endpoint, &credential, expected)
+        .await
+        .unwrap();
+    assert!(again.handshake().await.unwrap().in_sync);
 }
 
 #[tokio::test]
@@ -158,26 +164,26 @@ async fn rotations_coalesce_and_relabelling_removes_with_the_policy() {
     let (cluster, credential) = hub.enroll(1);
     hub.fleet
         .set_desired(cluster, desired(&[revision("a", 1, b"one")]));
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    assert!(!agent.handshake().await.in_sync);
-    let first = agent.update().await;
+    assert!(!agent.handshake().await.unwrap().in_sync);
+    let first = agent.update().await.unwrap();
     assert_eq!(first.upserts[0].revision, 1);
     // Three rotations while revision 1 is unacknowledged: only the newest is sent afterwards.
     for n in 2..=4 {
         hub.fleet
             .set_desired(cluster, desired(&[revision("a", n, b"next")]));
     }
-    agent.apply_and_ack(&first).await;
-    let second = agent.update().await;
+    agent.apply_and_ack(&first).await.unwrap();
+    let second = agent.update().await.unwrap();
     assert_eq!((second.nonce, second.upserts[0].revision), (2, 4));
-    agent.apply_and_ack(&second).await;
+    agent.apply_and_ack(&second).await.unwrap();
     // Relabel: the cluster no longer matches "a" (deletionPolicy Delete from the spec).
     let mut set = (*desired(&[])).clone();
     set.removals.insert("a".to_owned(), RemovalPolicy::Delete);
     hub.fleet.set_desired(cluster, std::sync::Arc::new(set));
-    let third = agent.update().await;
+    let third = agent.update().await.unwrap();
     assert!(third.upserts.is_empty());
     assert_eq!(third.removals[0].key, "a");
     assert_eq!(
@@ -192,11 +198,11 @@ async fn a_nack_is_reported_with_its_reason_and_retried_with_backoff() {
     let (cluster, credential) = hub.enroll(1);
     hub.fleet
         .set_desired(cluster, desired(&[revision("a", 5, b"value")]));
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
-    let update = agent.update().await;
+    agent.handshake().await.unwrap();
+    let update = agent.update().await.unwrap();
     agent
         .send(agent_message::Body::Ack(v1::Ack {
             nonce: update.nonce,
@@ -210,7 +216,8 @@ async fn a_nack_is_reported_with_its_reason_and_retried_with_backoff() {
                 }),
             }],
         }))
-        .await;
+        .await
+        .unwrap();
     let (code, message, attempts) = hub
         .event(|event| match event {
             FleetEvent::Nacked {
@@ -227,9 +234,9 @@ async fn a_nack_is_reported_with_its_reason_and_retried_with_backoff() {
     assert!(message.contains("not found"));
     assert_eq!(attempts, 1);
     // The retry arrives after the backoff, as a new update for the same revision.
-    let retry = agent.update().await;
+    let retry = agent.update().await.unwrap();
     assert_eq!((retry.nonce, retry.upserts[0].revision), (2, 5));
-    agent.apply_and_ack(&retry).await;
+    agent.apply_and_ack(&retry).await.unwrap();
     hub.event(|event| matches!(event, FleetEvent::Acked { revision: 5, .. }).then_some(()))
         .await;
 }
@@ -238,10 +245,10 @@ async fn a_nack_is_reported_with_its_reason_and_retried_with_backoff() {
 async fn revoke_ends_the_stream_within_a_second_and_refuses_it_afterwards() {
     let hub = Hub::start().await;
     let (cluster, credential) = hub.enroll(1);
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
+    agent.handshake().await.unwrap();
     let started = std::time::Instant::now();
     hub.credentials.revoke_cluster(cluster);
     hub.fleet.revoke(cluster);
@@ -250,7 +257,7 @@ async fn revoke_ends_the_stream_within_a_second_and_refuses_it_afterwards() {
         .expect_err("ended with a status");
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(started.elapsed() < Duration::from_secs(1));
-    let again = TestAgent::connect(&hub, &credential, Applied::new())
+    let again = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .err()
         .expect("refused");
@@ -261,20 +268,20 @@ async fn revoke_ends_the_stream_within_a_second_and_refuses_it_afterwards() {
 async fn a_second_stream_replaces_the_first() {
     let hub = Hub::start().await;
     let (cluster, credential) = hub.enroll(1);
-    let mut first = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut first = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    first.handshake().await;
-    let mut second = TestAgent::connect(&hub, &credential, Applied::new())
+    first.handshake().await.unwrap();
+    let mut second = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    second.handshake().await;
+    second.handshake().await.unwrap();
     let status = first.end().await.expect_err("replaced");
     assert_eq!(status.code(), Code::Aborted);
     assert!(hub.fleet.is_connected(cluster));
     assert_eq!(hub.fleet.connected_count(), 1);
     hub.fleet.set_desired(cluster, desired(&[revision("a", 1, b"v")]));
-    assert_eq!(second.update().await.upserts[0].key, "a");
+    assert_eq!(second.update().await.unwrap().upserts[0].key, "a");
 }
 
 #[tokio::test]
@@ -283,10 +290,10 @@ async fn drain_sends_jittered_reconnect_delays_and_closes() {
     let mut agents = Vec::new();
     for n in 0..10 {
         let (_, credential) = hub.enroll(n);
-        let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
             .await
             .unwrap();
-        agent.handshake().await;
+        agent.handshake().await.unwrap();
         agents.push(agent);
     }
     assert_eq!(hub.fleet.drain(), 10);
@@ -305,7 +312,7 @@ async fn drain_sends_jittered_reconnect_delays_and_closes() {
     assert!(delays.len() > 1, "jittered: {delays:?}");
     within(PROMPT, "all streams closed", hub.fleet.idle()).await;
     let (_, credential) = hub.enroll(99);
-    let refused = TestAgent::connect(&hub, &credential, Applied::new())
+    let refused = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .err()
         .expect("refused while draining");
@@ -327,7 +334,7 @@ async fn the_admission_bucket_refuses_floods_with_a_retry_hint() {
     let mut refused = Vec::new();
     for n in 0..6 {
         let (_, credential) = hub.enroll(n);
-        match TestAgent::connect(&hub, &credential, Applied::new()).await {
+        match TestAgent::connect(&hub.endpoint, &credential, Applied::new()).await {
             Ok(agent) => admitted.push(agent),
             Err(status) => refused.push(status),
         }
@@ -336,6 +343,8 @@ async fn the_admission_bucket_refuses_floods_with_a_retry_hint() {
     let status = &refused[0];
     assert_eq!(status.code(), Code::ResourceExhausted);
     let hint: u64 = status
+        .status()
+        .expect("a gRPC status")
         .metadata()
         .get(RETRY_AFTER_MS)
         .expect("retry hint")
@@ -346,7 +355,7 @@ async fn the_admission_bucket_refuses_floods_with_a_retry_hint() {
     assert!(hint >= 1, "{hint}");
     // The admitted ones are served normally.
     for agent in &mut admitted {
-        assert!(agent.handshake().await.in_sync);
+        assert!(agent.handshake().await.unwrap().in_sync);
     }
 }
 
@@ -357,7 +366,7 @@ async fn protocol_violations_get_a_named_status_and_nothing_is_recorded() {
 
     // Wrong protocol version.
     let mut agent = TestAgent::connect_with(
-        &hub,
+        &hub.endpoint,
         Some(&credential),
         Applied::new(),
         HelloOptions {
@@ -373,11 +382,11 @@ async fn protocol_violations_get_a_named_status_and_nothing_is_recorded() {
 
     // Acking a key it was never sent.
     hub.fleet.set_desired(cluster, desired(&[revision("a", 1, b"v")]));
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
-    let update = agent.update().await;
+    agent.handshake().await.unwrap();
+    let update = agent.update().await.unwrap();
     agent
         .send(agent_message::Body::Ack(v1::Ack {
             nonce: update.nonce,
@@ -394,23 +403,25 @@ async fn protocol_violations_get_a_named_status_and_nothing_is_recorded() {
                 },
             ],
         }))
-        .await;
+        .await
+        .unwrap();
     let status = agent.end().await.expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("not-sent"), "{status:?}");
 
     // An ack for a nonce never sent.
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
-    agent.update().await;
+    agent.handshake().await.unwrap();
+    agent.update().await.unwrap();
     agent
         .send(agent_message::Body::Ack(v1::Ack {
             nonce: 77,
             results: vec![],
         }))
-        .await;
+        .await
+        .unwrap();
     let status = agent.end().await.expect_err("refused");
     assert!(status.message().contains("ack.nonce"), "{status:?}");
 
@@ -418,27 +429,30 @@ async fn protocol_violations_get_a_named_status_and_nothing_is_recorded() {
     let held: Applied = (0..1_001)
         .map(|n| (format!("k{n}"), (1, vec![0u8; 32])))
         .collect();
-    let mut agent = TestAgent::connect(&hub, &credential, held).await.unwrap();
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, held)
+        .await
+        .unwrap();
     match agent.next_body().await.unwrap() {
         Some(hub_message::Body::NeedVersions(_)) => {}
         other => panic!("expected need_versions, got {other:?}"),
     }
-    agent.send_pages(1_001).await;
+    agent.send_pages(1_001).await.unwrap();
     let status = agent.end().await.expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("version_page.items"), "{status:?}");
 
     // A message above the 4 MiB limit.
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
+    agent.handshake().await.unwrap();
     agent
         .send(agent_message::Body::Drift(v1::DriftReport {
             key: "a".repeat(5 * 1024 * 1024),
             ..Default::default()
         }))
-        .await;
+        .await
+        .unwrap();
     let status = agent.end().await.expect_err("refused");
     assert!(
         matches!(
@@ -464,18 +478,18 @@ async fn a_slow_agent_does_not_block_the_others_and_is_closed_when_stalled() {
     config.max_inflight = 16;
     let mut hub = Hub::start_with(config, SyncConfig::default()).await;
     let (slow_cluster, slow_credential) = hub.enroll(10_000);
-    let mut slow = TestAgent::connect(&hub, &slow_credential, Applied::new())
+    let mut slow = TestAgent::connect(&hub.endpoint, &slow_credential, Applied::new())
         .await
         .unwrap();
-    slow.handshake().await;
+    slow.handshake().await.unwrap();
     let mut others = Vec::new();
     let mut clusters = Vec::new();
     for n in 0..100 {
         let (cluster, credential) = hub.enroll(n);
-        let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+        let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
             .await
             .unwrap();
-        agent.handshake().await;
+        agent.handshake().await.unwrap();
         others.push(agent);
         clusters.push(cluster);
     }
@@ -496,8 +510,8 @@ async fn a_slow_agent_does_not_block_the_others_and_is_closed_when_stalled() {
         "set_desired never waits: {fanout:?}"
     );
     let received = futures::future::join_all(others.iter_mut().map(|agent| async move {
-        let update = agent.update().await;
-        agent.apply_and_ack(&update).await;
+        let update = agent.update().await.unwrap();
+        agent.apply_and_ack(&update).await.unwrap();
         update.upserts[0].revision
     }));
     let revisions = within(PROMPT, "100 agents receive the rotation", received).await;
@@ -520,11 +534,11 @@ async fn oversized_revisions_are_refused_by_the_hub_without_blocking_the_rest() 
     let huge = revision("huge", 1, &vec![0u8; 4 * 1024 * 1024]);
     let fine = revision("fine", 1, b"ok");
     hub.fleet.set_desired(cluster, desired(&[huge, fine]));
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
-    let update = agent.update().await;
+    agent.handshake().await.unwrap();
+    let update = agent.update().await.unwrap();
     assert_eq!(update.upserts.len(), 1);
     assert_eq!(update.upserts[0].key, "fine");
     let (key, code) = hub
@@ -541,10 +555,10 @@ async fn garbage_on_the_grpc_port_does_not_disturb_other_agents() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let hub = Hub::start().await;
     let (cluster, credential) = hub.enroll(1);
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
+    agent.handshake().await.unwrap();
     // Plain bytes where a TLS handshake is expected, then a TLS-less HTTP/2 preface.
     for garbage in [
         vec![0xffu8; 4096],
@@ -557,7 +571,7 @@ async fn garbage_on_the_grpc_port_does_not_disturb_other_agents() {
         let _ = within(PROMPT, "garbage connection closed", socket.read_to_end(&mut sink)).await;
     }
     hub.fleet.set_desired(cluster, desired(&[revision("a", 1, b"v")]));
-    assert_eq!(agent.update().await.upserts[0].key, "a");
+    assert_eq!(agent.update().await.unwrap().upserts[0].key, "a");
 }
 
 #[tokio::test]
@@ -565,15 +579,15 @@ async fn streams_are_refused_until_the_hub_is_ready() {
     let hub = Hub::start().await;
     let (_, credential) = hub.enroll(1);
     hub.sync.set_ready(false);
-    let refused = TestAgent::connect(&hub, &credential, Applied::new())
+    let refused = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .err()
         .expect("not ready");
     assert_eq!(refused.code(), Code::Unavailable);
     assert!(refused.message().contains("not ready"), "{refused:?}");
     hub.sync.set_ready(true);
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    assert!(agent.handshake().await.in_sync);
+    assert!(agent.handshake().await.unwrap().in_sync);
 }

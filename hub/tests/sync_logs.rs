@@ -44,11 +44,11 @@ async fn secret_values_in_payloads_never_appear_in_logs() {
             revision("too-big", 1, &VALUE.repeat(200_000).into_bytes()),
         ]),
     );
-    let mut agent = TestAgent::connect(&hub, &credential, Applied::new())
+    let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
         .unwrap();
-    agent.handshake().await;
-    let update = agent.update().await;
+    agent.handshake().await.unwrap();
+    let update = agent.update().await.unwrap();
     assert_eq!(
         update.upserts[0].data["value"],
         VALUE.as_bytes(),
@@ -67,7 +67,8 @@ async fn secret_values_in_payloads_never_appear_in_logs() {
                 }),
             }],
         }))
-        .await;
+        .await
+        .unwrap();
     hub.event(|event| {
         matches!(
             event,

@@ -2,10 +2,14 @@
 //! fleet simulation. Each double is proven faithful by official clients in `scripts/test`.
 //!
 //! # Layout
+//! - [`agent`]: a protocol-level test agent (Sync and Enrollment over gRPC, applies nothing), one
+//!   stream stepped by a test or a task that follows hub replicas across failovers.
+//! - [`keyvault`]: an Azure Key Vault (secrets data plane) + Entra emulator.
 //! - [`kube`]: a fake Kubernetes API server (Secrets, Namespaces, server-side apply, watch), many
 //!   clusters per process.
 //! - [`tls`]: a generated test CA and server certificates (rcgen, ring), rustls configs.
 
+pub mod agent;
 pub mod keyvault;
 pub mod kube;
 pub mod tls;

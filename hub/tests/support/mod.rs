@@ -1,7 +1,6 @@
-//! Test harness for the gRPC surface: a real hub (tonic over TLS on 127.0.0.1:0) and a
-//! protocol-level test agent speaking `keyfleet.v1` with the generated client. The agent applies
-//! nothing; it keeps (key → revision, sha256) like a real agent rebuilt from annotations.
-#![allow(dead_code, clippy::unwrap_used)]
+//! Test harness for the gRPC surface: a real hub (tonic over TLS on 127.0.0.1:0) that the
+//! protocol-level test agent of `keyfleet_testkit::agent` talks to, and scratch Postgres databases.
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,13 +15,8 @@ use keyfleet_hub::grpc::server::{self, TlsMaterial, TlsSource};
 use keyfleet_hub::grpc::sync::{SyncConfig, SyncService};
 use keyfleet_hub::render::RenderedSecret;
 use keyfleet_hub::spec::{CreationPolicy, DeletionPolicy, TargetNamespaces};
-use keyfleet_proto::v1::secret_sync_client::SecretSyncClient;
-use keyfleet_proto::v1::{self, agent_message, hub_message};
-use prost::Message as _;
+pub use keyfleet_testkit::agent::{Applied, HelloOptions, HubAddress, TestAgent};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Status, Streaming};
 
 /// Upper bound for anything that should happen promptly (a bound, never a sleep).
 pub const PROMPT: Duration = Duration::from_secs(10);
@@ -38,7 +32,8 @@ pub async fn within<T>(bound: Duration, what: &str, future: impl Future<Output =
 /// A running hub with its registry and events.
 pub struct Hub {
     pub addr: std::net::SocketAddr,
-    pub ca_pem: String,
+    /// Where test agents connect.
+    pub endpoint: HubAddress,
     pub fleet: Fleet,
     pub credentials: Credentials,
     pub sync: SyncService,
@@ -141,7 +136,7 @@ impl Hub {
         });
         Self {
             addr,
-            ca_pem: material.ca_pem.unwrap(),
+            endpoint: HubAddress::new(addr, material.ca_pem.unwrap()),
             fleet,
             credentials,
             sync,
@@ -159,20 +154,6 @@ impl Hub {
         self.credentials
             .insert(keyfleet_hub::domain::Sha256::of(credential.as_bytes()), cluster);
         (cluster, credential)
-    }
-
-    /// One TLS connection that pins the hub's CA.
-    pub async fn channel(&self) -> Channel {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .domain_name("localhost");
-        Endpoint::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
     }
 
     /// Next event matching `pick`, skipping others.
@@ -225,210 +206,11 @@ pub fn desired(items: &[Arc<EncodedRevision>]) -> Arc<ClusterDesired> {
     })
 }
 
-/// What a test agent holds: key → (revision, sha256).
-pub type Applied = BTreeMap<String, (u64, Vec<u8>)>;
-
 pub fn applied_of(items: &[Arc<EncodedRevision>]) -> Applied {
     items
         .iter()
         .map(|item| (item.key.clone(), (item.revision, item.sha256.0.to_vec())))
         .collect()
-}
-
-/// Options of a test agent's Hello.
-#[derive(Clone)]
-pub struct HelloOptions {
-    pub protocol: u32,
-    pub agent_version: String,
-}
-
-impl Default for HelloOptions {
-    fn default() -> Self {
-        Self {
-            protocol: keyfleet_proto::PROTOCOL_VERSION,
-            agent_version: "0.1.0-test".to_owned(),
-        }
-    }
-}
-
-/// A protocol-level agent.
-pub struct TestAgent {
-    pub tx: mpsc::Sender<v1::AgentMessage>,
-    pub rx: Streaming<v1::HubMessage>,
-    pub applied: Applied,
-    /// Encoded bytes received (messages + 5-byte frame headers).
-    pub received_bytes: usize,
-}
-
-impl TestAgent {
-    pub async fn connect(hub: &Hub, credential: &str, applied: Applied) -> Result<Self, Status> {
-        Self::connect_with(hub, Some(credential), applied, HelloOptions::default()).await
-    }
-
-    pub async fn connect_with(
-        hub: &Hub,
-        credential: Option<&str>,
-        applied: Applied,
-        options: HelloOptions,
-    ) -> Result<Self, Status> {
-        let channel = hub.channel().await;
-        Self::connect_on(channel, credential, applied, options).await
-    }
-
-    pub async fn connect_on(
-        channel: Channel,
-        credential: Option<&str>,
-        applied: Applied,
-        options: HelloOptions,
-    ) -> Result<Self, Status> {
-        let mut client = SecretSyncClient::new(channel);
-        let (tx, rx) = mpsc::channel(64);
-        let digest = keyfleet_proto::digest::set_digest(
-            applied
-                .iter()
-                .map(|(key, (revision, sha))| (key.as_str(), *revision, sha.as_slice())),
-        );
-        tx.send(v1::AgentMessage {
-            body: Some(agent_message::Body::Hello(v1::Hello {
-                agent_version: options.agent_version,
-                protocol: options.protocol,
-                boot_id: rand::random::<[u8; 16]>().to_vec(),
-                applied_digest: digest.to_vec(),
-                applied_count: u32::try_from(applied.len()).unwrap(),
-            })),
-        })
-        .await
-        .unwrap();
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(credential) = credential {
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {credential}").parse().unwrap());
-        }
-        let response = client.sync(request).await?;
-        Ok(Self {
-            tx,
-            rx: response.into_inner(),
-            applied,
-            received_bytes: 0,
-        })
-    }
-
-    /// The next hub message (`Ok(None)` when the stream ended cleanly).
-    pub async fn next(&mut self) -> Result<Option<v1::HubMessage>, Status> {
-        let message = within(PROMPT, "hub message", self.rx.message()).await?;
-        if let Some(message) = &message {
-            self.received_bytes += message.encoded_len() + 5;
-        }
-        Ok(message)
-    }
-
-    /// The next non-heartbeat message body.
-    pub async fn next_body(&mut self) -> Result<Option<hub_message::Body>, Status> {
-        loop {
-            match self.next().await? {
-                None => return Ok(None),
-                Some(v1::HubMessage {
-                    body: Some(hub_message::Body::Heartbeat(_)),
-                }) => {}
-                Some(message) => return Ok(message.body),
-            }
-        }
-    }
-
-    pub async fn send(&self, body: agent_message::Body) {
-        self.tx
-            .send(v1::AgentMessage { body: Some(body) })
-            .await
-            .expect("stream open");
-    }
-
-    /// Runs the handshake: answers NeedVersions with pages of `page` items; returns Welcome.
-    pub async fn handshake(&mut self) -> v1::Welcome {
-        loop {
-            match self.next_body().await.expect("handshake") {
-                Some(hub_message::Body::Welcome(welcome)) => return welcome,
-                Some(hub_message::Body::NeedVersions(need)) => self.send_pages(need.page_size).await,
-                other => panic!("unexpected during handshake: {other:?}"),
-            }
-        }
-    }
-
-    pub async fn send_pages(&self, page_size: u32) {
-        let items: Vec<v1::AppliedItem> = self
-            .applied
-            .iter()
-            .map(|(key, (revision, sha))| v1::AppliedItem {
-                key: key.clone(),
-                revision: *revision,
-                sha256: sha.clone(),
-            })
-            .collect();
-        let chunks: Vec<&[v1::AppliedItem]> = if items.is_empty() {
-            vec![&[]]
-        } else {
-            items.chunks(page_size as usize).collect()
-        };
-        let last = chunks.len() - 1;
-        for (index, chunk) in chunks.into_iter().enumerate() {
-            self.send(agent_message::Body::VersionPage(v1::VersionPage {
-                items: chunk.to_vec(),
-                last: index == last,
-            }))
-            .await;
-        }
-    }
-
-    /// Waits for the next Update.
-    pub async fn update(&mut self) -> v1::Update {
-        match self.next_body().await.expect("update") {
-            Some(hub_message::Body::Update(update)) => update,
-            other => panic!("expected an update, got {other:?}"),
-        }
-    }
-
-    /// Applies an update (checking each payload's digest) and acks every item.
-    pub async fn apply_and_ack(&mut self, update: &v1::Update) {
-        let mut results = Vec::new();
-        for payload in &update.upserts {
-            assert_eq!(
-                keyfleet_proto::digest::payload_sha256(payload).to_vec(),
-                payload.sha256,
-                "payload digest"
-            );
-            self.applied
-                .insert(payload.key.clone(), (payload.revision, payload.sha256.clone()));
-            results.push(v1::ItemResult {
-                key: payload.key.clone(),
-                revision: payload.revision,
-                error: None,
-            });
-        }
-        for removal in &update.removals {
-            self.applied.remove(&removal.key);
-            results.push(v1::ItemResult {
-                key: removal.key.clone(),
-                revision: 0,
-                error: None,
-            });
-        }
-        self.send(agent_message::Body::Ack(v1::Ack {
-            nonce: update.nonce,
-            results,
-        }))
-        .await;
-    }
-
-    /// Reads until the stream ends; returns the terminal status (Ok for a clean end).
-    pub async fn end(&mut self) -> Result<(), Status> {
-        loop {
-            match self.next().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Ok(()),
-                Err(status) => return Err(status),
-            }
-        }
-    }
 }
 
 /// A fresh, migrated Postgres database named after a random id (created from `DATABASE_URL`,
@@ -461,6 +243,13 @@ impl TestDb {
         }
     }
 
+    /// The database's URL.
+    pub fn url(&self) -> String {
+        let mut url = url::Url::parse(&self.admin_url).unwrap();
+        url.set_path(&self.name);
+        url.to_string()
+    }
+
     pub async fn drop_db(self) {
         use sqlx::{Connection as _, Executor as _};
         self.store.close().await;
@@ -473,16 +262,4 @@ impl TestDb {
             .await
             .unwrap();
     }
-}
-
-/// Enrolls over gRPC.
-pub async fn enroll_rpc(hub: &Hub, token: &str) -> Result<v1::EnrollResponse, Status> {
-    let mut client = keyfleet_proto::v1::enrollment_client::EnrollmentClient::new(hub.channel().await);
-    client
-        .enroll(v1::EnrollRequest {
-            token: token.to_owned(),
-            agent_version: "0.1.0-test".to_owned(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
 }
