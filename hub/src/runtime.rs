@@ -16,7 +16,7 @@
 //! **Invariant:** values live only in `vault::FetchedSecret` / `SecretValue` here, are rendered and
 //! encoded once per revision, and never reach the store, a log line or an error.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +31,9 @@ use crate::grpc::admin::{HubControl, StoreHealth, SyncNowOutcome};
 use crate::grpc::convert::{EncodedRevision, encode_revision, rendered_sha256};
 use crate::render;
 use crate::spec::{self, DataFrom, FleetSecretSpec, Kind, SecretStoreSpec, Spec};
-use crate::store::{ChangeKind, NewRevision, SecretVersionRecord, Store, StoreError};
+use crate::store::{ChangeKind, NewRevision, RevisionRecord, SecretVersionRecord, Store, StoreError};
 use crate::sync::plan::{
-    self, PlanCluster, PlanFleetSecret, PlanInput, PlanStatus, RevisionRef, RolloutProgress,
+    self, PlanCluster, PlanFleetSecret, PlanInput, PlanStatus, RevisionRef, RolloutProgress, RolloutState,
 };
 use crate::vault::{
     self, FetchedSecret, FindFilter, PollerHandle, SecretSource, VaultChange, VaultOptions, WatchSet,
@@ -62,6 +62,9 @@ pub struct RuntimeConfig {
     pub change_log_keep: u32,
     /// How often the leader prunes the change log.
     pub change_log_prune_interval: Duration,
+    /// A follower tries to take the Key Vault leadership this often (leader loss hands over
+    /// within about this long).
+    pub lead_retry: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -76,6 +79,7 @@ impl Default for RuntimeConfig {
             change_log_retention: TimeDelta::hours(24),
             change_log_keep: 10_000,
             change_log_prune_interval: Duration::from_secs(600),
+            lead_retry: Duration::from_secs(2),
         }
     }
 }
@@ -178,7 +182,11 @@ struct SecretState {
     spec: Arc<FleetSecretSpec>,
     generation: u64,
     current: Option<Built>,
-    previous: Option<Built>,
+    /// The revision before `current` (its bytes are in `Runtime::built` when this process could
+    /// build or reproduce them).
+    previous: Option<RevisionRef>,
+    /// The `current` number whose previous revision was looked up in the store already.
+    previous_looked_up: Option<u64>,
 }
 
 /// The runtime task's state.
@@ -192,16 +200,22 @@ pub struct Runtime {
     cursor: i64,
     stores: BTreeMap<String, StoreState>,
     secrets: BTreeMap<String, SecretState>,
-    /// Revisions built here, by (fleet secret, number): what clusters mid-rollout still hold.
+    /// The current and previous revision of every fleet secret as built (or reproduced) here, by
+    /// (fleet secret, number): clusters beyond a rollout's wave still hold the previous one.
     built: HashMap<(String, u64), Arc<EncodedRevision>>,
     /// Latest value of every watched Key Vault secret, by (store, key).
     latest: HashMap<(String, String), FetchedSecret>,
     /// Values at fixed, pinned or recorded versions, by (store, key, version).
     versioned: HashMap<(String, String, String), FetchedSecret>,
     clusters: HashMap<ClusterId, PlanCluster>,
+    /// Clusters the store shows connected to another replica (they count as connected for waves).
+    elsewhere: HashSet<ClusterId>,
     status: HashMap<(ClusterId, Arc<str>), PlanStatus>,
     pins: BTreeMap<String, BTreeMap<String, String>>,
     rollouts: BTreeMap<String, RolloutProgress>,
+    /// Fleet secrets whose rollout the last plan left progressing (or paused by errors, which lifts
+    /// by itself): while any is, acks recorded by other replicas are read from the store.
+    progressing: BTreeSet<String>,
     deleted: BTreeMap<String, spec::DeletionPolicy>,
     /// What was last handed to the fleet, per cluster.
     sent: HashMap<ClusterId, Arc<ClusterDesired>>,
@@ -239,9 +253,11 @@ impl Runtime {
             latest: HashMap::new(),
             versioned: HashMap::new(),
             clusters: HashMap::new(),
+            elsewhere: HashSet::new(),
             status: HashMap::new(),
             pins: BTreeMap::new(),
             rollouts: BTreeMap::new(),
+            progressing: BTreeSet::new(),
             deleted: BTreeMap::new(),
             sent: HashMap::new(),
             dirty: BTreeSet::new(),
@@ -286,7 +302,7 @@ impl Runtime {
         tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(self.config.change_log_prune_interval);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut lead_retry = tokio::time::interval(Duration::from_secs(5));
+        let mut lead_retry = tokio::time::interval(self.config.lead_retry);
         lead_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut due: Option<(Instant, Instant)> = None;
         tokio::pin!(shutdown);
@@ -325,6 +341,10 @@ impl Runtime {
                 }
                 _ = tail.tick() => {
                     self.catch_up().await?;
+                    if !self.progressing.is_empty() {
+                        let names: Vec<String> = self.progressing.iter().cloned().collect();
+                        self.refresh_from_store(&names).await?;
+                    }
                     changed = self.replan || !self.dirty.is_empty();
                 }
                 _ = prune.tick(), if self.leadership.is_some() => self.prune_change_log().await,
@@ -366,7 +386,8 @@ impl Runtime {
         }
         self.cursor = self.store.latest_change().await?;
         self.load_specs().await?;
-        self.load_clusters().await?;
+        let listed = self.store.list_clusters(None).await?;
+        self.set_clusters(&listed);
         self.load_pins().await?;
         self.load_rollouts().await?;
         for row in self.store.all_status().await? {
@@ -576,6 +597,7 @@ impl Runtime {
         };
         match event {
             FleetEvent::Connected { cluster, applied, .. } => {
+                self.elsewhere.remove(&cluster);
                 if let Some(entry) = self.clusters.get_mut(&cluster) {
                     entry.connected = true;
                     entry.last_seen = Some(Utc::now());
@@ -664,8 +686,7 @@ impl Runtime {
         self.load_specs().await?;
         self.load_pins().await?;
         self.load_rollouts().await?;
-        self.load_clusters().await?;
-        crate::grpc::enroll::refresh_credentials(&self.store, &self.credentials, &self.fleet).await?;
+        self.reload_clusters().await?;
         if self.leadership.is_none() {
             self.follow_revisions().await?;
         }
@@ -697,16 +718,14 @@ impl Runtime {
             let mut pins = false;
             let mut rollouts = false;
             let mut revisions = false;
-            let mut clusters: BTreeSet<String> = BTreeSet::new();
+            let mut clusters = false;
             for change in &changes {
                 match change.kind {
                     ChangeKind::Spec => specs = true,
                     ChangeKind::Pin => pins = true,
                     ChangeKind::Rollout => rollouts = true,
                     ChangeKind::Revision => revisions = true,
-                    ChangeKind::Cluster => {
-                        clusters.insert(change.subject.clone());
-                    }
+                    ChangeKind::Cluster => clusters = true,
                 }
             }
             if specs {
@@ -719,16 +738,8 @@ impl Runtime {
                 self.load_rollouts().await?;
                 self.replan = true;
             }
-            if !clusters.is_empty() {
-                if clusters.len() > 64 {
-                    self.load_clusters().await?;
-                } else {
-                    for subject in &clusters {
-                        self.load_cluster(subject).await?;
-                    }
-                }
-                // Enrolled on another replica, or revoked anywhere: align index and streams.
-                crate::grpc::enroll::refresh_credentials(&self.store, &self.credentials, &self.fleet).await?;
+            if clusters {
+                self.reload_clusters().await?;
                 self.replan = true;
             }
             if revisions && self.leadership.is_none() {
@@ -821,6 +832,7 @@ impl Runtime {
                             generation,
                             current: None,
                             previous: None,
+                            previous_looked_up: None,
                         },
                     );
                     self.dirty.insert(name);
@@ -836,53 +848,85 @@ impl Runtime {
         Ok(())
     }
 
-    async fn load_clusters(&mut self) -> Result<(), RuntimeError> {
-        let clusters = self.store.list_clusters(None).await?;
-        // Revocations reach streams and credentials through `refresh_credentials` (catch_up).
-        self.clusters = clusters
-            .into_iter()
+    /// Reloads the clusters after a change: one list serves both the plan's inventory and the
+    /// credential index and streams (enrolled on another replica, or revoked anywhere).
+    async fn reload_clusters(&mut self) -> Result<(), RuntimeError> {
+        let listed = self.store.list_clusters(None).await?;
+        crate::grpc::enroll::refresh_credentials(&self.store, &listed, &self.credentials, &self.fleet)
+            .await?;
+        self.set_clusters(&listed);
+        Ok(())
+    }
+
+    /// Takes the store's cluster list as the plan's inventory and notes which clusters another
+    /// replica serves; a cluster no longer listed loses its stream and credential here.
+    fn set_clusters(&mut self, listed: &[crate::store::Cluster]) {
+        self.elsewhere = listed
+            .iter()
+            .filter(|cluster| {
+                cluster
+                    .connected_replica
+                    .as_deref()
+                    .is_some_and(|replica| replica != self.config.replica)
+            })
+            .map(|cluster| cluster.id)
+            .collect();
+        let clusters: HashMap<ClusterId, PlanCluster> = listed
+            .iter()
             .map(|cluster| (cluster.id, self.plan_cluster(cluster)))
             .collect();
-        Ok(())
+        for gone in self.clusters.keys().filter(|id| !clusters.contains_key(id)) {
+            self.fleet.revoke(*gone);
+            self.credentials.revoke_cluster(*gone);
+        }
+        self.clusters = clusters;
     }
 
-    /// Reloads one cluster named by a change-log subject: its id, its name, or `cluster/NAME`.
-    async fn load_cluster(&mut self, subject: &str) -> Result<(), RuntimeError> {
-        let subject = subject.strip_prefix("cluster/").unwrap_or(subject);
-        let found = match uuid::Uuid::parse_str(subject) {
-            Ok(uuid) => self.store.cluster_by_id(ClusterId(uuid)).await?,
-            Err(_) => self.store.cluster_by_name(subject).await?,
-        };
-        let Some(cluster) = found else {
-            // Gone: whichever id it had, nothing may serve it any more.
-            let gone: Vec<ClusterId> = self
-                .clusters
-                .values()
-                .filter(|known| known.name == subject || known.id.0.to_string() == subject)
-                .map(|known| known.id)
-                .collect();
-            for id in gone {
-                self.fleet.revoke(id);
-                self.credentials.revoke_cluster(id);
-                self.clusters.remove(&id);
-            }
-            return Ok(());
-        };
-        // A revocation reaches the stream and the credential through `refresh_credentials`,
-        // which catch_up runs after reloading clusters.
-        self.clusters.insert(cluster.id, self.plan_cluster(cluster));
-        Ok(())
-    }
-
-    fn plan_cluster(&self, cluster: crate::store::Cluster) -> PlanCluster {
+    /// A cluster as the planner sees it: connected when a stream is here or, by the store,
+    /// on another replica (either way it answers, so its wave waits for it).
+    fn plan_cluster(&self, cluster: &crate::store::Cluster) -> PlanCluster {
         PlanCluster {
             id: cluster.id,
-            connected: self.fleet.is_connected(cluster.id),
-            name: cluster.name,
-            labels: cluster.labels,
+            connected: self.fleet.is_connected(cluster.id) || self.elsewhere.contains(&cluster.id),
+            name: cluster.name.clone(),
+            labels: cluster.labels.clone(),
             state: cluster.state,
             last_seen: cluster.last_seen,
         }
+    }
+
+    /// The acks other replicas record count for waves too: reloads the clusters (liveness, which
+    /// replica serves them) and the status of the fleet secrets `names` from the store; plans
+    /// again when anything changed. Rows of clusters connected here stay as this process knows
+    /// them (it hears their acks first). Runs each tail tick while a rollout progresses, and
+    /// before a wave advances.
+    async fn refresh_from_store(&mut self, names: &[String]) -> Result<(), RuntimeError> {
+        let listed = self.store.list_clusters(None).await?;
+        let before = self.clusters.clone();
+        self.set_clusters(&listed);
+        let mut changed = before != self.clusters;
+        for name in names {
+            let key: Arc<str> = Arc::from(name.as_str());
+            for row in self.store.status_for_fleet_secret(name).await? {
+                if self.fleet.is_connected(row.cluster) {
+                    continue;
+                }
+                let status = PlanStatus {
+                    cluster: row.cluster,
+                    fleet_secret: row.fleet_secret,
+                    desired_revision: row.desired_revision,
+                    applied_revision: row.applied_revision,
+                    state: row.state,
+                };
+                let slot = (row.cluster, Arc::clone(&key));
+                if self.status.get(&slot) != Some(&status) {
+                    self.status.insert(slot, status);
+                    changed = true;
+                }
+            }
+        }
+        self.replan |= changed;
+        Ok(())
     }
 
     async fn load_pins(&mut self) -> Result<(), RuntimeError> {
@@ -933,6 +977,7 @@ impl Runtime {
         } else if !dirty.is_empty() {
             self.follow_revisions().await?;
         }
+        self.restore_previous().await?;
         self.plan_and_send().await
     }
 
@@ -1008,33 +1053,37 @@ impl Runtime {
         Ok(())
     }
 
+    /// Makes `number` the current revision of `name`; the current one becomes the previous one.
+    /// Only these two stay built.
     fn install(&mut self, name: &str, number: u64, encoded: Arc<EncodedRevision>) {
-        self.built.insert((name.to_owned(), number), Arc::clone(&encoded));
-        if let Some(state) = self.secrets.get_mut(name) {
-            let built = Built {
-                reference: RevisionRef {
-                    number,
-                    sha256: encoded.sha256,
-                },
-                encoded,
-            };
-            if state
-                .current
-                .as_ref()
-                .is_some_and(|current| current.reference.number != number)
-            {
-                state.previous = state.current.take();
-            }
-            state.current = Some(built);
+        let Some(state) = self.secrets.get_mut(name) else {
+            return;
+        };
+        if let Some(current) = &state.current
+            && current.reference.number != number
+        {
+            state.previous = Some(current.reference);
+            state.previous_looked_up = Some(number);
         }
+        state.current = Some(Built {
+            reference: RevisionRef {
+                number,
+                sha256: encoded.sha256,
+            },
+            encoded: Arc::clone(&encoded),
+        });
+        let previous = state.previous.map(|previous| previous.number);
+        self.built.retain(|(built_name, built_number), _| {
+            built_name != name || *built_number == number || Some(*built_number) == previous
+        });
+        self.built.insert((name.to_owned(), number), encoded);
         self.replan = true;
     }
 
     /// Follower: reproduce the revisions the leader recorded, from the recorded versions.
     async fn follow_revisions(&mut self) -> Result<(), RuntimeError> {
         for record in self.store.latest_revisions().await? {
-            let name = record.fleet_secret.clone();
-            let Some(state) = self.secrets.get(&name) else {
+            let Some(state) = self.secrets.get(&record.fleet_secret) else {
                 continue;
             };
             if state
@@ -1044,56 +1093,147 @@ impl Runtime {
             {
                 continue;
             }
-            let spec = Arc::clone(&state.spec);
-            let Some(store_state) = self.stores.get(&spec.store_ref) else {
-                continue;
-            };
-            let source = Arc::clone(&store_state.source);
-            let mut ok = true;
-            for (key, version) in &record.sources {
-                let cache_key = (spec.store_ref.clone(), key.clone(), version.clone());
-                if self.versioned.contains_key(&cache_key) {
-                    continue;
-                }
-                match source.get(key, Some(version)).await {
-                    Ok(secret) => {
-                        self.versioned.insert(cache_key, secret);
-                    }
-                    Err(error) => {
-                        tracing::warn!(fleet_secret = %name, key = %key, version = %version, error = %error, "cannot fetch a recorded version");
-                        ok = false;
-                        break;
-                    }
-                }
+            if let Some(encoded) = self.reproduce(&record).await {
+                self.install(&record.fleet_secret, record.revision, encoded);
             }
-            if !ok {
-                continue;
-            }
-            let sources = sources::recorded(&spec, &record.sources, &spec.store_ref, &self.versioned);
-            let rendered = match render::render(&spec, &sources) {
-                Ok(rendered) => rendered,
-                Err(error) => {
-                    tracing::error!(fleet_secret = %name, error = %error, "cannot reproduce the recorded revision");
-                    continue;
-                }
-            };
-            if rendered_sha256(&rendered) != record.sha256 {
-                tracing::warn!(fleet_secret = %name, revision = record.revision, "reproduced revision differs from the recorded sha256 (spec changed since); waiting for the leader");
-                continue;
-            }
-            let encoded = Arc::new(encode_revision(&rendered, record.revision));
-            self.install(&name, record.revision, encoded);
         }
         Ok(())
     }
 
-    /// Plans every cluster and hands changed desired sets to the fleet; persists rollout progress.
+    /// Gives every fleet secret whose previous revision is unknown here (after a start or a
+    /// failover, when the process that built it is gone) the revision the store recorded before
+    /// its current one, reproduced from its recorded Key Vault versions: clusters beyond a
+    /// rollout's current wave keep it. When it cannot be reproduced (rendered from an older spec,
+    /// or its versions are gone), its reference still holds those clusters where they are, and a
+    /// cluster that needs its bytes gets the current revision (`plan_and_send`).
+    async fn restore_previous(&mut self) -> Result<(), RuntimeError> {
+        let missing: Vec<(String, u64)> = self
+            .secrets
+            .iter()
+            .filter(|(_, state)| state.previous.is_none())
+            .filter_map(|(name, state)| {
+                let current = state.current.as_ref()?.reference.number;
+                (state.previous_looked_up != Some(current)).then(|| (name.clone(), current))
+            })
+            .collect();
+        for (name, current) in missing {
+            if let Some(state) = self.secrets.get_mut(&name) {
+                state.previous_looked_up = Some(current);
+            }
+            let Some(record) = self.store.revision_before(&name, current).await? else {
+                continue;
+            };
+            let encoded = self.reproduce(&record).await;
+            let Some(state) = self.secrets.get_mut(&name) else {
+                continue;
+            };
+            let still_current = state
+                .current
+                .as_ref()
+                .is_some_and(|built| built.reference.number == current);
+            if state.previous.is_some() || !still_current {
+                continue;
+            }
+            state.previous = Some(RevisionRef {
+                number: record.revision,
+                sha256: record.sha256,
+            });
+            tracing::info!(
+                fleet_secret = %name,
+                revision = record.revision,
+                reproduced = encoded.is_some(),
+                "previous revision restored"
+            );
+            if let Some(encoded) = encoded {
+                self.built.insert((name, record.revision), encoded);
+            }
+            self.replan = true;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a recorded revision from the Key Vault versions it was rendered from (one GET per
+    /// version not cached here) and checks its sha256; `None`, logged, when it cannot.
+    async fn reproduce(&mut self, record: &RevisionRecord) -> Option<Arc<EncodedRevision>> {
+        let name = &record.fleet_secret;
+        let state = self.secrets.get(name)?;
+        let spec = Arc::clone(&state.spec);
+        let Some(store_state) = self.stores.get(&spec.store_ref) else {
+            tracing::warn!(fleet_secret = %name, store = %spec.store_ref, "FleetSecret refers to an unknown SecretStore");
+            return None;
+        };
+        let source = Arc::clone(&store_state.source);
+        for (key, version) in &record.sources {
+            let cache_key = (spec.store_ref.clone(), key.clone(), version.clone());
+            if self.versioned.contains_key(&cache_key) {
+                continue;
+            }
+            match source.get(key, Some(version)).await {
+                Ok(secret) => {
+                    self.versioned.insert(cache_key, secret);
+                }
+                Err(error) => {
+                    tracing::warn!(fleet_secret = %name, revision = record.revision, key = %key, version = %version, error = %error, "cannot fetch a recorded version");
+                    return None;
+                }
+            }
+        }
+        let sources = sources::recorded(&spec, &record.sources, &spec.store_ref, &self.versioned);
+        let rendered = match render::render(&spec, &sources) {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                tracing::error!(fleet_secret = %name, revision = record.revision, error = %error, "cannot reproduce a recorded revision");
+                return None;
+            }
+        };
+        if rendered_sha256(&rendered) != record.sha256 {
+            tracing::warn!(fleet_secret = %name, revision = record.revision, "reproduced revision differs from the recorded sha256 (rendered from another spec)");
+            return None;
+        }
+        Some(Arc::new(encode_revision(&rendered, record.revision)))
+    }
+
+    /// Plans every cluster and hands changed desired sets to the fleet; the leader persists
+    /// rollout progress.
     async fn plan_and_send(&mut self) -> Result<(), RuntimeError> {
         if !std::mem::take(&mut self.replan) {
             return Ok(());
         }
+        let mut plan = self.compute_plan();
+        let advancing: Vec<String> = plan
+            .rollouts
+            .iter()
+            .filter(|decision| self.advances(decision))
+            .map(|decision| decision.fleet_secret.to_string())
+            .collect();
+        if !advancing.is_empty() {
+            // A wave is about to advance: first count what other replicas recorded (their acks,
+            // which clusters they serve), so that no wave moves on without their clusters.
+            self.refresh_from_store(&advancing).await?;
+            self.replan = false;
+            plan = self.compute_plan();
+        }
+        self.send_plan(&plan);
+        self.record_progress(&plan).await
+    }
+
+    /// Whether `decision` moves its rollout past the wave recorded for its revision.
+    fn advances(&self, decision: &plan::RolloutDecision) -> bool {
+        let Some(revision) = decision.revision else {
+            return false;
+        };
+        let recorded = self
+            .rollouts
+            .get(&*decision.fleet_secret)
+            .filter(|progress| progress.revision == revision)
+            .map_or(0, |progress| progress.current_wave);
+        decision.waves > 0 && decision.current_wave > recorded
+    }
+
+    /// The plan for the current inventory, revisions, status and rollout progress.
+    fn compute_plan(&mut self) -> plan::Plan {
         for cluster in self.clusters.values_mut() {
-            cluster.connected = self.fleet.is_connected(cluster.id);
+            cluster.connected = self.fleet.is_connected(cluster.id) || self.elsewhere.contains(&cluster.id);
         }
         let clusters: Vec<PlanCluster> = self.clusters.values().cloned().collect();
         let fleet_secrets: Vec<PlanFleetSecret> = self
@@ -1102,7 +1242,7 @@ impl Runtime {
             .map(|state| PlanFleetSecret {
                 spec: Arc::clone(&state.spec),
                 current: state.current.as_ref().map(|built| built.reference),
-                previous: state.previous.as_ref().map(|built| built.reference),
+                previous: state.previous,
             })
             .collect();
         let status: Vec<PlanStatus> = self.status.values().cloned().collect();
@@ -1116,8 +1256,13 @@ impl Runtime {
             now: Utc::now(),
             offline_grace: self.config.offline_grace,
         };
-        let plan = plan::plan(&input);
+        plan::plan(&input)
+    }
+
+    /// Hands every changed desired set to the fleet.
+    fn send_plan(&mut self, plan: &plan::Plan) {
         let mut changed = Vec::new();
+        let mut not_built: BTreeSet<(&str, u64)> = BTreeSet::new();
         for cluster_plan in &plan.clusters {
             let mut desired = ClusterDesired::default();
             for item in &cluster_plan.desired {
@@ -1127,13 +1272,10 @@ impl Runtime {
                     .get(&(name.to_owned(), item.revision.number))
                     .cloned()
                     .or_else(|| {
-                        // Restarted mid-rollout: the older revision was built by the previous
-                        // process. Move the cluster forward rather than leave it without the key.
-                        tracing::warn!(
-                            fleet_secret = name,
-                            revision = item.revision.number,
-                            "revision not built here; sending the current one"
-                        );
+                        // A previous revision that could not be reproduced here (see
+                        // `restore_previous`): move the cluster forward rather than leave it
+                        // without the key.
+                        not_built.insert((name, item.revision.number));
                         self.secrets
                             .get(name)
                             .and_then(|state| state.current.as_ref())
@@ -1156,6 +1298,13 @@ impl Runtime {
                 changed.push((cluster_plan.cluster, Arc::new(desired)));
             }
         }
+        for (name, revision) in not_built {
+            tracing::warn!(
+                fleet_secret = name,
+                revision,
+                "revision not built here; sending the current one instead"
+            );
+        }
         if !changed.is_empty() {
             tracing::debug!(clusters = changed.len(), "desired sets changed");
             for (cluster, desired) in &changed {
@@ -1177,6 +1326,24 @@ impl Runtime {
             }
             self.fleet.set_desired_many(changed);
         }
+    }
+
+    /// Notes which rollouts progress and, on the leader, records their progress.
+    async fn record_progress(&mut self, plan: &plan::Plan) -> Result<(), RuntimeError> {
+        self.progressing = plan
+            .rollouts
+            .iter()
+            .filter(|decision| {
+                decision.state == RolloutState::Progressing
+                    || (decision.state == RolloutState::Paused && !decision.manually_paused)
+            })
+            .map(|decision| decision.fleet_secret.to_string())
+            .collect();
+        // Only the leader records progress (one writer); followers plan from what it recorded
+        // and hear of each step through the change log.
+        if self.leadership.is_none() {
+            return Ok(());
+        }
         for decision in &plan.rollouts {
             let Some(progress) = decision.progress() else {
                 continue;
@@ -1190,6 +1357,9 @@ impl Runtime {
                         paused: progress.paused,
                         reason: progress.reason.clone(),
                     })
+                    .await?;
+                self.store
+                    .append_change(ChangeKind::Rollout, &progress.fleet_secret)
                     .await?;
                 if progress.paused {
                     tracing::warn!(fleet_secret = %progress.fleet_secret, reason = %progress.reason, "rollout paused");

@@ -301,9 +301,14 @@ async fn changes_made_elsewhere_reach_the_credential_index_and_revoke_streams() 
         .err()
         .expect("unknown here yet");
     assert_eq!(refused.code(), Code::Unauthenticated);
-    let revoked = refresh_credentials(&store, &hub.credentials, &hub.fleet)
-        .await
-        .unwrap();
+    let revoked = refresh_credentials(
+        &store,
+        &store.list_clusters(None).await.unwrap(),
+        &hub.credentials,
+        &hub.fleet,
+    )
+    .await
+    .unwrap();
     assert!(revoked.is_empty());
     let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await
@@ -312,9 +317,14 @@ async fn changes_made_elsewhere_reach_the_credential_index_and_revoke_streams() 
 
     // Revoked through another replica's admin API: the next refresh ends the stream.
     store.revoke_cluster(cluster.id).await.unwrap();
-    let revoked = refresh_credentials(&store, &hub.credentials, &hub.fleet)
-        .await
-        .unwrap();
+    let revoked = refresh_credentials(
+        &store,
+        &store.list_clusters(None).await.unwrap(),
+        &hub.credentials,
+        &hub.fleet,
+    )
+    .await
+    .unwrap();
     assert_eq!(revoked, vec![cluster.id]);
     let status = within(Duration::from_secs(1), "revocation", agent.end())
         .await
@@ -326,10 +336,15 @@ async fn changes_made_elsewhere_reach_the_credential_index_and_revoke_streams() 
         .expect("refused");
     assert_eq!(again.code(), Code::Unauthenticated);
     assert!(
-        refresh_credentials(&store, &hub.credentials, &hub.fleet)
-            .await
-            .unwrap()
-            .is_empty(),
+        refresh_credentials(
+            &store,
+            &store.list_clusters(None).await.unwrap(),
+            &hub.credentials,
+            &hub.fleet
+        )
+        .await
+        .unwrap()
+        .is_empty(),
         "revoked once"
     );
     drop(hub);

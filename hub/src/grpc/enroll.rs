@@ -145,16 +145,16 @@ pub async fn load_credentials(store: &Store) -> Result<Credentials, crate::store
 
 /// Brings the credential index and the fleet in line with the store after a cluster change made
 /// anywhere (another replica's enrollment, `keyfleet cluster revoke`): credentials enrolled
-/// elsewhere are added, and every cluster the store holds as revoked loses its credential and its
-/// stream (PERMISSION_DENIED) and is refused from then on. Returns the clusters newly revoked here.
+/// elsewhere are added, and every cluster of `clusters` (the store's list, which the caller has
+/// just read) that is revoked loses its credential and its stream (PERMISSION_DENIED) and is
+/// refused from then on. Returns the clusters newly revoked here.
 pub async fn refresh_credentials(
     store: &Store,
+    clusters: &[crate::store::Cluster],
     credentials: &Credentials,
     fleet: &crate::fleet::Fleet,
 ) -> Result<Vec<crate::domain::ClusterId>, crate::store::StoreError> {
-    let active = store.active_credentials().await?;
-    let clusters = store.list_clusters(None).await?;
-    for (hash, cluster) in active {
+    for (hash, cluster) in store.active_credentials().await? {
         credentials.insert(hash, cluster);
     }
     let mut revoked = Vec::new();
