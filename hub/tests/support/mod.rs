@@ -2,6 +2,8 @@
 //! protocol-level test agent of `keyfleet_testkit::agent` talks to, and scratch Postgres databases.
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
+pub mod serve;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
