@@ -861,6 +861,10 @@ impl Runtime {
     /// Takes the store's cluster list as the plan's inventory and notes which clusters another
     /// replica serves; a cluster no longer listed loses its stream and credential here.
     fn set_clusters(&mut self, listed: &[crate::store::Cluster]) {
+        // A live replica refreshes `last_seen` of its clusters every few minutes (the status
+        // writer's liveness interval); a replica that died for good leaves them marked connected,
+        // so that mark counts only while it is that fresh.
+        let fresh = Utc::now() - self.config.offline_grace * 2;
         self.elsewhere = listed
             .iter()
             .filter(|cluster| {
@@ -868,6 +872,7 @@ impl Runtime {
                     .connected_replica
                     .as_deref()
                     .is_some_and(|replica| replica != self.config.replica)
+                    && cluster.last_seen.is_some_and(|seen| seen >= fresh)
             })
             .map(|cluster| cluster.id)
             .collect();
