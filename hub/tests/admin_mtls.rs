@@ -340,9 +340,9 @@ async fn agent_streams_ignore_client_certificates() {
     )
     .await
     .unwrap();
-    let welcome = agent.handshake().await;
+    let welcome = agent.handshake().await.unwrap();
     assert!(!welcome.in_sync);
-    let update = agent.update().await;
+    let update = agent.update().await.unwrap();
     assert_eq!(update.upserts[0].revision, 3);
     drop(agent);
 
@@ -385,9 +385,9 @@ async fn agent_streams_ignore_client_certificates() {
         )
         .await
         .unwrap();
-        agent.handshake().await;
-        let update = agent.update().await;
+        agent.handshake().await.unwrap();
+        let update = agent.update().await.unwrap();
         assert_eq!(update.upserts[0].revision, 3);
-        agent.apply_and_ack(&update).await;
+        agent.apply_and_ack(&update).await.unwrap();
     }
 }

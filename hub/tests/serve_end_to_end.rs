@@ -255,8 +255,8 @@ fn docker_config(password: &str) -> String {
 
 /// The next Update for regcred (acked), with its revision and `.dockerconfigjson` bytes.
 async fn next_regcred(agent: &mut TestAgent) -> (u64, Vec<u8>) {
-    let update = agent.update().await;
-    agent.apply_and_ack(&update).await;
+    let update = agent.update().await.unwrap();
+    agent.apply_and_ack(&update).await.unwrap();
     let payload = update
         .upserts
         .iter()
@@ -408,7 +408,7 @@ async fn scenario(database_url: &str) {
     )
     .await
     .unwrap();
-    agent.handshake().await;
+    agent.handshake().await.unwrap();
 
     // The latest version reaches the agent; status shows its revision and the targeted cluster.
     let (first, data) = next_regcred(&mut agent).await;
