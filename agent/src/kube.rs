@@ -19,8 +19,10 @@
 //!
 //! # Drift
 //! The watcher keeps a compact view of our Secrets (`ObservedSecret`: digests, never values) and
-//! the resource version of each; events older than what a write already told us are ignored, and
-//! events are handled under the same lock as writes, so the agent's own writes are never drift.
+//! the resource version of each; events older than what a write already told us are ignored
+//! (also for Secrets our own writes deleted or released: the watch lags behind write responses,
+//! and a late event must not bring them back), and events are handled under the same lock as
+//! writes, so the agent's own writes are never drift.
 //! A drifted Secret whose desired payload is in memory is repaired at once and reported. After a
 //! restart no payload is in memory: a change to a Secret of such a key marks the key stale, drops
 //! it from the applied set and asks the Sync client to reconnect, so the hub sends it again; the
@@ -150,12 +152,12 @@ impl KubeSettings {
 
 type Location = (String, String);
 
-/// Who holds a Secret right before we delete it.
+/// Who holds a Secret right before we delete it (with its resourceVersion when present).
 enum Current {
     Absent,
     /// Ours, with its uid (the delete's precondition).
-    Ours(Option<String>),
-    Foreign,
+    Ours(Option<String>, u64),
+    Foreign(u64),
 }
 
 struct Entry {
@@ -176,6 +178,51 @@ struct State {
     held: BTreeMap<String, Held>,
     /// Keys that drifted while no payload was in memory: (namespace, kind) per drifted Secret.
     stale: BTreeMap<String, Vec<(String, DriftKind)>>,
+    /// Locations our own writes took out of the cache (deleted, released, fields removed), with
+    /// the resourceVersion those writes left: a watch event at or below it is older news (the
+    /// watch lags behind write responses) and must not bring the Secret back. Dropped once the
+    /// watch of that scope delivers an event at or above it (a watch is ordered).
+    removed: BTreeMap<Location, u64>,
+}
+
+impl State {
+    /// Takes `location` out of the cache after our own write left it at `resource_version`
+    /// (0 when the response did not say; the cached one is the lower bound then).
+    fn forget(&mut self, location: Location, resource_version: u64) {
+        let cached = self
+            .cache
+            .remove(&location)
+            .map_or(0, |entry| entry.resource_version);
+        let known = resource_version.max(cached);
+        if known != 0 {
+            let mark = self.removed.entry(location).or_insert(known);
+            *mark = (*mark).max(known);
+        }
+    }
+
+    /// Whether a watch event at `resource_version` for `location` is older than what the cache
+    /// or our own removals already told us.
+    fn is_old_news(&self, location: &Location, resource_version: u64) -> bool {
+        if resource_version == 0 {
+            return false;
+        }
+        let known = match self.cache.get(location) {
+            Some(entry) => entry.resource_version,
+            None => self.removed.get(location).copied().unwrap_or(0),
+        };
+        known != 0 && resource_version <= known
+    }
+
+    /// A watch of `scope` delivered an event at `resource_version`: it will never deliver an
+    /// older one, so removals at or below it need no guard any more.
+    fn watch_reached(&mut self, scope: Option<&str>, resource_version: u64) {
+        if self.removed.is_empty() || resource_version == 0 {
+            return;
+        }
+        self.removed.retain(|(namespace, _), mark| {
+            !(scope.is_none_or(|scope| scope == namespace) && *mark <= resource_version)
+        });
+    }
 }
 
 /// The cluster as the Sync client sees it, backed by the Kubernetes API.
@@ -409,9 +456,14 @@ impl KubeCluster {
                         .into_iter()
                         .partition(|(location, _)| in_scope(location));
                     state.cache = other;
-                    state
-                        .cache
-                        .extend(fresh.into_iter().filter(|(location, _)| in_scope(location)));
+                    // A listing can predate our latest removals (it was taken before them).
+                    let fresh: Vec<(Location, Entry)> = fresh
+                        .into_iter()
+                        .filter(|(location, entry)| {
+                            in_scope(location) && !state.is_old_news(location, entry.resource_version)
+                        })
+                        .collect();
+                    state.cache.extend(fresh);
                     previous
                 };
                 let locations: BTreeSet<Location> = {
@@ -434,15 +486,12 @@ impl KubeCluster {
                 let _guard = self.write_lock.lock().await;
                 let before = {
                     let mut state = self.state();
-                    let before = state.cache.get(&location);
-                    if before.is_some_and(|before| {
-                        before.resource_version != 0
-                            && entry.resource_version != 0
-                            && entry.resource_version <= before.resource_version
-                    }) {
+                    let old_news = state.is_old_news(&location, entry.resource_version);
+                    state.watch_reached(scope, entry.resource_version);
+                    if old_news {
                         return;
                     }
-                    let before = before.map(|entry| entry.observed.clone());
+                    let before = state.cache.get(&location).map(|entry| entry.observed.clone());
                     if is_ours(&entry.observed) {
                         state.cache.insert(location.clone(), entry);
                     } else {
@@ -453,11 +502,21 @@ impl KubeCluster {
                 self.changed(&location, before).await;
             }
             watcher::Event::Delete(secret) => {
-                let Some((location, _)) = observe(secret) else {
+                let Some((location, entry)) = observe(secret) else {
                     return;
                 };
                 let _guard = self.write_lock.lock().await;
-                let Some(before) = self.state().cache.remove(&location) else {
+                let before = {
+                    let mut state = self.state();
+                    // A deletion older than our latest write (we recreated the Secret since).
+                    let old_news = state.is_old_news(&location, entry.resource_version);
+                    state.watch_reached(scope, entry.resource_version);
+                    if old_news {
+                        return;
+                    }
+                    state.cache.remove(&location)
+                };
+                let Some(before) = before else {
                     return;
                 };
                 self.changed(&location, Some(before.observed)).await;
@@ -773,12 +832,15 @@ impl KubeCluster {
                 format!("apply into {namespace} without a payload"),
             )),
             Action::Delete { namespace, name } => {
-                let uid = match self.current_owner(&namespace, &name).await? {
-                    Current::Ours(uid) => uid,
-                    Current::Absent => None,
-                    Current::Foreign => {
+                let (uid, mut known) = match self.current_owner(&namespace, &name).await? {
+                    Current::Ours(uid, resource_version) => (uid, resource_version),
+                    Current::Absent => {
+                        self.state().forget((namespace, name), 0);
+                        return Ok(());
+                    }
+                    Current::Foreign(resource_version) => {
                         tracing::warn!(%namespace, %name, "not deleting a Secret that is no longer ours");
-                        self.state().cache.remove(&(namespace, name));
+                        self.state().forget((namespace, name), resource_version);
                         return Ok(());
                     }
                 };
@@ -787,15 +849,21 @@ impl KubeCluster {
                     resource_version: None,
                 });
                 match self.secrets(&namespace).delete(&name, &params).await {
-                    Ok(_) => {
+                    Ok(deleted) => {
                         self.metrics.kube_writes.inc();
+                        // The deleted object (when the API returns it rather than a Status)
+                        // carries the deletion's resourceVersion.
+                        if let Some(mut deleted) = deleted.left() {
+                            known = known.max(resource_version(&deleted.metadata));
+                            zeroize_secret(&mut deleted);
+                        }
                     }
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
                     Err(error) => {
                         return Err(refusal(&format!("delete Secret {namespace}/{name}"), &error));
                     }
                 }
-                self.state().cache.remove(&(namespace, name));
+                self.state().forget((namespace, name), known);
                 Ok(())
             }
             Action::Release { namespace, name } => {
@@ -817,7 +885,7 @@ impl KubeCluster {
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..PatchParams::default()
                 };
-                match self
+                let known = match self
                     .secrets(&namespace)
                     .patch(&name, &params, &Patch::Merge(&patch))
                     .await
@@ -825,13 +893,14 @@ impl KubeCluster {
                     Ok(mut released) => {
                         zeroize_secret(&mut released);
                         self.metrics.kube_writes.inc();
+                        resource_version(&released.metadata)
                     }
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => 0,
                     Err(error) => {
                         return Err(refusal(&format!("release Secret {namespace}/{name}"), &error));
                     }
-                }
-                self.state().cache.remove(&(namespace, name));
+                };
+                self.state().forget((namespace, name), known);
                 Ok(())
             }
             Action::RemoveFields { namespace, name } => {
@@ -840,7 +909,7 @@ impl KubeCluster {
                     "kind": "Secret",
                     "metadata": { "name": name, "namespace": namespace },
                 });
-                match self
+                let known = match self
                     .secrets(&namespace)
                     .patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&empty))
                     .await
@@ -848,16 +917,17 @@ impl KubeCluster {
                     Ok(mut remaining) => {
                         zeroize_secret(&mut remaining);
                         self.metrics.kube_writes.inc();
+                        resource_version(&remaining.metadata)
                     }
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => 0,
                     Err(error) => {
                         return Err(refusal(
                             &format!("remove our fields from Secret {namespace}/{name}"),
                             &error,
                         ));
                     }
-                }
-                self.state().cache.remove(&(namespace, name));
+                };
+                self.state().forget((namespace, name), known);
                 Ok(())
             }
         }
@@ -873,6 +943,7 @@ impl KubeCluster {
             return Ok(Current::Absent);
         };
         zeroize_secret(&mut secret);
+        let known = resource_version(&secret.metadata);
         let ours = secret
             .metadata
             .labels
@@ -880,9 +951,9 @@ impl KubeCluster {
             .and_then(|labels| labels.get(MANAGED_BY_LABEL))
             .is_some_and(|value| value == MANAGED_BY_VALUE);
         Ok(if ours {
-            Current::Ours(secret.metadata.uid)
+            Current::Ours(secret.metadata.uid, known)
         } else {
-            Current::Foreign
+            Current::Foreign(known)
         })
     }
 
@@ -890,9 +961,10 @@ impl KubeCluster {
         if let Some((location, entry)) = observe(secret) {
             let mut state = self.state();
             if is_ours(&entry.observed) {
+                state.removed.remove(&location);
                 state.cache.insert(location, entry);
             } else {
-                state.cache.remove(&location);
+                state.forget(location, entry.resource_version);
             }
         }
     }

@@ -10,8 +10,8 @@ use keyfleet_agent::hub::{Cluster as _, ClusterEvent, desired_from_payload};
 use keyfleet_agent::kube::{KubeCluster, KubeSettings};
 use keyfleet_agent::metrics::Metrics;
 use keyfleet_agent::reconcile::{
-    DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, FIELD_MANAGER, FLEET_SECRET_ANNOTATION,
-    MANAGED_BY_LABEL, REVISION_ANNOTATION,
+    Applied, DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, FIELD_MANAGER, FLEET_SECRET_ANNOTATION,
+    MANAGED_BY_LABEL, REVISION_ANNOTATION, SHA256_ANNOTATION,
 };
 use keyfleet_proto::digest;
 use keyfleet_proto::v1;
@@ -278,6 +278,114 @@ async fn removal_deletes_or_releases_by_policy() {
             Some("payments")
         );
         assert!(cluster.applied().await.expect("state").is_empty());
+    })
+    .await;
+}
+
+/// Writes a Secret ours for `key` (revision 1) behind the agent's back, in namespace b; returns
+/// its resourceVersion.
+fn put_marker(handle: &ClusterHandle, key: &str) -> u64 {
+    let mut marker = Object::new_secret("b", key).with_data("token", b"marker");
+    marker
+        .meta
+        .labels
+        .insert(MANAGED_BY_LABEL.into(), "keyfleet".into());
+    for (annotation, value) in [
+        (FLEET_SECRET_ANNOTATION, key.to_owned()),
+        (REVISION_ANNOTATION, "1".to_owned()),
+        (SHA256_ANNOTATION, hex::encode([0u8; 32])),
+    ] {
+        marker.meta.annotations.insert(annotation.into(), value);
+    }
+    handle
+        .put_secret(marker, "marker")
+        .expect("marker")
+        .meta
+        .resource_version
+}
+
+/// Waits (bounded) until the agent's applied state shows `key`: every watch event before its
+/// marker has then been handled, since a watch is ordered.
+async fn wait_until_applied(cluster: &KubeCluster, key: &str) {
+    let seen = async {
+        while !cluster.applied().await.expect("state").contains_key(key) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), seen)
+        .await
+        .expect("the watch delivers the marker within 10 s");
+}
+
+fn revisions(applied: &std::collections::BTreeMap<String, Applied>) -> Vec<(&str, u64)> {
+    applied
+        .iter()
+        .map(|(key, applied)| (key.as_str(), applied.revision))
+        .collect()
+}
+
+#[tokio::test]
+async fn late_watch_events_never_undo_what_the_agent_wrote() {
+    let (_fake, handle) = fake().await;
+    let (cluster, mut events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["a"])))
+            .await
+            .expect("applied");
+        // From here the watch lags behind every write response (as on a loaded machine).
+        handle.hold_watches();
+        cluster
+            .upsert(desired(payload("gone", 1, VALUE, &["a"])))
+            .await
+            .expect("applied");
+        let mut kept = payload("kept", 1, VALUE, &["a"]);
+        kept.deletion_policy = v1::DeletionPolicy::Retain as i32;
+        seal(&mut kept);
+        cluster.upsert(desired(kept)).await.expect("applied");
+        let first_marker = put_marker(&handle, "marker-1");
+        cluster
+            .remove("gone", DeletionPolicy::Delete)
+            .await
+            .expect("deleted");
+        cluster
+            .remove("kept", DeletionPolicy::Retain)
+            .await
+            .expect("released");
+        // Someone deletes regcred; the rotation that follows recreates it.
+        assert!(handle.delete_secret("a", "regcred"));
+        cluster
+            .upsert(desired(payload("regcred", 2, "rotated-value", &["a"])))
+            .await
+            .expect("rotated");
+        let writes = handle.writes();
+
+        // The watch catches up to the first marker: it has now told the agent that gone and
+        // kept were created, which the agent's own removals already superseded.
+        handle.hold_watches_after(first_marker);
+        wait_until_applied(&cluster, "marker-1").await;
+        let applied = cluster.applied().await.expect("state");
+        assert_eq!(revisions(&applied), [("marker-1", 1), ("regcred", 2)]);
+
+        // The rest, including the deletion of regcred revision 1, is older than the rotation.
+        handle.release_watches();
+        put_marker(&handle, "marker-2");
+        wait_until_applied(&cluster, "marker-2").await;
+        let applied = cluster.applied().await.expect("state");
+        assert_eq!(
+            revisions(&applied),
+            [("marker-1", 1), ("marker-2", 1), ("regcred", 2)]
+        );
+        assert_eq!(
+            handle.writes().requests,
+            writes.requests,
+            "a late event made the agent write"
+        );
+        assert!(events.try_recv().is_err(), "a late event was reported as drift");
+        assert_eq!(
+            secret(&handle, "a", "regcred").data("token"),
+            Some(&b"rotated-value"[..])
+        );
     })
     .await;
 }

@@ -529,6 +529,27 @@ impl ClusterHandle {
         self.cluster.changed.notify_waiters();
     }
 
+    /// Holds back every open watch's events from now on until [`Self::release_watches`]:
+    /// writes still succeed (and their responses arrive) while the watchers lag behind, as under
+    /// load.
+    pub fn hold_watches(&self) {
+        let mut state = self.cluster.lock();
+        state.faults.watches_held_after = Some(state.resource_version());
+    }
+
+    /// Lets held watches deliver the events up to `resource_version`, in order, and keeps
+    /// holding the later ones.
+    pub fn hold_watches_after(&self, resource_version: u64) {
+        self.cluster.lock().faults.watches_held_after = Some(resource_version);
+        self.cluster.changed.notify_waiters();
+    }
+
+    /// Lets held watches deliver every pending event, in order.
+    pub fn release_watches(&self) {
+        self.cluster.lock().faults.watches_held_after = None;
+        self.cluster.changed.notify_waiters();
+    }
+
     /// Forgets the event history: resuming a watch from any earlier resourceVersion gets 410.
     /// Combine with [`Self::drop_watches`] to force clients to relist.
     pub fn expire_history(&self) {

@@ -202,6 +202,10 @@ pub struct Faults {
     pub latency: Duration,
     /// Errors to return, one per call, front first.
     pub queued: VecDeque<ApiError>,
+    /// While set, open watches deliver events up to this resourceVersion only; the later ones
+    /// wait in the history and arrive, in order, once it is cleared (watches lagging behind the
+    /// writes, as under load).
+    pub watches_held_after: Option<u64>,
 }
 
 /// A cluster's objects and bookkeeping.

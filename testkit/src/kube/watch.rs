@@ -213,7 +213,13 @@ async fn stream(
             if state.watch_epoch != epoch {
                 return;
             }
-            state.events_after(cursor)
+            let held_after = state.faults.watches_held_after;
+            state.events_after(cursor).map(|mut events| {
+                if let Some(limit) = held_after {
+                    events.retain(|event| event.resource_version <= limit);
+                }
+                events
+            })
         };
         let mut out = String::new();
         match events {
