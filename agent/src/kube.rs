@@ -17,6 +17,17 @@
 //!   exactly the fields we own.
 //! - Delete (Delete of an Owner): DELETE with the Secret's uid as precondition.
 //!
+//! # Items are all or nothing
+//! An upsert or a removal touches several namespaces one write at a time. Before the first write,
+//! the prior of every location is known (`reconcile::prior_sources`): nothing there, a foreign
+//! Secret, or ours with a known content — the payload held in memory when the Secret still holds
+//! it, else the content read back from the cluster (one GET; the fields our managedFields entry
+//! owns). When a write fails, the writes already made (and the failed one, when the API's answer
+//! leaves open whether it happened) are undone in reverse order (`reconcile::undo`) and the item is
+//! NACKed with the reason and what was rolled back. A rollback that fails too is named in the
+//! NACK (then retryable), logged and counted (`rollback_failures`); the key leaves the applied
+//! state, so the hub sends it again and that attempt converges.
+//!
 //! # Drift
 //! The watcher keeps a compact view of our Secrets (`ObservedSecret`: digests, never values) and
 //! the resource version of each; events older than what a write already told us are ignored
@@ -47,7 +58,8 @@ use crate::metrics::Metrics;
 use crate::reconcile::{
     self, Action, Applied, CREATION_POLICY_ANNOTATION, CreationPolicy, DeletionPolicy, DesiredSecret,
     DriftKind, ErrorCode, FIELD_MANAGER, FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-    Namespace, ObservedSecret, Ownership, REVISION_ANNOTATION, Refusal, SHA256_ANNOTATION,
+    Namespace, ObservedSecret, Ownership, Prior, PriorSource, RESERVED_ANNOTATION_PREFIX,
+    REVISION_ANNOTATION, Refusal, SHA256_ANNOTATION, SecretBytes, Targets, Undo,
 };
 
 /// Errors of the Kubernetes side.
@@ -321,6 +333,137 @@ fn zeroize_secret(secret: &mut Secret) {
             value.0.zeroize();
         }
     }
+}
+
+/// The child field names under `path` in a managedFields `fieldsV1` tree (`f:` stripped).
+fn owned_names(fields: &serde_json::Value, path: &[&str]) -> BTreeSet<String> {
+    let mut node = fields;
+    for step in path {
+        match node.get(format!("f:{step}")) {
+            Some(child) => node = child,
+            None => return BTreeSet::new(),
+        }
+    }
+    node.as_object()
+        .map(|children| {
+            children
+                .keys()
+                .filter_map(|name| name.strip_prefix("f:"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The content a Secret ours for `key` holds, as the payload that writes it again: the fields of
+/// our server-side apply entry in managedFields (without one: every data key, the type and
+/// `immutable`, and only our own label and annotations). The bytes move out of `secret`.
+fn prior_content(mut secret: Secret, key: &str) -> DesiredSecret {
+    let owned = secret
+        .metadata
+        .managed_fields
+        .as_ref()
+        .and_then(|entries| {
+            entries.iter().find(|entry| {
+                entry.manager.as_deref() == Some(FIELD_MANAGER) && entry.operation.as_deref() == Some("Apply")
+            })
+        })
+        .and_then(|entry| entry.fields_v1.as_ref())
+        .map(|fields| fields.0.clone());
+    let (data_keys, label_keys, annotation_keys, owns_immutable) = match &owned {
+        Some(fields) => (
+            Some(owned_names(fields, &["data"])),
+            owned_names(fields, &["metadata", "labels"]),
+            owned_names(fields, &["metadata", "annotations"]),
+            fields.get("f:immutable").is_some(),
+        ),
+        None => (None, BTreeSet::new(), BTreeSet::new(), true),
+    };
+    let mut data = secret.data.take().unwrap_or_default();
+    let content_data = data
+        .iter_mut()
+        .filter(|(name, _)| data_keys.as_ref().is_none_or(|keys| keys.contains(*name)))
+        .map(|(name, value)| (name.clone(), SecretBytes::new(std::mem::take(&mut value.0))))
+        .collect();
+    for value in data.values_mut() {
+        value.0.zeroize();
+    }
+    let annotations = secret.metadata.annotations.take().unwrap_or_default();
+    let labels = secret.metadata.labels.take().unwrap_or_default();
+    let namespace = secret.metadata.namespace.take().unwrap_or_default();
+    let sha256 = annotations
+        .get(SHA256_ANNOTATION)
+        .and_then(|hex| hex::decode(hex).ok())
+        .and_then(|bytes| bytes.try_into().ok())
+        .unwrap_or([0; 32]);
+    DesiredSecret {
+        key: key.to_owned(),
+        revision: annotations
+            .get(REVISION_ANNOTATION)
+            .and_then(|revision| revision.parse().ok())
+            .unwrap_or(0),
+        sha256,
+        secret_name: secret.metadata.name.take().unwrap_or_default(),
+        secret_type: secret.type_.take().unwrap_or_else(|| "Opaque".into()),
+        targets: Targets::Namespaces(vec![namespace]),
+        data: content_data,
+        labels: labels
+            .into_iter()
+            .filter(|(name, _)| name != MANAGED_BY_LABEL && label_keys.contains(name))
+            .collect(),
+        creation: CreationPolicy::from_annotation(
+            annotations.get(CREATION_POLICY_ANNOTATION).map(String::as_str),
+        ),
+        annotations: annotations
+            .into_iter()
+            .filter(|(name, _)| {
+                !name.starts_with(RESERVED_ANNOTATION_PREFIX) && annotation_keys.contains(name)
+            })
+            .collect(),
+        // Only written back, never removed again: the policy does not matter here.
+        deletion: DeletionPolicy::Retain,
+        immutable: secret.immutable == Some(true) && owns_immutable,
+    }
+}
+
+/// What happened when an item's writes were undone.
+enum Rollback {
+    /// Every location is back to its prior (the names of those written back).
+    Complete(Vec<String>),
+    /// These undo writes failed (the others succeeded).
+    Incomplete(Vec<String>),
+}
+
+/// The NACK for an item whose write failed, saying what the rollback did.
+fn with_rollback(mut refusal: Refusal, rollback: &Rollback) -> Refusal {
+    match rollback {
+        Rollback::Complete(undone) if undone.is_empty() => {}
+        Rollback::Complete(undone) => {
+            refusal.message = format!(
+                "{}; rolled back to their previous state: {}",
+                refusal.message,
+                undone.join(", ")
+            );
+        }
+        Rollback::Incomplete(failures) => {
+            let more = match failures.len() {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            refusal.message = format!(
+                "{}; rollback incomplete, the next attempt repairs it: {}{more}",
+                refusal.message,
+                failures.first().map(String::as_str).unwrap_or_default(),
+            );
+            refusal.retryable = true;
+        }
+    }
+    refusal
+}
+
+/// Whether a failed write may still have happened (no answer, or an answer that does not say).
+fn may_have_happened(refusal: &Refusal) -> bool {
+    refusal.code == ErrorCode::KubernetesUnavailable
 }
 
 /// Whether a change to one of our Secrets matters (content or our marks), for keys whose
@@ -933,6 +1076,158 @@ impl KubeCluster {
         }
     }
 
+    /// Resolves the prior of every action's location, reading back from the cluster the content
+    /// of our Secrets whose payload is not in memory. Runs before the item's first write: a
+    /// failure here refuses the item with nothing written.
+    async fn priors(
+        &self,
+        key: &str,
+        sources: Vec<PriorSource>,
+        actions: &[Action],
+        secret_name: &str,
+    ) -> Result<Vec<Prior>, Refusal> {
+        let mut priors = Vec::with_capacity(sources.len());
+        for (source, action) in sources.into_iter().zip(actions) {
+            priors.push(match source {
+                PriorSource::Known(prior) => prior,
+                PriorSource::ReadBack => {
+                    let (namespace, name) = action.location(secret_name);
+                    self.read_back(key, namespace, name).await?
+                }
+            });
+        }
+        Ok(priors)
+    }
+
+    /// What `namespace`/`name` holds now, for putting it back later.
+    async fn read_back(&self, key: &str, namespace: &str, name: &str) -> Result<Prior, Refusal> {
+        let found = self.secrets(namespace).get_opt(name).await.map_err(|error| {
+            refusal(
+                &format!("read Secret {namespace}/{name} before writing (to roll back on failure)"),
+                &error,
+            )
+        })?;
+        let Some(mut secret) = found else {
+            return Ok(Prior::Absent);
+        };
+        let ours = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(MANAGED_BY_LABEL))
+            .is_some_and(|value| value == MANAGED_BY_VALUE)
+            && secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(FLEET_SECRET_ANNOTATION))
+                .is_some_and(|owner| owner == key);
+        if !ours {
+            zeroize_secret(&mut secret);
+            return Ok(Prior::Foreign);
+        }
+        Ok(Prior::Ours(Arc::new(prior_content(secret, key))))
+    }
+
+    /// Executes an item's actions in order (`desired` is the payload an Apply writes). When one
+    /// fails, puts back what was written and returns the refusal with what the rollback did.
+    async fn write_item(
+        &self,
+        desired: Option<&DesiredSecret>,
+        actions: Vec<Action>,
+        priors: Vec<Prior>,
+    ) -> Result<(), (Refusal, Rollback)> {
+        let secret_name = desired
+            .map(|desired| desired.secret_name.as_str())
+            .unwrap_or_default();
+        let mut undos: Vec<Undo> = Vec::new();
+        for (action, prior) in actions.into_iter().zip(priors) {
+            let undo = reconcile::undo(&action, secret_name, &prior);
+            let result = match desired {
+                Some(desired) => self.execute(desired, action).await,
+                None => self.cleanup(action).await,
+            };
+            if let Err(refusal) = result {
+                if may_have_happened(&refusal) {
+                    undos.push(undo);
+                }
+                let rollback = self.roll_back(undos).await;
+                return Err((refusal, rollback));
+            }
+            undos.push(undo);
+        }
+        Ok(())
+    }
+
+    /// Undoes writes, the last one first; every undo is tried even when one fails.
+    async fn roll_back(&self, undos: Vec<Undo>) -> Rollback {
+        let mut undone = Vec::new();
+        let mut failures = Vec::new();
+        for undo in undos.into_iter().rev() {
+            let (location, result) = match undo {
+                Undo::Cleanup(action) => {
+                    let (namespace, name) = action.location("");
+                    let location = format!("{namespace}/{name}");
+                    (location, self.cleanup(action).await)
+                }
+                Undo::Restore {
+                    content,
+                    namespace,
+                    force,
+                } => {
+                    let location = format!("{namespace}/{}", content.secret_name);
+                    let action = Action::Apply { namespace, force };
+                    (location, self.execute(&content, action).await)
+                }
+            };
+            match result {
+                Ok(()) => undone.push(location),
+                Err(refusal) => failures.push(refusal.message),
+            }
+        }
+        if failures.is_empty() {
+            undone.reverse();
+            Rollback::Complete(undone)
+        } else {
+            Rollback::Incomplete(failures)
+        }
+    }
+
+    /// Bookkeeping after a failed item: the payload held before it is held again when the
+    /// rollback put everything back; after a failed rollback nothing is held (the cluster holds
+    /// neither payload everywhere) and, for an upsert, the key leaves the applied state so the
+    /// hub sends it again.
+    fn after_failed_item(&self, key: &str, previous: Option<Held>, rollback: &Rollback, upsert: bool) {
+        match rollback {
+            Rollback::Complete(undone) => {
+                if !undone.is_empty() {
+                    self.metrics.rollbacks.inc();
+                    tracing::info!(%key, secrets = undone.len(), "write failed midway; rolled back");
+                }
+                let mut state = self.state();
+                match previous {
+                    Some(previous) => state.held.insert(key.to_owned(), previous),
+                    None => state.held.remove(key),
+                };
+            }
+            Rollback::Incomplete(failures) => {
+                self.metrics.rollbacks.inc();
+                self.metrics.rollback_failures.inc();
+                tracing::error!(
+                    %key,
+                    failed = failures.len(),
+                    first = %failures.first().map(String::as_str).unwrap_or_default(),
+                    "write failed midway and the rollback failed too; the hub's next attempt repairs it"
+                );
+                let mut state = self.state();
+                state.held.remove(key);
+                if upsert {
+                    state.stale.entry(key.to_owned()).or_default();
+                }
+            }
+        }
+    }
+
     async fn current_owner(&self, namespace: &str, name: &str) -> Result<Current, Refusal> {
         let found = self
             .secrets(namespace)
@@ -1028,6 +1323,21 @@ impl crate::hub::Cluster for KubeCluster {
         let observed = self.observe_targets(&desired, &namespaces).await?;
         let actions = reconcile::plan_upsert(&desired, &namespaces, &observed)?;
         let key = desired.key.clone();
+        let held_payload = self.state().held.get(&key).map(|held| held.desired.clone());
+        let priors = self
+            .priors(
+                &key,
+                reconcile::prior_sources(
+                    &key,
+                    &desired.secret_name,
+                    &actions,
+                    &observed,
+                    held_payload.as_ref(),
+                ),
+                &actions,
+                &desired.secret_name,
+            )
+            .await?;
         let desired = Arc::new(desired);
         let previous = self.state().held.insert(
             key.clone(),
@@ -1036,20 +1346,9 @@ impl crate::hub::Cluster for KubeCluster {
                 namespaces: namespaces.clone(),
             },
         );
-        let mut wrote = false;
-        for action in actions {
-            if let Err(refusal) = self.execute(&desired, action).await {
-                if !wrote {
-                    // Nothing changed: the previous payload (if any) is still what the cluster has.
-                    let mut state = self.state();
-                    match previous {
-                        Some(previous) => state.held.insert(key, previous),
-                        None => state.held.remove(&key),
-                    };
-                }
-                return Err(refusal);
-            }
-            wrote = true;
+        if let Err((refusal, rollback)) = self.write_item(Some(&desired), actions, priors).await {
+            self.after_failed_item(&key, previous, &rollback, true);
+            return Err(with_rollback(refusal, &rollback));
         }
         let drifted = self.state().stale.remove(&key).unwrap_or_default();
         for (namespace, kind) in drifted {
@@ -1074,19 +1373,37 @@ impl crate::hub::Cluster for KubeCluster {
             .await
             .map_err(|error| Refusal::new(ErrorCode::KubernetesUnavailable, true, error.to_string()))?;
         let _guard = self.write_lock.lock().await;
-        let observed: Vec<ObservedSecret> = {
+        let observed: Vec<ObservedSecret> = self
+            .state()
+            .cache
+            .values()
+            .filter(|entry| ours_for(&entry.observed) == Some(key))
+            .map(|entry| entry.observed.clone())
+            .collect();
+        let actions = reconcile::plan_removal(key, policy, &observed);
+        let held_payload = self.state().held.get(key).map(|held| held.desired.clone());
+        let secret_name = held_payload
+            .as_ref()
+            .map(|payload| payload.secret_name.clone())
+            .unwrap_or_default();
+        let priors = self
+            .priors(
+                key,
+                reconcile::prior_sources(key, &secret_name, &actions, &observed, held_payload.as_ref()),
+                &actions,
+                &secret_name,
+            )
+            .await?;
+        let previous = {
             let mut state = self.state();
-            state.held.remove(key);
             state.stale.remove(key);
-            state
-                .cache
-                .values()
-                .filter(|entry| ours_for(&entry.observed) == Some(key))
-                .map(|entry| entry.observed.clone())
-                .collect()
+            state.held.remove(key)
         };
-        for action in reconcile::plan_removal(key, policy, &observed) {
-            self.cleanup(action).await?;
+        if let Err((refusal, rollback)) = self.write_item(None, actions, priors).await {
+            // The key is (partly) still there: it stays in the applied state, so the hub keeps
+            // asking for its removal.
+            self.after_failed_item(key, previous, &rollback, false);
+            return Err(with_rollback(refusal, &rollback));
         }
         tracing::debug!(%key, ?policy, secrets = observed.len(), "removed");
         Ok(())
@@ -1214,7 +1531,6 @@ impl CredentialStore for KubeCredentialStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::{SecretBytes, Targets};
 
     fn desired(creation: CreationPolicy) -> DesiredSecret {
         DesiredSecret {
@@ -1270,6 +1586,72 @@ mod tests {
             Some(&reconcile::value_digest(b"{}"))
         );
         assert!(entry.observed.immutable);
+    }
+
+    #[test]
+    fn read_back_content_is_what_our_apply_entry_owns() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+        let mut secret = secret_for(&desired(CreationPolicy::Owner), "a");
+        let data = secret.data.get_or_insert_default();
+        data.insert("extra".into(), ByteString(b"theirs".to_vec()));
+        secret
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("audited".into(), "yes".into());
+        let ours = serde_json::json!({
+            "f:data": {"f:.dockerconfigjson": {}},
+            "f:immutable": {},
+            "f:metadata": {
+                "f:annotations": {"f:note": {}, "f:keyfleet.io/revision": {}},
+                "f:labels": {"f:app.kubernetes.io/managed-by": {}},
+            },
+            "f:type": {},
+        });
+        let entry = |manager: &str, operation: &str, fields: serde_json::Value| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..ManagedFieldsEntry::default()
+        };
+        secret.metadata.managed_fields = Some(vec![
+            entry(
+                "kubectl",
+                "Update",
+                serde_json::json!({"f:data": {"f:extra": {}}, "f:metadata": {"f:labels": {"f:audited": {}}}}),
+            ),
+            // Our release patch is an Update: only the Apply entry counts.
+            entry(
+                FIELD_MANAGER,
+                "Update",
+                serde_json::json!({"f:data": {"f:extra": {}}}),
+            ),
+            entry(FIELD_MANAGER, "Apply", ours),
+        ]);
+        let content = prior_content(secret.clone(), "regcred");
+        assert_eq!(content.data.keys().collect::<Vec<_>>(), [".dockerconfigjson"]);
+        assert_eq!(content.data[".dockerconfigjson"].expose(), b"{}");
+        assert!(content.labels.is_empty(), "{:?}", content.labels);
+        assert_eq!(
+            content.annotations,
+            [("note".to_string(), "x".to_string())].into()
+        );
+        assert_eq!((content.revision, content.sha256), (9, [1; 32]));
+        assert_eq!(content.secret_type, "kubernetes.io/dockerconfigjson");
+        assert_eq!(content.creation, CreationPolicy::Owner);
+        assert!(content.immutable);
+        assert_eq!(content.targets, Targets::Namespaces(vec!["a".into()]));
+
+        // Without our apply entry: every data key, none of the other labels.
+        secret.metadata.managed_fields = None;
+        let content = prior_content(secret, "regcred");
+        assert_eq!(
+            content.data.keys().collect::<Vec<_>>(),
+            [".dockerconfigjson", "extra"]
+        );
+        assert!(content.labels.is_empty());
+        assert!(content.annotations.is_empty());
     }
 
     #[test]

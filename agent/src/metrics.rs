@@ -24,6 +24,10 @@ pub struct Metrics {
     pub applied_keys: Gauge,
     /// Writes made to the Kubernetes API (apply, delete, release).
     pub kube_writes: Counter,
+    /// Items whose writes failed midway and were rolled back.
+    pub rollbacks: Counter,
+    /// Rollbacks that failed too (the cluster holds a mix until the hub's next attempt).
+    pub rollback_failures: Counter,
 }
 
 impl Metrics {
@@ -53,6 +57,16 @@ impl Metrics {
             "kube_writes",
             "Writes to the Kubernetes API",
             self.kube_writes.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Items whose writes failed midway and were rolled back",
+            self.rollbacks.clone(),
+        );
+        registry.register(
+            "rollback_failures",
+            "Rollbacks that failed too (fixed by the hub's next attempt)",
+            self.rollback_failures.clone(),
         );
     }
 }

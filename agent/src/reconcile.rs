@@ -24,10 +24,15 @@
 //!   NACK, the Secret is left alone.
 //! - **Stale targets.** When a payload stops targeting a namespace or renames its Secret, the
 //!   Secrets ours for the key that are no longer targeted are cleaned up by its deletionPolicy.
-//! - **All or nothing per item.** Every refusal is found before any action is returned.
+//! - **All or nothing per item.** Every refusal is found before any action is returned. Before
+//!   the first write, every location the item touches gets its [`Prior`] (what it held), so that
+//!   when a write fails midway the ones already made are put back ([`undo`]): a Secret the item
+//!   created is deleted, fields it merged into a foreign Secret are removed, and a Secret that
+//!   was ours gets its previous content applied again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
@@ -416,6 +421,18 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// The namespace and Secret name the action writes (an Apply writes `secret_name`).
+    pub fn location<'a>(&'a self, secret_name: &'a str) -> (&'a str, &'a str) {
+        match self {
+            Self::Apply { namespace, .. } => (namespace, secret_name),
+            Self::Delete { namespace, name }
+            | Self::Release { namespace, name }
+            | Self::RemoveFields { namespace, name } => (namespace, name),
+        }
+    }
+}
+
 /// A namespace of the cluster with its labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
@@ -586,6 +603,92 @@ pub fn plan_removal(key: &str, policy: DeletionPolicy, observed: &[ObservedSecre
         .filter(|o| o.is_ours_for(key))
         .filter_map(|o| cleanup(o, policy))
         .collect()
+}
+
+/// What a location held before an item's first write there: what a rollback puts back.
+#[derive(Debug, Clone)]
+pub enum Prior {
+    /// No Secret of that name: a rollback deletes what the item created.
+    Absent,
+    /// A Secret not ours for the key (only creationPolicy Merge writes into one): a rollback
+    /// removes the fields the item merged in.
+    Foreign,
+    /// Ours for the key: a rollback applies this content again.
+    Ours(Arc<DesiredSecret>),
+}
+
+/// Where a location's [`Prior`] comes from.
+#[derive(Debug, Clone)]
+pub enum PriorSource {
+    /// Known from the observation and the payload held in memory.
+    Known(Prior),
+    /// Ours for the key, but no payload in memory is known to be its content (after a restart,
+    /// or after drift): its content must be read back from the cluster before the first write.
+    ReadBack,
+}
+
+/// For each action (same order), where the prior of the location it writes comes from.
+/// `observed` is what the plan was made from; `previous` is the key's payload held in memory.
+pub fn prior_sources(
+    key: &str,
+    secret_name: &str,
+    actions: &[Action],
+    observed: &[ObservedSecret],
+    previous: Option<&Arc<DesiredSecret>>,
+) -> Vec<PriorSource> {
+    actions
+        .iter()
+        .map(|action| {
+            let (namespace, name) = action.location(secret_name);
+            let Some(existing) = observed
+                .iter()
+                .find(|o| o.namespace == namespace && o.name == name)
+            else {
+                return PriorSource::Known(Prior::Absent);
+            };
+            if !existing.is_ours_for(key) {
+                return PriorSource::Known(Prior::Foreign);
+            }
+            match previous {
+                Some(previous) if previous.secret_name == name && is_up_to_date(previous, existing) => {
+                    PriorSource::Known(Prior::Ours(previous.clone()))
+                }
+                _ => PriorSource::ReadBack,
+            }
+        })
+        .collect()
+}
+
+/// A write that puts one location back to its prior.
+#[derive(Debug, Clone)]
+pub enum Undo {
+    /// Run this cleanup (`Delete` of what the item created, `RemoveFields` of what it merged).
+    Cleanup(Action),
+    /// Server-side apply `content` into `namespace` again.
+    Restore {
+        /// The prior content.
+        content: Arc<DesiredSecret>,
+        /// Namespace.
+        namespace: String,
+        /// Force conflicts: the fields were ours (not after a Delete, which recreates).
+        force: bool,
+    },
+}
+
+/// The write that undoes `action` (of a plan for `secret_name`) given its location's prior.
+/// Undoing is idempotent: it also serves when the action may or may not have happened.
+pub fn undo(action: &Action, secret_name: &str, prior: &Prior) -> Undo {
+    let (namespace, name) = action.location(secret_name);
+    let (namespace, name) = (namespace.to_owned(), name.to_owned());
+    match prior {
+        Prior::Absent => Undo::Cleanup(Action::Delete { namespace, name }),
+        Prior::Foreign => Undo::Cleanup(Action::RemoveFields { namespace, name }),
+        Prior::Ours(content) => Undo::Restore {
+            content: content.clone(),
+            namespace,
+            force: !matches!(action, Action::Delete { .. }),
+        },
+    }
 }
 
 /// Drift found on one Secret we applied.
@@ -853,6 +956,138 @@ mod tests {
         let result = plan_upsert(&owner(), &ns(&["a", "b"]), &[foreign("b", "regcred")]);
         let refusal = result.expect_err("b is not ours");
         assert!(refusal.message.contains("b/regcred"), "{}", refusal.message);
+    }
+
+    /// A compact name for a prior source, for table tests.
+    fn source_name(source: &PriorSource) -> String {
+        match source {
+            PriorSource::Known(Prior::Absent) => "absent".into(),
+            PriorSource::Known(Prior::Foreign) => "foreign".into(),
+            PriorSource::Known(Prior::Ours(content)) => format!("held r{}", content.revision),
+            PriorSource::ReadBack => "read back".into(),
+        }
+    }
+
+    #[test]
+    fn prior_sources_table() {
+        let mut older = owner();
+        older.revision = 4;
+        older.sha256 = [4; 32];
+        let older = Arc::new(older);
+        let mut drifted = written(&older, "b");
+        drifted.data.insert("token".into(), value_digest(b"edited"));
+        let mut renamed = (*older).clone();
+        renamed.secret_name = "old-name".into();
+        let renamed = Arc::new(renamed);
+        let release_c = Action::Release {
+            namespace: "c".into(),
+            name: "regcred".into(),
+        };
+        type Case<'a> = (
+            &'a str,
+            Vec<Action>,
+            Vec<ObservedSecret>,
+            Option<&'a Arc<DesiredSecret>>,
+            Vec<&'a str>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "created where nothing was",
+                vec![apply("a", false)],
+                vec![],
+                None,
+                vec!["absent"],
+            ),
+            (
+                "merged into a foreign Secret",
+                vec![apply("a", false)],
+                vec![foreign("a", "regcred")],
+                None,
+                vec!["foreign"],
+            ),
+            (
+                "ours and the held payload is its content",
+                vec![apply("a", true), release_c.clone()],
+                vec![written(&older, "a"), written(&older, "c")],
+                Some(&older),
+                vec!["held r4", "held r4"],
+            ),
+            (
+                "ours but nothing held (after a restart)",
+                vec![apply("a", true)],
+                vec![written(&older, "a")],
+                None,
+                vec!["read back"],
+            ),
+            (
+                "ours but drifted from the held payload",
+                vec![apply("b", true)],
+                vec![drifted],
+                Some(&older),
+                vec!["read back"],
+            ),
+            (
+                "the held payload names another Secret",
+                vec![apply("a", true)],
+                vec![written(&older, "a")],
+                Some(&renamed),
+                vec!["read back"],
+            ),
+        ];
+        for (name, actions, observed, previous, expected) in cases {
+            let got: Vec<String> = prior_sources("regcred", "regcred", &actions, &observed, previous)
+                .iter()
+                .map(source_name)
+                .collect();
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn undo_table() {
+        let content = Arc::new(owner());
+        let delete_a = Action::Delete {
+            namespace: "a".into(),
+            name: "regcred".into(),
+        };
+        let release_a = Action::Release {
+            namespace: "a".into(),
+            name: "regcred".into(),
+        };
+        let cases = [
+            (apply("a", false), Prior::Absent, "delete a/regcred"),
+            (apply("a", false), Prior::Foreign, "remove fields a/regcred"),
+            (
+                apply("a", true),
+                Prior::Ours(content.clone()),
+                "apply r5 into a, force",
+            ),
+            (
+                delete_a,
+                Prior::Ours(content.clone()),
+                "apply r5 into a, no force",
+            ),
+            (release_a, Prior::Ours(content), "apply r5 into a, force"),
+        ];
+        for (action, prior, expected) in cases {
+            let got = match undo(&action, "regcred", &prior) {
+                Undo::Cleanup(Action::Delete { namespace, name }) => format!("delete {namespace}/{name}"),
+                Undo::Cleanup(Action::RemoveFields { namespace, name }) => {
+                    format!("remove fields {namespace}/{name}")
+                }
+                Undo::Cleanup(other) => format!("unexpected {other:?}"),
+                Undo::Restore {
+                    content,
+                    namespace,
+                    force,
+                } => format!(
+                    "apply r{} into {namespace}, {}",
+                    content.revision,
+                    if force { "force" } else { "no force" }
+                ),
+            };
+            assert_eq!(got, expected, "{action:?} after {prior:?}");
+        }
     }
 
     #[test]

@@ -68,9 +68,13 @@ async fn cluster(handle: &ClusterHandle) -> (KubeCluster, mpsc::Receiver<Cluster
 
 fn cluster_with(handle: &ClusterHandle, client: kube::Client) -> (KubeCluster, mpsc::Receiver<ClusterEvent>) {
     let _ = handle;
+    KubeCluster::new(client, settings(), Metrics::default())
+}
+
+fn settings() -> KubeSettings {
     let mut settings = KubeSettings::new("keyfleet-system", "keyfleet-agent-credential");
     settings.namespace_cache_ttl = Duration::ZERO;
-    KubeCluster::new(client, settings, Metrics::default())
+    settings
 }
 
 async fn next_event(events: &mut mpsc::Receiver<ClusterEvent>) -> ClusterEvent {
@@ -551,6 +555,245 @@ async fn kubernetes_refusals_become_nacks_without_changes() {
     .await;
 }
 
+fn revision(handle: &ClusterHandle, namespace: &str, name: &str) -> Option<String> {
+    handle.get_secret(namespace, name).map(|object| {
+        object
+            .meta
+            .annotations
+            .get(REVISION_ANNOTATION)
+            .cloned()
+            .unwrap_or_default()
+    })
+}
+
+/// Every namespace in `namespaces` holds revision 1 of regcred with [`VALUE`].
+fn holds_revision_1(handle: &ClusterHandle, namespaces: &[&str]) {
+    for namespace in namespaces {
+        assert_eq!(
+            revision(handle, namespace, "regcred").as_deref(),
+            Some("1"),
+            "revision in {namespace}"
+        );
+        assert_eq!(
+            secret(handle, namespace, "regcred").data("token"),
+            Some(VALUE.as_bytes()),
+            "value in {namespace}"
+        );
+    }
+}
+
+async fn applied_revision(cluster: &KubeCluster, key: &str) -> Option<u64> {
+    cluster
+        .applied()
+        .await
+        .expect("state")
+        .get(key)
+        .map(|applied| applied.revision)
+}
+
+#[tokio::test]
+async fn a_write_failing_midway_rolls_every_namespace_back() {
+    let (_fake, handle) = fake().await;
+    handle.create_namespace("c").expect("namespace");
+    let metrics = Metrics::default();
+    let (cluster, _events) = KubeCluster::new(client(&handle).await, settings(), metrics.clone());
+    with_watcher(&cluster, async {
+        cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["a", "b"])))
+            .await
+            .expect("applied");
+        // Revision 2 also goes to c, and the API fails that write (the third).
+        handle.fail_next_write("c", "regcred", 500);
+        let refusal = cluster
+            .upsert(desired(payload("regcred", 2, "new-value", &["a", "b", "c"])))
+            .await
+            .expect_err("c fails");
+        assert_eq!(
+            (refusal.code, refusal.retryable),
+            (ErrorCode::KubernetesUnavailable, true)
+        );
+        assert!(
+            refusal.message.starts_with("apply Secret c/regcred: 500"),
+            "{}",
+            refusal.message
+        );
+        assert!(
+            refusal
+                .message
+                .ends_with("; rolled back to their previous state: a/regcred, b/regcred, c/regcred"),
+            "{}",
+            refusal.message
+        );
+        assert!(!refusal.message.contains("new-value"));
+        // a and b hold revision 1 again, c holds nothing, as before the item.
+        holds_revision_1(&handle, &["a", "b"]);
+        assert!(handle.get_secret("c", "regcred").is_none());
+        assert_eq!(applied_revision(&cluster, "regcred").await, Some(1));
+        assert_eq!((metrics.rollbacks.get(), metrics.rollback_failures.get()), (1, 0));
+        // The hub's retry converges.
+        cluster
+            .upsert(desired(payload("regcred", 2, "new-value", &["a", "b", "c"])))
+            .await
+            .expect("retried");
+        for namespace in ["a", "b", "c"] {
+            assert_eq!(revision(&handle, namespace, "regcred").as_deref(), Some("2"));
+        }
+        assert_eq!(applied_revision(&cluster, "regcred").await, Some(2));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_a_restart_the_previous_content_is_read_back_and_an_unclear_failure_is_undone_too() {
+    let (_fake, handle) = fake().await;
+    {
+        let (cluster, _events) = cluster(&handle).await;
+        with_watcher(&cluster, async {
+            cluster
+                .upsert(desired(payload("regcred", 1, VALUE, &["a", "b"])))
+                .await
+                .expect("applied");
+        })
+        .await;
+    }
+    // Someone else labels the Secret in a: not ours, it must survive the rollback.
+    let mut labelled = (*secret(&handle, "a", "regcred")).clone();
+    labelled.meta.labels.insert("audited".into(), "yes".into());
+    handle.put_secret(labelled, "kubectl-label").expect("label");
+    // A new agent process: no payload in memory, the state comes from annotations.
+    let (cluster, _events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        assert_eq!(applied_revision(&cluster, "regcred").await, Some(1));
+        // The write to b happens, but the API answers 500: the agent cannot know it happened.
+        handle.fail_next_write_after_commit("b", "regcred", 500);
+        let refusal = cluster
+            .upsert(desired(payload("regcred", 2, "new-value", &["a", "b"])))
+            .await
+            .expect_err("b fails");
+        assert_eq!(refusal.code, ErrorCode::KubernetesUnavailable);
+        assert!(
+            refusal
+                .message
+                .ends_with("rolled back to their previous state: a/regcred, b/regcred"),
+            "{}",
+            refusal.message
+        );
+        holds_revision_1(&handle, &["a", "b"]);
+        let restored = secret(&handle, "a", "regcred");
+        assert_eq!(
+            restored.meta.labels.get("audited").map(String::as_str),
+            Some("yes")
+        );
+        assert_eq!(
+            restored.meta.labels.get("team").map(String::as_str),
+            Some("payments")
+        );
+        assert_eq!(applied_revision(&cluster, "regcred").await, Some(1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_rollback_is_named_in_the_nack_and_the_retry_converges() {
+    let (_fake, handle) = fake().await;
+    let metrics = Metrics::default();
+    let (cluster, _events) = KubeCluster::new(client(&handle).await, settings(), metrics.clone());
+    with_watcher(&cluster, async {
+        cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["a", "b"])))
+            .await
+            .expect("applied");
+        // The write of revision 2 to a succeeds, the one to b fails, and so does putting a back.
+        handle.fail_nth_write("a", "regcred", 2, 500);
+        handle.fail_next_write("b", "regcred", 500);
+        let refusal = cluster
+            .upsert(desired(payload("regcred", 2, "new-value", &["a", "b"])))
+            .await
+            .expect_err("b fails");
+        assert_eq!(
+            (refusal.code, refusal.retryable),
+            (ErrorCode::KubernetesUnavailable, true)
+        );
+        assert!(
+            refusal
+                .message
+                .contains("; rollback incomplete, the next attempt repairs it: apply Secret a/regcred: 500"),
+            "{}",
+            refusal.message
+        );
+        assert_eq!((metrics.rollbacks.get(), metrics.rollback_failures.get()), (1, 1));
+        assert_eq!(revision(&handle, "a", "regcred").as_deref(), Some("2"));
+        holds_revision_1(&handle, &["b"]);
+        // The key leaves the applied state (so a reconnecting agent is sent it again) ...
+        assert_eq!(applied_revision(&cluster, "regcred").await, None);
+        // ... and the hub's retry converges.
+        cluster
+            .upsert(desired(payload("regcred", 2, "new-value", &["a", "b"])))
+            .await
+            .expect("retried");
+        for namespace in ["a", "b"] {
+            assert_eq!(revision(&handle, namespace, "regcred").as_deref(), Some("2"));
+        }
+        assert_eq!(applied_revision(&cluster, "regcred").await, Some(2));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_merge_and_a_removal_failing_midway_are_rolled_back_too() {
+    let (_fake, handle) = fake().await;
+    for namespace in ["a", "b"] {
+        handle
+            .put_secret(
+                Object::new_secret(namespace, "shared").with_data("theirs", b"keep-me"),
+                "kubectl-create",
+            )
+            .expect("foreign secret");
+    }
+    let before = secret(&handle, "a", "shared");
+    let (cluster, _events) = cluster(&handle).await;
+    with_watcher(&cluster, async {
+        // Merge into a, then b fails: our keys and marks leave a again.
+        let mut merge = payload("shared", 1, VALUE, &["a", "b"]);
+        merge.creation_policy = v1::CreationPolicy::Merge as i32;
+        seal(&mut merge);
+        handle.fail_next_write("b", "shared", 500);
+        cluster.upsert(desired(merge)).await.expect_err("b fails");
+        let after = secret(&handle, "a", "shared");
+        assert_eq!(after.data("token"), None);
+        assert_eq!(after.data("theirs"), Some(&b"keep-me"[..]));
+        assert_eq!(after.meta.labels, before.meta.labels);
+        assert_eq!(after.meta.annotations, before.meta.annotations);
+        assert!(!cluster.applied().await.expect("state").contains_key("shared"));
+
+        // A removal that fails in b after deleting a: a is recreated with revision 1.
+        cluster
+            .upsert(desired(payload("regcred", 1, VALUE, &["a", "b"])))
+            .await
+            .expect("applied");
+        handle.fail_next_write("b", "regcred", 500);
+        let refusal = cluster
+            .remove("regcred", DeletionPolicy::Delete)
+            .await
+            .expect_err("b fails");
+        assert!(
+            refusal.message.starts_with("delete Secret b/regcred: 500"),
+            "{}",
+            refusal.message
+        );
+        holds_revision_1(&handle, &["a", "b"]);
+        assert_eq!(applied_revision(&cluster, "regcred").await, Some(1));
+        // The retried removal completes.
+        cluster
+            .remove("regcred", DeletionPolicy::Delete)
+            .await
+            .expect("removed");
+        assert!(handle.get_secret("a", "regcred").is_none());
+        assert!(handle.get_secret("b", "regcred").is_none());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn without_rights_to_list_secrets_nothing_is_planned_and_the_reason_is_named() {
     let (_fake, handle) = fake().await;
@@ -772,6 +1015,67 @@ mod end_to_end {
             heartbeat_interval_ms: 30_000,
             max_inflight: 4,
         })
+    }
+
+    #[tokio::test]
+    async fn a_write_failing_midway_is_a_nack_and_no_namespace_keeps_the_new_revision() {
+        let (_fake, handle) = fake().await;
+        let mut hub = ScriptedHub::start().await;
+        let (logs, _guard) = support::capture_logs();
+        let mut settings = AgentSettings::new(hub.url.clone(), Some(hub.ca_pem.clone()));
+        settings.enrollment_token = Some(Zeroizing::new(TOKEN.into()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let agent = run_agent(settings, client(&handle).await, async {
+            let _ = stopped.await;
+        });
+        let hub_side = async {
+            let mut session = hub.session().await;
+            hello(&mut session).await;
+            session.send(welcome(false)).await;
+            let mut results = Vec::new();
+            for (nonce, item) in [
+                (1, payload("regcred", 1, VALUE, &["a", "b"])),
+                (2, payload("regcred", 2, "new-value", &["a", "b"])),
+            ] {
+                if nonce == 2 {
+                    handle.fail_next_write("b", "regcred", 500);
+                }
+                session
+                    .send(hub_message::Body::Update(v1::Update {
+                        nonce,
+                        upserts: vec![item],
+                        removals: vec![],
+                    }))
+                    .await;
+                let agent_message::Body::Ack(ack) = session.recv().await else {
+                    panic!("expected an ack");
+                };
+                assert_eq!(ack.nonce, nonce);
+                results.extend(ack.results);
+            }
+            assert!(results[0].error.is_none(), "revision 1 applies");
+            let error = results[1].error.as_ref().expect("revision 2 is NACKed");
+            assert_eq!(
+                (error.code, error.retryable),
+                (v1::ErrorCode::KubernetesUnavailable as i32, true)
+            );
+            assert!(
+                error
+                    .message
+                    .contains("rolled back to their previous state: a/regcred, b/regcred"),
+                "{}",
+                error.message
+            );
+            holds_revision_1(&handle, &["a", "b"]);
+            stop.send(()).expect("agent running");
+        };
+        let (result, ()) = tokio::join!(agent, hub_side);
+        result.expect("agent stops cleanly");
+        let logs = logs.contents();
+        assert!(logs.contains("write failed midway; rolled back"), "{logs}");
+        for secret in [VALUE, "new-value"] {
+            assert!(!logs.contains(secret), "a secret reached the logs");
+        }
     }
 
     #[tokio::test]

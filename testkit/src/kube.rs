@@ -512,6 +512,35 @@ impl ClusterHandle {
         }
     }
 
+    /// The next write request (update, patch or delete) to Secret `namespace`/`name` fails with
+    /// `code` and changes nothing; other requests are not affected.
+    pub fn fail_next_write(&self, namespace: &str, name: &str, code: u16) {
+        self.push_write_fault(namespace, name, 1, code, false);
+    }
+
+    /// Like [`Self::fail_next_write`] for the `nth` next write to that Secret (1 is the next):
+    /// the ones before succeed.
+    pub fn fail_nth_write(&self, namespace: &str, name: &str, nth: usize, code: u16) {
+        self.push_write_fault(namespace, name, nth, code, false);
+    }
+
+    /// The next write request to Secret `namespace`/`name` is committed, then answered with
+    /// `code`: the client cannot tell that it happened (a timeout or a lost response).
+    pub fn fail_next_write_after_commit(&self, namespace: &str, name: &str, code: u16) {
+        self.push_write_fault(namespace, name, 1, code, true);
+    }
+
+    fn push_write_fault(&self, namespace: &str, name: &str, nth: usize, code: u16, after_commit: bool) {
+        self.cluster.lock().faults.writes.push(store::WriteFault {
+            kind: Kind::Secret,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            error: ApiError::injected(code),
+            after_commit,
+            pass: nth.saturating_sub(1),
+        });
+    }
+
     /// The next `count` API calls get 429 with `Retry-After: retry_after_seconds`.
     pub fn throttle_next(&self, count: usize, retry_after_seconds: u64) {
         let mut state = self.cluster.lock();

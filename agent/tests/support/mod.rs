@@ -113,6 +113,10 @@ impl Write for LogBuffer {
 }
 
 /// Installs a TRACE-level subscriber for the current thread writing into the returned buffer.
+///
+/// Tests of one binary that run the same code in parallel should all capture: tracing caches a
+/// callsite's interest when it is first hit, and a thread without a subscriber hitting it while
+/// another thread installs one can leave it disabled for both (seen as a flaky empty capture).
 pub fn capture_logs() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
     let buffer = LogBuffer::default();
     let writer = buffer.clone();

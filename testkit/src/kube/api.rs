@@ -128,8 +128,26 @@ async fn route(
             let bytes = axum::body::to_bytes(body, MAX_BODY)
                 .await
                 .map_err(|error| ApiError::bad_request(format!("read request body: {error}")))?;
-            cluster.lock().count_request();
-            write(inner, cluster, verb, &target, query, headers, &bytes)
+            let fault = {
+                let mut state = cluster.lock();
+                state.count_request();
+                match target.name.as_deref() {
+                    Some(name) => {
+                        state
+                            .faults
+                            .take_write_fault(target.kind, target.namespace.as_deref(), name)
+                    }
+                    None => None,
+                }
+            };
+            match fault {
+                Some(fault) if !fault.after_commit => Err(fault.error),
+                Some(fault) => {
+                    write(inner, cluster, verb, &target, query, headers, &bytes)?;
+                    Err(fault.error)
+                }
+                None => write(inner, cluster, verb, &target, query, headers, &bytes),
+            }
         }
     }
 }
