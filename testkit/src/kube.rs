@@ -42,7 +42,7 @@ use tokio::sync::{Notify, broadcast};
 
 pub use model::{Field, Kind, ManagedFields, Object, Operation, SecretBytes};
 pub use status::ApiError;
-pub use store::{EventType, Permissions, Rule, Verb, WriteCounts};
+pub use store::{EventType, Permissions, RequestRecord, Rule, Verb, WriteCounts};
 
 use crate::tls::TestCa;
 use store::{Committed, Preconditions, State, WriteOptions};
@@ -487,6 +487,22 @@ impl ClusterHandle {
             }
             Err(_) => false,
         }
+    }
+
+    /// Starts recording every authorized request (once per user, verb, object), e.g. to check
+    /// that a set of RBAC rules grants no more than a client uses.
+    pub fn record_requests(&self) {
+        self.cluster.lock().recorded.get_or_insert_default();
+    }
+
+    /// The requests recorded since [`Self::record_requests`].
+    pub fn recorded_requests(&self) -> Vec<RequestRecord> {
+        self.cluster
+            .lock()
+            .recorded
+            .as_ref()
+            .map(|recorded| recorded.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Write requests received through the API so far.

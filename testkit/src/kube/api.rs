@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::model::{Kind, Object};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{PatchType, Permissions, Preconditions, Verb, WriteOptions, Written};
+use super::store::{PatchType, Permissions, Preconditions, RequestRecord, Verb, WriteOptions, Written};
 use super::{Cluster, Inner, discovery, protobuf, watch};
 
 /// Largest request body accepted (a Secret is at most 1 MiB of data, base64 inflates it).
@@ -113,6 +113,7 @@ async fn route(
     let verb = verb_for(method, &target, query)
         .ok_or_else(|| ApiError::method_not_allowed(method.as_str(), path))?;
     authorize(&permissions, verb, &target)?;
+    record(cluster, &permissions, verb, &target);
     inject_faults(cluster).await?;
     match verb {
         Verb::Get => get(cluster, &target),
@@ -170,7 +171,7 @@ fn authorize(permissions: &Permissions, verb: Verb, target: &Target) -> Result<(
         Kind::Secret => target.namespace.as_deref(),
         Kind::Namespace => target.name.as_deref(),
     };
-    if permissions.allows(verb, target.kind, scope) {
+    if permissions.allows_named(verb, target.kind, scope, target.name.as_deref()) {
         Ok(())
     } else {
         Err(ApiError::forbidden(
@@ -180,6 +181,23 @@ fn authorize(permissions: &Permissions, verb: Verb, target: &Target) -> Result<(
             target.name.as_deref(),
             target.namespace.as_deref(),
         ))
+    }
+}
+
+fn record(cluster: &Cluster, permissions: &Permissions, verb: Verb, target: &Target) {
+    let mut state = cluster.lock();
+    if let Some(recorded) = state.recorded.as_mut() {
+        let namespace = match target.kind {
+            Kind::Secret => target.namespace.clone(),
+            Kind::Namespace => target.name.clone(),
+        };
+        recorded.insert(RequestRecord {
+            user: permissions.user.clone(),
+            verb,
+            kind: target.kind,
+            namespace,
+            name: target.name.clone(),
+        });
     }
 }
 

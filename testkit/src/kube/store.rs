@@ -18,7 +18,7 @@ use super::status::{ApiError, Cause};
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
 
 /// An API verb, for permissions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verb {
     /// GET one object.
     Get,
@@ -63,6 +63,9 @@ pub struct Rule {
     pub resources: Vec<Kind>,
     /// Namespaces the rule applies in (empty: every namespace and the cluster scope).
     pub namespaces: Vec<String>,
+    /// Object names the rule is limited to, as RBAC `resourceNames` (empty: any). A limited
+    /// rule never matches a request without a name (list, watch, create by POST).
+    pub names: Vec<String>,
 }
 
 /// What a bearer token may do.
@@ -97,17 +100,44 @@ impl Permissions {
             verbs: verbs.to_vec(),
             resources: resources.to_vec(),
             namespaces: namespaces.iter().map(|ns| (*ns).to_owned()).collect(),
+            names: Vec::new(),
         });
         self
     }
 
-    /// True when some rule allows `verb` on `kind` in `namespace` (None: cluster scope).
+    /// Adds a rule like [`Self::allow`] limited to the objects named `names` (RBAC
+    /// `resourceNames`).
+    pub fn allow_named(
+        mut self,
+        verbs: &[Verb],
+        resources: &[Kind],
+        namespaces: &[&str],
+        names: &[&str],
+    ) -> Self {
+        self.rules.push(Rule {
+            verbs: verbs.to_vec(),
+            resources: resources.to_vec(),
+            namespaces: namespaces.iter().map(|ns| (*ns).to_owned()).collect(),
+            names: names.iter().map(|name| (*name).to_owned()).collect(),
+        });
+        self
+    }
+
+    /// True when some rule allows `verb` on `kind` in `namespace` (None: cluster scope), for a
+    /// request that names no object.
     pub fn allows(&self, verb: Verb, kind: Kind, namespace: Option<&str>) -> bool {
+        self.allows_named(verb, kind, namespace, None)
+    }
+
+    /// True when some rule allows `verb` on `kind` in `namespace` for the object `name` (None:
+    /// a request without a name).
+    pub fn allows_named(&self, verb: Verb, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> bool {
         self.rules.iter().any(|rule| {
             (rule.verbs.is_empty() || rule.verbs.contains(&verb))
                 && (rule.resources.is_empty() || rule.resources.contains(&kind))
                 && (rule.namespaces.is_empty()
                     || namespace.is_some_and(|ns| rule.namespaces.iter().any(|allowed| allowed == ns)))
+                && (rule.names.is_empty() || name.is_some_and(|name| rule.names.iter().any(|n| n == name)))
         })
     }
 }
@@ -265,6 +295,23 @@ pub struct State {
     pub watch_epoch: u64,
     /// Injected faults.
     pub faults: Faults,
+    /// Authorized requests, recorded once each, while recording is on.
+    pub recorded: Option<BTreeSet<RequestRecord>>,
+}
+
+/// An authorized API request, as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestRecord {
+    /// The token's user.
+    pub user: String,
+    /// The verb.
+    pub verb: Verb,
+    /// The resource.
+    pub kind: Kind,
+    /// The namespace (None: cluster scope; a Namespace object is in itself).
+    pub namespace: Option<String>,
+    /// The object named by the request, if any.
+    pub name: Option<String>,
 }
 
 /// Outcome of a successful write.
@@ -296,6 +343,7 @@ impl State {
             writes: WriteCounts::default(),
             watch_epoch: 0,
             faults: Faults::default(),
+            recorded: None,
         };
         for name in ["default", "kube-system", "kube-public"] {
             let mut namespace = Object::new_namespace(name);
@@ -1342,8 +1390,16 @@ mod tests {
             (error.code, error.message.as_str()),
             (404, "namespaces \"nope\" not found")
         );
-        let perms = Permissions::none("agent").allow(&[Verb::Get, Verb::Patch], &[Kind::Secret], &["apps"]);
+        let perms = Permissions::none("agent")
+            .allow(&[Verb::Get, Verb::Patch], &[Kind::Secret], &["apps"])
+            .allow_named(&[Verb::Get], &[Kind::Secret], &["own"], &["credential"]);
         assert!(perms.allows(Verb::Patch, Kind::Secret, Some("apps")));
+        assert!(perms.allows_named(Verb::Get, Kind::Secret, Some("own"), Some("credential")));
+        assert!(!perms.allows_named(Verb::Get, Kind::Secret, Some("own"), Some("other")));
+        assert!(
+            !perms.allows(Verb::Get, Kind::Secret, Some("own")),
+            "a named rule needs a name"
+        );
         assert!(!perms.allows(Verb::Patch, Kind::Secret, Some("other")));
         assert!(!perms.allows(Verb::Delete, Kind::Secret, Some("apps")));
         assert!(!perms.allows(Verb::List, Kind::Namespace, None));
