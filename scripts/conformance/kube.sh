@@ -163,6 +163,33 @@ t_delete_and_wait() {
   ! k get secret db-creds 2>"$WORK/get.err" && grep -q 'NotFound' "$WORK/get.err"
 }
 
+t_table_columns() {
+  # A typed create without -n (an empty namespace in the protobuf body) lands in the default one.
+  k create secret generic cols --from-literal=a=b --from-literal=c=d | grep -q 'secret/cols created' || return 1
+  k get secrets cols >"$WORK/table.out" || return 1
+  cat "$WORK/table.out"
+  head -n1 "$WORK/table.out" | grep -Eq '^NAME +TYPE +DATA +AGE$' || return 1
+  grep -Eq '^cols +Opaque +2 +[0-9]+s$' "$WORK/table.out" || return 1
+  k get secrets -A | tee /dev/stderr | head -n1 | grep -Eq '^NAMESPACE +NAME +TYPE +DATA +AGE$' || return 1
+  k get namespaces | head -n1 | grep -Eq '^NAME +STATUS +AGE$' || return 1
+  # --watch prints the rows of the server's one-row Tables: the header once, then a row per event.
+  k get secrets cols --watch >"$WORK/table-watch.out" 2>&1 &
+  local watcher=$!
+  wait_for "$WORK/table-watch.out" '^cols ' || { kill "$watcher"; return 1; }
+  k label secret cols watched=yes >/dev/null || { kill "$watcher"; return 1; }
+  local rows=0
+  for _ in $(seq 1 300); do
+    rows=$(grep -c '^cols ' "$WORK/table-watch.out")
+    [ "$rows" -ge 2 ] && break
+    sleep 0.1
+  done
+  kill "$watcher" 2>/dev/null
+  wait "$watcher" 2>/dev/null
+  cat "$WORK/table-watch.out"
+  [ "$rows" -ge 2 ] && [ "$(grep -c '^NAME ' "$WORK/table-watch.out")" -eq 1 ] || return 1
+  k delete secret cols >/dev/null
+}
+
 t_prefixed_cluster_is_separate() {
   local other="$WORK/state/kubeconfig-fleet-1"
   grep -q 'server: https://127.0.0.1:[0-9]*/clusters/fleet-1' "$other" || return 1
@@ -215,6 +242,7 @@ check "label and label selectors" t_label
 check "get --watch sees an event" t_watch_sees_event
 check "stale replace is 409, unknown field is refused" t_stale_replace_and_strict_fields
 check "delete and wait --for=delete" t_delete_and_wait
+check "get prints the server's Table: NAME TYPE DATA AGE (and --watch, -A, namespaces)" t_table_columns
 check "path-prefixed cluster is a separate cluster" t_prefixed_cluster_is_separate
 check "create -f, client-side apply, strategic and json patch, dry run, secret types, namespaces" t_other_writes
 

@@ -18,8 +18,9 @@
 //! ```
 //!
 //! Protobuf request bodies (kubectl's typed `create secret`/`create namespace`) are decoded for
-//! create and update; responses are always JSON. Not supported: kinds other than Secret and
-//! Namespace, `Table` output.
+//! create and update; responses are always JSON: objects, or the `meta.k8s.io/v1` `Table`
+//! kubectl asks for (get, list, watch), with the apiserver's columns. Not supported: kinds other
+//! than Secret and Namespace.
 
 mod api;
 mod discovery;
@@ -30,6 +31,7 @@ mod selector;
 mod server;
 pub mod status;
 pub mod store;
+mod table;
 mod watch;
 
 use std::collections::HashMap;

@@ -16,7 +16,7 @@ use super::model::{Kind, Object};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{PatchType, Permissions, Preconditions, RequestRecord, Verb, WriteOptions, Written};
-use super::{Cluster, Inner, discovery, protobuf, watch};
+use super::{Cluster, Inner, discovery, protobuf, table, watch};
 
 /// Largest request body accepted (a Secret is at most 1 MiB of data, base64 inflates it).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -116,14 +116,15 @@ async fn route(
     record(cluster, &permissions, verb, &target);
     inject_faults(cluster).await?;
     match verb {
-        Verb::Get => get(cluster, &target),
-        Verb::List => list(cluster, &target, query),
+        Verb::Get => get(cluster, &target, query, headers),
+        Verb::List => list(cluster, &target, query, headers),
         Verb::Watch => watch::start(
             inner.clone(),
             cluster.clone(),
             target.kind,
             target.namespace,
             query,
+            table::requested(headers, query.get("includeObject"))?,
         ),
         Verb::Create | Verb::Update | Verb::Patch | Verb::Delete | Verb::DeleteCollection => {
             let bytes = axum::body::to_bytes(body, MAX_BODY)
@@ -271,13 +272,32 @@ fn verb_for(method: &Method, target: &Target, query: &Query) -> Option<Verb> {
     }
 }
 
-fn get(cluster: &Cluster, target: &Target) -> Result<Response, ApiError> {
+fn get(cluster: &Cluster, target: &Target, query: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let table = table::requested(headers, query.get("includeObject"))?;
     let name = target.name.as_deref().unwrap_or_default();
-    let object = cluster
-        .lock()
-        .get(target.kind, target.namespace.as_deref(), name)
-        .ok_or_else(|| ApiError::not_found(target.kind.resource(), name))?;
-    Ok(json_response(StatusCode::OK, &object.to_json()))
+    let (object, resource_version) = {
+        let state = cluster.lock();
+        let object = state
+            .get(target.kind, target.namespace.as_deref(), name)
+            .ok_or_else(|| ApiError::not_found(target.kind.resource(), name))?;
+        (object, state.resource_version())
+    };
+    let body = match table {
+        Some(include) => {
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("resourceVersion".into(), resource_version.to_string().into());
+            table::table(
+                target.kind,
+                &[&object],
+                metadata,
+                include,
+                true,
+                chrono::Utc::now(),
+            )
+        }
+        None => object.to_json(),
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// The selectors of a list, watch or deletecollection.
@@ -290,7 +310,13 @@ pub(super) fn selectors(kind: Kind, query: &Query) -> Result<(LabelSelector, Fie
     Ok((labels, fields))
 }
 
-fn list(cluster: &Cluster, target: &Target, query: &Query) -> Result<Response, ApiError> {
+fn list(
+    cluster: &Cluster,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let table = table::requested(headers, query.get("includeObject"))?;
     let (labels, fields) = selectors(target.kind, query)?;
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
         None | Some(Ok(0)) => usize::MAX,
@@ -322,6 +348,13 @@ fn list(cluster: &Cluster, target: &Target, query: &Query) -> Result<Response, A
                 .into(),
         );
         metadata.insert("remainingItemCount".into(), remaining.into());
+    }
+    if let Some(include) = table {
+        let objects: Vec<&Object> = items.iter().map(AsRef::as_ref).collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(target.kind, &objects, metadata, include, true, chrono::Utc::now()),
+        ));
     }
     let items: Vec<Value> = items
         .iter()

@@ -861,7 +861,10 @@ fn required(field: &str) -> Cause {
 }
 
 fn check_namespace_field(object: &mut Object, namespace: Option<&str>) -> Result<(), ApiError> {
-    match (namespace, object.meta.namespace.as_deref()) {
+    // An empty namespace in the body is an unset one (kubectl's typed `create` sends it so
+    // without `-n`); the request's namespace fills it in, as in the apiserver.
+    let body = object.meta.namespace.as_deref().filter(|body| !body.is_empty());
+    match (namespace, body) {
         (Some(url), Some(body)) if url != body => Err(ApiError::bad_request(format!(
             "the namespace of the provided object does not match the namespace sent on the request ({body} vs {url})"
         ))),
@@ -1403,6 +1406,22 @@ mod tests {
         assert!(!perms.allows(Verb::Patch, Kind::Secret, Some("other")));
         assert!(!perms.allows(Verb::Delete, Kind::Secret, Some("apps")));
         assert!(!perms.allows(Verb::List, Kind::Namespace, None));
+    }
+
+    #[test]
+    fn an_empty_namespace_in_the_body_takes_the_requests() {
+        let mut state = State::new(10);
+        let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": ""}});
+        let written = state
+            .create(Some("default"), config(body), &options("kubectl", false))
+            .expect("created");
+        assert_eq!(written.object.meta.namespace.as_deref(), Some("default"));
+        let body =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "other"}});
+        let error = state
+            .create(Some("default"), config(body), &options("kubectl", false))
+            .expect_err("mismatch");
+        assert_eq!(error.code, 400);
     }
 
     #[test]

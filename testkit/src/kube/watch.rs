@@ -4,6 +4,7 @@
 //! the `k8s.io/initial-events-end` bookmark, periodic bookmarks, `timeoutSeconds`, selectors
 //! (objects entering or leaving a selector are ADDED / DELETED), and dropped watches.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
+use chrono::Utc;
 use http::{StatusCode, header};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -22,6 +24,7 @@ use super::model::{Kind, Object};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{Event, EventType};
+use super::table::{self, IncludeObject};
 use super::{Cluster, Inner};
 
 /// Watches without `timeoutSeconds` end after this (the apiserver picks 30–60 minutes).
@@ -32,6 +35,10 @@ struct Filter {
     namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
+    /// Events carry one-row Tables instead of objects (`kubectl get --watch`).
+    table: Option<IncludeObject>,
+    /// The column definitions go with the first Table only, as the apiserver sends them.
+    columns_sent: Cell<bool>,
 }
 
 impl Filter {
@@ -43,6 +50,22 @@ impl Filter {
                 .is_none_or(|ns| object.meta.namespace.as_deref() == Some(ns))
             && self.labels.matches(&object.meta.labels)
             && self.fields.matches(object)
+    }
+
+    /// The object of an event: the object itself, or a one-row Table.
+    fn encode(&self, object: &Object) -> Value {
+        match self.table {
+            None => object.to_json(),
+            Some(include) => {
+                let mut metadata = Map::new();
+                metadata.insert(
+                    "resourceVersion".into(),
+                    object.meta.resource_version.to_string().into(),
+                );
+                let columns = !self.columns_sent.replace(true);
+                table::table(self.kind, &[object], metadata, include, columns, Utc::now())
+            }
+        }
     }
 
     /// The event a watcher with this filter sees, if any.
@@ -60,7 +83,7 @@ impl Filter {
             (EventType::Modified, true, false) => EventType::Deleted,
             _ => return None,
         };
-        Some(line(kind.as_str(), event.object.to_json()))
+        Some(line(kind.as_str(), self.encode(&event.object)))
     }
 }
 
@@ -88,6 +111,7 @@ pub(super) fn start(
     kind: Kind,
     namespace: Option<String>,
     query: &HashMap<String, String>,
+    table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
     let flag = |name: &str| matches!(query.get(name).map(String::as_str), Some("true" | "1"));
     let (labels, fields) = selectors(kind, query)?;
@@ -129,6 +153,8 @@ pub(super) fn start(
         namespace,
         labels,
         fields,
+        table,
+        columns_sent: Cell::new(false),
     };
 
     // Snapshot under the lock, so nothing falls between the initial events and the live ones.
@@ -139,7 +165,7 @@ pub(super) fn start(
         if send_initial || from.is_none() {
             for object in state.list(kind, filter.namespace.as_deref(), None) {
                 if filter.matches(object) {
-                    first.push_str(&line("ADDED", object.to_json()));
+                    first.push_str(&line("ADDED", filter.encode(object)));
                 }
             }
             if send_initial {
