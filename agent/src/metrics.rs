@@ -24,7 +24,7 @@ pub struct Metrics {
     pub applied_keys: Gauge,
     /// Writes made to the Kubernetes API (apply, delete, release).
     pub kube_writes: Counter,
-    /// Items whose writes failed midway and were rolled back.
+    /// Items whose writes failed midway and were rolled back (or whose rollback was tried).
     pub rollbacks: Counter,
     /// Rollbacks that failed too (the cluster holds a mix until the hub's next attempt).
     pub rollback_failures: Counter,
