@@ -89,7 +89,10 @@ EOF
 }
 
 t_get_namespaces() {
-  k get namespaces | tee /dev/stderr | grep -q '^default '
+  # Into a file: `| tee | grep -q` fails under pipefail when grep exits before tee has written all.
+  k get namespaces >"$WORK/namespaces.out" || return 1
+  cat "$WORK/namespaces.out"
+  grep -q '^default ' "$WORK/namespaces.out"
 }
 
 t_apply_twice() {
@@ -170,8 +173,14 @@ t_table_columns() {
   cat "$WORK/table.out"
   head -n1 "$WORK/table.out" | grep -Eq '^NAME +TYPE +DATA +AGE$' || return 1
   grep -Eq '^cols +Opaque +2 +[0-9]+s$' "$WORK/table.out" || return 1
-  k get secrets -A | tee /dev/stderr | head -n1 | grep -Eq '^NAMESPACE +NAME +TYPE +DATA +AGE$' || return 1
-  k get namespaces | head -n1 | grep -Eq '^NAME +STATUS +AGE$' || return 1
+  # Files, not `| head` (under pipefail, a writer cut off by head's exit fails the pipeline).
+  k get secrets -A >"$WORK/table-all.out" || return 1
+  k get namespaces >"$WORK/table-ns.out" || return 1
+  cat "$WORK/table-all.out" "$WORK/table-ns.out"
+  head -n1 "$WORK/table-all.out" | grep -Eq '^NAMESPACE +NAME +TYPE +DATA +AGE$' || return 1
+  grep -Eq '^default +cols +Opaque +2 +[0-9]+s$' "$WORK/table-all.out" || return 1
+  head -n1 "$WORK/table-ns.out" | grep -Eq '^NAME +STATUS +AGE$' || return 1
+  grep -Eq '^default +Active +[0-9a-z]+$' "$WORK/table-ns.out" || return 1
   # --watch prints the rows of the server's one-row Tables: the header once, then a row per event.
   k get secrets cols --watch >"$WORK/table-watch.out" 2>&1 &
   local watcher=$!
