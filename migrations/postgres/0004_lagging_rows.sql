@@ -7,6 +7,9 @@
 
 CREATE TABLE sync_lagging (
     cluster_id       uuid        NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
+    -- Copied from clusters (names never change) so "oldest first, then by name" is an index order:
+    -- a rotation stamps many rows with the same time.
+    cluster_name     text        NOT NULL,
     fleet_secret     text        NOT NULL,
     desired_revision bigint      NOT NULL,
     applied_revision bigint,
@@ -16,7 +19,11 @@ CREATE TABLE sync_lagging (
     updated_at       timestamptz NOT NULL,
     PRIMARY KEY (cluster_id, fleet_secret)
 );
-CREATE INDEX sync_lagging_oldest ON sync_lagging (updated_at, fleet_secret, cluster_id);
+CREATE INDEX sync_lagging_oldest ON sync_lagging (updated_at, cluster_name, fleet_secret);
+-- Every rotation passes the whole fleet through this table (pending, then acked): vacuum it after a
+-- fixed number of dead rows rather than a fraction of its (small) live size.
+ALTER TABLE sync_lagging SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+                              autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 10000);
 
 CREATE FUNCTION keyfleet_sync_lagging() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -27,11 +34,12 @@ BEGIN
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO sync_lagging
-            (cluster_id, fleet_secret, desired_revision, applied_revision, state, last_error,
-             attempts, updated_at)
-        SELECT n.cluster_id, n.fleet_secret, n.desired_revision, n.applied_revision, n.state,
-               n.last_error, n.attempts, n.updated_at
+            (cluster_id, cluster_name, fleet_secret, desired_revision, applied_revision, state,
+             last_error, attempts, updated_at)
+        SELECT n.cluster_id, c.name, n.fleet_secret, n.desired_revision, n.applied_revision,
+               n.state, n.last_error, n.attempts, n.updated_at
         FROM new_rows n
+        JOIN clusters c ON c.id = n.cluster_id
         WHERE n.lagging;
     END IF;
     RETURN NULL;
@@ -50,12 +58,13 @@ CREATE TRIGGER sync_lagging_delete AFTER DELETE ON sync_status
 
 -- Rows written before this migration.
 INSERT INTO sync_lagging
-    (cluster_id, fleet_secret, desired_revision, applied_revision, state, last_error, attempts,
-     updated_at)
-SELECT cluster_id, fleet_secret, desired_revision, applied_revision, state, last_error, attempts,
-       updated_at
-FROM sync_status
-WHERE lagging;
+    (cluster_id, cluster_name, fleet_secret, desired_revision, applied_revision, state, last_error,
+     attempts, updated_at)
+SELECT s.cluster_id, c.name, s.fleet_secret, s.desired_revision, s.applied_revision, s.state,
+       s.last_error, s.attempts, s.updated_at
+FROM sync_status s
+JOIN clusters c ON c.id = s.cluster_id
+WHERE s.lagging;
 
 -- The views, same names and columns, now over `sync_lagging`.
 CREATE OR REPLACE VIEW keyfleet_rollout AS
@@ -100,7 +109,7 @@ LEFT JOIN (SELECT s.cluster_id,
        ON l.cluster_id = c.id;
 
 CREATE OR REPLACE VIEW keyfleet_lagging AS
-SELECT c.name AS cluster,
+SELECT s.cluster_name AS cluster,
        s.cluster_id,
        s.fleet_secret,
        s.desired_revision,
@@ -113,4 +122,4 @@ SELECT c.name AS cluster,
        c.connected_replica IS NOT NULL AS online
 FROM sync_lagging s
 JOIN clusters c ON c.id = s.cluster_id
-ORDER BY s.updated_at, c.name, s.fleet_secret;
+ORDER BY s.updated_at, s.cluster_name, s.fleet_secret;

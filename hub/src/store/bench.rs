@@ -89,6 +89,9 @@ pub struct ViewTiming {
     pub min_ms: f64,
     /// Slowest run (ms).
     pub max_ms: f64,
+    /// Postgres only: median execution time inside the server (`EXPLAIN ANALYZE`), without the
+    /// round trip and the client's decoding, which a loaded machine inflates.
+    pub server_median_ms: Option<f64>,
 }
 
 /// Why a run failed.
@@ -215,9 +218,17 @@ pub async fn run(
     let statements = store.status_statements() - statements_before;
     let acks = (config.fleet_secrets * config.clusters) as u64;
 
-    progress(&format!("{backend}: ANALYZE, then timing the views"));
-    // What autovacuum does after a bulk load: statistics for the planner.
-    execute(store, "ANALYZE").await?;
+    progress(&format!("{backend}: VACUUM ANALYZE, then timing the views"));
+    // What autovacuum does after a bulk load: dead rows reclaimed, statistics for the planner.
+    execute(
+        store,
+        if backend == "postgres" {
+            "VACUUM ANALYZE"
+        } else {
+            "ANALYZE"
+        },
+    )
+    .await?;
     let status_rows = count(store, "SELECT count(*) FROM sync_status").await?;
     let mut timings = Vec::new();
     for (name, sql, expected) in views(config) {
@@ -235,6 +246,17 @@ pub async fn run(
             }
         }
         times.sort();
+        let server_median_ms = match &store.backend {
+            Backend::Postgres(pool) => {
+                let mut server = Vec::with_capacity(config.samples.max(1));
+                for _ in 0..config.samples.max(1) {
+                    server.push(execution_ms(pool, sql).await?);
+                }
+                server.sort_by(f64::total_cmp);
+                Some(server[server.len() / 2])
+            }
+            Backend::Sqlite(_) => None,
+        };
         timings.push(ViewTiming {
             name,
             sql,
@@ -242,6 +264,7 @@ pub async fn run(
             median_ms: millis(times[times.len() / 2]),
             min_ms: millis(times[0]),
             max_ms: millis(times[times.len() - 1]),
+            server_median_ms,
         });
     }
     let statements_per_10k_acks = if acks == 0 {
@@ -345,6 +368,23 @@ async fn count(store: &Store, sql: &'static str) -> Result<u64, BenchError> {
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
+/// `Execution Time` of `EXPLAIN (ANALYZE, FORMAT JSON) sql`, in ms.
+async fn execution_ms(pool: &sqlx::PgPool, sql: &'static str) -> Result<f64, BenchError> {
+    let explain = format!("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {sql}");
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .fetch_one(pool)
+        .await
+        .map_err(|source| query_error(sql, source))?;
+    plan.get(0)
+        .and_then(|plan| plan.get("Execution Time"))
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| BenchError::Unexpected {
+            what: format!("EXPLAIN of {sql} has no Execution Time"),
+            expected: 1,
+            got: 0,
+        })
+}
+
 async fn fetch_rows(store: &Store, sql: &'static str) -> Result<usize, BenchError> {
     match &store.backend {
         Backend::Postgres(pool) => sqlx::query(sql).fetch_all(pool).await.map(|rows| rows.len()),
@@ -440,6 +480,8 @@ mod tests {
                 .iter()
                 .all(|view| view.min_ms <= view.median_ms && view.median_ms <= view.max_ms)
         );
+        let server_timed = report.views.iter().all(|view| view.server_median_ms.is_some());
+        assert_eq!(server_timed, store.backend() == "postgres");
         report
     }
 
