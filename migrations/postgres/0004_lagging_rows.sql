@@ -9,8 +9,10 @@ CREATE TABLE sync_lagging (
     cluster_id       uuid        NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
     -- Copied from clusters (names never change) so "oldest first, then by name" is an index order:
     -- a rotation stamps many rows with the same time.
-    cluster_name     text        NOT NULL,
-    fleet_secret     text        NOT NULL,
+    -- Byte order ("C"): names are DNS-1123 (ASCII), and sorting 20,000 of them by the database's
+    -- locale costs more than the rest of the query.
+    cluster_name     text        COLLATE "C" NOT NULL,
+    fleet_secret     text        COLLATE "C" NOT NULL,
     desired_revision bigint      NOT NULL,
     applied_revision bigint,
     state            text        NOT NULL,
@@ -66,8 +68,12 @@ FROM sync_status s
 JOIN clusters c ON c.id = s.cluster_id
 WHERE s.lagging;
 
--- The views, same names and columns, now over `sync_lagging`.
-CREATE OR REPLACE VIEW keyfleet_rollout AS
+-- The views, same names and columns, now over `sync_lagging` (dropped and created again: the
+-- `cluster` column of keyfleet_lagging takes the "C" collation).
+DROP VIEW keyfleet_lagging;
+DROP VIEW keyfleet_cluster_sync;
+DROP VIEW keyfleet_rollout;
+CREATE VIEW keyfleet_rollout AS
 SELECT r.fleet_secret,
        r.revision,
        r.targeted,
@@ -85,7 +91,7 @@ LEFT JOIN (SELECT s.fleet_secret, s.desired_revision, count(*) AS offline
            GROUP BY s.fleet_secret, s.desired_revision) o
        ON o.fleet_secret = r.fleet_secret AND o.desired_revision = r.revision;
 
-CREATE OR REPLACE VIEW keyfleet_cluster_sync AS
+CREATE VIEW keyfleet_cluster_sync AS
 SELECT c.id AS cluster_id,
        c.name AS cluster,
        c.state,
@@ -108,7 +114,7 @@ LEFT JOIN (SELECT s.cluster_id,
            GROUP BY s.cluster_id) l
        ON l.cluster_id = c.id;
 
-CREATE OR REPLACE VIEW keyfleet_lagging AS
+CREATE VIEW keyfleet_lagging AS
 SELECT s.cluster_name AS cluster,
        s.cluster_id,
        s.fleet_secret,
