@@ -178,4 +178,7 @@ async fn a_rotation_reaches_200_agents_and_a_cluster_that_does_not_match_never_g
         "{:?}",
         state.applied.keys().collect::<Vec<_>>()
     );
+
+    drop((agents, outsider, admin, hub));
+    db.drop_db().await;
 }

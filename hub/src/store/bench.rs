@@ -503,7 +503,16 @@ mod tests {
         let scratch = ScratchDatabase::create(&base).await.expect("scratch database");
         let name = scratch.name.clone();
         let store = Store::connect(&scratch.url).await.expect("connect");
-        let report = small_run(&store).await;
+        // The database is dropped also when the run panics.
+        let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(small_run(&store))).await;
+        let report = match outcome {
+            Ok(report) => report,
+            Err(panic) => {
+                store.close().await;
+                scratch.drop_database().await.expect("drop");
+                std::panic::resume_unwind(panic);
+            }
+        };
         assert_eq!(report.statements, 6, "one statement per batch");
         assert!((report.statements_per_10k_acks - 6.0 / 2.0 * 10_000.0 / 360.0).abs() < 1e-9);
         store.close().await;

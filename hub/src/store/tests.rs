@@ -45,10 +45,15 @@ where
             let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
             url.set_path(&name);
             let store = Store::connect(url.as_str()).await.expect("connect");
-            if migrate {
-                store.migrate().await.expect("migrate");
-            }
-            let outcome = AssertUnwindSafe(body(store.clone())).catch_unwind().await;
+            // A failed migration also drops the database (inside the guarded future).
+            let outcome = AssertUnwindSafe(async {
+                if migrate {
+                    store.migrate().await.expect("migrate");
+                }
+                body(store.clone()).await;
+            })
+            .catch_unwind()
+            .await;
             store.close().await;
             admin
                 .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
