@@ -6,7 +6,9 @@
 //!
 //! One server serves many independent clusters: `https://HOST:PORT/clusters/<name>/…`, plus the
 //! unprefixed root as cluster `default`. Each has its own objects, tokens, resourceVersion counter
-//! and write counters. An empty cluster costs a few KiB.
+//! and write counters. An empty cluster costs a few KiB. A client in the same process can also
+//! reach a cluster without a socket: [`ClusterHandle::in_memory_api`] is a tower `Service` over the
+//! same router (prefix, authentication, authorization, faults, watches), minus TLS and TCP.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keyfleet_testkit::kube::Error> {
@@ -24,6 +26,7 @@
 
 mod api;
 mod discovery;
+mod memory;
 pub mod model;
 mod patch;
 mod protobuf;
@@ -42,6 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine as _;
 use tokio::sync::{Notify, broadcast};
 
+pub use memory::InMemoryApi;
 pub use model::{Field, Kind, ManagedFields, Object, Operation, SecretBytes};
 pub use status::ApiError;
 pub use store::{EventType, Permissions, RequestRecord, Rule, Verb, WriteCounts};
@@ -67,6 +71,12 @@ pub enum Error {
     /// A cluster name that cannot be a URL path segment.
     #[error("invalid cluster name {0:?}: use lowercase letters, digits, '-' and '.'")]
     ClusterName(String),
+    /// A bearer token that cannot be an HTTP header value (the token itself is not shown).
+    #[error("invalid bearer token for cluster {cluster}: not a valid http header value")]
+    InvalidToken {
+        /// The cluster's name.
+        cluster: String,
+    },
     /// The API refused a handle write.
     #[error("{kind} {namespace}/{name}: {reason}", reason = .source.message)]
     Api {
@@ -98,6 +108,9 @@ pub struct Config {
     pub watch_history: usize,
     /// How often watches that allow bookmarks get one.
     pub bookmark_interval: Duration,
+    /// Write notifications ([`FakeKube::subscribe`]) buffered for a subscriber; one that falls
+    /// further behind lags (misses the oldest). Size it for the burst of writes it must not miss.
+    pub write_notifications: usize,
 }
 
 impl Default for Config {
@@ -106,6 +119,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             watch_history: 1000,
             bookmark_interval: Duration::from_secs(5),
+            write_notifications: 4096,
         }
     }
 }
@@ -256,7 +270,7 @@ impl FakeKube {
             addr: config.addr,
             source,
         })?;
-        let (writes, _) = broadcast::channel(4096);
+        let (writes, _) = broadcast::channel(config.write_notifications.max(1));
         let inner = Arc::new(Inner {
             clusters: RwLock::new(HashMap::new()),
             config,
@@ -384,6 +398,33 @@ impl ClusterHandle {
              current-context: {name}\n",
             server = self.server_url(),
         )
+    }
+
+    /// This cluster's API in process, authenticated with the full-permission token: a tower
+    /// `Service` for `kube::Client::new(service, "default")`. Requests take the same route as
+    /// over HTTPS ([`Self::server_url`]) minus TLS and TCP, so the client holds no socket.
+    pub fn in_memory_api(&self) -> InMemoryApi {
+        self.in_memory_api_with_token(&self.cluster.token)
+            .expect("generated tokens are hex, a valid header value")
+    }
+
+    /// [`Self::in_memory_api`] authenticated with `token`.
+    pub fn in_memory_api_with_token(&self, token: &str) -> Result<InMemoryApi, Error> {
+        let mut authorization =
+            http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::InvalidToken {
+                cluster: self.cluster.name.to_string(),
+            })?;
+        authorization.set_sensitive(true);
+        let prefix = if &*self.cluster.name == "default" {
+            String::new()
+        } else {
+            format!("/clusters/{}", self.cluster.name)
+        };
+        Ok(InMemoryApi::new(
+            api::router(self.inner.clone()),
+            prefix,
+            authorization,
+        ))
     }
 
     /// Registers another bearer token with `permissions`.

@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
                     addr,
                     watch_history,
                     bookmark_interval,
+                    ..keyfleet_testkit::kube::Config::default()
                 },
                 &state_dir,
                 &clusters,

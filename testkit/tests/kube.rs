@@ -532,3 +532,81 @@ async fn subscribers_see_api_writes_with_their_manager() {
     assert_eq!(event.manager.as_deref(), Some("keyfleet-agent"));
     assert_eq!(event.resource_version, cluster.resource_version());
 }
+
+#[tokio::test]
+async fn in_memory_clients_take_the_same_route_as_https_without_a_socket() {
+    let kube = start(Config::default()).await;
+    let cluster = kube.add_cluster("mem-1").expect("add cluster");
+    let other = kube.add_cluster("mem-2").expect("add cluster");
+    let client = kube::Client::new(cluster.in_memory_api(), "default");
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
+    let mut writes = kube.subscribe();
+
+    // A watcher over the in-memory stream sees the apply; the handle and the notifications see the
+    // write in this cluster (by its prefix), not in the other.
+    let mut watch = watcher::watcher(secrets.clone(), watcher::Config::default()).boxed();
+    assert!(matches!(next_event(&mut watch).await, watcher::Event::Init));
+    assert!(matches!(next_event(&mut watch).await, watcher::Event::InitDone));
+    secrets
+        .patch(
+            "db",
+            &PatchParams::apply("keyfleet-agent"),
+            &Patch::Apply(secret("db", &[("user", "admin")])),
+        )
+        .await
+        .expect("apply through memory");
+    match next_event(&mut watch).await {
+        watcher::Event::Apply(applied) => assert_eq!(applied.metadata.name.as_deref(), Some("db")),
+        other => panic!("expected the applied Secret, got {other:?}"),
+    }
+    let event = tokio::time::timeout(WAIT, writes.recv())
+        .await
+        .expect("in time")
+        .expect("event");
+    assert_eq!(
+        (&*event.cluster, event.manager.as_deref()),
+        ("mem-1", Some("keyfleet-agent"))
+    );
+    assert!(cluster.get_secret("default", "db").is_some());
+    assert!(other.get_secret("default", "db").is_none());
+    assert_eq!((cluster.writes().applies, cluster.writes().creates), (1, 1));
+
+    // Same authentication and authorization: an unknown token is 401, a narrow one 403.
+    let unknown = kube::Client::new(
+        cluster.in_memory_api_with_token("wrong-token").expect("token"),
+        "default",
+    );
+    let status = api_status(
+        Api::<Secret>::default_namespaced(unknown)
+            .get("db")
+            .await
+            .expect_err("unauthorized"),
+    );
+    assert_eq!(status.code, 401);
+    cluster.add_token(
+        "reader",
+        Permissions::none("reader").allow(&[Verb::Get], &[Kind::Secret], &["default"]),
+    );
+    let reader = kube::Client::new(
+        cluster.in_memory_api_with_token("reader").expect("token"),
+        "default",
+    );
+    let readable: Api<Secret> = Api::default_namespaced(reader);
+    readable.get("db").await.expect("get is allowed");
+    let status = api_status(
+        readable
+            .delete("db", &DeleteParams::default())
+            .await
+            .expect_err("forbidden"),
+    );
+    assert_eq!(status.code, 403);
+    assert!(
+        cluster.in_memory_api_with_token("bad\ntoken").is_err(),
+        "a token that cannot be a header is refused"
+    );
+
+    // Same faults: the next call fails with 503.
+    cluster.fail_next(1, 503);
+    let status = api_status(secrets.get("db").await.expect_err("injected"));
+    assert_eq!(status.code, 503);
+}

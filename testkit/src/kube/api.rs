@@ -35,8 +35,13 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
     (code, axum::Json(value)).into_response()
 }
 
+/// The router every transport serves (HTTPS in `server.rs`, in process in `memory.rs`).
+pub(super) fn router(inner: Arc<Inner>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(inner)
+}
+
 /// The single entry point: every request lands here.
-pub(super) async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
+async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let full_path = parts.uri.path().to_owned();
     let (cluster_name, path) = match full_path.strip_prefix("/clusters/") {

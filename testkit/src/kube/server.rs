@@ -13,7 +13,7 @@ use super::{Inner, api};
 /// Serves until the task is aborted (which also aborts every open connection).
 pub(super) async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, inner: Arc<Inner>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let router = axum::Router::new().fallback(api::handle).with_state(inner);
+    let router = api::router(inner);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
