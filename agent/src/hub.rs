@@ -13,7 +13,10 @@
 //! Full-jitter exponential backoff (1 s → 60 s): the n-th retry waits a uniform random time in
 //! `[0, min(60 s, 1 s · 2ⁿ)]`. It resets after a session that reached Welcome and stayed up for
 //! [`SyncSettings::stable_after`], and after a Drain (the hub already jitters that delay). A
-//! RESOURCE_EXHAUSTED answer with `retry-after-ms` metadata waits at least that long.
+//! refusal with `retry-after-ms` metadata (the hub's admission queue: RESOURCE_EXHAUSTED) waits
+//! that long instead, and does not grow the backoff: the hub spaced the refused agents at the
+//! rate it admits them, and a backoff grown by every refusal would leave them away long after
+//! their turn (minutes for 10,000 agents after a hub restart).
 //!
 //! Dropping the future returned by [`SyncClient::run`] closes the stream; nothing else needs to be
 //! cleaned up (server-side apply requests are idempotent).
@@ -437,7 +440,10 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
                     }
                 }
                 SessionEnd::Failed { reason, retry_after } => {
-                    let delay = backoff.next_delay().max(retry_after.unwrap_or_default());
+                    let delay = match retry_after {
+                        Some(hint) => hint,
+                        None => backoff.next_delay(),
+                    };
                     tracing::warn!(%reason, ?delay, "sync stream ended, reconnecting");
                     delay
                 }

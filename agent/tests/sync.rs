@@ -381,7 +381,8 @@ async fn drain_and_refusals_reconnect_with_the_same_boot_id_and_drift_is_reporte
         );
         assert_eq!(hello(&mut session).await.boot_id, first.boot_id);
 
-        // Admission refusal with retry-after: the agent waits at least that long.
+        // Admission refusal with retry-after: the agent waits that long, not a backoff grown by
+        // the refusal (the hub spaced the refused agents; the clock is paused, so exactly).
         hub.refuse_next({
             let mut status = tonic::Status::resource_exhausted("admission limit");
             status
@@ -397,6 +398,11 @@ async fn drain_and_refusals_reconnect_with_the_same_boot_id_and_drift_is_reporte
         assert!(
             refused_at.elapsed() >= Duration::from_millis(400),
             "retry-after not honoured"
+        );
+        assert!(
+            refused_at.elapsed() < Duration::from_millis(450),
+            "the hint replaces the backoff: {:?}",
+            refused_at.elapsed()
         );
         hello(&mut session).await;
     };

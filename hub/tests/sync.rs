@@ -340,19 +340,31 @@ async fn the_admission_bucket_refuses_floods_with_a_retry_hint() {
         }
     }
     assert_eq!(admitted.len(), 3, "the burst is admitted, the rest refused");
-    let status = &refused[0];
-    assert_eq!(status.code(), Code::ResourceExhausted);
-    let hint: u64 = status
-        .status()
-        .expect("a gRPC status")
-        .metadata()
-        .get(RETRY_AFTER_MS)
-        .expect("retry hint")
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(hint >= 1, "{hint}");
+    let hints: Vec<u64> = refused
+        .iter()
+        .map(|status| {
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            status
+                .status()
+                .expect("a gRPC status")
+                .metadata()
+                .get(RETRY_AFTER_MS)
+                .expect("retry hint")
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    // The refused are queued one admission period (100 s at 0.01/s) apart, jittered within
+    // their slot: the first within two periods, each at or after the previous one's slot.
+    let period_ms = 100_000;
+    assert!(hints[0] >= 1 && hints[0] <= 2 * period_ms + 1000, "{hints:?}");
+    assert!(
+        hints.windows(2).all(|pair| pair[1] + 1000 >= pair[0]),
+        "{hints:?}"
+    );
+    assert!(hints[2] >= hints[0] + period_ms - 1000, "{hints:?}");
     // The admitted ones are served normally.
     for agent in &mut admitted {
         assert!(agent.handshake().await.unwrap().in_sync);

@@ -5,9 +5,9 @@
 //! the new credential's hash is stored and added to the in-memory [`Credentials`] index. An
 //! unknown, used or expired token gets the same UNAUTHENTICATED answer (tokens cannot be probed);
 //! the precise reason is logged on the hub. Neither token nor credential is ever logged or echoed.
+//! Enrollments pass an [`Admission`] bucket; a refusal says when to come back.
 
 use chrono::Utc;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use keyfleet_proto::limits;
 use keyfleet_proto::v1::{self, enrollment_server};
 use tonic::{Request, Response, Status};
@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::Sha256;
 use crate::fleet::credentials::{self, Credentials};
 use crate::grpc::admin::ENROLLMENT_TOKEN_PREFIX;
+use crate::grpc::admission::Admission;
 use crate::store::{Store, TokenRejection};
 
 /// The answer for any token that cannot be used.
@@ -33,18 +34,16 @@ fn well_formed(token: &str) -> bool {
 pub struct EnrollService {
     store: Store,
     credentials: Credentials,
-    limiter: DefaultDirectRateLimiter,
+    admission: Admission,
 }
 
 impl EnrollService {
     /// Enrollments are limited to `per_second` (burst `burst`) per replica.
     pub fn new(store: Store, credentials: Credentials, per_second: u32, burst: u32) -> Self {
-        let rate = std::num::NonZeroU32::new(per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-        let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
         Self {
             store,
             credentials,
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            admission: Admission::new(f64::from(per_second.max(1)), burst),
         }
     }
 
@@ -60,8 +59,8 @@ impl enrollment_server::Enrollment for EnrollService {
         &self,
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
-        if self.limiter.check().is_err() {
-            return Err(Status::resource_exhausted("too many enrollments; retry later"));
+        if let Err(hint) = self.admission.check() {
+            return Err(Admission::refusal("enrollments", hint));
         }
         let request = request.into_inner();
         if !well_formed(&request.token) {

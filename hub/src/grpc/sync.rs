@@ -1,7 +1,8 @@
 //! `keyfleet.v1.SecretSync/Sync`: one bidi stream per cluster over the [`Fleet`].
 //!
 //! 1. The cluster is the owner of the `authorization: Bearer kfc_…` credential (looked up by its
-//!    sha256 in [`Credentials`]); nothing the agent says can change it. Then the admission bucket.
+//!    sha256 in [`Credentials`]); nothing the agent says can change it. Then the admission bucket
+//!    ([`Admission`]: a refusal says when to come back, spread at the admission rate).
 //! 2. Hello → `Welcome{in_sync: true}` when the applied digest equals the desired set's digest
 //!    (nothing else is sent), else `NeedVersions` → `VersionPage`s → `Welcome{in_sync: false}` →
 //!    `Update`s with only the difference. An agent holding nothing skips the paging.
@@ -20,8 +21,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
-use governor::clock::{Clock as _, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use keyfleet_proto::v1::{self, agent_message, hub_message};
 use keyfleet_proto::{PROTOCOL_VERSION, limits};
 use prost::Message as _;
@@ -37,10 +36,9 @@ use crate::fleet::credentials::Credentials;
 use crate::fleet::{
     AttachError, CloseReason, DriftKind, Fleet, ItemOutcome, ItemRefusal, NackCode, PlannedUpdate, Session,
 };
+use crate::grpc::admission::Admission;
+pub use crate::grpc::admission::RETRY_AFTER_MS;
 use crate::grpc::convert::{self, EncodedRevision};
-
-/// Metadata key of the admission retry hint, in milliseconds.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// Settings of the Sync service.
 #[derive(Debug, Clone)]
@@ -79,20 +77,14 @@ struct ServiceInner {
     fleet: Fleet,
     credentials: Credentials,
     config: SyncConfig,
-    admission: DefaultDirectRateLimiter,
+    admission: Admission,
     ready: AtomicBool,
 }
 
 impl SyncService {
     /// A service over `fleet`, authenticating against `credentials`.
     pub fn new(fleet: Fleet, credentials: Credentials, config: SyncConfig) -> Self {
-        // One token per 1/rate seconds (rates below one per hour are treated as one per hour).
-        let period = Duration::from_secs_f64(1.0 / config.admission_per_second.max(1.0 / 3600.0));
-        let burst =
-            std::num::NonZeroU32::new(config.admission_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-        let quota = Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX))
-            .allow_burst(burst);
+        let admission = Admission::new(config.admission_per_second, config.admission_burst);
         let mut config = config;
         config.page_size = config.page_size.clamp(1, limits::MAX_ITEMS as u32);
         config.hub_instance = truncate(&config.hub_instance, 32).to_owned();
@@ -101,7 +93,7 @@ impl SyncService {
                 fleet,
                 credentials,
                 config,
-                admission: RateLimiter::direct(quota),
+                admission,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -136,22 +128,10 @@ impl SyncService {
     }
 
     fn admit(&self) -> Result<(), Status> {
-        match self.inner.admission.check() {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                self.inner.fleet.metrics().admission_rejects.inc();
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                // Spread the retries over one more refill period.
-                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-                let hint = wait_ms + rand::random_range(0..=wait_ms.max(1000));
-                let mut status =
-                    Status::resource_exhausted(format!("too many new streams; retry after {hint} ms"));
-                if let Ok(value) = hint.to_string().parse() {
-                    status.metadata_mut().insert(RETRY_AFTER_MS, value);
-                }
-                Err(status)
-            }
-        }
+        self.inner.admission.check().map_err(|hint| {
+            self.inner.fleet.metrics().admission_rejects.inc();
+            Admission::refusal("new streams", hint)
+        })
     }
 
     async fn open(
