@@ -48,9 +48,26 @@ pub struct Args {
     /// The FleetSecret spec to apply (its SecretStore document is replaced by one for the emulator).
     #[arg(long, default_value = "deploy/examples/regcred.yaml")]
     pub fleet_secret: PathBuf,
+    /// How each agent reaches its cluster's fake Kubernetes API: `loopback` (HTTPS over
+    /// 127.0.0.1, its own connections, as in a real cluster), `memory` (the same API router called
+    /// in this process: no socket), or `auto` (loopback while the fleet's sockets fit in this
+    /// process's open-file limit, memory above).
+    #[arg(long, value_enum, default_value_t = KubeTransportArg::Auto)]
+    pub kube_transport: KubeTransportArg,
     /// No live progress bar (for CI logs).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--kube-transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeTransportArg {
+    /// Loopback while it fits in the open-file limit, memory above.
+    Auto,
+    /// HTTPS over 127.0.0.1.
+    Loopback,
+    /// In process, no socket.
+    Memory,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -72,6 +89,7 @@ mod tests {
         assert_eq!(args.rotations, 3);
         assert!(args.database.is_none());
         assert_eq!(args.converge_timeout, Duration::from_secs(120));
+        assert_eq!(args.kube_transport, KubeTransportArg::Auto);
     }
 
     #[test]
@@ -80,6 +98,7 @@ mod tests {
             &["--clusters", "0"][..],
             &["--clusters", "many"],
             &["--converge-timeout", "soon"],
+            &["--kube-transport", "carrier-pigeon"],
         ] {
             let error = parse(bad).expect_err("invalid");
             assert_eq!(error.exit_code(), 2, "{bad:?}");
@@ -91,8 +110,11 @@ mod tests {
             "1",
             "--database",
             "postgres://x",
+            "--kube-transport",
+            "memory",
         ])
         .expect("valid");
         assert_eq!(args.clusters, 10_000);
+        assert_eq!(args.kube_transport, KubeTransportArg::Memory);
     }
 }

@@ -1,5 +1,5 @@
-//! Process figures from `/proc` (Linux): resident memory and CPU time of the hub process, so the
-//! report measures the hub apart from the simulated fleet.
+//! Process figures from `/proc` (Linux): resident memory, CPU time and open files of the hub
+//! process and of this one, so the report measures the hub apart from the simulated fleet.
 
 use std::time::Duration;
 
@@ -63,6 +63,49 @@ pub fn sample(pid: u32) -> Result<Sample, ProcError> {
     })
 }
 
+/// Open file descriptors of a process (entries of `/proc/PID/fd`).
+pub fn open_files(pid: u32) -> Result<usize, ProcError> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|source| ProcError::Read {
+        pid,
+        file: "fd",
+        source,
+    })?;
+    Ok(entries.count())
+}
+
+/// The soft limit on open files of a process (`Max open files` in `/proc/PID/limits`); `None`
+/// when unlimited.
+pub fn open_files_limit(pid: u32) -> Result<Option<u64>, ProcError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).map_err(|source| ProcError::Read {
+        pid,
+        file: "limits",
+        source,
+    })?;
+    parse_open_files_limit(&text).map_err(|what| ProcError::Parse {
+        pid,
+        file: "limits",
+        what,
+    })
+}
+
+fn parse_open_files_limit(text: &str) -> Result<Option<u64>, String> {
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .ok_or("no Max open files line")?;
+    let soft = line["Max open files".len()..]
+        .split_whitespace()
+        .next()
+        .ok_or("Max open files has no value")?;
+    match soft {
+        "unlimited" => Ok(None),
+        number => number
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("Max open files soft limit {number:?} is not a number")),
+    }
+}
+
 /// `VmRSS` and `VmHWM` in bytes from the text of `/proc/PID/status`.
 fn parse_status(text: &str) -> Result<(u64, u64), String> {
     let field = |name: &str| -> Result<u64, String> {
@@ -117,7 +160,20 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_soft_open_files_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max cpu time              unlimited            unlimited            seconds   \n\
+                    Max open files            20000                40000                files     \n";
+        assert_eq!(parse_open_files_limit(text), Ok(Some(20_000)));
+        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_files_limit(unlimited), Ok(None));
+        assert!(parse_open_files_limit("Max cpu time unlimited unlimited seconds\n").is_err());
+    }
+
+    #[test]
     fn samples_this_process() {
+        assert!(open_files(std::process::id()).expect("own fd directory") > 0);
+        assert!(open_files_limit(std::process::id()).is_ok());
         let sample = sample(std::process::id()).expect("own /proc entry");
         assert!(sample.rss_bytes > 0);
         assert!(sample.peak_rss_bytes >= sample.rss_bytes);

@@ -21,6 +21,10 @@ pub struct Report {
     /// How the clusters were simulated: "real agent code (keyfleet_agent) against fake Kubernetes
     /// APIs", or the protocol-level stand-in and why.
     pub agents: String,
+    /// How the agents reached their fake Kubernetes APIs.
+    pub kube_transport: crate::agents::KubeTransport,
+    /// Why that transport (requested, or `auto` and the open-file arithmetic).
+    pub kube_transport_reason: String,
     /// Store backend ("sqlite" or "postgres").
     pub database: String,
     /// Time to enroll every cluster and converge on the first revision, seconds.
@@ -29,6 +33,11 @@ pub struct Report {
     pub rotations: Vec<Rotation>,
     /// Hub process figures over the whole run.
     pub hub: HubFigures,
+    /// This process (the simulated fleet: agents, fake APIs, emulator) once every agent converged.
+    pub fleet: FleetFigures,
+    /// Write notifications the tracker missed (then latencies of Secrets it found by rescanning
+    /// are upper bounds); 0 when every latency was taken at its commit.
+    pub missed_notifications: u64,
     /// Kill -9 and restart of the hub.
     pub restart: Option<Restart>,
     /// Every cluster's actual Secret against what the store says.
@@ -59,6 +68,17 @@ pub struct Rotation {
     pub converged: usize,
     /// Seconds until every cluster converged (or the timeout).
     pub duration_s: f64,
+    /// Seconds until the store counted every cluster applied (None: not within the converge
+    /// timeout); the gap to `duration_s` is how far status recording trails the fleet.
+    pub store_applied_s: Option<f64>,
+    /// Hub CPU seconds (user + system) until every cluster converged.
+    pub hub_cpu_s: f64,
+    /// This process's CPU seconds over the same time (agents, fake APIs, emulator, tracker).
+    pub fleet_cpu_s: f64,
+    /// Streams the hub closed because an agent's acks stalled (hub metric).
+    pub stalled_closes: u64,
+    /// Streams (re)opened in sync during the rotation, e.g. after a stall (hub metric).
+    pub in_sync_reconnects: u64,
     /// Key Vault calls during the rotation, by operation (emulator counters).
     pub keyvault_calls: BTreeMap<String, u64>,
     /// Store writes for the rotation's status (hub metrics).
@@ -82,6 +102,22 @@ pub struct HubFigures {
     pub cpu_s: f64,
     /// Bytes sent hub → agents over the run.
     pub bytes_sent: u64,
+    /// Open file descriptors of the hub with every agent connected.
+    pub open_files_connected: usize,
+}
+
+/// The simulated fleet's process (this one).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetFigures {
+    /// RSS with every agent converged, bytes.
+    pub rss_connected_bytes: u64,
+    /// RSS growth from before the fake clusters to converged, per cluster (one agent with its
+    /// kube client plus its fake API state), bytes.
+    pub rss_per_cluster_bytes: u64,
+    /// Open file descriptors with every agent converged.
+    pub open_files_connected: usize,
+    /// The soft open-file limit (`None`: unlimited).
+    pub open_files_limit: Option<u64>,
 }
 
 /// The restart scenario.
@@ -89,6 +125,10 @@ pub struct HubFigures {
 pub struct Restart {
     /// Seconds from the new hub being ready until every agent was connected and in sync.
     pub all_back_s: f64,
+    /// CPU seconds of the restarted hub from its start until every agent was back.
+    pub hub_cpu_s: f64,
+    /// Streams the restarted hub refused by its admission limit (each told when to come back).
+    pub admission_refusals: u64,
     /// Agents that reconnected in sync (Welcome{in_sync}).
     pub in_sync_reconnects: u64,
     /// Bytes sent hub → agents by the restarted hub until every agent was back, per agent.
@@ -150,12 +190,18 @@ impl Report {
         );
         let _ = writeln!(
             out,
+            "Kubernetes API transport: {} ({})",
+            self.kube_transport.as_str(),
+            self.kube_transport_reason
+        );
+        let _ = writeln!(
+            out,
             "initial enrollment + convergence: {:.1} s",
             self.initial_convergence_s
         );
         let _ = writeln!(
             out,
-            "\n{:<4} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11}",
+            "\n{:<4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8} {:>8} {:>9} {:>7}",
             "rot",
             "converged",
             "first ms",
@@ -166,14 +212,18 @@ impl Report {
             "KV calls",
             "flushes",
             "rows",
-            "bytes sent"
+            "bytes sent",
+            "hub CPU",
+            "fleet CPU",
+            "stored s",
+            "stalls"
         );
         for rotation in &self.rotations {
             let p = rotation.applied;
             let ms = |f: fn(&Percentiles) -> u64| p.as_ref().map_or("-".to_owned(), |p| f(p).to_string());
             let _ = writeln!(
                 out,
-                "{:<4} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11}",
+                "{:<4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8.1} {:>9.1} {:>9} {:>7}",
                 rotation.index,
                 format!("{}/{}", rotation.converged, self.clusters),
                 ms(|p| p.first_ms),
@@ -185,6 +235,12 @@ impl Report {
                 rotation.status_flushes,
                 rotation.status_rows,
                 rotation.bytes_sent,
+                rotation.hub_cpu_s,
+                rotation.fleet_cpu_s,
+                rotation
+                    .store_applied_s
+                    .map_or("-".to_owned(), |s| format!("{s:.1}")),
+                rotation.stalled_closes,
             );
         }
         let hub = &self.hub;
@@ -196,11 +252,38 @@ impl Report {
             hub.cpu_s,
             hub.bytes_sent
         );
+        let _ = writeln!(
+            out,
+            "hub open files with every agent connected: {}",
+            hub.open_files_connected
+        );
+        let fleet = &self.fleet;
+        let _ = writeln!(
+            out,
+            "simulated fleet (this process): RSS {:.1} MiB, {:.1} KiB per cluster (agent + fake API), {} open files (limit {})",
+            mib(fleet.rss_connected_bytes),
+            fleet.rss_per_cluster_bytes as f64 / 1024.0,
+            fleet.open_files_connected,
+            fleet
+                .open_files_limit
+                .map_or("unlimited".to_owned(), |limit| limit.to_string())
+        );
+        if self.missed_notifications > 0 {
+            let _ = writeln!(
+                out,
+                "note: {} write notifications missed; latencies of Secrets found by rescanning are upper bounds",
+                self.missed_notifications
+            );
+        }
         if let Some(restart) = &self.restart {
             let _ = writeln!(
                 out,
-                "restart (kill -9): all agents back in sync after {:.1} s; {} in-sync reconnects, {:.0} bytes per agent",
-                restart.all_back_s, restart.in_sync_reconnects, restart.bytes_per_agent
+                "restart (kill -9): all agents back in sync after {:.1} s; {} in-sync reconnects, {:.0} bytes per agent, {} admission refusals, hub CPU {:.1} s",
+                restart.all_back_s,
+                restart.in_sync_reconnects,
+                restart.bytes_per_agent,
+                restart.admission_refusals,
+                restart.hub_cpu_s
             );
         }
         let truth = &self.status_truth;
@@ -285,6 +368,8 @@ mod tests {
             started: "2026-11-26T03:00:00Z".to_owned(),
             clusters: 3,
             agents: "real agent code".to_owned(),
+            kube_transport: crate::agents::KubeTransport::Memory,
+            kube_transport_reason: "requested (--kube-transport memory)".to_owned(),
             database: "sqlite".to_owned(),
             initial_convergence_s: 1.5,
             rotations: vec![Rotation {
@@ -294,12 +379,19 @@ mod tests {
                 applied: crate::stats::percentiles(&[std::time::Duration::from_millis(40)]),
                 converged: 3,
                 duration_s: 0.2,
+                store_applied_s: Some(0.5),
+                hub_cpu_s: 0.1,
+                fleet_cpu_s: 0.3,
+                stalled_closes: 0,
+                in_sync_reconnects: 0,
                 keyvault_calls: BTreeMap::from([("get_secret".to_owned(), 1)]),
                 status_flushes: 1,
                 status_rows: 3,
                 bytes_sent: 900,
             }],
             hub: HubFigures::default(),
+            fleet: FleetFigures::default(),
+            missed_notifications: 0,
             restart: None,
             status_truth: StatusTruth {
                 checked: 3,
@@ -317,6 +409,10 @@ mod tests {
         let mut report = report();
         let table = report.table();
         assert!(table.contains("3/3"), "{table}");
+        assert!(
+            table.contains("Kubernetes API transport: memory (requested (--kube-transport memory))"),
+            "{table}"
+        );
         assert!(table.contains("result: PASSED"), "{table}");
         report.failures.push("1 status mismatch".to_owned());
         let table = report.table();
@@ -326,5 +422,10 @@ mod tests {
         );
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["rotations"][0]["applied"]["p50_ms"], 40);
+        assert_eq!(json["kube_transport"], "memory");
+        assert_eq!(
+            json["kube_transport_reason"],
+            "requested (--kube-transport memory)"
+        );
     }
 }

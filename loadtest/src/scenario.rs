@@ -18,7 +18,7 @@ use rand::Rng as _;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
-use crate::agents::Agents;
+use crate::agents::{self, Agents};
 use crate::baseline::{self, Baseline};
 use crate::config::Args;
 use crate::hub_process::{HubCommand, HubProcess, Metrics};
@@ -48,6 +48,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     eprintln!("keyfleet-loadtest: working in {}", work.display());
     let clusters = args.clusters as usize;
     let mut failures = Vec::new();
+    let own_pid = std::process::id();
+    let transport = agents::choose_transport(
+        args.kube_transport,
+        clusters,
+        procfs::open_files_limit(own_pid).map_err(|error| error.to_string()),
+    );
+    eprintln!(
+        "keyfleet-loadtest: agents reach their fake Kubernetes APIs over {} ({})",
+        transport.transport.as_str(),
+        transport.reason
+    );
 
     // --- Key Vault emulator -------------------------------------------------------------------
     let mut kv_config = KeyVaultConfig::default();
@@ -75,12 +86,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     std::fs::write(work.join("federated-token"), federated).context("write the federated token")?;
 
     // --- fake Kubernetes APIs -----------------------------------------------------------------
-    let kube = Arc::new(
-        FakeKube::start(keyfleet_testkit::kube::Config::default())
-            .await
-            .context("start the fake Kubernetes API server")?,
-    );
     let (secret_name, namespaces, spec_text) = fleet_secret_spec(&args.fleet_secret, kv.vault_url())?;
+    let fleet_rss_before = procfs::sample(own_pid)?.rss_bytes;
+    let kube = Arc::new(
+        FakeKube::start(keyfleet_testkit::kube::Config {
+            // The tracker must see every write of a burst (a rotation writes the Secret in every
+            // namespace of every cluster at once; enrollment adds a credential Secret each).
+            write_notifications: (clusters * (namespaces.len() + 2)).max(4096),
+            ..keyfleet_testkit::kube::Config::default()
+        })
+        .await
+        .context("start the fake Kubernetes API server")?,
+    );
     let names: Vec<String> = (0..clusters).map(|index| format!("cluster-{index:05}")).collect();
     let mut handles = Vec::with_capacity(clusters);
     for name in &names {
@@ -183,7 +200,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    let mut agents = Agents::new();
+    let mut agents = Agents::new(transport.transport);
     for (index, token) in tokens {
         agents.start(&handles[index], &hub_url, &hub_ca, token).await?;
     }
@@ -204,6 +221,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         "enrolled {clusters} clusters and converged on revision {first_revision} in {initial_convergence_s:.1} s"
     );
     let rss_connected = procfs::sample(hub.pid().context("hub pid")?)?.rss_bytes;
+    let hub_open_files = procfs::open_files(hub.pid().context("hub pid")?)?;
+    let fleet_connected = procfs::sample(own_pid)?;
+    let fleet = report::FleetFigures {
+        rss_connected_bytes: fleet_connected.rss_bytes,
+        rss_per_cluster_bytes: fleet_connected.rss_bytes.saturating_sub(fleet_rss_before)
+            / clusters.max(1) as u64,
+        open_files_connected: procfs::open_files(own_pid)?,
+        open_files_limit: procfs::open_files_limit(own_pid)?,
+    };
 
     // --- rotations ------------------------------------------------------------------------------
     let mut rotations = Vec::new();
@@ -213,6 +239,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         values.push(value.as_bytes().to_vec());
         let kv_before = kv.counters();
         let metrics_before = Metrics::scrape(&http, hub.ready().ops_addr).await?;
+        let hub_before = procfs::sample(hub.pid().context("hub pid")?)?;
+        let fleet_before = procfs::sample(own_pid)?;
         let version = kv
             .set_secret(REMOTE_KEY, &value, &[("team", "platform")])
             .map_err(|error| anyhow::anyhow!("rotate the secret: {} {}", error.code, error.message))?;
@@ -227,8 +255,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         follow.abort();
         bar.finish_and_clear();
         let duration_s = since.elapsed().as_secs_f64();
+        let hub_cpu = procfs::sample(hub.pid().context("hub pid")?)?.cpu - hub_before.cpu;
+        let fleet_cpu = procfs::sample(own_pid)?.cpu - fleet_before.cpu;
         // Acks reach the store in batches: let the last flush land before reading the counters.
-        wait_for_applied(&admin, &fleet_secret, revision, clusters, Duration::from_secs(10)).await;
+        let store_applied_s =
+            wait_for_applied(&admin, &fleet_secret, revision, clusters, args.converge_timeout)
+                .await
+                .then(|| since.elapsed().as_secs_f64());
         let metrics_after = Metrics::scrape(&http, hub.ready().ops_addr).await?;
         let kv_after = kv.counters();
         let rotation = Rotation {
@@ -238,6 +271,19 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             applied: stats::percentiles(&latencies),
             converged: latencies.len(),
             duration_s,
+            store_applied_s,
+            hub_cpu_s: hub_cpu.as_secs_f64(),
+            fleet_cpu_s: fleet_cpu.as_secs_f64(),
+            stalled_closes: delta(
+                &metrics_before,
+                &metrics_after,
+                "keyfleet_hub_fleet_stalled_closes_total",
+            ),
+            in_sync_reconnects: delta(
+                &metrics_before,
+                &metrics_after,
+                "keyfleet_hub_fleet_in_sync_hellos_total",
+            ),
             keyvault_calls: calls_between(&kv_before, &kv_after, Some(keyvault::DEFAULT_CLIENT_ID)),
             status_flushes: delta(
                 &metrics_before,
@@ -311,12 +357,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         hub_figures.rss_peak_bytes = hub_figures.rss_peak_bytes.max(after.peak_rss_bytes);
         Some(report::Restart {
             all_back_s,
+            hub_cpu_s: after.cpu.as_secs_f64(),
+            admission_refusals: metrics.sum("keyfleet_hub_fleet_admission_rejects_total") as u64,
             in_sync_reconnects: metrics.sum("keyfleet_hub_fleet_in_sync_hellos_total") as u64,
             bytes_per_agent: bytes / clusters.max(1) as f64,
         })
     };
     hub_figures.bytes_sent = bytes_total as u64;
     hub_figures.rss_connected_bytes = rss_connected;
+    hub_figures.open_files_connected = hub_open_files;
     hub_figures.rss_per_agent_bytes =
         rss_connected.saturating_sub(rss_before_agents) / clusters.max(1) as u64;
 
@@ -326,7 +375,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         &fleet_secret,
         previous_revision,
         clusters,
-        Duration::from_secs(15),
+        args.converge_timeout,
     )
     .await;
     let status_truth = status_truth(&admin, &tracker, &names, &fleet_secret).await;
@@ -356,17 +405,26 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
 
     let agents_note = format!(
-        "real agent code (keyfleet_agent::AgentRuntime) × {clusters}, each against its own fake Kubernetes API"
+        "real agent code (keyfleet_agent::AgentRuntime) × {clusters}, each with its own kube client to its own fake Kubernetes API ({})",
+        match transport.transport {
+            agents::KubeTransport::Loopback => "over loopback HTTPS",
+            agents::KubeTransport::Memory => "in memory: the fake API's router called in process",
+        }
     );
+    let missed_notifications = tracker.missed_notifications();
     let mut report = Report {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started: started.to_rfc3339(),
         clusters,
         agents: agents_note,
+        kube_transport: transport.transport,
+        kube_transport_reason: transport.reason,
         database: database.split(':').next().unwrap_or("sqlite").to_owned(),
         initial_convergence_s,
         rotations,
         hub: hub_figures,
+        fleet,
+        missed_notifications,
         restart,
         status_truth,
         baseline,
@@ -518,24 +576,26 @@ async fn wait_for_revision(
     }
 }
 
-/// Polls the Admin API until the store says every cluster applied `revision` (or the timeout).
+/// Polls the Admin API until the store says every cluster applied `revision`; false when the
+/// timeout passed first.
 async fn wait_for_applied(
     admin: &Admin,
     fleet_secret: &str,
     revision: u64,
     clusters: usize,
     timeout: Duration,
-) {
+) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = admin.status(fleet_secret, 1).await
             && status.revision == revision
             && status.applied as usize >= clusters
         {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    false
 }
 
 fn progress_bar(args: &Args, index: usize, clusters: usize) -> indicatif::ProgressBar {

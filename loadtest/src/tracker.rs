@@ -3,6 +3,7 @@
 //! notifications (with their commit instants, so latency is measured where the Secret lands).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,9 @@ pub struct Tracker {
     namespaces: Arc<[String]>,
     state: Arc<Mutex<State>>,
     progress: watch::Sender<Progress>,
+    /// Write notifications missed because the broadcast lagged (each lag rescans, and a Secret
+    /// found by a rescan counts as written at the rescan: its latency is an upper bound).
+    missed: Arc<AtomicU64>,
 }
 
 impl Tracker {
@@ -83,6 +87,7 @@ impl Tracker {
             namespaces: namespaces.into(),
             state: Arc::new(Mutex::new(state)),
             progress,
+            missed: Arc::new(AtomicU64::new(0)),
         };
         let events = kube.subscribe();
         tokio::spawn(tracker.clone().follow(events));
@@ -161,6 +166,11 @@ impl Tracker {
         revision
     }
 
+    /// Write notifications missed so far (0 when every latency was measured at its commit).
+    pub fn missed_notifications(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+
     fn rescan(&self) {
         let names: Vec<Arc<str>> = self.lock().clusters.keys().cloned().collect();
         let now = Instant::now();
@@ -189,7 +199,8 @@ impl Tracker {
             match events.recv().await {
                 Ok(event) => self.on_write(&event),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "write notifications lagged; rescanning");
+                    tracing::warn!(missed, "write notifications lagged; rescanning");
+                    self.missed.fetch_add(missed, Ordering::Relaxed);
                     self.rescan();
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
