@@ -148,11 +148,15 @@ impl Baseline {
             return;
         };
         // New client: the first request carries no token and gets the challenge.
+        // Every response body is read to its end, as a real client does: a response dropped
+        // unread makes the HTTP/2 client reset its stream, and after 1,024 such resets h2 closes
+        // the connection (ENHANCE_YOUR_CALM), failing the requests in flight on it.
         match self.http.get(self.secret_url(first)).send().await {
             Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                let _ = response.bytes().await;
                 counters.challenge.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(response) => counters.count_failure(response.status()),
+            Ok(response) => counters.count_failure(response).await,
             Err(_) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -176,7 +180,7 @@ impl Baseline {
                 }
             }
             Ok(response) => {
-                counters.count_failure(response.status());
+                counters.count_failure(response).await;
                 return;
             }
             Err(_) => {
@@ -197,7 +201,7 @@ impl Baseline {
                     let _ = response.bytes().await;
                     counters.get_ok.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(response) => counters.count_failure(response.status()),
+                Ok(response) => counters.count_failure(response).await,
                 Err(_) => {
                     counters.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -244,7 +248,10 @@ struct Counters {
 }
 
 impl Counters {
-    fn count_failure(&self, status: reqwest::StatusCode) {
+    /// Counts an unexpected answer (after reading its body to the end).
+    async fn count_failure(&self, response: reqwest::Response) {
+        let status = response.status();
+        let _ = response.bytes().await;
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             self.throttled.fetch_add(1, Ordering::Relaxed);
         } else {
