@@ -26,7 +26,7 @@ use keyfleet_proto::{PROTOCOL_VERSION, limits};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::server::{NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
@@ -269,9 +269,25 @@ impl Codec for SyncCodec {
     }
 }
 
+/// Initial size of each stream's encode and decode buffers. Most messages of a Sync stream are
+/// a few hundred bytes (Hello, Ack, Heartbeat, an Update of one Secret); larger ones grow the
+/// buffer as needed. tonic's default (8 KiB each way) was 16 KiB of the hub's ~66 KiB per
+/// connected agent, mostly idle (heaptrack of the loadtest's hub).
+const STREAM_BUFFER_BYTES: usize = 1024;
+/// Encoded bytes after which a stream yields to others (tonic's default).
+const STREAM_YIELD_BYTES: usize = 32 * 1024;
+
+fn stream_buffer_settings() -> BufferSettings {
+    BufferSettings::new(STREAM_BUFFER_BYTES, STREAM_YIELD_BYTES)
+}
+
 impl Encoder for OutboundEncoder {
     type Item = Outbound;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        stream_buffer_settings()
+    }
 
     fn encode(&mut self, item: Outbound, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.reserve(item.encoded_len());
@@ -283,6 +299,10 @@ impl Encoder for OutboundEncoder {
 impl Decoder for AgentMessageDecoder {
     type Item = v1::AgentMessage;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        stream_buffer_settings()
+    }
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<v1::AgentMessage>, Status> {
         let message = v1::AgentMessage::decode(src.copy_to_bytes(src.remaining()))
