@@ -89,6 +89,19 @@ impl Admin {
             })
     }
 
+    /// `keyfleet cluster list`: how many clusters the hub's store holds.
+    pub async fn cluster_count(&self) -> Result<usize, AdminError> {
+        self.client
+            .clone()
+            .list_clusters(v1::ListClustersRequest { selector: None })
+            .await
+            .map(|response| response.into_inner().clusters.len())
+            .map_err(|source| AdminError::Call {
+                call: "ListClusters",
+                source,
+            })
+    }
+
     /// `keyfleet apply -f`.
     pub async fn apply(&self, files: Vec<v1::SpecFile>) -> Result<v1::ApplySpecsResponse, AdminError> {
         self.client

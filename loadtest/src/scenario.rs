@@ -162,6 +162,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .build()
         .context("build the metrics client")?;
     let admin = Admin::connect(&hub_url, &hub_ca, &admin_token).await?;
+    // The simulated fleet is enrolled from scratch: an earlier run's clusters would collide with
+    // its names, and this program never deletes data it did not create.
+    let existing = admin.cluster_count().await?;
+    if existing > 0 {
+        bail!(
+            "the database given by --database already holds {existing} cluster(s), from an earlier run \
+             or a real fleet; pass an empty database (for example: createdb keyfleet_loadtest)"
+        );
+    }
     let rss_before_agents = procfs::sample(hub.pid().context("hub pid")?)?.rss_bytes;
 
     // --- apply the FleetSecret, enroll and start the fleet -----------------------------------

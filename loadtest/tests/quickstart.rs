@@ -116,3 +116,48 @@ async fn agents_reaching_their_clusters_in_memory_converge_and_report_the_transp
     assert_eq!(report.status_truth.mismatches, 0, "{table}");
     assert_eq!(report.missed_notifications, 0, "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_already_holds_clusters_is_refused() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = format!("sqlite://{}", dir.path().join("keyfleet.db").display());
+    let args = || {
+        Args::try_parse_from([
+            "keyfleet-loadtest",
+            "--clusters",
+            "2",
+            "--rotations",
+            "1",
+            "--no-restart",
+            "--no-baseline",
+            "--quiet",
+            "--converge-timeout",
+            "60s",
+            "--database",
+            &database,
+            "--hub-binary",
+            hub_binary().to_str().expect("utf-8 path"),
+            "--fleet-secret",
+            root.join("deploy/examples/regcred.yaml")
+                .to_str()
+                .expect("utf-8 path"),
+        ])
+        .expect("valid arguments")
+    };
+    let first = tokio::time::timeout(Duration::from_secs(600), keyfleet_loadtest::scenario::run(args()))
+        .await
+        .expect("the first run finishes")
+        .expect("the first run completes");
+    assert!(first.passed(), "{}", first.table());
+    let second = tokio::time::timeout(Duration::from_secs(600), keyfleet_loadtest::scenario::run(args()))
+        .await
+        .expect("the second run finishes")
+        .expect_err("the database holds the first run's clusters");
+    let message = format!("{second:#}");
+    assert!(
+        message.contains("already holds 2 cluster(s)") && message.contains("empty database"),
+        "{message}"
+    );
+}
