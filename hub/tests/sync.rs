@@ -597,6 +597,14 @@ async fn streams_are_refused_until_the_hub_is_ready() {
         .expect("not ready");
     assert_eq!(refused.code(), Code::Unavailable);
     assert!(refused.message().contains("not ready"), "{refused:?}");
+    // A credential the index does not hold yet (still loading at startup) is not judged before
+    // the hub is ready: the agent is told to come back, not that it was revoked.
+    let unknown = keyfleet_hub::fleet::credentials::new_credential();
+    let refused = TestAgent::connect(&hub.endpoint, &unknown, Applied::new())
+        .await
+        .err()
+        .expect("not ready");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     hub.sync.set_ready(true);
     let mut agent = TestAgent::connect(&hub.endpoint, &credential, Applied::new())
         .await

@@ -141,15 +141,18 @@ impl SyncService {
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<OutboundStream>, Status> {
-        let cluster = self.authenticate(request.metadata())?;
-        if self.inner.fleet.is_revoked(cluster) {
-            return Err(Status::unauthenticated("unknown or revoked cluster credential"));
-        }
+        // Readiness first: until the runtime is ready the credential index may not be loaded yet
+        // (a hub restarting under 10,000 reconnecting agents told dozens of them that their
+        // valid credential was unknown).
         if self.inner.fleet.is_draining() {
             return Err(Status::unavailable("hub is draining"));
         }
         if !self.inner.ready.load(Ordering::Acquire) {
             return Err(Status::unavailable("hub is not ready"));
+        }
+        let cluster = self.authenticate(request.metadata())?;
+        if self.inner.fleet.is_revoked(cluster) {
+            return Err(Status::unauthenticated("unknown or revoked cluster credential"));
         }
         self.admit()?;
         let inbound = request.into_inner();
