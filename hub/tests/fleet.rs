@@ -7,13 +7,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::future::join_all;
 use keyfleet_proto::v1;
-use keyfleet_testkit::agent::{AgentConfig, AgentState, Identity, RunningAgent};
+use keyfleet_testkit::agent::{AgentConfig, Identity, RunningAgent};
 use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator};
-use support::serve::{ServeEnv, ServeProcess, docker_config, regcred_spec};
+use support::serve::{ServeEnv, ServeProcess, all_agents, docker_config, regcred_spec, status_until};
 use support::{TestDb, within};
 
 const KEY: &str = "regcred";
@@ -37,43 +36,6 @@ async fn add_cluster(admin: &mut keyfleet_hub::cli::Client, name: &str, labels: 
         .token
         .unwrap()
         .token
-}
-
-async fn all(agents: &[RunningAgent], what: &str, ready: impl Fn(&AgentState) -> bool + Copy) {
-    within(
-        CONVERGE,
-        what,
-        join_all(agents.iter().map(|agent| agent.wait_for(ready))),
-    )
-    .await;
-}
-
-/// Reads GetStatus until `done` holds (status rows are written in batches; no event says when).
-async fn status_until(
-    admin: &mut keyfleet_hub::cli::Client,
-    what: &str,
-    done: impl Fn(&v1::FleetSecretStatus) -> bool,
-) -> v1::FleetSecretStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = admin
-            .get_status(v1::GetStatusRequest {
-                fleet_secret: KEY.to_owned(),
-                lagging_limit: 5,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .fleet_secrets
-            .into_iter()
-            .next()
-            .unwrap();
-        if done(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{what}: last status {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -125,13 +87,19 @@ async fn a_rotation_reaches_200_agents_and_a_cluster_that_does_not_match_never_g
     .await
     .revision(KEY)
     .unwrap();
-    all(&agents, "every prod cluster holds the first revision", |state| {
-        state.revision(KEY) == Some(first)
-    })
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every prod cluster holds the first revision",
+        |state| state.revision(KEY) == Some(first),
+    )
     .await;
-    status_until(&mut admin, "status shows the first revision applied", |status| {
-        status.revision == first && status.applied == CLUSTERS as u32
-    })
+    status_until(
+        KEY,
+        &mut admin,
+        "status shows the first revision applied",
+        |status| status.revision == first && status.applied == CLUSTERS as u32,
+    )
     .await;
 
     // Rotation: a new version in Key Vault, picked up by sync-now (what a poll or an Event Grid
@@ -141,7 +109,8 @@ async fn a_rotation_reaches_200_agents_and_a_cluster_that_does_not_match_never_g
         .sync_now(v1::SyncNowRequest { store: String::new() })
         .await
         .unwrap();
-    all(
+    all_agents(
+        CONVERGE,
         &agents,
         "every prod cluster holds the rotated revision",
         |state| state.revision(KEY).is_some_and(|revision| revision > first),
@@ -152,6 +121,7 @@ async fn a_rotation_reaches_200_agents_and_a_cluster_that_does_not_match_never_g
         assert_eq!(agent.state().revision(KEY), Some(second), "prod-{index:03}");
     }
     let status = status_until(
+        KEY,
         &mut admin,
         "status shows the rotation applied everywhere",
         |status| status.revision == second && status.applied == CLUSTERS as u32,

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use keyfleet_proto::v1;
-use keyfleet_testkit::agent::{AgentConfig, AgentState, HubAddress, Identity, RunningAgent};
+use keyfleet_testkit::agent::{AgentConfig, HubAddress, Identity, RunningAgent};
 use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator, KeyVaultHandle};
-use support::serve::{LEADS, ServeEnv, ServeProcess, docker_config, regcred_spec};
+use support::serve::{LEADS, ServeEnv, ServeProcess, all_agents, docker_config, regcred_spec, status_until};
 use support::{TestDb, within};
 
 const KEY: &str = "regcred";
@@ -61,44 +61,6 @@ async fn fleet_setup(
     tokens
 }
 
-/// Waits until every agent's state satisfies `ready`.
-async fn all(agents: &[RunningAgent], what: &str, ready: impl Fn(&AgentState) -> bool + Copy) {
-    within(
-        CONVERGE,
-        what,
-        join_all(agents.iter().map(|agent| agent.wait_for(ready))),
-    )
-    .await;
-}
-
-/// Reads GetStatus until `done` holds (status rows are written in batches; no event says when).
-async fn status_until(
-    admin: &mut keyfleet_hub::cli::Client,
-    what: &str,
-    done: impl Fn(&v1::FleetSecretStatus) -> bool,
-) -> v1::FleetSecretStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = admin
-            .get_status(v1::GetStatusRequest {
-                fleet_secret: KEY.to_owned(),
-                lagging_limit: 5,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .fleet_secrets
-            .into_iter()
-            .next()
-            .unwrap();
-        if done(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{what}: last status {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn start_agents(hubs: &[HubAddress], tokens: Vec<String>) -> Vec<RunningAgent> {
     tokens
         .into_iter()
@@ -140,11 +102,15 @@ async fn killing_the_leader_mid_rotation_hands_over_and_every_cluster_converges(
     .await
     .revision(KEY)
     .unwrap();
-    all(&agents, "every cluster holds the first revision", |state| {
-        state.revision(KEY) == Some(first)
-    })
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every cluster holds the first revision",
+        |state| state.revision(KEY) == Some(first),
+    )
     .await;
     status_until(
+        KEY,
         &mut admin_a,
         "status shows the first revision applied",
         |status| status.revision == first && status.applied == CLUSTERS as u32,
@@ -188,9 +154,12 @@ async fn killing_the_leader_mid_rotation_hands_over_and_every_cluster_converges(
     // kill -9 the leader mid-rotation.
     let killed = Instant::now();
     a.kill().await;
-    all(&agents, "every agent reconnects to the survivor", |state| {
-        state.connected_to == Some(1)
-    })
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every agent reconnects to the survivor",
+        |state| state.connected_to == Some(1),
+    )
     .await;
     let reconnected = killed.elapsed();
     // The canary wave still waits for canary 0: the survivor honours the waves.
@@ -202,22 +171,30 @@ async fn killing_the_leader_mid_rotation_hands_over_and_every_cluster_converges(
         );
     }
     agents[0].hold_acks(false);
-    all(&agents, "every cluster converges on the rotation", |state| {
-        state.revision(KEY) == Some(second)
-    })
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every cluster converges on the rotation",
+        |state| state.revision(KEY) == Some(second),
+    )
     .await;
     let converged = killed.elapsed();
     b.wait_for_line(LEADS, Duration::from_secs(10)).await;
     let handed_over = killed.elapsed();
     let mut admin_b = env.admin(&b).await;
-    let status = status_until(&mut admin_b, "status shows every cluster applied", |status| {
-        status.revision == second
-            && status.applied == CLUSTERS as u32
-            && status
-                .rollout
-                .as_ref()
-                .is_some_and(|rollout| rollout.state == "complete")
-    })
+    let status = status_until(
+        KEY,
+        &mut admin_b,
+        "status shows every cluster applied",
+        |status| {
+            status.revision == second
+                && status.applied == CLUSTERS as u32
+                && status
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|rollout| rollout.state == "complete")
+        },
+    )
     .await;
     assert_eq!((status.targeted, status.error), (CLUSTERS as u32, 0));
     let status_shown = killed.elapsed();
@@ -228,9 +205,12 @@ async fn killing_the_leader_mid_rotation_hands_over_and_every_cluster_converges(
         .sync_now(v1::SyncNowRequest { store: String::new() })
         .await
         .unwrap();
-    all(&agents, "every cluster gets the next rotation", |state| {
-        state.revision(KEY) > Some(second)
-    })
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every cluster gets the next rotation",
+        |state| state.revision(KEY) > Some(second),
+    )
     .await;
     assert!(
         agents.iter().all(|agent| agent.state().digest_mismatches == 0),
@@ -269,9 +249,12 @@ async fn a_restart_mid_rollout_keeps_later_waves_on_the_previous_revision() {
     .await
     .revision(KEY)
     .unwrap();
-    all(&agents, "every cluster holds the first revision", |state| {
-        state.revision(KEY) == Some(first)
-    })
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every cluster holds the first revision",
+        |state| state.revision(KEY) == Some(first),
+    )
     .await;
 
     // Mid-rollout: the canary wave waits for canary 0's ack.
@@ -323,12 +306,15 @@ async fn a_restart_mid_rollout_keeps_later_waves_on_the_previous_revision() {
 
     // The rollout goes on from where it was once canary 0 answers.
     agents[0].hold_acks(false);
-    all(&agents, "every cluster converges on the rotation", |state| {
-        state.revision(KEY) == Some(second)
-    })
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every cluster converges on the rotation",
+        |state| state.revision(KEY) == Some(second),
+    )
     .await;
     let mut admin = env.admin(&hub).await;
-    status_until(&mut admin, "status shows every cluster applied", |status| {
+    status_until(KEY, &mut admin, "status shows every cluster applied", |status| {
         status.revision == second && status.applied == CLUSTERS as u32
     })
     .await;

@@ -26,34 +26,50 @@ fn hub_binary() -> PathBuf {
     hub
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_fleet_rotates_restarts_and_reports_the_truth() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let report_file = tempfile::NamedTempFile::new().expect("report file");
-    let args = Args::try_parse_from([
-        "keyfleet-loadtest",
-        "--clusters",
-        "4",
-        "--rotations",
-        "2",
+/// The loadtest's arguments: `specific` ones, then what every test here shares (quiet, a 60 s
+/// convergence bound, the hub binary cargo built, the regcred example).
+fn args(specific: &[&str]) -> Args {
+    let hub = hub_binary();
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/regcred.yaml");
+    let common = [
         "--quiet",
         "--converge-timeout",
         "60s",
         "--hub-binary",
-        hub_binary().to_str().expect("utf-8 path"),
+        hub.to_str().expect("utf-8 path"),
         "--fleet-secret",
-        root.join("deploy/examples/regcred.yaml")
-            .to_str()
-            .expect("utf-8 path"),
-        "--report",
-        report_file.path().to_str().expect("utf-8 path"),
-    ])
-    .expect("valid arguments");
-    let report = tokio::time::timeout(Duration::from_secs(600), keyfleet_loadtest::scenario::run(args))
+        example.to_str().expect("utf-8 path"),
+    ];
+    Args::try_parse_from(
+        std::iter::once("keyfleet-loadtest")
+            .chain(specific.iter().copied())
+            .chain(common),
+    )
+    .expect("valid arguments")
+}
+
+/// Runs the scenario within 10 minutes.
+async fn run(args: Args) -> anyhow::Result<keyfleet_loadtest::report::Report> {
+    tokio::time::timeout(Duration::from_secs(600), keyfleet_loadtest::scenario::run(args))
         .await
         .expect("the run finishes")
-        .expect("the run completes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_fleet_rotates_restarts_and_reports_the_truth() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let report_file = tempfile::NamedTempFile::new().expect("report file");
+    let report_path = report_file.path().to_str().expect("utf-8 path");
+    let report = run(args(&[
+        "--clusters",
+        "4",
+        "--rotations",
+        "2",
+        "--report",
+        report_path,
+    ]))
+    .await
+    .expect("the run completes");
     let table = report.table();
     assert!(report.passed(), "{table}");
     // A handful of clusters fits any open-file limit: `auto` keeps the real network path.
@@ -79,32 +95,18 @@ async fn a_small_fleet_rotates_restarts_and_reports_the_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_reaching_their_clusters_in_memory_converge_and_report_the_transport() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let args = Args::try_parse_from([
-        "keyfleet-loadtest",
+    let report = run(args(&[
         "--clusters",
         "4",
         "--rotations",
         "1",
-        "--quiet",
         "--no-restart",
         "--no-baseline",
         "--kube-transport",
         "memory",
-        "--converge-timeout",
-        "60s",
-        "--hub-binary",
-        hub_binary().to_str().expect("utf-8 path"),
-        "--fleet-secret",
-        root.join("deploy/examples/regcred.yaml")
-            .to_str()
-            .expect("utf-8 path"),
-    ])
-    .expect("valid arguments");
-    let report = tokio::time::timeout(Duration::from_secs(600), keyfleet_loadtest::scenario::run(args))
-        .await
-        .expect("the run finishes")
-        .expect("the run completes");
+    ]))
+    .await
+    .expect("the run completes");
     let table = report.table();
     assert!(report.passed(), "{table}");
     assert_eq!(report.kube_transport, KubeTransport::Memory, "{table}");
@@ -120,40 +122,24 @@ async fn agents_reaching_their_clusters_in_memory_converge_and_report_the_transp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_already_holds_clusters_is_refused() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().expect("temp dir");
     let database = format!("sqlite://{}", dir.path().join("keyfleet.db").display());
-    let args = || {
-        Args::try_parse_from([
-            "keyfleet-loadtest",
+    let once = || {
+        args(&[
             "--clusters",
             "2",
             "--rotations",
             "1",
             "--no-restart",
             "--no-baseline",
-            "--quiet",
-            "--converge-timeout",
-            "60s",
             "--database",
             &database,
-            "--hub-binary",
-            hub_binary().to_str().expect("utf-8 path"),
-            "--fleet-secret",
-            root.join("deploy/examples/regcred.yaml")
-                .to_str()
-                .expect("utf-8 path"),
         ])
-        .expect("valid arguments")
     };
-    let first = tokio::time::timeout(Duration::from_secs(600), keyfleet_loadtest::scenario::run(args()))
-        .await
-        .expect("the first run finishes")
-        .expect("the first run completes");
+    let first = run(once()).await.expect("the first run completes");
     assert!(first.passed(), "{}", first.table());
-    let second = tokio::time::timeout(Duration::from_secs(600), keyfleet_loadtest::scenario::run(args()))
+    let second = run(once())
         .await
-        .expect("the second run finishes")
         .expect_err("the database holds the first run's clusters");
     let message = format!("{second:#}");
     assert!(

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyfleet_hub::config::ClientArgs;
-use keyfleet_testkit::agent::HubAddress;
+use keyfleet_proto::v1;
+use keyfleet_testkit::agent::{AgentState, HubAddress, RunningAgent};
 use keyfleet_testkit::keyvault::{self, KeyVaultHandle};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -235,4 +236,52 @@ pub fn regcred_spec(vault_url: &url::Url) -> String {
         "https://shared-kv.vault.azure.net",
         vault_url.as_str().trim_end_matches('/'),
     )
+}
+
+/// Waits until every agent's state satisfies `ready`, within `bound`.
+pub async fn all_agents(
+    bound: Duration,
+    agents: &[RunningAgent],
+    what: &str,
+    ready: impl Fn(&AgentState) -> bool + Copy,
+) {
+    super::within(
+        bound,
+        what,
+        futures::future::join_all(agents.iter().map(|agent| agent.wait_for(ready))),
+    )
+    .await;
+}
+
+/// Reads GetStatus of `fleet_secret` until `done` holds (status rows are written in batches; no
+/// event says when), for at most 30 s.
+pub async fn status_until(
+    fleet_secret: &str,
+    admin: &mut keyfleet_hub::cli::Client,
+    what: &str,
+    done: impl Fn(&v1::FleetSecretStatus) -> bool,
+) -> v1::FleetSecretStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = admin
+            .get_status(v1::GetStatusRequest {
+                fleet_secret: fleet_secret.to_owned(),
+                lagging_limit: 5,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .fleet_secrets
+            .into_iter()
+            .next()
+            .unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: last status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
