@@ -39,6 +39,9 @@ struct Args {
     /// Writes the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Keeps the Postgres scratch database (and prints its URL) to inspect plans afterwards.
+    #[arg(long)]
+    keep_database: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -61,7 +64,7 @@ async fn main() -> ExitCode {
     };
     let mut reports = Vec::new();
     if args.backend != Which::Sqlite {
-        match postgres(&args.database_url, &config).await {
+        match postgres(&args.database_url, &config, args.keep_database).await {
             Ok(report) => reports.push(report),
             Err(error) => return fail(&error),
         }
@@ -86,7 +89,7 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn postgres(base: &str, config: &BenchConfig) -> Result<BenchReport, bench::BenchError> {
+async fn postgres(base: &str, config: &BenchConfig, keep: bool) -> Result<BenchReport, bench::BenchError> {
     let scratch = ScratchDatabase::create(base).await?;
     let outcome = async {
         let store = Store::connect(&scratch.url).await?;
@@ -96,7 +99,11 @@ async fn postgres(base: &str, config: &BenchConfig) -> Result<BenchReport, bench
         report
     }
     .await;
-    scratch.drop_database().await?;
+    if keep {
+        eprintln!("kept the scratch database {} (drop it when done)", scratch.name());
+    } else {
+        scratch.drop_database().await?;
+    }
     outcome
 }
 
@@ -135,6 +142,13 @@ fn print_report(report: &BenchReport) {
         report.pending_rows_per_second,
         report.ack_rows_per_second
     );
+    if let Some(bytes) = report.lagging_table_bytes {
+        println!(
+            "  sync_lagging: {} VACUUM during the writes; {:.1} MiB with its indexes when timed",
+            report.lagging_vacuums,
+            bytes as f64 / 1_048_576.0
+        );
+    }
     println!(
         "  {:<30} {:>8} {:>10} {:>8} {:>8} {:>10}",
         "VIEW", "ROWS", "MEDIAN ms", "MIN ms", "MAX ms", "SERVER ms"

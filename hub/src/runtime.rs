@@ -40,6 +40,8 @@ use crate::vault::{
 };
 
 mod sources;
+#[cfg(test)]
+mod tests;
 
 /// Runtime settings.
 #[derive(Clone)]

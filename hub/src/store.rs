@@ -103,7 +103,21 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     status_statements: Arc<AtomicU64>,
+    /// Status rows written since `sync_lagging` was last vacuumed here (Postgres).
+    lagging_churn: Arc<AtomicU64>,
+    /// `VACUUM sync_lagging` run by this store (Postgres).
+    lagging_vacuums: Arc<AtomicU64>,
 }
+
+/// Status rows written between two `VACUUM sync_lagging` of one store (Postgres): about one per
+/// fleet-wide rotation at 10,000 clusters (its pending rows and its acks).
+///
+/// Every rotation passes the fleet through `sync_lagging` (inserted pending, deleted when acked).
+/// Autovacuum looks at a table at most once a minute (`autovacuum_naptime`), so rotations in
+/// quick succession would each add their 10,000 row versions to the table and it never shrinks
+/// again: measured, 54 MB for 20,000 live rows after 50 back-to-back rotations, and every view
+/// reading it 3–4 × slower. A plain VACUUM takes no lock that blocks reads or writes.
+pub const LAGGING_VACUUM_ROWS: u64 = 20_000;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,6 +148,8 @@ impl Store {
         Ok(Store {
             backend,
             status_statements: Arc::new(AtomicU64::new(0)),
+            lagging_churn: Arc::new(AtomicU64::new(0)),
+            lagging_vacuums: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -176,6 +192,11 @@ impl Store {
     /// 1 per call on Postgres, 1 per 3,640 rows on SQLite).
     pub fn status_statements(&self) -> u64 {
         self.status_statements.load(Ordering::Relaxed)
+    }
+
+    /// Times this store vacuumed `sync_lagging` (Postgres; see [`LAGGING_VACUUM_ROWS`]).
+    pub fn lagging_vacuums(&self) -> u64 {
+        self.lagging_vacuums.load(Ordering::Relaxed)
     }
 
     // --- clusters ---
@@ -463,7 +484,30 @@ impl Store {
         }
         let (written, statements) = dispatch!(self.upsert_status_batch(&rows))?;
         self.status_statements.fetch_add(statements, Ordering::Relaxed);
+        if let Backend::Postgres(pool) = &self.backend {
+            let churn = self.lagging_churn.fetch_add(written, Ordering::Relaxed) + written;
+            if churn >= LAGGING_VACUUM_ROWS {
+                self.lagging_churn.store(0, Ordering::Relaxed);
+                self.vacuum_lagging(pool).await;
+            }
+        }
         Ok(written)
+    }
+
+    /// Reclaims the rows acks removed from `sync_lagging` (see [`LAGGING_VACUUM_ROWS`]). The
+    /// status write already succeeded: a failure is logged, and autovacuum remains.
+    async fn vacuum_lagging(&self, pool: &sqlx::PgPool) {
+        let started = std::time::Instant::now();
+        match postgres::vacuum_lagging(pool).await {
+            Ok(()) => {
+                self.lagging_vacuums.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "vacuumed sync_lagging"
+                );
+            }
+            Err(error) => tracing::warn!(error = %error, "cannot vacuum sync_lagging; autovacuum will"),
+        }
     }
 
     /// Forgets the status of a (cluster, fleet secret) (e.g. it is no longer targeted).

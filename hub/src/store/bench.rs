@@ -64,6 +64,10 @@ pub struct BenchReport {
     pub statements: u64,
     /// Statements per 10,000 acks.
     pub statements_per_10k_acks: f64,
+    /// `VACUUM sync_lagging` the store ran during the writes (Postgres; included in the rows/s).
+    pub lagging_vacuums: u64,
+    /// Postgres: size of `sync_lagging` with its indexes when the views were timed (bytes).
+    pub lagging_table_bytes: Option<u64>,
     /// Rows per second of the "pending" batches (one per fleet secret).
     pub pending_rows_per_second: f64,
     /// Rows per second of the ack batches.
@@ -184,6 +188,7 @@ pub async fn run(
     let setup = started.elapsed();
 
     let statements_before = store.status_statements();
+    let vacuums_before = store.lagging_vacuums();
     let mut pending_time = Duration::ZERO;
     let mut ack_time = Duration::ZERO;
     for secret in 0..config.fleet_secrets {
@@ -216,6 +221,7 @@ pub async fn run(
         ack_time += started.elapsed();
     }
     let statements = store.status_statements() - statements_before;
+    let lagging_vacuums = store.lagging_vacuums() - vacuums_before;
     let acks = (config.fleet_secrets * config.clusters) as u64;
 
     progress(&format!("{backend}: VACUUM ANALYZE, then timing the views"));
@@ -230,6 +236,11 @@ pub async fn run(
     )
     .await?;
     let status_rows = count(store, "SELECT count(*) FROM sync_status").await?;
+    let lagging_table_bytes = if backend == "postgres" {
+        Some(count(store, "SELECT pg_total_relation_size('sync_lagging')").await?)
+    } else {
+        None
+    };
     let mut timings = Vec::new();
     for (name, sql, expected) in views(config) {
         let mut times = Vec::with_capacity(config.samples.max(1));
@@ -282,6 +293,8 @@ pub async fn run(
         rows_written: 2 * acks,
         statements,
         statements_per_10k_acks,
+        lagging_vacuums,
+        lagging_table_bytes,
         pending_rows_per_second: per_second(acks, pending_time),
         ack_rows_per_second: per_second(acks, ack_time),
         views: timings,
@@ -316,6 +329,11 @@ impl ScratchDatabase {
             name,
             url: url.to_string(),
         })
+    }
+
+    /// The database's name (the URL may hold a password).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Drops the database (also when connections remain).

@@ -760,6 +760,16 @@ pub(super) async fn upsert_status_batch(
     Ok((result.rows_affected(), 1))
 }
 
+/// `VACUUM` of the lagging copy, skipped when another replica's vacuum holds it. Not a prepared
+/// statement (VACUUM runs outside a transaction block). Without ownership of the table Postgres
+/// only warns and skips it.
+pub(super) async fn vacuum_lagging(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::raw_sql("VACUUM (SKIP_LOCKED) sync_lagging")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub(super) async fn delete_status(
     pool: &PgPool,
     cluster: ClusterId,

@@ -910,6 +910,11 @@ async fn status_batch_of_10000_rows_is_one_call(store: Store) {
     assert_eq!(store.upsert_status_batch(&rows).await.expect("insert"), 10_000);
     let insert_time = started.elapsed();
     let insert_statements = store.status_statements() - before;
+    assert_eq!(
+        store.lagging_vacuums(),
+        0,
+        "10,000 rows: below LAGGING_VACUUM_ROWS"
+    );
 
     let updates: Vec<StatusRow> = rows.into_iter().map(|row| applied(row, 7, 2)).collect();
     let started = Instant::now();
@@ -923,6 +928,13 @@ async fn status_batch_of_10000_rows_is_one_call(store: Store) {
         _ => 10_000u64.div_ceil(32_766 / 9),
     };
     assert_eq!((insert_statements, update_statements), (expected, expected));
+    // Postgres: the acks emptied `sync_lagging` of 10,000 rows; at 20,000 rows written the store
+    // vacuumed it (SQLite keeps no such copy).
+    assert_eq!(crate::store::LAGGING_VACUUM_ROWS, 20_000);
+    let vacuums = if store.backend() == "postgres" { 1 } else { 0 };
+    assert_eq!(store.lagging_vacuums(), vacuums);
+    let lagging = inspect!(store, (i64,), "SELECT count(*) FROM keyfleet_lagging".to_owned());
+    assert_eq!(lagging, [(0,)]);
     let all = store.all_status().await.expect("read");
     assert_eq!(all.len(), 10_000);
     assert!(all.iter().all(|s| s.state == SyncState::Applied
@@ -1198,7 +1210,14 @@ async fn rollout_view_matches_the_status_rows(store: Store) {
         let store = store.clone();
         let ids = ids.clone();
         async move {
-            let online: Vec<ClusterId> = ids[..3].to_vec();
+            let online: Vec<ClusterId> = store
+                .list_clusters(None)
+                .await
+                .expect("clusters")
+                .into_iter()
+                .filter(|c| c.connected_replica.is_some())
+                .map(|c| c.id)
+                .collect();
             let mut expected = std::collections::BTreeMap::<(String, i64), [i64; 5]>::new();
             for s in store.all_status().await.expect("status") {
                 let on_revision = s.applied_revision == Some(s.desired_revision);
@@ -1232,7 +1251,7 @@ async fn rollout_view_matches_the_status_rows(store: Store) {
 
             // keyfleet_lagging holds exactly the rows off their desired revision (on Postgres
             // from `sync_lagging`, kept by triggers).
-            let mut expected: Vec<(String, String, i64, Option<i64>, String)> = store
+            let mut expected: Vec<(String, String, i64, Option<i64>, String, bool)> = store
                 .all_status()
                 .await
                 .expect("status")
@@ -1246,14 +1265,15 @@ async fn rollout_view_matches_the_status_rows(store: Store) {
                         s.desired_revision as i64,
                         s.applied_revision.map(|r| r as i64),
                         s.state.as_str().to_owned(),
+                        online.contains(&s.cluster),
                     )
                 })
                 .collect();
             expected.sort();
             let mut found = inspect!(
                 store,
-                (String, String, i64, Option<i64>, String),
-                "SELECT cluster, fleet_secret, desired_revision, applied_revision, state
+                (String, String, i64, Option<i64>, String, bool),
+                "SELECT cluster, fleet_secret, desired_revision, applied_revision, state, online
                  FROM keyfleet_lagging"
                     .to_owned()
             );
@@ -1297,6 +1317,31 @@ async fn rollout_view_matches_the_status_rows(store: Store) {
     let done: Vec<StatusRow> = moved.into_iter().map(|row| applied(row, 2, 4)).collect();
     store.upsert_status_batch(&done).await.expect("ack 2");
     check("acks of revision 2").await;
+
+    // Clusters going offline and online (on Postgres `sync_lagging.online` follows by trigger):
+    // a disconnect, a connect, a move to another replica, a replica's restart clearing its own.
+    store
+        .record_disconnect(ids[0], "r1", at(30))
+        .await
+        .expect("disconnect");
+    store
+        .record_connect(ids[4], "r2", "0.1.0", at(30))
+        .await
+        .expect("connect");
+    check("a disconnect and a connect").await;
+    store
+        .record_connect(ids[1], "r2", "0.1.0", at(31))
+        .await
+        .expect("move to r2");
+    store.touch_last_seen(&ids, at(32)).await.expect("liveness");
+    check("a move between replicas and a liveness refresh").await;
+    assert_eq!(store.clear_replica("r2").await.expect("clear"), 2);
+    check("a replica clearing its connections").await;
+    store
+        .record_connect(ids[5], "r1", "0.1.0", at(33))
+        .await
+        .expect("connect");
+    check("a connect after the clear").await;
 
     store.delete_status(ids[5], "api").await.expect("delete");
     store.delete_status(ids[5], "db").await.expect("delete");
@@ -1666,6 +1711,10 @@ async fn migration_from_empty(kind: Kind) {
             expected.push(AppliedMigration {
                 version: 4,
                 description: "lagging rows".to_owned(),
+            });
+            expected.push(AppliedMigration {
+                version: 5,
+                description: "lagging online".to_owned(),
             });
         }
         assert_eq!(applied, expected);
