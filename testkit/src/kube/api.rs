@@ -403,11 +403,20 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 /// Parses a request body: JSON, or YAML for `application/yaml` and apply patches.
+///
+/// An apply patch is YAML by its media type, but clients (kube-rs, client-go) send JSON, which is
+/// YAML too: a body that is a JSON object is read by the JSON parser (the YAML parser costs ~40 %
+/// of a simulated fleet's CPU at 10,000 clusters), anything else by the YAML parser.
 fn parse_body(bytes: &Bytes, yaml: bool) -> Result<Value, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     if yaml {
+        if bytes.trim_ascii_start().first() == Some(&b'{')
+            && let Ok(value) = serde_json::from_slice(bytes)
+        {
+            return Ok(value);
+        }
         serde_yaml::from_slice(bytes)
             .map_err(|error| ApiError::bad_request(format!("error decoding YAML: {error}")))
     } else {
@@ -670,4 +679,32 @@ fn delete_collection(
         &json!({"kind": target.kind.list_kind(), "apiVersion": "v1",
                 "metadata": {"resourceVersion": resource_version.to_string()}, "items": deleted}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::json;
+
+    use super::parse_body;
+
+    #[test]
+    fn apply_bodies_parse_as_json_or_yaml() {
+        let expected = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"}});
+        // What kube-rs and client-go send as an apply patch: JSON.
+        let json =
+            Bytes::from_static(br#" {"apiVersion":"v1","kind":"Secret","metadata":{"name":"regcred"}}"#);
+        assert_eq!(parse_body(&json, true).expect("json"), expected);
+        // kubectl and people: block YAML, or a flow mapping that is not JSON.
+        let yaml = Bytes::from_static(b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: regcred\n");
+        assert_eq!(parse_body(&yaml, true).expect("yaml"), expected);
+        let flow = Bytes::from_static(b"{apiVersion: v1, kind: Secret, metadata: {name: regcred}}");
+        assert_eq!(parse_body(&flow, true).expect("flow yaml"), expected);
+        let broken = Bytes::from_static(b"{apiVersion: v1, kind: [");
+        let error = parse_body(&broken, true).expect_err("neither JSON nor YAML");
+        assert!(error.message.contains("error decoding YAML"), "{}", error.message);
+        // A JSON body that is not JSON is an error in JSON's terms.
+        let error = parse_body(&yaml, false).expect_err("not JSON");
+        assert!(error.message.contains("error decoding JSON"), "{}", error.message);
+    }
 }
