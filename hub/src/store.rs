@@ -27,9 +27,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256, SyncState};
 
 pub use records::{
-    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord, RevisionRecord,
-    RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite, StatusRow, StoredSpec,
-    SyncStatus, TokenRejection,
+    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,
+    RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite,
+    StatusRow, StoredSpec, SyncStatus, TokenRejection,
 };
 
 /// The Postgres channel `append_change` notifies and `change_wakeups` listens on.
@@ -215,6 +215,12 @@ impl Store {
     /// The cluster with this id.
     pub async fn cluster_by_id(&self, id: ClusterId) -> Result<Option<Cluster>, StoreError> {
         dispatch!(self.cluster_by_id(id))
+    }
+
+    /// Id, serving replica and last-seen time of every cluster, unordered: a narrow read for
+    /// polling liveness (new and removed clusters come through the change log).
+    pub async fn cluster_liveness(&self) -> Result<Vec<ClusterLiveness>, StoreError> {
+        dispatch!(self.cluster_liveness())
     }
 
     /// Sorted by name. matchLabels pushed down (jsonb @> on PG); full selector applied exactly.
@@ -523,6 +529,17 @@ impl Store {
     /// Status rows of one fleet secret, by cluster name.
     pub async fn status_for_fleet_secret(&self, name: &str) -> Result<Vec<SyncStatus>, StoreError> {
         dispatch!(self.status_for_fleet_secret(name))
+    }
+
+    /// Status rows of one fleet secret whose cluster the store does not show connected to
+    /// `replica` (served by another replica, or by none): what another replica may have recorded.
+    /// Unordered.
+    pub async fn status_served_elsewhere(
+        &self,
+        name: &str,
+        replica: &str,
+    ) -> Result<Vec<SyncStatus>, StoreError> {
+        dispatch!(self.status_served_elsewhere(name, replica))
     }
 
     /// Every status row, by cluster name then fleet secret.

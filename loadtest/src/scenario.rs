@@ -229,6 +229,21 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     eprintln!(
         "enrolled {clusters} clusters and converged on revision {first_revision} in {initial_convergence_s:.1} s"
     );
+    // The first rotation's counters (statements, rows) must not include the initial status rows
+    // the hub is still recording.
+    if !wait_for_applied(
+        &admin,
+        &fleet_secret,
+        first_revision,
+        clusters,
+        args.converge_timeout.max(Duration::from_secs(300)),
+    )
+    .await
+    {
+        failures.push(format!(
+            "the store did not count all {clusters} clusters applied on revision {first_revision}"
+        ));
+    }
     let rss_connected = procfs::sample(hub.pid().context("hub pid")?)?.rss_bytes;
     let hub_open_files = procfs::open_files(hub.pid().context("hub pid")?)?;
     let fleet_connected = procfs::sample(own_pid)?;

@@ -397,7 +397,7 @@ impl AdminService {
             .iter()
             .map(|row| PlanStatus {
                 cluster: row.cluster,
-                fleet_secret: row.fleet_secret.clone(),
+                fleet_secret: Arc::from(row.fleet_secret.as_str()),
                 desired_revision: row.desired_revision,
                 applied_revision: row.applied_revision,
                 state: row.state,
@@ -583,8 +583,8 @@ struct Counts {
 fn plan_cluster(cluster: &Cluster) -> PlanCluster {
     PlanCluster {
         id: cluster.id,
-        name: cluster.name.clone(),
-        labels: cluster.labels.clone(),
+        name: Arc::from(cluster.name.as_str()),
+        labels: Arc::new(cluster.labels.clone()),
         state: cluster.state,
         connected: cluster.connected_replica.is_some(),
         last_seen: cluster.last_seen,

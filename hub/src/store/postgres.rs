@@ -11,11 +11,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::{
-    AppliedMigration, AuditEvent, CHANGES_CHANNEL, Change, ChangeKind, Cluster, Leadership, NewRevision,
-    PgLeadership, PinRecord, RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind,
-    SpecOutcome, SpecWrite, StatusBind, StoreError, StoredSpec, SyncStatus, TokenState, change_kind,
-    cluster_state, labels_from_json, labels_json, sha256, sources_from_json, sources_json, spec_kind,
-    sync_state, to_i64, to_u32, to_u64,
+    AppliedMigration, AuditEvent, CHANGES_CHANNEL, Change, ChangeKind, Cluster, ClusterLiveness, Leadership,
+    NewRevision, PgLeadership, PinRecord, RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction,
+    SpecKind, SpecOutcome, SpecWrite, StatusBind, StoreError, StoredSpec, SyncStatus, TokenState,
+    change_kind, cluster_state, labels_from_json, labels_json, sha256, sources_from_json, sources_json,
+    spec_kind, sync_state, to_i64, to_u32, to_u64,
 };
 use crate::domain::{ClusterId, Labels, Sha256};
 
@@ -154,6 +154,21 @@ pub(super) async fn list_clusters(
     .into_iter()
     .map(Cluster::try_from)
     .collect()
+}
+
+pub(super) async fn cluster_liveness(pool: &PgPool) -> Result<Vec<ClusterLiveness>, StoreError> {
+    Ok(
+        sqlx::query!("SELECT id, connected_replica, last_seen FROM clusters")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|row| ClusterLiveness {
+                id: ClusterId(row.id),
+                connected_replica: row.connected_replica,
+                last_seen: row.last_seen,
+            })
+            .collect(),
+    )
 }
 
 pub(super) async fn set_cluster_labels(
@@ -860,6 +875,27 @@ pub(super) async fn status_for_fleet_secret(
                WHERE s.fleet_secret = $1
                ORDER BY c.name"#,
             name,
+        )
+        .fetch_all(pool)
+        .await?,
+    )
+}
+
+pub(super) async fn status_served_elsewhere(
+    pool: &PgPool,
+    name: &str,
+    replica: &str,
+) -> Result<Vec<SyncStatus>, StoreError> {
+    statuses(
+        sqlx::query_as!(
+            StatusRecord,
+            r#"SELECT s.cluster_id, c.name AS "cluster_name!", s.fleet_secret, s.desired_revision,
+                      s.applied_revision, s.applied_sha256, s.state, s.last_error, s.attempts,
+                      s.updated_at, s.applied_at
+               FROM sync_status s JOIN clusters c ON c.id = s.cluster_id
+               WHERE s.fleet_secret = $1 AND c.connected_replica IS DISTINCT FROM $2"#,
+            name,
+            replica,
         )
         .fetch_all(pool)
         .await?,

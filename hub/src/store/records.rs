@@ -106,6 +106,18 @@ impl SpecWrite<'_> {
     }
 }
 
+/// Which replica serves a cluster and when it was last heard from: the part of the inventory
+/// that changes by the second ([`crate::store::Store::cluster_liveness`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLiveness {
+    /// Cluster id.
+    pub id: ClusterId,
+    /// Hub replica holding its stream, if any.
+    pub connected_replica: Option<String>,
+    /// Last connect, disconnect or liveness refresh.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
 /// What [`crate::store::Store::apply_specs`] did to one spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpecOutcome {

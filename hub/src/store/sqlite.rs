@@ -17,10 +17,10 @@ use sqlx::{AssertSqlSafe, Row as _, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, NewRevision, PinRecord, RevisionRecord,
-    RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite, StatusBind, StoreError,
-    StoredSpec, SyncStatus, TokenState, change_kind, cluster_state, labels_json, sha256, sources_json,
-    spec_kind, sync_state, to_u32, to_u64,
+    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,
+    RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite,
+    StatusBind, StoreError, StoredSpec, SyncStatus, TokenState, change_kind, cluster_state, labels_json,
+    sha256, sources_json, spec_kind, sync_state, to_u32, to_u64,
 };
 use crate::domain::{ClusterId, Labels, Sha256};
 
@@ -200,6 +200,21 @@ pub(super) async fn list_clusters(
     .iter()
     .map(cluster)
     .collect()
+}
+
+pub(super) async fn cluster_liveness(pool: &SqlitePool) -> Result<Vec<ClusterLiveness>, StoreError> {
+    sqlx::query("SELECT id, connected_replica, last_seen FROM clusters")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(ClusterLiveness {
+                id: ClusterId(uuid(row, "id")?),
+                connected_replica: row.try_get("connected_replica")?,
+                last_seen: opt_ts(row, "last_seen", "cluster last_seen")?,
+            })
+        })
+        .collect()
 }
 
 pub(super) async fn set_cluster_labels(
@@ -882,6 +897,23 @@ pub(super) async fn status_for_fleet_secret(
         "{STATUS_SELECT} WHERE s.fleet_secret = ?1 ORDER BY c.name"
     )))
     .bind(name)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(status)
+    .collect()
+}
+
+pub(super) async fn status_served_elsewhere(
+    pool: &SqlitePool,
+    name: &str,
+    replica: &str,
+) -> Result<Vec<SyncStatus>, StoreError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "{STATUS_SELECT} WHERE s.fleet_secret = ?1 AND c.connected_replica IS NOT ?2"
+    )))
+    .bind(name)
+    .bind(replica)
     .fetch_all(pool)
     .await?
     .iter()

@@ -119,6 +119,7 @@ conformance!(
     audit_returns_exactly_what_was_passed,
     dashboard_views,
     rollout_view_matches_the_status_rows,
+    liveness_and_status_served_elsewhere,
     no_column_holds_a_secret_value,
 );
 
@@ -1346,6 +1347,91 @@ async fn rollout_view_matches_the_status_rows(store: Store) {
     store.delete_status(ids[5], "api").await.expect("delete");
     store.delete_status(ids[5], "db").await.expect("delete");
     check("deletes").await;
+}
+
+/// What a replica polls while a rollout progresses: every cluster's serving replica and last
+/// seen time, and the status rows of clusters not served by itself.
+async fn liveness_and_status_served_elsewhere(store: Store) {
+    let here = cluster(&store, "here").await;
+    let there = cluster(&store, "there").await;
+    let nowhere = cluster(&store, "nowhere").await;
+    let never = cluster(&store, "never").await;
+    store
+        .record_connect(here.id, "r1", "0.1.0", at(10))
+        .await
+        .expect("connect");
+    store
+        .record_connect(there.id, "r2", "0.1.0", at(11))
+        .await
+        .expect("connect");
+    store
+        .record_connect(nowhere.id, "r1", "0.1.0", at(12))
+        .await
+        .expect("connect");
+    store
+        .record_disconnect(nowhere.id, "r1", at(13))
+        .await
+        .expect("disconnect");
+
+    let mut liveness = store.cluster_liveness().await.expect("liveness");
+    liveness.sort_by_key(|entry| entry.id.0);
+    let mut expected = vec![
+        ClusterLiveness {
+            id: here.id,
+            connected_replica: Some("r1".to_owned()),
+            last_seen: Some(at(10)),
+        },
+        ClusterLiveness {
+            id: there.id,
+            connected_replica: Some("r2".to_owned()),
+            last_seen: Some(at(11)),
+        },
+        ClusterLiveness {
+            id: nowhere.id,
+            connected_replica: None,
+            last_seen: Some(at(13)),
+        },
+        ClusterLiveness {
+            id: never.id,
+            connected_replica: None,
+            last_seen: None,
+        },
+    ];
+    expected.sort_by_key(|entry| entry.id.0);
+    assert_eq!(liveness, expected);
+
+    let rows: Vec<StatusRow> = [here.id, there.id, nowhere.id, never.id]
+        .into_iter()
+        .flat_map(|id| [status_row(id, "db", 3, 20), status_row(id, "api", 3, 20)])
+        .collect();
+    store.upsert_status_batch(&rows).await.expect("status");
+    let mut elsewhere: Vec<(ClusterId, String)> = store
+        .status_served_elsewhere("db", "r1")
+        .await
+        .expect("elsewhere")
+        .into_iter()
+        .map(|s| (s.cluster, s.fleet_secret))
+        .collect();
+    elsewhere.sort();
+    let mut expected: Vec<(ClusterId, String)> = [there.id, nowhere.id, never.id]
+        .into_iter()
+        .map(|id| (id, "db".to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(elsewhere, expected, "every row of db but r1's cluster");
+    let of_r2 = store
+        .status_served_elsewhere("db", "r2")
+        .await
+        .expect("elsewhere");
+    assert_eq!(of_r2.len(), 3);
+    assert!(of_r2.iter().all(|s| s.cluster != there.id));
+    assert!(
+        store
+            .status_served_elsewhere("unknown", "r1")
+            .await
+            .expect("elsewhere")
+            .is_empty()
+    );
 }
 
 async fn leader_election(store: Store) {

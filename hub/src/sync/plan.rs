@@ -44,10 +44,10 @@ use crate::spec::{DeletionPolicy, FleetSecretSpec, Wave};
 pub struct PlanCluster {
     /// Stable id (also the input of the wave hash).
     pub id: ClusterId,
-    /// Name, for messages.
-    pub name: String,
-    /// Hub-side inventory labels.
-    pub labels: Labels,
+    /// Name, for messages (shared: the runtime hands the planner its whole inventory each plan).
+    pub name: Arc<str>,
+    /// Hub-side inventory labels (shared, as `name`).
+    pub labels: Arc<Labels>,
     /// Lifecycle state.
     pub state: ClusterState,
     /// Whether an agent stream is connected now.
@@ -81,8 +81,8 @@ pub struct PlanFleetSecret {
 pub struct PlanStatus {
     /// The cluster.
     pub cluster: ClusterId,
-    /// FleetSecret name.
-    pub fleet_secret: String,
+    /// FleetSecret name (shared: the runtime hands the planner every status row each plan).
+    pub fleet_secret: Arc<str>,
     /// Revision the cluster was asked to hold when `state` was recorded.
     pub desired_revision: u64,
     /// Revision it acknowledged.
@@ -295,7 +295,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .iter()
         .map(|row| {
             let cluster = *cluster_index.get(&row.cluster)?;
-            Some((cluster, secret_index.get(row.fleet_secret.as_str()).copied()))
+            Some((cluster, secret_index.get(&*row.fleet_secret).copied()))
         })
         .collect();
     // Dense status table: FleetSecret index → cluster index → row.
@@ -362,10 +362,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 deletion_policy: input.fleet_secrets[secret].spec.target.deletion_policy,
             }),
             None => Some(Removal {
-                fleet_secret: Arc::from(row.fleet_secret.as_str()),
+                fleet_secret: Arc::clone(&row.fleet_secret),
                 deletion_policy: input
                     .deleted
-                    .get(&row.fleet_secret)
+                    .get(&*row.fleet_secret)
                     .copied()
                     .unwrap_or(DeletionPolicy::Retain),
             }),

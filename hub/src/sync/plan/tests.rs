@@ -43,11 +43,13 @@ fn id(n: u128) -> ClusterId {
 fn cluster(n: u128, labels: &[(&str, &str)]) -> PlanCluster {
     PlanCluster {
         id: id(n),
-        name: format!("c{n}"),
-        labels: labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        name: Arc::from(format!("c{n}")),
+        labels: Arc::new(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
         state: ClusterState::Active,
         connected: true,
         last_seen: Some(now()),
@@ -63,7 +65,7 @@ fn status(
 ) -> PlanStatus {
     PlanStatus {
         cluster: id(cluster),
-        fleet_secret: fleet_secret.to_owned(),
+        fleet_secret: Arc::from(fleet_secret),
         desired_revision: desired,
         applied_revision: applied,
         state,
@@ -139,7 +141,7 @@ fn held(plan: &Plan, clusters: &[PlanCluster], fleet_secret: &str) -> BTreeMap<S
                 .name;
             entry
                 .desired_for(fleet_secret)
-                .map(|revision| (name.clone(), revision.number))
+                .map(|revision| (name.to_string(), revision.number))
         })
         .collect()
 }
@@ -486,7 +488,7 @@ fn waves_advance_only_when_applied_and_pause_above_the_error_rate() {
             } else {
                 5
             };
-            assert_eq!(held[&c.name], want, "{}: {}", row.what, c.name);
+            assert_eq!(held[&*c.name], want, "{}: {}", row.what, c.name);
         }
     }
 }
