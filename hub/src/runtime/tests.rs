@@ -20,19 +20,12 @@ target:
   namespaces: [default]
 ";
 
-async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+/// A runtime on a fresh SQLite store in `dir`, warmed up (its loop is not running), and the
+/// store, to write as another replica would.
+async fn warmed_up(dir: &tempfile::TempDir) -> (Runtime, Store) {
     let url = format!("sqlite://{}", dir.path().join("keyfleet.db").display());
     let store = Store::connect(&url).await.expect("connect");
     store.migrate().await.expect("migrate");
-    store
-}
-
-/// A replica that missed changes the leader then pruned cannot learn them from the log: it finds
-/// its cursor below the horizon and reloads clusters, specs and pins from the tables.
-#[tokio::test]
-async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = sqlite_store(&dir).await;
     let (fleet, _events) = Fleet::new(FleetConfig::default());
     let (mut runtime, _control) = Runtime::new(
         RuntimeConfig::default(),
@@ -41,6 +34,15 @@ async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
         Credentials::default(),
     );
     runtime.warm_up().await.expect("warm up");
+    (runtime, store)
+}
+
+/// A replica that missed changes the leader then pruned cannot learn them from the log: it finds
+/// its cursor below the horizon and reloads clusters, specs and pins from the tables.
+#[tokio::test]
+async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut runtime, store) = warmed_up(&dir).await;
     let cursor = runtime.cursor;
     assert!(runtime.clusters.is_empty() && runtime.secrets.is_empty() && runtime.pins.is_empty());
 
@@ -123,15 +125,7 @@ async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
 #[tokio::test]
 async fn a_cursor_at_the_horizon_is_followed_without_reload() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = sqlite_store(&dir).await;
-    let (fleet, _events) = Fleet::new(FleetConfig::default());
-    let (mut runtime, _control) = Runtime::new(
-        RuntimeConfig::default(),
-        store.clone(),
-        fleet,
-        Credentials::default(),
-    );
-    runtime.warm_up().await.expect("warm up");
+    let (mut runtime, store) = warmed_up(&dir).await;
     store
         .create_cluster("edge-1", &Labels::new())
         .await
