@@ -520,7 +520,23 @@ fn write_enrollment(
         timestamp(token.expires.as_ref())
     )?;
     writeln!(out, "  {}", token.token)?;
-    writeln!(out, "Install the agent in the cluster with:")?;
+    writeln!(
+        out,
+        "Install the agent in the cluster (docs/agent.md; in deploy/agent/40-deployment.yaml set \
+         KEYFLEET_AGENT_HUB_URL to {hub_url} and the image to your registry's):"
+    )?;
+    writeln!(out, "  kubectl apply -f deploy/agent/00-namespace.yaml")?;
+    writeln!(
+        out,
+        "  kubectl -n keyfleet-system create secret generic keyfleet-agent-enrollment --from-literal=token={}",
+        token.token
+    )?;
+    writeln!(
+        out,
+        "  kubectl -n keyfleet-system create configmap keyfleet-hub-ca --from-file=ca.crt=hub-ca.pem"
+    )?;
+    writeln!(out, "  kubectl apply -f deploy/agent/")?;
+    writeln!(out, "Or run it as a process with a kubeconfig:")?;
     writeln!(
         out,
         "  KEYFLEET_AGENT_HUB_URL={hub_url} KEYFLEET_AGENT_ENROLLMENT_TOKEN={} keyfleet-agent",

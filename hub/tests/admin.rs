@@ -925,6 +925,14 @@ async fn the_cli_drives_the_admin_api_end_to_end() {
         )),
         "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "kubectl -n keyfleet-system create secret generic keyfleet-agent-enrollment \
+             --from-literal=token={token}\n"
+        )),
+        "the Kubernetes install steps name the token: {out}"
+    );
+    assert!(out.contains("kubectl apply -f deploy/agent/\n"), "{out}");
     assert!(!out.contains(ADMIN_TOKEN), "the admin token is never printed");
     hub.cli(&["cluster", "add", "dev-1", "-l", "env=dev"])
         .await
