@@ -37,6 +37,19 @@ async fn warmed_up(dir: &tempfile::TempDir) -> (Runtime, Store) {
     (runtime, store)
 }
 
+/// A cluster enrolled through another replica: its row and its change entry (the sequence).
+async fn enroll_elsewhere(store: &Store, name: &str) -> (crate::store::Cluster, i64) {
+    let cluster = store
+        .create_cluster(name, &Labels::new())
+        .await
+        .expect("create cluster");
+    let seq = store
+        .append_change(ChangeKind::Cluster, name)
+        .await
+        .expect("append change");
+    (cluster, seq)
+}
+
 /// A replica that missed changes the leader then pruned cannot learn them from the log: it finds
 /// its cursor below the horizon and reloads clusters, specs and pins from the tables.
 #[tokio::test]
@@ -47,14 +60,7 @@ async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
     assert!(runtime.clusters.is_empty() && runtime.secrets.is_empty() && runtime.pins.is_empty());
 
     // Meanwhile, through another replica: a cluster enrolled, a fleet secret applied, a pin set.
-    let cluster = store
-        .create_cluster("edge-1", &Labels::new())
-        .await
-        .expect("create cluster");
-    store
-        .append_change(ChangeKind::Cluster, "edge-1")
-        .await
-        .expect("append change");
+    let (cluster, _) = enroll_elsewhere(&store, "edge-1").await;
     store
         .apply_specs(
             &[SpecWrite {
@@ -108,14 +114,7 @@ async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
 
     // From there on the log is followed as usual: a later change is read, not a reload.
     runtime.replan = false;
-    let second = store
-        .create_cluster("edge-2", &Labels::new())
-        .await
-        .expect("create cluster");
-    let seq = store
-        .append_change(ChangeKind::Cluster, "edge-2")
-        .await
-        .expect("append change");
+    let (second, seq) = enroll_elsewhere(&store, "edge-2").await;
     runtime.catch_up().await.expect("catch up");
     assert!(runtime.clusters.contains_key(&second.id));
     assert_eq!(runtime.cursor, seq);
@@ -126,14 +125,7 @@ async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
 async fn a_cursor_at_the_horizon_is_followed_without_reload() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut runtime, store) = warmed_up(&dir).await;
-    store
-        .create_cluster("edge-1", &Labels::new())
-        .await
-        .expect("create cluster");
-    store
-        .append_change(ChangeKind::Cluster, "edge-1")
-        .await
-        .expect("append change");
+    enroll_elsewhere(&store, "edge-1").await;
     runtime.catch_up().await.expect("catch up");
     let read = runtime.cursor;
     store
