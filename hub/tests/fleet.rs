@@ -12,7 +12,9 @@ use std::time::Duration;
 use keyfleet_proto::v1;
 use keyfleet_testkit::agent::{AgentConfig, Identity, RunningAgent};
 use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator};
-use support::serve::{ServeEnv, ServeProcess, all_agents, docker_config, regcred_spec, status_until};
+use support::serve::{
+    ServeEnv, ServeProcess, all_agents, docker_config, first_revision_everywhere, regcred_spec, status_until,
+};
 use support::{TestDb, within};
 
 const KEY: &str = "regcred";
@@ -79,21 +81,7 @@ async fn a_rotation_reaches_200_agents_and_a_cluster_that_does_not_match_never_g
     let agents: Vec<RunningAgent> = tokens.into_iter().map(start).collect();
     let outsider = start(outsider_token);
 
-    let first = within(
-        CONVERGE,
-        "a canary gets the first revision",
-        agents[0].wait_for(|state| state.revision(KEY).is_some()),
-    )
-    .await
-    .revision(KEY)
-    .unwrap();
-    all_agents(
-        CONVERGE,
-        &agents,
-        "every prod cluster holds the first revision",
-        |state| state.revision(KEY) == Some(first),
-    )
-    .await;
+    let first = first_revision_everywhere(CONVERGE, &agents, KEY).await;
     status_until(
         KEY,
         &mut admin,

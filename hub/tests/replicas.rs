@@ -12,7 +12,10 @@ use futures::future::join_all;
 use keyfleet_proto::v1;
 use keyfleet_testkit::agent::{AgentConfig, HubAddress, Identity, RunningAgent};
 use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator, KeyVaultHandle};
-use support::serve::{LEADS, ServeEnv, ServeProcess, all_agents, docker_config, regcred_spec, status_until};
+use support::serve::{
+    LEADS, ServeEnv, ServeProcess, all_agents, docker_config, first_revision_everywhere, regcred_spec,
+    status_until,
+};
 use support::{TestDb, within};
 
 const KEY: &str = "regcred";
@@ -94,21 +97,7 @@ async fn killing_the_leader_mid_rotation_hands_over_and_every_cluster_converges(
     let agents = start_agents(&hubs, tokens);
 
     // Every cluster gets the first revision through the three waves, served by both replicas.
-    let first = within(
-        CONVERGE,
-        "a canary gets the first revision",
-        agents[0].wait_for(|state| state.revision(KEY).is_some()),
-    )
-    .await
-    .revision(KEY)
-    .unwrap();
-    all_agents(
-        CONVERGE,
-        &agents,
-        "every cluster holds the first revision",
-        |state| state.revision(KEY) == Some(first),
-    )
-    .await;
+    let first = first_revision_everywhere(CONVERGE, &agents, KEY).await;
     status_until(
         KEY,
         &mut admin_a,
@@ -241,21 +230,7 @@ async fn a_restart_mid_rollout_keeps_later_waves_on_the_previous_revision() {
     let mut admin = env.admin(&hub).await;
     let tokens = fleet_setup(&mut admin, &kv, CLUSTERS, CANARIES).await;
     let agents = start_agents(&[env.hub_address(&hub)], tokens);
-    let first = within(
-        CONVERGE,
-        "a canary gets the first revision",
-        agents[0].wait_for(|state| state.revision(KEY).is_some()),
-    )
-    .await
-    .revision(KEY)
-    .unwrap();
-    all_agents(
-        CONVERGE,
-        &agents,
-        "every cluster holds the first revision",
-        |state| state.revision(KEY) == Some(first),
-    )
-    .await;
+    let first = first_revision_everywhere(CONVERGE, &agents, KEY).await;
 
     // Mid-rollout: the canary wave waits for canary 0's ack.
     agents[0].hold_acks(true);

@@ -253,6 +253,24 @@ pub async fn all_agents(
     .await;
 }
 
+/// Waits until the first agent (a canary) gets a revision of `fleet_secret`, then until every agent
+/// holds that revision, within `bound`; returns it.
+pub async fn first_revision_everywhere(bound: Duration, agents: &[RunningAgent], fleet_secret: &str) -> u64 {
+    let first = super::within(
+        bound,
+        "a canary gets the first revision",
+        agents[0].wait_for(|state| state.revision(fleet_secret).is_some()),
+    )
+    .await
+    .revision(fleet_secret)
+    .unwrap();
+    all_agents(bound, agents, "every cluster holds the first revision", |state| {
+        state.revision(fleet_secret) == Some(first)
+    })
+    .await;
+    first
+}
+
 /// Reads GetStatus of `fleet_secret` until `done` holds (status rows are written in batches; no
 /// event says when), for at most 30 s.
 pub async fn status_until(
