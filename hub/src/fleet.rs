@@ -26,8 +26,33 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::domain::{ClusterId, Sha256};
-use crate::grpc::convert::EncodedRevision;
 pub use queue::{AckError, ItemOutcome, ItemRefusal, PlannedUpdate, QueueLimits, Settled};
+
+/// A revision encoded for the wire once (by the engine's `RevisionEncoder`): the `SecretPayload`
+/// message bytes and their content digest, shared by every stream that sends it (`Bytes` is
+/// reference-counted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedRevision {
+    /// FleetSecret name.
+    pub key: String,
+    /// Revision number (from the store).
+    pub revision: u64,
+    /// `keyfleet_proto::digest::payload_sha256` of the payload.
+    pub sha256: Sha256,
+    /// The encoded `SecretPayload` (contains secret data: never log it).
+    pub payload: bytes::Bytes,
+}
+
+impl std::fmt::Debug for EncodedRevision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedRevision")
+            .field("key", &self.key)
+            .field("revision", &self.revision)
+            .field("sha256", &self.sha256)
+            .field("payload", &format_args!("<{} bytes>", self.payload.len()))
+            .finish()
+    }
+}
 
 /// What removing a key does to the written Secrets (the FleetSecret's deletionPolicy).
 pub type RemovalPolicy = crate::spec::DeletionPolicy;

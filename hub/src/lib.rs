@@ -26,7 +26,6 @@ pub mod fleet;
 pub mod grpc;
 pub mod ops;
 pub mod render;
-pub mod runtime;
 pub mod spec;
 pub mod status;
 pub mod store;

@@ -10,6 +10,8 @@
 //!   and one value GET only for watched secrets whose latest version changed.
 //! - [`eventgrid`]: the Event Grid webhook; Key Vault secret events trigger a targeted fetch by
 //!   the vault's pollers (`PollerHandle::fetch_now`), the sweep stays the backstop.
+//! - [`SourceFactory`]: how the sync engine gets a source per SecretStore ([`AzureSources`]; an
+//!   in-memory `fake::FakeVault` behind the `test-util` feature).
 //! - [`VaultMetrics`] (`vault/metrics.rs`): Prometheus families, registered in a sub-registry.
 //!
 //! **Invariant:** a value only ever leaves as a [`SecretValue`]; errors name the store, vault,
@@ -18,15 +20,19 @@
 mod azure;
 mod breaker;
 pub mod eventgrid;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 mod metrics;
 mod poller;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::domain::SecretValue;
+use crate::spec::SecretStoreSpec;
 
 pub use azure::{AzureKeyVault, VaultOptions};
 pub use metrics::{PollerStats, VaultMetrics};
@@ -41,6 +47,23 @@ pub trait SecretSource: Send + Sync {
     async fn list_secrets(&self) -> Result<Vec<SecretInfo>, VaultError>;
     /// Properties of every version of one secret.
     async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>, VaultError>;
+}
+
+/// Builds the [`SecretSource`] of each SecretStore the engine loads: Azure Key Vault in
+/// production ([`AzureSources`]), an in-memory vault in tests (`fake::FakeSources`).
+pub trait SourceFactory: Send + Sync {
+    /// The source for `spec` (a client; nothing is called yet).
+    fn source(&self, spec: &SecretStoreSpec) -> Result<Arc<dyn SecretSource>, VaultError>;
+}
+
+/// [`AzureKeyVault`] clients built with these options (trust, authority, metrics).
+#[derive(Clone, Default)]
+pub struct AzureSources(pub VaultOptions);
+
+impl SourceFactory for AzureSources {
+    fn source(&self, spec: &SecretStoreSpec) -> Result<Arc<dyn SecretSource>, VaultError> {
+        Ok(Arc::new(AzureKeyVault::new(spec, &self.0)?))
+    }
 }
 
 /// A secret version with its value. `Debug` shows the value's length only.

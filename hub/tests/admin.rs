@@ -14,8 +14,9 @@ use clap::Parser as _;
 use keyfleet_hub::cli::{self, CliError};
 use keyfleet_hub::config::{Cli, ClientArgs, Command};
 use keyfleet_hub::domain::{Sha256, SyncState};
-use keyfleet_hub::grpc::admin::{AdminAuth, AdminService, HubControl, SyncNowOutcome};
+use keyfleet_hub::grpc::admin::{AdminAuth, AdminService};
 use keyfleet_hub::store::{ChangeKind, NewRevision, StatusRow, Store};
+use keyfleet_hub::sync::control::{ControlError, HubControl, SyncNowOutcome};
 use keyfleet_proto::v1;
 use sqlx::{Connection as _, Executor as _};
 use tokio::net::TcpListener;
@@ -38,7 +39,7 @@ impl HubControl for TestControl {
         self.changed.fetch_add(1, Ordering::SeqCst);
     }
 
-    async fn sync_now(&self, store: Option<String>) -> Result<SyncNowOutcome, tonic::Status> {
+    async fn sync_now(&self, store: Option<String>) -> Result<SyncNowOutcome, ControlError> {
         self.synced.lock().unwrap().push(store.clone());
         Ok(SyncNowOutcome {
             stores: vec![store.unwrap_or_else(|| "shared-kv".to_owned())],

@@ -16,12 +16,13 @@ use keyfleet_hub::config::{Cli, Command};
 use keyfleet_hub::domain::Sha256;
 use keyfleet_hub::fleet::credentials::{self, Credentials};
 use keyfleet_hub::fleet::{Fleet, FleetEvent};
-use keyfleet_hub::grpc::admin::{AdminAuth, AdminService, HubControl, SyncNowOutcome};
+use keyfleet_hub::grpc::admin::{AdminAuth, AdminService};
 use keyfleet_hub::grpc::client_ca::ClientCa;
 use keyfleet_hub::grpc::enroll::EnrollService;
 use keyfleet_hub::grpc::server::{self, TlsMaterial, TlsSource};
 use keyfleet_hub::grpc::sync::{SyncConfig, SyncService};
 use keyfleet_hub::store::Store;
+use keyfleet_hub::sync::control::{ControlError, HubControl, SyncNowOutcome};
 use keyfleet_proto::v1;
 use keyfleet_proto::v1::admin_client::AdminClient;
 use keyfleet_testkit::tls::{ServerCert, TestCa};
@@ -38,7 +39,7 @@ struct NoControl;
 impl HubControl for NoControl {
     async fn changed(&self) {}
 
-    async fn sync_now(&self, _store: Option<String>) -> Result<SyncNowOutcome, tonic::Status> {
+    async fn sync_now(&self, _store: Option<String>) -> Result<SyncNowOutcome, ControlError> {
         Ok(SyncNowOutcome::default())
     }
 }
@@ -363,7 +364,7 @@ async fn agent_streams_ignore_client_certificates() {
         hub.channel(Some(&alice)).await.unwrap(),
     )
     .enroll(v1::EnrollRequest {
-        token: keyfleet_hub::grpc::admin::new_enrollment_token(),
+        token: keyfleet_hub::sync::admin::new_enrollment_token(),
         agent_version: "0.1.0-test".to_owned(),
     })
     .await

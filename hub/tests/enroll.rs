@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use keyfleet_hub::domain::{Labels, Sha256, SyncState};
-use keyfleet_hub::grpc::admin::new_enrollment_token as new_token;
 use keyfleet_hub::status::StatusConfig;
+use keyfleet_hub::sync::admin::new_enrollment_token as new_token;
 use keyfleet_proto::v1::{self, agent_message};
 use support::*;
 use tonic::Code;
@@ -285,7 +285,7 @@ async fn a_rotation_reaches_200_agents_and_status_shows_all_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_elsewhere_reach_the_credential_index_and_revoke_streams() {
-    use keyfleet_hub::grpc::enroll::refresh_credentials;
+    use keyfleet_hub::sync::engine::refresh_credentials;
     let db = TestDb::create().await;
     let store = db.store.clone();
     let (hub, _view) = Hub::start_with_store(store.clone(), status_config()).await;

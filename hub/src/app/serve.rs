@@ -17,14 +17,15 @@ use crate::fleet::credentials::Credentials;
 use crate::fleet::{Fleet, FleetConfig, FleetEvent};
 use crate::grpc::admin::{AdminAuth, AdminService};
 use crate::grpc::client_ca::ClientCa;
+use crate::grpc::convert::ProtoEncoder;
 use crate::grpc::enroll::EnrollService;
 use crate::grpc::server::{self, TlsMaterial};
 use crate::grpc::sync::{SyncConfig, SyncService};
 use crate::ops::{self, Ops};
-use crate::runtime::{Runtime, RuntimeConfig};
 use crate::status::{StatusConfig, StatusWriter};
 use crate::store::Store;
-use crate::vault::{VaultMetrics, VaultOptions};
+use crate::sync::engine::{Engine, EngineConfig, EngineDeps, EngineError};
+use crate::vault::{AzureSources, VaultMetrics, VaultOptions};
 
 /// Capacity of each copy of the fleet's event stream.
 const EVENT_BUFFER: usize = 65_536;
@@ -80,16 +81,25 @@ pub(super) async fn serve(
         },
         authority_host: config.vault.authority_host.clone(),
         verify_challenge_resource: !config.vault.skip_challenge_resource_check,
-        metrics: vault_metrics,
+        metrics: vault_metrics.clone(),
         ..VaultOptions::default()
     };
-    let runtime_config = RuntimeConfig {
+    let engine_config = EngineConfig {
         replica: replica.clone(),
-        vault,
-        ..RuntimeConfig::default()
+        vault_metrics,
+        ..EngineConfig::default()
     };
-    let offline_grace = runtime_config.offline_grace;
-    let (runtime, control) = Runtime::new(runtime_config, store.clone(), fleet.clone(), credentials.clone());
+    let offline_grace = engine_config.offline_grace;
+    let (runtime, control) = Engine::new(
+        engine_config,
+        EngineDeps {
+            store: store.clone(),
+            fleet: fleet.clone(),
+            credentials: credentials.clone(),
+            sources: Arc::new(AzureSources(vault)),
+            encoder: Arc::new(ProtoEncoder),
+        },
+    );
     let mut runtime_ready = runtime.ready();
     let (status_tx, status_rx) = mpsc::channel(EVENT_BUFFER);
     let (runtime_tx, runtime_rx) = mpsc::channel(EVENT_BUFFER);
@@ -153,9 +163,7 @@ pub(super) async fn serve(
     let admin = AdminService::new(store.clone(), Arc::new(control))
         .with_offline_grace(offline_grace)
         .into_server(admin_auth);
-    let routes = tonic::service::Routes::new(sync.clone().into_server())
-        .add_service(enroll.into_server())
-        .add_service(admin);
+    let routes = crate::grpc::routes(sync.clone(), enroll, admin);
     let grpc_stop = CancellationToken::new();
     let grpc_shutdown = grpc_stop.clone().cancelled_owned();
     let grpc_task = match admin_client_ca {
@@ -250,9 +258,7 @@ async fn tee(
     }
 }
 
-fn runtime_result(
-    result: Result<Result<(), crate::runtime::RuntimeError>, tokio::task::JoinError>,
-) -> anyhow::Result<()> {
+fn runtime_result(result: Result<Result<(), EngineError>, tokio::task::JoinError>) -> anyhow::Result<()> {
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(anyhow::Error::new(error).context("the runtime stopped")),
@@ -260,8 +266,6 @@ fn runtime_result(
     }
 }
 
-async fn finish_runtime(
-    task: &mut tokio::task::JoinHandle<Result<(), crate::runtime::RuntimeError>>,
-) -> anyhow::Result<()> {
+async fn finish_runtime(task: &mut tokio::task::JoinHandle<Result<(), EngineError>>) -> anyhow::Result<()> {
     runtime_result(task.await)
 }

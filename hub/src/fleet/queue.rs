@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{ClusterDesired, NackCode, RemovalPolicy};
 use crate::domain::Sha256;
-use crate::grpc::convert::EncodedRevision;
+use crate::fleet::EncodedRevision;
 
 /// Bytes of framing allowed per upsert on top of its payload (tag, length, margin).
 const UPSERT_OVERHEAD: usize = 16;

@@ -10,30 +10,23 @@ use keyfleet_proto::v1;
 use prost::Message as _;
 
 use crate::domain::{LabelRequirement, LabelSelector, SelectorOperator, Sha256};
+use crate::fleet::EncodedRevision;
 use crate::render::RenderedSecret;
 use crate::spec::{CreationPolicy, DeletionPolicy, TargetNamespaces};
+use crate::sync::RevisionEncoder;
 
-/// A revision encoded for the wire: the `SecretPayload` message bytes and their content digest.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EncodedRevision {
-    /// FleetSecret name.
-    pub key: String,
-    /// Revision number (from the store).
-    pub revision: u64,
-    /// `keyfleet_proto::digest::payload_sha256` of the payload.
-    pub sha256: Sha256,
-    /// The encoded `SecretPayload` (contains secret data: never log it).
-    pub payload: Bytes,
-}
+/// The sync engine's [`RevisionEncoder`]: a revision is a `SecretPayload` message, its digest
+/// `keyfleet_proto::digest::payload_sha256` (wired in by `app`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProtoEncoder;
 
-impl std::fmt::Debug for EncodedRevision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncodedRevision")
-            .field("key", &self.key)
-            .field("revision", &self.revision)
-            .field("sha256", &self.sha256)
-            .field("payload", &format_args!("<{} bytes>", self.payload.len()))
-            .finish()
+impl RevisionEncoder for ProtoEncoder {
+    fn digest(&self, rendered: &RenderedSecret) -> Sha256 {
+        rendered_sha256(rendered)
+    }
+
+    fn encode(&self, rendered: &RenderedSecret, revision: u64) -> EncodedRevision {
+        encode_revision(rendered, revision)
     }
 }
 

@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::Sha256;
 use crate::fleet::credentials::{self, Credentials};
-use crate::grpc::admin::ENROLLMENT_TOKEN_PREFIX;
 use crate::grpc::admission::Admission;
 use crate::store::{Store, TokenRejection};
+use crate::sync::admin::ENROLLMENT_TOKEN_PREFIX;
 
 /// The answer for any token that cannot be used.
 const REFUSED: &str = "enrollment token is unknown, already used or expired";
@@ -88,10 +88,7 @@ impl enrollment_server::Enrollment for EnrollService {
                 tracing::warn!(reason, token = ?token_hash, "enrollment refused");
                 return Err(Status::unauthenticated(REFUSED));
             }
-            Err(error) => {
-                tracing::error!(error = %error, "enrollment: store failed");
-                return Err(Status::unavailable("store unavailable; retry later"));
-            }
+            Err(error) => return Err(crate::grpc::status::enroll_store(&error)),
         };
         let credential = credentials::new_credential();
         let credential_hash = Sha256::of(credential.as_bytes());
@@ -102,8 +99,8 @@ impl enrollment_server::Enrollment for EnrollService {
                 return Err(Status::unauthenticated(REFUSED));
             }
             Err(error) => {
-                tracing::error!(%cluster, error = %error, "enrollment: cannot store the credential");
-                return Err(Status::unavailable("store unavailable; retry later"));
+                tracing::error!(%cluster, "enrollment: cannot store the credential");
+                return Err(crate::grpc::status::enroll_store(&error));
             }
         }
         self.credentials.insert(credential_hash, cluster);
@@ -137,47 +134,13 @@ impl enrollment_server::Enrollment for EnrollService {
     }
 }
 
-/// Loads the credential index from the store (at start).
-pub async fn load_credentials(store: &Store) -> Result<Credentials, crate::store::StoreError> {
-    Ok(Credentials::from_entries(store.active_credentials().await?))
-}
-
-/// Brings the credential index and the fleet in line with the store after a cluster change made
-/// anywhere (another replica's enrollment, `keyfleet cluster revoke`): credentials enrolled
-/// elsewhere are added, and every cluster of `clusters` (the store's list, which the caller has
-/// just read) that is revoked loses its credential and its stream (PERMISSION_DENIED) and is
-/// refused from then on. Returns the clusters newly revoked here.
-pub async fn refresh_credentials(
-    store: &Store,
-    clusters: &[crate::store::Cluster],
-    credentials: &Credentials,
-    fleet: &crate::fleet::Fleet,
-) -> Result<Vec<crate::domain::ClusterId>, crate::store::StoreError> {
-    for (hash, cluster) in store.active_credentials().await? {
-        credentials.insert(hash, cluster);
-    }
-    let mut revoked = Vec::new();
-    for cluster in clusters {
-        if cluster.state != crate::domain::ClusterState::Revoked {
-            continue;
-        }
-        let had_credential = credentials.revoke_cluster(cluster.id);
-        if had_credential || !fleet.is_revoked(cluster.id) {
-            fleet.revoke(cluster.id);
-            tracing::info!(cluster = %cluster.id, cluster_name = %cluster.name, "cluster revoked");
-            revoked.push(cluster.id);
-        }
-    }
-    Ok(revoked)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn admin_issued_tokens_are_well_formed() {
-        let token = crate::grpc::admin::new_enrollment_token();
+        let token = crate::sync::admin::new_enrollment_token();
         assert!(well_formed(&token), "{token}");
         assert_eq!(token.len(), 47);
         assert!(!well_formed(&token.replace("kfe_", "kfc_")));

@@ -32,13 +32,14 @@ use tonic::server::{NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::Sha256;
+use crate::fleet::EncodedRevision;
 use crate::fleet::credentials::Credentials;
 use crate::fleet::{
-    AttachError, CloseReason, DriftKind, Fleet, ItemOutcome, ItemRefusal, NackCode, PlannedUpdate, Session,
+    CloseReason, DriftKind, Fleet, ItemOutcome, ItemRefusal, NackCode, PlannedUpdate, Session,
 };
 use crate::grpc::admission::Admission;
 pub use crate::grpc::admission::RETRY_AFTER_MS;
-use crate::grpc::convert::{self, EncodedRevision};
+use crate::grpc::convert;
 
 /// Settings of the Sync service.
 #[derive(Debug, Clone)]
@@ -427,11 +428,8 @@ impl Stream {
         let result = self.drive(&mut inbound, &mut session).await;
         let status = match result {
             Ok(()) | Err(End::AgentGone) => None,
-            Err(End::Close(CloseReason::Revoked)) => {
-                Some(Status::permission_denied("cluster credential revoked"))
-            }
-            Err(End::Close(CloseReason::Replaced)) => {
-                Some(Status::aborted("replaced by a newer stream of the same cluster"))
+            Err(End::Close(reason @ (CloseReason::Revoked | CloseReason::Replaced))) => {
+                crate::grpc::status::close(reason)
             }
             Err(End::Close(CloseReason::Drain { reconnect_after })) => {
                 let drain = v1::HubMessage {
@@ -563,14 +561,13 @@ impl Stream {
             }
         };
         check_hello(&hello)?;
-        let session = slot.insert(self.service.inner.fleet.attach(self.cluster).map_err(
-            |error| match error {
-                AttachError::Revoked(_) => {
-                    End::Status(Status::unauthenticated("unknown or revoked cluster credential"))
-                }
-                AttachError::Draining => End::Status(Status::unavailable("hub is draining")),
-            },
-        )?);
+        let session = slot.insert(
+            self.service
+                .inner
+                .fleet
+                .attach(self.cluster)
+                .map_err(|error| End::Status(crate::grpc::status::attach(&error)))?,
+        );
         let empty = keyfleet_proto::digest::set_digest([]);
         let in_sync = session.accept_if_in_sync(&hello.applied_digest);
         if !in_sync {

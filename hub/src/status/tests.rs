@@ -4,8 +4,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::*;
+use crate::fleet::EncodedRevision;
 use crate::fleet::{ClusterDesired, FleetConfig, NackCode};
-use crate::grpc::convert::EncodedRevision;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Call {

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyfleet_hub::domain::{ClusterId, SecretValue};
+use keyfleet_hub::fleet::EncodedRevision;
 use keyfleet_hub::fleet::credentials::{self, Credentials};
 use keyfleet_hub::fleet::{ClusterDesired, Fleet, FleetConfig, FleetEvent, RemovalPolicy};
-use keyfleet_hub::grpc::convert::{self, EncodedRevision};
+use keyfleet_hub::grpc::convert;
 use keyfleet_hub::grpc::server::{self, TlsMaterial, TlsSource};
 use keyfleet_hub::grpc::sync::{SyncConfig, SyncService};
 use keyfleet_hub::render::RenderedSecret;

@@ -1,12 +1,18 @@
-//! Runtime behaviour driven step by step (its loop is not running): the change-log tail.
+//! Engine behaviour driven step by step (its loop is not running), on a SQLite store with an
+//! in-memory Key Vault (`vault::fake`) and in-process agents (fleet sessions, no gRPC): the
+//! change-log tail, a rotation across rollout waves, a pin, a revocation and a restart.
 
 use chrono::{TimeDelta, Utc};
 
-use super::{Runtime, RuntimeConfig};
-use crate::domain::Labels;
+use super::{Engine, EngineConfig, EngineDeps, RevisionEncoder};
+use crate::domain::{Labels, Sha256};
 use crate::fleet::credentials::Credentials;
-use crate::fleet::{Fleet, FleetConfig};
+use crate::fleet::{EncodedRevision, Fleet, FleetConfig};
+use crate::render::RenderedSecret;
 use crate::store::{ChangeKind, SpecKind, SpecWrite, Store};
+use crate::vault::fake::FakeSources;
+
+mod rollout;
 
 const FLEET_SECRET: &str = "kind: FleetSecret
 name: regcred
@@ -20,21 +26,69 @@ target:
   namespaces: [default]
 ";
 
-/// A runtime on a fresh SQLite store in `dir`, warmed up (its loop is not running), and the
-/// store, to write as another replica would.
-async fn warmed_up(dir: &tempfile::TempDir) -> (Runtime, Store) {
+/// Encodes a revision as its data, in key order: enough for the engine, which never looks
+/// inside (the wire format is `grpc::convert`'s).
+pub(super) struct TestEncoder;
+
+impl RevisionEncoder for TestEncoder {
+    fn digest(&self, rendered: &RenderedSecret) -> Sha256 {
+        Sha256::of(&Self::bytes(rendered))
+    }
+
+    fn encode(&self, rendered: &RenderedSecret, revision: u64) -> EncodedRevision {
+        EncodedRevision {
+            key: rendered.key.clone(),
+            revision,
+            sha256: self.digest(rendered),
+            payload: bytes::Bytes::from(Self::bytes(rendered)),
+        }
+    }
+}
+
+impl TestEncoder {
+    fn bytes(rendered: &RenderedSecret) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for (key, value) in &rendered.data {
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(value.expose());
+            bytes.push(0);
+        }
+        bytes
+    }
+}
+
+/// An engine over `store`, `fleet` and `sources`, not yet warmed up.
+pub(super) fn engine(store: &Store, fleet: &Fleet, sources: &FakeSources) -> Engine {
+    let (engine, _control) = Engine::new(
+        EngineConfig::default(),
+        EngineDeps {
+            store: store.clone(),
+            fleet: fleet.clone(),
+            credentials: Credentials::default(),
+            sources: std::sync::Arc::new(sources.clone()),
+            encoder: std::sync::Arc::new(TestEncoder),
+        },
+    );
+    engine
+}
+
+/// A fresh, migrated SQLite store in `dir`.
+pub(super) async fn sqlite(dir: &tempfile::TempDir) -> Store {
     let url = format!("sqlite://{}", dir.path().join("keyfleet.db").display());
     let store = Store::connect(&url).await.expect("connect");
     store.migrate().await.expect("migrate");
+    store
+}
+
+/// An engine on a fresh SQLite store in `dir`, warmed up (its loop is not running), and the
+/// store, to write as another replica would.
+async fn warmed_up(dir: &tempfile::TempDir) -> (Engine, Store) {
+    let store = sqlite(dir).await;
     let (fleet, _events) = Fleet::new(FleetConfig::default());
-    let (mut runtime, _control) = Runtime::new(
-        RuntimeConfig::default(),
-        store.clone(),
-        fleet,
-        Credentials::default(),
-    );
-    runtime.warm_up().await.expect("warm up");
-    (runtime, store)
+    let mut engine = engine(&store, &fleet, &FakeSources::default());
+    engine.warm_up().await.expect("warm up");
+    (engine, store)
 }
 
 /// A cluster enrolled through another replica: its row and its change entry (the sequence).
@@ -55,9 +109,9 @@ async fn enroll_elsewhere(store: &Store, name: &str) -> (crate::store::Cluster, 
 #[tokio::test]
 async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut runtime, store) = warmed_up(&dir).await;
-    let cursor = runtime.cursor;
-    assert!(runtime.clusters.is_empty() && runtime.secrets.is_empty() && runtime.pins.is_empty());
+    let (mut engine, store) = warmed_up(&dir).await;
+    let cursor = engine.cursor;
+    assert!(engine.inventory.clusters.is_empty() && engine.secrets.is_empty() && engine.pins.is_empty());
 
     // Meanwhile, through another replica: a cluster enrolled, a fleet secret applied, a pin set.
     let (cluster, _) = enroll_elsewhere(&store, "edge-1").await;
@@ -89,18 +143,18 @@ async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
     assert!(store.changes_since(cursor, 1000).await.expect("tail").is_empty());
     assert!(store.change_horizon().await.expect("horizon") > cursor);
 
-    runtime.catch_up().await.expect("catch up");
+    engine.catch_up().await.expect("catch up");
 
     assert!(
-        runtime.clusters.contains_key(&cluster.id),
+        engine.inventory.clusters.contains_key(&cluster.id),
         "the enrolled cluster is loaded"
     );
     assert!(
-        runtime.secrets.contains_key("regcred"),
+        engine.secrets.contains_key("regcred"),
         "the applied fleet secret is loaded"
     );
     assert_eq!(
-        runtime
+        engine
             .pins
             .get("regcred")
             .and_then(|pins| pins.get("acr-pull"))
@@ -108,26 +162,26 @@ async fn a_cursor_below_the_pruned_horizon_reloads_everything() {
         Some("0123456789abcdef0123456789abcdef"),
         "the pin is loaded"
     );
-    assert!(runtime.replan, "the fleet is planned again");
+    assert!(engine.replan, "the fleet is planned again");
     let latest = store.latest_change().await.expect("latest");
-    assert_eq!(runtime.cursor, latest, "the cursor moves to the newest entry");
+    assert_eq!(engine.cursor, latest, "the cursor moves to the newest entry");
 
     // From there on the log is followed as usual: a later change is read, not a reload.
-    runtime.replan = false;
+    engine.replan = false;
     let (second, seq) = enroll_elsewhere(&store, "edge-2").await;
-    runtime.catch_up().await.expect("catch up");
-    assert!(runtime.clusters.contains_key(&second.id));
-    assert_eq!(runtime.cursor, seq);
+    engine.catch_up().await.expect("catch up");
+    assert!(engine.inventory.clusters.contains_key(&second.id));
+    assert_eq!(engine.cursor, seq);
 }
 
 /// A cursor at the horizon (everything up to it was read before the prune) is not a gap.
 #[tokio::test]
 async fn a_cursor_at_the_horizon_is_followed_without_reload() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut runtime, store) = warmed_up(&dir).await;
+    let (mut engine, store) = warmed_up(&dir).await;
     enroll_elsewhere(&store, "edge-1").await;
-    runtime.catch_up().await.expect("catch up");
-    let read = runtime.cursor;
+    engine.catch_up().await.expect("catch up");
+    let read = engine.cursor;
     store
         .prune_changes(Utc::now() + TimeDelta::hours(1), 0)
         .await
@@ -139,12 +193,12 @@ async fn a_cursor_at_the_horizon_is_followed_without_reload() {
         .upsert_spec(SpecKind::FleetSecret, "regcred", FLEET_SECRET)
         .await
         .expect("spec");
-    runtime.replan = false;
-    runtime.catch_up().await.expect("catch up");
+    engine.replan = false;
+    engine.catch_up().await.expect("catch up");
     assert!(
-        !runtime.secrets.contains_key("regcred"),
+        !engine.secrets.contains_key("regcred"),
         "no reload: nothing was missed"
     );
-    assert!(!runtime.replan);
-    assert_eq!(runtime.cursor, read);
+    assert!(!engine.replan);
+    assert_eq!(engine.cursor, read);
 }

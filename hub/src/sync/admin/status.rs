@@ -1,0 +1,301 @@
+//! Status views: per FleetSecret, the current revision and its Key Vault versions, how many
+//! targeted clusters applied it, are pending, failed or are offline, the rollout decision (the
+//! engine's planner run over what the store records), the lagging clusters and the pins.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{Admin, AdminError, not_found_fleet_secret};
+use crate::domain::{ClusterId, ClusterState, SyncState};
+use crate::store::{RevisionRecord, SyncStatus};
+use crate::sync::engine::{plan_cluster, plan_status, rollout_progress};
+use crate::sync::plan::{
+    self, PlanCluster, PlanFleetSecret, PlanInput, PlanStatus, RevisionRef, RolloutProgress,
+};
+
+/// Lagging clusters listed when the request says 0.
+pub const DEFAULT_LAGGING_LIMIT: u32 = 20;
+/// Most lagging clusters listed per FleetSecret.
+pub const MAX_LAGGING_LIMIT: u32 = 1_000;
+
+/// Where a cluster stands with one FleetSecret, as the status views say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewState {
+    /// It holds the revision it should.
+    Applied,
+    /// Connected, and not yet on its revision.
+    Pending,
+    /// Its agent refused the revision.
+    Error,
+    /// Disconnected, and not on its revision.
+    Offline,
+}
+
+impl ViewState {
+    /// "applied", "pending", "error" or "offline".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Pending => "pending",
+            Self::Error => "error",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// One (cluster, FleetSecret) status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSecretView {
+    /// FleetSecret name.
+    pub fleet_secret: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Revision the cluster should hold (0: none yet).
+    pub desired_revision: u64,
+    /// Revision it acknowledged last.
+    pub applied_revision: Option<u64>,
+    /// Where it stands.
+    pub state: ViewState,
+    /// The agent's last error (never a value).
+    pub last_error: Option<String>,
+    /// Delivery attempts.
+    pub attempts: u32,
+    /// Last status write (`None`: nothing recorded yet).
+    pub updated: Option<DateTime<Utc>>,
+}
+
+impl ClusterSecretView {
+    /// A stored row, for a cluster that is `connected` or not.
+    pub fn of(row: &SyncStatus, connected: bool) -> Self {
+        let state = match row.state {
+            SyncState::Applied => ViewState::Applied,
+            SyncState::Error => ViewState::Error,
+            SyncState::Pending | SyncState::Undelivered if !connected => ViewState::Offline,
+            SyncState::Pending | SyncState::Undelivered => ViewState::Pending,
+        };
+        Self {
+            fleet_secret: row.fleet_secret.clone(),
+            cluster: row.cluster_name.clone(),
+            desired_revision: row.desired_revision,
+            applied_revision: row.applied_revision,
+            state,
+            last_error: row.last_error.clone(),
+            attempts: row.attempts,
+            updated: Some(row.updated),
+        }
+    }
+}
+
+/// Targeted clusters by where they stand with the current revision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecretCounts {
+    /// Clusters the FleetSecret targets (not revoked, selector matches).
+    pub targeted: u32,
+    /// Holding the current revision.
+    pub applied: u32,
+    /// Connected, not yet holding it.
+    pub pending: u32,
+    /// Their agent refused it.
+    pub error: u32,
+    /// Disconnected, not holding it.
+    pub offline: u32,
+}
+
+/// A rollout decision, as the planner takes it over what the store records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutView {
+    /// `none`, `progressing`, `paused`, `complete`.
+    pub state: &'static str,
+    /// Wave reached.
+    pub current_wave: u32,
+    /// Waves in all.
+    pub waves: u32,
+    /// Why (paused, waiting); empty when nothing to say.
+    pub reason: String,
+}
+
+/// The status of one FleetSecret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSecretStatus {
+    /// Its name.
+    pub name: String,
+    /// Current revision (0: none yet).
+    pub revision: u64,
+    /// (remote key, Key Vault version) the current revision was rendered from.
+    pub sources: Vec<(String, String)>,
+    /// Targeted clusters by where they stand.
+    pub counts: SecretCounts,
+    /// The rollout decision, when it has a rollout strategy.
+    pub rollout: Option<RolloutView>,
+    /// Clusters not on their desired revision, oldest first.
+    pub lagging: Vec<ClusterSecretView>,
+    /// (remote key, pinned version).
+    pub pins: Vec<(String, String)>,
+}
+
+impl Admin {
+    /// Status of the named FleetSecrets (all when `only` is `None`), listing at most
+    /// `lagging_limit` lagging clusters each (0: [`DEFAULT_LAGGING_LIMIT`]).
+    pub async fn statuses(
+        &self,
+        only: Option<&str>,
+        lagging_limit: u32,
+    ) -> Result<Vec<FleetSecretStatus>, AdminError> {
+        if lagging_limit > MAX_LAGGING_LIMIT {
+            return Err(super::invalid(
+                "lagging_limit",
+                format!("at most {MAX_LAGGING_LIMIT}"),
+            ));
+        }
+        let mut secrets = self.fleet_secrets().await?;
+        if let Some(name) = only {
+            secrets.retain(|key, _| key == name);
+            if secrets.is_empty() {
+                return Err(not_found_fleet_secret(name));
+            }
+        }
+        let clusters = self.store.list_clusters(None).await?;
+        let rows = match only {
+            Some(name) => self.store.status_for_fleet_secret(name).await,
+            None => self.store.all_status().await,
+        }?;
+        let revisions: HashMap<String, RevisionRecord> = self
+            .store
+            .latest_revisions()
+            .await?
+            .into_iter()
+            .map(|revision| (revision.fleet_secret.clone(), revision))
+            .collect();
+        let rollouts: Vec<RolloutProgress> = self
+            .store
+            .rollouts()
+            .await?
+            .iter()
+            .map(rollout_progress)
+            .collect();
+        let pins = self.store.pins().await?;
+
+        let now = Utc::now();
+        let connected: HashMap<ClusterId, bool> = clusters
+            .iter()
+            .map(|cluster| (cluster.id, self.connectivity.connected(false, cluster, now)))
+            .collect();
+        let plan_clusters: Vec<PlanCluster> = clusters
+            .iter()
+            .map(|cluster| plan_cluster(cluster, connected[&cluster.id]))
+            .collect();
+        let plan_secrets: Vec<PlanFleetSecret> = secrets
+            .values()
+            .map(|(_, secret)| PlanFleetSecret {
+                spec: Arc::clone(secret),
+                current: revisions.get(&secret.name).map(|revision| RevisionRef {
+                    number: revision.revision,
+                    sha256: revision.sha256,
+                }),
+                previous: None,
+            })
+            .collect();
+        let plan_rows: Vec<PlanStatus> = rows.iter().map(plan_status).collect();
+        let deleted = BTreeMap::new();
+        let plan = plan::plan(&PlanInput {
+            clusters: &plan_clusters,
+            fleet_secrets: &plan_secrets,
+            deleted: &deleted,
+            status: &plan_rows,
+            rollouts: &rollouts,
+            now,
+            offline_grace: self.connectivity.offline_grace(),
+        });
+
+        let mut rows_by_secret: HashMap<&str, HashMap<ClusterId, &SyncStatus>> = HashMap::new();
+        for row in &rows {
+            rows_by_secret
+                .entry(row.fleet_secret.as_str())
+                .or_default()
+                .insert(row.cluster, row);
+        }
+        let limit = match lagging_limit {
+            0 => DEFAULT_LAGGING_LIMIT,
+            limit => limit,
+        } as usize;
+        let empty = HashMap::new();
+        let mut out = Vec::with_capacity(secrets.len());
+        for (name, (_, secret)) in &secrets {
+            let revision = revisions.get(name);
+            let current = revision.map_or(0, |revision| revision.revision);
+            let rows = rows_by_secret.get(name.as_str()).unwrap_or(&empty);
+            let mut counts = SecretCounts::default();
+            for cluster in &clusters {
+                if cluster.state == ClusterState::Revoked || !secret.clusters.matches(&cluster.labels) {
+                    continue;
+                }
+                counts.targeted += 1;
+                let row = rows.get(&cluster.id);
+                if current != 0 && row.is_some_and(|row| row.applied_revision == Some(current)) {
+                    counts.applied += 1;
+                } else if row.is_some_and(|row| row.state == SyncState::Error) {
+                    counts.error += 1;
+                } else if !connected[&cluster.id] {
+                    counts.offline += 1;
+                } else {
+                    counts.pending += 1;
+                }
+            }
+            // The rows not on their desired revision, oldest first (the store's lagging order),
+            // from the rows already read: no query per FleetSecret.
+            let mut lagging: Vec<&SyncStatus> = rows
+                .values()
+                .copied()
+                .filter(|row| row.applied_revision != Some(row.desired_revision))
+                .collect();
+            lagging.sort_by(|a, b| {
+                (a.updated, &a.cluster_name, &a.fleet_secret).cmp(&(
+                    b.updated,
+                    &b.cluster_name,
+                    &b.fleet_secret,
+                ))
+            });
+            lagging.truncate(limit);
+            let decision = plan
+                .rollouts
+                .iter()
+                .find(|decision| *decision.fleet_secret == **name);
+            out.push(FleetSecretStatus {
+                name: name.clone(),
+                revision: current,
+                sources: revision
+                    .map(|revision| revision.sources.clone())
+                    .unwrap_or_default(),
+                counts,
+                rollout: decision.map(|decision| RolloutView {
+                    state: decision.state.as_str(),
+                    current_wave: decision.current_wave,
+                    waves: decision.waves,
+                    reason: decision.reason.clone(),
+                }),
+                lagging: lagging
+                    .into_iter()
+                    .map(|row| {
+                        ClusterSecretView::of(row, connected.get(&row.cluster).copied().unwrap_or(false))
+                    })
+                    .collect(),
+                pins: pins
+                    .iter()
+                    .filter(|pin| pin.fleet_secret == *name)
+                    .map(|pin| (pin.remote_key.clone(), pin.version.clone()))
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Status of one FleetSecret.
+    pub async fn status_of(&self, name: &str) -> Result<FleetSecretStatus, AdminError> {
+        self.statuses(Some(name), DEFAULT_LAGGING_LIMIT)
+            .await?
+            .pop()
+            .ok_or_else(|| not_found_fleet_secret(name))
+    }
+}

@@ -1,0 +1,181 @@
+//! Planning: the pure planner over what the engine knows, the desired sets that changed handed to
+//! the fleet, and (leader only) rollout progress recorded with a change-log entry followers plan
+//! from. Before a wave advances, what other replicas recorded is read first.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::{Engine, EngineError};
+use crate::fleet::ClusterDesired;
+use crate::store::{ChangeKind, RolloutRecord};
+use crate::sync::plan::{
+    self, PlanCluster, PlanFleetSecret, PlanInput, PlanStatus, RolloutProgress, RolloutState,
+};
+
+impl Engine {
+    /// Plans every cluster and hands changed desired sets to the fleet; the leader persists
+    /// rollout progress.
+    pub(super) async fn plan_and_send(&mut self) -> Result<(), EngineError> {
+        if !std::mem::take(&mut self.replan) {
+            return Ok(());
+        }
+        let mut plan = self.compute_plan();
+        let advancing: Vec<String> = plan
+            .rollouts
+            .iter()
+            .filter(|decision| self.advances(decision))
+            .map(|decision| decision.fleet_secret.to_string())
+            .collect();
+        if !advancing.is_empty() {
+            // A wave is about to advance: first count what other replicas recorded (their acks,
+            // which clusters they serve), so that no wave moves on without their clusters.
+            self.refresh_from_store(&advancing).await?;
+            self.replan = false;
+            plan = self.compute_plan();
+        }
+        self.send_plan(&plan);
+        self.record_progress(&plan).await
+    }
+
+    /// Whether `decision` moves its rollout past the wave recorded for its revision.
+    fn advances(&self, decision: &plan::RolloutDecision) -> bool {
+        let Some(revision) = decision.revision else {
+            return false;
+        };
+        let recorded = self
+            .rollouts
+            .get(&*decision.fleet_secret)
+            .filter(|progress| progress.revision == revision)
+            .map_or(0, |progress| progress.current_wave);
+        decision.waves > 0 && decision.current_wave > recorded
+    }
+
+    /// The plan for the current inventory, revisions, status and rollout progress.
+    fn compute_plan(&mut self) -> plan::Plan {
+        self.inventory.refresh_connected(&self.fleet);
+        let clusters: Vec<PlanCluster> = self.inventory.clusters.values().cloned().collect();
+        let fleet_secrets: Vec<PlanFleetSecret> = self
+            .secrets
+            .values()
+            .map(|state| PlanFleetSecret {
+                spec: Arc::clone(&state.spec),
+                current: state.current.as_ref().map(|built| built.reference),
+                previous: state.previous,
+            })
+            .collect();
+        let status: Vec<PlanStatus> = self.inventory.status.values().cloned().collect();
+        let rollouts: Vec<RolloutProgress> = self.rollouts.values().cloned().collect();
+        let input = PlanInput {
+            clusters: &clusters,
+            fleet_secrets: &fleet_secrets,
+            deleted: &self.deleted,
+            status: &status,
+            rollouts: &rollouts,
+            now: Utc::now(),
+            offline_grace: self.config.offline_grace,
+        };
+        plan::plan(&input)
+    }
+
+    /// Hands every changed desired set to the fleet.
+    fn send_plan(&mut self, plan: &plan::Plan) {
+        let mut changed = Vec::new();
+        let mut not_built: BTreeSet<(&str, u64)> = BTreeSet::new();
+        for cluster_plan in &plan.clusters {
+            let mut desired = ClusterDesired::default();
+            for item in &cluster_plan.desired {
+                let name: &str = &item.fleet_secret;
+                let encoded = self
+                    .values
+                    .built
+                    .get(&(name.to_owned(), item.revision.number))
+                    .cloned()
+                    .or_else(|| {
+                        // A previous revision that could not be reproduced here (see
+                        // `restore_previous`): move the cluster forward rather than leave it
+                        // without the key.
+                        not_built.insert((name, item.revision.number));
+                        self.secrets
+                            .get(name)
+                            .and_then(|state| state.current.as_ref())
+                            .map(|built| Arc::clone(&built.encoded))
+                    });
+                if let Some(encoded) = encoded {
+                    desired.items.insert(name.to_owned(), encoded);
+                }
+            }
+            for removal in &cluster_plan.removals {
+                desired
+                    .removals
+                    .insert(removal.fleet_secret.to_string(), removal.deletion_policy);
+            }
+            if self
+                .inventory
+                .sent
+                .get(&cluster_plan.cluster)
+                .is_none_or(|sent| **sent != desired)
+            {
+                changed.push((cluster_plan.cluster, Arc::new(desired)));
+            }
+        }
+        for (name, revision) in not_built {
+            tracing::warn!(
+                fleet_secret = name,
+                revision,
+                "revision not built here; sending the current one instead"
+            );
+        }
+        if !changed.is_empty() {
+            tracing::debug!(clusters = changed.len(), "desired sets changed");
+            for (cluster, desired) in &changed {
+                self.inventory.sent(*cluster, Arc::clone(desired));
+            }
+            self.fleet.set_desired_many(changed);
+        }
+    }
+
+    /// Notes which rollouts progress and, on the leader, records their progress.
+    async fn record_progress(&mut self, plan: &plan::Plan) -> Result<(), EngineError> {
+        self.progressing = plan
+            .rollouts
+            .iter()
+            .filter(|decision| {
+                decision.state == RolloutState::Progressing
+                    || (decision.state == RolloutState::Paused && !decision.manually_paused)
+            })
+            .map(|decision| decision.fleet_secret.to_string())
+            .collect();
+        // Only the leader records progress (one writer); followers plan from what it recorded
+        // and hear of each step through the change log.
+        if !self.vaults.leads() {
+            return Ok(());
+        }
+        for decision in &plan.rollouts {
+            let Some(progress) = decision.progress() else {
+                continue;
+            };
+            if self.rollouts.get(progress.fleet_secret.as_str()) != Some(&progress) {
+                self.store
+                    .set_rollout(&RolloutRecord {
+                        fleet_secret: progress.fleet_secret.clone(),
+                        revision: progress.revision,
+                        current_wave: progress.current_wave,
+                        paused: progress.paused,
+                        reason: progress.reason.clone(),
+                    })
+                    .await?;
+                self.store
+                    .append_change(ChangeKind::Rollout, &progress.fleet_secret)
+                    .await?;
+                if progress.paused {
+                    tracing::warn!(fleet_secret = %progress.fleet_secret, reason = %progress.reason, "rollout paused");
+                }
+                self.rollouts.insert(progress.fleet_secret.clone(), progress);
+                // Waves advance as acks arrive: plan again once they do.
+            }
+        }
+        Ok(())
+    }
+}
