@@ -1,0 +1,121 @@
+//! The command reference in Markdown (`docs/cli.md`), generated from the clap definitions in
+//! [`crate::config`]. **Invariant:** the file is exactly this output (`cli::tests::docs_are_current`).
+
+/// The command reference in Markdown (`docs/cli.md`, kept current by a test): every
+/// administration command with its usage, help text and flags.
+pub fn markdown_reference() -> String {
+    use std::fmt::Write as _;
+
+    fn flags(command: &clap::Command) -> String {
+        let mut text = String::new();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_hide_set() || matches!(id, "help" | "version") || is_common(id) {
+                continue;
+            }
+            let name = match (arg.get_long(), arg.get_short()) {
+                (Some(long), Some(short)) => format!("`-{short}, --{long}`"),
+                (Some(long), None) => format!("`--{long}`"),
+                (None, _) => format!("`<{}>`", id.to_uppercase()),
+            };
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let mut extra = Vec::new();
+            if let Some(env) = arg.get_env() {
+                extra.push(format!("env `{}`", env.to_string_lossy()));
+            }
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|value| value.to_string_lossy().into_owned())
+                .collect();
+            if !defaults.is_empty() {
+                extra.push(format!("default `{}`", defaults.join(",")));
+            }
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|value| !value.is_hide_set())
+                .map(|value| value.get_name().to_owned())
+                .collect();
+            if !values.is_empty() && arg.get_action().takes_values() {
+                extra.push(format!("one of `{}`", values.join("|")));
+            }
+            let extra = if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", extra.join("; "))
+            };
+            let _ = writeln!(text, "- {name}: {}{extra}", help.replace('\n', " "));
+        }
+        text
+    }
+
+    /// Flags every command has (logging) or every client command has (connection).
+    fn is_common(id: &str) -> bool {
+        matches!(
+            id,
+            "log"
+                | "log_format"
+                | "otlp_endpoint"
+                | "hub_url"
+                | "admin_token_file"
+                | "admin_token"
+                | "hub_ca"
+                | "client_cert"
+                | "client_key"
+        )
+    }
+
+    fn is_client(command: &clap::Command) -> bool {
+        command.get_arguments().any(|arg| arg.get_id() == "hub_url")
+    }
+
+    fn walk(command: &clap::Command, path: &str, out: &mut String) {
+        for sub in command.get_subcommands() {
+            if !is_client(sub) && !is_client(command) {
+                continue;
+            }
+            let path = format!("{path} {}", sub.get_name());
+            if sub.has_subcommands() {
+                walk(sub, &path, out);
+                continue;
+            }
+            let mut usage_command = sub.clone().bin_name(&path);
+            let usage = usage_command.render_usage().to_string();
+            let _ = writeln!(out, "## `{path}`\n");
+            let _ = writeln!(
+                out,
+                "{}\n",
+                sub.get_about().map(ToString::to_string).unwrap_or_default()
+            );
+            let _ = writeln!(out, "```text\n{}\n```\n", usage.trim_start_matches("Usage: "));
+            let flags = flags(sub);
+            if !flags.is_empty() {
+                let _ = writeln!(out, "{flags}");
+            }
+        }
+    }
+
+    let command = <crate::config::Cli as clap::CommandFactory>::command();
+    let mut out = String::from(
+        "# `keyfleet` administration commands\n\n\
+         Generated from the clap definitions in `hub/src/config.rs` by `keyfleet_hub::cli::markdown_reference`\n\
+         (the `cli::tests::docs_are_current` test rewrites this file when it is stale). `keyfleet serve` is\n\
+         described by `keyfleet serve --help`.\n\n\
+         Every command talks to a hub's Admin API. Connection flags, accepted after the command name:\n\n\
+         - `--hub URL` (env `KEYFLEET_HUB`, default `https://127.0.0.1:7443`)\n\
+         - `--admin-token-file FILE`, or the token itself in env `KEYFLEET_ADMIN_TOKEN`\n\
+         - `--hub-ca FILE` (env `KEYFLEET_HUB_CA`; default: the system's CA bundle)\n\
+         - `--client-cert FILE --client-key FILE` (env `KEYFLEET_CLIENT_CERT`, `KEYFLEET_CLIENT_KEY`): a\n\
+         \x20 client certificate (mTLS) issued by the hub's `--admin-client-ca`; it authenticates instead of\n\
+         \x20 the admin token, or besides it\n\n\
+         Listings and status print tables; `-o json` or `-o yaml` print the same data for scripts.\n\n\
+         Exit codes: 0 done, 1 the hub refused or failed (invalid spec, already exists, bad state),\n\
+         2 usage (bad flag, unreadable file, bad selector, missing admin token), 3 the hub is unreachable\n\
+         or the admin token or client certificate is refused, 4 the named object does not exist.\n\n",
+    );
+    walk(&command, "keyfleet", &mut out);
+    out.truncate(out.trim_end().len());
+    out.push('\n');
+    out
+}

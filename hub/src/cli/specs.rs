@@ -1,0 +1,167 @@
+//! The spec commands: `apply` (SecretStore and FleetSecret YAML, all or nothing), `get
+//! fleetsecrets|stores` and `delete fleetsecret`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use keyfleet_proto::v1;
+use serde_json::json;
+
+use super::output::{dash, revision_text, write_listing, yes_no};
+use super::{CliError, Client, call};
+use crate::config::{DeleteCommand, GetCommand, OutputFormat};
+
+/// `keyfleet get fleetsecrets|stores`.
+pub(super) async fn get(
+    client: &mut Client,
+    command: GetCommand,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    match command {
+        GetCommand::FleetSecrets { output } => get_fleet_secrets(client, output, out).await,
+        GetCommand::Stores { output } => get_stores(client, output, out).await,
+    }
+}
+
+/// `keyfleet delete fleetsecret NAME`.
+pub(super) async fn delete(
+    client: &mut Client,
+    command: DeleteCommand,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    match command {
+        DeleteCommand::FleetSecret { name } => {
+            call(
+                format!("delete fleetsecret {name:?}"),
+                client.delete_fleet_secret(v1::DeleteFleetSecretRequest { name: name.clone() }),
+            )
+            .await?;
+            writeln!(out, "fleetsecret/{name} deleted")?;
+            Ok(())
+        }
+    }
+}
+
+/// `keyfleet apply -f …`: every spec file in one request, so the hub stores all or nothing.
+pub(super) async fn apply(
+    client: &mut Client,
+    paths: &[PathBuf],
+    dry_run: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(crate::spec::read_path(path)?);
+    }
+    if files.is_empty() {
+        return Err(CliError::Usage(format!(
+            "no *.yaml or *.yml file in {}",
+            paths
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let request = v1::ApplySpecsRequest {
+        files: files
+            .into_iter()
+            .map(|file| v1::SpecFile {
+                name: file.name,
+                content: file.content,
+            })
+            .collect(),
+        dry_run,
+    };
+    let response = call("apply".to_owned(), client.apply_specs(request)).await?;
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    for object in &response.objects {
+        writeln!(
+            out,
+            "{}/{} {} (generation {}){suffix}",
+            object.kind.to_lowercase(),
+            object.name,
+            object.action,
+            object.generation
+        )?;
+    }
+    Ok(())
+}
+
+async fn get_fleet_secrets(
+    client: &mut Client,
+    output: OutputFormat,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let response = call(
+        "list fleetsecrets".to_owned(),
+        client.list_fleet_secrets(v1::ListFleetSecretsRequest {}),
+    )
+    .await?;
+    write_listing(
+        &response.fleet_secrets,
+        output,
+        |secret| {
+            json!({
+                "name": secret.name,
+                "store": secret.store,
+                "targetName": secret.target_name,
+                "targetType": secret.target_type,
+                "generation": secret.generation,
+                "revision": secret.revision,
+                "spec": secret.spec_yaml,
+            })
+        },
+        &["NAME", "STORE", "TARGET", "TYPE", "GENERATION", "REVISION"],
+        |secret| {
+            vec![
+                secret.name.clone(),
+                secret.store.clone(),
+                secret.target_name.clone(),
+                secret.target_type.clone(),
+                secret.generation.to_string(),
+                revision_text(secret.revision),
+            ]
+        },
+        out,
+    )
+}
+
+async fn get_stores(
+    client: &mut Client,
+    output: OutputFormat,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let response = call(
+        "list stores".to_owned(),
+        client.list_stores(v1::ListStoresRequest {}),
+    )
+    .await?;
+    write_listing(
+        &response.stores,
+        output,
+        |store| {
+            json!({
+                "name": store.name,
+                "vaultUrl": store.vault_url,
+                "authType": store.auth_type,
+                "generation": store.generation,
+                "healthy": store.healthy,
+                "lastError": store.last_error,
+                "spec": store.spec_yaml,
+            })
+        },
+        &["NAME", "VAULT", "AUTH", "GENERATION", "HEALTHY", "LAST ERROR"],
+        |store| {
+            vec![
+                store.name.clone(),
+                store.vault_url.clone(),
+                store.auth_type.clone(),
+                store.generation.to_string(),
+                yes_no(store.healthy),
+                dash(&store.last_error),
+            ]
+        },
+        out,
+    )
+}

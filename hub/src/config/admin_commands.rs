@@ -1,0 +1,346 @@
+//! The administration commands' flags (`cluster`, `apply`, `get`, `delete`, `status`, `rollout`,
+//! `pin`, `unpin`, `sync-now`) and their connection flags; [`crate::cli`] runs them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::parse_duration;
+
+/// Default address of the hub's gRPC endpoint for the administration commands.
+pub const DEFAULT_HUB_URL: &str = "https://127.0.0.1:7443";
+
+/// How the administration commands reach and authenticate to the hub.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Hub connection")]
+pub struct ClientArgs {
+    /// The hub's gRPC endpoint (`https://…`; `http://…` only for local tests).
+    #[arg(long = "hub", env = "KEYFLEET_HUB", default_value = DEFAULT_HUB_URL, global = true)]
+    pub hub_url: String,
+    /// File holding the admin token (first line). Alternatively set KEYFLEET_ADMIN_TOKEN.
+    #[arg(long, global = true)]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (environment only, so that it stays out of shell history).
+    #[arg(
+        long = "admin-token",
+        env = "KEYFLEET_ADMIN_TOKEN",
+        hide = true,
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+    /// PEM file of the CA that signed the hub's certificate (default: the system's roots).
+    #[arg(long, env = "KEYFLEET_HUB_CA", global = true)]
+    pub hub_ca: Option<PathBuf>,
+    /// PEM client certificate (chain) for mTLS: authenticates without an admin token when the
+    /// hub's --admin-client-ca issued it (with --client-key).
+    #[arg(
+        long,
+        env = "KEYFLEET_CLIENT_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "KEYFLEET_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+/// A client command with its connection flags (accepted after the command name, before or after
+/// the subcommand: `keyfleet cluster --hub URL add NAME` or `keyfleet cluster add NAME --hub URL`).
+#[derive(Debug, Clone, Args)]
+pub struct WithClient<T: Subcommand> {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: T,
+}
+
+/// Output format of listings and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
+    /// YAML for scripts.
+    Yaml,
+}
+
+/// The administration commands (each talks to the hub's Admin API).
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClientCommand {
+    /// Add, list, show, label and revoke clusters; issue enrollment tokens.
+    Cluster(WithClient<ClusterCommand>),
+    /// Validate and store SecretStore and FleetSecret specs (all or nothing).
+    Apply(ApplyArgs),
+    /// List FleetSecrets or SecretStores.
+    Get(WithClient<GetCommand>),
+    /// Delete a FleetSecret (clusters then remove it as its deletionPolicy says).
+    Delete(WithClient<DeleteCommand>),
+    /// Where every FleetSecret (or one) stands: revision, counts, rollout, lagging clusters.
+    Status(StatusArgs),
+    /// Pause, resume, pin or unpin a FleetSecret's rollout.
+    Rollout(WithClient<RolloutCommand>),
+    /// Pin a FleetSecret's Key Vault secret to one version (rollback).
+    #[command(disable_version_flag = true)]
+    Pin(PinArgs),
+    /// Remove pins: the FleetSecret follows the latest versions again.
+    Unpin(UnpinArgs),
+    /// Poll Key Vault now instead of waiting for the poll interval.
+    SyncNow(SyncNowArgs),
+}
+
+impl ClientCommand {
+    /// The connection flags of this command.
+    pub fn client(&self) -> &ClientArgs {
+        match self {
+            Self::Cluster(with) => &with.client,
+            Self::Get(with) => &with.client,
+            Self::Delete(with) => &with.client,
+            Self::Rollout(with) => &with.client,
+            Self::Apply(args) => &args.client,
+            Self::Status(args) => &args.client,
+            Self::Pin(args) => &args.client,
+            Self::Unpin(args) => &args.client,
+            Self::SyncNow(args) => &args.client,
+        }
+    }
+}
+
+/// `keyfleet cluster …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Register a cluster; prints its one-time enrollment token and the agent install command.
+    Add {
+        /// Cluster name (DNS-1123 label).
+        name: String,
+        /// Inventory label `key=value` (repeatable).
+        #[arg(long = "label", short = 'l', value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Enrollment token lifetime (1m to 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        token_ttl: Duration,
+        /// Hub URL the agent dials, when it differs from --hub.
+        #[arg(long)]
+        agent_hub_url: Option<String>,
+    },
+    /// List clusters.
+    List {
+        /// Label selector, e.g. `env=prod,region in (eu,us),!legacy`.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Show one cluster with its per-FleetSecret status.
+    Show {
+        /// Cluster name.
+        name: String,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Set (`key=value`) and remove (`key-`) inventory labels.
+    Label {
+        /// Cluster name.
+        name: String,
+        /// `key=value` to set, `key-` to remove.
+        #[arg(required = true, value_parser = parse_label_change)]
+        changes: Vec<LabelChange>,
+    },
+    /// Revoke the cluster's credential; its stream ends within a second.
+    Revoke {
+        /// Cluster name.
+        name: String,
+    },
+    /// Issue a new one-time enrollment token (re-enrollment).
+    Token {
+        /// Cluster name.
+        name: String,
+        /// Enrollment token lifetime (1m to 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        token_ttl: Duration,
+        /// Hub URL the agent dials, when it differs from --hub.
+        #[arg(long)]
+        agent_hub_url: Option<String>,
+    },
+}
+
+/// One `cluster label` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelChange {
+    /// `key=value`.
+    Set(String, String),
+    /// `key-`.
+    Remove(String),
+}
+
+/// `keyfleet apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// YAML file or directory (repeatable); directories are read recursively (*.yaml, *.yml).
+    #[arg(long = "filename", short = 'f', required = true)]
+    pub files: Vec<PathBuf>,
+    /// Validate only; store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `keyfleet get …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GetCommand {
+    /// List FleetSecrets.
+    #[command(name = "fleetsecrets", visible_alias = "fleetsecret")]
+    FleetSecrets {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// List SecretStores.
+    #[command(name = "stores", visible_alias = "store")]
+    Stores {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+/// `keyfleet delete …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeleteCommand {
+    /// Delete a FleetSecret.
+    #[command(name = "fleetsecret")]
+    FleetSecret {
+        /// FleetSecret name.
+        name: String,
+    },
+}
+
+/// `keyfleet status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// One FleetSecret (all when omitted).
+    pub fleet_secret: Option<String>,
+    /// Lagging clusters listed per FleetSecret (1-1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub lagging: u32,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `keyfleet rollout …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RolloutCommand {
+    /// Pause: no further wave starts.
+    Pause {
+        /// FleetSecret name.
+        name: String,
+    },
+    /// Resume a paused rollout.
+    Resume {
+        /// FleetSecret name.
+        name: String,
+    },
+    /// Same as `keyfleet pin`.
+    #[command(disable_version_flag = true)]
+    Pin(PinTarget),
+    /// Same as `keyfleet unpin`.
+    Unpin(UnpinTarget),
+}
+
+/// What to pin.
+#[derive(Debug, Clone, Args)]
+pub struct PinTarget {
+    /// FleetSecret name.
+    pub name: String,
+    /// Key Vault secret to pin (may be omitted when the FleetSecret reads exactly one).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Key Vault version id (32 hex characters).
+    #[arg(long)]
+    pub version: String,
+}
+
+/// What to unpin.
+#[derive(Debug, Clone, Args)]
+pub struct UnpinTarget {
+    /// FleetSecret name.
+    pub name: String,
+    /// Key Vault secret to unpin (all pins of the FleetSecret when omitted).
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+/// `keyfleet pin`.
+#[derive(Debug, Clone, Args)]
+pub struct PinArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to pin.
+    #[command(flatten)]
+    pub target: PinTarget,
+}
+
+/// `keyfleet unpin`.
+#[derive(Debug, Clone, Args)]
+pub struct UnpinArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to unpin.
+    #[command(flatten)]
+    pub target: UnpinTarget,
+}
+
+/// `keyfleet sync-now`.
+#[derive(Debug, Clone, Args)]
+pub struct SyncNowArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this SecretStore (all when omitted).
+    #[arg(long)]
+    pub store: Option<String>,
+}
+
+/// Parses `key=value`.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("invalid label {text:?}, expected key=value")),
+    }
+}
+
+/// Parses `key=value` (set) or `key-` (remove).
+pub fn parse_label_change(text: &str) -> Result<LabelChange, String> {
+    if let Some(key) = text.strip_suffix('-')
+        && !key.is_empty()
+        && !key.contains('=')
+    {
+        return Ok(LabelChange::Remove(key.to_owned()));
+    }
+    parse_label(text)
+        .map(|(key, value)| LabelChange::Set(key, value))
+        .map_err(|_| format!("invalid label change {text:?}, expected key=value or key-"))
+}

@@ -1,0 +1,190 @@
+//! Flags of `keyfleet serve` and `keyfleet migrate`, and the per-module sub-configs `serve` hands
+//! out (gRPC, operations, Key Vault): each constructor receives its own, never the whole CLI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::database_url::{DEFAULT_DATABASE, DatabaseUrl};
+use super::parse_duration;
+
+/// Flags of `keyfleet migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
+    #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE, hide_env_values = true)]
+    pub database: DatabaseUrl,
+}
+
+/// Flags of `keyfleet serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the operations HTTP endpoint (`/healthz`, `/readyz`, `/metrics`). Port 0 picks a
+    /// free port; the chosen address is logged and, with --ready-file, written there.
+    #[arg(long, env = "KEYFLEET_OPS_ADDR", default_value = "127.0.0.1:9090")]
+    pub ops_addr: SocketAddr,
+    /// Grace period for draining streams and flushing status on shutdown.
+    #[arg(long, env = "KEYFLEET_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Address of the gRPC endpoint for agents (Sync, Enrollment). Port 0 picks a free port.
+    #[arg(long, env = "KEYFLEET_GRPC_ADDR", default_value = "127.0.0.1:7443")]
+    pub grpc_addr: SocketAddr,
+    /// PEM certificate chain of the gRPC endpoint (with --tls-key).
+    #[arg(
+        long,
+        env = "KEYFLEET_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC endpoint (with --tls-cert).
+    #[arg(long, env = "KEYFLEET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Development only: create (or reuse) a CA in DIR (DIR/ca.pem, which agents pin) and serve a
+    /// certificate it issues for localhost, 127.0.0.1 and every --tls-san.
+    #[arg(long, env = "KEYFLEET_TLS_SELF_SIGNED", value_name = "DIR")]
+    pub tls_self_signed: Option<PathBuf>,
+    /// Extra DNS name or IP address for the --tls-self-signed certificate (repeatable).
+    #[arg(
+        long = "tls-san",
+        env = "KEYFLEET_TLS_SANS",
+        value_delimiter = ',',
+        requires = "tls_self_signed"
+    )]
+    pub tls_sans: Vec<String>,
+    /// Id of this replica in status and logs (default: hostname-pid).
+    #[arg(long, env = "KEYFLEET_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
+    #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE, hide_env_values = true)]
+    pub database: DatabaseUrl,
+    /// Apply pending database migrations before serving (else `keyfleet migrate` must have run).
+    #[arg(long, env = "KEYFLEET_MIGRATE")]
+    pub migrate: bool,
+    /// SecretStore and FleetSecret YAML files applied at startup (as `keyfleet apply -f DIR`).
+    #[arg(long, env = "KEYFLEET_CONFIG_DIR", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// File with the Admin API bearer token(s), one per line. Without it (and without
+    /// --admin-client-ca) the Admin API refuses every call.
+    #[arg(long, env = "KEYFLEET_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// PEM CA bundle whose client certificates authenticate Admin API calls (mTLS), besides the
+    /// admin token. The gRPC endpoint then asks every client for a certificate without requiring
+    /// one; agents never need one (they authenticate by credential).
+    #[arg(long, env = "KEYFLEET_ADMIN_CLIENT_CA", value_name = "FILE")]
+    pub admin_client_ca: Option<PathBuf>,
+    /// Once serving, write `{"grpc_addr", "ops_addr"}` as JSON to FILE (atomically).
+    #[arg(long, env = "KEYFLEET_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Extra PEM trust root for Key Vault and Entra (emulators, TLS-inspecting proxies).
+    #[arg(long, env = "KEYFLEET_VAULT_CA_FILE", value_name = "FILE")]
+    pub vault_ca_file: Option<PathBuf>,
+    /// Entra authority host, overriding the SecretStore's cloud (the standard Azure variable).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL")]
+    pub vault_authority_host: Option<url::Url>,
+    /// Accept a Key Vault challenge whose resource is not the vault's domain (emulators on
+    /// 127.0.0.1 only; never in production).
+    #[arg(long, env = "KEYFLEET_VAULT_SKIP_CHALLENGE_RESOURCE_CHECK")]
+    pub vault_skip_challenge_resource_check: bool,
+}
+
+/// Settings of the gRPC endpoint ([`crate::grpc::server`]).
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Where the certificate comes from; `None` when no TLS flag was given (serve refuses).
+    pub tls: Option<crate::grpc::server::TlsSource>,
+    /// This replica's id.
+    pub replica_id: String,
+}
+
+/// How the hub reaches Key Vault beyond what SecretStores say ([`crate::vault::VaultOptions`]).
+#[derive(Debug, Clone, Default)]
+pub struct VaultConfig {
+    /// Extra trust root.
+    pub ca_file: Option<PathBuf>,
+    /// Entra authority override.
+    pub authority_host: Option<url::Url>,
+    /// Skip the challenge resource check (emulators).
+    pub skip_challenge_resource_check: bool,
+}
+
+/// Settings of the operations endpoint ([`crate::ops`]).
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// Listen address.
+    pub addr: SocketAddr,
+}
+
+/// Everything `serve` needs, split by module.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Operations endpoint.
+    pub ops: OpsConfig,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// gRPC endpoint.
+    pub grpc: GrpcConfig,
+    /// Store URL (`postgres://…` or `sqlite://…`); may hold a password (redacted in `Debug`).
+    pub database: DatabaseUrl,
+    /// Apply pending migrations at startup.
+    pub migrate: bool,
+    /// Specs applied at startup.
+    pub config_dir: Option<PathBuf>,
+    /// Admin bearer tokens.
+    pub admin_token_file: Option<PathBuf>,
+    /// CA bundle of admin client certificates.
+    pub admin_client_ca: Option<PathBuf>,
+    /// Where to announce the listening addresses.
+    pub ready_file: Option<PathBuf>,
+    /// Key Vault reachability.
+    pub vault: VaultConfig,
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(args: ServeArgs) -> Self {
+        use crate::grpc::server::TlsSource;
+        let tls = match (args.tls_cert, args.tls_key, args.tls_self_signed) {
+            (Some(cert), Some(key), _) => Some(TlsSource::Files { cert, key }),
+            (_, _, Some(dir)) => Some(TlsSource::SelfSigned {
+                dir,
+                sans: args.tls_sans,
+            }),
+            _ => None,
+        };
+        Self {
+            ops: OpsConfig { addr: args.ops_addr },
+            shutdown_grace: args.shutdown_grace,
+            grpc: GrpcConfig {
+                addr: args.grpc_addr,
+                tls,
+                replica_id: args.replica_id.unwrap_or_else(default_replica_id),
+            },
+            database: args.database,
+            migrate: args.migrate,
+            config_dir: args.config_dir,
+            admin_token_file: args.admin_token_file,
+            admin_client_ca: args.admin_client_ca,
+            ready_file: args.ready_file,
+            vault: VaultConfig {
+                ca_file: args.vault_ca_file,
+                authority_host: args.vault_authority_host,
+                skip_challenge_resource_check: args.vault_skip_challenge_resource_check,
+            },
+        }
+    }
+}
+
+/// `hostname-pid`, the default replica id.
+pub fn default_replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "hub".to_owned());
+    format!("{host}-{}", std::process::id())
+}
