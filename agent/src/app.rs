@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use zeroize::Zeroizing;
 
+use crate::cluster::ClusterEvent;
 use crate::config::Config;
 use crate::hub::{self, Backoff, HubEndpoint, HubError, SyncClient, SyncSettings};
 use crate::kube::{KubeCluster, KubeCredentialStore, KubeSettings};
@@ -74,7 +75,7 @@ pub struct AgentRuntime {
     settings: AgentSettings,
     client: ::kube::Client,
     cluster: KubeCluster,
-    events: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<hub::ClusterEvent>>,
+    events: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<ClusterEvent>>,
     metrics: Metrics,
     enrolled: AtomicBool,
 }

@@ -23,7 +23,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::future::Future;
 use std::time::Duration;
 
 use keyfleet_proto::v1::{
@@ -39,6 +38,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use zeroize::Zeroizing;
 
+use crate::cluster::{Cluster, ClusterEvent, Credential, CredentialStore};
 use crate::metrics::Metrics;
 use crate::reconcile::{
     Applied, CreationPolicy, DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, MANAGED_BY_LABEL, Operator,
@@ -75,68 +75,6 @@ pub enum HubError {
     /// The hub answered enrollment with something unusable.
     #[error("invalid enrollment response: {0}")]
     EnrollResponse(&'static str),
-}
-
-/// The cluster credential from enrollment. `Debug` shows the cluster, never the credential.
-#[derive(Clone)]
-pub struct Credential {
-    /// Cluster name.
-    pub cluster_name: String,
-    /// Cluster id.
-    pub cluster_id: String,
-    /// Bearer credential (`kfc_…`).
-    pub secret: Zeroizing<String>,
-}
-
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
-            .field("cluster_name", &self.cluster_name)
-            .field("cluster_id", &self.cluster_id)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
-}
-
-/// Where the credential is kept (a Kubernetes Secret in production).
-pub trait CredentialStore: Send + Sync {
-    /// Error type.
-    type Error: std::error::Error + Send + Sync + 'static;
-    /// The stored credential, if any.
-    fn load(&self) -> impl Future<Output = Result<Option<Credential>, Self::Error>> + Send;
-    /// Stores the credential.
-    fn save(&self, credential: &Credential) -> impl Future<Output = Result<(), Self::Error>> + Send;
-}
-
-/// Something the cluster side reports on the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClusterEvent {
-    /// A managed Secret drifted and was repaired.
-    Drift {
-        /// Payload key.
-        key: String,
-        /// Namespace.
-        namespace: String,
-        /// What happened.
-        kind: DriftKind,
-        /// Revision restored.
-        revision: u64,
-    },
-    /// The applied state changed outside an Update (a drifted key the agent cannot repair by
-    /// itself): reconnect so the hub compares digests again and resends what differs.
-    Resync,
-}
-
-/// The cluster, as the Sync client sees it: rebuild the applied state, apply, remove.
-pub trait Cluster: Send + Sync {
-    /// Error type for [`Cluster::applied`].
-    type Error: std::error::Error + Send + Sync + 'static;
-    /// Every applied key with its (revision, sha256).
-    fn applied(&self) -> impl Future<Output = Result<BTreeMap<String, Applied>, Self::Error>> + Send;
-    /// Applies one validated payload; all of it or, on refusal, nothing new.
-    fn upsert(&self, desired: DesiredSecret) -> impl Future<Output = Result<(), Refusal>> + Send;
-    /// Removes a key.
-    fn remove(&self, key: &str, policy: DeletionPolicy) -> impl Future<Output = Result<(), Refusal>> + Send;
 }
 
 /// How to reach the hub.
@@ -1302,17 +1240,5 @@ mod tests {
         let empty = version_pages(&BTreeMap::new(), 10);
         assert_eq!(empty.len(), 1);
         assert!(empty[0].encoded_len() < 8);
-    }
-
-    #[test]
-    fn credential_debug_is_redacted() {
-        let credential = Credential {
-            cluster_name: "c1".into(),
-            cluster_id: "id".into(),
-            secret: Zeroizing::new("kfc_supersecretvalue".into()),
-        };
-        let rendered = format!("{credential:?}");
-        assert!(!rendered.contains("supersecret"), "{rendered}");
-        assert!(rendered.contains("c1"));
     }
 }

@@ -11,6 +11,7 @@
 //! - [`metrics`], [`ops`]: counters and the `/healthz` `/readyz` `/metrics` endpoint.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod kube;

@@ -1,7 +1,6 @@
 //! Pure reconciliation: what the hub wants (`DesiredSecret`) and what the cluster holds
-//! (`ObservedSecret`) in, the writes to make (`Action`) or the reason to refuse (`Refusal`) out.
-//!
-//! No IO, no async, no logging: `kube.rs` gathers the observations and executes the actions.
+//! (`ObservedSecret`) in, one [`Plan`] per item (writes, priors, undos) or a [`Refusal`] out.
+//! Invariant: no IO, no async, no logging; `kube/` gathers the observations and runs the plans.
 //!
 //! # Ownership
 //! A Secret is *ours for key K* when it carries the label `app.kubernetes.io/managed-by: keyfleet`
@@ -24,11 +23,12 @@
 //!   NACK, the Secret is left alone.
 //! - **Stale targets.** When a payload stops targeting a namespace or renames its Secret, the
 //!   Secrets ours for the key that are no longer targeted are cleaned up by its deletionPolicy.
-//! - **All or nothing per item.** Every refusal is found before any action is returned. Before
-//!   the first write, every location the item touches gets its [`Prior`] (what it held), so that
-//!   when a write fails midway the ones already made are put back ([`undo`]): a Secret the item
-//!   created is deleted, fields it merged into a foreign Secret are removed, and a Secret that
-//!   was ours gets its previous content applied again.
+//! - **All or nothing per item.** Every refusal is found before any plan is returned. One call
+//!   ([`plan_upsert`], [`plan_removal`]) gives every write of the item together with its
+//!   location's [`Prior`] (what it held) and the write that puts it back ([`Step::undo`]), so that
+//!   when a write fails midway the ones already made are undone: a Secret the item created is
+//!   deleted, fields it merged into a foreign Secret are removed, and a Secret that was ours gets
+//!   its previous content applied again. An Apply carries its payload ([`Action::Apply`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -388,15 +388,17 @@ impl ObservedSecret {
     }
 }
 
-/// A write to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A write to make. An Apply carries the payload it writes, so none can be built without one.
+#[derive(Debug, Clone)]
 pub enum Action {
-    /// Server-side apply the desired Secret into `namespace`.
+    /// Server-side apply `payload` into `namespace`.
     Apply {
         /// Namespace.
         namespace: String,
         /// Force conflicts (only when the Secret is already ours for the key).
         force: bool,
+        /// What is written (the desired payload, or a prior content put back).
+        payload: Arc<DesiredSecret>,
     },
     /// Delete a Secret we created.
     Delete {
@@ -422,16 +424,77 @@ pub enum Action {
 }
 
 impl Action {
-    /// The namespace and Secret name the action writes (an Apply writes `secret_name`).
-    pub fn location<'a>(&'a self, secret_name: &'a str) -> (&'a str, &'a str) {
+    /// The namespace and Secret name the action writes (an Apply writes its payload's Secret).
+    pub fn location(&self) -> (&str, &str) {
         match self {
-            Self::Apply { namespace, .. } => (namespace, secret_name),
+            Self::Apply {
+                namespace, payload, ..
+            } => (namespace, &payload.secret_name),
             Self::Delete { namespace, name }
             | Self::Release { namespace, name }
             | Self::RemoveFields { namespace, name } => (namespace, name),
         }
     }
 }
+
+/// Two Applies are equal when they write the same payload (same key, revision, Secret name and
+/// digest; the digest covers the data) the same way; secret bytes are never compared.
+impl PartialEq for Action {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::Apply {
+                    namespace,
+                    force,
+                    payload,
+                },
+                Self::Apply {
+                    namespace: other_namespace,
+                    force: other_force,
+                    payload: other_payload,
+                },
+            ) => {
+                namespace == other_namespace
+                    && force == other_force
+                    && (
+                        payload.key.as_str(),
+                        payload.revision,
+                        payload.secret_name.as_str(),
+                        payload.sha256,
+                    ) == (
+                        other_payload.key.as_str(),
+                        other_payload.revision,
+                        other_payload.secret_name.as_str(),
+                        other_payload.sha256,
+                    )
+            }
+            (
+                Self::Delete { namespace, name },
+                Self::Delete {
+                    namespace: ns,
+                    name: other,
+                },
+            )
+            | (
+                Self::Release { namespace, name },
+                Self::Release {
+                    namespace: ns,
+                    name: other,
+                },
+            )
+            | (
+                Self::RemoveFields { namespace, name },
+                Self::RemoveFields {
+                    namespace: ns,
+                    name: other,
+                },
+            ) => (namespace, name) == (ns, other),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Action {}
 
 /// A namespace of the cluster with its labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -511,10 +574,23 @@ fn cleanup(observed: &ObservedSecret, policy: DeletionPolicy) -> Option<Action> 
     })
 }
 
-/// Plans an upsert. `namespaces` are the resolved targets; `observed` holds the Secrets named
-/// `desired.secret_name` in those namespaces and every Secret ours for `desired.key`.
+/// Plans an upsert: its writes, each location's prior and each write's undo, or the refusal.
+/// `namespaces` are the resolved targets; `observed` holds the Secrets named
+/// `desired.secret_name` in those namespaces and every Secret ours for `desired.key`; `held` is the
+/// key's payload held in memory.
 pub fn plan_upsert(
-    desired: &DesiredSecret,
+    desired: &Arc<DesiredSecret>,
+    namespaces: &[String],
+    observed: &[ObservedSecret],
+    held: Option<&Arc<DesiredSecret>>,
+) -> Result<Plan, Refusal> {
+    let actions = upsert_actions(desired, namespaces, observed)?;
+    Ok(plan(&desired.key, actions, observed, held))
+}
+
+/// The writes of an upsert, in order; every refusal is found before the first one is returned.
+fn upsert_actions(
+    desired: &Arc<DesiredSecret>,
     namespaces: &[String],
     observed: &[ObservedSecret],
 ) -> Result<Vec<Action>, Refusal> {
@@ -535,6 +611,7 @@ pub fn plan_upsert(
             actions.push(Action::Apply {
                 namespace: namespace.clone(),
                 force: false,
+                payload: desired.clone(),
             });
             continue;
         };
@@ -553,6 +630,7 @@ pub fn plan_upsert(
                 actions.push(Action::Apply {
                     namespace: namespace.clone(),
                     force: true,
+                    payload: desired.clone(),
                 });
             }
             Ownership::Ours { key, .. } => {
@@ -573,6 +651,7 @@ pub fn plan_upsert(
                 actions.push(Action::Apply {
                     namespace: namespace.clone(),
                     force: false,
+                    payload: desired.clone(),
                 });
             }
             Ownership::Foreign => {
@@ -596,13 +675,20 @@ pub fn plan_upsert(
     Ok(actions)
 }
 
-/// Plans the removal of `key`: every Secret ours for it is deleted or released per policy.
-pub fn plan_removal(key: &str, policy: DeletionPolicy, observed: &[ObservedSecret]) -> Vec<Action> {
-    observed
+/// Plans the removal of `key`: every Secret ours for it is deleted or released per policy, each
+/// with its prior and undo. `held` is the key's payload held in memory.
+pub fn plan_removal(
+    key: &str,
+    policy: DeletionPolicy,
+    observed: &[ObservedSecret],
+    held: Option<&Arc<DesiredSecret>>,
+) -> Plan {
+    let actions = observed
         .iter()
         .filter(|o| o.is_ours_for(key))
         .filter_map(|o| cleanup(o, policy))
-        .collect()
+        .collect();
+    plan(key, actions, observed, held)
 }
 
 /// What a location held before an item's first write there: what a rollback puts back.
@@ -617,78 +703,99 @@ pub enum Prior {
     Ours(Arc<DesiredSecret>),
 }
 
-/// Where a location's [`Prior`] comes from.
-#[derive(Debug, Clone)]
-pub enum PriorSource {
-    /// Known from the observation and the payload held in memory.
-    Known(Prior),
-    /// Ours for the key, but no payload in memory is known to be its content (after a restart,
-    /// or after drift): its content must be read back from the cluster before the first write.
-    ReadBack,
+/// Everything one item does, decided by one call: its writes in order, each with the prior of its
+/// location and the write that puts that prior back.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// The writes, in the order they are made.
+    pub steps: Vec<Planned>,
 }
 
-/// For each action (same order), where the prior of the location it writes comes from.
-/// `observed` is what the plan was made from; `previous` is the key's payload held in memory.
-pub fn prior_sources(
+impl Plan {
+    /// The writes alone, in order (for writes that are not rolled back: selector follow-ups).
+    pub fn into_actions(self) -> Vec<Action> {
+        self.steps
+            .into_iter()
+            .map(|planned| match planned {
+                Planned::Ready(step) => step.action,
+                Planned::ReadBack(action) => action,
+            })
+            .collect()
+    }
+}
+
+/// One write of a [`Plan`].
+#[derive(Debug, Clone)]
+pub enum Planned {
+    /// The location's prior is known from the observation and the payload held in memory.
+    Ready(Step),
+    /// The location is ours for the key, but no payload in memory is known to be its content
+    /// (after a restart, or after drift): its content is read back from the cluster before the
+    /// item's first write, and [`Step::new`] completes the step.
+    ReadBack(Action),
+}
+
+/// A write, what its location held before, and the write that puts that back.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The write.
+    pub action: Action,
+    /// What its location held before the item's first write.
+    pub prior: Prior,
+    /// The write that puts `prior` back. Undoing is idempotent: it also serves when the action
+    /// may or may not have happened.
+    pub undo: Action,
+}
+
+impl Step {
+    /// The step writing `action` where `prior` was, with its undo: delete what the item created,
+    /// remove the fields it merged, or apply the prior content again (forced, since those fields
+    /// were ours, except after a Delete, which recreates).
+    pub fn new(action: Action, prior: Prior) -> Self {
+        let (namespace, name) = action.location();
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        let undo = match &prior {
+            Prior::Absent => Action::Delete { namespace, name },
+            Prior::Foreign => Action::RemoveFields { namespace, name },
+            Prior::Ours(content) => Action::Apply {
+                namespace,
+                force: !matches!(action, Action::Delete { .. }),
+                payload: content.clone(),
+            },
+        };
+        Self { action, prior, undo }
+    }
+}
+
+/// Pairs each action of `key`'s item with its prior: known from `observed` and the payload `held`
+/// in memory (when the Secret still holds it), else to be read back.
+fn plan(
     key: &str,
-    secret_name: &str,
-    actions: &[Action],
+    actions: Vec<Action>,
     observed: &[ObservedSecret],
-    previous: Option<&Arc<DesiredSecret>>,
-) -> Vec<PriorSource> {
-    actions
-        .iter()
+    held: Option<&Arc<DesiredSecret>>,
+) -> Plan {
+    let steps = actions
+        .into_iter()
         .map(|action| {
-            let (namespace, name) = action.location(secret_name);
-            let Some(existing) = observed
+            let (namespace, name) = action.location();
+            let prior = match observed
                 .iter()
                 .find(|o| o.namespace == namespace && o.name == name)
-            else {
-                return PriorSource::Known(Prior::Absent);
+            {
+                None => Prior::Absent,
+                Some(existing) if !existing.is_ours_for(key) => Prior::Foreign,
+                Some(existing) => match held {
+                    Some(held) if held.secret_name == name && is_up_to_date(held, existing) => {
+                        Prior::Ours(held.clone())
+                    }
+                    _ => return Planned::ReadBack(action),
+                },
             };
-            if !existing.is_ours_for(key) {
-                return PriorSource::Known(Prior::Foreign);
-            }
-            match previous {
-                Some(previous) if previous.secret_name == name && is_up_to_date(previous, existing) => {
-                    PriorSource::Known(Prior::Ours(previous.clone()))
-                }
-                _ => PriorSource::ReadBack,
-            }
+            Planned::Ready(Step::new(action, prior))
         })
-        .collect()
-}
-
-/// A write that puts one location back to its prior.
-#[derive(Debug, Clone)]
-pub enum Undo {
-    /// Run this cleanup (`Delete` of what the item created, `RemoveFields` of what it merged).
-    Cleanup(Action),
-    /// Server-side apply `content` into `namespace` again.
-    Restore {
-        /// The prior content.
-        content: Arc<DesiredSecret>,
-        /// Namespace.
-        namespace: String,
-        /// Force conflicts: the fields were ours (not after a Delete, which recreates).
-        force: bool,
-    },
-}
-
-/// The write that undoes `action` (of a plan for `secret_name`) given its location's prior.
-/// Undoing is idempotent: it also serves when the action may or may not have happened.
-pub fn undo(action: &Action, secret_name: &str, prior: &Prior) -> Undo {
-    let (namespace, name) = action.location(secret_name);
-    let (namespace, name) = (namespace.to_owned(), name.to_owned());
-    match prior {
-        Prior::Absent => Undo::Cleanup(Action::Delete { namespace, name }),
-        Prior::Foreign => Undo::Cleanup(Action::RemoveFields { namespace, name }),
-        Prior::Ours(content) => Undo::Restore {
-            content: content.clone(),
-            namespace,
-            force: !matches!(action, Action::Delete { .. }),
-        },
-    }
+        .collect();
+    Plan { steps }
 }
 
 /// Drift found on one Secret we applied.
@@ -703,7 +810,7 @@ pub struct Drift {
 
 /// Compares a Secret we applied for `desired` in `namespace` with what the cluster now holds.
 pub fn check_drift(
-    desired: &DesiredSecret,
+    desired: &Arc<DesiredSecret>,
     namespace: &str,
     observed: Option<&ObservedSecret>,
 ) -> Option<Drift> {
@@ -711,6 +818,7 @@ pub fn check_drift(
         let repair = (desired.creation != CreationPolicy::Merge).then(|| Action::Apply {
             namespace: namespace.into(),
             force: false,
+            payload: desired.clone(),
         });
         return Some(Drift {
             kind: DriftKind::Deleted,
@@ -723,6 +831,7 @@ pub fn check_drift(
     let repair = (!observed.immutable || data_and_type_match(desired, observed)).then(|| Action::Apply {
         namespace: namespace.into(),
         force: true,
+        payload: desired.clone(),
     });
     Some(Drift {
         kind: DriftKind::Modified,
@@ -755,535 +864,4 @@ pub fn applied_state(observed: &[ObservedSecret]) -> BTreeMap<String, Applied> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SHA: Digest = [7; 32];
-
-    fn desired(creation: CreationPolicy, deletion: DeletionPolicy) -> DesiredSecret {
-        DesiredSecret {
-            key: "regcred".into(),
-            revision: 5,
-            sha256: SHA,
-            secret_name: "regcred".into(),
-            secret_type: "Opaque".into(),
-            targets: Targets::Namespaces(vec!["a".into(), "b".into()]),
-            data: [("token".to_string(), SecretBytes::new(b"s3cr3t".to_vec()))].into(),
-            labels: [("team".to_string(), "x".to_string())].into(),
-            annotations: BTreeMap::new(),
-            creation,
-            deletion,
-            immutable: false,
-        }
-    }
-
-    fn owner() -> DesiredSecret {
-        desired(CreationPolicy::Owner, DeletionPolicy::Delete)
-    }
-
-    /// The Secret exactly as the agent writes `desired` into `namespace`.
-    fn written(desired: &DesiredSecret, namespace: &str) -> ObservedSecret {
-        ObservedSecret {
-            namespace: namespace.into(),
-            name: desired.secret_name.clone(),
-            secret_type: desired.secret_type.clone(),
-            labels: desired.full_labels(),
-            annotations: desired.full_annotations(),
-            data: desired
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), *v.digest()))
-                .collect(),
-            immutable: desired.immutable,
-        }
-    }
-
-    fn foreign(namespace: &str, name: &str) -> ObservedSecret {
-        ObservedSecret {
-            namespace: namespace.into(),
-            name: name.into(),
-            secret_type: "Opaque".into(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            data: [("other".to_string(), value_digest(b"x"))].into(),
-            immutable: false,
-        }
-    }
-
-    fn ns(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    fn apply(namespace: &str, force: bool) -> Action {
-        Action::Apply {
-            namespace: namespace.into(),
-            force,
-        }
-    }
-
-    #[test]
-    fn upsert_table() {
-        let base = owner();
-        let mut older = owner();
-        older.revision = 4;
-        older.sha256 = [4; 32];
-        let mut edited = written(&base, "a");
-        edited.data.insert("token".into(), value_digest(b"edited"));
-        let mut stripped = written(&base, "a");
-        stripped.annotations.remove(SHA256_ANNOTATION);
-        let mut other_key = written(&base, "a");
-        other_key
-            .annotations
-            .insert(FLEET_SECRET_ANNOTATION.into(), "other".into());
-        let mut immutable_old = written(&older, "a");
-        immutable_old.immutable = true;
-        immutable_old.data.insert("token".into(), value_digest(b"old"));
-        let mut immutable_same_data = written(&older, "a");
-        immutable_same_data.immutable = true;
-        let mut renamed_stale = written(&base, "a");
-        renamed_stale.name = "old-name".into();
-
-        type Expected = Result<Vec<Action>, (ErrorCode, bool)>;
-        let cases: Vec<(&str, DesiredSecret, Vec<ObservedSecret>, Expected)> = vec![
-            (
-                "absent everywhere: create without force",
-                owner(),
-                vec![],
-                Ok(vec![apply("a", false), apply("b", false)]),
-            ),
-            (
-                "up to date in both: nothing",
-                owner(),
-                vec![written(&base, "a"), written(&base, "b")],
-                Ok(vec![]),
-            ),
-            (
-                "older revision: forced update of our own",
-                owner(),
-                vec![written(&older, "a"), written(&base, "b")],
-                Ok(vec![apply("a", true)]),
-            ),
-            (
-                "edited data: repair",
-                owner(),
-                vec![edited, written(&base, "b")],
-                Ok(vec![apply("a", true)]),
-            ),
-            (
-                "missing annotation: repair",
-                owner(),
-                vec![stripped, written(&base, "b")],
-                Ok(vec![apply("a", true)]),
-            ),
-            (
-                "foreign secret, Owner: not owned, nothing written",
-                owner(),
-                vec![foreign("a", "regcred")],
-                Err((ErrorCode::NotOwned, true)),
-            ),
-            (
-                "foreign secret, Orphan: not owned",
-                desired(CreationPolicy::Orphan, DeletionPolicy::Retain),
-                vec![foreign("b", "regcred")],
-                Err((ErrorCode::NotOwned, true)),
-            ),
-            (
-                "ours for another key: not owned",
-                owner(),
-                vec![other_key],
-                Err((ErrorCode::NotOwned, true)),
-            ),
-            (
-                "foreign secret, Merge: apply our keys without force",
-                desired(CreationPolicy::Merge, DeletionPolicy::Retain),
-                vec![foreign("a", "regcred"), foreign("b", "regcred")],
-                Ok(vec![apply("a", false), apply("b", false)]),
-            ),
-            (
-                "Merge with a missing target: retryable refusal",
-                desired(CreationPolicy::Merge, DeletionPolicy::Retain),
-                vec![foreign("a", "regcred")],
-                Err((ErrorCode::Invalid, true)),
-            ),
-            (
-                "immutable with other data: refused",
-                owner(),
-                vec![immutable_old],
-                Err((ErrorCode::Immutable, false)),
-            ),
-            (
-                "immutable with same data: annotations can move",
-                owner(),
-                vec![immutable_same_data, written(&base, "b")],
-                Ok(vec![apply("a", true)]),
-            ),
-            (
-                "renamed: old name cleaned up by deletionPolicy",
-                owner(),
-                vec![written(&base, "a"), written(&base, "b"), renamed_stale],
-                Ok(vec![Action::Delete {
-                    namespace: "a".into(),
-                    name: "old-name".into(),
-                }]),
-            ),
-            (
-                "namespace dropped, Retain: released",
-                desired(CreationPolicy::Owner, DeletionPolicy::Retain),
-                vec![written(
-                    &desired(CreationPolicy::Owner, DeletionPolicy::Retain),
-                    "c",
-                )],
-                Ok(vec![
-                    apply("a", false),
-                    apply("b", false),
-                    Action::Release {
-                        namespace: "c".into(),
-                        name: "regcred".into(),
-                    },
-                ]),
-            ),
-        ];
-        for (name, desired, observed, expected) in cases {
-            let got = plan_upsert(&desired, &ns(&["a", "b"]), &observed)
-                .map_err(|refusal| (refusal.code, refusal.retryable));
-            assert_eq!(got, expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn refusal_comes_before_any_action() {
-        // Namespace a would be created, b is foreign: nothing at all may be written.
-        let result = plan_upsert(&owner(), &ns(&["a", "b"]), &[foreign("b", "regcred")]);
-        let refusal = result.expect_err("b is not ours");
-        assert!(refusal.message.contains("b/regcred"), "{}", refusal.message);
-    }
-
-    /// A compact name for a prior source, for table tests.
-    fn source_name(source: &PriorSource) -> String {
-        match source {
-            PriorSource::Known(Prior::Absent) => "absent".into(),
-            PriorSource::Known(Prior::Foreign) => "foreign".into(),
-            PriorSource::Known(Prior::Ours(content)) => format!("held r{}", content.revision),
-            PriorSource::ReadBack => "read back".into(),
-        }
-    }
-
-    #[test]
-    fn prior_sources_table() {
-        let mut older = owner();
-        older.revision = 4;
-        older.sha256 = [4; 32];
-        let older = Arc::new(older);
-        let mut drifted = written(&older, "b");
-        drifted.data.insert("token".into(), value_digest(b"edited"));
-        let mut renamed = (*older).clone();
-        renamed.secret_name = "old-name".into();
-        let renamed = Arc::new(renamed);
-        let release_c = Action::Release {
-            namespace: "c".into(),
-            name: "regcred".into(),
-        };
-        type Case<'a> = (
-            &'a str,
-            Vec<Action>,
-            Vec<ObservedSecret>,
-            Option<&'a Arc<DesiredSecret>>,
-            Vec<&'a str>,
-        );
-        let cases: Vec<Case<'_>> = vec![
-            (
-                "created where nothing was",
-                vec![apply("a", false)],
-                vec![],
-                None,
-                vec!["absent"],
-            ),
-            (
-                "merged into a foreign Secret",
-                vec![apply("a", false)],
-                vec![foreign("a", "regcred")],
-                None,
-                vec!["foreign"],
-            ),
-            (
-                "ours and the held payload is its content",
-                vec![apply("a", true), release_c.clone()],
-                vec![written(&older, "a"), written(&older, "c")],
-                Some(&older),
-                vec!["held r4", "held r4"],
-            ),
-            (
-                "ours but nothing held (after a restart)",
-                vec![apply("a", true)],
-                vec![written(&older, "a")],
-                None,
-                vec!["read back"],
-            ),
-            (
-                "ours but drifted from the held payload",
-                vec![apply("b", true)],
-                vec![drifted],
-                Some(&older),
-                vec!["read back"],
-            ),
-            (
-                "the held payload names another Secret",
-                vec![apply("a", true)],
-                vec![written(&older, "a")],
-                Some(&renamed),
-                vec!["read back"],
-            ),
-        ];
-        for (name, actions, observed, previous, expected) in cases {
-            let got: Vec<String> = prior_sources("regcred", "regcred", &actions, &observed, previous)
-                .iter()
-                .map(source_name)
-                .collect();
-            assert_eq!(got, expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn undo_table() {
-        let content = Arc::new(owner());
-        let delete_a = Action::Delete {
-            namespace: "a".into(),
-            name: "regcred".into(),
-        };
-        let release_a = Action::Release {
-            namespace: "a".into(),
-            name: "regcred".into(),
-        };
-        let cases = [
-            (apply("a", false), Prior::Absent, "delete a/regcred"),
-            (apply("a", false), Prior::Foreign, "remove fields a/regcred"),
-            (
-                apply("a", true),
-                Prior::Ours(content.clone()),
-                "apply r5 into a, force",
-            ),
-            (
-                delete_a,
-                Prior::Ours(content.clone()),
-                "apply r5 into a, no force",
-            ),
-            (release_a, Prior::Ours(content), "apply r5 into a, force"),
-        ];
-        for (action, prior, expected) in cases {
-            let got = match undo(&action, "regcred", &prior) {
-                Undo::Cleanup(Action::Delete { namespace, name }) => format!("delete {namespace}/{name}"),
-                Undo::Cleanup(Action::RemoveFields { namespace, name }) => {
-                    format!("remove fields {namespace}/{name}")
-                }
-                Undo::Cleanup(other) => format!("unexpected {other:?}"),
-                Undo::Restore {
-                    content,
-                    namespace,
-                    force,
-                } => format!(
-                    "apply r{} into {namespace}, {}",
-                    content.revision,
-                    if force { "force" } else { "no force" }
-                ),
-            };
-            assert_eq!(got, expected, "{action:?} after {prior:?}");
-        }
-    }
-
-    #[test]
-    fn removal_table() {
-        let owner_delete = written(&owner(), "a");
-        let merge = written(&desired(CreationPolicy::Merge, DeletionPolicy::Delete), "b");
-        let orphan = written(&desired(CreationPolicy::Orphan, DeletionPolicy::Delete), "c");
-        let observed = vec![owner_delete, merge, orphan, foreign("d", "regcred")];
-        let cases = [
-            (
-                DeletionPolicy::Delete,
-                vec![
-                    Action::Delete {
-                        namespace: "a".into(),
-                        name: "regcred".into(),
-                    },
-                    Action::RemoveFields {
-                        namespace: "b".into(),
-                        name: "regcred".into(),
-                    },
-                    Action::Release {
-                        namespace: "c".into(),
-                        name: "regcred".into(),
-                    },
-                ],
-            ),
-            (
-                DeletionPolicy::Retain,
-                ["a", "b", "c"]
-                    .iter()
-                    .map(|n| Action::Release {
-                        namespace: (*n).into(),
-                        name: "regcred".into(),
-                    })
-                    .collect(),
-            ),
-        ];
-        for (policy, expected) in cases {
-            assert_eq!(plan_removal("regcred", policy, &observed), expected, "{policy:?}");
-        }
-        assert!(plan_removal("other", DeletionPolicy::Delete, &observed).is_empty());
-    }
-
-    #[test]
-    fn drift_table() {
-        let base = owner();
-        let mut edited = written(&base, "a");
-        edited.data.insert("token".into(), value_digest(b"edited"));
-        let mut relabelled = written(&base, "a");
-        relabelled.labels.remove(MANAGED_BY_LABEL);
-        let mut extra_key = written(&base, "a");
-        extra_key.data.insert("extra".into(), value_digest(b"x"));
-        let merge = desired(CreationPolicy::Merge, DeletionPolicy::Retain);
-        let mut immutable_edited = written(&base, "a");
-        immutable_edited.immutable = true;
-        immutable_edited
-            .data
-            .insert("token".into(), value_digest(b"other"));
-        let cases: Vec<(&str, &DesiredSecret, Option<ObservedSecret>, Option<Drift>)> = vec![
-            ("intact", &base, Some(written(&base, "a")), None),
-            ("foreign extra key is not drift", &base, Some(extra_key), None),
-            (
-                "deleted: recreated",
-                &base,
-                None,
-                Some(Drift {
-                    kind: DriftKind::Deleted,
-                    repair: Some(apply("a", false)),
-                }),
-            ),
-            (
-                "edited: forced repair",
-                &base,
-                Some(edited),
-                Some(Drift {
-                    kind: DriftKind::Modified,
-                    repair: Some(apply("a", true)),
-                }),
-            ),
-            (
-                "label removed: repaired",
-                &base,
-                Some(relabelled),
-                Some(Drift {
-                    kind: DriftKind::Modified,
-                    repair: Some(apply("a", true)),
-                }),
-            ),
-            (
-                "merge target deleted: not ours to recreate",
-                &merge,
-                None,
-                Some(Drift {
-                    kind: DriftKind::Deleted,
-                    repair: None,
-                }),
-            ),
-            (
-                "immutable with other data: cannot repair",
-                &base,
-                Some(immutable_edited),
-                Some(Drift {
-                    kind: DriftKind::Modified,
-                    repair: None,
-                }),
-            ),
-        ];
-        for (name, desired, observed, expected) in cases {
-            assert_eq!(check_drift(desired, "a", observed.as_ref()), expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn applied_state_takes_the_lowest_revision_and_skips_foreign() {
-        let base = owner();
-        let mut older = owner();
-        older.revision = 3;
-        let mut broken = written(&base, "c");
-        broken
-            .annotations
-            .insert(REVISION_ANNOTATION.into(), "not-a-number".into());
-        let state = applied_state(&[
-            written(&base, "a"),
-            written(&older, "b"),
-            broken,
-            foreign("a", "x"),
-        ]);
-        assert_eq!(state.len(), 1);
-        assert_eq!(
-            state.get("regcred"),
-            Some(&Applied {
-                revision: 3,
-                sha256: SHA
-            })
-        );
-    }
-
-    #[test]
-    fn namespaces_resolve_by_name_or_selector() {
-        let cluster = vec![
-            Namespace {
-                name: "a".into(),
-                labels: [("env".to_string(), "prod".to_string())].into(),
-            },
-            Namespace {
-                name: "b".into(),
-                labels: [("env".to_string(), "dev".to_string())].into(),
-            },
-            Namespace {
-                name: "c".into(),
-                labels: BTreeMap::new(),
-            },
-        ];
-        let named = Targets::Namespaces(ns(&["a", "zz", "yy"]));
-        let refusal = resolve_namespaces(&named, &cluster).expect_err("zz is missing");
-        assert_eq!(
-            (refusal.code, refusal.retryable),
-            (ErrorCode::NamespaceMissing, true)
-        );
-        assert!(refusal.message.contains("zz, yy"), "{}", refusal.message);
-        let selector = |operator, values: &[&str]| {
-            Targets::Selector(Selector {
-                match_labels: BTreeMap::new(),
-                match_expressions: vec![Requirement {
-                    key: "env".into(),
-                    operator,
-                    values: ns(values),
-                }],
-            })
-        };
-        let cases = [
-            (selector(Operator::In, &["prod", "dev"]), ns(&["a", "b"])),
-            (selector(Operator::NotIn, &["prod"]), ns(&["b", "c"])),
-            (selector(Operator::Exists, &[]), ns(&["a", "b"])),
-            (selector(Operator::DoesNotExist, &[]), ns(&["c"])),
-            (
-                Targets::Selector(Selector {
-                    match_labels: [("env".to_string(), "dev".to_string())].into(),
-                    match_expressions: vec![],
-                }),
-                ns(&["b"]),
-            ),
-        ];
-        for (targets, expected) in cases {
-            assert_eq!(
-                resolve_namespaces(&targets, &cluster).expect("selector"),
-                expected,
-                "{targets:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn debug_never_shows_secret_bytes() {
-        let rendered = format!("{:?}", owner());
-        assert!(!rendered.contains("s3cr3t"), "{rendered}");
-        assert!(rendered.contains("redacted 6 bytes"), "{rendered}");
-    }
-}
+mod tests;
