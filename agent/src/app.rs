@@ -100,12 +100,12 @@ impl AgentRuntime {
     }
 
     /// The agent's metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// Enrolled (credential in hand) and the managed Secrets listed.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.enrolled.load(Ordering::Acquire) && self.cluster.is_synced()
     }
 

@@ -251,7 +251,7 @@ impl KubeCluster {
     }
 
     /// Whether the watcher has listed the managed Secrets at least once.
-    pub fn is_synced(&self) -> bool {
+    pub(crate) fn is_synced(&self) -> bool {
         *self.synced.borrow()
     }
 

@@ -1,3 +1,5 @@
+#![warn(missing_docs)]
+
 //! The keyfleet agent: holds one Sync stream to the hub and applies the Secrets assigned to this
 //! cluster by server-side apply, acking each; repairs drift; touches nothing it does not own.
 //!
@@ -16,7 +18,7 @@ pub mod config;
 pub mod hub;
 pub mod kube;
 pub mod metrics;
-pub mod ops;
+pub(crate) mod ops;
 pub mod reconcile;
 pub mod telemetry;
 

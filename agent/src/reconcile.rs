@@ -40,7 +40,7 @@ use zeroize::Zeroizing;
 /// Label marking Secrets written by keyfleet.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
-pub const MANAGED_BY_VALUE: &str = "keyfleet";
+pub(crate) const MANAGED_BY_VALUE: &str = "keyfleet";
 /// Annotation: revision applied.
 pub const REVISION_ANNOTATION: &str = "keyfleet.io/revision";
 /// Annotation: hex `payload_sha256` of the applied payload.
@@ -48,17 +48,17 @@ pub const SHA256_ANNOTATION: &str = "keyfleet.io/sha256";
 /// Annotation: the payload key (FleetSecret name).
 pub const FLEET_SECRET_ANNOTATION: &str = "keyfleet.io/fleet-secret";
 /// Annotation: the creationPolicy the Secret was written with (`Owner`, `Merge`, `Orphan`).
-pub const CREATION_POLICY_ANNOTATION: &str = "keyfleet.io/creation-policy";
+pub(crate) const CREATION_POLICY_ANNOTATION: &str = "keyfleet.io/creation-policy";
 /// Server-side apply field manager.
 pub const FIELD_MANAGER: &str = "keyfleet-agent";
 /// Prefix reserved for the agent's own annotations.
-pub const RESERVED_ANNOTATION_PREFIX: &str = "keyfleet.io/";
+pub(crate) const RESERVED_ANNOTATION_PREFIX: &str = "keyfleet.io/";
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 
 /// SHA-256 of a byte string (used for data values, so observations hold no secret bytes).
-pub fn value_digest(bytes: &[u8]) -> Digest {
+pub(crate) fn value_digest(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
 }
 
@@ -75,7 +75,7 @@ pub enum CreationPolicy {
 
 impl CreationPolicy {
     /// Annotation value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Owner => "Owner",
             Self::Merge => "Merge",
@@ -84,7 +84,7 @@ impl CreationPolicy {
     }
 
     /// Parses an annotation value; an absent or unknown value is `Owner`.
-    pub fn from_annotation(value: Option<&str>) -> Self {
+    pub(crate) fn from_annotation(value: Option<&str>) -> Self {
         match value {
             Some("Merge") => Self::Merge,
             Some("Orphan") => Self::Orphan,
@@ -165,30 +165,20 @@ pub struct SecretBytes {
 
 impl SecretBytes {
     /// Takes ownership of the bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
         let bytes = Zeroizing::new(bytes);
         let digest = value_digest(&bytes);
         Self { bytes, digest }
     }
 
     /// The secret bytes.
-    pub fn expose(&self) -> &[u8] {
+    pub(crate) fn expose(&self) -> &[u8] {
         &self.bytes
     }
 
     /// SHA-256 of the bytes.
-    pub fn digest(&self) -> &Digest {
+    pub(crate) fn digest(&self) -> &Digest {
         &self.digest
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Whether the value is empty.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
     }
 }
 
@@ -233,7 +223,7 @@ pub struct Selector {
 
 impl Selector {
     /// Whether `labels` satisfy the selector (Kubernetes semantics).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.match_labels
             .iter()
             .all(|(key, value)| labels.get(key) == Some(value))
@@ -289,14 +279,14 @@ pub struct DesiredSecret {
 
 impl DesiredSecret {
     /// The labels we write: the payload's plus the managed-by label.
-    pub fn full_labels(&self) -> BTreeMap<String, String> {
+    pub(crate) fn full_labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
         labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
         labels
     }
 
     /// The annotations we write: the payload's plus ours.
-    pub fn full_annotations(&self) -> BTreeMap<String, String> {
+    pub(crate) fn full_annotations(&self) -> BTreeMap<String, String> {
         let mut annotations = self.annotations.clone();
         annotations.insert(REVISION_ANNOTATION.into(), self.revision.to_string());
         annotations.insert(SHA256_ANNOTATION.into(), hex::encode(self.sha256));
@@ -308,7 +298,7 @@ impl DesiredSecret {
 
 /// A Secret as seen in the cluster, without its values (only their digests).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedSecret {
+pub(crate) struct ObservedSecret {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -327,7 +317,7 @@ pub struct ObservedSecret {
 
 /// Who a Secret belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ownership<'a> {
+pub(crate) enum Ownership<'a> {
     /// Not written by keyfleet.
     Foreign,
     /// Written by keyfleet for `key`.
@@ -350,7 +340,7 @@ pub struct Applied {
 
 impl ObservedSecret {
     /// Whose Secret this is.
-    pub fn ownership(&self) -> Ownership<'_> {
+    pub(crate) fn ownership(&self) -> Ownership<'_> {
         let labelled = self.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE);
         match self.annotations.get(FLEET_SECRET_ANNOTATION) {
             Some(key) if labelled => Ownership::Ours {
@@ -370,7 +360,7 @@ impl ObservedSecret {
     }
 
     /// The (revision, sha256) recorded in our annotations, when both parse.
-    pub fn applied(&self) -> Option<Applied> {
+    pub(crate) fn applied(&self) -> Option<Applied> {
         let revision = self.annotations.get(REVISION_ANNOTATION)?.parse().ok()?;
         let sha256 = hex::decode(self.annotations.get(SHA256_ANNOTATION)?).ok()?;
         Some(Applied {
@@ -390,7 +380,7 @@ impl ObservedSecret {
 
 /// A write to make. An Apply carries the payload it writes, so none can be built without one.
 #[derive(Debug, Clone)]
-pub enum Action {
+pub(crate) enum Action {
     /// Server-side apply `payload` into `namespace`.
     Apply {
         /// Namespace.
@@ -425,7 +415,7 @@ pub enum Action {
 
 impl Action {
     /// The namespace and Secret name the action writes (an Apply writes its payload's Secret).
-    pub fn location(&self) -> (&str, &str) {
+    pub(crate) fn location(&self) -> (&str, &str) {
         match self {
             Self::Apply {
                 namespace, payload, ..
@@ -498,7 +488,7 @@ impl Eq for Action {}
 
 /// A namespace of the cluster with its labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Namespace {
+pub(crate) struct Namespace {
     /// Name.
     pub name: String,
     /// Labels.
@@ -507,7 +497,7 @@ pub struct Namespace {
 
 /// The namespaces a payload writes into: the named ones (each must exist, else a retryable
 /// `NamespaceMissing`) or those the selector matches (possibly none).
-pub fn resolve_namespaces(targets: &Targets, cluster: &[Namespace]) -> Result<Vec<String>, Refusal> {
+pub(crate) fn resolve_namespaces(targets: &Targets, cluster: &[Namespace]) -> Result<Vec<String>, Refusal> {
     match targets {
         Targets::Namespaces(names) => {
             let existing: BTreeSet<&str> = cluster.iter().map(|ns| ns.name.as_str()).collect();
@@ -546,7 +536,7 @@ fn data_and_type_match(desired: &DesiredSecret, observed: &ObservedSecret) -> bo
 
 /// Whether `observed` holds everything we would write for `desired` (extra foreign keys, labels
 /// and annotations are not ours and do not count).
-pub fn is_up_to_date(desired: &DesiredSecret, observed: &ObservedSecret) -> bool {
+pub(crate) fn is_up_to_date(desired: &DesiredSecret, observed: &ObservedSecret) -> bool {
     let immutable_ok = desired.creation == CreationPolicy::Merge || !desired.immutable || observed.immutable;
     observed.is_ours_for(&desired.key)
         && data_and_type_match(desired, observed)
@@ -578,7 +568,7 @@ fn cleanup(observed: &ObservedSecret, policy: DeletionPolicy) -> Option<Action> 
 /// `namespaces` are the resolved targets; `observed` holds the Secrets named
 /// `desired.secret_name` in those namespaces and every Secret ours for `desired.key`; `held` is the
 /// key's payload held in memory.
-pub fn plan_upsert(
+pub(crate) fn plan_upsert(
     desired: &Arc<DesiredSecret>,
     namespaces: &[String],
     observed: &[ObservedSecret],
@@ -677,7 +667,7 @@ fn upsert_actions(
 
 /// Plans the removal of `key`: every Secret ours for it is deleted or released per policy, each
 /// with its prior and undo. `held` is the key's payload held in memory.
-pub fn plan_removal(
+pub(crate) fn plan_removal(
     key: &str,
     policy: DeletionPolicy,
     observed: &[ObservedSecret],
@@ -693,7 +683,7 @@ pub fn plan_removal(
 
 /// What a location held before an item's first write there: what a rollback puts back.
 #[derive(Debug, Clone)]
-pub enum Prior {
+pub(crate) enum Prior {
     /// No Secret of that name: a rollback deletes what the item created.
     Absent,
     /// A Secret not ours for the key (only creationPolicy Merge writes into one): a rollback
@@ -706,14 +696,14 @@ pub enum Prior {
 /// Everything one item does, decided by one call: its writes in order, each with the prior of its
 /// location and the write that puts that prior back.
 #[derive(Debug, Clone, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The writes, in the order they are made.
     pub steps: Vec<Planned>,
 }
 
 impl Plan {
     /// The writes alone, in order (for writes that are not rolled back: selector follow-ups).
-    pub fn into_actions(self) -> Vec<Action> {
+    pub(crate) fn into_actions(self) -> Vec<Action> {
         self.steps
             .into_iter()
             .map(|planned| match planned {
@@ -726,7 +716,7 @@ impl Plan {
 
 /// One write of a [`Plan`].
 #[derive(Debug, Clone)]
-pub enum Planned {
+pub(crate) enum Planned {
     /// The location's prior is known from the observation and the payload held in memory.
     Ready(Step),
     /// The location is ours for the key, but no payload in memory is known to be its content
@@ -737,7 +727,7 @@ pub enum Planned {
 
 /// A write, what its location held before, and the write that puts that back.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub(crate) struct Step {
     /// The write.
     pub action: Action,
     /// What its location held before the item's first write.
@@ -751,7 +741,7 @@ impl Step {
     /// The step writing `action` where `prior` was, with its undo: delete what the item created,
     /// remove the fields it merged, or apply the prior content again (forced, since those fields
     /// were ours, except after a Delete, which recreates).
-    pub fn new(action: Action, prior: Prior) -> Self {
+    pub(crate) fn new(action: Action, prior: Prior) -> Self {
         let (namespace, name) = action.location();
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
         let undo = match &prior {
@@ -800,7 +790,7 @@ fn plan(
 
 /// Drift found on one Secret we applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drift {
+pub(crate) struct Drift {
     /// What happened.
     pub kind: DriftKind,
     /// The repair, if one is possible (a deleted Merge target or an immutable Secret whose data
@@ -809,7 +799,7 @@ pub struct Drift {
 }
 
 /// Compares a Secret we applied for `desired` in `namespace` with what the cluster now holds.
-pub fn check_drift(
+pub(crate) fn check_drift(
     desired: &Arc<DesiredSecret>,
     namespace: &str,
     observed: Option<&ObservedSecret>,
@@ -842,7 +832,7 @@ pub fn check_drift(
 /// The applied state, rebuilt from the annotations of the Secrets ours: key -> (revision,
 /// sha256). When a key's Secrets disagree (a write failed halfway), the lowest revision wins, so
 /// the digest differs from the hub's and the hub sends the key again.
-pub fn applied_state(observed: &[ObservedSecret]) -> BTreeMap<String, Applied> {
+pub(crate) fn applied_state(observed: &[ObservedSecret]) -> BTreeMap<String, Applied> {
     let mut state: BTreeMap<String, Applied> = BTreeMap::new();
     for secret in observed {
         let Ownership::Ours { key, .. } = secret.ownership() else {
