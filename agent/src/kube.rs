@@ -13,10 +13,12 @@
 //!   writer (the value-free cache of our Secrets, the payloads held in memory), [`Cluster`].
 //! - `watch`: the drift watcher, the periodic audit and the namespace cache.
 //! - `apply`: the writer: one plan per item, executed in order, rolled back on failure.
+//! - `read_back`: the prior content of our Secrets whose payload is not in memory (for rollback).
 //! - `credential`: [`KubeCredentialStore`].
 
 mod apply;
 mod credential;
+mod read_back;
 mod watch;
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 
-use super::apply::{prior_content, secret_for};
+use super::apply::secret_for;
+use super::read_back::prior_content;
 use super::watch::meaningful_change;
 use super::*;
 use crate::reconcile::{
