@@ -7,10 +7,16 @@
 //! - [`config`]: clap CLI (flags + `KEYFLEET_AGENT_*` env) parsed into per-module sub-configs.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`app`]: wiring: the binary's `run` and the in-process `run_agent` / `AgentRuntime`.
-//! - [`reconcile`]: pure; desired + observed Secrets → actions or a refusal.
-//! - [`hub`]: the hub client (enrollment, Sync stream, proto ⇄ domain conversions).
-//! - [`kube`]: the Kubernetes side (server-side apply, drift watcher, credential Secret).
-//! - [`metrics`], [`ops`]: counters and the `/healthz` `/readyz` `/metrics` endpoint.
+//! - [`reconcile`]: pure; desired + observed Secrets → one plan per item (writes, priors, undos)
+//!   or a refusal; its value types in `reconcile/model.rs`.
+//! - [`cluster`]: the `Cluster` / `CredentialStore` traits between the two sides, and what they
+//!   exchange.
+//! - [`hub`]: the hub client (enrollment, backoff); `hub/stream.rs` the Sync session,
+//!   `hub/convert.rs` every proto ⇄ domain conversion. The only place naming proto types.
+//! - [`kube`]: the Kubernetes side: `KubeCluster` (shared state, NACK mapping), `kube/watch.rs`
+//!   (drift watcher, audit, namespace cache), `kube/apply.rs` (writer with rollback),
+//!   `kube/read_back.rs` (prior content), `kube/credential.rs` (`KubeCredentialStore`).
+//! - [`metrics`], `ops`: counters and the `/healthz` `/readyz` `/metrics` endpoint.
 
 pub mod app;
 pub mod cluster;

@@ -1,5 +1,5 @@
 //! Pure reconciliation: what the hub wants (`DesiredSecret`) and what the cluster holds
-//! (`ObservedSecret`) in, one [`Plan`] per item (writes, priors, undos) or a [`Refusal`] out.
+//! (`ObservedSecret`) in, one `Plan` per item (writes, priors, undos) or a [`Refusal`] out.
 //! Invariant: no IO, no async, no logging; `kube/` gathers the observations and runs the plans.
 //!
 //! # Ownership
@@ -24,11 +24,11 @@
 //! - **Stale targets.** When a payload stops targeting a namespace or renames its Secret, the
 //!   Secrets ours for the key that are no longer targeted are cleaned up by its deletionPolicy.
 //! - **All or nothing per item.** Every refusal is found before any plan is returned. One call
-//!   ([`plan_upsert`], [`plan_removal`]) gives every write of the item together with its
-//!   location's [`Prior`] (what it held) and the write that puts it back ([`Step::undo`]), so that
+//!   (`plan_upsert`, `plan_removal`) gives every write of the item together with its
+//!   location's `Prior` (what it held) and the write that puts it back (`Step::undo`), so that
 //!   when a write fails midway the ones already made are undone: a Secret the item created is
 //!   deleted, fields it merged into a foreign Secret are removed, and a Secret that was ours gets
-//!   its previous content applied again. An Apply carries its payload ([`Action::Apply`]).
+//!   its previous content applied again. An Apply carries its payload (`Action::Apply`).
 
 mod model;
 
@@ -81,6 +81,15 @@ pub(crate) enum Action {
 }
 
 impl Action {
+    /// Server-side apply of `payload` into `namespace`.
+    pub(crate) fn apply(payload: &Arc<DesiredSecret>, namespace: &str, force: bool) -> Self {
+        Self::Apply {
+            namespace: namespace.to_owned(),
+            force,
+            payload: payload.clone(),
+        }
+    }
+
     /// The namespace and Secret name the action writes (an Apply writes its payload's Secret).
     pub(crate) fn location(&self) -> (&str, &str) {
         match self {
@@ -256,11 +265,7 @@ fn upsert_actions(
                     format!("creationPolicy Merge needs an existing Secret {location}"),
                 ));
             }
-            actions.push(Action::Apply {
-                namespace: namespace.clone(),
-                force: false,
-                payload: desired.clone(),
-            });
+            actions.push(Action::apply(desired, namespace, false));
             continue;
         };
         match existing.ownership() {
@@ -275,11 +280,7 @@ fn upsert_actions(
                         format!("Secret {location} is immutable and its data differs"),
                     ));
                 }
-                actions.push(Action::Apply {
-                    namespace: namespace.clone(),
-                    force: true,
-                    payload: desired.clone(),
-                });
+                actions.push(Action::apply(desired, namespace, true));
             }
             Ownership::Ours { key, .. } => {
                 return Err(Refusal::new(
@@ -296,11 +297,7 @@ fn upsert_actions(
                         format!("Secret {location} is immutable; cannot merge into it"),
                     ));
                 }
-                actions.push(Action::Apply {
-                    namespace: namespace.clone(),
-                    force: false,
-                    payload: desired.clone(),
-                });
+                actions.push(Action::apply(desired, namespace, false));
             }
             Ownership::Foreign => {
                 return Err(Refusal::new(
@@ -372,7 +369,7 @@ impl Plan {
     }
 }
 
-/// One write of a [`Plan`].
+/// One write of a `Plan`.
 #[derive(Debug, Clone)]
 pub(crate) enum Planned {
     /// The location's prior is known from the observation and the payload held in memory.
@@ -463,11 +460,8 @@ pub(crate) fn check_drift(
     observed: Option<&ObservedSecret>,
 ) -> Option<Drift> {
     let Some(observed) = observed else {
-        let repair = (desired.creation != CreationPolicy::Merge).then(|| Action::Apply {
-            namespace: namespace.into(),
-            force: false,
-            payload: desired.clone(),
-        });
+        let repair =
+            (desired.creation != CreationPolicy::Merge).then(|| Action::apply(desired, namespace, false));
         return Some(Drift {
             kind: DriftKind::Deleted,
             repair,
@@ -476,11 +470,8 @@ pub(crate) fn check_drift(
     if is_up_to_date(desired, observed) {
         return None;
     }
-    let repair = (!observed.immutable || data_and_type_match(desired, observed)).then(|| Action::Apply {
-        namespace: namespace.into(),
-        force: true,
-        payload: desired.clone(),
-    });
+    let repair = (!observed.immutable || data_and_type_match(desired, observed))
+        .then(|| Action::apply(desired, namespace, true));
     Some(Drift {
         kind: DriftKind::Modified,
         repair,
