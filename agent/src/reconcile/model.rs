@@ -219,7 +219,7 @@ pub enum Targets {
     Selector(Selector),
 }
 
-/// One key as the hub wants it, validated (see `hub.rs`).
+/// One key as the hub wants it, validated (see `hub/convert.rs`).
 #[derive(Debug, Clone)]
 pub struct DesiredSecret {
     /// FleetSecret name.

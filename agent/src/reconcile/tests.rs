@@ -248,7 +248,7 @@ fn describe(action: &Action) -> String {
 }
 
 #[test]
-fn prior_sources_table() {
+fn priors_table() {
     let mut older = owner();
     older.revision = 4;
     older.sha256 = [4; 32];
