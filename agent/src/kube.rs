@@ -31,7 +31,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
-use tokio::sync::{mpsc, watch as channel};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zeroize::Zeroize as _;
 
@@ -216,7 +216,7 @@ pub struct KubeCluster {
     settings: KubeSettings,
     state: Mutex<State>,
     write_lock: tokio::sync::Mutex<()>,
-    synced: channel::Sender<bool>,
+    synced: tokio::sync::watch::Sender<bool>,
     events: mpsc::Sender<ClusterEvent>,
     metrics: Metrics,
     namespaces: Mutex<Option<(Instant, Arc<Vec<Namespace>>)>>,
@@ -236,7 +236,7 @@ impl KubeCluster {
             settings,
             state: Mutex::new(State::default()),
             write_lock: tokio::sync::Mutex::new(()),
-            synced: channel::channel(false).0,
+            synced: tokio::sync::watch::channel(false).0,
             events,
             metrics,
             namespaces: Mutex::new(None),
