@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use zeroize::Zeroizing;
 
+use crate::cluster::ClusterEvent;
 use crate::config::Config;
 use crate::hub::{self, Backoff, HubEndpoint, HubError, SyncClient, SyncSettings};
 use crate::kube::{KubeCluster, KubeCredentialStore, KubeSettings};
@@ -74,7 +75,7 @@ pub struct AgentRuntime {
     settings: AgentSettings,
     client: ::kube::Client,
     cluster: KubeCluster,
-    events: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<hub::ClusterEvent>>,
+    events: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<ClusterEvent>>,
     metrics: Metrics,
     enrolled: AtomicBool,
 }
@@ -99,12 +100,12 @@ impl AgentRuntime {
     }
 
     /// The agent's metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// Enrolled (credential in hand) and the managed Secrets listed.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.enrolled.load(Ordering::Acquire) && self.cluster.is_synced()
     }
 

@@ -1,3 +1,5 @@
+#![warn(missing_docs)]
+
 //! The keyfleet agent: holds one Sync stream to the hub and applies the Secrets assigned to this
 //! cluster by server-side apply, acking each; repairs drift; touches nothing it does not own.
 //!
@@ -5,17 +7,24 @@
 //! - [`config`]: clap CLI (flags + `KEYFLEET_AGENT_*` env) parsed into per-module sub-configs.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`app`]: wiring: the binary's `run` and the in-process `run_agent` / `AgentRuntime`.
-//! - [`reconcile`]: pure; desired + observed Secrets → actions or a refusal.
-//! - [`hub`]: the hub client (enrollment, Sync stream, proto ⇄ domain conversions).
-//! - [`kube`]: the Kubernetes side (server-side apply, drift watcher, credential Secret).
-//! - [`metrics`], [`ops`]: counters and the `/healthz` `/readyz` `/metrics` endpoint.
+//! - [`reconcile`]: pure; desired + observed Secrets → one plan per item (writes, priors, undos)
+//!   or a refusal; its value types in `reconcile/model.rs`.
+//! - [`cluster`]: the `Cluster` / `CredentialStore` traits between the two sides, and what they
+//!   exchange.
+//! - [`hub`]: the hub client (enrollment, backoff); `hub/stream.rs` the Sync session,
+//!   `hub/convert.rs` every proto ⇄ domain conversion. The only place naming proto types.
+//! - [`kube`]: the Kubernetes side: `KubeCluster` (shared state, NACK mapping), `kube/watch.rs`
+//!   (drift watcher, audit, namespace cache), `kube/apply.rs` (writer with rollback),
+//!   `kube/read_back.rs` (prior content), `kube/credential.rs` (`KubeCredentialStore`).
+//! - [`metrics`], `ops`: counters and the `/healthz` `/readyz` `/metrics` endpoint.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod kube;
 pub mod metrics;
-pub mod ops;
+pub(crate) mod ops;
 pub mod reconcile;
 pub mod telemetry;
 

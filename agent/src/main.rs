@@ -1,3 +1,6 @@
+//! The `keyfleet-agent` binary: parses the flags and environment, starts logging, and runs the
+//! agent until SIGINT or SIGTERM.
+
 use clap::Parser as _;
 
 // One thread: the agent's work is a few sockets; a multi-thread runtime would start a worker (and

@@ -32,7 +32,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers every metric under the `keyfleet_agent` prefix.
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("keyfleet_agent");
         registry.register(
             "connected",

@@ -1,7 +1,6 @@
 //! Pure reconciliation: what the hub wants (`DesiredSecret`) and what the cluster holds
-//! (`ObservedSecret`) in, the writes to make (`Action`) or the reason to refuse (`Refusal`) out.
-//!
-//! No IO, no async, no logging: `kube.rs` gathers the observations and executes the actions.
+//! (`ObservedSecret`) in, one `Plan` per item (writes, priors, undos) or a [`Refusal`] out.
+//! Invariant: no IO, no async, no logging; `kube/` gathers the observations and runs the plans.
 //!
 //! # Ownership
 //! A Secret is *ours for key K* when it carries the label `app.kubernetes.io/managed-by: keyfleet`
@@ -24,379 +23,39 @@
 //!   NACK, the Secret is left alone.
 //! - **Stale targets.** When a payload stops targeting a namespace or renames its Secret, the
 //!   Secrets ours for the key that are no longer targeted are cleaned up by its deletionPolicy.
-//! - **All or nothing per item.** Every refusal is found before any action is returned. Before
-//!   the first write, every location the item touches gets its [`Prior`] (what it held), so that
-//!   when a write fails midway the ones already made are put back ([`undo`]): a Secret the item
-//!   created is deleted, fields it merged into a foreign Secret are removed, and a Secret that
-//!   was ours gets its previous content applied again.
+//! - **All or nothing per item.** Every refusal is found before any plan is returned. One call
+//!   (`plan_upsert`, `plan_removal`) gives every write of the item together with its
+//!   location's `Prior` (what it held) and the write that puts it back (`Step::undo`), so that
+//!   when a write fails midway the ones already made are undone: a Secret the item created is
+//!   deleted, fields it merged into a foreign Secret are removed, and a Secret that was ours gets
+//!   its previous content applied again. An Apply carries its payload (`Action::Apply`).
+
+mod model;
+
+pub use self::model::{
+    Applied, CreationPolicy, DeletionPolicy, DesiredSecret, Digest, DriftKind, ErrorCode, FIELD_MANAGER,
+    FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL, Operator, REVISION_ANNOTATION, Refusal, Requirement,
+    SHA256_ANNOTATION, SecretBytes, Selector, Targets,
+};
+pub(crate) use self::model::{
+    CREATION_POLICY_ANNOTATION, MANAGED_BY_VALUE, Namespace, ObservedSecret, Ownership,
+    RESERVED_ANNOTATION_PREFIX, value_digest,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
-use zeroize::Zeroizing;
-
-/// Label marking Secrets written by keyfleet.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Value of [`MANAGED_BY_LABEL`].
-pub const MANAGED_BY_VALUE: &str = "keyfleet";
-/// Annotation: revision applied.
-pub const REVISION_ANNOTATION: &str = "keyfleet.io/revision";
-/// Annotation: hex `payload_sha256` of the applied payload.
-pub const SHA256_ANNOTATION: &str = "keyfleet.io/sha256";
-/// Annotation: the payload key (FleetSecret name).
-pub const FLEET_SECRET_ANNOTATION: &str = "keyfleet.io/fleet-secret";
-/// Annotation: the creationPolicy the Secret was written with (`Owner`, `Merge`, `Orphan`).
-pub const CREATION_POLICY_ANNOTATION: &str = "keyfleet.io/creation-policy";
-/// Server-side apply field manager.
-pub const FIELD_MANAGER: &str = "keyfleet-agent";
-/// Prefix reserved for the agent's own annotations.
-pub const RESERVED_ANNOTATION_PREFIX: &str = "keyfleet.io/";
-
-/// A SHA-256 digest.
-pub type Digest = [u8; 32];
-
-/// SHA-256 of a byte string (used for data values, so observations hold no secret bytes).
-pub fn value_digest(bytes: &[u8]) -> Digest {
-    Sha256::digest(bytes).into()
-}
-
-/// What to do when the target Secret exists already (ESO creationPolicy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CreationPolicy {
-    /// Create and own; a foreign Secret is never overwritten.
-    Owner,
-    /// Merge our keys into an existing Secret.
-    Merge,
-    /// Create, but never delete.
-    Orphan,
-}
-
-impl CreationPolicy {
-    /// Annotation value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Owner => "Owner",
-            Self::Merge => "Merge",
-            Self::Orphan => "Orphan",
-        }
-    }
-
-    /// Parses an annotation value; an absent or unknown value is `Owner`.
-    pub fn from_annotation(value: Option<&str>) -> Self {
-        match value {
-            Some("Merge") => Self::Merge,
-            Some("Orphan") => Self::Orphan,
-            _ => Self::Owner,
-        }
-    }
-}
-
-/// What removal of a key does to the written Secrets (ESO deletionPolicy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeletionPolicy {
-    /// Leave the Secret in place, released.
-    Retain,
-    /// Delete what we own.
-    Delete,
-}
-
-/// Kinds of drift.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriftKind {
-    /// Data, type, or our labels/annotations changed.
-    Modified,
-    /// The Secret was deleted.
-    Deleted,
-}
-
-/// Why an item is refused (mirrors the wire `ErrorCode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// Failed validation.
-    Invalid,
-    /// Announced sha256 differs from the payload.
-    DigestMismatch,
-    /// A Secret of that name exists and is not ours.
-    NotOwned,
-    /// A target namespace does not exist.
-    NamespaceMissing,
-    /// The Kubernetes API refused for lack of permission.
-    Forbidden,
-    /// The Kubernetes API failed or did not answer.
-    KubernetesUnavailable,
-    /// Server-side apply field conflict.
-    Conflict,
-    /// The existing Secret is immutable and differs.
-    Immutable,
-    /// Anything else.
-    Internal,
-}
-
-/// A refused item: code, whether the hub should retry, and a message without secret data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Reason.
-    pub code: ErrorCode,
-    /// Retry later.
-    pub retryable: bool,
-    /// Human-readable; names keys, namespaces and Secret names, never values.
-    pub message: String,
-}
-
-impl Refusal {
-    /// Builds a refusal.
-    pub fn new(code: ErrorCode, retryable: bool, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            retryable,
-            message: message.into(),
-        }
-    }
-}
-
-/// Secret bytes: zeroized on drop, redacted in `Debug`, with their digest for comparisons.
-#[derive(Clone)]
-pub struct SecretBytes {
-    bytes: Zeroizing<Vec<u8>>,
-    digest: Digest,
-}
-
-impl SecretBytes {
-    /// Takes ownership of the bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        let bytes = Zeroizing::new(bytes);
-        let digest = value_digest(&bytes);
-        Self { bytes, digest }
-    }
-
-    /// The secret bytes.
-    pub fn expose(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// SHA-256 of the bytes.
-    pub fn digest(&self) -> &Digest {
-        &self.digest
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Whether the value is empty.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
-
-impl fmt::Debug for SecretBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretBytes(<redacted {} bytes>)", self.bytes.len())
-    }
-}
-
-/// Selector operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operator {
-    /// Value in the set.
-    In,
-    /// Label absent or value not in the set.
-    NotIn,
-    /// Label present.
-    Exists,
-    /// Label absent.
-    DoesNotExist,
-}
-
-/// One set-based requirement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requirement {
-    /// Label key.
-    pub key: String,
-    /// Operator.
-    pub operator: Operator,
-    /// Values for In/NotIn.
-    pub values: Vec<String>,
-}
-
-/// A label selector (every requirement must hold).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selector {
-    /// Exact matches.
-    pub match_labels: BTreeMap<String, String>,
-    /// Set-based requirements.
-    pub match_expressions: Vec<Requirement>,
-}
-
-impl Selector {
-    /// Whether `labels` satisfy the selector (Kubernetes semantics).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(key, value)| labels.get(key) == Some(value))
-            && self.match_expressions.iter().all(|requirement| {
-                let value = labels.get(&requirement.key);
-                match requirement.operator {
-                    Operator::In => value.is_some_and(|v| requirement.values.contains(v)),
-                    Operator::NotIn => value.is_none_or(|v| !requirement.values.contains(v)),
-                    Operator::Exists => value.is_some(),
-                    Operator::DoesNotExist => value.is_none(),
-                }
-            })
-    }
-}
-
-/// Where a payload goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Targets {
-    /// Named namespaces (each must exist).
-    Namespaces(Vec<String>),
-    /// Namespaces whose labels match.
-    Selector(Selector),
-}
-
-/// One key as the hub wants it, validated (see `hub.rs`).
+/// A write to make. An Apply carries the payload it writes, so none can be built without one.
 #[derive(Debug, Clone)]
-pub struct DesiredSecret {
-    /// FleetSecret name.
-    pub key: String,
-    /// Revision.
-    pub revision: u64,
-    /// `payload_sha256`, verified.
-    pub sha256: Digest,
-    /// Target Secret name.
-    pub secret_name: String,
-    /// Secret type.
-    pub secret_type: String,
-    /// Target namespaces.
-    pub targets: Targets,
-    /// Data.
-    pub data: BTreeMap<String, SecretBytes>,
-    /// Extra labels.
-    pub labels: BTreeMap<String, String>,
-    /// Extra annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// creationPolicy.
-    pub creation: CreationPolicy,
-    /// deletionPolicy.
-    pub deletion: DeletionPolicy,
-    /// Write `immutable: true`.
-    pub immutable: bool,
-}
-
-impl DesiredSecret {
-    /// The labels we write: the payload's plus the managed-by label.
-    pub fn full_labels(&self) -> BTreeMap<String, String> {
-        let mut labels = self.labels.clone();
-        labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-        labels
-    }
-
-    /// The annotations we write: the payload's plus ours.
-    pub fn full_annotations(&self) -> BTreeMap<String, String> {
-        let mut annotations = self.annotations.clone();
-        annotations.insert(REVISION_ANNOTATION.into(), self.revision.to_string());
-        annotations.insert(SHA256_ANNOTATION.into(), hex::encode(self.sha256));
-        annotations.insert(FLEET_SECRET_ANNOTATION.into(), self.key.clone());
-        annotations.insert(CREATION_POLICY_ANNOTATION.into(), self.creation.as_str().into());
-        annotations
-    }
-}
-
-/// A Secret as seen in the cluster, without its values (only their digests).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedSecret {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Type (empty means Opaque).
-    pub secret_type: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// Data key -> SHA-256 of the value.
-    pub data: BTreeMap<String, Digest>,
-    /// `immutable: true`.
-    pub immutable: bool,
-}
-
-/// Who a Secret belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ownership<'a> {
-    /// Not written by keyfleet.
-    Foreign,
-    /// Written by keyfleet for `key`.
-    Ours {
-        /// Payload key.
-        key: &'a str,
-        /// creationPolicy it was written with.
-        creation: CreationPolicy,
-    },
-}
-
-/// One applied key, as rebuilt from annotations.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    /// Revision.
-    pub revision: u64,
-    /// Payload digest.
-    pub sha256: Digest,
-}
-
-impl ObservedSecret {
-    /// Whose Secret this is.
-    pub fn ownership(&self) -> Ownership<'_> {
-        let labelled = self.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE);
-        match self.annotations.get(FLEET_SECRET_ANNOTATION) {
-            Some(key) if labelled => Ownership::Ours {
-                key,
-                creation: CreationPolicy::from_annotation(
-                    self.annotations
-                        .get(CREATION_POLICY_ANNOTATION)
-                        .map(String::as_str),
-                ),
-            },
-            _ => Ownership::Foreign,
-        }
-    }
-
-    fn is_ours_for(&self, key: &str) -> bool {
-        matches!(self.ownership(), Ownership::Ours { key: k, .. } if k == key)
-    }
-
-    /// The (revision, sha256) recorded in our annotations, when both parse.
-    pub fn applied(&self) -> Option<Applied> {
-        let revision = self.annotations.get(REVISION_ANNOTATION)?.parse().ok()?;
-        let sha256 = hex::decode(self.annotations.get(SHA256_ANNOTATION)?).ok()?;
-        Some(Applied {
-            revision,
-            sha256: sha256.try_into().ok()?,
-        })
-    }
-
-    fn effective_type(&self) -> &str {
-        if self.secret_type.is_empty() {
-            "Opaque"
-        } else {
-            &self.secret_type
-        }
-    }
-}
-
-/// A write to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Server-side apply the desired Secret into `namespace`.
+pub(crate) enum Action {
+    /// Server-side apply `payload` into `namespace`.
     Apply {
         /// Namespace.
         namespace: String,
         /// Force conflicts (only when the Secret is already ours for the key).
         force: bool,
+        /// What is written (the desired payload, or a prior content put back).
+        payload: Arc<DesiredSecret>,
     },
     /// Delete a Secret we created.
     Delete {
@@ -422,10 +81,21 @@ pub enum Action {
 }
 
 impl Action {
-    /// The namespace and Secret name the action writes (an Apply writes `secret_name`).
-    pub fn location<'a>(&'a self, secret_name: &'a str) -> (&'a str, &'a str) {
+    /// Server-side apply of `payload` into `namespace`.
+    pub(crate) fn apply(payload: &Arc<DesiredSecret>, namespace: &str, force: bool) -> Self {
+        Self::Apply {
+            namespace: namespace.to_owned(),
+            force,
+            payload: payload.clone(),
+        }
+    }
+
+    /// The namespace and Secret name the action writes (an Apply writes its payload's Secret).
+    pub(crate) fn location(&self) -> (&str, &str) {
         match self {
-            Self::Apply { namespace, .. } => (namespace, secret_name),
+            Self::Apply {
+                namespace, payload, ..
+            } => (namespace, &payload.secret_name),
             Self::Delete { namespace, name }
             | Self::Release { namespace, name }
             | Self::RemoveFields { namespace, name } => (namespace, name),
@@ -433,18 +103,68 @@ impl Action {
     }
 }
 
-/// A namespace of the cluster with its labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Namespace {
-    /// Name.
-    pub name: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
+/// Two Applies are equal when they write the same payload (same key, revision, Secret name and
+/// digest; the digest covers the data) the same way; secret bytes are never compared.
+impl PartialEq for Action {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::Apply {
+                    namespace,
+                    force,
+                    payload,
+                },
+                Self::Apply {
+                    namespace: other_namespace,
+                    force: other_force,
+                    payload: other_payload,
+                },
+            ) => {
+                namespace == other_namespace
+                    && force == other_force
+                    && (
+                        payload.key.as_str(),
+                        payload.revision,
+                        payload.secret_name.as_str(),
+                        payload.sha256,
+                    ) == (
+                        other_payload.key.as_str(),
+                        other_payload.revision,
+                        other_payload.secret_name.as_str(),
+                        other_payload.sha256,
+                    )
+            }
+            (
+                Self::Delete { namespace, name },
+                Self::Delete {
+                    namespace: ns,
+                    name: other,
+                },
+            )
+            | (
+                Self::Release { namespace, name },
+                Self::Release {
+                    namespace: ns,
+                    name: other,
+                },
+            )
+            | (
+                Self::RemoveFields { namespace, name },
+                Self::RemoveFields {
+                    namespace: ns,
+                    name: other,
+                },
+            ) => (namespace, name) == (ns, other),
+            _ => false,
+        }
+    }
 }
+
+impl Eq for Action {}
 
 /// The namespaces a payload writes into: the named ones (each must exist, else a retryable
 /// `NamespaceMissing`) or those the selector matches (possibly none).
-pub fn resolve_namespaces(targets: &Targets, cluster: &[Namespace]) -> Result<Vec<String>, Refusal> {
+pub(crate) fn resolve_namespaces(targets: &Targets, cluster: &[Namespace]) -> Result<Vec<String>, Refusal> {
     match targets {
         Targets::Namespaces(names) => {
             let existing: BTreeSet<&str> = cluster.iter().map(|ns| ns.name.as_str()).collect();
@@ -483,7 +203,7 @@ fn data_and_type_match(desired: &DesiredSecret, observed: &ObservedSecret) -> bo
 
 /// Whether `observed` holds everything we would write for `desired` (extra foreign keys, labels
 /// and annotations are not ours and do not count).
-pub fn is_up_to_date(desired: &DesiredSecret, observed: &ObservedSecret) -> bool {
+pub(crate) fn is_up_to_date(desired: &DesiredSecret, observed: &ObservedSecret) -> bool {
     let immutable_ok = desired.creation == CreationPolicy::Merge || !desired.immutable || observed.immutable;
     observed.is_ours_for(&desired.key)
         && data_and_type_match(desired, observed)
@@ -511,10 +231,23 @@ fn cleanup(observed: &ObservedSecret, policy: DeletionPolicy) -> Option<Action> 
     })
 }
 
-/// Plans an upsert. `namespaces` are the resolved targets; `observed` holds the Secrets named
-/// `desired.secret_name` in those namespaces and every Secret ours for `desired.key`.
-pub fn plan_upsert(
-    desired: &DesiredSecret,
+/// Plans an upsert: its writes, each location's prior and each write's undo, or the refusal.
+/// `namespaces` are the resolved targets; `observed` holds the Secrets named
+/// `desired.secret_name` in those namespaces and every Secret ours for `desired.key`; `held` is the
+/// key's payload held in memory.
+pub(crate) fn plan_upsert(
+    desired: &Arc<DesiredSecret>,
+    namespaces: &[String],
+    observed: &[ObservedSecret],
+    held: Option<&Arc<DesiredSecret>>,
+) -> Result<Plan, Refusal> {
+    let actions = upsert_actions(desired, namespaces, observed)?;
+    Ok(plan(&desired.key, actions, observed, held))
+}
+
+/// The writes of an upsert, in order; every refusal is found before the first one is returned.
+fn upsert_actions(
+    desired: &Arc<DesiredSecret>,
     namespaces: &[String],
     observed: &[ObservedSecret],
 ) -> Result<Vec<Action>, Refusal> {
@@ -532,10 +265,7 @@ pub fn plan_upsert(
                     format!("creationPolicy Merge needs an existing Secret {location}"),
                 ));
             }
-            actions.push(Action::Apply {
-                namespace: namespace.clone(),
-                force: false,
-            });
+            actions.push(Action::apply(desired, namespace, false));
             continue;
         };
         match existing.ownership() {
@@ -550,10 +280,7 @@ pub fn plan_upsert(
                         format!("Secret {location} is immutable and its data differs"),
                     ));
                 }
-                actions.push(Action::Apply {
-                    namespace: namespace.clone(),
-                    force: true,
-                });
+                actions.push(Action::apply(desired, namespace, true));
             }
             Ownership::Ours { key, .. } => {
                 return Err(Refusal::new(
@@ -570,10 +297,7 @@ pub fn plan_upsert(
                         format!("Secret {location} is immutable; cannot merge into it"),
                     ));
                 }
-                actions.push(Action::Apply {
-                    namespace: namespace.clone(),
-                    force: false,
-                });
+                actions.push(Action::apply(desired, namespace, false));
             }
             Ownership::Foreign => {
                 return Err(Refusal::new(
@@ -596,18 +320,25 @@ pub fn plan_upsert(
     Ok(actions)
 }
 
-/// Plans the removal of `key`: every Secret ours for it is deleted or released per policy.
-pub fn plan_removal(key: &str, policy: DeletionPolicy, observed: &[ObservedSecret]) -> Vec<Action> {
-    observed
+/// Plans the removal of `key`: every Secret ours for it is deleted or released per policy, each
+/// with its prior and undo. `held` is the key's payload held in memory.
+pub(crate) fn plan_removal(
+    key: &str,
+    policy: DeletionPolicy,
+    observed: &[ObservedSecret],
+    held: Option<&Arc<DesiredSecret>>,
+) -> Plan {
+    let actions = observed
         .iter()
         .filter(|o| o.is_ours_for(key))
         .filter_map(|o| cleanup(o, policy))
-        .collect()
+        .collect();
+    plan(key, actions, observed, held)
 }
 
 /// What a location held before an item's first write there: what a rollback puts back.
 #[derive(Debug, Clone)]
-pub enum Prior {
+pub(crate) enum Prior {
     /// No Secret of that name: a rollback deletes what the item created.
     Absent,
     /// A Secret not ours for the key (only creationPolicy Merge writes into one): a rollback
@@ -617,83 +348,104 @@ pub enum Prior {
     Ours(Arc<DesiredSecret>),
 }
 
-/// Where a location's [`Prior`] comes from.
-#[derive(Debug, Clone)]
-pub enum PriorSource {
-    /// Known from the observation and the payload held in memory.
-    Known(Prior),
-    /// Ours for the key, but no payload in memory is known to be its content (after a restart,
-    /// or after drift): its content must be read back from the cluster before the first write.
-    ReadBack,
+/// Everything one item does, decided by one call: its writes in order, each with the prior of its
+/// location and the write that puts that prior back.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plan {
+    /// The writes, in the order they are made.
+    pub steps: Vec<Planned>,
 }
 
-/// For each action (same order), where the prior of the location it writes comes from.
-/// `observed` is what the plan was made from; `previous` is the key's payload held in memory.
-pub fn prior_sources(
+impl Plan {
+    /// The writes alone, in order (for writes that are not rolled back: selector follow-ups).
+    pub(crate) fn into_actions(self) -> Vec<Action> {
+        self.steps
+            .into_iter()
+            .map(|planned| match planned {
+                Planned::Ready(step) => step.action,
+                Planned::ReadBack(action) => action,
+            })
+            .collect()
+    }
+}
+
+/// One write of a `Plan`.
+#[derive(Debug, Clone)]
+pub(crate) enum Planned {
+    /// The location's prior is known from the observation and the payload held in memory.
+    Ready(Step),
+    /// The location is ours for the key, but no payload in memory is known to be its content
+    /// (after a restart, or after drift): its content is read back from the cluster before the
+    /// item's first write, and [`Step::new`] completes the step.
+    ReadBack(Action),
+}
+
+/// A write, what its location held before, and the write that puts that back.
+#[derive(Debug, Clone)]
+pub(crate) struct Step {
+    /// The write.
+    pub action: Action,
+    /// What its location held before the item's first write.
+    pub prior: Prior,
+    /// The write that puts `prior` back. Undoing is idempotent: it also serves when the action
+    /// may or may not have happened.
+    pub undo: Action,
+}
+
+impl Step {
+    /// The step writing `action` where `prior` was, with its undo: delete what the item created,
+    /// remove the fields it merged, or apply the prior content again (forced, since those fields
+    /// were ours, except after a Delete, which recreates).
+    pub(crate) fn new(action: Action, prior: Prior) -> Self {
+        let (namespace, name) = action.location();
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        let undo = match &prior {
+            Prior::Absent => Action::Delete { namespace, name },
+            Prior::Foreign => Action::RemoveFields { namespace, name },
+            Prior::Ours(content) => Action::Apply {
+                namespace,
+                force: !matches!(action, Action::Delete { .. }),
+                payload: content.clone(),
+            },
+        };
+        Self { action, prior, undo }
+    }
+}
+
+/// Pairs each action of `key`'s item with its prior: known from `observed` and the payload `held`
+/// in memory (when the Secret still holds it), else to be read back.
+fn plan(
     key: &str,
-    secret_name: &str,
-    actions: &[Action],
+    actions: Vec<Action>,
     observed: &[ObservedSecret],
-    previous: Option<&Arc<DesiredSecret>>,
-) -> Vec<PriorSource> {
-    actions
-        .iter()
+    held: Option<&Arc<DesiredSecret>>,
+) -> Plan {
+    let steps = actions
+        .into_iter()
         .map(|action| {
-            let (namespace, name) = action.location(secret_name);
-            let Some(existing) = observed
+            let (namespace, name) = action.location();
+            let prior = match observed
                 .iter()
                 .find(|o| o.namespace == namespace && o.name == name)
-            else {
-                return PriorSource::Known(Prior::Absent);
+            {
+                None => Prior::Absent,
+                Some(existing) if !existing.is_ours_for(key) => Prior::Foreign,
+                Some(existing) => match held {
+                    Some(held) if held.secret_name == name && is_up_to_date(held, existing) => {
+                        Prior::Ours(held.clone())
+                    }
+                    _ => return Planned::ReadBack(action),
+                },
             };
-            if !existing.is_ours_for(key) {
-                return PriorSource::Known(Prior::Foreign);
-            }
-            match previous {
-                Some(previous) if previous.secret_name == name && is_up_to_date(previous, existing) => {
-                    PriorSource::Known(Prior::Ours(previous.clone()))
-                }
-                _ => PriorSource::ReadBack,
-            }
+            Planned::Ready(Step::new(action, prior))
         })
-        .collect()
-}
-
-/// A write that puts one location back to its prior.
-#[derive(Debug, Clone)]
-pub enum Undo {
-    /// Run this cleanup (`Delete` of what the item created, `RemoveFields` of what it merged).
-    Cleanup(Action),
-    /// Server-side apply `content` into `namespace` again.
-    Restore {
-        /// The prior content.
-        content: Arc<DesiredSecret>,
-        /// Namespace.
-        namespace: String,
-        /// Force conflicts: the fields were ours (not after a Delete, which recreates).
-        force: bool,
-    },
-}
-
-/// The write that undoes `action` (of a plan for `secret_name`) given its location's prior.
-/// Undoing is idempotent: it also serves when the action may or may not have happened.
-pub fn undo(action: &Action, secret_name: &str, prior: &Prior) -> Undo {
-    let (namespace, name) = action.location(secret_name);
-    let (namespace, name) = (namespace.to_owned(), name.to_owned());
-    match prior {
-        Prior::Absent => Undo::Cleanup(Action::Delete { namespace, name }),
-        Prior::Foreign => Undo::Cleanup(Action::RemoveFields { namespace, name }),
-        Prior::Ours(content) => Undo::Restore {
-            content: content.clone(),
-            namespace,
-            force: !matches!(action, Action::Delete { .. }),
-        },
-    }
+        .collect();
+    Plan { steps }
 }
 
 /// Drift found on one Secret we applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drift {
+pub(crate) struct Drift {
     /// What happened.
     pub kind: DriftKind,
     /// The repair, if one is possible (a deleted Merge target or an immutable Secret whose data
@@ -702,16 +454,14 @@ pub struct Drift {
 }
 
 /// Compares a Secret we applied for `desired` in `namespace` with what the cluster now holds.
-pub fn check_drift(
-    desired: &DesiredSecret,
+pub(crate) fn check_drift(
+    desired: &Arc<DesiredSecret>,
     namespace: &str,
     observed: Option<&ObservedSecret>,
 ) -> Option<Drift> {
     let Some(observed) = observed else {
-        let repair = (desired.creation != CreationPolicy::Merge).then(|| Action::Apply {
-            namespace: namespace.into(),
-            force: false,
-        });
+        let repair =
+            (desired.creation != CreationPolicy::Merge).then(|| Action::apply(desired, namespace, false));
         return Some(Drift {
             kind: DriftKind::Deleted,
             repair,
@@ -720,10 +470,8 @@ pub fn check_drift(
     if is_up_to_date(desired, observed) {
         return None;
     }
-    let repair = (!observed.immutable || data_and_type_match(desired, observed)).then(|| Action::Apply {
-        namespace: namespace.into(),
-        force: true,
-    });
+    let repair = (!observed.immutable || data_and_type_match(desired, observed))
+        .then(|| Action::apply(desired, namespace, true));
     Some(Drift {
         kind: DriftKind::Modified,
         repair,
@@ -733,7 +481,7 @@ pub fn check_drift(
 /// The applied state, rebuilt from the annotations of the Secrets ours: key -> (revision,
 /// sha256). When a key's Secrets disagree (a write failed halfway), the lowest revision wins, so
 /// the digest differs from the hub's and the hub sends the key again.
-pub fn applied_state(observed: &[ObservedSecret]) -> BTreeMap<String, Applied> {
+pub(crate) fn applied_state(observed: &[ObservedSecret]) -> BTreeMap<String, Applied> {
     let mut state: BTreeMap<String, Applied> = BTreeMap::new();
     for secret in observed {
         let Ownership::Ours { key, .. } = secret.ownership() else {
@@ -755,535 +503,4 @@ pub fn applied_state(observed: &[ObservedSecret]) -> BTreeMap<String, Applied> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SHA: Digest = [7; 32];
-
-    fn desired(creation: CreationPolicy, deletion: DeletionPolicy) -> DesiredSecret {
-        DesiredSecret {
-            key: "regcred".into(),
-            revision: 5,
-            sha256: SHA,
-            secret_name: "regcred".into(),
-            secret_type: "Opaque".into(),
-            targets: Targets::Namespaces(vec!["a".into(), "b".into()]),
-            data: [("token".to_string(), SecretBytes::new(b"s3cr3t".to_vec()))].into(),
-            labels: [("team".to_string(), "x".to_string())].into(),
-            annotations: BTreeMap::new(),
-            creation,
-            deletion,
-            immutable: false,
-        }
-    }
-
-    fn owner() -> DesiredSecret {
-        desired(CreationPolicy::Owner, DeletionPolicy::Delete)
-    }
-
-    /// The Secret exactly as the agent writes `desired` into `namespace`.
-    fn written(desired: &DesiredSecret, namespace: &str) -> ObservedSecret {
-        ObservedSecret {
-            namespace: namespace.into(),
-            name: desired.secret_name.clone(),
-            secret_type: desired.secret_type.clone(),
-            labels: desired.full_labels(),
-            annotations: desired.full_annotations(),
-            data: desired
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), *v.digest()))
-                .collect(),
-            immutable: desired.immutable,
-        }
-    }
-
-    fn foreign(namespace: &str, name: &str) -> ObservedSecret {
-        ObservedSecret {
-            namespace: namespace.into(),
-            name: name.into(),
-            secret_type: "Opaque".into(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            data: [("other".to_string(), value_digest(b"x"))].into(),
-            immutable: false,
-        }
-    }
-
-    fn ns(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    fn apply(namespace: &str, force: bool) -> Action {
-        Action::Apply {
-            namespace: namespace.into(),
-            force,
-        }
-    }
-
-    #[test]
-    fn upsert_table() {
-        let base = owner();
-        let mut older = owner();
-        older.revision = 4;
-        older.sha256 = [4; 32];
-        let mut edited = written(&base, "a");
-        edited.data.insert("token".into(), value_digest(b"edited"));
-        let mut stripped = written(&base, "a");
-        stripped.annotations.remove(SHA256_ANNOTATION);
-        let mut other_key = written(&base, "a");
-        other_key
-            .annotations
-            .insert(FLEET_SECRET_ANNOTATION.into(), "other".into());
-        let mut immutable_old = written(&older, "a");
-        immutable_old.immutable = true;
-        immutable_old.data.insert("token".into(), value_digest(b"old"));
-        let mut immutable_same_data = written(&older, "a");
-        immutable_same_data.immutable = true;
-        let mut renamed_stale = written(&base, "a");
-        renamed_stale.name = "old-name".into();
-
-        type Expected = Result<Vec<Action>, (ErrorCode, bool)>;
-        let cases: Vec<(&str, DesiredSecret, Vec<ObservedSecret>, Expected)> = vec![
-            (
-                "absent everywhere: create without force",
-                owner(),
-                vec![],
-                Ok(vec![apply("a", false), apply("b", false)]),
-            ),
-            (
-                "up to date in both: nothing",
-                owner(),
-                vec![written(&base, "a"), written(&base, "b")],
-                Ok(vec![]),
-            ),
-            (
-                "older revision: forced update of our own",
-                owner(),
-                vec![written(&older, "a"), written(&base, "b")],
-                Ok(vec![apply("a", true)]),
-            ),
-            (
-                "edited data: repair",
-                owner(),
-                vec![edited, written(&base, "b")],
-                Ok(vec![apply("a", true)]),
-            ),
-            (
-                "missing annotation: repair",
-                owner(),
-                vec![stripped, written(&base, "b")],
-                Ok(vec![apply("a", true)]),
-            ),
-            (
-                "foreign secret, Owner: not owned, nothing written",
-                owner(),
-                vec![foreign("a", "regcred")],
-                Err((ErrorCode::NotOwned, true)),
-            ),
-            (
-                "foreign secret, Orphan: not owned",
-                desired(CreationPolicy::Orphan, DeletionPolicy::Retain),
-                vec![foreign("b", "regcred")],
-                Err((ErrorCode::NotOwned, true)),
-            ),
-            (
-                "ours for another key: not owned",
-                owner(),
-                vec![other_key],
-                Err((ErrorCode::NotOwned, true)),
-            ),
-            (
-                "foreign secret, Merge: apply our keys without force",
-                desired(CreationPolicy::Merge, DeletionPolicy::Retain),
-                vec![foreign("a", "regcred"), foreign("b", "regcred")],
-                Ok(vec![apply("a", false), apply("b", false)]),
-            ),
-            (
-                "Merge with a missing target: retryable refusal",
-                desired(CreationPolicy::Merge, DeletionPolicy::Retain),
-                vec![foreign("a", "regcred")],
-                Err((ErrorCode::Invalid, true)),
-            ),
-            (
-                "immutable with other data: refused",
-                owner(),
-                vec![immutable_old],
-                Err((ErrorCode::Immutable, false)),
-            ),
-            (
-                "immutable with same data: annotations can move",
-                owner(),
-                vec![immutable_same_data, written(&base, "b")],
-                Ok(vec![apply("a", true)]),
-            ),
-            (
-                "renamed: old name cleaned up by deletionPolicy",
-                owner(),
-                vec![written(&base, "a"), written(&base, "b"), renamed_stale],
-                Ok(vec![Action::Delete {
-                    namespace: "a".into(),
-                    name: "old-name".into(),
-                }]),
-            ),
-            (
-                "namespace dropped, Retain: released",
-                desired(CreationPolicy::Owner, DeletionPolicy::Retain),
-                vec![written(
-                    &desired(CreationPolicy::Owner, DeletionPolicy::Retain),
-                    "c",
-                )],
-                Ok(vec![
-                    apply("a", false),
-                    apply("b", false),
-                    Action::Release {
-                        namespace: "c".into(),
-                        name: "regcred".into(),
-                    },
-                ]),
-            ),
-        ];
-        for (name, desired, observed, expected) in cases {
-            let got = plan_upsert(&desired, &ns(&["a", "b"]), &observed)
-                .map_err(|refusal| (refusal.code, refusal.retryable));
-            assert_eq!(got, expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn refusal_comes_before_any_action() {
-        // Namespace a would be created, b is foreign: nothing at all may be written.
-        let result = plan_upsert(&owner(), &ns(&["a", "b"]), &[foreign("b", "regcred")]);
-        let refusal = result.expect_err("b is not ours");
-        assert!(refusal.message.contains("b/regcred"), "{}", refusal.message);
-    }
-
-    /// A compact name for a prior source, for table tests.
-    fn source_name(source: &PriorSource) -> String {
-        match source {
-            PriorSource::Known(Prior::Absent) => "absent".into(),
-            PriorSource::Known(Prior::Foreign) => "foreign".into(),
-            PriorSource::Known(Prior::Ours(content)) => format!("held r{}", content.revision),
-            PriorSource::ReadBack => "read back".into(),
-        }
-    }
-
-    #[test]
-    fn prior_sources_table() {
-        let mut older = owner();
-        older.revision = 4;
-        older.sha256 = [4; 32];
-        let older = Arc::new(older);
-        let mut drifted = written(&older, "b");
-        drifted.data.insert("token".into(), value_digest(b"edited"));
-        let mut renamed = (*older).clone();
-        renamed.secret_name = "old-name".into();
-        let renamed = Arc::new(renamed);
-        let release_c = Action::Release {
-            namespace: "c".into(),
-            name: "regcred".into(),
-        };
-        type Case<'a> = (
-            &'a str,
-            Vec<Action>,
-            Vec<ObservedSecret>,
-            Option<&'a Arc<DesiredSecret>>,
-            Vec<&'a str>,
-        );
-        let cases: Vec<Case<'_>> = vec![
-            (
-                "created where nothing was",
-                vec![apply("a", false)],
-                vec![],
-                None,
-                vec!["absent"],
-            ),
-            (
-                "merged into a foreign Secret",
-                vec![apply("a", false)],
-                vec![foreign("a", "regcred")],
-                None,
-                vec!["foreign"],
-            ),
-            (
-                "ours and the held payload is its content",
-                vec![apply("a", true), release_c.clone()],
-                vec![written(&older, "a"), written(&older, "c")],
-                Some(&older),
-                vec!["held r4", "held r4"],
-            ),
-            (
-                "ours but nothing held (after a restart)",
-                vec![apply("a", true)],
-                vec![written(&older, "a")],
-                None,
-                vec!["read back"],
-            ),
-            (
-                "ours but drifted from the held payload",
-                vec![apply("b", true)],
-                vec![drifted],
-                Some(&older),
-                vec!["read back"],
-            ),
-            (
-                "the held payload names another Secret",
-                vec![apply("a", true)],
-                vec![written(&older, "a")],
-                Some(&renamed),
-                vec!["read back"],
-            ),
-        ];
-        for (name, actions, observed, previous, expected) in cases {
-            let got: Vec<String> = prior_sources("regcred", "regcred", &actions, &observed, previous)
-                .iter()
-                .map(source_name)
-                .collect();
-            assert_eq!(got, expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn undo_table() {
-        let content = Arc::new(owner());
-        let delete_a = Action::Delete {
-            namespace: "a".into(),
-            name: "regcred".into(),
-        };
-        let release_a = Action::Release {
-            namespace: "a".into(),
-            name: "regcred".into(),
-        };
-        let cases = [
-            (apply("a", false), Prior::Absent, "delete a/regcred"),
-            (apply("a", false), Prior::Foreign, "remove fields a/regcred"),
-            (
-                apply("a", true),
-                Prior::Ours(content.clone()),
-                "apply r5 into a, force",
-            ),
-            (
-                delete_a,
-                Prior::Ours(content.clone()),
-                "apply r5 into a, no force",
-            ),
-            (release_a, Prior::Ours(content), "apply r5 into a, force"),
-        ];
-        for (action, prior, expected) in cases {
-            let got = match undo(&action, "regcred", &prior) {
-                Undo::Cleanup(Action::Delete { namespace, name }) => format!("delete {namespace}/{name}"),
-                Undo::Cleanup(Action::RemoveFields { namespace, name }) => {
-                    format!("remove fields {namespace}/{name}")
-                }
-                Undo::Cleanup(other) => format!("unexpected {other:?}"),
-                Undo::Restore {
-                    content,
-                    namespace,
-                    force,
-                } => format!(
-                    "apply r{} into {namespace}, {}",
-                    content.revision,
-                    if force { "force" } else { "no force" }
-                ),
-            };
-            assert_eq!(got, expected, "{action:?} after {prior:?}");
-        }
-    }
-
-    #[test]
-    fn removal_table() {
-        let owner_delete = written(&owner(), "a");
-        let merge = written(&desired(CreationPolicy::Merge, DeletionPolicy::Delete), "b");
-        let orphan = written(&desired(CreationPolicy::Orphan, DeletionPolicy::Delete), "c");
-        let observed = vec![owner_delete, merge, orphan, foreign("d", "regcred")];
-        let cases = [
-            (
-                DeletionPolicy::Delete,
-                vec![
-                    Action::Delete {
-                        namespace: "a".into(),
-                        name: "regcred".into(),
-                    },
-                    Action::RemoveFields {
-                        namespace: "b".into(),
-                        name: "regcred".into(),
-                    },
-                    Action::Release {
-                        namespace: "c".into(),
-                        name: "regcred".into(),
-                    },
-                ],
-            ),
-            (
-                DeletionPolicy::Retain,
-                ["a", "b", "c"]
-                    .iter()
-                    .map(|n| Action::Release {
-                        namespace: (*n).into(),
-                        name: "regcred".into(),
-                    })
-                    .collect(),
-            ),
-        ];
-        for (policy, expected) in cases {
-            assert_eq!(plan_removal("regcred", policy, &observed), expected, "{policy:?}");
-        }
-        assert!(plan_removal("other", DeletionPolicy::Delete, &observed).is_empty());
-    }
-
-    #[test]
-    fn drift_table() {
-        let base = owner();
-        let mut edited = written(&base, "a");
-        edited.data.insert("token".into(), value_digest(b"edited"));
-        let mut relabelled = written(&base, "a");
-        relabelled.labels.remove(MANAGED_BY_LABEL);
-        let mut extra_key = written(&base, "a");
-        extra_key.data.insert("extra".into(), value_digest(b"x"));
-        let merge = desired(CreationPolicy::Merge, DeletionPolicy::Retain);
-        let mut immutable_edited = written(&base, "a");
-        immutable_edited.immutable = true;
-        immutable_edited
-            .data
-            .insert("token".into(), value_digest(b"other"));
-        let cases: Vec<(&str, &DesiredSecret, Option<ObservedSecret>, Option<Drift>)> = vec![
-            ("intact", &base, Some(written(&base, "a")), None),
-            ("foreign extra key is not drift", &base, Some(extra_key), None),
-            (
-                "deleted: recreated",
-                &base,
-                None,
-                Some(Drift {
-                    kind: DriftKind::Deleted,
-                    repair: Some(apply("a", false)),
-                }),
-            ),
-            (
-                "edited: forced repair",
-                &base,
-                Some(edited),
-                Some(Drift {
-                    kind: DriftKind::Modified,
-                    repair: Some(apply("a", true)),
-                }),
-            ),
-            (
-                "label removed: repaired",
-                &base,
-                Some(relabelled),
-                Some(Drift {
-                    kind: DriftKind::Modified,
-                    repair: Some(apply("a", true)),
-                }),
-            ),
-            (
-                "merge target deleted: not ours to recreate",
-                &merge,
-                None,
-                Some(Drift {
-                    kind: DriftKind::Deleted,
-                    repair: None,
-                }),
-            ),
-            (
-                "immutable with other data: cannot repair",
-                &base,
-                Some(immutable_edited),
-                Some(Drift {
-                    kind: DriftKind::Modified,
-                    repair: None,
-                }),
-            ),
-        ];
-        for (name, desired, observed, expected) in cases {
-            assert_eq!(check_drift(desired, "a", observed.as_ref()), expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn applied_state_takes_the_lowest_revision_and_skips_foreign() {
-        let base = owner();
-        let mut older = owner();
-        older.revision = 3;
-        let mut broken = written(&base, "c");
-        broken
-            .annotations
-            .insert(REVISION_ANNOTATION.into(), "not-a-number".into());
-        let state = applied_state(&[
-            written(&base, "a"),
-            written(&older, "b"),
-            broken,
-            foreign("a", "x"),
-        ]);
-        assert_eq!(state.len(), 1);
-        assert_eq!(
-            state.get("regcred"),
-            Some(&Applied {
-                revision: 3,
-                sha256: SHA
-            })
-        );
-    }
-
-    #[test]
-    fn namespaces_resolve_by_name_or_selector() {
-        let cluster = vec![
-            Namespace {
-                name: "a".into(),
-                labels: [("env".to_string(), "prod".to_string())].into(),
-            },
-            Namespace {
-                name: "b".into(),
-                labels: [("env".to_string(), "dev".to_string())].into(),
-            },
-            Namespace {
-                name: "c".into(),
-                labels: BTreeMap::new(),
-            },
-        ];
-        let named = Targets::Namespaces(ns(&["a", "zz", "yy"]));
-        let refusal = resolve_namespaces(&named, &cluster).expect_err("zz is missing");
-        assert_eq!(
-            (refusal.code, refusal.retryable),
-            (ErrorCode::NamespaceMissing, true)
-        );
-        assert!(refusal.message.contains("zz, yy"), "{}", refusal.message);
-        let selector = |operator, values: &[&str]| {
-            Targets::Selector(Selector {
-                match_labels: BTreeMap::new(),
-                match_expressions: vec![Requirement {
-                    key: "env".into(),
-                    operator,
-                    values: ns(values),
-                }],
-            })
-        };
-        let cases = [
-            (selector(Operator::In, &["prod", "dev"]), ns(&["a", "b"])),
-            (selector(Operator::NotIn, &["prod"]), ns(&["b", "c"])),
-            (selector(Operator::Exists, &[]), ns(&["a", "b"])),
-            (selector(Operator::DoesNotExist, &[]), ns(&["c"])),
-            (
-                Targets::Selector(Selector {
-                    match_labels: [("env".to_string(), "dev".to_string())].into(),
-                    match_expressions: vec![],
-                }),
-                ns(&["b"]),
-            ),
-        ];
-        for (targets, expected) in cases {
-            assert_eq!(
-                resolve_namespaces(&targets, &cluster).expect("selector"),
-                expected,
-                "{targets:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn debug_never_shows_secret_bytes() {
-        let rendered = format!("{:?}", owner());
-        assert!(!rendered.contains("s3cr3t"), "{rendered}");
-        assert!(rendered.contains("redacted 6 bytes"), "{rendered}");
-    }
-}
+mod tests;

@@ -13,10 +13,9 @@ use clap::CommandFactory as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use keyfleet_agent::cluster::{Cluster as _, ClusterEvent, Credential, CredentialStore as _};
 use keyfleet_agent::config::Cli;
-use keyfleet_agent::hub::{
-    Cluster as _, ClusterEvent, Credential, CredentialStore as _, desired_from_payload,
-};
+use keyfleet_agent::hub::desired_from_payload;
 use keyfleet_agent::kube::{KubeCluster, KubeCredentialStore, KubeSettings};
 use keyfleet_agent::metrics::Metrics;
 use keyfleet_agent::reconcile::{DeletionPolicy, DesiredSecret, DriftKind};

@@ -6,7 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyfleet_agent::hub::{Cluster as _, ClusterEvent, desired_from_payload};
+use keyfleet_agent::cluster::{Cluster as _, ClusterEvent};
+use keyfleet_agent::hub::desired_from_payload;
 use keyfleet_agent::kube::{KubeCluster, KubeSettings};
 use keyfleet_agent::metrics::Metrics;
 use keyfleet_agent::reconcile::{

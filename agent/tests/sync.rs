@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use keyfleet_agent::hub::{
-    Backoff, ClusterEvent, Credential, HubEndpoint, SyncClient, SyncSettings, channel, ensure_credential,
-};
+use keyfleet_agent::cluster::{ClusterEvent, Credential};
+use keyfleet_agent::hub::{Backoff, HubEndpoint, SyncClient, SyncSettings, channel, ensure_credential};
 use keyfleet_agent::metrics::Metrics;
 use keyfleet_agent::reconcile::{Applied, DeletionPolicy, DriftKind};
 use keyfleet_proto::digest;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use keyfleet_agent::hub::{Cluster, Credential, CredentialStore};
+use keyfleet_agent::cluster::{Cluster, Credential, CredentialStore};
 use keyfleet_agent::reconcile::{Applied, DeletionPolicy, DesiredSecret, ErrorCode, Refusal};
 
 /// Error of the in-memory doubles.

@@ -1,0 +1,186 @@
+//! Unit tests of the Kubernetes side's pure parts: the Secret we apply, the value-free view, the
+//! read-back content, the NACK mapping and what counts as a change.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+
+use super::apply::secret_for;
+use super::read_back::prior_content;
+use super::watch::meaningful_change;
+use super::*;
+use crate::reconcile::{
+    CreationPolicy, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION,
+    SHA256_ANNOTATION, SecretBytes, Targets,
+};
+
+fn desired(creation: CreationPolicy) -> DesiredSecret {
+    DesiredSecret {
+        key: "regcred".into(),
+        revision: 9,
+        sha256: [1; 32],
+        secret_name: "regcred".into(),
+        secret_type: "kubernetes.io/dockerconfigjson".into(),
+        targets: Targets::Namespaces(vec!["a".into()]),
+        data: [(".dockerconfigjson".to_string(), SecretBytes::new(b"{}".to_vec()))].into(),
+        labels: BTreeMap::new(),
+        annotations: [("note".to_string(), "x".to_string())].into(),
+        creation,
+        deletion: DeletionPolicy::Delete,
+        immutable: true,
+    }
+}
+
+#[test]
+fn owner_applies_everything_merge_only_data_and_marks() {
+    let owner = secret_for(&desired(CreationPolicy::Owner), "a");
+    assert_eq!(owner.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+    assert_eq!(owner.immutable, Some(true));
+    let annotations = owner.metadata.annotations.expect("annotations");
+    assert_eq!(
+        annotations.get(REVISION_ANNOTATION).map(String::as_str),
+        Some("9")
+    );
+    assert_eq!(annotations.get("note").map(String::as_str), Some("x"));
+    let merge = secret_for(&desired(CreationPolicy::Merge), "a");
+    assert_eq!(merge.type_, None, "merge never claims the type");
+    assert_eq!(merge.immutable, None, "merge never claims immutability");
+    assert_eq!(
+        merge
+            .metadata
+            .labels
+            .expect("labels")
+            .get(MANAGED_BY_LABEL)
+            .map(String::as_str),
+        Some(MANAGED_BY_VALUE)
+    );
+}
+
+#[test]
+fn observing_keeps_digests_only() {
+    let mut secret = secret_for(&desired(CreationPolicy::Owner), "a");
+    secret.metadata.resource_version = Some("42".into());
+    let ((namespace, name), entry) = observe(secret).expect("named");
+    assert_eq!((namespace.as_str(), name.as_str()), ("a", "regcred"));
+    assert_eq!(entry.resource_version, 42);
+    assert_eq!(
+        entry.observed.data.get(".dockerconfigjson"),
+        Some(&reconcile::value_digest(b"{}"))
+    );
+    assert!(entry.observed.immutable);
+}
+
+#[test]
+fn read_back_content_is_what_our_apply_entry_owns() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    let mut secret = secret_for(&desired(CreationPolicy::Owner), "a");
+    let data = secret.data.get_or_insert_default();
+    data.insert("extra".into(), ByteString(b"theirs".to_vec()));
+    secret
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("audited".into(), "yes".into());
+    let ours = serde_json::json!({
+        "f:data": {"f:.dockerconfigjson": {}},
+        "f:immutable": {},
+        "f:metadata": {
+            "f:annotations": {"f:note": {}, "f:keyfleet.io/revision": {}},
+            "f:labels": {"f:app.kubernetes.io/managed-by": {}},
+        },
+        "f:type": {},
+    });
+    let entry = |manager: &str, operation: &str, fields: serde_json::Value| ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some(operation.into()),
+        fields_v1: Some(FieldsV1(fields)),
+        ..ManagedFieldsEntry::default()
+    };
+    secret.metadata.managed_fields = Some(vec![
+        entry(
+            "kubectl",
+            "Update",
+            serde_json::json!({"f:data": {"f:extra": {}}, "f:metadata": {"f:labels": {"f:audited": {}}}}),
+        ),
+        // Our release patch is an Update: only the Apply entry counts.
+        entry(
+            FIELD_MANAGER,
+            "Update",
+            serde_json::json!({"f:data": {"f:extra": {}}}),
+        ),
+        entry(FIELD_MANAGER, "Apply", ours),
+    ]);
+    let content = prior_content(secret.clone(), "regcred");
+    assert_eq!(content.data.keys().collect::<Vec<_>>(), [".dockerconfigjson"]);
+    assert_eq!(content.data[".dockerconfigjson"].expose(), b"{}");
+    assert!(content.labels.is_empty(), "{:?}", content.labels);
+    assert_eq!(
+        content.annotations,
+        [("note".to_string(), "x".to_string())].into()
+    );
+    assert_eq!((content.revision, content.sha256), (9, [1; 32]));
+    assert_eq!(content.secret_type, "kubernetes.io/dockerconfigjson");
+    assert_eq!(content.creation, CreationPolicy::Owner);
+    assert!(content.immutable);
+    assert_eq!(content.targets, Targets::Namespaces(vec!["a".into()]));
+
+    // Without our apply entry: every data key, none of the other labels.
+    secret.metadata.managed_fields = None;
+    let content = prior_content(secret, "regcred");
+    assert_eq!(
+        content.data.keys().collect::<Vec<_>>(),
+        [".dockerconfigjson", "extra"]
+    );
+    assert!(content.labels.is_empty());
+    assert!(content.annotations.is_empty());
+}
+
+#[test]
+fn kubernetes_errors_map_to_nack_codes() {
+    let api = |code: u16, message: &str| {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            reason: "Reason".into(),
+            ..Default::default()
+        }))
+    };
+    let cases = [
+        (api(403, "forbidden"), ErrorCode::Forbidden, true),
+        (
+            api(404, "namespaces \"x\" not found"),
+            ErrorCode::NamespaceMissing,
+            true,
+        ),
+        (api(409, "conflict with kubectl"), ErrorCode::Conflict, true),
+        (api(422, "field is immutable"), ErrorCode::Immutable, false),
+        (api(422, "data: invalid"), ErrorCode::Invalid, false),
+        (api(429, "slow down"), ErrorCode::KubernetesUnavailable, true),
+        (api(503, "unavailable"), ErrorCode::KubernetesUnavailable, true),
+    ];
+    for (error, code, retryable) in cases {
+        let refusal = refusal("apply Secret a/regcred", &error);
+        assert_eq!(
+            (refusal.code, refusal.retryable),
+            (code, retryable),
+            "{}",
+            refusal.message
+        );
+        assert!(refusal.message.starts_with("apply Secret a/regcred: "));
+    }
+}
+
+#[test]
+fn meaningful_changes_ignore_foreign_metadata() {
+    let ((_, _), entry) = observe(secret_for(&desired(CreationPolicy::Owner), "a")).expect("named");
+    let before = entry.observed;
+    let mut after = before.clone();
+    after.labels.insert("someone".into(), "else".into());
+    assert!(!meaningful_change(&before, &after));
+    after.annotations.insert(SHA256_ANNOTATION.into(), "00".into());
+    assert!(meaningful_change(&before, &after));
+    let mut after = before.clone();
+    after.data.insert(".dockerconfigjson".into(), [0; 32]);
+    assert!(meaningful_change(&before, &after));
+}
