@@ -1,22 +1,29 @@
 //! The keyfleet hub: reads each Azure Key Vault secret version once, renders the Kubernetes Secret
 //! once, and fans it out over one gRPC stream per cluster; records sync status in the store.
 //!
+//! Dependencies point one way: `app` → `grpc` / `ops` / `cli` → the sync engine (`sync`) →
+//! `fleet`, `render`, `sync::plan`, `status`, `vault`, `store`, `spec` → `domain`. Only `grpc`
+//! and `cli` name tonic or proto types (`scripts/checks/hub-boundaries.sh`).
+//!
 //! # Layout
 //! - [`config`]: clap CLI (flags + `KEYFLEET_*` env) parsed into per-module sub-configs.
 //! - [`telemetry`]: tracing subscriber, optional OTLP export, the flush guard.
 //! - [`app`]: wiring only: connect, migrate, build, serve, drain.
 //! - [`cli`]: the administration commands (`cluster`, `apply`, `status`, …), Admin API clients.
-//! - [`domain`]: pure types and rules shared by every module (`SecretValue`, names, labels).
+//! - [`grpc`]: tonic services over the engine: check, call, convert; `grpc::status` maps errors.
 //! - [`ops`]: the operations HTTP endpoint: `/healthz`, `/readyz`, `/metrics`.
-//! - [`spec`]: SecretStore / FleetSecret YAML specs, strict parsing and ESO-style validation.
-//! - [`render`]: a FleetSecret + source values → the complete Secret of one revision (pure).
-//! - [`sync`]: `sync::plan` decides which cluster holds which revision (pure).
+//! - [`sync`]: the sync engine (`sync::engine`), its control seam (`sync::control`), the Admin use
+//!   cases (`sync::admin`) and the pure planner (`sync::plan`).
 //! - [`fleet`]: the fan-out registry (per-cluster desired sets, streams, coalescing queues).
 //! - [`status`]: fleet events → batched status writes, liveness, undelivered detector.
-//! - [`grpc`]: tonic services; `grpc::convert` is the only proto ⇄ domain crossing.
-//! - [`vault`]: Azure Key Vault through the official crates (`SecretSource`, `AzureKeyVault`) and
-//!   the per-store change `Poller`.
+//! - [`render`]: a FleetSecret + source values → the complete Secret of one revision (pure).
+//! - [`spec`]: SecretStore / FleetSecret YAML specs, strict parsing and ESO-style validation.
+//! - [`vault`]: Azure Key Vault through the official crates (`SecretSource`, `AzureKeyVault`,
+//!   `SourceFactory`), the per-store change `Poller`, an in-memory fake behind `test-util`.
 //! - [`store`]: Postgres / SQLite store (inventory, revisions, sync status); the only sqlx user.
+//! - [`domain`]: pure types and rules shared by every module (`SecretValue`, names, labels).
+
+#![warn(missing_docs)]
 
 pub mod app;
 pub mod cli;
