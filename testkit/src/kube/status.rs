@@ -273,6 +273,14 @@ pub fn success(name: &str, resource: &str, uid: &str) -> Value {
     })
 }
 
+impl std::error::Error for ApiError {}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.reason, self.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
