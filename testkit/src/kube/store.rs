@@ -4,6 +4,7 @@
 
 mod apply;
 mod faults;
+mod ownership;
 mod permissions;
 mod validate;
 
@@ -13,12 +14,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::Value;
 
-use super::model::{Body, Field, Kind, ManagedFields, Object, Operation};
+use super::model::{Body, Kind, Object};
 use super::patch;
 use super::status::{ApiError, Cause};
 
-use apply::record_update;
 pub use faults::{Faults, WriteFault};
+use ownership::record_update;
 pub use permissions::{Permissions, RequestRecord, Rule, Verb};
 pub use validate::MAX_SECRET_BYTES;
 use validate::validate;

@@ -1,15 +1,15 @@
-//! Field ownership: server-side apply (conflicts, force, removal of fields no longer applied)
-//! and the managedFields bookkeeping of every other write.
+//! Server-side apply: conflicts with other managers, force, and removal of fields the applier
+//! no longer applies.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
 
+use super::ownership::same_target;
 use super::validate::validate;
-use super::{
-    ApiError, Cause, Field, Kind, ManagedFields, Object, Operation, State, WriteOptions, Written,
-    check_namespace_field, default_fields, prepare_new,
-};
+use super::{State, WriteOptions, Written, check_namespace_field, default_fields, prepare_new};
+use crate::kube::model::{Field, Kind, ManagedFields, Object, Operation};
+use crate::kube::status::{ApiError, Cause};
 
 impl State {
     /// Server-side apply of `config` (decoded from an apply-patch body).
@@ -147,14 +147,6 @@ impl State {
     }
 }
 
-/// `data.k` and `stringData.k` write the same stored value.
-fn same_target(a: &Field, b: &Field) -> bool {
-    match (a, b) {
-        (Field::Data(x) | Field::StringData(x), Field::Data(y) | Field::StringData(y)) => x == y,
-        _ => a == b,
-    }
-}
-
 fn conflict_error(kind: Kind, name: &str, conflicts: &[(String, Field)]) -> ApiError {
     let mut by_manager: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (manager, field) in conflicts {
@@ -185,48 +177,4 @@ fn conflict_error(kind: Kind, name: &str, conflicts: &[(String, Field)]) -> ApiE
         })
         .collect();
     ApiError::apply_conflict(kind.resource(), name, message, causes)
-}
-
-/// Updates managedFields for a non-apply write: changed fields move to `manager`'s Update entry,
-/// removed fields leave every entry.
-pub(super) fn record_update(live: Option<&Object>, object: &mut Object, manager: &str) {
-    let new_fields = object.fields();
-    let (old_fields, mut entries) = match live {
-        Some(live) => (live.fields(), live.meta.managed_fields.clone()),
-        None => (BTreeSet::new(), Vec::new()),
-    };
-    let removed: BTreeSet<&Field> = old_fields.iter().filter(|f| !new_fields.contains(*f)).collect();
-    let changed: BTreeSet<Field> = new_fields
-        .iter()
-        .filter(|field| live.is_none_or(|live| live.value(field) != object.value(field)))
-        .cloned()
-        .collect();
-    for entry in &mut entries {
-        entry.fields.retain(|field| !removed.contains(field));
-        if !(entry.manager == manager && entry.operation == Operation::Update) {
-            entry
-                .fields
-                .retain(|field| !changed.iter().any(|c| same_target(c, field)));
-        }
-    }
-    if !changed.is_empty() {
-        let now = Utc::now();
-        match entries
-            .iter_mut()
-            .find(|e| e.manager == manager && e.operation == Operation::Update)
-        {
-            Some(entry) => {
-                entry.fields.extend(changed);
-                entry.time = now;
-            }
-            None => entries.push(ManagedFields {
-                manager: manager.to_owned(),
-                operation: Operation::Update,
-                time: now,
-                fields: changed,
-            }),
-        }
-    }
-    entries.retain(|entry| !entry.fields.is_empty());
-    object.meta.managed_fields = entries;
 }

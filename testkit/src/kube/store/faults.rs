@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{ApiError, Kind};
+use crate::kube::model::Kind;
+use crate::kube::status::ApiError;
 
 /// Injected faults for the next API calls.
 #[derive(Debug, Default)]

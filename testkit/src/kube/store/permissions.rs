@@ -1,7 +1,7 @@
 //! Who may do what: API verbs, RBAC-like allow rules per bearer token, and the record of the
 //! requests a token made.
 
-use super::Kind;
+use crate::kube::model::Kind;
 
 /// An API verb, for permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

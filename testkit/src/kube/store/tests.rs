@@ -2,6 +2,8 @@
 
 use serde_json::json;
 
+use crate::kube::model::{Field, Operation};
+
 use super::*;
 
 fn options(manager: &str, force: bool) -> WriteOptions {

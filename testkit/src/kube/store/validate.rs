@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use super::{ApiError, Cause, Kind, Object};
-use crate::kube::model::SecretBody;
+use crate::kube::model::{Kind, Object, SecretBody};
+use crate::kube::status::{ApiError, Cause};
 
 /// Largest total Secret data size the apiserver accepts.
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
