@@ -1,8 +1,11 @@
 //! A fake Kubernetes API server, faithful enough for kubectl, the official Python client and
-//! kube-rs: discovery and OpenAPI v3, Namespaces and Secrets (get, list with selectors and paging,
-//! create, update with optimistic concurrency, delete, merge/strategic/JSON patch, server-side
-//! apply with managedFields and conflicts), watch (bookmarks, resume, 410, `sendInitialEvents`),
-//! `Status` bodies for every error, per-token permissions, and injected faults.
+//! kube-rs, serving many clusters from one process.
+//!
+//! It serves discovery and OpenAPI v3, Namespaces and Secrets (get, list with selectors and
+//! paging, create, update with optimistic concurrency, delete, merge/strategic/JSON patch,
+//! server-side apply with managedFields and conflicts), watch (bookmarks, resume, 410,
+//! `sendInitialEvents`), `Status` bodies for every error, per-token permissions, and injected
+//! faults.
 //!
 //! One server serves many independent clusters: `https://HOST:PORT/clusters/<name>/…`, plus the
 //! unprefixed root as cluster `default`. Each has its own objects, tokens, resourceVersion counter
@@ -29,14 +32,14 @@ mod cluster;
 mod discovery;
 mod error;
 mod memory;
-pub mod model;
+mod model;
 mod patch;
 mod protobuf;
 mod query;
 mod selector;
 mod server;
-pub mod status;
-pub mod store;
+mod status;
+mod store;
 mod table;
 mod watch;
 

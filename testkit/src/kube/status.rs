@@ -266,7 +266,7 @@ fn causes_json(causes: &[Cause]) -> Value {
 }
 
 /// A `Status` with `status: Success` (what deleting a Secret returns).
-pub fn success(name: &str, resource: &str, uid: &str) -> Value {
+pub(super) fn success(name: &str, resource: &str, uid: &str) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": name, "kind": resource, "uid": uid},

@@ -18,10 +18,9 @@ use super::model::{Body, Kind, Object};
 use super::patch;
 use super::status::{ApiError, Cause};
 
-pub use faults::{Faults, WriteFault};
+pub(super) use faults::{Faults, WriteFault};
 use ownership::record_update;
 pub use permissions::{Permissions, RequestRecord, Rule, Verb};
-pub use validate::MAX_SECRET_BYTES;
 use validate::validate;
 
 /// Counts of write requests a cluster received through its API (handle writes are not counted).
@@ -67,7 +66,7 @@ impl EventType {
 
 /// A stored change, kept in the bounded history that watches resume from.
 #[derive(Debug, Clone)]
-pub struct Event {
+pub(super) struct Event {
     /// The resourceVersion the change produced.
     pub resource_version: u64,
     /// What happened.
@@ -80,14 +79,14 @@ pub struct Event {
 
 /// A committed change, reported to the caller so that it can notify watchers and subscribers.
 #[derive(Debug, Clone)]
-pub struct Committed {
+pub(super) struct Committed {
     /// The event recorded.
     pub event: Event,
 }
 
 /// How a write names its field manager and how it treats validation and dry runs.
 #[derive(Debug, Clone)]
-pub struct WriteOptions {
+pub(super) struct WriteOptions {
     /// `fieldManager` (or derived from the User-Agent for non-apply writes).
     pub manager: String,
     /// `dryRun=All`: compute and validate, store nothing.
@@ -98,7 +97,7 @@ pub struct WriteOptions {
 
 /// Which kind of PATCH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchType {
+pub(super) enum PatchType {
     /// `application/merge-patch+json`.
     Merge,
     /// `application/strategic-merge-patch+json` (merge semantics for these kinds).
@@ -109,7 +108,7 @@ pub enum PatchType {
 
 /// A cluster's objects and bookkeeping.
 #[derive(Debug)]
-pub struct State {
+pub(super) struct State {
     resource_version: u64,
     objects: BTreeMap<(Kind, String, String), Arc<Object>>,
     history: VecDeque<Event>,
@@ -129,7 +128,7 @@ pub struct State {
 
 /// Outcome of a successful write.
 #[derive(Debug)]
-pub struct Written {
+pub(super) struct Written {
     /// The object as stored (or as it would be, on a dry run).
     pub object: Arc<Object>,
     /// True when it was created (201).
@@ -145,7 +144,7 @@ fn key(kind: Kind, namespace: Option<&str>, name: &str) -> (Kind, String, String
 impl State {
     /// An empty cluster with `default`, `kube-system` and `kube-public`, keeping `history_limit`
     /// events for watches.
-    pub fn new(history_limit: usize) -> Self {
+    pub(super) fn new(history_limit: usize) -> Self {
         let mut state = Self {
             resource_version: 0,
             objects: BTreeMap::new(),
@@ -172,46 +171,41 @@ impl State {
     }
 
     /// The current resourceVersion.
-    pub fn resource_version(&self) -> u64 {
+    pub(super) fn resource_version(&self) -> u64 {
         self.resource_version
-    }
-
-    /// Every event above `compacted()` is retained.
-    pub fn compacted(&self) -> u64 {
-        self.compacted
     }
 
     /// Forgets the whole event history: resuming a watch from any resourceVersion a client has
     /// seen gets 410. The counter steps once (as when other resources are written), so a relist
     /// returns a resourceVersion that can be watched from.
-    pub fn compact(&mut self) {
+    pub(super) fn compact(&mut self) {
         self.resource_version += 1;
         self.history.clear();
         self.compacted = self.resource_version;
     }
 
     /// Registers `token`.
-    pub fn add_token(&mut self, token: String, permissions: Permissions) {
+    pub(super) fn add_token(&mut self, token: String, permissions: Permissions) {
         self.tokens.insert(token, Arc::new(permissions));
     }
 
     /// Registers `token` with permissions shared across clusters.
-    pub fn add_token_shared(&mut self, token: String, permissions: Arc<Permissions>) {
+    pub(super) fn add_token_shared(&mut self, token: String, permissions: Arc<Permissions>) {
         self.tokens.insert(token, permissions);
     }
 
     /// The permissions of `token`.
-    pub fn token(&self, token: &str) -> Option<Arc<Permissions>> {
+    pub(super) fn token(&self, token: &str) -> Option<Arc<Permissions>> {
         self.tokens.get(token).cloned()
     }
 
     /// One object.
-    pub fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Arc<Object>> {
+    pub(super) fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Arc<Object>> {
         self.objects.get(&key(kind, namespace, name)).cloned()
     }
 
     /// Objects of `kind` (in `namespace` if given), in key order, starting after `after`.
-    pub fn list<'a>(
+    pub(super) fn list<'a>(
         &'a self,
         kind: Kind,
         namespace: Option<&'a str>,
@@ -229,7 +223,7 @@ impl State {
     }
 
     /// Retained events above `after`, or the 410 error when `after` is older than the window.
-    pub fn events_after(&self, after: u64) -> Result<Vec<Event>, ApiError> {
+    pub(super) fn events_after(&self, after: u64) -> Result<Vec<Event>, ApiError> {
         if after < self.compacted {
             return Err(ApiError::expired(after, self.compacted));
         }
@@ -281,7 +275,7 @@ impl State {
     }
 
     /// Counts an authorized write request.
-    pub fn count_request(&mut self) {
+    pub(super) fn count_request(&mut self) {
         self.writes.requests += 1;
     }
 
@@ -309,7 +303,7 @@ impl State {
     }
 
     /// POST: creates `object` (already decoded) in `namespace`.
-    pub fn create(
+    pub(super) fn create(
         &mut self,
         namespace: Option<&str>,
         mut object: Object,
@@ -353,7 +347,7 @@ impl State {
     }
 
     /// PUT: replaces the object, with optimistic concurrency when a resourceVersion is given.
-    pub fn update(
+    pub(super) fn update(
         &mut self,
         namespace: Option<&str>,
         name: &str,
@@ -390,7 +384,7 @@ impl State {
     }
 
     /// PATCH with a merge, strategic merge or JSON patch.
-    pub fn patch(
+    pub(super) fn patch(
         &mut self,
         kind: Kind,
         namespace: Option<&str>,
@@ -423,7 +417,7 @@ impl State {
 
     /// DELETE one object, with optional uid / resourceVersion preconditions. Deleting a
     /// Namespace deletes its Secrets first (the namespace controller's work, done at once).
-    pub fn delete(
+    pub(super) fn delete(
         &mut self,
         kind: Kind,
         namespace: Option<&str>,
@@ -484,7 +478,7 @@ impl State {
 
 /// DeleteOptions preconditions.
 #[derive(Debug, Clone, Default)]
-pub struct Preconditions {
+pub(super) struct Preconditions {
     /// `preconditions.uid`.
     pub uid: Option<String>,
     /// `preconditions.resourceVersion`.

@@ -1,7 +1,9 @@
 //! Watches: a chunked stream of JSON lines (`{"type": …, "object": …}`) fed from the cluster's
-//! bounded event history. Supports resume from a resourceVersion (ERROR 410 when it is older than
-//! the history), synthetic ADDED events for `resourceVersion` "" / "0", `sendInitialEvents` with
-//! the `k8s.io/initial-events-end` bookmark, periodic bookmarks, `timeoutSeconds`, selectors
+//! bounded event history.
+//!
+//! Supports resume from a resourceVersion (ERROR 410 when it is older than the history),
+//! synthetic ADDED events for `resourceVersion` "" / "0", `sendInitialEvents` with the
+//! `k8s.io/initial-events-end` bookmark, periodic bookmarks, `timeoutSeconds`, selectors
 //! (objects entering or leaving a selector are ADDED / DELETED), and dropped watches.
 
 use std::cell::Cell;

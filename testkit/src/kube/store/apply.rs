@@ -13,7 +13,7 @@ use crate::kube::status::{ApiError, Cause};
 
 impl State {
     /// Server-side apply of `config` (decoded from an apply-patch body).
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         kind: Kind,
         namespace: Option<&str>,

@@ -9,7 +9,7 @@ use crate::kube::status::ApiError;
 
 /// Injected faults for the next API calls.
 #[derive(Debug, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     /// Added to every API call.
     pub latency: Duration,
     /// Errors to return, one per call, front first.
@@ -24,7 +24,7 @@ pub struct Faults {
 
 /// An injected failure of the next write request (update, patch or delete) naming one object.
 #[derive(Debug, Clone)]
-pub struct WriteFault {
+pub(crate) struct WriteFault {
     /// Kind of the object.
     pub kind: Kind,
     /// Its namespace ("" for cluster-scoped objects).
@@ -42,7 +42,7 @@ pub struct WriteFault {
 
 impl Faults {
     /// Takes the first write fault for the named object, if any.
-    pub fn take_write_fault(
+    pub(crate) fn take_write_fault(
         &mut self,
         kind: Kind,
         namespace: Option<&str>,

@@ -7,7 +7,7 @@ use crate::kube::model::{Kind, Object, SecretBody};
 use crate::kube::status::{ApiError, Cause};
 
 /// Largest total Secret data size the apiserver accepts.
-pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_SECRET_BYTES: usize = 1024 * 1024;
 
 fn invalid_cause(field: &str, message: String) -> Cause {
     Cause {
