@@ -1,7 +1,8 @@
 //! A protocol-level test agent: speaks `keyfleet.v1` (Enrollment and the Sync stream) with the
-//! generated client and applies nothing. It keeps what it "applied" in memory as key → (revision,
-//! sha256), exactly what a real agent rebuilds from its Secrets' annotations, and recomputes each
-//! payload's sha256 before taking it.
+//! generated client and applies nothing.
+//!
+//! It keeps what it "applied" in memory as key → (revision, sha256), exactly what a real agent
+//! rebuilds from its Secrets' annotations, and recomputes each payload's sha256 before taking it.
 //!
 //! - [`HubAddress`]: where a hub listens and the CA it is pinned to.
 //! - [`enroll`]: trades a one-time enrollment token for a cluster credential.

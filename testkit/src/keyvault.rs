@@ -12,17 +12,18 @@
 //! Secret values are held in `Zeroizing` strings and never logged.
 
 mod auth;
+mod config;
+mod error;
 mod faults;
 mod http;
+mod shared;
 mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
@@ -30,147 +31,12 @@ pub use auth::{
     DEFAULT_FEDERATED_ISSUER, DEFAULT_FEDERATED_SUBJECT, FEDERATED_AUDIENCE, Federated, ManagedIdentity,
     Permission, Principal, VAULT_RESOURCE,
 };
+pub use config::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, KeyVaultConfig};
+pub use error::Error;
 pub use faults::{CounterRow, Counters, FaultSpec, Faults, Outcome, RetryAfter};
 pub use store::{Attributes, MAX_PAGE, MAX_VALUE_BYTES, ServiceError};
 
-/// Default tenant.
-pub const DEFAULT_TENANT: &str = "keyfleet-test";
-/// Default client id.
-pub const DEFAULT_CLIENT_ID: &str = "keyfleet-hub";
-/// Default client secret.
-pub const DEFAULT_CLIENT_SECRET: &str = "keyfleet-hub-secret";
-/// api-versions the vault accepts: the current service version and those the SDKs send.
-pub const API_VERSIONS: &[&str] = &[
-    "7.0",
-    "7.1",
-    "7.2",
-    "7.3",
-    "7.4",
-    "7.5",
-    "7.6",
-    "2025-07-01",
-    "2026-04-01",
-];
-
-/// Errors starting the emulator or loading its configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Binding the listener failed.
-    #[error("bind {addr}")]
-    Bind {
-        /// Address asked for.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The test CA or certificate could not be made.
-    #[error("test certificate")]
-    Tls(#[from] crate::tls::Error),
-    /// The principals file could not be read.
-    #[error("read principals file {path}")]
-    ReadPrincipals {
-        /// File.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The principals file is not valid.
-    #[error("parse principals file {path}")]
-    ParsePrincipals {
-        /// File.
-        path: String,
-        /// Cause.
-        #[source]
-        source: serde_yaml::Error,
-    },
-}
-
-/// How to run the emulator.
-#[derive(Debug, Clone)]
-pub struct KeyVaultConfig {
-    /// Listen address; port 0 picks a free port.
-    pub addr: SocketAddr,
-    /// The one tenant.
-    pub tenant: String,
-    /// Applications of the tenant.
-    pub principals: Vec<Principal>,
-    /// Lifetime of issued access tokens.
-    pub token_lifetime: Duration,
-    /// The value the managed identity endpoint expects in `x-identity-header`.
-    pub identity_header: String,
-}
-
-impl Default for KeyVaultConfig {
-    /// Tenant `keyfleet-test`; principal `keyfleet-hub` with secret `keyfleet-hub-secret`, the default
-    /// federated subject, usable as a user-assigned managed identity, with every permission.
-    fn default() -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tenant: DEFAULT_TENANT.to_owned(),
-            principals: vec![
-                Principal::with_secret(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
-                    .federated(DEFAULT_FEDERATED_ISSUER, DEFAULT_FEDERATED_SUBJECT)
-                    .managed(ManagedIdentity::UserAssigned),
-            ],
-            token_lifetime: Duration::from_secs(3600),
-            identity_header: "keyfleet-identity-header".to_owned(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PrincipalsFile {
-    #[serde(default)]
-    tenant: Option<String>,
-    principals: Vec<Principal>,
-}
-
-impl KeyVaultConfig {
-    /// Replaces tenant and principals with those of a YAML/JSON file
-    /// (`{tenant?: str, principals: [{clientId, clientSecret?, federated?, managedIdentity?, permissions?}]}`).
-    pub fn with_principals_file(mut self, path: &Path) -> Result<Self, Error> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadPrincipals {
-            path: shown.clone(),
-            source,
-        })?;
-        let file: PrincipalsFile =
-            serde_yaml::from_str(&text).map_err(|source| Error::ParsePrincipals { path: shown, source })?;
-        if let Some(tenant) = file.tenant {
-            self.tenant = tenant;
-        }
-        self.principals = file.principals;
-        Ok(self)
-    }
-}
-
-pub(crate) struct Shared {
-    config: KeyVaultConfig,
-    /// Seconds added to the wall clock for the vault's timestamps (tests shift it).
-    clock_offset: std::sync::atomic::AtomicI64,
-    vault: Mutex<store::Vault>,
-    faults: Faults,
-    counters: faults::CounterSet,
-    signer: auth::Signer,
-    /// `https://127.0.0.1:PORT` (no trailing slash).
-    base: String,
-}
-
-impl Shared {
-    /// The vault's clock (unix seconds): wall clock plus the test offset.
-    fn now(&self) -> i64 {
-        auth::now() + self.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn vault(&self) -> std::sync::MutexGuard<'_, store::Vault> {
-        self.vault
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+use shared::Shared;
 
 /// Starts emulators.
 pub struct KeyVaultEmulator;
@@ -193,15 +59,7 @@ impl KeyVaultEmulator {
             source,
         })?;
         let base = format!("https://{addr}");
-        let shared = Arc::new(Shared {
-            config,
-            clock_offset: std::sync::atomic::AtomicI64::new(0),
-            vault: Mutex::new(store::Vault::default()),
-            faults: Faults::default(),
-            counters: faults::CounterSet::default(),
-            signer: auth::Signer::random(),
-            base: base.clone(),
-        });
+        let shared = Arc::new(Shared::new(config, base.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(http::serve(listener, tls, Arc::clone(&shared), stopped));
         tracing::info!(%addr, "key vault emulator listening");

@@ -1,8 +1,11 @@
 //! A fake Kubernetes API server, faithful enough for kubectl, the official Python client and
-//! kube-rs: discovery and OpenAPI v3, Namespaces and Secrets (get, list with selectors and paging,
-//! create, update with optimistic concurrency, delete, merge/strategic/JSON patch, server-side
-//! apply with managedFields and conflicts), watch (bookmarks, resume, 410, `sendInitialEvents`),
-//! `Status` bodies for every error, per-token permissions, and injected faults.
+//! kube-rs, serving many clusters from one process.
+//!
+//! It serves discovery and OpenAPI v3, Namespaces and Secrets (get, list with selectors and
+//! paging, create, update with optimistic concurrency, delete, merge/strategic/JSON patch,
+//! server-side apply with managedFields and conflicts), watch (bookmarks, resume, 410,
+//! `sendInitialEvents`), `Status` bodies for every error, per-token permissions, and injected
+//! faults.
 //!
 //! One server serves many independent clusters: `https://HOST:PORT/clusters/<name>/…`, plus the
 //! unprefixed root as cluster `default`. Each has its own objects, tokens, resourceVersion counter
@@ -25,226 +28,38 @@
 //! than Secret and Namespace.
 
 mod api;
+mod cluster;
 mod discovery;
+mod error;
 mod memory;
-pub mod model;
+mod model;
 mod patch;
 mod protobuf;
+mod query;
 mod selector;
 mod server;
-pub mod status;
-pub mod store;
+mod status;
+mod store;
 mod table;
 mod watch;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 
+pub use cluster::{Config, WriteEvent};
+pub use error::Error;
 pub use memory::InMemoryApi;
 pub use model::{Field, Kind, ManagedFields, Object, Operation, SecretBytes};
 pub use status::ApiError;
 pub use store::{EventType, Permissions, RequestRecord, Rule, Verb, WriteCounts};
 
 use crate::tls::TestCa;
-use store::{Committed, Preconditions, State, WriteOptions};
-
-/// Errors from starting the server or managing clusters.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The TLS material could not be generated.
-    #[error("generate tls material for the fake kubernetes api")]
-    Tls(#[source] crate::tls::Error),
-    /// Binding the listen address failed.
-    #[error("bind {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A cluster name that cannot be a URL path segment.
-    #[error("invalid cluster name {0:?}: use lowercase letters, digits, '-' and '.'")]
-    ClusterName(String),
-    /// A bearer token that cannot be an HTTP header value (the token itself is not shown).
-    #[error("invalid bearer token for cluster {cluster}: not a valid http header value")]
-    InvalidToken {
-        /// The cluster's name.
-        cluster: String,
-    },
-    /// The API refused a handle write.
-    #[error("{kind} {namespace}/{name}: {reason}", reason = .source.message)]
-    Api {
-        /// Kind.
-        kind: &'static str,
-        /// Namespace ("" for cluster-scoped).
-        namespace: String,
-        /// Name.
-        name: String,
-        /// The Status the API would have returned.
-        source: Box<ApiError>,
-    },
-}
-
-impl std::error::Error for ApiError {}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.code, self.reason, self.message)
-    }
-}
-
-/// How to run the server.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Listen address (port 0 picks one).
-    pub addr: SocketAddr,
-    /// Watch events kept per cluster; resuming from an older resourceVersion gets 410.
-    pub watch_history: usize,
-    /// How often watches that allow bookmarks get one.
-    pub bookmark_interval: Duration,
-    /// Write notifications ([`FakeKube::subscribe`]) buffered for a subscriber; one that falls
-    /// further behind lags (misses the oldest). Size it for the burst of writes it must not miss.
-    pub write_notifications: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            watch_history: 1000,
-            bookmark_interval: Duration::from_secs(5),
-            write_notifications: 4096,
-        }
-    }
-}
-
-/// A change stored through the API or the handle, with when it happened.
-#[derive(Debug, Clone)]
-pub struct WriteEvent {
-    /// The cluster's name.
-    pub cluster: Arc<str>,
-    /// Secret or Namespace.
-    pub kind: Kind,
-    /// Namespace (None for Namespaces).
-    pub namespace: Option<String>,
-    /// Object name.
-    pub name: String,
-    /// Added, modified or deleted.
-    pub change: EventType,
-    /// The resourceVersion the change produced.
-    pub resource_version: u64,
-    /// The field manager, None for writes through the handle.
-    pub manager: Option<String>,
-    /// Wall-clock time of the commit.
-    pub at: SystemTime,
-    /// Monotonic time of the commit (for latency measurements).
-    pub instant: Instant,
-}
-
-/// One simulated cluster.
-pub(crate) struct Cluster {
-    pub(crate) name: Arc<str>,
-    state: Mutex<State>,
-    /// Woken on every commit and when watches are dropped.
-    pub(crate) changed: Notify,
-    token: String,
-}
-
-impl Cluster {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent data (every mutation is a single
-        // insert/remove), so a poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-pub(crate) struct Inner {
-    clusters: RwLock<HashMap<Arc<str>, Arc<Cluster>>>,
-    pub(crate) config: Config,
-    ca_pem: String,
-    base_url: String,
-    writes: broadcast::Sender<WriteEvent>,
-    admin: Arc<Permissions>,
-}
-
-impl Inner {
-    pub(crate) fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
-        self.clusters
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .cloned()
-    }
-
-    /// Wakes watchers and reports `committed` changes to subscribers.
-    pub(crate) fn publish(&self, cluster: &Cluster, committed: Vec<Committed>, manager: Option<&str>) {
-        if committed.is_empty() {
-            return;
-        }
-        cluster.changed.notify_waiters();
-        if self.writes.receiver_count() == 0 {
-            return;
-        }
-        let (at, instant) = (SystemTime::now(), Instant::now());
-        for change in committed {
-            let object = &change.event.object;
-            // No receiver left is fine: nobody is measuring.
-            let _ = self.writes.send(WriteEvent {
-                cluster: cluster.name.clone(),
-                kind: object.kind(),
-                namespace: object.meta.namespace.clone(),
-                name: object.meta.name.clone(),
-                change: change.event.kind,
-                resource_version: change.event.resource_version,
-                manager: manager.map(str::to_owned),
-                at,
-                instant,
-            });
-        }
-    }
-
-    fn add_cluster(self: &Arc<Self>, name: &str) -> Result<Arc<Cluster>, Error> {
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !valid {
-            return Err(Error::ClusterName(name.to_owned()));
-        }
-        let mut clusters = self
-            .clusters
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(existing) = clusters.get(name) {
-            return Ok(existing.clone());
-        }
-        let token = random_token();
-        let mut state = State::new(self.config.watch_history);
-        state.add_token_shared(token.clone(), self.admin.clone());
-        let cluster = Arc::new(Cluster {
-            name: Arc::from(name),
-            state: Mutex::new(state),
-            changed: Notify::new(),
-            token,
-        });
-        clusters.insert(cluster.name.clone(), cluster.clone());
-        Ok(cluster)
-    }
-}
-
-fn random_token() -> String {
-    let bytes: [u8; 24] = rand::random();
-    hex::encode(bytes)
-}
+use cluster::{Cluster, Inner};
+use store::{Preconditions, WriteOptions};
 
 /// The running server. Dropping it stops the server.
 pub struct FakeKube {
@@ -270,15 +85,11 @@ impl FakeKube {
             addr: config.addr,
             source,
         })?;
-        let (writes, _) = broadcast::channel(config.write_notifications.max(1));
-        let inner = Arc::new(Inner {
-            clusters: RwLock::new(HashMap::new()),
+        let inner = Inner::new(
             config,
-            ca_pem: ca.cert_pem().to_owned(),
-            base_url: format!("https://127.0.0.1:{}", addr.port()),
-            writes,
-            admin: Arc::new(Permissions::admin()),
-        });
+            ca.cert_pem().to_owned(),
+            format!("https://127.0.0.1:{}", addr.port()),
+        );
         inner.add_cluster("default")?;
         let task = tokio::spawn(server::serve(listener, tls, inner.clone()));
         tracing::info!(%addr, "fake kubernetes api listening");
@@ -320,17 +131,13 @@ impl FakeKube {
 
     /// Number of clusters served.
     pub fn cluster_count(&self) -> usize {
-        self.inner
-            .clusters
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.inner.cluster_count()
     }
 
     /// Every stored change in every cluster from now on (API and handle writes), with its commit
     /// time. Slow receivers lag (see `broadcast`).
     pub fn subscribe(&self) -> broadcast::Receiver<WriteEvent> {
-        self.inner.writes.subscribe()
+        self.inner.subscribe()
     }
 }
 

@@ -168,7 +168,7 @@ impl Principal {
 
 /// The claims of an access token the emulator issues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessClaims {
+pub(super) struct AccessClaims {
     /// `{authority}/{tenant}/v2.0`.
     pub iss: String,
     /// `https://vault.azure.net`.
@@ -187,7 +187,7 @@ pub struct AccessClaims {
 
 /// The claims of a federated assertion.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AssertionClaims {
+pub(super) struct AssertionClaims {
     /// Issuer (the cluster's OIDC issuer).
     pub iss: String,
     /// Subject (the service account).
@@ -202,7 +202,7 @@ pub struct AssertionClaims {
 
 /// Why a JWT was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub(super) enum TokenError {
     /// Not three base64url parts with JSON inside.
     #[error("token is malformed")]
     Malformed,
@@ -216,13 +216,13 @@ pub enum TokenError {
 
 /// Signs and verifies HS256 JWTs with one key.
 #[derive(Clone)]
-pub struct Signer {
+pub(super) struct Signer {
     key: Vec<u8>,
 }
 
 impl Signer {
     /// A signer with a random key.
-    pub fn random() -> Self {
+    pub(super) fn random() -> Self {
         Self {
             key: rand::random::<[u8; 32]>().to_vec(),
         }
@@ -236,7 +236,7 @@ impl Signer {
     }
 
     /// A compact HS256 JWT over `claims`.
-    pub fn sign<T: Serialize>(&self, claims: &T) -> String {
+    pub(super) fn sign<T: Serialize>(&self, claims: &T) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
         let signed = format!("{header}.{body}");
@@ -245,7 +245,7 @@ impl Signer {
     }
 
     /// Verifies the signature and expiry of `token` and returns its claims.
-    pub fn verify<T: for<'de> Deserialize<'de> + HasExpiry>(
+    pub(super) fn verify<T: for<'de> Deserialize<'de> + HasExpiry>(
         &self,
         token: &str,
         now: i64,
@@ -274,7 +274,7 @@ impl Signer {
 }
 
 /// Claims with an `exp`.
-pub trait HasExpiry {
+pub(super) trait HasExpiry {
     /// Unix seconds.
     fn exp(&self) -> i64;
 }
@@ -296,7 +296,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A federated assertion the emulator accepts (what a cluster's OIDC issuer would sign).
-pub fn mint_assertion(signer: &Signer, issuer: &str, subject: &str, lifetime: std::time::Duration) -> String {
+pub(super) fn mint_assertion(
+    signer: &Signer,
+    issuer: &str,
+    subject: &str,
+    lifetime: std::time::Duration,
+) -> String {
     let iat = now();
     signer.sign(&AssertionClaims {
         iss: issuer.to_owned(),
@@ -308,7 +313,7 @@ pub fn mint_assertion(signer: &Signer, issuer: &str, subject: &str, lifetime: st
 }
 
 /// Unix seconds now.
-pub fn now() -> i64 {
+pub(super) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 

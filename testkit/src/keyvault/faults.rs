@@ -54,7 +54,7 @@ pub struct FaultSpec {
 
 /// What to do with one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// 429 Throttled.
     Throttle(RetryAfter),
     /// An error status.
@@ -309,7 +309,7 @@ impl Counters {
 
 /// Live counters.
 #[derive(Default)]
-pub struct CounterSet {
+pub(super) struct CounterSet {
     rows: Mutex<BTreeMap<(String, String, Outcome), u64>>,
 }
 
@@ -325,7 +325,7 @@ impl CounterSet {
     }
 
     /// A snapshot.
-    pub fn snapshot(&self) -> Counters {
+    pub(super) fn snapshot(&self) -> Counters {
         let rows = self
             .rows
             .lock()
@@ -344,7 +344,7 @@ impl CounterSet {
     }
 
     /// Zeroes every counter.
-    pub fn reset(&self) {
+    pub(super) fn reset(&self) {
         self.rows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -10,11 +10,11 @@ pub const MAX_VALUE_BYTES: usize = 25 * 1024;
 /// Largest page Key Vault serves.
 pub const MAX_PAGE: usize = 25;
 /// Days a deleted secret stays recoverable.
-pub const RECOVERABLE_DAYS: i64 = 90;
+pub(super) const RECOVERABLE_DAYS: i64 = 90;
 
 /// One version of a secret.
 #[derive(Clone)]
-pub struct Version {
+pub(super) struct Version {
     /// 32 lowercase hex characters.
     pub id: String,
     /// The value (wiped on drop).
@@ -48,7 +48,7 @@ impl std::fmt::Debug for Version {
 
 /// A secret: its name as first written and its versions, oldest first.
 #[derive(Clone)]
-pub struct Secret {
+pub(super) struct Secret {
     /// Name with the case it was created with.
     pub name: String,
     /// Versions, oldest first; the last one is the current version.
@@ -57,12 +57,12 @@ pub struct Secret {
 
 impl Secret {
     /// The current (latest) version.
-    pub fn latest(&self) -> Option<&Version> {
+    pub(super) fn latest(&self) -> Option<&Version> {
         self.versions.last()
     }
 
     /// A version by id (case-insensitive, as Key Vault).
-    pub fn version(&self, id: &str) -> Option<&Version> {
+    pub(super) fn version(&self, id: &str) -> Option<&Version> {
         self.versions.iter().find(|v| v.id.eq_ignore_ascii_case(id))
     }
 
@@ -73,7 +73,7 @@ impl Secret {
 
 /// A soft-deleted secret.
 #[derive(Clone)]
-pub struct Deleted {
+pub(super) struct Deleted {
     /// The secret as it was.
     pub secret: Secret,
     /// Unix seconds of the delete.
@@ -156,7 +156,7 @@ impl ServiceError {
 }
 
 /// Checks a secret name: 1–127 characters of `0-9a-zA-Z-`.
-pub fn check_name(name: &str) -> Result<(), ServiceError> {
+pub(super) fn check_name(name: &str) -> Result<(), ServiceError> {
     let ok =
         !name.is_empty() && name.len() <= 127 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if ok {
@@ -170,7 +170,7 @@ pub fn check_name(name: &str) -> Result<(), ServiceError> {
 
 /// The whole vault.
 #[derive(Default)]
-pub struct Vault {
+pub(super) struct Vault {
     secrets: HashMap<String, Secret>,
     deleted: HashMap<String, Deleted>,
 }
@@ -180,13 +180,13 @@ fn key(name: &str) -> String {
 }
 
 /// A new 32-hex version id.
-pub fn new_version_id() -> String {
+pub(super) fn new_version_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 impl Vault {
     /// `PUT /secrets/{name}`: a new version.
-    pub fn set(
+    pub(super) fn set(
         &mut self,
         name: &str,
         value: Zeroizing<String>,
@@ -224,14 +224,14 @@ impl Vault {
     }
 
     /// A secret by name.
-    pub fn secret(&self, name: &str) -> Result<&Secret, ServiceError> {
+    pub(super) fn secret(&self, name: &str) -> Result<&Secret, ServiceError> {
         self.secrets
             .get(&key(name))
             .ok_or_else(|| ServiceError::not_found(name))
     }
 
     /// `GET /secrets/{name}/{version?}`, disabled versions included (the caller decides).
-    pub fn get(&self, name: &str, version: Option<&str>) -> Result<(&Secret, &Version), ServiceError> {
+    pub(super) fn get(&self, name: &str, version: Option<&str>) -> Result<(&Secret, &Version), ServiceError> {
         let secret = self.secret(name)?;
         let found = match version {
             None => secret.latest(),
@@ -242,7 +242,7 @@ impl Vault {
     }
 
     /// `PATCH /secrets/{name}/{version?}`.
-    pub fn update(
+    pub(super) fn update(
         &mut self,
         name: &str,
         version: Option<&str>,
@@ -282,14 +282,14 @@ impl Vault {
     }
 
     /// Every live secret, sorted by lowercase name (stable paging).
-    pub fn list(&self) -> Vec<&Secret> {
+    pub(super) fn list(&self) -> Vec<&Secret> {
         let mut all: Vec<(&String, &Secret)> = self.secrets.iter().collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         all.into_iter().map(|(_, s)| s).collect()
     }
 
     /// `DELETE /secrets/{name}`: soft delete.
-    pub fn delete(&mut self, name: &str, now: i64) -> Result<&Deleted, ServiceError> {
+    pub(super) fn delete(&mut self, name: &str, now: i64) -> Result<&Deleted, ServiceError> {
         let secret = self
             .secrets
             .remove(&key(name))
@@ -304,21 +304,21 @@ impl Vault {
     }
 
     /// Every deleted secret, sorted by lowercase name.
-    pub fn list_deleted(&self) -> Vec<&Deleted> {
+    pub(super) fn list_deleted(&self) -> Vec<&Deleted> {
         let mut all: Vec<(&String, &Deleted)> = self.deleted.iter().collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
         all.into_iter().map(|(_, d)| d).collect()
     }
 
     /// `GET /deletedsecrets/{name}`.
-    pub fn get_deleted(&self, name: &str) -> Result<&Deleted, ServiceError> {
+    pub(super) fn get_deleted(&self, name: &str) -> Result<&Deleted, ServiceError> {
         self.deleted
             .get(&key(name))
             .ok_or_else(|| ServiceError::deleted_not_found(name))
     }
 
     /// `POST /deletedsecrets/{name}/recover`.
-    pub fn recover(&mut self, name: &str) -> Result<(String, Version), ServiceError> {
+    pub(super) fn recover(&mut self, name: &str) -> Result<(String, Version), ServiceError> {
         let deleted = self
             .deleted
             .remove(&key(name))
@@ -334,7 +334,7 @@ impl Vault {
     }
 
     /// `DELETE /deletedsecrets/{name}`.
-    pub fn purge(&mut self, name: &str) -> Result<(), ServiceError> {
+    pub(super) fn purge(&mut self, name: &str) -> Result<(), ServiceError> {
         self.deleted
             .remove(&key(name))
             .map(drop)
@@ -367,7 +367,7 @@ fn check_attributes(attributes: &Attributes) -> Result<(), ServiceError> {
 }
 
 /// One page of `items` from `offset`, and the offset of the next page if any.
-pub fn page<T>(items: &[T], offset: usize, size: usize) -> (&[T], Option<usize>) {
+pub(super) fn page<T>(items: &[T], offset: usize, size: usize) -> (&[T], Option<usize>) {
     let start = offset.min(items.len());
     let end = (start + size).min(items.len());
     let next = (end < items.len()).then_some(end);

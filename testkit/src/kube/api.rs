@@ -1,7 +1,6 @@
 //! Request routing and the REST verbs: cluster prefix, authentication, authorization, faults,
 //! then discovery or a Namespace/Secret operation.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -12,11 +11,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::cluster::{Cluster, Inner};
 use super::model::{Kind, Object};
-use super::selector::{FieldSelector, LabelSelector};
+use super::query::{Query, flag, selectors};
 use super::status::{self, ApiError};
 use super::store::{PatchType, Permissions, Preconditions, RequestRecord, Verb, WriteOptions, Written};
-use super::{Cluster, Inner, discovery, protobuf, table, watch};
+use super::{discovery, protobuf, table, watch};
 
 /// Largest request body accepted (a Secret is at most 1 MiB of data, base64 inflates it).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -28,8 +28,6 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
 }
-
-type Query = HashMap<String, String>;
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
     (code, axum::Json(value)).into_response()
@@ -255,10 +253,6 @@ fn parse_target(path: &str) -> Option<Target> {
     }
 }
 
-fn flag(query: &Query, name: &str) -> bool {
-    matches!(query.get(name).map(String::as_str), Some("true" | "1"))
-}
-
 fn verb_for(method: &Method, target: &Target, query: &Query) -> Option<Verb> {
     let item = target.name.is_some();
     let cluster_wide_secrets = target.kind == Kind::Secret && target.namespace.is_none();
@@ -303,16 +297,6 @@ fn get(cluster: &Cluster, target: &Target, query: &Query, headers: &HeaderMap) -
         None => object.to_json(),
     };
     Ok(json_response(StatusCode::OK, &body))
-}
-
-/// The selectors of a list, watch or deletecollection.
-pub(super) fn selectors(kind: Kind, query: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
-    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())?;
-    let fields = FieldSelector::parse(
-        query.get("fieldSelector").map(String::as_str).unwrap_or_default(),
-        kind == Kind::Secret,
-    )?;
-    Ok((labels, fields))
 }
 
 fn list(

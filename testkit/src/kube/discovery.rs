@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 /// The version the fake reports.
-pub fn version() -> Value {
+pub(super) fn version() -> Value {
     json!({
         "major": "1", "minor": "36", "gitVersion": "v1.36.0-keyfleet-fake",
         "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
@@ -14,7 +14,7 @@ pub fn version() -> Value {
 }
 
 /// `GET /api`.
-pub fn api_versions(server_address: &str) -> Value {
+pub(super) fn api_versions(server_address: &str) -> Value {
     json!({
         "kind": "APIVersions", "versions": ["v1"],
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
@@ -22,12 +22,12 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 /// `GET /apis`: no groups besides the core one.
-pub fn api_groups() -> Value {
+pub(super) fn api_groups() -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
 }
 
 /// `GET /api/v1`.
-pub fn core_v1_resources() -> Value {
+pub(super) fn core_v1_resources() -> Value {
     json!({
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
         "resources": [
@@ -43,7 +43,7 @@ pub fn core_v1_resources() -> Value {
 const HASH: &str = "KEYFLEETFAKE0001";
 
 /// `GET /openapi/v3`.
-pub fn openapi_index() -> Value {
+pub(super) fn openapi_index() -> Value {
     json!({"paths": {"api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={HASH}")}}})
 }
 
@@ -75,7 +75,7 @@ fn patch_operation(kind: &str, namespaced: bool) -> Value {
 }
 
 /// `GET /openapi/v3/api/v1`.
-pub fn openapi_core_v1() -> Value {
+pub(super) fn openapi_core_v1() -> Value {
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes (keyfleet fake)", "version": "v1.36.0"},

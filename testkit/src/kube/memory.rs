@@ -1,8 +1,10 @@
 //! The fake API without a socket: a tower `Service` that hands each request to the router the
-//! HTTPS server serves, after adding what the network path would have carried (the cluster's path
-//! prefix and its bearer token). Routing, authentication, authorization, faults and watches run
-//! the same code as over HTTPS; only TLS and the TCP connection are skipped, so a client built on
-//! it holds no file descriptor (the loadtest runs 10,000 agents in one process this way).
+//! HTTPS server serves, after adding what the network path would have carried.
+//!
+//! The network path carries the cluster's path prefix and its bearer token. Routing,
+//! authentication, authorization, faults and watches run the same code as over HTTPS; only TLS
+//! and the TCP connection are skipped, so a client built on it holds no file descriptor (the
+//! loadtest runs 10,000 agents in one process this way).
 
 use std::convert::Infallible;
 use std::sync::Arc;

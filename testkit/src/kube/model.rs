@@ -270,7 +270,7 @@ pub struct Object {
 }
 
 /// RFC 3339 with a `Z` and whole seconds, as the apiserver writes timestamps.
-pub fn timestamp(time: DateTime<Utc>) -> String {
+pub(super) fn timestamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 

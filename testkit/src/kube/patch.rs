@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::status::ApiError;
 
 /// Applies a JSON merge patch to `target`.
-pub fn merge(target: &mut Value, patch: &Value) {
+pub(super) fn merge(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(entries) => {
             if !target.is_object() {
@@ -27,7 +27,7 @@ pub fn merge(target: &mut Value, patch: &Value) {
 }
 
 /// Applies a JSON patch (a list of operations) to `target`.
-pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+pub(super) fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let operations = patch
         .as_array()
         .ok_or_else(|| ApiError::bad_request("json patch: the body must be a list of operations"))?;

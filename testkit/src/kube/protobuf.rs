@@ -1,8 +1,9 @@
-//! Decoding of the Kubernetes protobuf envelope for Secrets and Namespaces: what kubectl's typed
-//! commands (`create secret generic`, `create namespace`) POST. The envelope is the magic
-//! `k8s\0`, then a `runtime.Unknown` { typeMeta = 1 { apiVersion = 1, kind = 2 }, raw = 2 }, with
-//! `raw` the object. The object is turned into its JSON form, so the same decoding and rules apply.
-//! Responses are JSON (kubectl's Accept lists it).
+//! Decoding of the Kubernetes protobuf envelope for Secrets and Namespaces: what kubectl's
+//! typed commands (`create secret generic`, `create namespace`) POST.
+//!
+//! The envelope is the magic `k8s\0`, then a `runtime.Unknown` { typeMeta = 1 { apiVersion = 1,
+//! kind = 2 }, raw = 2 }, with `raw` the object. The object is turned into its JSON form, so
+//! the same decoding and rules apply. Responses are JSON (kubectl's Accept lists it).
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
@@ -120,12 +121,12 @@ fn object_meta(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// True when `body` starts with the protobuf envelope magic.
-pub fn is_envelope(body: &[u8]) -> bool {
+pub(super) fn is_envelope(body: &[u8]) -> bool {
     body.starts_with(MAGIC)
 }
 
 /// Decodes an envelope holding a `kind` object into its JSON form.
-pub fn decode(kind: Kind, body: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn decode(kind: Kind, body: &[u8]) -> Result<Value, ApiError> {
     let envelope = body
         .strip_prefix(MAGIC)
         .ok_or_else(|| invalid("missing k8s magic"))?;

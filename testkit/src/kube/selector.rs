@@ -18,11 +18,11 @@ enum Requirement {
 
 /// A parsed `labelSelector`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LabelSelector(Vec<Requirement>);
+pub(super) struct LabelSelector(Vec<Requirement>);
 
 impl LabelSelector {
     /// Parses `app=web,tier in (a,b),!legacy`.
-    pub fn parse(text: &str) -> Result<Self, ApiError> {
+    pub(super) fn parse(text: &str) -> Result<Self, ApiError> {
         let mut requirements = Vec::new();
         for part in split_top_level(text) {
             let part = part.trim();
@@ -35,7 +35,7 @@ impl LabelSelector {
     }
 
     /// True when `labels` satisfy every requirement.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(super) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|requirement| match requirement {
             Requirement::Equals(key, value) => labels.get(key) == Some(value),
             Requirement::NotEquals(key, value) => labels.get(key) != Some(value),
@@ -122,7 +122,7 @@ fn checked_key(key: &str, part: &str) -> Result<String, ApiError> {
 
 /// A parsed `fieldSelector`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldSelector(Vec<(FieldKey, bool, String)>);
+pub(super) struct FieldSelector(Vec<(FieldKey, bool, String)>);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum FieldKey {
@@ -133,7 +133,7 @@ enum FieldKey {
 
 impl FieldSelector {
     /// Parses `metadata.name=x,type!=Opaque`. `type` is only valid for Secrets.
-    pub fn parse(text: &str, secrets: bool) -> Result<Self, ApiError> {
+    pub(super) fn parse(text: &str, secrets: bool) -> Result<Self, ApiError> {
         let mut terms = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, equal, value) = if let Some((key, value)) = part.split_once("!=") {
@@ -161,7 +161,7 @@ impl FieldSelector {
     }
 
     /// True when `object` satisfies every term.
-    pub fn matches(&self, object: &Object) -> bool {
+    pub(super) fn matches(&self, object: &Object) -> bool {
         self.0.iter().all(|(key, equal, value)| {
             let actual = match key {
                 FieldKey::Name => Some(object.meta.name.as_str()),

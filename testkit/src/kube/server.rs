@@ -8,7 +8,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use super::{Inner, api};
+use super::api;
+use super::cluster::Inner;
 
 /// Serves until the task is aborted (which also aborts every open connection).
 pub(super) async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, inner: Arc<Inner>) {

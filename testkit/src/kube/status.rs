@@ -266,11 +266,19 @@ fn causes_json(causes: &[Cause]) -> Value {
 }
 
 /// A `Status` with `status: Success` (what deleting a Secret returns).
-pub fn success(name: &str, resource: &str, uid: &str) -> Value {
+pub(super) fn success(name: &str, resource: &str, uid: &str) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": name, "kind": resource, "uid": uid},
     })
+}
+
+impl std::error::Error for ApiError {}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.reason, self.message)
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! Watches: a chunked stream of JSON lines (`{"type": …, "object": …}`) fed from the cluster's
-//! bounded event history. Supports resume from a resourceVersion (ERROR 410 when it is older than
-//! the history), synthetic ADDED events for `resourceVersion` "" / "0", `sendInitialEvents` with
-//! the `k8s.io/initial-events-end` bookmark, periodic bookmarks, `timeoutSeconds`, selectors
+//! bounded event history.
+//!
+//! Supports resume from a resourceVersion (ERROR 410 when it is older than the history),
+//! synthetic ADDED events for `resourceVersion` "" / "0", `sendInitialEvents` with the
+//! `k8s.io/initial-events-end` bookmark, periodic bookmarks, `timeoutSeconds`, selectors
 //! (objects entering or leaving a selector are ADDED / DELETED), and dropped watches.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +20,13 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::api::selectors;
+use super::cluster::{Cluster, Inner};
 use super::model::{Kind, Object};
+use super::query::{Query, flag, selectors};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{Event, EventType};
 use super::table::{self, IncludeObject};
-use super::{Cluster, Inner};
 
 /// Watches without `timeoutSeconds` end after this (the apiserver picks 30–60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -110,13 +111,12 @@ pub(super) fn start(
     cluster: Arc<Cluster>,
     kind: Kind,
     namespace: Option<String>,
-    query: &HashMap<String, String>,
+    query: &Query,
     table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
-    let flag = |name: &str| matches!(query.get(name).map(String::as_str), Some("true" | "1"));
     let (labels, fields) = selectors(kind, query)?;
-    let allow_bookmarks = flag("allowWatchBookmarks");
-    let send_initial = flag("sendInitialEvents");
+    let allow_bookmarks = flag(query, "allowWatchBookmarks");
+    let send_initial = flag(query, "sendInitialEvents");
     if send_initial {
         if query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
             return Err(ApiError::bad_request(
