@@ -13,12 +13,12 @@
 //! - `server`: TLS material and the tonic listener.
 //! - `enroll`: the Enrollment service (token → credential).
 pub mod admin;
-pub mod admission;
+pub(crate) mod admission;
 pub mod client_ca;
 pub mod convert;
 pub mod enroll;
 pub mod server;
-pub mod status;
+pub(crate) mod status;
 pub mod sync;
 
 /// The hub's three services on one router: Sync, Enrollment and (authenticated) Admin.

@@ -25,13 +25,13 @@
 
 #![warn(missing_docs)]
 
-pub mod app;
+mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod fleet;
 pub mod grpc;
-pub mod ops;
+mod ops;
 pub mod render;
 pub mod spec;
 pub mod status;

@@ -17,6 +17,6 @@
 pub mod admin;
 pub mod control;
 pub mod engine;
-pub mod plan;
+pub(crate) mod plan;
 
 pub use engine::RevisionEncoder;

@@ -47,7 +47,8 @@ use crate::sync::plan::{PlanStatus, RolloutProgress};
 use crate::vault::{SourceFactory, VaultMetrics};
 
 use inventory::Inventory;
-pub use inventory::{Connectivity, plan_cluster, plan_status, refresh_credentials, rollout_progress};
+pub use inventory::refresh_credentials;
+pub(crate) use inventory::{Connectivity, plan_cluster, plan_status, rollout_progress};
 use leader::{PollerRegistry, Vaults};
 pub use revisions::RevisionEncoder;
 use revisions::{SecretState, Values};
