@@ -167,6 +167,17 @@ impl Admin {
         Ok(secrets)
     }
 
+    /// The current revision number of every FleetSecret that has one, by name.
+    async fn current_revisions(&self) -> Result<BTreeMap<String, u64>, AdminError> {
+        Ok(self
+            .store
+            .latest_revisions()
+            .await?
+            .into_iter()
+            .map(|revision| (revision.fleet_secret, revision.revision))
+            .collect())
+    }
+
     /// One stored FleetSecret, parsed.
     async fn fleet_secret(&self, name: &str) -> Result<(StoredSpec, Arc<FleetSecretSpec>), AdminError> {
         self.fleet_secrets()

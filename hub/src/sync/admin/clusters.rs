@@ -106,13 +106,7 @@ impl Admin {
         let cluster = self.cluster(name).await?;
         let connected = self.connected(&cluster);
         let rows = self.store.status_for_cluster(cluster.id).await?;
-        let revisions: BTreeMap<String, u64> = self
-            .store
-            .latest_revisions()
-            .await?
-            .into_iter()
-            .map(|revision| (revision.fleet_secret, revision.revision))
-            .collect();
+        let revisions = self.current_revisions().await?;
         let mut secrets: BTreeMap<String, ClusterSecretView> = rows
             .iter()
             .map(|row| (row.fleet_secret.clone(), ClusterSecretView::of(row, connected)))

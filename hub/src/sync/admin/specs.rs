@@ -196,13 +196,7 @@ impl Admin {
 
     /// Every FleetSecret with its current revision, by name.
     pub async fn list_fleet_secrets(&self) -> Result<Vec<FleetSecretView>, AdminError> {
-        let revisions: HashMap<String, u64> = self
-            .store
-            .latest_revisions()
-            .await?
-            .into_iter()
-            .map(|revision| (revision.fleet_secret, revision.revision))
-            .collect();
+        let revisions = self.current_revisions().await?;
         Ok(self
             .fleet_secrets()
             .await?

@@ -24,33 +24,28 @@ provider:
     authType: WorkloadIdentity
 ";
 
-/// Canary first, then everyone.
-const WAVED: &str = "kind: FleetSecret
+/// `regcred` from `acr-pull`, with `rollout` (YAML, may be empty) appended.
+fn fleet_secret(rollout: &str) -> String {
+    format!(
+        "kind: FleetSecret
 name: regcred
 storeRef: shared-kv
 data:
   - secretKey: password
-    remoteRef: { key: acr-pull }
+    remoteRef: {{ key: acr-pull }}
 target:
   name: regcred
   type: Opaque
   namespaces: [default]
-rollout:
-  waves: [{ matchLabels: { ring: canary } }, { percent: 100 }]
-";
+{rollout}"
+    )
+}
+
+/// Canary first, then everyone.
+const WAVED: &str = "rollout:\n  waves: [{ matchLabels: { ring: canary } }, { percent: 100 }]\n";
 
 /// Everyone at once.
-const AT_ONCE: &str = "kind: FleetSecret
-name: regcred
-storeRef: shared-kv
-data:
-  - secretKey: password
-    remoteRef: { key: acr-pull }
-target:
-  name: regcred
-  type: Opaque
-  namespaces: [default]
-";
+const AT_ONCE: &str = "";
 
 /// An engine, its fleet and store, a fake vault, and one in-process agent per cluster.
 struct Hub {
@@ -63,14 +58,14 @@ struct Hub {
     _dir: tempfile::TempDir,
 }
 
-/// A hub with `clusters` (name, ring label) enrolled, `fleet_secret` applied and `acr-pull` at
+/// A hub with `clusters` (name, ring label) enrolled, `regcred` applied with `rollout` and `acr-pull` at
 /// version "one", warmed up, every agent connected and converged.
-async fn hub(fleet_secret: &str, clusters: &[(&str, &str)]) -> Hub {
+async fn hub(rollout: &str, clusters: &[(&str, &str)]) -> Hub {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = sqlite(&dir).await;
     let vault = Arc::new(FakeVault::default());
     vault.set("acr-pull", b"one");
-    apply(&store, fleet_secret).await;
+    apply(&store, &fleet_secret(rollout)).await;
     let mut ids = BTreeMap::new();
     for (name, ring) in clusters {
         let labels: Labels = [("ring".to_owned(), (*ring).to_owned())].into_iter().collect();
