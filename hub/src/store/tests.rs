@@ -12,8 +12,9 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use futures::FutureExt as _;
 use sqlx::{Connection as _, Executor as _};
 
+use super::convert::truncate_error;
 use super::*;
-use crate::domain::{LabelRequirement, SecretValue, SelectorOperator};
+use crate::domain::{LabelRequirement, SecretValue, SelectorOperator, SyncState};
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
