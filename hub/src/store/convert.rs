@@ -95,7 +95,8 @@ pub(super) fn labels_from_json(value: serde_json::Value) -> Result<Labels, Store
     })
 }
 
-/// A revision's sources as the JSON array of `[remote key, version]` pairs both backends store.
+/// A revision's sources as the JSON array of `[remote key, version]` pairs both backends
+/// store.
 pub(super) fn sources_json(sources: &[(String, String)]) -> serde_json::Value {
     serde_json::Value::Array(
         sources

@@ -50,16 +50,24 @@ pub(super) trait TokenSql: Database {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// `specs`: the upsert, alone or in an all-or-nothing apply.
+/// `specs`: the two statements of an upsert, alone or in an all-or-nothing apply.
 pub(super) trait SpecSql: Database {
-    /// Inserts at generation 1, bumps the generation when the YAML differs, else keeps it.
-    fn upsert_spec(
+    /// Inserts at generation 1 or, when the YAML differs, bumps the generation; the generation
+    /// written, None when the stored YAML is the same (nothing written).
+    fn write_spec(
         conn: &mut Self::Connection,
         kind: SpecKind,
         name: &str,
         yaml: &str,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(u64, SpecAction), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// The stored generation of a spec, None when there is none.
+    fn spec_generation(
+        conn: &mut Self::Connection,
+        kind: SpecKind,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 }
 
 /// `revisions`: the idempotent insert, inside the transaction [`upsert_revision`] opens.
@@ -176,7 +184,29 @@ pub(super) async fn upsert_spec<DB: Dialect>(
     yaml: &str,
     now: DateTime<Utc>,
 ) -> Result<(u64, SpecAction), StoreError> {
-    DB::upsert_spec(&mut *pool.acquire().await?, kind, name, yaml, now).await
+    upsert_spec_on::<DB>(&mut *pool.acquire().await?, kind, name, yaml, now).await
+}
+
+/// Writes a spec unless its YAML is unchanged, and says which it was.
+async fn upsert_spec_on<DB: Dialect>(
+    conn: &mut DB::Connection,
+    kind: SpecKind,
+    name: &str,
+    yaml: &str,
+    now: DateTime<Utc>,
+) -> Result<(u64, SpecAction), StoreError> {
+    if let Some(generation) = DB::write_spec(conn, kind, name, yaml, now).await? {
+        let action = if generation == 1 {
+            SpecAction::Created
+        } else {
+            SpecAction::Configured
+        };
+        return Ok((to_u64(generation, "spec generation")?, action));
+    }
+    let generation = DB::spec_generation(conn, kind, name).await?.ok_or_else(|| {
+        StoreError::Conflict(format!("{} {name:?} was deleted concurrently", kind.as_str()))
+    })?;
+    Ok((to_u64(generation, "spec generation")?, SpecAction::Unchanged))
 }
 
 /// Every spec, and for each one that changed its change-log and audit rows, in ONE transaction.
@@ -189,7 +219,8 @@ pub(super) async fn apply_specs<DB: Dialect>(
     let mut tx = pool.begin().await?;
     let mut outcomes = Vec::with_capacity(specs.len());
     for spec in specs {
-        let (generation, action) = DB::upsert_spec(&mut tx, spec.kind, spec.name, spec.yaml, now).await?;
+        let (generation, action) =
+            upsert_spec_on::<DB>(&mut tx, spec.kind, spec.name, spec.yaml, now).await?;
         if action != SpecAction::Unchanged {
             let subject = spec.subject();
             DB::append_change(&mut tx, ChangeKind::Spec, &subject, now).await?;

@@ -1,22 +1,22 @@
-//! Postgres `specs`: canonical YAML with a generation that grows on each change. The upsert is a
-//! statement of [`SpecSql`] (alone, or in the all-or-nothing apply).
+//! Postgres `specs`: canonical YAML with a generation that grows on each change. The upsert's two
+//! statements are [`SpecSql`] (alone, or in the all-or-nothing apply).
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::store::convert::{spec_kind, to_u64};
 use crate::store::dialect::SpecSql;
-use crate::store::{SpecAction, SpecKind, StoreError, StoredSpec};
+use crate::store::{SpecKind, StoreError, StoredSpec};
 
 impl SpecSql for Postgres {
-    async fn upsert_spec(
+    async fn write_spec(
         conn: &mut PgConnection,
         kind: SpecKind,
         name: &str,
         yaml: &str,
         now: DateTime<Utc>,
-    ) -> Result<(u64, SpecAction), StoreError> {
-        let written = sqlx::query_scalar!(
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar!(
             "INSERT INTO specs (kind, name, yaml, generation, created_at, updated_at)
          VALUES ($1, $2, $3, 1, $4, $4)
          ON CONFLICT (kind, name) DO UPDATE
@@ -30,26 +30,21 @@ impl SpecSql for Postgres {
             now,
         )
         .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(generation) = written {
-            let action = if generation == 1 {
-                SpecAction::Created
-            } else {
-                SpecAction::Configured
-            };
-            return Ok((to_u64(generation, "spec generation")?, action));
-        }
-        let generation = sqlx::query_scalar!(
+        .await?)
+    }
+
+    async fn spec_generation(
+        conn: &mut PgConnection,
+        kind: SpecKind,
+        name: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar!(
             "SELECT generation FROM specs WHERE kind = $1 AND name = $2",
             kind.as_str(),
             name,
         )
         .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| {
-            StoreError::Conflict(format!("{} {name:?} was deleted concurrently", kind.as_str()))
-        })?;
-        Ok((to_u64(generation, "spec generation")?, SpecAction::Unchanged))
+        .await?)
     }
 }
 

@@ -1,5 +1,5 @@
-//! SQLite `specs`: canonical YAML with a generation that grows on each change. The upsert is a
-//! statement of [`SpecSql`] (alone, or in the all-or-nothing apply).
+//! SQLite `specs`: canonical YAML with a generation that grows on each change. The upsert's two
+//! statements are [`SpecSql`] (alone, or in the all-or-nothing apply).
 
 use chrono::{DateTime, Utc};
 use sqlx::{Row as _, Sqlite, SqliteConnection, SqlitePool};
@@ -7,17 +7,17 @@ use sqlx::{Row as _, Sqlite, SqliteConnection, SqlitePool};
 use super::{req_ts, ts};
 use crate::store::convert::{spec_kind, to_u64};
 use crate::store::dialect::SpecSql;
-use crate::store::{SpecAction, SpecKind, StoreError, StoredSpec};
+use crate::store::{SpecKind, StoreError, StoredSpec};
 
 impl SpecSql for Sqlite {
-    async fn upsert_spec(
+    async fn write_spec(
         conn: &mut SqliteConnection,
         kind: SpecKind,
         name: &str,
         yaml: &str,
         now: DateTime<Utc>,
-    ) -> Result<(u64, SpecAction), StoreError> {
-        let written: Option<i64> = sqlx::query_scalar(
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
             "INSERT INTO specs (kind, name, yaml, generation, created_at, updated_at)
          VALUES (?1, ?2, ?3, 1, ?4, ?4)
          ON CONFLICT (kind, name) DO UPDATE
@@ -31,25 +31,21 @@ impl SpecSql for Sqlite {
         .bind(yaml)
         .bind(ts(now))
         .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(generation) = written {
-            let action = if generation == 1 {
-                SpecAction::Created
-            } else {
-                SpecAction::Configured
-            };
-            return Ok((to_u64(generation, "spec generation")?, action));
-        }
-        let generation: i64 =
+        .await?)
+    }
+
+    async fn spec_generation(
+        conn: &mut SqliteConnection,
+        kind: SpecKind,
+        name: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(
             sqlx::query_scalar("SELECT generation FROM specs WHERE kind = ?1 AND name = ?2")
                 .bind(kind.as_str())
                 .bind(name)
                 .fetch_optional(&mut *conn)
-                .await?
-                .ok_or_else(|| {
-                    StoreError::Conflict(format!("{} {name:?} was deleted concurrently", kind.as_str()))
-                })?;
-        Ok((to_u64(generation, "spec generation")?, SpecAction::Unchanged))
+                .await?,
+        )
     }
 }
 

@@ -18,6 +18,7 @@ const MAX_BINDS: usize = 32_766;
 /// Bound parameters per status row.
 const STATUS_BINDS: usize = 9;
 
+/// The status upsert up to its `VALUES` list; one `(?,…)` per row follows.
 const STATUS_UPSERT_HEAD: &str = "INSERT INTO sync_status AS s
    (cluster_id, fleet_secret, desired_revision, applied_revision, applied_sha256, state,
     last_error, attempts, updated_at, applied_at)
