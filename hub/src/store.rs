@@ -1,10 +1,14 @@
 //! The store: inventory, enrollment, specs, Key Vault versions (ids and digests), revisions, sync
-//! status, change log, pins, rollouts, audit. One API over two backends:
+//! status, change log, pins, rollouts, audit. One API ([`Store`]) over two backends:
 //! - Postgres (`postgres://…`), the production store, with compile-time checked `query!` macros
 //!   (`.sqlx/` is committed; `scripts/checks/sqlx.sh` fails when it is stale);
 //! - SQLite (`sqlite://PATH`, `sqlite::memory:`), the embedded default, with runtime-bound
 //!   `sqlx::query` (the macros check against one `DATABASE_URL`, which is the Postgres one); the
 //!   same conformance tests (`store/tests.rs`) prove both.
+//!
+//! Layers: this file checks arguments and picks the backend; `dialect` holds the transactions and
+//! batches written once over the per-table traits that `postgres/` and `sqlite/` implement (one
+//! file per table, each backend in its own SQL); `convert` the values both bind and read back.
 //!
 //! **Invariants:** only this module names sqlx; it returns the records of [`records`], never rows;
 //! no column can hold a secret value (only SHA-256 digests of tokens, credentials and values);
@@ -12,6 +16,10 @@
 //! change log is the truth.
 
 pub mod bench;
+mod convert;
+mod dialect;
+mod error;
+mod leadership;
 mod postgres;
 mod records;
 mod sqlite;
@@ -21,11 +29,14 @@ mod tests;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::{DateTime, SubsecRound as _, Utc};
-use tokio::sync::{mpsc, oneshot, watch};
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
 
-use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256, SyncState};
+use self::convert::{micros, now, prepare_status_rows, to_i64};
+use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256};
 
+pub use error::StoreError;
+pub use leadership::Leadership;
 pub use records::{
     AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,
     RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite,
@@ -33,65 +44,12 @@ pub use records::{
 };
 
 /// The Postgres channel `append_change` notifies and `change_wakeups` listens on.
-pub const CHANGES_CHANNEL: &str = "keyfleet_changes";
+pub(crate) const CHANGES_CHANNEL: &str = "keyfleet_changes";
 
 /// Agents' error strings are cut to this many bytes (on a character boundary).
-pub const MAX_ERROR_BYTES: usize = 1024;
+pub(crate) const MAX_ERROR_BYTES: usize = 1024;
 
-/// Errors of the store. Messages never include bound values (only names of what was wrong).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The named thing does not exist.
-    #[error("{what} not found")]
-    NotFound {
-        /// What was looked for, e.g. `cluster "eu-1"`.
-        what: String,
-    },
-    /// The named thing exists already.
-    #[error("{what} already exists")]
-    AlreadyExists {
-        /// What was created twice.
-        what: String,
-    },
-    /// The operation is refused in the current state.
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// The database refused or failed the statement.
-    #[error("database error")]
-    Database(#[source] sqlx::Error),
-    /// A migration failed.
-    #[error("cannot migrate the database")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
-    /// The database URL names no supported backend (the URL itself is not repeated: it may hold a
-    /// password).
-    #[error("unsupported database url: expected postgres://…, sqlite://PATH or sqlite::memory:")]
-    UnsupportedUrl,
-    /// A stored value does not decode (a row written by something else than this store).
-    #[error("stored {what} is invalid")]
-    Corrupt {
-        /// Column or record.
-        what: &'static str,
-    },
-    /// A number does not fit the column.
-    #[error("{what} is out of range")]
-    OutOfRange {
-        /// Field.
-        what: &'static str,
-    },
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Database(error)
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(error: sqlx::migrate::MigrateError) -> Self {
-        Self::Migrate(error)
-    }
-}
-
+/// The active backend and its pool.
 #[derive(Clone)]
 enum Backend {
     Postgres(sqlx::PgPool),
@@ -117,7 +75,7 @@ pub struct Store {
 /// quick succession would each add their 10,000 row versions to the table and it never shrinks
 /// again: measured, 54 MB for 20,000 live rows after 50 back-to-back rotations, and every view
 /// reading it 3–4 × slower. A plain VACUUM takes no lock that blocks reads or writes.
-pub const LAGGING_VACUUM_ROWS: u64 = 20_000;
+pub(crate) const LAGGING_VACUUM_ROWS: u64 = 20_000;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,12 +83,24 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Calls the same-named function of the active backend module.
-macro_rules! dispatch {
+/// Runs a backend's own statement: `backend!(self, TABLE::OP(args))` calls
+/// `postgres::TABLE::OP(pool, args)` or `sqlite::TABLE::OP(pool, args)`.
+macro_rules! backend {
+    ($self:ident, $table:ident :: $op:ident ( $($arg:expr),* $(,)? )) => {
+        match &$self.backend {
+            Backend::Postgres(pool) => postgres::$table::$op(pool, $($arg),*).await,
+            Backend::Sqlite(pool) => sqlite::$table::$op(pool, $($arg),*).await,
+        }
+    };
+}
+
+/// Runs logic written once: `shared!(self.OP(args))` calls `dialect::OP(pool, args)`, generic over
+/// the database of the active backend's pool.
+macro_rules! shared {
     ($self:ident . $op:ident ( $($arg:expr),* $(,)? )) => {
         match &$self.backend {
-            Backend::Postgres(pool) => postgres::$op(pool, $($arg),*).await,
-            Backend::Sqlite(pool) => sqlite::$op(pool, $($arg),*).await,
+            Backend::Postgres(pool) => dialect::$op(pool, $($arg),*).await,
+            Backend::Sqlite(pool) => dialect::$op(pool, $($arg),*).await,
         }
     };
 }
@@ -160,7 +130,7 @@ impl Store {
 
     /// Like [`Store::migrate`], and returns the migrations this call applied (oldest first).
     pub async fn migrate_report(&self) -> Result<Vec<AppliedMigration>, StoreError> {
-        let applied = dispatch!(self.migrate())?;
+        let applied = shared!(self.migrate())?;
         for migration in &applied {
             tracing::info!(
                 backend = self.backend(),
@@ -204,29 +174,29 @@ impl Store {
     /// Adds a cluster in state pending. `AlreadyExists` when the name is taken.
     pub async fn create_cluster(&self, name: &str, labels: &Labels) -> Result<Cluster, StoreError> {
         let id = ClusterId(uuid::Uuid::new_v4());
-        dispatch!(self.create_cluster(id, name, labels, now()))
+        backend!(self, clusters::create_cluster(id, name, labels, now()))
     }
 
     /// The cluster with this name.
     pub async fn cluster_by_name(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
-        dispatch!(self.cluster_by_name(name))
+        backend!(self, clusters::cluster_by_name(name))
     }
 
     /// The cluster with this id.
     pub async fn cluster_by_id(&self, id: ClusterId) -> Result<Option<Cluster>, StoreError> {
-        dispatch!(self.cluster_by_id(id))
+        backend!(self, clusters::cluster_by_id(id))
     }
 
     /// Id, serving replica and last-seen time of every cluster, unordered: a narrow read for
     /// polling liveness (new and removed clusters come through the change log).
     pub async fn cluster_liveness(&self) -> Result<Vec<ClusterLiveness>, StoreError> {
-        dispatch!(self.cluster_liveness())
+        backend!(self, clusters::cluster_liveness())
     }
 
     /// Sorted by name. matchLabels pushed down (jsonb @> on PG); full selector applied exactly.
     pub async fn list_clusters(&self, selector: Option<&LabelSelector>) -> Result<Vec<Cluster>, StoreError> {
         let match_labels = selector.map(|s| &s.match_labels).filter(|m| !m.is_empty());
-        let mut clusters: Vec<Cluster> = dispatch!(self.list_clusters(match_labels))?;
+        let mut clusters: Vec<Cluster> = backend!(self, clusters::list_clusters(match_labels))?;
         if let Some(selector) = selector {
             clusters.retain(|cluster| selector.matches(&cluster.labels));
         }
@@ -235,12 +205,12 @@ impl Store {
 
     /// Replaces the labels of a cluster.
     pub async fn set_cluster_labels(&self, id: ClusterId, labels: &Labels) -> Result<Cluster, StoreError> {
-        dispatch!(self.set_cluster_labels(id, labels, now()))?.ok_or_else(|| cluster_not_found(id))
+        backend!(self, clusters::set_cluster_labels(id, labels, now()))?.ok_or_else(|| cluster_not_found(id))
     }
 
     /// state = revoked, credential hash cleared, pending tokens invalidated.
     pub async fn revoke_cluster(&self, id: ClusterId) -> Result<Cluster, StoreError> {
-        dispatch!(self.revoke_cluster(id, now()))?.ok_or_else(|| cluster_not_found(id))
+        shared!(self.revoke_cluster(id, now()))?.ok_or_else(|| cluster_not_found(id))
     }
 
     // --- enrollment and credentials (only hashes are stored) ---
@@ -253,7 +223,10 @@ impl Store {
         token_hash: &Sha256,
         expires: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let issued = dispatch!(self.issue_enrollment_token(cluster, token_hash, micros(expires), now()))?;
+        let issued = backend!(
+            self,
+            enrollment::issue_enrollment_token(cluster, token_hash, micros(expires), now())
+        )?;
         if issued {
             return Ok(());
         }
@@ -277,10 +250,10 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Result<ClusterId, TokenRejection>, StoreError> {
         let now = micros(now);
-        if let Some(cluster) = dispatch!(self.consume_enrollment_token(token_hash, now))? {
+        if let Some(cluster) = backend!(self, enrollment::consume_enrollment_token(token_hash, now))? {
             return Ok(Ok(cluster));
         }
-        let Some(token) = dispatch!(self.token_state(token_hash))? else {
+        let Some(token) = backend!(self, enrollment::token_state(token_hash))? else {
             return Ok(Err(TokenRejection::Unknown));
         };
         let rejection = if token.cluster_state == ClusterState::Revoked {
@@ -303,7 +276,7 @@ impl Store {
         id: ClusterId,
         credential_hash: &Sha256,
     ) -> Result<(), StoreError> {
-        if dispatch!(self.set_cluster_credential(id, credential_hash, now()))? {
+        if backend!(self, clusters::set_cluster_credential(id, credential_hash, now()))? {
             return Ok(());
         }
         match self.cluster_by_id(id).await? {
@@ -317,7 +290,7 @@ impl Store {
 
     /// Credential hash → cluster for every active cluster (the hub keeps this index in memory).
     pub async fn active_credentials(&self) -> Result<Vec<(Sha256, ClusterId)>, StoreError> {
-        dispatch!(self.active_credentials())
+        backend!(self, clusters::active_credentials())
     }
 
     /// Records that `replica` holds the cluster's stream now.
@@ -328,7 +301,10 @@ impl Store {
         agent_version: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if dispatch!(self.record_connect(id, replica, agent_version, micros(at)))? {
+        if backend!(
+            self,
+            clusters::record_connect(id, replica, agent_version, micros(at))
+        )? {
             Ok(())
         } else {
             Err(cluster_not_found(id))
@@ -342,7 +318,7 @@ impl Store {
         replica: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if dispatch!(self.record_disconnect(id, replica, micros(at)))? {
+        if backend!(self, clusters::record_disconnect(id, replica, micros(at)))? {
             Ok(())
         } else {
             Err(cluster_not_found(id))
@@ -354,12 +330,12 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        dispatch!(self.touch_last_seen(ids, micros(at)))
+        backend!(self, clusters::touch_last_seen(ids, micros(at)))
     }
 
     /// Clears connected_replica for every cluster held by `replica` (startup after a crash).
     pub async fn clear_replica(&self, replica: &str) -> Result<u64, StoreError> {
-        dispatch!(self.clear_replica(replica, now()))
+        backend!(self, clusters::clear_replica(replica, now()))
     }
 
     // --- specs ---
@@ -371,7 +347,7 @@ impl Store {
         name: &str,
         yaml: &str,
     ) -> Result<(u64, SpecAction), StoreError> {
-        dispatch!(self.upsert_spec(kind, name, yaml, now()))
+        shared!(self.upsert_spec(kind, name, yaml, now()))
     }
 
     /// Applies several specs all or nothing, in ONE transaction: each is upserted as
@@ -384,17 +360,17 @@ impl Store {
         specs: &[SpecWrite<'_>],
         actor: &str,
     ) -> Result<Vec<SpecOutcome>, StoreError> {
-        dispatch!(self.apply_specs(specs, actor, now()))
+        shared!(self.apply_specs(specs, actor, now()))
     }
 
     /// Every spec, by kind (`FleetSecret` before `SecretStore`) then name.
     pub async fn list_specs(&self) -> Result<Vec<StoredSpec>, StoreError> {
-        dispatch!(self.list_specs())
+        backend!(self, specs::list_specs())
     }
 
     /// Whether a spec was deleted.
     pub async fn delete_spec(&self, kind: SpecKind, name: &str) -> Result<bool, StoreError> {
-        dispatch!(self.delete_spec(kind, name))
+        backend!(self, specs::delete_spec(kind, name))
     }
 
     // --- Key Vault versions and revisions ---
@@ -407,7 +383,7 @@ impl Store {
             not_before: v.not_before.map(micros),
             ..v.clone()
         };
-        dispatch!(self.upsert_secret_version(&v, now()))
+        backend!(self, revisions::upsert_secret_version(&v, now()))
     }
 
     /// Idempotent on (fleet_secret, sha256, spec_generation): returns the existing number when the
@@ -418,12 +394,12 @@ impl Store {
         i64::try_from(r.spec_generation).map_err(|_| StoreError::OutOfRange {
             what: "spec generation",
         })?;
-        dispatch!(self.upsert_revision(r, now()))
+        shared!(self.upsert_revision(r, now()))
     }
 
     /// The newest revision of every fleet secret, by fleet secret name.
     pub async fn latest_revisions(&self) -> Result<Vec<RevisionRecord>, StoreError> {
-        dispatch!(self.latest_revisions())
+        backend!(self, revisions::latest_revisions())
     }
 
     /// The newest revision of `fleet_secret` numbered below `below`: the one before a given
@@ -434,7 +410,7 @@ impl Store {
         below: u64,
     ) -> Result<Option<RevisionRecord>, StoreError> {
         let below = i64::try_from(below).map_err(|_| StoreError::OutOfRange { what: "revision" })?;
-        dispatch!(self.revision_before(fleet_secret, below))
+        backend!(self, revisions::revision_before(fleet_secret, below))
     }
 
     // --- pins and rollouts ---
@@ -446,24 +422,24 @@ impl Store {
         remote_key: &str,
         version: &str,
     ) -> Result<(), StoreError> {
-        dispatch!(self.set_pin(fleet_secret, remote_key, version, now()))
+        backend!(self, rollouts::set_pin(fleet_secret, remote_key, version, now()))
     }
 
     /// Removes one pin (`Some(remote_key)`) or every pin of a fleet secret; returns how many.
     pub async fn remove_pins(&self, fleet_secret: &str, remote_key: Option<&str>) -> Result<u64, StoreError> {
-        dispatch!(self.remove_pins(fleet_secret, remote_key))
+        backend!(self, rollouts::remove_pins(fleet_secret, remote_key))
     }
 
     /// Every pin, by fleet secret then remote key.
     pub async fn pins(&self) -> Result<Vec<PinRecord>, StoreError> {
-        dispatch!(self.pins())
+        backend!(self, rollouts::pins())
     }
 
     /// Creates or replaces the rollout of a fleet secret. `NotFound` when the revision does not
     /// exist.
     pub async fn set_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
         let revision = to_i64(r.revision, "rollout revision")?;
-        dispatch!(self.set_rollout(r, revision, now())).map_err(|error| match error {
+        backend!(self, rollouts::set_rollout(r, revision, now())).map_err(|error| match error {
             StoreError::Database(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
                 StoreError::NotFound {
                     what: format!("revision {}", r.revision),
@@ -475,7 +451,7 @@ impl Store {
 
     /// Every rollout, by fleet secret.
     pub async fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
-        dispatch!(self.rollouts())
+        backend!(self, rollouts::rollouts())
     }
 
     // --- sync status ---
@@ -488,7 +464,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(0);
         }
-        let (written, statements) = dispatch!(self.upsert_status_batch(&rows))?;
+        let (written, statements) = shared!(self.upsert_status_batch(&rows))?;
         self.status_statements.fetch_add(statements, Ordering::Relaxed);
         if let Backend::Postgres(pool) = &self.backend {
             let churn = self.lagging_churn.fetch_add(written, Ordering::Relaxed) + written;
@@ -504,7 +480,7 @@ impl Store {
     /// status write already succeeded: a failure is logged, and autovacuum remains.
     async fn vacuum_lagging(&self, pool: &sqlx::PgPool) {
         let started = std::time::Instant::now();
-        match postgres::vacuum_lagging(pool).await {
+        match postgres::status::vacuum_lagging(pool).await {
             Ok(()) => {
                 self.lagging_vacuums.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
@@ -518,17 +494,17 @@ impl Store {
 
     /// Forgets the status of a (cluster, fleet secret) (e.g. it is no longer targeted).
     pub async fn delete_status(&self, cluster: ClusterId, fleet_secret: &str) -> Result<(), StoreError> {
-        dispatch!(self.delete_status(cluster, fleet_secret))
+        backend!(self, status::delete_status(cluster, fleet_secret))
     }
 
     /// Status rows of one cluster, by fleet secret.
     pub async fn status_for_cluster(&self, id: ClusterId) -> Result<Vec<SyncStatus>, StoreError> {
-        dispatch!(self.status_for_cluster(id))
+        backend!(self, status::status_for_cluster(id))
     }
 
     /// Status rows of one fleet secret, by cluster name.
     pub async fn status_for_fleet_secret(&self, name: &str) -> Result<Vec<SyncStatus>, StoreError> {
-        dispatch!(self.status_for_fleet_secret(name))
+        backend!(self, status::status_for_fleet_secret(name))
     }
 
     /// Status rows of one fleet secret whose cluster the store does not show connected to
@@ -539,12 +515,12 @@ impl Store {
         name: &str,
         replica: &str,
     ) -> Result<Vec<SyncStatus>, StoreError> {
-        dispatch!(self.status_served_elsewhere(name, replica))
+        backend!(self, status::status_served_elsewhere(name, replica))
     }
 
     /// Every status row, by cluster name then fleet secret.
     pub async fn all_status(&self) -> Result<Vec<SyncStatus>, StoreError> {
-        dispatch!(self.all_status())
+        backend!(self, status::all_status())
     }
 
     /// Rows not on their desired revision, oldest first (by last write, then cluster name).
@@ -553,36 +529,36 @@ impl Store {
         fleet_secret: Option<&str>,
         limit: u32,
     ) -> Result<Vec<SyncStatus>, StoreError> {
-        dispatch!(self.lagging(fleet_secret, i64::from(limit)))
+        backend!(self, status::lagging(fleet_secret, i64::from(limit)))
     }
 
     // --- change log ---
 
     /// Appends to the change log; on Postgres also `NOTIFY keyfleet_changes` in the same statement.
     pub async fn append_change(&self, kind: ChangeKind, subject: &str) -> Result<i64, StoreError> {
-        dispatch!(self.append_change(kind, subject, now()))
+        shared!(self.append_change(kind, subject, now()))
     }
 
     /// Entries after `cursor`, oldest first, at most `limit`.
     pub async fn changes_since(&self, cursor: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
-        dispatch!(self.changes_since(cursor, i64::from(limit)))
+        backend!(self, changes::changes_since(cursor, i64::from(limit)))
     }
 
     /// The newest sequence number (0 when the log is empty).
     pub async fn latest_change(&self) -> Result<i64, StoreError> {
-        dispatch!(self.latest_change())
+        backend!(self, changes::latest_change())
     }
 
     /// Deletes change-log entries appended before `older_than`, always keeping the `keep` newest,
     /// and moves the horizon ([`Store::change_horizon`]) past them. Returns the entries deleted.
     pub async fn prune_changes(&self, older_than: DateTime<Utc>, keep: u32) -> Result<u64, StoreError> {
-        dispatch!(self.prune_changes(older_than, i64::from(keep)))
+        shared!(self.prune_changes(older_than, i64::from(keep)))
     }
 
     /// The last sequence number pruned (0 when never): a reader whose cursor is below it may have
     /// missed entries and must reload everything rather than tail.
     pub async fn change_horizon(&self) -> Result<i64, StoreError> {
-        dispatch!(self.change_horizon())
+        backend!(self, changes::change_horizon())
     }
 
     /// PG: a task that LISTENs `keyfleet_changes` and sends () per notification (and once after
@@ -591,7 +567,7 @@ impl Store {
     pub async fn change_wakeups(&self) -> Result<mpsc::Receiver<()>, StoreError> {
         let (sender, receiver) = mpsc::channel(1);
         match &self.backend {
-            Backend::Postgres(pool) => postgres::spawn_listener(pool, sender).await?,
+            Backend::Postgres(pool) => postgres::changes::spawn_listener(pool, sender).await?,
             Backend::Sqlite(_) => {
                 // Single node: nobody else writes the log. Keep the sender alive with the
                 // receiver so it reads as "no wake-up yet" rather than "closed".
@@ -608,8 +584,8 @@ impl Store {
     /// lost. SQLite: always Some.
     pub async fn try_lead(&self, key: &str) -> Result<Option<Leadership>, StoreError> {
         match &self.backend {
-            Backend::Postgres(pool) => postgres::try_lead(pool, key).await,
-            Backend::Sqlite(_) => Ok(Some(Leadership { inner: None })),
+            Backend::Postgres(pool) => postgres::leader::try_lead(pool, key).await,
+            Backend::Sqlite(_) => Ok(Some(Leadership::single_node())),
         }
     }
 
@@ -623,218 +599,17 @@ impl Store {
         subject: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.append_audit(actor, action, subject, micros(at)))
+        shared!(self.append_audit(actor, action, subject, micros(at)))
     }
 
     /// The newest `limit` audit events, newest first.
     pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
-        dispatch!(self.audit(i64::from(limit)))
+        backend!(self, audit::audit(i64::from(limit)))
     }
-}
-
-/// Held leadership (see [`Store::try_lead`]). Dropping it steps down.
-pub struct Leadership {
-    inner: Option<PgLeadership>,
-}
-
-struct PgLeadership {
-    stop: Option<oneshot::Sender<()>>,
-    lost: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<()>,
-    #[cfg_attr(not(test), allow(dead_code))]
-    backend_pid: i32,
-}
-
-impl std::fmt::Debug for Leadership {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Leadership")
-            .field("postgres", &self.inner.is_some())
-            .finish()
-    }
-}
-
-impl Leadership {
-    /// Resolves when leadership is lost (the lock's connection died). Never on SQLite.
-    pub async fn lost(&self) {
-        match &self.inner {
-            Some(pg) => {
-                let mut lost = pg.lost.clone();
-                // An error means the holder task ended, which only happens once lost or stopped.
-                let _ = lost.wait_for(|lost| *lost).await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Steps down and waits until the lock is released (dropping also releases it, in the
-    /// background).
-    pub async fn step_down(mut self) {
-        if let Some(mut pg) = self.inner.take() {
-            drop(pg.stop.take());
-            let _ = (&mut pg.task).await;
-        }
-    }
-
-    #[cfg(test)]
-    fn backend_pid(&self) -> Option<i32> {
-        self.inner.as_ref().map(|pg| pg.backend_pid)
-    }
-}
-
-/// What `consume_enrollment_token` reads back to say why a token was refused.
-struct TokenState {
-    used: bool,
-    expires: DateTime<Utc>,
-    cluster_state: ClusterState,
-}
-
-/// Database times have microsecond precision: truncate so what is read back equals what was
-/// written.
-fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.trunc_subsecs(6)
-}
-
-fn now() -> DateTime<Utc> {
-    micros(Utc::now())
 }
 
 fn cluster_not_found(id: ClusterId) -> StoreError {
     StoreError::NotFound {
         what: format!("cluster {id}"),
     }
-}
-
-fn to_i64(value: u64, what: &'static str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what })
-}
-
-fn to_u64(value: i64, what: &'static str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt { what })
-}
-
-fn to_u32(value: i64, what: &'static str) -> Result<u32, StoreError> {
-    u32::try_from(value).map_err(|_| StoreError::Corrupt { what })
-}
-
-fn sha256(bytes: &[u8], what: &'static str) -> Result<Sha256, StoreError> {
-    Sha256::from_slice(bytes).ok_or(StoreError::Corrupt { what })
-}
-
-fn cluster_state(text: &str) -> Result<ClusterState, StoreError> {
-    match text {
-        "pending" => Ok(ClusterState::Pending),
-        "active" => Ok(ClusterState::Active),
-        "revoked" => Ok(ClusterState::Revoked),
-        _ => Err(StoreError::Corrupt {
-            what: "cluster state",
-        }),
-    }
-}
-
-fn sync_state(text: &str) -> Result<SyncState, StoreError> {
-    match text {
-        "pending" => Ok(SyncState::Pending),
-        "applied" => Ok(SyncState::Applied),
-        "error" => Ok(SyncState::Error),
-        "undelivered" => Ok(SyncState::Undelivered),
-        _ => Err(StoreError::Corrupt { what: "sync state" }),
-    }
-}
-
-fn spec_kind(text: &str) -> Result<SpecKind, StoreError> {
-    SpecKind::parse(text).ok_or(StoreError::Corrupt { what: "spec kind" })
-}
-
-fn change_kind(text: &str) -> Result<ChangeKind, StoreError> {
-    ChangeKind::parse(text).ok_or(StoreError::Corrupt { what: "change kind" })
-}
-
-fn labels_json(labels: &Labels) -> serde_json::Value {
-    serde_json::Value::Object(
-        labels
-            .iter()
-            .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
-            .collect(),
-    )
-}
-
-fn labels_from_json(value: serde_json::Value) -> Result<Labels, StoreError> {
-    serde_json::from_value(value).map_err(|_| StoreError::Corrupt {
-        what: "cluster labels",
-    })
-}
-
-fn sources_json(sources: &[(String, String)]) -> serde_json::Value {
-    serde_json::Value::Array(
-        sources
-            .iter()
-            .map(|(key, version)| {
-                serde_json::Value::Array(vec![
-                    serde_json::Value::String(key.clone()),
-                    serde_json::Value::String(version.clone()),
-                ])
-            })
-            .collect(),
-    )
-}
-
-fn sources_from_json(value: serde_json::Value) -> Result<Vec<(String, String)>, StoreError> {
-    serde_json::from_value(value).map_err(|_| StoreError::Corrupt {
-        what: "revision sources",
-    })
-}
-
-/// Cuts an agent's error to [`MAX_ERROR_BYTES`] on a character boundary.
-fn truncate_error(text: &str) -> String {
-    if text.len() <= MAX_ERROR_BYTES {
-        return text.to_owned();
-    }
-    let mut end = MAX_ERROR_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
-/// A status row checked and converted for binding.
-struct StatusBind {
-    cluster: uuid::Uuid,
-    fleet_secret: String,
-    desired_revision: i64,
-    applied_revision: Option<i64>,
-    applied_sha256: Option<Vec<u8>>,
-    state: &'static str,
-    last_error: Option<String>,
-    attempts: i32,
-    at: DateTime<Utc>,
-}
-
-/// Checks ranges, truncates errors, and keeps the last row of each (cluster, fleet secret) so the
-/// single upsert never touches a row twice.
-fn prepare_status_rows(rows: &[StatusRow]) -> Result<Vec<StatusBind>, StoreError> {
-    let mut last = std::collections::HashMap::with_capacity(rows.len());
-    for (index, row) in rows.iter().enumerate() {
-        last.insert((row.cluster, row.fleet_secret.as_str()), index);
-    }
-    let mut out = Vec::with_capacity(last.len());
-    for (index, row) in rows.iter().enumerate() {
-        if last.get(&(row.cluster, row.fleet_secret.as_str())) != Some(&index) {
-            continue;
-        }
-        out.push(StatusBind {
-            cluster: row.cluster.0,
-            fleet_secret: row.fleet_secret.clone(),
-            desired_revision: to_i64(row.desired_revision, "desired revision")?,
-            applied_revision: row
-                .applied_revision
-                .map(|revision| to_i64(revision, "applied revision"))
-                .transpose()?,
-            applied_sha256: row.applied_sha256.map(|sha| sha.0.to_vec()),
-            state: row.state.as_str(),
-            last_error: row.last_error.as_deref().map(truncate_error),
-            attempts: i32::try_from(row.attempts).map_err(|_| StoreError::OutOfRange { what: "attempts" })?,
-            at: micros(row.at),
-        });
-    }
-    Ok(out)
 }

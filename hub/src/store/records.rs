@@ -57,7 +57,8 @@ impl SpecKind {
         }
     }
 
-    pub(crate) fn parse(text: &str) -> Option<Self> {
+    /// The kind of a stored `kind` text, None for anything else.
+    pub(super) fn parse(text: &str) -> Option<Self> {
         match text {
             "SecretStore" => Some(Self::SecretStore),
             "FleetSecret" => Some(Self::FleetSecret),
@@ -296,7 +297,8 @@ impl ChangeKind {
         }
     }
 
-    pub(crate) fn parse(text: &str) -> Option<Self> {
+    /// The kind of a stored name, None for anything else.
+    pub(super) fn parse(text: &str) -> Option<Self> {
         match text {
             "spec" => Some(Self::Spec),
             "revision" => Some(Self::Revision),
