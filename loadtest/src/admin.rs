@@ -11,16 +11,22 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 /// Errors talking to the Admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The hub URL or its TLS settings were rejected.
     #[error("invalid hub URL {0}")]
     Url(String, #[source] tonic::transport::Error),
+    /// Connecting to the hub failed.
     #[error("cannot connect to the hub at {0}")]
     Connect(String, #[source] tonic::transport::Error),
+    /// An Admin RPC returned an error status.
     #[error("{call} failed")]
     Call {
+        /// The RPC, e.g. `CreateCluster`.
         call: &'static str,
+        /// The gRPC status.
         #[source]
         source: tonic::Status,
     },
+    /// The admin token cannot go into an `authorization` header.
     #[error("invalid admin token")]
     Token,
 }

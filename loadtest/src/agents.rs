@@ -103,15 +103,21 @@ pub fn choose_transport(
 /// Errors starting an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// Loading the cluster's kubeconfig failed.
     #[error("cluster {cluster}: invalid kubeconfig")]
     Kubeconfig {
+        /// The cluster name.
         cluster: String,
+        /// The kubeconfig error.
         #[source]
         source: kube::config::KubeconfigError,
     },
+    /// Building the Kubernetes client from the kubeconfig failed.
     #[error("cluster {cluster}: cannot build the Kubernetes client")]
     Client {
+        /// The cluster name.
         cluster: String,
+        /// The client error.
         #[source]
         source: kube::Error,
     },

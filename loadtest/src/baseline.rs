@@ -86,13 +86,18 @@ pub struct Staleness {
 /// Errors setting the baseline up.
 #[derive(Debug, thiserror::Error)]
 pub enum BaselineError {
+    /// The emulator's CA PEM did not parse.
     #[error("invalid emulator CA certificate")]
     Ca(#[source] reqwest::Error),
+    /// Building the HTTP client failed.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// Joining an emulator endpoint URL failed.
     #[error("cannot build the {what} URL")]
     Url {
+        /// Which URL, e.g. `token`.
         what: &'static str,
+        /// The parse error.
         #[source]
         source: url::ParseError,
     },

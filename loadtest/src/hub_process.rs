@@ -21,36 +21,53 @@ pub struct Ready {
 /// Errors managing the hub process.
 #[derive(Debug, thiserror::Error)]
 pub enum HubProcessError {
+    /// Starting the hub binary failed.
     #[error("cannot start {binary}")]
     Spawn {
+        /// Path of the hub binary.
         binary: String,
+        /// The IO error.
         #[source]
         source: std::io::Error,
     },
+    /// Opening the hub's log file for append failed.
     #[error("cannot open the hub log {path}")]
     Log {
+        /// Path of the log file.
         path: String,
+        /// The IO error.
         #[source]
         source: std::io::Error,
     },
+    /// The hub exited while the ready file was awaited.
     #[error("the hub exited before it was ready ({status}); its log is {log}")]
     Exited {
+        /// The hub's exit status.
         status: std::process::ExitStatus,
+        /// Path of the hub's log.
         log: String,
     },
+    /// No ready file within the timeout; holds the timeout and the log path.
     #[error("the hub was not ready within {0:?}; its log is {1}")]
     NotReady(Duration, String),
+    /// The ready file did not parse as JSON.
     #[error("invalid ready file {path}")]
     ReadyFile {
+        /// Path of the ready file.
         path: String,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
+    /// Sending `SIGTERM` or `SIGKILL` to the hub failed.
     #[error("cannot signal the hub")]
     Signal(#[source] std::io::Error),
+    /// Fetching the hub's `/metrics` failed.
     #[error("cannot scrape {url}")]
     Scrape {
+        /// The metrics URL.
         url: String,
+        /// The HTTP error.
         #[source]
         source: reqwest::Error,
     },

@@ -8,9 +8,13 @@ use base64::Engine as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
+    /// The value as written.
     Raw,
+    /// Standard base64 (searched unpadded).
     Base64,
+    /// URL-safe base64 (searched unpadded).
     Base64Url,
+    /// Lowercase hex.
     Hex,
 }
 

@@ -13,6 +13,8 @@
 //! - [`baseline`]: the per-cluster polling model (ESO's) against the same emulator.
 //! - [`report`]: the report (table + JSON).
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod agents;
 pub mod baseline;

@@ -20,17 +20,25 @@ pub struct Sample {
 /// Errors reading `/proc`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
+    /// Reading a `/proc` entry failed.
     #[error("cannot read /proc/{pid}/{file}")]
     Read {
+        /// The process ID.
         pid: u32,
+        /// Entry under `/proc/PID/`, e.g. `status` or `fd`.
         file: &'static str,
+        /// The IO error.
         #[source]
         source: std::io::Error,
     },
+    /// A `/proc` file did not have the expected format.
     #[error("/proc/{pid}/{file}: {what}")]
     Parse {
+        /// The process ID.
         pid: u32,
+        /// File under `/proc/PID/`, e.g. `stat`.
         file: &'static str,
+        /// What was missing or malformed.
         what: String,
     },
 }

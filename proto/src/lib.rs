@@ -10,6 +10,8 @@
 //!
 //! This crate holds no logic beyond the contract: no IO, no policy.
 
+#![warn(missing_docs)]
+
 /// Generated `keyfleet.v1` messages, clients and servers.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
 pub mod v1 {
