@@ -107,7 +107,8 @@ pub struct StatusConfig {
 impl Default for StatusConfig {
     fn default() -> Self {
         Self {
-            replica: crate::config::default_replica_id(),
+            // The engine's default too; `serve` sets both to its `--replica-id`.
+            replica: "hub".to_owned(),
             flush_interval: Duration::from_millis(250),
             flush_rows: 1_000,
             liveness_interval: Duration::from_secs(300),
