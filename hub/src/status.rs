@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -131,6 +132,8 @@ pub struct StatusMetrics {
     pub undelivered: Counter,
     /// Drift repairs reported by agents.
     pub drift: Counter,
+    /// Rows, deletions and connection changes held after the last flush (the store failed them).
+    pub pending: Gauge,
 }
 
 impl StatusMetrics {
@@ -148,6 +151,11 @@ impl StatusMetrics {
             "undelivered",
             "Rows marked undelivered by the detector",
             self.undelivered.clone(),
+        );
+        status.register(
+            "pending",
+            "Status writes held after the last flush because the store failed them (retried)",
+            self.pending.clone(),
         );
         status.register(
             "drift_reports",
@@ -213,6 +221,22 @@ pub struct StatusWriter<S> {
     waiting: HashMap<(ClusterId, String), (u64, Instant, bool)>,
     /// (cluster, key, revision) refused by the agent: `error`, never `undelivered`.
     refused: HashSet<(ClusterId, String, u64)>,
+    /// Connects and disconnects the store failed to record (it was unreachable), the newest per
+    /// cluster: written again at every flush until they land, so the store's view of who is
+    /// connected is right once it answers again.
+    transitions: HashMap<ClusterId, Transition>,
+}
+
+/// A connect or disconnect still to be recorded.
+#[derive(Debug, Clone)]
+enum Transition {
+    Connected {
+        agent_version: String,
+        at: DateTime<Utc>,
+    },
+    Disconnected {
+        at: DateTime<Utc>,
+    },
 }
 
 impl<S: StatusSink> StatusWriter<S> {
@@ -229,6 +253,7 @@ impl<S: StatusSink> StatusWriter<S> {
             flush_at: None,
             waiting: HashMap::new(),
             refused: HashSet::new(),
+            transitions: HashMap::new(),
         }
     }
 
@@ -422,24 +447,12 @@ impl<S: StatusSink> StatusWriter<S> {
                     held.insert(key, (revision, sha256));
                 }
                 self.view.write().insert(cluster, held);
-                if let Err(error) = self
-                    .sink
-                    .record_connect(cluster, &self.config.replica, &agent_version, at)
-                    .await
-                {
-                    self.metrics.errors.inc();
-                    tracing::warn!(%cluster, error = %error, "cannot record a connect");
-                }
+                self.record_transition(cluster, Transition::Connected { agent_version, at })
+                    .await;
             }
             FleetEvent::Disconnected { cluster, at } => {
-                if let Err(error) = self
-                    .sink
-                    .record_disconnect(cluster, &self.config.replica, at)
-                    .await
-                {
-                    self.metrics.errors.inc();
-                    tracing::warn!(%cluster, error = %error, "cannot record a disconnect");
-                }
+                self.record_transition(cluster, Transition::Disconnected { at })
+                    .await;
             }
             FleetEvent::Drift { .. } => {
                 self.metrics.drift.inc();
@@ -447,7 +460,37 @@ impl<S: StatusSink> StatusWriter<S> {
         }
     }
 
-    /// Writes the buffer: one batch statement, then the (rare) deletions.
+    /// Records a connect or disconnect (replacing one still pending for the cluster); keeps it
+    /// for the next flush when the store fails.
+    async fn record_transition(&mut self, cluster: ClusterId, transition: Transition) {
+        self.transitions.remove(&cluster);
+        if let Err(error) = self.write_transition(cluster, &transition).await {
+            self.metrics.errors.inc();
+            tracing::warn!(%cluster, error = %error, "cannot record a connect or disconnect; retrying");
+            self.transitions.insert(cluster, transition);
+            if self.flush_at.is_none() {
+                self.flush_at = Some(Instant::now() + self.config.flush_interval);
+            }
+        }
+    }
+
+    async fn write_transition(&self, cluster: ClusterId, transition: &Transition) -> Result<(), StoreError> {
+        match transition {
+            Transition::Connected { agent_version, at } => {
+                self.sink
+                    .record_connect(cluster, &self.config.replica, agent_version, *at)
+                    .await
+            }
+            Transition::Disconnected { at } => {
+                self.sink
+                    .record_disconnect(cluster, &self.config.replica, *at)
+                    .await
+            }
+        }
+    }
+
+    /// Writes the buffer: one batch statement, then the (rare) deletions and the connects and
+    /// disconnects still pending.
     pub async fn flush(&mut self) {
         self.flush_at = None;
         if !self.buffer.is_empty() {
@@ -474,6 +517,18 @@ impl<S: StatusSink> StatusWriter<S> {
                 self.flush_at = Some(Instant::now() + self.config.flush_interval);
             }
         }
+        let transitions: Vec<(ClusterId, Transition)> = self.transitions.drain().collect();
+        for (cluster, transition) in transitions {
+            if let Err(error) = self.write_transition(cluster, &transition).await {
+                tracing::debug!(%cluster, error = %error, "connect or disconnect still not recorded");
+                self.transitions.insert(cluster, transition);
+                self.flush_at = Some(Instant::now() + self.config.flush_interval);
+            }
+        }
+        self.metrics.pending.set(
+            i64::try_from(self.buffer.len() + self.deletes.len() + self.transitions.len())
+                .unwrap_or(i64::MAX),
+        );
     }
 
     async fn refresh_liveness(&mut self) {

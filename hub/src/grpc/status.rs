@@ -17,6 +17,10 @@ pub fn store(error: StoreError) -> Status {
         StoreError::NotFound { what } => Status::not_found(format!("{what} not found")),
         StoreError::AlreadyExists { what } => Status::already_exists(format!("{what} already exists")),
         StoreError::Conflict(message) => Status::failed_precondition(message),
+        other if other.is_unavailable() => {
+            tracing::warn!(error = %other, source = ?std::error::Error::source(&other), "store unavailable");
+            Status::unavailable("store unavailable; retry later")
+        }
         other => {
             tracing::error!(error = %other, source = ?std::error::Error::source(&other), "store error");
             Status::internal("store error")

@@ -490,3 +490,28 @@ fn metrics_use_the_documented_names() {
     assert!(text.contains("keyfleet_hub_status_flushes_total"), "{text}");
     assert!(text.contains("keyfleet_hub_status_rows_total"), "{text}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_the_store_refused_is_recorded_at_the_next_flush() {
+    let mut harness = start(config());
+    *harness.recorder.fail_next.lock().expect("lock") = true;
+    let started = Instant::now();
+    harness
+        .send(FleetEvent::Disconnected {
+            cluster: cluster(1),
+            at: Utc::now(),
+        })
+        .await;
+    let (at, call) = harness.next_call().await;
+    assert!(
+        matches!(call, Call::Disconnect(id) if id == cluster(1)),
+        "{call:?}"
+    );
+    assert_eq!(
+        at.duration_since(started),
+        Duration::from_millis(250),
+        "retried at the next flush, not lost"
+    );
+    assert_eq!(harness.metrics.errors.get(), 1);
+    assert_eq!(harness.metrics.pending.get(), 0, "nothing is held any more");
+}

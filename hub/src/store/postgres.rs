@@ -33,7 +33,9 @@ impl Dialect for Postgres {
 pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
     Ok(PgPoolOptions::new()
         .max_connections(16)
-        .acquire_timeout(Duration::from_secs(10))
+        // A store outage fails a call within this bound instead of holding the engine's loop or
+        // an admin call for long: both retry (the engine on its next tick).
+        .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await?)
 }

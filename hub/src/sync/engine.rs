@@ -199,6 +199,13 @@ pub struct Engine {
     dirty: BTreeSet<String>,
     /// Whether the next debounced rebuild must plan again.
     replan: bool,
+    /// Whether the last store call failed as unreachable: the engine serves from memory and
+    /// retries each tick (see [`Engine::survive`]).
+    store_down: bool,
+    /// Revisions recorded here whose change-log entry is still to be appended.
+    unannounced: BTreeSet<String>,
+    /// Key Vault versions seen while the store failed, recorded once it answers.
+    unrecorded_versions: Vec<crate::store::SecretVersionRecord>,
 }
 
 impl Engine {
@@ -231,6 +238,9 @@ impl Engine {
             values: Values::default(),
             dirty: BTreeSet::new(),
             replan: false,
+            store_down: false,
+            unannounced: BTreeSet::new(),
+            unrecorded_versions: Vec::new(),
         };
         (
             engine,
@@ -279,7 +289,8 @@ impl Engine {
                 () = &mut shutdown => break,
                 Some(command) = self.commands.recv() => match command {
                     Command::Changed => {
-                        self.catch_up().await?;
+                        let caught_up = self.catch_up().await;
+                        self.survive("read the change log", caught_up)?;
                         changed = true;
                     }
                     Command::SyncNow { store, reply } => self.sync_now(store, reply),
@@ -296,27 +307,32 @@ impl Engine {
                     }
                 }
                 Some(()) = wakeups.recv() => {
-                    self.catch_up().await?;
+                    let caught_up = self.catch_up().await;
+                    self.survive("read the change log", caught_up)?;
                     changed = true;
                 }
                 _ = tail.tick() => {
-                    self.catch_up().await?;
-                    if !self.progressing.is_empty() {
+                    let caught_up = self.catch_up().await;
+                    self.survive("read the change log", caught_up)?;
+                    if !self.progressing.is_empty() && !self.store_down {
                         let names: Vec<String> = self.progressing.iter().cloned().collect();
-                        self.refresh_from_store(&names).await?;
+                        let refreshed = self.refresh_from_store(&names).await;
+                        self.survive("read other replicas' status", refreshed)?;
                     }
                     changed = self.replan || !self.dirty.is_empty();
                 }
                 _ = prune.tick(), if self.vaults.leads() => self.prune_change_log().await,
                 _ = lead_retry.tick(), if !self.vaults.leads() => {
-                    if self.try_lead().await? {
-                        changed = true;
+                    match self.try_lead().await {
+                        Ok(led) => changed |= led,
+                        Err(error) => self.survive("take the Key Vault leadership", Err(error))?,
                     }
                 }
                 () = lost => self.vaults.lose_leadership(),
                 () = sleep_until_opt(deadline), if deadline.is_some() => {
                     due = None;
-                    self.rebuild().await?;
+                    let rebuilt = self.rebuild().await;
+                    self.survive("render and plan", rebuilt)?;
                 }
             }
             if changed && (self.replan || !self.dirty.is_empty()) {
@@ -328,6 +344,31 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A store failure degrades the engine instead of stopping it: the fleet keeps every desired
+    /// set it has (agents are served from memory, the status writer buffers), the failed step is
+    /// retried on the next tick (the change-log cursor and the dirty set only move on success),
+    /// and the transition is logged once each way. Any other error stops the engine.
+    fn survive(&mut self, step: &'static str, result: Result<(), EngineError>) -> Result<(), EngineError> {
+        match result {
+            Ok(()) => {
+                if std::mem::take(&mut self.store_down) {
+                    tracing::info!(step, "the store answers again; catching up");
+                }
+                Ok(())
+            }
+            Err(EngineError::Store(error)) => {
+                if !std::mem::replace(&mut self.store_down, true) {
+                    tracing::warn!(step, error = %error, source = ?std::error::Error::source(&error),
+                        "store call failed; serving agents from memory and retrying each tick");
+                } else {
+                    tracing::debug!(step, error = %error, "store still failing");
+                }
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Loads everything from the store, takes the leadership if free (then polls every store

@@ -253,6 +253,30 @@ impl TestDb {
         url.to_string()
     }
 
+    /// Stages a store outage (`false`): no new connection to this database is accepted and every
+    /// open one is terminated, as in a failover or a network blip; `true` ends it.
+    pub async fn set_reachable(&self, reachable: bool) {
+        use sqlx::{Connection as _, Executor as _};
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}",
+                self.name
+            )))
+            .await
+            .unwrap();
+        if !reachable {
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                    self.name
+                )))
+                .await
+                .unwrap();
+        }
+    }
+
     pub async fn drop_db(self) {
         use sqlx::{Connection as _, Executor as _};
         self.store.close().await;

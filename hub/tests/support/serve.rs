@@ -143,6 +143,11 @@ impl ServeProcess {
         process
     }
 
+    /// Whether the process is still running (it has not exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL: no drain, no last flush.
     pub async fn kill(&mut self) {
         self.child.kill().await.unwrap();

@@ -31,10 +31,9 @@ impl Engine {
                 self.reload_all().await?;
                 continue;
             }
-            let Some(last) = changes.last() else {
+            let Some(last) = changes.last().map(|change| change.seq) else {
                 return Ok(());
             };
-            self.cursor = last.seq;
             let mut specs = false;
             let mut pins = false;
             let mut rollouts = false;
@@ -66,6 +65,8 @@ impl Engine {
             if revisions && !self.vaults.leads() {
                 self.follow_revisions().await?;
             }
+            // Only now: a reload that failed (the store went away) is read again next time.
+            self.cursor = last;
             if changes.len() < PAGE as usize {
                 return Ok(());
             }

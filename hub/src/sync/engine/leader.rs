@@ -303,7 +303,9 @@ impl Engine {
             not_before: secret.not_before,
         };
         if let Err(error) = self.store.upsert_secret_version(&record).await {
-            tracing::warn!(store = %store, key = %key, error = %error, "cannot record the Key Vault version");
+            // Recorded on the next rebuild (`announce_revisions`): the value itself is in memory.
+            tracing::warn!(store = %store, key = %key, error = %error, "cannot record the Key Vault version yet");
+            self.unrecorded_versions.push(record);
         }
         tracing::info!(store = %store, key = %key, version = %secret.version, "new Key Vault version");
         for (name, state) in &self.secrets {

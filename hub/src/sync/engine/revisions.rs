@@ -82,17 +82,47 @@ impl Values {
 
 impl Engine {
     /// Renders dirty fleet secrets (leader) or follows the leader's revisions, then plans.
+    /// On a store failure nothing is lost: the fleet secrets it had to render stay dirty and the
+    /// plan is made again on the next try.
     pub(super) async fn rebuild(&mut self) -> Result<(), EngineError> {
         let dirty = std::mem::take(&mut self.dirty);
+        let result = self.render_and_plan(&dirty).await;
+        if result.is_err() {
+            self.dirty.extend(dirty);
+            self.replan = true;
+        }
+        result
+    }
+
+    async fn render_and_plan(
+        &mut self,
+        dirty: &std::collections::BTreeSet<String>,
+    ) -> Result<(), EngineError> {
         if self.vaults.leads() {
+            self.announce_revisions().await?;
             for name in dirty {
-                self.render_one(&name).await?;
+                self.render_one(name).await?;
             }
         } else if !dirty.is_empty() {
             self.follow_revisions().await?;
         }
         self.restore_previous().await?;
         self.plan_and_send().await
+    }
+
+    /// Records the Key Vault versions whose record failed, then appends the change-log entry of
+    /// every revision recorded here but not announced yet (its append failed): followers learn of
+    /// it.
+    async fn announce_revisions(&mut self) -> Result<(), EngineError> {
+        while let Some(record) = self.unrecorded_versions.first() {
+            self.store.upsert_secret_version(record).await?;
+            self.unrecorded_versions.remove(0);
+        }
+        while let Some(name) = self.unannounced.first().cloned() {
+            self.store.append_change(ChangeKind::Revision, &name).await?;
+            self.unannounced.remove(&name);
+        }
+        Ok(())
     }
 
     /// Renders one fleet secret from the values at the versions it uses; records a revision when
@@ -162,7 +192,8 @@ impl Engine {
             .await?;
         let encoded = Arc::new(self.encoder.encode(&rendered, number));
         self.install(name, number, encoded);
-        self.store.append_change(ChangeKind::Revision, name).await?;
+        self.unannounced.insert(name.to_owned());
+        self.announce_revisions().await?;
         tracing::info!(fleet_secret = %name, revision = number, sha256 = %sha256.to_hex(), "new revision");
         Ok(())
     }

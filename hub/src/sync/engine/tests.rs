@@ -202,3 +202,40 @@ async fn a_cursor_at_the_horizon_is_followed_without_reload() {
     assert!(!engine.replan);
     assert_eq!(engine.cursor, read);
 }
+
+/// A store that went away fails the step without losing it: the cursor stays where it was (the
+/// missed change is read once the store answers), and the engine degrades instead of stopping.
+#[tokio::test]
+async fn a_store_failure_keeps_the_cursor_and_degrades_the_engine() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut engine, store) = warmed_up(&dir).await;
+    let cursor = engine.cursor;
+    enroll_elsewhere(&store, "edge-1").await;
+    store.close().await;
+    let failed = engine.catch_up().await.expect_err("the store is closed");
+    assert!(
+        matches!(&failed, super::EngineError::Store(error) if error.is_unavailable()),
+        "{failed:?}"
+    );
+    assert_eq!(
+        engine.cursor, cursor,
+        "the cursor only moves once the reload succeeded"
+    );
+    engine
+        .survive("read the change log", Err(failed))
+        .expect("a store failure does not stop the engine");
+    assert!(engine.store_down);
+    let stored_spec = crate::spec::SpecError::Read {
+        path: "x".into(),
+        source: std::io::Error::other("gone"),
+    };
+    let fatal = super::EngineError::StoredSpec {
+        kind: "FleetSecret",
+        name: "regcred".to_owned(),
+        source: stored_spec,
+    };
+    assert!(
+        engine.survive("load specs", Err(fatal)).is_err(),
+        "other errors still stop it"
+    );
+}
