@@ -208,7 +208,8 @@ impl Store {
         backend!(self, clusters::set_cluster_labels(id, labels, now()))?.ok_or_else(|| cluster_not_found(id))
     }
 
-    /// state = revoked, credential hash cleared, pending tokens invalidated.
+    /// state = revoked, credential hash cleared, pending tokens invalidated, and a `cluster` change
+    /// appended, all in one transaction.
     pub async fn revoke_cluster(&self, id: ClusterId) -> Result<Cluster, StoreError> {
         shared!(self.revoke_cluster(id, now()))?.ok_or_else(|| cluster_not_found(id))
     }

@@ -163,17 +163,29 @@ where
         .collect())
 }
 
-/// Revokes a cluster and expires its unused tokens in one transaction; None for an unknown one.
+/// Revokes a cluster, expires its unused tokens and appends the `cluster` change that tells every
+/// replica, in one transaction (a revocation other replicas never hear of would leave the cluster
+/// streaming there); None for an unknown one.
 pub(super) async fn revoke_cluster<DB: Dialect>(
     pool: &Pool<DB>,
     id: ClusterId,
     now: DateTime<Utc>,
 ) -> Result<Option<Cluster>, StoreError> {
     let mut tx = pool.begin().await?;
-    let row = DB::revoke_cluster(&mut tx, id, now).await?;
+    let Some(row) = DB::revoke_cluster(&mut tx, id, now).await? else {
+        return Ok(None);
+    };
+    let cluster: Cluster = row.try_into()?;
     DB::expire_tokens(&mut tx, id, now).await?;
+    DB::append_change(
+        &mut tx,
+        ChangeKind::Cluster,
+        &format!("cluster/{}", cluster.name),
+        now,
+    )
+    .await?;
     tx.commit().await?;
-    row.map(TryInto::try_into).transpose()
+    Ok(Some(cluster))
 }
 
 /// One spec upsert on its own.

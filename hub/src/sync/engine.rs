@@ -77,6 +77,9 @@ pub struct EngineConfig {
     /// A follower tries to take the Key Vault leadership this often (leader loss hands over
     /// within about this long).
     pub lead_retry: Duration,
+    /// The credential index and streams are checked against the store's clusters this often,
+    /// whatever the change log said: a revocation is enforced even if its change was missed.
+    pub credential_reconcile: Duration,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +95,7 @@ impl Default for EngineConfig {
             change_log_keep: 10_000,
             change_log_prune_interval: Duration::from_secs(600),
             lead_retry: Duration::from_secs(2),
+            credential_reconcile: Duration::from_secs(30),
         }
     }
 }
@@ -279,6 +283,9 @@ impl Engine {
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lead_retry = tokio::time::interval(self.config.lead_retry);
         lead_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconcile = tokio::time::interval(self.config.credential_reconcile);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        reconcile.reset();
         let mut due: Option<(Instant, Instant)> = None;
         tokio::pin!(shutdown);
         loop {
@@ -329,6 +336,11 @@ impl Engine {
                     }
                 }
                 () = lost => self.vaults.lose_leadership(),
+                _ = reconcile.tick() => {
+                    let reconciled = self.reload_clusters().await;
+                    self.survive("reconcile credentials", reconciled)?;
+                    changed = self.replan;
+                }
                 () = sleep_until_opt(deadline), if deadline.is_some() => {
                     due = None;
                     let rebuilt = self.rebuild().await;

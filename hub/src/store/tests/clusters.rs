@@ -51,8 +51,18 @@ pub(super) async fn clusters_crud(store: Store) {
         Err(StoreError::NotFound { .. })
     ));
 
+    let before = store.latest_change().await.expect("latest change");
     let revoked = store.revoke_cluster(us.id).await.expect("revoke");
     assert_eq!(revoked.state, ClusterState::Revoked);
+    let changes = store.changes_since(before, 10).await.expect("changes");
+    assert_eq!(
+        changes
+            .iter()
+            .map(|change| (change.kind, change.subject.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(crate::store::ChangeKind::Cluster, "cluster/us-1")],
+        "the revocation announces itself in the same transaction"
+    );
     assert!(matches!(
         store.revoke_cluster(missing).await,
         Err(StoreError::NotFound { .. })

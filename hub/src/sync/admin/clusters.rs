@@ -175,14 +175,11 @@ impl Admin {
     pub async fn revoke_cluster(&self, actor: &str, name: &str) -> Result<Cluster, AdminError> {
         require_name("name", name)?;
         let cluster = self.cluster(name).await?;
+        // The store appends the change in the revocation's own transaction.
         let revoked = self.store.revoke_cluster(cluster.id).await?;
-        self.record(
-            actor,
-            Some(ChangeKind::Cluster),
-            "cluster.revoke",
-            &format!("cluster/{name}"),
-        )
-        .await?;
+        self.record(actor, None, "cluster.revoke", &format!("cluster/{name}"))
+            .await?;
+        self.control.changed().await;
         Ok(revoked)
     }
 

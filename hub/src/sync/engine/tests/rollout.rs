@@ -362,3 +362,27 @@ async fn a_restarted_engine_catches_up_with_a_rotation_it_missed() {
         "one GET for the new version, one to reproduce the previous"
     );
 }
+
+#[tokio::test]
+async fn a_revocation_whose_change_was_missed_is_enforced_by_the_reconcile() {
+    let mut hub = hub(AT_ONCE, &[("prod-1", "main"), ("prod-2", "main")]).await;
+    let (revoked, _) = hub.agents["prod-2"];
+    hub.store.revoke_cluster(revoked).await.expect("revoke");
+    // This replica's tail moved past the entry without acting on it (the failure the periodic
+    // reconcile exists for).
+    hub.engine.cursor = hub.store.latest_change().await.expect("latest");
+    hub.engine.catch_up().await.expect("catch up");
+    let (_, session) = &hub.agents["prod-2"];
+    assert_eq!(session.close_reason(), None, "the change log told it nothing");
+
+    hub.engine.reload_clusters().await.expect("reconcile");
+    let (_, session) = &hub.agents["prod-2"];
+    assert_eq!(
+        session.close_reason(),
+        Some(crate::fleet::CloseReason::Revoked),
+        "the reconcile ends the revoked cluster's stream"
+    );
+    assert!(hub.fleet.is_revoked(revoked));
+    let (_, session) = &hub.agents["prod-1"];
+    assert_eq!(session.close_reason(), None);
+}
