@@ -2,9 +2,12 @@
 //! GET only for watched secrets whose current version changed.
 //!
 //! Key Vault's `updated` has one-second resolution, so a version created in the same second as the
-//! one last fetched would leave the listing unchanged. A fetch that recent is marked *unsettled*:
-//! the next sweeps confirm it with `list_versions` (a list call, no value) and GET only when a
-//! version newer than the fetched one appears.
+//! one last fetched would leave the listing unchanged. Every fetch is therefore *unsettled* until a
+//! confirmation with `list_versions` (a list call, no value) has run at least [`SETTLE`] after it
+//! on this process's monotonic clock: by then Key Vault's second of the fetch is over, and any
+//! version created in it is listed. A GET follows only when a version newer than the fetched one
+//! appears. The hub's wall clock is never compared with Key Vault's timestamps, so a skewed hub
+//! clock cannot make it miss a version.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FetchedSecret, SecretInfo, SecretSource, VaultError, VaultMetrics};
 
-/// Seconds within which a fetched version is confirmed again (timestamp resolution plus skew).
-const SETTLE_SECONDS: i64 = 2;
+/// How long after a fetch a confirmation settles it (timestamp resolution plus margin), measured
+/// on the monotonic clock.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// What a store's FleetSecrets reference: remote keys and `find` filters.
 #[derive(Debug, Clone, Default)]
@@ -66,16 +70,17 @@ struct Seen {
     version: Option<String>,
     /// `created` of that version.
     created: Option<DateTime<Utc>>,
-    /// Wall clock of the last GET or confirmation.
-    checked_at: DateTime<Utc>,
+    /// When the version was fetched (monotonic).
+    fetched_at: tokio::time::Instant,
+    /// Whether a confirmation ran at least [`SETTLE`] after the fetch.
+    settled: bool,
     /// Version ids already accounted for (the fetched one and those listed by a confirmation).
     known: BTreeSet<String>,
 }
 
 impl Seen {
     fn unsettled(&self) -> bool {
-        let reference = self.updated.max(self.created);
-        reference.is_some_and(|t| t.timestamp() >= self.checked_at.timestamp() - SETTLE_SECONDS)
+        !self.settled
     }
 }
 
@@ -316,14 +321,20 @@ impl Poller {
         let mut sent = 0;
         for (lower, key) in targets {
             let Some(info) = by_name.get(&lower) else { continue };
-            let (fetch, listed) = match self.seen.get(&lower) {
-                None => (true, Vec::new()),
-                Some(seen) if seen.updated != info.updated => (true, Vec::new()),
-                Some(seen) if seen.unsettled() => self.confirm(&info.name, seen).await?,
-                Some(_) => (false, Vec::new()),
+            let confirming = tokio::time::Instant::now();
+            let (fetch, listed, confirmed) = match self.seen.get(&lower) {
+                None => (true, Vec::new(), false),
+                Some(seen) if seen.updated != info.updated => (true, Vec::new(), false),
+                Some(seen) if seen.unsettled() => {
+                    let (newer, listed) = self.confirm(&info.name, seen).await?;
+                    (newer, listed, true)
+                }
+                Some(_) => (false, Vec::new(), false),
             };
             if let Some(seen) = self.seen.get_mut(&lower) {
-                seen.checked_at = Utc::now();
+                if confirmed && confirming >= seen.fetched_at + SETTLE {
+                    seen.settled = true;
+                }
                 seen.known.extend(listed.iter().cloned());
             }
             if !fetch {
@@ -340,7 +351,8 @@ impl Poller {
                             updated: info.updated,
                             version: Some(secret.version.clone()),
                             created: secret.created,
-                            checked_at: Utc::now(),
+                            fetched_at: tokio::time::Instant::now(),
+                            settled: false,
                             known,
                         },
                     );
@@ -363,7 +375,8 @@ impl Poller {
                         updated: None,
                         version: None,
                         created: None,
-                        checked_at: Utc::now(),
+                        fetched_at: tokio::time::Instant::now(),
+                        settled: false,
                         known: BTreeSet::new(),
                     });
                     seen.updated = info.updated;
@@ -400,7 +413,8 @@ impl Poller {
                         updated: secret.updated,
                         version: Some(secret.version.clone()),
                         created: secret.created,
-                        checked_at: Utc::now(),
+                        fetched_at: tokio::time::Instant::now(),
+                        settled: false,
                         known,
                     },
                 );
@@ -426,8 +440,10 @@ impl Poller {
     /// fetched one and not yet accounted for is listed, and the ids listed that are that recent.
     async fn confirm(&self, name: &str, seen: &Seen) -> Result<(bool, Vec<String>), PollError> {
         let versions = self.source.list_versions(name).await?;
+        // A disabled version cannot be read: it is not a reason to GET (the last value stays).
         let recent: Vec<String> = versions
             .into_iter()
+            .filter(|v| v.enabled)
             .filter(|v| {
                 v.created
                     .zip(seen.created)
@@ -611,7 +627,33 @@ mod tests {
         assert_eq!((fake.count("get"), fake.count("list_versions")), (2, 2));
     }
 
-    #[tokio::test]
+    /// Key Vault's clock 10 s behind the hub's (or the hub's ahead): a second version created in
+    /// the same second as the fetched one is still found, because settling never compares the two
+    /// clocks.
+    #[tokio::test(start_paused = true)]
+    async fn a_skewed_hub_clock_does_not_hide_a_version_created_in_the_same_second() {
+        let fake = Arc::new(Fake::default());
+        let vault_now = Utc::now().timestamp() - 10;
+        fake.put("db", "v1", "one", vault_now);
+        let (mut poller, mut rx) = poller(&fake, &["db"]);
+        assert_eq!(poller.poll_once().await.expect("sweep"), 1);
+        assert_eq!(rx.try_recv().expect("v1").secret.version, "v1");
+        fake.put("db", "v2", "two", vault_now);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(poller.poll_once().await.expect("sweep"), 1, "v2 is found");
+        assert_eq!(rx.try_recv().expect("v2").secret.version, "v2");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(poller.poll_once().await.expect("sweep"), 0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(poller.poll_once().await.expect("sweep"), 0);
+        assert_eq!(
+            (fake.count("get"), fake.count("list_versions")),
+            (2, 2),
+            "settled after one confirmation per version"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn settled_secrets_cost_list_calls_only() {
         let fake = Arc::new(Fake::default());
         fake.put("a", "v1", "one", 1_000);
@@ -625,11 +667,13 @@ mod tests {
             "keys as referenced"
         );
         for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(30)).await;
             assert_eq!(poller.poll_once().await.expect("sweep"), 0);
         }
         assert_eq!(
             (fake.count("list"), fake.count("get"), fake.count("list_versions")),
-            (4, 2, 0)
+            (4, 2, 2),
+            "one confirmation per fetched version, then list calls only"
         );
     }
 
