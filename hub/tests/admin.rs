@@ -1357,3 +1357,85 @@ async fn the_binary_applies_specs_from_a_pipe() {
         "{stdout}"
     );
 }
+
+/// The fenced block of `docs/enrollment.md` that starts with `first_line`.
+fn enrollment_doc_block(first_line: &str) -> String {
+    let doc =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/enrollment.md"))
+            .unwrap();
+    let start = doc
+        .find(first_line)
+        .unwrap_or_else(|| panic!("docs/enrollment.md lacks {first_line:?}"));
+    let block = &doc[start..];
+    block[..block.find("```").unwrap()].to_owned()
+}
+
+/// docs/enrollment.md's GitOps loop, run as written with the real binary against a hub: one
+/// Secret manifest per new cluster, nothing on a second run.
+#[tokio::test]
+async fn the_documented_gitops_loop_writes_one_secret_per_new_cluster() {
+    if std::process::Command::new("jq")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("jq is not installed: the documented loop needs it (apt-get install jq)");
+    }
+    let hub = start().await;
+    let work = hub.dir.path().join("gitops");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("clusters.yaml"), enrollment_doc_block("clusters:\n")).unwrap();
+    let script = enrollment_doc_block("set -o pipefail\n");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_keyfleet"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = || {
+        tokio::process::Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(&work)
+            .env("PATH", &path)
+            .env("KEYFLEET_HUB", hub.url())
+            .env("KEYFLEET_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+    };
+    let output = run().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["prod-eu-1", "prod-eu-2", "dev-1"] {
+        let file = work.join(format!("clusters/{name}/keyfleet/enrollment-secret.json"));
+        let secret: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(secret["kind"], "Secret");
+        assert_eq!(secret["metadata"]["name"], "keyfleet-agent-enrollment");
+        assert_eq!(secret["metadata"]["namespace"], "keyfleet-system");
+        assert!(
+            secret["stringData"]["token"]
+                .as_str()
+                .unwrap()
+                .starts_with("kfe_"),
+            "{secret}"
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+    assert!(
+        !work.join("enrollment.json").exists(),
+        "the tokens file is removed"
+    );
+    let output = run().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !work
+            .join("clusters/dev-1/keyfleet/enrollment-secret.json")
+            .exists(),
+        "a second run issues no token"
+    );
+}
