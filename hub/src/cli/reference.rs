@@ -148,7 +148,11 @@ pub fn markdown_reference() -> String {
          Listings and status print tables; `-o json` or `-o yaml` print the same data for scripts.\n\n\
          Exit codes: 0 done, 1 the hub refused or failed (invalid spec, already exists, bad state),\n\
          2 usage (bad flag, unreadable file, bad selector, missing admin token), 3 the hub is unreachable\n\
-         or the admin token or client certificate is refused, 4 the named object does not exist.\n\n",
+         or the admin token or client certificate is refused, 4 the named object does not exist.\n\
+         `cluster add -f` reports every cluster and exits 1 when any of them failed.\n\n\
+         `keyfleet completion bash|zsh|fish` prints a shell completion script; `keyfleet man` prints\n\
+         the keyfleet(1) man page (`--out-dir DIR`: one page per command). Enrolling many clusters:\n\
+         `docs/enrollment.md`.\n\n",
     );
     walk(&command, "keyfleet", &mut out);
     out.truncate(out.trim_end().len());
