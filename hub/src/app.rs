@@ -27,6 +27,16 @@ pub async fn run(
             Ok(())
         }
         Command::Migrate(args) => migrate(args).await,
+        Command::Completion(args) => {
+            crate::cli::completion(args.shell, &mut std::io::stdout())
+                .map_err(crate::cli::CliError::Output)?;
+            Ok(())
+        }
+        Command::Man(args) => {
+            let dir = args.out_dir.as_deref();
+            crate::cli::man_pages(dir, &mut std::io::stdout()).map_err(crate::cli::CliError::Output)?;
+            Ok(())
+        }
     }
 }
 

@@ -5,22 +5,26 @@
 //!
 //! Exit codes (see [`CliError::exit_code`]): 0 done, 1 the hub refused or failed, 2 usage (bad
 //! flag, unreadable file, bad selector, missing admin token), 3 the hub cannot be reached or the
-//! admin token is not accepted, 4 the named object does not exist.
+//! admin token is not accepted, 4 the named object does not exist. `cluster add -f` exits 1 when
+//! any listed cluster failed, after reporting every cluster.
 //!
 //! The admin token is sent as `authorization: Bearer …` and never printed. The only secret this
 //! module prints is an enrollment token, once, to the operator who asked for it.
 //!
 //! Layout: `cli/connect.rs` reaches the hub; `clusters`, `specs`, `status` and `rollout` run the
-//! commands of their name; `output` prints tables, JSON and YAML; `selector` parses `-l`;
-//! `reference` generates `docs/cli.md`. This file holds the dispatch and the exit codes.
+//! commands of their name; `bulk` runs `cluster add -f` (many clusters, idempotent); `output`
+//! prints tables, JSON and YAML; `selector` parses `-l`; `reference` generates `docs/cli.md`,
+//! shell completions and man pages. This file holds the dispatch, `-f -` (stdin) and the exit
+//! codes.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use keyfleet_proto::v1;
 
 use crate::config::ClientCommand;
 
+mod bulk;
 mod clusters;
 mod connect;
 mod output;
@@ -31,7 +35,7 @@ mod specs;
 mod status;
 
 pub use connect::{BearerToken, Client, admin_token, connect};
-pub use reference::markdown_reference;
+pub use reference::{completion, man_pages, markdown_reference};
 pub use selector::parse_selector;
 
 /// Why a command failed.
@@ -72,6 +76,14 @@ pub enum CliError {
     /// The output could not be written.
     #[error("cannot write the output")]
     Output(#[from] std::io::Error),
+    /// Some items of a bulk command failed (each is reported in the output).
+    #[error("{failed} of {total} clusters failed")]
+    Partial {
+        /// How many failed.
+        failed: usize,
+        /// How many were listed.
+        total: usize,
+    },
 }
 
 impl CliError {
@@ -85,7 +97,7 @@ impl CliError {
                 tonic::Code::NotFound => 4,
                 _ => 1,
             },
-            Self::Spec(_) | Self::Output(_) => 1,
+            Self::Spec(_) | Self::Output(_) | Self::Partial { .. } => 1,
         }
     }
 }
@@ -95,22 +107,33 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     error.downcast_ref::<CliError>().map_or(1, CliError::exit_code)
 }
 
-/// Runs one command against the hub its flags name, writing to `out`.
+/// Runs one command against the hub its flags name, reading `-f -` from stdin and writing to
+/// `out`.
 pub async fn run(command: ClientCommand, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
-    let mut client = connect(command.client()).await?;
-    run_with(&mut client, command, out).await
+    run_io(command, &mut std::io::stdin(), out).await
 }
 
-/// Runs one command with an already connected client.
+/// Runs one command against the hub its flags name; `-f -` reads `input`.
+pub async fn run_io(
+    command: ClientCommand,
+    input: &mut (dyn Read + Send),
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let mut client = connect(command.client()).await?;
+    run_with(&mut client, command, input, out).await
+}
+
+/// Runs one command with an already connected client; `-f -` reads `input`.
 pub async fn run_with(
     client: &mut Client,
     command: ClientCommand,
+    input: &mut (dyn Read + Send),
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     let hub_url = command.client().hub_url.clone();
     match command {
-        ClientCommand::Cluster(with) => clusters::cluster(client, with.command, &hub_url, out).await,
-        ClientCommand::Apply(args) => specs::apply(client, &args.files, args.dry_run, out).await,
+        ClientCommand::Cluster(with) => clusters::cluster(client, with.command, &hub_url, input, out).await,
+        ClientCommand::Apply(args) => specs::apply(client, &args.files, args.dry_run, input, out).await,
         ClientCommand::Get(with) => specs::get(client, with.command, out).await,
         ClientCommand::Delete(with) => specs::delete(client, with.command, out).await,
         ClientCommand::Status(args) => {
@@ -139,6 +162,28 @@ async fn sync_now(client: &mut Client, store: String, out: &mut (dyn Write + Sen
         response.new_versions
     )?;
     Ok(())
+}
+
+/// The path that means "read stdin" in `-f`.
+fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Reads all of `input` (`-f -`) as UTF-8, at most `limit` bytes.
+fn read_stdin(input: &mut (dyn Read + Send), limit: usize) -> Result<String, CliError> {
+    let read_error = |source| CliError::Read {
+        path: PathBuf::from("-"),
+        source,
+    };
+    let mut bytes = Vec::new();
+    input
+        .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() > limit {
+        return Err(CliError::Usage(format!("stdin holds more than {limit} bytes")));
+    }
+    String::from_utf8(bytes).map_err(|_| CliError::Usage("stdin is not UTF-8 text".to_owned()))
 }
 
 /// Awaits one RPC and names the action when it fails.
@@ -178,6 +223,60 @@ mod tests {
         let wrapped = anyhow::Error::from(hub(tonic::Code::NotFound));
         assert_eq!(exit_code(&wrapped), 4);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
+    }
+
+    #[test]
+    fn completions_are_generated_for_every_shell() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            completion(shell, &mut out).expect("in memory");
+            let script = String::from_utf8(out).expect("utf-8");
+            assert!(!script.is_empty(), "{shell}");
+            for word in ["keyfleet", "cluster", "apply", "completion", "reissue-pending"] {
+                assert!(script.contains(word), "{shell} completion lacks {word}");
+            }
+        }
+    }
+
+    #[test]
+    fn man_pages_are_generated() {
+        let mut out = Vec::new();
+        man_pages(None, &mut out).expect("in memory");
+        let page = String::from_utf8(out).expect("utf-8");
+        assert!(
+            page.starts_with(".ie") || page.contains(".TH keyfleet 1"),
+            "{page}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        man_pages(Some(dir.path()), &mut Vec::new()).expect("written");
+        for page in [
+            "keyfleet.1",
+            "keyfleet-cluster-add.1",
+            "keyfleet-apply.1",
+            "keyfleet-pin.1",
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+            assert!(text.contains(".TH"), "{page}");
+        }
+    }
+
+    #[test]
+    fn pin_version_is_in_the_reference_but_clap_version_flags_are_not() {
+        let reference = markdown_reference();
+        let pin = reference
+            .split("## `keyfleet pin`")
+            .nth(1)
+            .and_then(|rest| rest.split("## ").next())
+            .expect("pin section");
+        assert!(pin.contains("- `--version`: Key Vault version id"), "{pin}");
+        assert!(
+            !reference.contains("Print version"),
+            "clap's --version is not listed"
+        );
     }
 
     #[test]

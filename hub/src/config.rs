@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry;
 
@@ -59,6 +59,27 @@ pub enum Command {
     /// Administration commands: clients of a running hub's Admin API (see [`crate::cli`]).
     #[command(flatten)]
     Client(ClientCommand),
+    /// Print a shell completion script, e.g. `keyfleet completion bash > /etc/bash_completion.d/keyfleet`.
+    Completion(CompletionArgs),
+    /// Print the keyfleet(1) man page, or write one page per command into a directory.
+    Man(ManArgs),
+}
+
+/// `keyfleet completion SHELL`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `keyfleet man [--out-dir DIR]`.
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write keyfleet.1 and one keyfleet-COMMAND.1 page per command here instead of printing
+    /// keyfleet.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<std::path::PathBuf>,
 }
 
 /// Parses a human duration such as `30s`, `250ms` or `5m`.

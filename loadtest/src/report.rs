@@ -1,5 +1,6 @@
 //! The benchmark report: what the quickstart prints at the end and writes as JSON (`--report`).
-//! Every figure is measured in this run; targets are DESIGN.md §9.
+//! Every figure is measured in this run; targets are ARCHITECTURE.md's
+//! Performance Targets.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,7 +47,7 @@ pub struct Report {
     pub baseline: Option<Baseline>,
     /// Secret values found in the hub's captured log (must be empty).
     pub leaks: Vec<crate::leakcheck::Finding>,
-    /// DESIGN.md §9 targets against what was measured.
+    /// The performance targets (ARCHITECTURE.md) against what was measured.
     pub targets: Vec<Target>,
     /// Why the run failed; empty when it passed.
     pub failures: Vec<String>,
@@ -161,7 +162,7 @@ pub struct Baseline {
     pub calls_ratio: f64,
 }
 
-/// One DESIGN.md §9 target.
+/// One performance target (ARCHITECTURE.md, Performance Targets).
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     /// What is measured.
@@ -327,7 +328,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "\n{:<44} {:<22} {:<24} verdict",
-                "target (DESIGN §9)", "goal", "measured"
+                "target (ARCHITECTURE.md)", "goal", "measured"
             );
             for target in &self.targets {
                 let verdict = match target.met {

@@ -785,7 +785,7 @@ async fn run_baseline(
     })
 }
 
-/// DESIGN.md §9 targets against the report's figures.
+/// The performance targets (ARCHITECTURE.md, Performance Targets) against the report's figures.
 fn targets(report: &Report) -> Vec<report::Target> {
     let mut targets = Vec::new();
     let n = report.clusters;

@@ -3,7 +3,7 @@
 //! to the operator who asked for it, and is the only secret this client prints.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use keyfleet_proto::v1;
@@ -23,26 +23,50 @@ pub(super) async fn cluster(
     client: &mut Client,
     command: ClusterCommand,
     hub_url: &str,
+    input: &mut (dyn Read + Send),
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     match command {
         ClusterCommand::Add {
             name,
             labels,
+            file,
+            reissue_pending,
             token_ttl,
             agent_hub_url,
+            output,
         } => {
+            let agent_hub_url = agent_hub_url.as_deref().unwrap_or(hub_url);
+            let Some(name) = name else {
+                let Some(file) = file else {
+                    return Err(CliError::Usage("give a cluster name or -f FILE".to_owned()));
+                };
+                let options = super::bulk::Options {
+                    reissue_pending,
+                    token_ttl_seconds: ttl_seconds(token_ttl),
+                    agent_hub_url,
+                    output,
+                };
+                return super::bulk::add_from_file(client, &file, &options, input, out).await;
+            };
             let request = v1::CreateClusterRequest {
                 name: name.clone(),
                 labels: labels.into_iter().collect(),
                 token_ttl_seconds: ttl_seconds(token_ttl),
             };
             let response = call(format!("create cluster {name:?}"), client.create_cluster(request)).await?;
-            writeln!(out, "cluster/{name} created")?;
             let token = response
                 .token
                 .ok_or_else(|| missing_field("create cluster", "token"))?;
-            write_enrollment(&token, agent_hub_url.as_deref().unwrap_or(hub_url), out)
+            if output != OutputFormat::Table {
+                let labels = response.cluster.map(|cluster| cluster.labels).unwrap_or_default();
+                let mut value = token_json(&token, agent_hub_url);
+                value["outcome"] = json!("created");
+                value["labels"] = json!(labels.iter().collect::<BTreeMap<_, _>>());
+                return write_structured(&value, output, out);
+            }
+            writeln!(out, "cluster/{name} created")?;
+            write_enrollment(&token, agent_hub_url, out)
         }
         ClusterCommand::List { selector, output } => {
             let selector = selector
@@ -138,6 +162,7 @@ pub(super) async fn cluster(
             name,
             token_ttl,
             agent_hub_url,
+            output,
         } => {
             let request = v1::IssueEnrollmentTokenRequest {
                 name: name.clone(),
@@ -148,13 +173,28 @@ pub(super) async fn cluster(
                 client.issue_enrollment_token(request),
             )
             .await?;
-            write_enrollment(&token, agent_hub_url.as_deref().unwrap_or(hub_url), out)
+            let agent_hub_url = agent_hub_url.as_deref().unwrap_or(hub_url);
+            if output != OutputFormat::Table {
+                return write_structured(&token_json(&token, agent_hub_url), output, out);
+            }
+            write_enrollment(&token, agent_hub_url, out)
         }
     }
 }
 
+/// A one-time enrollment token as `-o json|yaml` prints it (its only structured printing):
+/// `name`, `token`, `expires` (RFC 3339) and `hubUrl` (what the agent dials).
+pub(super) fn token_json(token: &v1::EnrollmentToken, agent_hub_url: &str) -> Value {
+    json!({
+        "name": token.cluster_name,
+        "token": token.token,
+        "expires": timestamp_json(token.expires.as_ref()),
+        "hubUrl": agent_hub_url,
+    })
+}
+
 /// Seconds for the wire; out-of-range values saturate and the hub names the field.
-fn ttl_seconds(ttl: Duration) -> u32 {
+pub(super) fn ttl_seconds(ttl: Duration) -> u32 {
     u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX)
 }
 

@@ -1,5 +1,32 @@
-//! The command reference in Markdown (`docs/cli.md`), generated from the clap definitions in
-//! [`crate::config`]. **Invariant:** the file is exactly this output (`cli::tests::docs_are_current`).
+//! What is generated from the clap definitions in [`crate::config`]: the command reference in
+//! Markdown (`docs/cli.md`), shell completions (`keyfleet completion`) and man pages (`keyfleet
+//! man`). **Invariant:** `docs/cli.md` is exactly [`markdown_reference`]'s output
+//! (`cli::tests::docs_are_current`).
+
+use std::io::Write;
+use std::path::Path;
+
+/// `keyfleet completion SHELL`: the completion script for `shell`, written to `out`.
+pub fn completion(shell: clap_complete::Shell, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut command = <crate::config::Cli as clap::CommandFactory>::command();
+    // Generated in memory: clap_complete panics when its writer fails (e.g. a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "keyfleet", &mut script);
+    out.write_all(&script)
+}
+
+/// `keyfleet man`: the keyfleet(1) page to `out`, or, with `dir`, keyfleet.1 and one
+/// keyfleet-COMMAND.1 page per (sub)command written there.
+pub fn man_pages(dir: Option<&Path>, out: &mut dyn Write) -> std::io::Result<()> {
+    let command = <crate::config::Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(command, dir)
+        }
+        None => clap_mangen::Man::new(command).render(out),
+    }
+}
 
 /// The command reference in Markdown (`docs/cli.md`, kept current by a test): every
 /// administration command with its usage, help text and flags.
@@ -10,7 +37,16 @@ pub fn markdown_reference() -> String {
         let mut text = String::new();
         for arg in command.get_arguments() {
             let id = arg.get_id().as_str();
-            if arg.is_hide_set() || matches!(id, "help" | "version") || is_common(id) {
+            // clap's own --help and --version, not a command's argument that happens to be
+            // named `version` (`pin --version`).
+            let generated = matches!(
+                arg.get_action(),
+                clap::ArgAction::Help
+                    | clap::ArgAction::HelpShort
+                    | clap::ArgAction::HelpLong
+                    | clap::ArgAction::Version
+            );
+            if arg.is_hide_set() || generated || is_common(id) {
                 continue;
             }
             let name = match (arg.get_long(), arg.get_short()) {
@@ -112,7 +148,11 @@ pub fn markdown_reference() -> String {
          Listings and status print tables; `-o json` or `-o yaml` print the same data for scripts.\n\n\
          Exit codes: 0 done, 1 the hub refused or failed (invalid spec, already exists, bad state),\n\
          2 usage (bad flag, unreadable file, bad selector, missing admin token), 3 the hub is unreachable\n\
-         or the admin token or client certificate is refused, 4 the named object does not exist.\n\n",
+         or the admin token or client certificate is refused, 4 the named object does not exist.\n\
+         `cluster add -f` reports every cluster and exits 1 when any of them failed.\n\n\
+         `keyfleet completion bash|zsh|fish` prints a shell completion script; `keyfleet man` prints\n\
+         the keyfleet(1) man page (`--out-dir DIR`: one page per command). Enrolling many clusters:\n\
+         `docs/enrollment.md`.\n\n",
     );
     walk(&command, "keyfleet", &mut out);
     out.truncate(out.trim_end().len());

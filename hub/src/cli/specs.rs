@@ -1,14 +1,14 @@
 //! The spec commands: `apply` (SecretStore and FleetSecret YAML, all or nothing), `get
 //! fleetsecrets|stores` and `delete fleetsecret`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use keyfleet_proto::v1;
 use serde_json::json;
 
 use super::output::{dash, revision_text, write_listing, yes_no};
-use super::{CliError, Client, call};
+use super::{CliError, Client, call, is_stdin, read_stdin};
 use crate::config::{DeleteCommand, GetCommand, OutputFormat};
 
 /// `keyfleet get fleetsecrets|stores`.
@@ -43,15 +43,27 @@ pub(super) async fn delete(
 }
 
 /// `keyfleet apply -f …`: every spec file in one request, so the hub stores all or nothing.
+/// `-f -` reads `input` (once), named `<stdin>` in messages.
 pub(super) async fn apply(
     client: &mut Client,
     paths: &[PathBuf],
     dry_run: bool,
+    input: &mut (dyn Read + Send),
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
+    if paths.iter().filter(|path| is_stdin(path)).count() > 1 {
+        return Err(CliError::Usage("-f - (stdin) may be given once".to_owned()));
+    }
     let mut files = Vec::new();
     for path in paths {
-        files.extend(crate::spec::read_path(path)?);
+        if is_stdin(path) {
+            files.push(crate::spec::SpecFile {
+                name: "<stdin>".to_owned(),
+                content: read_stdin(input, crate::spec::MAX_FILE_BYTES)?,
+            });
+        } else {
+            files.extend(crate::spec::read_path(path)?);
+        }
     }
     if files.is_empty() {
         return Err(CliError::Usage(format!(

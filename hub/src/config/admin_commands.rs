@@ -122,19 +122,33 @@ impl ClientCommand {
 /// `keyfleet cluster …`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClusterCommand {
-    /// Register a cluster; prints its one-time enrollment token and the agent install command.
+    /// Register a cluster, or every cluster of a file (`-f`, idempotent); prints each new
+    /// cluster's one-time enrollment token.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["name", "file"]))]
     Add {
         /// Cluster name (DNS-1123 label).
-        name: String,
+        name: Option<String>,
         /// Inventory label `key=value` (repeatable).
-        #[arg(long = "label", short = 'l', value_parser = parse_label)]
+        #[arg(long = "label", short = 'l', value_parser = parse_label, conflicts_with = "file")]
         labels: Vec<(String, String)>,
+        /// File listing clusters and their labels (`clusters: [{name, labels}]`; `-` reads
+        /// stdin). Idempotent: new clusters are created (with a token), existing ones get
+        /// exactly the file's labels (relabelled or unchanged, no new token).
+        #[arg(long = "filename", short = 'f', value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// With -f: also issue a new token to listed clusters that never enrolled (state
+        /// pending), e.g. because their first token expired.
+        #[arg(long, conflicts_with = "name")]
+        reissue_pending: bool,
         /// Enrollment token lifetime (1m to 7d).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         token_ttl: Duration,
         /// Hub URL the agent dials, when it differs from --hub.
         #[arg(long)]
         agent_hub_url: Option<String>,
+        /// Output format (`json`/`yaml`: name, outcome, labels, token, expiry, hub URL).
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
     },
     /// List clusters.
     List {
@@ -176,6 +190,9 @@ pub enum ClusterCommand {
         /// Hub URL the agent dials, when it differs from --hub.
         #[arg(long)]
         agent_hub_url: Option<String>,
+        /// Output format (`json`/`yaml`: name, token, expiry, hub URL).
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
     },
 }
 
@@ -194,7 +211,8 @@ pub struct ApplyArgs {
     /// Connection flags.
     #[command(flatten)]
     pub client: ClientArgs,
-    /// YAML file or directory (repeatable); directories are read recursively (*.yaml, *.yml).
+    /// YAML file or directory (repeatable); directories are read recursively (*.yaml, *.yml);
+    /// `-` reads stdin.
     #[arg(long = "filename", short = 'f', required = true)]
     pub files: Vec<PathBuf>,
     /// Validate only; store nothing.

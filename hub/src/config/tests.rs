@@ -278,7 +278,7 @@ fn cluster_add_takes_labels_ttl_and_connection_flags_anywhere() {
     else {
         panic!("not cluster add");
     };
-    assert_eq!(name, "prod-eu-1");
+    assert_eq!(name.as_deref(), Some("prod-eu-1"));
     assert_eq!(
         labels,
         [("env".into(), "prod".into()), ("region".into(), "eu".into())]

@@ -18,9 +18,11 @@ use sqlx::{Connection as _, Executor as _};
 use super::{Backend, StatusRow, Store, StoreError};
 use crate::domain::{ClusterId, Labels, Sha256, SyncState};
 
-/// Most status statements for 10,000 acks (DESIGN §9).
+/// Most status statements for 10,000 acks (ARCHITECTURE.md,
+/// Performance Targets).
 pub const STATEMENTS_PER_10K_ACKS_TARGET: f64 = 50.0;
-/// Slowest acceptable dashboard view on Postgres at 500,000 status rows (DESIGN §9).
+/// Slowest acceptable dashboard view on Postgres at 500,000 status rows (ARCHITECTURE.md,
+/// Performance Targets).
 pub const VIEW_MILLIS_TARGET: f64 = 50.0;
 
 /// Size of the simulated fleet.
