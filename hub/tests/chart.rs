@@ -16,7 +16,7 @@ use keyfleet_hub::config::{Cli, Command, ServeArgs};
 use keyfleet_testkit::helm::{self, Document};
 
 const CHART: &str = "keyfleet-hub";
-const RELEASE: &str = "keyfleet";
+const RELEASE: &str = "keyfleet-hub";
 const NAMESPACE: &str = "keyfleet";
 
 /// One rendering, by kind.
