@@ -1,9 +1,11 @@
-//! The manifests in `deploy/agent/` are what a platform team applies, so they are checked like
-//! code: every document parses as the Kubernetes type it declares (and nothing in it is lost on the
-//! way: no misspelt field), the Deployment sets only environment variables the agent reads, and
-//! the RBAC grants exactly what the agent uses. That last one is proven by running the agent's
-//! Kubernetes side against the fake API server with a token holding only the manifests' rules:
-//! everything it does succeeds, and every verb granted was used.
+//! `deploy/charts/keyfleet-agent` is what a platform team installs, so it is checked like code:
+//! rendered by the real Helm (`scripts/tools/helm`, installed under `target/tools/` on first use)
+//! over the values matrix in the chart's `ci/` directory, `helm lint --strict` passes, every
+//! object parses as the Kubernetes type it declares (and nothing in it is lost on the way: no
+//! misspelt field), the Deployment sets only environment variables the agent reads, and the RBAC
+//! grants exactly what the agent uses. That last one is proven by running the agent's Kubernetes
+//! side against the fake API server with a token holding only the rendered rules: everything it
+//! does succeeds, and every verb granted was used.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use clap::CommandFactory as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use keyfleet_agent::cluster::{Cluster as _, ClusterEvent, Credential, CredentialStore as _};
 use keyfleet_agent::config::Cli;
@@ -20,113 +22,76 @@ use keyfleet_agent::kube::{KubeCluster, KubeCredentialStore, KubeSettings};
 use keyfleet_agent::metrics::Metrics;
 use keyfleet_agent::reconcile::{DeletionPolicy, DesiredSecret, DriftKind};
 use keyfleet_proto::{digest, v1};
+use keyfleet_testkit::helm::{self, Document};
 use keyfleet_testkit::kube::{
     ClusterHandle, Config, FakeKube, Kind, Object, Permissions, RequestRecord, Verb,
 };
-use serde::Deserialize as _;
 use zeroize::Zeroizing;
 
+const CHART: &str = "keyfleet-agent";
+/// The release name docs/agent.md installs with: object names are the chart's name.
+const RELEASE: &str = "keyfleet-agent";
 const SERVICE_ACCOUNT: &str = "keyfleet-agent";
 const AGENT_NAMESPACE: &str = "keyfleet-system";
 const TARGET: &str = "team-a";
 
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent")
-}
-
-/// Every Kubernetes object of the manifests, by kind.
+/// Every Kubernetes object of one rendering, by kind.
 #[derive(Default)]
 struct Manifests {
-    namespaces: Vec<Namespace>,
     service_accounts: Vec<ServiceAccount>,
     roles: Vec<Role>,
     role_bindings: Vec<RoleBinding>,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
     deployments: Vec<Deployment>,
+    secrets: Vec<Secret>,
+    config_maps: Vec<ConfigMap>,
 }
 
-/// Parses `value` as `T` and checks that serializing it again gives the same document: a field
-/// the type does not know (a typo, a wrong nesting) would be dropped silently otherwise.
-fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(value: serde_json::Value, origin: &str) -> T {
-    let object: T = serde_json::from_value(value.clone()).unwrap_or_else(|error| panic!("{origin}: {error}"));
-    let again = serde_json::to_value(&object).expect("serialize");
-    if let Some(path) = first_difference(&value, &again, String::new()) {
-        panic!("{origin}: {path} is not part of the type (misspelt or misplaced?)");
-    }
-    object
+/// `document` as `T`, every field kept.
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(document: &Document, origin: &str) -> T {
+    helm::strict(&document.value).unwrap_or_else(|error| panic!("{origin}: {} {error}", document.kind()))
 }
 
-/// The path of the first field of `written` that `parsed` does not hold the same way.
-fn first_difference(written: &serde_json::Value, parsed: &serde_json::Value, path: String) -> Option<String> {
-    use serde_json::Value;
-    match (written, parsed) {
-        (Value::Object(written), Value::Object(parsed)) => written.iter().find_map(|(key, value)| {
-            let path = format!("{path}.{key}");
-            match parsed.get(key) {
-                Some(other) => first_difference(value, other, path),
-                None => Some(path),
-            }
-        }),
-        (Value::Array(written), Value::Array(parsed)) if written.len() == parsed.len() => written
-            .iter()
-            .zip(parsed)
-            .enumerate()
-            .find_map(|(index, (value, other))| first_difference(value, other, format!("{path}[{index}]"))),
-        _ => (written != parsed).then_some(path),
-    }
-}
-
-/// Loads the `*.yaml` files of `dir` (not its subdirectories) into `manifests`.
-fn load_dir(dir: &Path, manifests: &mut Manifests) -> Vec<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|error| panic!("read {}: {error}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    files.sort();
-    let mut loaded = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).expect("read manifest");
-        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let origin = format!("{} document {}", file.display(), index + 1);
-            let value =
-                serde_json::Value::deserialize(document).unwrap_or_else(|error| panic!("{origin}: {error}"));
-            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
-            match kind.as_str() {
-                "Namespace" => manifests.namespaces.push(typed(value, &origin)),
-                "ServiceAccount" => manifests.service_accounts.push(typed(value, &origin)),
-                "Role" => manifests.roles.push(typed(value, &origin)),
-                "RoleBinding" => manifests.role_bindings.push(typed(value, &origin)),
-                "ClusterRole" => manifests.cluster_roles.push(typed(value, &origin)),
-                "ClusterRoleBinding" => manifests.cluster_role_bindings.push(typed(value, &origin)),
-                "Deployment" => manifests.deployments.push(typed(value, &origin)),
-                other => panic!("{origin}: unexpected kind {other:?}"),
-            }
-            loaded.push(format!(
-                "{kind} in {}",
-                file.file_name().unwrap_or_default().to_string_lossy()
-            ));
+/// `helm template` of the chart in `keyfleet-system`, parsed strictly.
+fn render(values: &[&Path], set: &[&str]) -> Manifests {
+    let documents = helm::template(CHART, RELEASE, AGENT_NAMESPACE, values, set)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut manifests = Manifests::default();
+    for document in &documents {
+        let origin = format!("{values:?} {set:?} {}", document.source);
+        match document.kind() {
+            "ServiceAccount" => manifests.service_accounts.push(typed(document, &origin)),
+            "Role" => manifests.roles.push(typed(document, &origin)),
+            "RoleBinding" => manifests.role_bindings.push(typed(document, &origin)),
+            "ClusterRole" => manifests.cluster_roles.push(typed(document, &origin)),
+            "ClusterRoleBinding" => manifests.cluster_role_bindings.push(typed(document, &origin)),
+            "Deployment" => manifests.deployments.push(typed(document, &origin)),
+            "Secret" => manifests.secrets.push(typed(document, &origin)),
+            "ConfigMap" => manifests.config_maps.push(typed(document, &origin)),
+            other => panic!("{origin}: unexpected kind {other:?}"),
         }
     }
-    loaded
+    manifests
 }
 
-/// The default set (`deploy/agent/*.yaml`: cluster-wide Secret rights).
+/// The defaults: cluster-wide Secret rights.
 fn cluster_wide() -> Manifests {
-    let mut manifests = Manifests::default();
-    load_dir(&deploy_dir(), &mut manifests);
-    manifests
+    render(&[], &[])
 }
 
-/// The allow-list set: the default set without its cluster-wide Secret rights, plus
-/// `deploy/agent/namespaced/`.
+/// Limited to the one namespace the exercise writes in.
 fn namespaced() -> Manifests {
-    let mut manifests = cluster_wide();
-    manifests.cluster_roles.clear();
-    manifests.cluster_role_bindings.clear();
-    load_dir(&deploy_dir().join("namespaced"), &mut manifests);
-    manifests
+    render(
+        &[],
+        &["rbac.scope=namespaces", &format!("rbac.namespaces={{{TARGET}}}")],
+    )
+}
+
+fn ci_values() -> Vec<PathBuf> {
+    let files = helm::ci_values(CHART).expect("ci values");
+    assert!(files.len() >= 3, "the values matrix: {files:?}");
+    files
 }
 
 fn user() -> String {
@@ -377,11 +342,42 @@ async fn exercise(grants: &[Grant], allowed_namespaces: Option<&[&str]>) -> Vec<
         .collect()
 }
 
-/// The agent did everything with these grants alone (else `exercise` failed), and used each.
-async fn check_rbac(manifests: &Manifests, allowed_namespaces: Option<&[&str]>) {
+/// The rendered Deployment's environment, by name.
+fn env_of(manifests: &Manifests) -> BTreeMap<String, EnvVar> {
+    let [deployment] = manifests.deployments.as_slice() else {
+        panic!("one Deployment");
+    };
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .expect("pod spec");
+    pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|var| (var.name.clone(), var.clone()))
+        .collect()
+}
+
+/// The agent's allow-list as the rendered Deployment sets it (None: every namespace).
+fn allowed_namespaces(manifests: &Manifests) -> Option<Vec<String>> {
+    env_of(manifests)
+        .get("KEYFLEET_AGENT_ALLOWED_NAMESPACES")
+        .and_then(|var| var.value.clone())
+        .map(|list| list.split(',').map(str::to_owned).collect())
+}
+
+/// The agent, configured as the rendered Deployment configures it, did everything with the
+/// rendered grants alone (else `exercise` failed), and used each.
+async fn check_rbac(manifests: &Manifests) {
     let grants = grants(manifests);
     assert!(!grants.is_empty(), "no rules bound to the agent's ServiceAccount");
-    let requests = exercise(&grants, allowed_namespaces).await;
+    let allowed = allowed_namespaces(manifests);
+    let allowed: Option<Vec<&str>> = allowed
+        .as_ref()
+        .map(|namespaces| namespaces.iter().map(String::as_str).collect());
+    let requests = exercise(&grants, allowed.as_deref()).await;
     let unused: Vec<&Grant> = grants
         .iter()
         .filter(|grant| !requests.iter().any(|request| used(grant, request)))
@@ -394,52 +390,162 @@ async fn check_rbac(manifests: &Manifests, allowed_namespaces: Option<&[&str]>) 
 
 #[tokio::test]
 async fn the_cluster_wide_rbac_grants_exactly_what_the_agent_uses() {
-    check_rbac(&cluster_wide(), None).await;
+    let manifests = cluster_wide();
+    assert_eq!(allowed_namespaces(&manifests), None);
+    check_rbac(&manifests).await;
 }
 
 #[tokio::test]
 async fn the_namespaced_rbac_grants_exactly_what_an_agent_with_an_allow_list_uses() {
-    check_rbac(&namespaced(), Some(&[TARGET])).await;
+    let manifests = namespaced();
+    assert_eq!(allowed_namespaces(&manifests), Some(vec![TARGET.to_owned()]));
+    check_rbac(&manifests).await;
+}
+
+/// Secrets may be written exactly where the agent's allow-list says, in the same rendering (so
+/// the first pod starts with both): a Role and RoleBinding per allowed namespace and no
+/// cluster-wide Secret rule, or, without a list, the ClusterRole's Secret rule.
+fn check_scope(manifests: &Manifests, origin: &str) {
+    let grants = grants(manifests);
+    let secret_scopes: Vec<Option<String>> = grants
+        .iter()
+        .filter(|grant| grant.kind == Kind::Secret && grant.names.is_empty())
+        .map(|grant| grant.namespace.clone())
+        .collect();
+    match allowed_namespaces(manifests) {
+        None => assert!(
+            !secret_scopes.is_empty() && secret_scopes.iter().all(Option::is_none),
+            "{origin}: cluster-wide Secret rights without an allow-list: {secret_scopes:?}"
+        ),
+        Some(allowed) => {
+            let mut granted: Vec<String> = secret_scopes
+                .into_iter()
+                .map(|scope| {
+                    scope.unwrap_or_else(|| panic!("{origin}: a cluster-wide Secret rule with an allow-list"))
+                })
+                .collect();
+            granted.sort();
+            granted.dedup();
+            let mut allowed = allowed;
+            allowed.sort();
+            assert_eq!(granted, allowed, "{origin}: Roles and the allow-list agree");
+        }
+    }
+    // The credential Secret: get/patch on its name only, in the agent's namespace.
+    let credential = env_of(manifests)
+        .get("KEYFLEET_AGENT_CREDENTIAL_SECRET")
+        .and_then(|var| var.value.clone())
+        .expect("KEYFLEET_AGENT_CREDENTIAL_SECRET");
+    let named: Vec<&Grant> = grants.iter().filter(|grant| !grant.names.is_empty()).collect();
+    assert!(
+        named.iter().all(|grant| grant.names == [credential.clone()]
+            && grant.namespace.as_deref() == Some(AGENT_NAMESPACE)),
+        "{origin}: {named:?}"
+    );
+    assert_eq!(
+        named.iter().map(|grant| grant.verb).collect::<Vec<_>>(),
+        [Verb::Get, Verb::Patch],
+        "{origin}"
+    );
 }
 
 #[test]
-fn every_manifest_parses_as_its_kind_and_the_sets_are_complete() {
-    let mut manifests = Manifests::default();
-    let loaded = load_dir(&deploy_dir(), &mut manifests);
-    assert_eq!(
-        loaded,
-        [
-            "Namespace in 00-namespace.yaml",
-            "ServiceAccount in 10-serviceaccount.yaml",
-            "Role in 20-rbac-credential.yaml",
-            "RoleBinding in 20-rbac-credential.yaml",
-            "ClusterRole in 30-rbac-cluster.yaml",
-            "ClusterRoleBinding in 30-rbac-cluster.yaml",
-            "Deployment in 40-deployment.yaml",
-        ]
+fn every_values_file_lints_strictly_and_renders_a_locked_down_agent() {
+    for file in ci_values() {
+        let origin = file.display().to_string();
+        helm::lint(CHART, &[&file], &[]).unwrap_or_else(|error| panic!("{error}"));
+        let manifests = render(&[&file], &[]);
+        let account = &manifests.service_accounts[..];
+        assert_eq!(account.len(), 1, "{origin}: one ServiceAccount");
+        assert_eq!(
+            (
+                account[0].metadata.name.as_deref(),
+                account[0].metadata.namespace.as_deref()
+            ),
+            (Some(SERVICE_ACCOUNT), Some(AGENT_NAMESPACE)),
+            "{origin}"
+        );
+        check_scope(&manifests, &origin);
+        check_deployment(&manifests, &origin);
+    }
+}
+
+#[test]
+fn the_defaults_run_the_agents_own_version_with_the_documented_names() {
+    let manifests = cluster_wide();
+    check_deployment(&manifests, "defaults");
+    let deployment = &manifests.deployments[0];
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .expect("pod spec");
+    let container = &pod.containers[0];
+    assert!(
+        container
+            .image
+            .as_deref()
+            .is_some_and(|image| image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION")))),
+        "the image tag is the agent's version (Chart.yaml appVersion): {:?}",
+        container.image
     );
-    let loaded = load_dir(&deploy_dir().join("namespaced"), &mut Manifests::default());
+    // docs/agent.md and `keyfleet cluster add` name these.
+    let env = env_of(&manifests);
+    let token = env["KEYFLEET_AGENT_ENROLLMENT_TOKEN"]
+        .value_from
+        .as_ref()
+        .and_then(|from| from.secret_key_ref.as_ref())
+        .expect("token from a Secret");
     assert_eq!(
-        loaded,
-        [
-            "ClusterRole in 30-rbac-namespaces.yaml",
-            "ClusterRoleBinding in 30-rbac-namespaces.yaml",
-            "Role in 31-rbac-secrets-team-a.yaml",
-            "RoleBinding in 31-rbac-secrets-team-a.yaml",
-        ]
+        (token.name.as_str(), token.key.as_str()),
+        ("keyfleet-agent-enrollment", "token")
     );
-    assert_eq!(
-        manifests.namespaces[0].metadata.name.as_deref(),
-        Some(AGENT_NAMESPACE)
+    let ca = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|volume| volume.config_map.as_ref())
+        .expect("the hub CA ConfigMap");
+    assert_eq!(ca.name, "keyfleet-hub-ca");
+    assert!(manifests.secrets.is_empty() && manifests.config_maps.is_empty());
+}
+
+#[test]
+fn values_from_the_chart_create_the_token_secret_and_the_ca() {
+    let file = helm::chart_dir(CHART).join("ci/inline-values.yaml");
+    let manifests = render(&[&file], &[]);
+    let [secret] = manifests.secrets.as_slice() else {
+        panic!("the enrollment Secret");
+    };
+    let env = env_of(&manifests);
+    let token = env["KEYFLEET_AGENT_ENROLLMENT_TOKEN"]
+        .value_from
+        .as_ref()
+        .and_then(|from| from.secret_key_ref.as_ref())
+        .expect("token from a Secret");
+    assert_eq!(secret.metadata.name.as_deref(), Some(token.name.as_str()));
+    assert!(
+        secret
+            .string_data
+            .as_ref()
+            .is_some_and(|data| data.contains_key(&token.key))
     );
-    let account = &manifests.service_accounts[0];
-    assert_eq!(
-        (
-            account.metadata.name.as_deref(),
-            account.metadata.namespace.as_deref()
-        ),
-        (Some(SERVICE_ACCOUNT), Some(AGENT_NAMESPACE))
-    );
+    assert_eq!(manifests.config_maps.len(), 1, "the hub CA");
+}
+
+#[test]
+fn inconsistent_values_are_refused_at_render_time() {
+    for (set, says) in [
+        (&["rbac.scope=namespaces"][..], "rbac.namespaces"),
+        (&["rbac.namespaces={team-a}"][..], "rbac.scope"),
+        (&["rbac.scope=everywhere"][..], "rbac.scope"),
+        (&["hub.url="][..], "hub.url"),
+    ] {
+        let error = helm::template(CHART, RELEASE, AGENT_NAMESPACE, &[], set)
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains(says), "{set:?}: {error}");
+    }
 }
 
 fn memory_mib(quantity: &str) -> u64 {
@@ -449,36 +555,39 @@ fn memory_mib(quantity: &str) -> u64 {
     number.parse().expect("a whole number of MiB")
 }
 
-#[test]
-fn the_deployment_sets_only_the_agents_own_settings_and_runs_locked_down() {
-    let manifests = cluster_wide();
-    let deployment = &manifests.deployments[0];
+/// The Deployment sets only the agent's own settings, consistently with the rest of the
+/// rendering, and runs locked down.
+fn check_deployment(manifests: &Manifests, origin: &str) {
+    let [deployment] = manifests.deployments.as_slice() else {
+        panic!("{origin}: one Deployment");
+    };
     assert_eq!(deployment.metadata.namespace.as_deref(), Some(AGENT_NAMESPACE));
     let spec = deployment.spec.as_ref().expect("spec");
-    assert_eq!(spec.replicas, Some(1), "one Sync stream per cluster");
+    assert_eq!(spec.replicas, Some(1), "{origin}: one Sync stream per cluster");
     assert_eq!(
         spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
-        Some("Recreate")
+        Some("Recreate"),
+        "{origin}"
     );
     let pod = spec.template.spec.as_ref().expect("pod spec");
     assert_eq!(pod.service_account_name.as_deref(), Some(SERVICE_ACCOUNT));
     let pod_security = pod.security_context.as_ref().expect("pod securityContext");
-    assert_eq!(pod_security.run_as_non_root, Some(true));
-    assert!(pod_security.run_as_user.is_some_and(|uid| uid != 0));
-    let [container] = pod.containers.as_slice() else {
-        panic!("one container");
-    };
-    assert!(
-        container
-            .image
-            .as_deref()
-            .is_some_and(|image| image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION")))),
-        "the image tag is the agent's version: {:?}",
-        container.image
+    assert_eq!(pod_security.run_as_non_root, Some(true), "{origin}");
+    assert_eq!(pod_security.run_as_user, Some(65532), "{origin}");
+    assert_eq!(
+        pod_security
+            .seccomp_profile
+            .as_ref()
+            .map(|profile| profile.type_.as_str()),
+        Some("RuntimeDefault"),
+        "{origin}"
     );
+    let [container] = pod.containers.as_slice() else {
+        panic!("{origin}: one container");
+    };
 
     // Environment: every name is one the agent reads (clap's), the required ones are set, and
-    // the values agree with the rest of the manifests.
+    // the values agree with the rest of the rendering.
     let known: BTreeMap<String, bool> = Cli::command()
         .get_arguments()
         .filter_map(|argument| {
@@ -488,31 +597,33 @@ fn the_deployment_sets_only_the_agents_own_settings_and_runs_locked_down() {
             ))
         })
         .collect();
-    let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> = container
-        .env
-        .iter()
-        .flatten()
-        .map(|var| (var.name.as_str(), var))
-        .collect();
+    let env = env_of(manifests);
     for name in env.keys() {
         assert!(
-            known.contains_key(*name),
-            "{name} is not read by the agent (known: {known:?})"
+            known.contains_key(name),
+            "{origin}: {name} is not read by the agent (known: {known:?})"
         );
     }
     for (name, required) in &known {
         if *required {
-            assert!(env.contains_key(name.as_str()), "required {name} is not set");
+            assert!(env.contains_key(name), "{origin}: required {name} is not set");
         }
     }
-    assert!(env.contains_key("KEYFLEET_AGENT_ENROLLMENT_TOKEN"));
-    let value = |name: &str| env[name].value.as_deref().unwrap_or_default();
+    let value = |name: &str| {
+        env.get(name)
+            .and_then(|var| var.value.clone())
+            .unwrap_or_default()
+    };
     let token = env["KEYFLEET_AGENT_ENROLLMENT_TOKEN"]
         .value_from
         .as_ref()
         .and_then(|from| from.secret_key_ref.as_ref())
         .expect("the enrollment token comes from a Secret, never a literal");
-    assert_eq!(token.optional, Some(true), "the token is gone after enrollment");
+    assert_eq!(
+        token.optional,
+        Some(true),
+        "{origin}: the token is gone after enrollment"
+    );
     let namespace_from = env["KEYFLEET_AGENT_NAMESPACE"]
         .value_from
         .as_ref()
@@ -526,17 +637,39 @@ fn the_deployment_sets_only_the_agents_own_settings_and_runs_locked_down() {
         .expect("credential Role");
     assert_eq!(
         credential_role.rules.as_ref().expect("rules")[0].resource_names,
-        Some(vec![value("KEYFLEET_AGENT_CREDENTIAL_SECRET").to_owned()]),
-        "the credential Role names the credential Secret"
+        Some(vec![value("KEYFLEET_AGENT_CREDENTIAL_SECRET")]),
+        "{origin}: the credential Role names the credential Secret"
     );
-    let hub_ca = value("KEYFLEET_AGENT_HUB_CA");
-    let mounts = container.volume_mounts.iter().flatten();
-    assert!(
-        mounts
-            .into_iter()
-            .any(|mount| hub_ca.starts_with(&mount.mount_path)),
-        "{hub_ca} is on a mounted volume"
-    );
+    if let Some(hub_ca) = env.get("KEYFLEET_AGENT_HUB_CA").and_then(|var| var.value.clone()) {
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|mount| hub_ca.starts_with(&mount.mount_path))
+            .unwrap_or_else(|| panic!("{origin}: {hub_ca} is on a mounted volume"));
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|volume| volume.name == mount.name)
+            .expect("the CA volume");
+        let items = volume
+            .config_map
+            .as_ref()
+            .and_then(|map| map.items.clone())
+            .or_else(|| volume.secret.as_ref().and_then(|secret| secret.items.clone()))
+            .unwrap_or_default();
+        let file = hub_ca
+            .trim_start_matches(&mount.mount_path)
+            .trim_start_matches('/');
+        assert!(
+            items.iter().any(|item| item.path == file),
+            "{origin}: {hub_ca} is an item of the CA volume"
+        );
+    } else {
+        assert!(pod.volumes.is_none(), "{origin}: no CA, no volume");
+    }
 
     // Probes on the ops endpoint.
     let ops_port: i32 = value("KEYFLEET_AGENT_OPS_ADDR")
@@ -550,7 +683,7 @@ fn the_deployment_sets_only_the_agents_own_settings_and_runs_locked_down() {
         .flatten()
         .find(|port| port.name.as_deref() == Some("ops"))
         .expect("ops port");
-    assert_eq!(port.container_port, ops_port);
+    assert_eq!(port.container_port, ops_port, "{origin}");
     for (probe, path) in [
         (&container.liveness_probe, "/healthz"),
         (&container.readiness_probe, "/readyz"),
@@ -571,19 +704,20 @@ fn the_deployment_sets_only_the_agents_own_settings_and_runs_locked_down() {
     let resources = container.resources.as_ref().expect("resources");
     let request = &resources.requests.as_ref().expect("requests")["memory"].0;
     let limit = &resources.limits.as_ref().expect("limits")["memory"].0;
-    assert!(memory_mib(request) >= 32, "memory request {request}");
+    assert!(memory_mib(request) >= 32, "{origin}: memory request {request}");
     assert!(
         memory_mib(limit) >= 2 * memory_mib(request),
-        "memory limit {limit}"
+        "{origin}: memory limit {limit}"
     );
     let security = container
         .security_context
         .as_ref()
         .expect("container securityContext");
-    assert_eq!(security.read_only_root_filesystem, Some(true));
-    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true), "{origin}");
+    assert_eq!(security.allow_privilege_escalation, Some(false), "{origin}");
     assert_eq!(
         security.capabilities.as_ref().and_then(|c| c.drop.clone()),
-        Some(vec!["ALL".to_string()])
+        Some(vec!["ALL".to_string()]),
+        "{origin}"
     );
 }

@@ -949,7 +949,13 @@ async fn the_cli_drives_the_admin_api_end_to_end() {
         )),
         "the Kubernetes install steps name the token: {out}"
     );
-    assert!(out.contains("kubectl apply -f deploy/agent/\n"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "helm install keyfleet-agent deploy/charts/keyfleet-agent -n keyfleet-system --set hub.url={}\n",
+            hub.url()
+        )),
+        "{out}"
+    );
     assert!(!out.contains(ADMIN_TOKEN), "the admin token is never printed");
     hub.cli(&["cluster", "add", "dev-1", "-l", "env=dev"])
         .await

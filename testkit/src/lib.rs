@@ -14,9 +14,12 @@
 //!   clusters per process. From the top: `kube.rs` (`FakeKube`, `ClusterHandle`) → `server.rs`,
 //!   `memory.rs` (transports) → `api.rs` (routing, auth, verbs) → `watch.rs` → `query.rs`,
 //!   `cluster.rs` → `store.rs` + `store/` (state and write rules) → `model.rs`, `status.rs`.
+//! - [`helm`]: the real Helm binary (installed by `scripts/tools/helm`) rendering
+//!   `deploy/charts/*`, and the strict typed parse the chart tests use.
 //! - [`tls`]: a generated test CA and server certificates (rcgen, ring), rustls configs.
 
 pub mod agent;
+pub mod helm;
 pub mod keyvault;
 pub mod kube;
 pub mod tls;

@@ -213,10 +213,10 @@ fn write_enrollment(
     writeln!(out, "  {}", token.token)?;
     writeln!(
         out,
-        "Install the agent in the cluster (docs/agent.md; in deploy/agent/40-deployment.yaml set \
-         KEYFLEET_AGENT_HUB_URL to {hub_url} and the image to your registry's):"
+        "Install the agent in the cluster with its Helm chart (docs/agent.md; add \
+         --set image.repository=<your registry>/keyfleet-agent):"
     )?;
-    writeln!(out, "  kubectl apply -f deploy/agent/00-namespace.yaml")?;
+    writeln!(out, "  kubectl create namespace keyfleet-system")?;
     writeln!(
         out,
         "  kubectl -n keyfleet-system create secret generic keyfleet-agent-enrollment --from-literal=token={}",
@@ -226,7 +226,10 @@ fn write_enrollment(
         out,
         "  kubectl -n keyfleet-system create configmap keyfleet-hub-ca --from-file=ca.crt=hub-ca.pem"
     )?;
-    writeln!(out, "  kubectl apply -f deploy/agent/")?;
+    writeln!(
+        out,
+        "  helm install keyfleet-agent deploy/charts/keyfleet-agent -n keyfleet-system --set hub.url={hub_url}"
+    )?;
     writeln!(out, "Or run it as a process with a kubeconfig:")?;
     writeln!(
         out,
