@@ -91,7 +91,7 @@ impl SyncService {
         let admission = Admission::new(config.admission_per_second, config.admission_burst);
         let mut config = config;
         config.page_size = config.page_size.clamp(1, limits::MAX_ITEMS as u32);
-        config.hub_instance = truncate(&config.hub_instance, 32).to_owned();
+        config.hub_instance = crate::domain::truncate_utf8(&config.hub_instance, 32).to_owned();
         Self {
             inner: Arc::new(ServiceInner {
                 fleet,
@@ -876,17 +876,6 @@ fn jittered(interval: Duration) -> Duration {
 
 fn unix_ms() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
