@@ -143,6 +143,11 @@ impl ServeProcess {
         process
     }
 
+    /// The process id (for `/proc/<pid>/fd`).
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
     /// SIGKILL: no drain, no last flush.
     pub async fn kill(&mut self) {
         self.child.kill().await.unwrap();
