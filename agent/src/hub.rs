@@ -11,9 +11,11 @@
 //! `[0, min(60 s, 1 s · 2ⁿ)]`. It resets after a session that reached Welcome and stayed up for
 //! [`SyncSettings::stable_after`], and after a Drain (the hub already jitters that delay). A
 //! refusal with `retry-after-ms` metadata (the hub's admission queue: RESOURCE_EXHAUSTED) waits
-//! that long instead, and does not grow the backoff: the hub spaced the refused agents at the
-//! rate it admits them, and a backoff grown by every refusal would leave them away long after
-//! their turn (minutes for 10,000 agents after a hub restart).
+//! that long instead, capped at [`MAX_RETRY_AFTER`] (60 s: the hub never hints beyond 30 s, so a
+//! longer hint is a hub flooded or misbehaving, and obeying it would keep the agent away for
+//! hours), and does not grow the backoff: the hub spaced the refused agents at the rate it
+//! admits them, and a backoff grown by every refusal would leave them away long after their
+//! turn (minutes for 10,000 agents after a hub restart).
 
 mod convert;
 mod stream;
@@ -263,7 +265,14 @@ fn credential_from(response: v1::EnrollResponse) -> Result<Credential, HubError>
     })
 }
 
+/// The longest wait a hub's `retry-after-ms` can impose: a longer hint (a flooded or misbehaving
+/// hub) is capped here, so an agent is never sent away for hours.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 fn retry_after(status: &tonic::Status) -> Option<Duration> {
     let value = status.metadata().get("retry-after-ms")?.to_str().ok()?;
-    value.parse().ok().map(Duration::from_millis)
+    value
+        .parse()
+        .ok()
+        .map(|ms| Duration::from_millis(ms).min(MAX_RETRY_AFTER))
 }

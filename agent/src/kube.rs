@@ -42,6 +42,7 @@ use crate::reconcile::{
     self, Applied, DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, Namespace, ObservedSecret, Ownership,
     Refusal,
 };
+use crate::text::truncate_utf8;
 
 /// Errors of the Kubernetes side.
 #[derive(Debug, thiserror::Error)]
@@ -74,14 +75,14 @@ fn describe(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => {
             let mut message = status.message.clone();
-            message.truncate(300);
+            truncate_utf8(&mut message, 300);
             format!("{} {}: {message}", status.code, status.reason)
         }
         kube::Error::SerdeError(_) => "cannot decode the response".into(),
         kube::Error::HyperError(_) | kube::Error::Service(_) => "transport error".into(),
         other => {
             let mut text = other.to_string();
-            text.truncate(200);
+            truncate_utf8(&mut text, 200);
             text
         }
     }

@@ -16,6 +16,7 @@
 //! - [`kube`]: the Kubernetes side: `KubeCluster` (shared state, NACK mapping), `kube/watch.rs`
 //!   (drift watcher, audit, namespace cache), `kube/apply.rs` (writer with rollback),
 //!   `kube/read_back.rs` (prior content), `kube/credential.rs` (`KubeCredentialStore`).
+//! - `text`: `truncate_utf8`, the one string truncation (on a character boundary).
 //! - [`metrics`], `ops`: counters and the `/healthz` `/readyz` `/metrics` endpoint.
 
 pub mod app;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub(crate) mod ops;
 pub mod reconcile;
 pub mod telemetry;
+mod text;
 
 pub use app::{AgentRuntime, AgentSettings, run, run_agent};
 

@@ -8,6 +8,20 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
+/// `text` cut to at most `max` bytes on a character boundary (never inside a multi-byte
+/// character, where slicing or `String::truncate` panics): the one string truncation of the hub,
+/// for text that comes from elsewhere (agents' NACKs, replica ids).
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Bytes of a secret (a Key Vault value or rendered Secret data). Cannot be printed, logged or
 /// serialized by accident; the memory is wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
@@ -204,6 +218,24 @@ mod tests {
         let printed = format!("{value:?} {:#?}", Some(&value));
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("redacted 7 bytes"), "{printed}");
+    }
+
+    #[test]
+    fn truncation_never_cuts_a_multi_byte_character() {
+        // "é" is 2 bytes at 4..6, "€" 3 bytes at 6..9.
+        let text = "abcdé€z";
+        for (max, expected) in [
+            (4, "abcd"),
+            (5, "abcd"),
+            (6, "abcdé"),
+            (7, "abcdé"),
+            (8, "abcdé"),
+            (9, "abcdé€"),
+        ] {
+            assert_eq!(truncate_utf8(text, max), expected, "max {max}");
+        }
+        assert_eq!(truncate_utf8("ok", 32), "ok");
+        assert_eq!(truncate_utf8("🔑🔑", 0), "");
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {

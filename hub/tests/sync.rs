@@ -324,7 +324,7 @@ async fn the_admission_bucket_refuses_floods_with_a_retry_hint() {
     let hub = Hub::start_with(
         default_fleet_config(),
         SyncConfig {
-            admission_per_second: 0.01,
+            admission_per_second: 0.2,
             admission_burst: 3,
             ..SyncConfig::default()
         },
@@ -356,9 +356,11 @@ async fn the_admission_bucket_refuses_floods_with_a_retry_hint() {
                 .unwrap()
         })
         .collect();
-    // The refused are queued one admission period (100 s at 0.01/s) apart, jittered within
-    // their slot: the first within two periods, each at or after the previous one's slot.
-    let period_ms = 100_000;
+    // The refused are queued one admission period (5 s at 0.2/s) apart, jittered within
+    // their slot: the first within two periods, each at or after the previous one's slot, all
+    // within the queue's 30 s horizon.
+    let period_ms = 5_000;
+    assert!(hints.iter().all(|hint| *hint <= 30_000), "{hints:?}");
     assert!(hints[0] >= 1 && hints[0] <= 2 * period_ms + 1000, "{hints:?}");
     assert!(
         hints.windows(2).all(|pair| pair[1] + 1000 >= pair[0]),

@@ -396,12 +396,29 @@ impl ClusterHandle {
         self.push_write_fault(namespace, name, 1, code, true);
     }
 
+    /// The next write request to Secret `namespace`/`name` fails with `code` and `message` (the
+    /// `Status` body's text, as an admission webhook or the apiserver would word it) and changes
+    /// nothing.
+    pub fn fail_next_write_with_message(&self, namespace: &str, name: &str, code: u16, message: &str) {
+        self.push_write_error(
+            namespace,
+            name,
+            1,
+            ApiError::injected_with_message(code, message),
+            false,
+        );
+    }
+
     fn push_write_fault(&self, namespace: &str, name: &str, nth: usize, code: u16, after_commit: bool) {
+        self.push_write_error(namespace, name, nth, ApiError::injected(code), after_commit);
+    }
+
+    fn push_write_error(&self, namespace: &str, name: &str, nth: usize, error: ApiError, after_commit: bool) {
         self.cluster.lock().faults.writes.push(store::WriteFault {
             kind: Kind::Secret,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            error: ApiError::injected(code),
+            error,
             after_commit,
             pass: nth.saturating_sub(1),
         });

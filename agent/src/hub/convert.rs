@@ -12,6 +12,7 @@ use crate::reconcile::{
     Applied, CreationPolicy, DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, MANAGED_BY_LABEL, Operator,
     RESERVED_ANNOTATION_PREFIX, Refusal, Requirement, SecretBytes, Selector, Targets,
 };
+use crate::text::truncate_utf8;
 
 pub(super) fn hello(settings: &SyncSettings, applied: &BTreeMap<String, Applied>) -> AgentMessage {
     let digest = digest::set_digest(
@@ -119,16 +120,6 @@ fn error_code(code: ErrorCode) -> v1::ErrorCode {
         ErrorCode::Conflict => v1::ErrorCode::Conflict,
         ErrorCode::Immutable => v1::ErrorCode::Immutable,
         ErrorCode::Internal => v1::ErrorCode::Internal,
-    }
-}
-
-fn truncate_utf8(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
     }
 }
 

@@ -160,6 +160,36 @@ fn invalid_payloads_are_refused_with_a_named_reason() {
 }
 
 #[test]
+fn a_retry_hint_is_obeyed_up_to_a_minute() {
+    let refusal = |hint: &str| {
+        let mut status = tonic::Status::resource_exhausted("too many new streams");
+        status
+            .metadata_mut()
+            .insert("retry-after-ms", hint.parse().expect("metadata value"));
+        status
+    };
+    assert_eq!(
+        super::retry_after(&refusal("1500")),
+        Some(Duration::from_millis(1_500))
+    );
+    assert_eq!(
+        super::retry_after(&refusal("60000")),
+        Some(super::MAX_RETRY_AFTER)
+    );
+    // 109 s (measured during a flood) and hours are capped at 60 s.
+    assert_eq!(
+        super::retry_after(&refusal("109000")),
+        Some(super::MAX_RETRY_AFTER)
+    );
+    assert_eq!(
+        super::retry_after(&refusal("18446744073709551615")),
+        Some(super::MAX_RETRY_AFTER)
+    );
+    assert_eq!(super::retry_after(&refusal("soon")), None);
+    assert_eq!(super::retry_after(&tonic::Status::unavailable("down")), None);
+}
+
+#[test]
 fn backoff_ceilings_double_to_the_cap_and_delays_stay_below() {
     let mut backoff = Backoff::with_rng(
         Duration::from_secs(1),

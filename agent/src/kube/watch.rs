@@ -54,7 +54,7 @@ fn describe_watch(error: &watcher::Error) -> String {
         | watcher::Error::WatchFailed(error) => describe(error),
         other => {
             let mut text = other.to_string();
-            text.truncate(200);
+            crate::text::truncate_utf8(&mut text, 200);
             text
         }
     }

@@ -5,7 +5,10 @@
 //! the new credential's hash is stored and added to the in-memory [`Credentials`] index. An
 //! unknown, used or expired token gets the same UNAUTHENTICATED answer (tokens cannot be probed);
 //! the precise reason is logged on the hub. Neither token nor credential is ever logged or echoed.
-//! Enrollments pass an [`Admission`] bucket; a refusal says when to come back.
+//! A malformed token (not `kfe_` + 43 base64url characters) or agent version is refused first,
+//! with INVALID_ARGUMENT and without taking an admission slot; well-formed ones then pass an
+//! [`Admission`] bucket (they cost a store lookup); a refusal says when to come back, never more
+//! than [`crate::grpc::admission::MAX_HINT`] away.
 
 use chrono::Utc;
 use keyfleet_proto::limits;
@@ -59,9 +62,8 @@ impl enrollment_server::Enrollment for EnrollService {
         &self,
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
-        if let Err(hint) = self.admission.check() {
-            return Err(Admission::refusal("enrollments", hint));
-        }
+        // The shape first: a malformed request costs no admission slot and no store lookup, so
+        // an anonymous flood of garbage cannot push real enrollments back.
         let request = request.into_inner();
         if !well_formed(&request.token) {
             return Err(Status::invalid_argument(
@@ -74,6 +76,9 @@ impl enrollment_server::Enrollment for EnrollService {
                 request.agent_version.len(),
                 limits::MAX_AGENT_VERSION_BYTES
             )));
+        }
+        if let Err(hint) = self.admission.check() {
+            return Err(Admission::refusal("enrollments", hint));
         }
         let token_hash = Sha256::of(request.token.as_bytes());
         let cluster = match self.store.consume_enrollment_token(&token_hash, Utc::now()).await {

@@ -1,8 +1,12 @@
 //! `keyfleet.v1.SecretSync/Sync`: one bidi stream per cluster over the [`Fleet`].
 //!
 //! 1. The cluster is the owner of the `authorization: Bearer kfc_…` credential (looked up by its
-//!    sha256 in [`Credentials`]); nothing the agent says can change it. Then the admission bucket
-//!    ([`Admission`]: a refusal says when to come back, spread at the admission rate).
+//!    sha256 in [`Credentials`]); nothing the agent says can change it. Then that cluster's own
+//!    bucket ([`PerKeyAdmission`]: a few new streams at once, then one per
+//!    `per_cluster_period`; its refusals never touch the shared queue, so one credential
+//!    flooding Sync cannot push other clusters), then the shared admission bucket
+//!    ([`Admission`]: a refusal says when to come back, spread at the admission rate, never
+//!    beyond its horizon).
 //! 2. Hello → `Welcome{in_sync: true}` when the applied digest equals the desired set's digest
 //!    (nothing else is sent), else `NeedVersions` → `VersionPage`s → `Welcome{in_sync: false}` →
 //!    `Update`s with only the difference. An agent holding nothing skips the paging.
@@ -37,8 +41,8 @@ use crate::fleet::credentials::Credentials;
 use crate::fleet::{
     CloseReason, DriftKind, Fleet, ItemOutcome, ItemRefusal, NackCode, PlannedUpdate, Session,
 };
-use crate::grpc::admission::Admission;
 pub use crate::grpc::admission::RETRY_AFTER_MS;
+use crate::grpc::admission::{Admission, PerKeyAdmission};
 use crate::grpc::convert;
 
 /// Settings of the Sync service.
@@ -57,6 +61,13 @@ pub struct SyncConfig {
     pub admission_per_second: f64,
     /// Burst of new streams admitted at once.
     pub admission_burst: u32,
+    /// One cluster opens at most `per_cluster_burst` new streams at once, then one per this
+    /// period (fairness: a cluster credential flooding Sync only exhausts its own bucket).
+    pub per_cluster_period: Duration,
+    /// Burst of new streams per cluster. The default (10, then one per 2 s) never refuses an
+    /// agent that follows its reconnect backoff; the loadtest's kill -9 and restart cost each
+    /// cluster one or two.
+    pub per_cluster_burst: u32,
 }
 
 impl Default for SyncConfig {
@@ -67,6 +78,8 @@ impl Default for SyncConfig {
             handshake_timeout: Duration::from_secs(10),
             admission_per_second: 500.0,
             admission_burst: 1_000,
+            per_cluster_period: Duration::from_secs(2),
+            per_cluster_burst: 10,
         }
     }
 }
@@ -82,6 +95,7 @@ struct ServiceInner {
     credentials: Credentials,
     config: SyncConfig,
     admission: Admission,
+    per_cluster: PerKeyAdmission<crate::domain::ClusterId>,
     ready: AtomicBool,
 }
 
@@ -89,15 +103,17 @@ impl SyncService {
     /// A service over `fleet`, authenticating against `credentials`.
     pub fn new(fleet: Fleet, credentials: Credentials, config: SyncConfig) -> Self {
         let admission = Admission::new(config.admission_per_second, config.admission_burst);
+        let per_cluster = PerKeyAdmission::new(config.per_cluster_period, config.per_cluster_burst);
         let mut config = config;
         config.page_size = config.page_size.clamp(1, limits::MAX_ITEMS as u32);
-        config.hub_instance = truncate(&config.hub_instance, 32).to_owned();
+        config.hub_instance = crate::domain::truncate_utf8(&config.hub_instance, 32).to_owned();
         Self {
             inner: Arc::new(ServiceInner {
                 fleet,
                 credentials,
                 config,
                 admission,
+                per_cluster,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -131,7 +147,11 @@ impl SyncService {
             .ok_or_else(|| Status::unauthenticated("unknown or revoked cluster credential"))
     }
 
-    fn admit(&self) -> Result<(), Status> {
+    fn admit(&self, cluster: crate::domain::ClusterId) -> Result<(), Status> {
+        self.inner.per_cluster.check(&cluster).map_err(|hint| {
+            self.inner.fleet.metrics().admission_rejects.inc();
+            Admission::refusal("new streams for this cluster", hint)
+        })?;
         self.inner.admission.check().map_err(|hint| {
             self.inner.fleet.metrics().admission_rejects.inc();
             Admission::refusal("new streams", hint)
@@ -155,7 +175,7 @@ impl SyncService {
         if self.inner.fleet.is_revoked(cluster) {
             return Err(Status::unauthenticated("unknown or revoked cluster credential"));
         }
-        self.admit()?;
+        self.admit(cluster)?;
         let inbound = request.into_inner();
         let capacity = self.inner.fleet.config().max_inflight as usize + 4;
         let (out, rx) = mpsc::channel(capacity);
@@ -876,17 +896,6 @@ fn jittered(interval: Duration) -> Duration {
 
 fn unix_ms() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

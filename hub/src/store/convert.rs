@@ -120,14 +120,7 @@ pub(super) fn sources_from_json(value: serde_json::Value) -> Result<Vec<(String,
 
 /// Cuts an agent's error to [`MAX_ERROR_BYTES`] on a character boundary.
 pub(super) fn truncate_error(text: &str) -> String {
-    if text.len() <= MAX_ERROR_BYTES {
-        return text.to_owned();
-    }
-    let mut end = MAX_ERROR_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    crate::domain::truncate_utf8(text, MAX_ERROR_BYTES).to_owned()
 }
 
 /// A status row checked and converted for binding.

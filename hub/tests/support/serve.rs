@@ -148,6 +148,11 @@ impl ServeProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The process id (for `/proc/<pid>/fd`).
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
     /// SIGKILL: no drain, no last flush.
     pub async fn kill(&mut self) {
         self.child.kill().await.unwrap();

@@ -217,6 +217,20 @@ impl ApiError {
         }
     }
 
+    /// An injected refusal with `code` and a message of the test's choosing (a 422 Invalid, say,
+    /// whose text is what a webhook or the apiserver wrote).
+    pub fn injected_with_message(code: u16, message: impl Into<String>) -> Self {
+        let reason = match code {
+            400 => "BadRequest",
+            403 => "Forbidden",
+            409 => "Conflict",
+            422 => "Invalid",
+            503 => "ServiceUnavailable",
+            _ => "InternalError",
+        };
+        Self::new(code, reason, message)
+    }
+
     /// The `Status` body.
     pub fn to_json(&self) -> Value {
         let mut status = Map::new();
