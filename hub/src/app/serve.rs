@@ -166,18 +166,33 @@ pub(super) async fn serve(
     let routes = crate::grpc::routes(sync.clone(), enroll, admin);
     let grpc_stop = CancellationToken::new();
     let grpc_shutdown = grpc_stop.clone().cancelled_owned();
+    let mut limits = server::ListenerLimits::default();
+    if let Some(max_connections) = config.grpc.max_connections {
+        limits.max_connections = max_connections.max(1);
+    }
+    let max_connections = limits.max_connections;
     let grpc_task = match admin_client_ca {
         Some(client_ca) => tokio::spawn(async move {
-            server::serve_requesting_client_certs(listener, &tls, &client_ca, routes, grpc_shutdown).await
+            server::serve_requesting_client_certs_with_limits(
+                listener,
+                &tls,
+                &client_ca,
+                routes,
+                limits,
+                grpc_shutdown,
+            )
+            .await
         }),
-        None => tokio::spawn(server::serve(
+        None => tokio::spawn(server::serve_with_limits(
             listener,
             tls.server_config(),
             routes,
+            limits,
             grpc_shutdown,
         )),
     };
-    tracing::info!(%grpc_addr, %ops_addr, replica = %replica, "listening; computing desired state");
+    tracing::info!(%grpc_addr, %ops_addr, replica = %replica, max_connections,
+        "listening; computing desired state");
 
     // Ready once the runtime has every cluster's desired set.
     tokio::select! {

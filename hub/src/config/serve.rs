@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Id of this replica in status and logs (default: hostname-pid).
     #[arg(long, env = "KEYFLEET_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Most gRPC connections held at once, TLS handshakes included (one more is closed at once).
+    /// Default: the process's open-file limit minus 256.
+    #[arg(long, env = "KEYFLEET_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
     #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE, hide_env_values = true)]
     pub database: DatabaseUrl,
@@ -99,6 +103,8 @@ pub struct GrpcConfig {
     pub tls: Option<crate::grpc::server::TlsSource>,
     /// This replica's id.
     pub replica_id: String,
+    /// Connection cap (`None`: from the open-file limit, see `grpc::server::default_max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 /// How the hub reaches Key Vault beyond what SecretStores say ([`crate::vault::VaultOptions`]).
@@ -162,6 +168,7 @@ impl From<ServeArgs> for ServeConfig {
                 addr: args.grpc_addr,
                 tls,
                 replica_id: args.replica_id.unwrap_or_else(default_replica_id),
+                max_connections: args.max_connections,
             },
             database: args.database,
             migrate: args.migrate,
