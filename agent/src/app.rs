@@ -220,6 +220,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             .await
             .context("build the kubernetes client (in-cluster or KUBECONFIG)")?,
     };
+    config.hub.check_transport().map_err(anyhow::Error::msg)?;
     let mut settings = AgentSettings::new(config.hub.url.clone(), hub_ca_pem);
     settings.enrollment_token = config.hub.enrollment_token.clone().map(Zeroizing::new);
     settings.namespace = config.credential.namespace.clone();

@@ -9,17 +9,22 @@ use clap::Parser;
 
 use crate::telemetry::LogFormat;
 
-/// `keyfleet-agent`: keeps this cluster's Secrets in sync with the keyfleet hub.
-#[derive(Debug, Parser)]
+/// `keyfleet-agent`: keeps this cluster's Secrets in sync with the keyfleet hub. `Debug` hides
+/// the enrollment token.
+#[derive(Parser)]
 #[command(name = "keyfleet-agent", version, about, long_about = None)]
 pub struct Cli {
-    /// Hub gRPC endpoint, e.g. `https://keyfleet.example.com:8443`.
+    /// Hub gRPC endpoint, e.g. `https://keyfleet.example.com:7443`.
     #[arg(long, env = "KEYFLEET_AGENT_HUB_URL")]
     pub hub_url: String,
     /// PEM file with the CA that signed the hub's certificate (pinned: the only root trusted).
     /// Default: `SSL_CERT_FILE` or the system CA bundle.
     #[arg(long, env = "KEYFLEET_AGENT_HUB_CA")]
     pub hub_ca: Option<PathBuf>,
+    /// Accept a plaintext `http://` hub URL (local tests only: the credential would cross the
+    /// network in clear). Without it, `http://` is refused.
+    #[arg(long, env = "KEYFLEET_AGENT_INSECURE")]
+    pub insecure: bool,
     /// One-time enrollment token from `keyfleet cluster add`; used only when no credential is
     /// stored yet.
     #[arg(long, env = "KEYFLEET_AGENT_ENROLLMENT_TOKEN", hide_env_values = true)]
@@ -55,8 +60,8 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-/// How to reach and authenticate to the hub.
-#[derive(Debug, Clone)]
+/// How to reach and authenticate to the hub. `Debug` hides the enrollment token.
+#[derive(Clone)]
 pub struct HubConfig {
     /// Hub endpoint.
     pub url: String,
@@ -64,6 +69,36 @@ pub struct HubConfig {
     pub ca: Option<PathBuf>,
     /// Enrollment token, if the agent is not enrolled yet.
     pub enrollment_token: Option<String>,
+    /// Whether a plaintext `http://` hub URL is accepted.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for HubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubConfig")
+            .field("url", &self.url)
+            .field("ca", &self.ca)
+            .field(
+                "enrollment_token",
+                &self.enrollment_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl HubConfig {
+    /// Refuses a plaintext hub URL unless `--insecure` was given.
+    pub fn check_transport(&self) -> Result<(), String> {
+        if self.url.starts_with("http://") && !self.insecure {
+            return Err(format!(
+                "--hub-url {} is plaintext http://: the cluster credential would cross the network \
+                 in clear; use https://, or --insecure for a local test hub",
+                self.url
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where the agent keeps its credential.
@@ -73,6 +108,28 @@ pub struct CredentialConfig {
     pub namespace: String,
     /// Credential Secret name.
     pub secret_name: String,
+}
+
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("hub_url", &self.hub_url)
+            .field("hub_ca", &self.hub_ca)
+            .field("insecure", &self.insecure)
+            .field(
+                "enrollment_token",
+                &self.enrollment_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("namespace", &self.namespace)
+            .field("credential_secret", &self.credential_secret)
+            .field("allowed_namespaces", &self.allowed_namespaces)
+            .field("audit_interval", &self.audit_interval)
+            .field("kubeconfig", &self.kubeconfig)
+            .field("ops_addr", &self.ops_addr)
+            .field("log", &self.log)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
 }
 
 /// The agent's configuration, split by module.
@@ -99,6 +156,7 @@ impl From<Cli> for Config {
                 url: cli.hub_url,
                 ca: cli.hub_ca,
                 enrollment_token: cli.enrollment_token,
+                insecure: cli.insecure,
             },
             credential: CredentialConfig {
                 namespace: cli.namespace,
@@ -128,7 +186,7 @@ mod tests {
     fn flags_land_in_their_sub_configs() {
         let cli = parse(&[
             "--hub-url",
-            "https://hub:8443",
+            "https://hub:7443",
             "--enrollment-token",
             "kfe_x",
             "--namespace",
@@ -140,7 +198,7 @@ mod tests {
         ])
         .expect("valid flags");
         let config = Config::from(cli);
-        assert_eq!(config.hub.url, "https://hub:8443");
+        assert_eq!(config.hub.url, "https://hub:7443");
         assert_eq!(config.hub.enrollment_token.as_deref(), Some("kfe_x"));
         assert_eq!(config.credential.namespace, "kf");
         assert_eq!(config.credential.secret_name, "keyfleet-agent-credential");
@@ -149,6 +207,32 @@ mod tests {
             config.allowed_namespaces,
             Some(["a".to_string(), "b".to_string()].into())
         );
+    }
+
+    #[test]
+    fn the_enrollment_token_never_prints() {
+        let cli = parse(&[
+            "--hub-url",
+            "https://hub:7443",
+            "--enrollment-token",
+            "kfe_secret",
+        ])
+        .expect("valid flags");
+        assert!(!format!("{cli:?}").contains("kfe_secret"));
+        let config = Config::from(cli);
+        assert!(!format!("{config:?}").contains("kfe_secret"));
+    }
+
+    #[test]
+    fn a_plaintext_hub_url_needs_insecure() {
+        let plain = Config::from(parse(&["--hub-url", "http://hub:7443"]).expect("valid flags"));
+        let error = plain.hub.check_transport().expect_err("http:// refused");
+        assert!(error.contains("--insecure"), "{error}");
+        let allowed =
+            Config::from(parse(&["--hub-url", "http://hub:7443", "--insecure"]).expect("valid flags"));
+        allowed.hub.check_transport().expect("explicitly allowed");
+        let tls = Config::from(parse(&["--hub-url", "https://hub:7443"]).expect("valid flags"));
+        tls.hub.check_transport().expect("https is fine");
     }
 
     #[test]

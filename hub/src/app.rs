@@ -43,6 +43,9 @@ pub async fn run(
 /// `keyfleet migrate`: applies the pending migrations and prints them (user-facing output).
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     install_crypto_provider();
+    if let Some(warning) = args.database.tls_warning() {
+        tracing::warn!("{warning}");
+    }
     let store = Store::connect(args.database.expose())
         .await
         .context("connect to the database given by --database")?;

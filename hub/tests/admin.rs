@@ -64,6 +64,7 @@ impl Hub {
     fn client_args(&self, token: &str) -> ClientArgs {
         ClientArgs {
             hub_url: self.url(),
+            insecure: true,
             admin_token: Some(token.to_owned()),
             ..ClientArgs::default()
         }
@@ -105,7 +106,13 @@ impl Hub {
         let url = self.url();
         let mut argv = vec!["keyfleet"];
         argv.extend_from_slice(args);
-        argv.extend(["--hub", &url, "--admin-token-file", token_file.to_str().unwrap()]);
+        argv.extend([
+            "--hub",
+            &url,
+            "--insecure",
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ]);
         let Command::Client(command) = Cli::try_parse_from(&argv).unwrap().command else {
             panic!("{argv:?} is not a client command");
         };
@@ -1100,6 +1107,16 @@ async fn the_cli_drives_the_admin_api_end_to_end() {
     drop(closed);
     let error = cli::connect(&wrong).await.expect_err("nothing listens");
     assert_eq!(error.exit_code(), 3, "{error}");
+    wrong.insecure = false;
+    let error = cli::connect(&wrong)
+        .await
+        .expect_err("plaintext without --insecure");
+    assert_eq!(error.exit_code(), 2, "{error}");
+    assert!(error.to_string().contains("--insecure"), "{error}");
+    assert!(
+        !format!("{wrong:?}").contains(ADMIN_TOKEN),
+        "the admin token never prints"
+    );
 }
 
 /// The cluster file of the bulk enrollment tests.
@@ -1345,6 +1362,7 @@ async fn the_binary_applies_specs_from_a_pipe() {
             "--dry-run",
             "--hub",
             &hub.url(),
+            "--insecure",
             "--admin-token-file",
         ])
         .arg(&token_file)
@@ -1404,6 +1422,7 @@ async fn the_documented_gitops_loop_writes_one_secret_per_new_cluster() {
             .current_dir(&work)
             .env("PATH", &path)
             .env("KEYFLEET_HUB", hub.url())
+            .env("KEYFLEET_INSECURE", "true")
             .env("KEYFLEET_ADMIN_TOKEN", ADMIN_TOKEN)
             .output()
     };

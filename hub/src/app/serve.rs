@@ -51,6 +51,9 @@ pub(super) async fn serve(
     let ops = Ops::default();
 
     // Store.
+    if let Some(warning) = config.database.tls_warning() {
+        tracing::warn!("{warning}");
+    }
     let store = Store::connect(config.database.expose())
         .await
         .context("connect to the store given by --database")?;

@@ -164,6 +164,12 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
                 "--client-cert needs an https:// --hub URL".to_owned(),
             ));
         }
+        Some("http") if !args.insecure => {
+            return Err(CliError::Usage(format!(
+                "--hub {url} is plaintext http://: the admin token would cross the network in \
+                 clear; use https://, or --insecure for a local test hub"
+            )));
+        }
         Some("http") => {}
         _ => return Err(bad_url()),
     }

@@ -160,6 +160,22 @@ pub(super) fn key_versions<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str
         .join(", ")
 }
 
+/// `text` with every control character (newlines, escapes, …) escaped as `\u{..}`/`\n`.
+pub(super) fn printable(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
 /// Left-aligned columns separated by three spaces, as kubectl prints them.
 pub(super) struct Table {
     headers: Vec<String>,
@@ -175,9 +191,11 @@ impl Table {
         }
     }
 
-    /// Adds a row (one cell per header).
+    /// Adds a row (one cell per header). Control characters in a cell (an agent's NACK text, a
+    /// namespace a drift report names) are shown escaped, so text from a cluster can neither
+    /// forge table lines nor drive the terminal.
     pub(super) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(printable).collect());
     }
 
     /// Writes the headers and rows, each column as wide as its widest cell.
@@ -207,6 +225,18 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_a_cluster_are_escaped() {
+        let mut table = Table::new(&["ERROR"]);
+        table.row(vec!["denied\n\u{1b}[31mprod   applied".to_owned()]);
+        let mut out = Vec::new();
+        table.write(&mut out).expect("written");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("denied\\n\\u{1b}[31m"), "{text}");
+    }
 
     #[test]
     fn tables_align_columns() {

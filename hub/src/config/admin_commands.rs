@@ -12,12 +12,16 @@ use super::parse_duration;
 pub const DEFAULT_HUB_URL: &str = "https://127.0.0.1:7443";
 
 /// How the administration commands reach and authenticate to the hub.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Clone, Default, Args)]
 #[command(next_help_heading = "Hub connection")]
 pub struct ClientArgs {
-    /// The hub's gRPC endpoint (`https://…`; `http://…` only for local tests).
+    /// The hub's gRPC endpoint (`https://…`; `http://…` only with --insecure, for local tests).
     #[arg(long = "hub", env = "KEYFLEET_HUB", default_value = DEFAULT_HUB_URL, global = true)]
     pub hub_url: String,
+    /// Accept a plaintext `http://` --hub URL (local tests only: the admin token would cross the
+    /// network in clear).
+    #[arg(long, env = "KEYFLEET_INSECURE", global = true)]
+    pub insecure: bool,
     /// File holding the admin token (first line). Alternatively set KEYFLEET_ADMIN_TOKEN.
     #[arg(long, global = true)]
     pub admin_token_file: Option<PathBuf>,
@@ -52,6 +56,21 @@ pub struct ClientArgs {
         requires = "client_cert"
     )]
     pub client_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    /// The admin token is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("hub_url", &self.hub_url)
+            .field("insecure", &self.insecure)
+            .field("admin_token_file", &self.admin_token_file)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("hub_ca", &self.hub_ca)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .finish()
+    }
 }
 
 /// A client command with its connection flags (accepted after the command name, before or after

@@ -55,8 +55,8 @@ pub struct SyncConfig {
     /// How long a new stream may take to send Hello, and each VersionPage.
     pub handshake_timeout: Duration,
     /// New streams admitted per second on average (token refill rate; fractions allowed). The
-    /// default lets 10,000 agents back within DESIGN §9's 30 s after a hub restart ((10,000 −
-    /// burst) / rate = 18 s): the loadtest measured a restart of 10,000 in-sync agents at 10.5
+    /// default lets 10,000 agents back after a hub restart within the 30 s of ARCHITECTURE.md,
+    /// Performance Targets ((10,000 − burst) / rate = 18 s): the loadtest measured a restart of 10,000 in-sync agents at 10.5
     /// hub CPU-seconds including TLS handshakes (about 1 ms each), so 500/s is half a core.
     pub admission_per_second: f64,
     /// Burst of new streams admitted at once.

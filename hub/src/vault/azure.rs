@@ -195,7 +195,13 @@ impl Policy for VaultPolicy {
     }
 }
 
-/// Retry policy: `Retry-After` when the service gives one, else exponential backoff with full jitter.
+/// Longest `Retry-After` / `retry-after-ms` honoured: a reply asking for more (a faulty or
+/// hostile endpoint could ask for hours) waits this long, so one call never holds a poll for
+/// longer; the poller's own backoff takes over if the vault keeps refusing.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Retry policy: `Retry-After` when the service gives one (at most [`MAX_RETRY_AFTER`]), else
+/// exponential backoff with full jitter.
 #[derive(Debug)]
 struct Backoff {
     max_retries: u32,
@@ -205,6 +211,14 @@ struct Backoff {
 }
 
 impl Backoff {
+    /// How long to wait before retry `retry_count`.
+    fn delay(&self, retry_count: u32, retry_after: Option<Duration>) -> Duration {
+        match retry_after {
+            Some(after) => after.min(MAX_RETRY_AFTER),
+            None => self.jitter(retry_count),
+        }
+    }
+
     fn jitter(&self, retry_count: u32) -> Duration {
         let exp = self
             .base
@@ -235,11 +249,8 @@ impl RetryPolicy for Backoff {
     }
 
     async fn wait(&self, retry_count: u32, retry_after: Option<azure_core::time::Duration>) {
-        let wait = match retry_after {
-            Some(after) => Duration::try_from(after).unwrap_or_default(),
-            None => self.jitter(retry_count),
-        };
-        tokio::time::sleep(wait).await;
+        let retry_after = retry_after.map(|after| Duration::try_from(after).unwrap_or(MAX_RETRY_AFTER));
+        tokio::time::sleep(self.delay(retry_count, retry_after)).await;
     }
 }
 
@@ -589,6 +600,28 @@ impl SecretSource for AzureKeyVault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_honoured_up_to_a_cap() {
+        let backoff = Backoff {
+            max_retries: 3,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            headers: RetryHeaders {
+                retry_headers: Vec::new(),
+            },
+        };
+        assert_eq!(
+            backoff.delay(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            backoff.delay(1, Some(Duration::from_secs(7_200))),
+            MAX_RETRY_AFTER,
+            "an endpoint cannot park a poll for hours"
+        );
+        assert!(backoff.delay(3, None) <= Duration::from_millis(400));
+    }
 
     #[test]
     fn operations_from_paths() {
