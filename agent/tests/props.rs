@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use keyfleet_agent::hub::desired_from_payload;
 use keyfleet_agent::reconcile::ErrorCode;
 use keyfleet_proto::{digest, limits, v1};
-use prost::Message as _;
 use proptest::prelude::*;
+use prost::Message as _;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -35,7 +35,10 @@ fn subdomain() -> impl Strategy<Value = String> {
 }
 
 fn label_value() -> impl Strategy<Value = String> {
-    prop_oneof![Just(String::new()), "[A-Za-z0-9]([A-Za-z0-9._-]{0,20}[A-Za-z0-9])?"]
+    prop_oneof![
+        Just(String::new()),
+        "[A-Za-z0-9]([A-Za-z0-9._-]{0,20}[A-Za-z0-9])?"
+    ]
 }
 
 fn qualified_name() -> impl Strategy<Value = String> {
@@ -85,19 +88,35 @@ fn valid_payload() -> impl Strategy<Value = v1::SecretPayload> {
         selector().prop_map(|selector| (Vec::new(), Some(selector))),
     ];
     (
-        (subdomain(), 1..u64::MAX, subdomain(), prop_oneof![
-            Just(String::new()),
-            Just("Opaque".to_owned()),
-            Just("kubernetes.io/dockerconfigjson".to_owned()),
-        ]),
+        (
+            subdomain(),
+            1..u64::MAX,
+            subdomain(),
+            prop_oneof![
+                Just(String::new()),
+                Just("Opaque".to_owned()),
+                Just("kubernetes.io/dockerconfigjson".to_owned()),
+            ],
+        ),
         targets,
-        prop::collection::hash_map("[-._a-zA-Z0-9]{1,30}", prop::collection::vec(any::<u8>(), 0..64), 0..5),
+        prop::collection::hash_map(
+            "[-._a-zA-Z0-9]{1,30}",
+            prop::collection::vec(any::<u8>(), 0..64),
+            0..5,
+        ),
         prop::collection::hash_map(qualified_name(), label_value(), 0..3),
         prop::collection::hash_map(qualified_name(), any::<String>(), 0..3),
         (0..=3i32, 0..=2i32, any::<bool>()),
     )
         .prop_map(
-            |((key, revision, secret_name, r#type), (namespaces, namespace_selector), data, labels, annotations, (creation, deletion, immutable))| {
+            |(
+                (key, revision, secret_name, r#type),
+                (namespaces, namespace_selector),
+                data,
+                labels,
+                annotations,
+                (creation, deletion, immutable),
+            )| {
                 let mut payload = v1::SecretPayload {
                     key,
                     revision,
@@ -174,7 +193,9 @@ impl Mutation {
             Self::RevisionZero => "revision",
             Self::SecretName(_) => "secret_name: ",
             Self::Type(_) => "type ",
-            Self::Namespace(_) | Self::DuplicateNamespace | Self::NoTargets | Self::BothTargets => "namespace",
+            Self::Namespace(_) | Self::DuplicateNamespace | Self::NoTargets | Self::BothTargets => {
+                "namespace"
+            }
             Self::Selector(_) => "namespace_selector: ",
             Self::DataKey(_) => "data key ",
             Self::DataTooLarge => "data is ",
@@ -298,10 +319,17 @@ fn check_refusal(refusal: &keyfleet_agent::reconcile::Refusal) -> Result<(), Tes
         matches!(refusal.code, ErrorCode::Invalid | ErrorCode::DigestMismatch),
         "{refusal:?}"
     );
-    prop_assert!(!refusal.retryable, "a bad payload does not get better: {refusal:?}");
+    prop_assert!(
+        !refusal.retryable,
+        "a bad payload does not get better: {refusal:?}"
+    );
     prop_assert!(!refusal.message.trim().is_empty());
     // It fits a NACK's message without being cut (the agent truncates beyond this).
-    prop_assert!(refusal.message.len() <= limits::MAX_ERROR_MESSAGE_BYTES + 600, "{}", refusal.message.len());
+    prop_assert!(
+        refusal.message.len() <= limits::MAX_ERROR_MESSAGE_BYTES + 600,
+        "{}",
+        refusal.message.len()
+    );
     Ok(())
 }
 
