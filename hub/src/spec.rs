@@ -386,11 +386,22 @@ pub struct Issue {
 
 impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        // One issue, one line: a line break that came from the input (a quoted key, a value
+        // quoted by serde's message) is shown escaped.
+        let (path, message) = (one_line(&self.path), one_line(&self.message));
+        if path.is_empty() {
+            write!(f, "{}:{}: {message}", self.file, self.line)
         } else {
-            write!(f, "{}:{}: {}: {}", self.file, self.line, self.path, self.message)
+            write!(f, "{}:{}: {path}: {message}", self.file, self.line)
         }
+    }
+}
+
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(['\n', '\r']) {
+        text.replace('\n', "\\n").replace('\r', "\\r").into()
+    } else {
+        text.into()
     }
 }
 

@@ -598,6 +598,9 @@ impl SecretSource for AzureKeyVault {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -166,7 +166,7 @@ impl Ctx<'_> {
                 Err(error) => {
                     self.issue(
                         &format!("{path}.name.regexp"),
-                        format!("invalid regular expression: {error}"),
+                        format!("invalid regular expression: {}", regex_reason(&error)),
                     );
                     return None;
                 }
@@ -185,4 +185,17 @@ impl Ctx<'_> {
             decoding,
         })
     }
+}
+
+/// The one-line reason of a regex error: a syntax error's text is a multi-line drawing of the
+/// pattern with a caret, and an issue is one line (`file:line: path: message`).
+fn regex_reason(error: &regex::Error) -> String {
+    let text = error.to_string();
+    text.lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("error: "))
+        .map_or_else(
+            || text.split_whitespace().collect::<Vec<_>>().join(" "),
+            str::to_owned,
+        )
 }
