@@ -218,10 +218,10 @@ ok() { passed=$((passed + 1)); echo "ok   $*"; }
 
 check_image() { # image title binary
   local image=$1 title=$2 bin=$3 config ctr mnt shells out
-  config=$("${B[@]}" inspect --type image --format '{{json .OCIv1.Config}}' "$image")
+  config=$("${B[@]}" inspect --type image "$image") || fail "buildah inspect $image"
   python3 - "$config" "$title" "$bin" "$VERSION" "$SOURCE" <<'EOF' || fail "$image: config"
 import json, sys
-config, title, binary, version, source = json.loads(sys.argv[1]), *sys.argv[2:]
+config, title, binary, version, source = json.loads(sys.argv[1])["OCIv1"]["config"], *sys.argv[2:]
 labels = config.get("Labels") or {}
 want = {"org.opencontainers.image.title": title, "org.opencontainers.image.version": version,
         "org.opencontainers.image.source": source, "org.opencontainers.image.licenses": "Apache-2.0"}
@@ -238,7 +238,7 @@ EOF
 
   ctr=$(new_container "$image")
   mnt=$("${B[@]}" mount "$ctr")
-  shells=$(find "$mnt" \( -name sh -o -name bash -o -name dash -o -name busybox -o -name 'apt*' -o -name dpkg \) -print)
+  shells=$(find "$mnt" ! -type d \( -name sh -o -name bash -o -name dash -o -name busybox -o -name 'apt*' -o -name dpkg \) -print)
   [ -z "$shells" ] || fail "$image has a shell or package manager: $shells"
   [ "$(stat -c %u "$mnt/home/nonroot")" = 65532 ] || fail "$image: /home/nonroot is not owned by 65532"
   grep -q '^nonroot:x:65532:65532:' "$mnt/etc/passwd" || fail "$image: no nonroot 65532 in /etc/passwd"
@@ -273,9 +273,10 @@ listener_uid() {
   awk '/^Uid:/ { print $2 }' "/proc/$pid/status"
 }
 http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$1"; }
+is_200() { [ "$(http_status "$1")" = 200 ]; }
 
 # The fake Kubernetes API the agent's kubeconfig points at (on the host, loopback).
-"$TARGET/debug/keyfleet-testkit" kube-api --addr 127.0.0.1:0 --state-dir "$WORK/kube" --cluster images \
+"$TARGET/debug/keyfleet-testkit" kube-api --addr 127.0.0.1:0 --state-dir "$WORK/kube" \
   >"$WORK/kube.out" 2>"$WORK/kube.err" &
 PIDS+=($!)
 wait_until "kube-api ready" "${PIDS[-1]}" grep -q '^ready https://' "$WORK/kube.out" \
@@ -297,7 +298,7 @@ hub_pid=${PIDS[-1]}
 wait_until "the hub's ready file" "$hub_pid" test -s "$WORK/hub/ready.json" \
   || { cat "$WORK/hub.log" >&2; fail "the hub did not start in its image"; }
 read -r grpc_addr ops_addr < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["grpc_addr"], d["ops_addr"])' "$WORK/hub/ready.json")
-wait_until "hub /readyz" "$hub_pid" test "$(http_status "http://$ops_addr/readyz")" = 200 \
+wait_until "hub /readyz" "$hub_pid" is_200 "http://$ops_addr/readyz" \
   || { cat "$WORK/hub.log" >&2; fail "the hub's /readyz is not 200"; }
 uid=$(listener_uid "${ops_addr##*:}") || fail "no process listens on $ops_addr"
 [ "$uid" = 65532 ] || fail "the hub runs as uid $uid, not 65532"
@@ -322,18 +323,20 @@ run_agent() { # container log [extra env...]
   shift 2
   "${B[@]}" run --isolation chroot --network host -v "$WORK/kube:/kube:ro" -v "$WORK/hub/tls:/hub-tls:ro" \
     --env KEYFLEET_AGENT_HUB_URL="https://$grpc_addr" --env KEYFLEET_AGENT_KUBECONFIG=/kube/kubeconfig \
-    --env KEYFLEET_AGENT_OPS_ADDR=127.0.0.1:0 "$@" "$ctr" -- keyfleet-agent >"$log" 2>&1 &
+    --env KEYFLEET_AGENT_OPS_ADDR=127.0.0.1:0 --env KEYFLEET_AGENT_NAMESPACE=default \
+    --env KEYFLEET_AGENT_LOG_FORMAT=json "$@" "$ctr" -- keyfleet-agent >"$log" 2>&1 &
   PIDS+=($!)
 }
-agent_ops() { sed -n 's/.*ops endpoint listening.*addr=\([0-9.:]*\).*/\1/p' "$1" | head -n1; }
+agent_ops() { sed -n '/ops endpoint listening/ s/.*"addr":"\([0-9.:]*\)".*/\1/p' "$1" | head -n1; }
+has_agent_ops() { [ -n "$(agent_ops "$1")" ]; }
 agent_ctr=$(new_container "$AGENT_IMAGE")
 run_agent "$agent_ctr" "$WORK/agent.log" --env KEYFLEET_AGENT_HUB_CA=/hub-tls/ca.pem \
   --env KEYFLEET_AGENT_ENROLLMENT_TOKEN="$token"
 agent_pid=${PIDS[-1]}
-wait_until "the agent's ops address" "$agent_pid" test -n "$(agent_ops "$WORK/agent.log")" \
+wait_until "the agent's ops address" "$agent_pid" has_agent_ops "$WORK/agent.log" \
   || { cat "$WORK/agent.log" >&2; fail "the agent did not start in its image"; }
 agent_addr=$(agent_ops "$WORK/agent.log")
-wait_until "agent /readyz" "$agent_pid" test "$(http_status "http://$agent_addr/readyz")" = 200 \
+wait_until "agent /readyz" "$agent_pid" is_200 "http://$agent_addr/readyz" \
   || { cat "$WORK/agent.log" "$WORK/hub.log" >&2; fail "the agent's /readyz is not 200"; }
 uid=$(listener_uid "${agent_addr##*:}") || fail "no process listens on $agent_addr"
 [ "$uid" = 65532 ] || fail "the agent runs as uid $uid, not 65532"
