@@ -92,21 +92,18 @@ echo "$(buildah --version), storage $STORE/storage (vfs), isolation chroot"
 WORK=$(mktemp -d "$STORE/work.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
-CONTAINERS=()
+# The storage under $STORE is this script's alone: at exit, every working container goes, and so
+# do the images no tag names (earlier builds, the intermediate stages).
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for ctr in "${CONTAINERS[@]}"; do "${B[@]}" rm "$ctr" >/dev/null 2>&1 || true; done
+  "${B[@]}" rm --all >/dev/null 2>&1 || true
+  "${B[@]}" rmi --prune >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-new_container() { # image -> prints the working container's name (removed at exit)
-  local ctr
-  ctr=$("${B[@]}" from --pull=never "$1")
-  CONTAINERS+=("$ctr")
-  echo "$ctr"
-}
+new_container() { "${B[@]}" from --pull=never "$1"; } # image -> the working container's name
 
 # --- 2. the runtime base ----------------------------------------------------------------------
 start=$(now)
@@ -155,7 +152,6 @@ else
 
   ctr=$("${B[@]}" from scratch 2>"$WORK/from.err") \
     || skip "buildah from scratch failed: $(tail -n1 "$WORK/from.err")"
-  CONTAINERS+=("$ctr")
   mnt=$("${B[@]}" mount "$ctr" 2>"$WORK/mount.err") \
     || skip "buildah mount (vfs) failed: $(tail -n1 "$WORK/mount.err")"
   cp -a "$rootfs/." "$mnt/" # cp -a, not buildah copy: it keeps owners (/home/nonroot) and modes
@@ -207,7 +203,6 @@ for target in hub agent; do
     --build-arg VERSION="$VERSION" --build-arg SOURCE="$SOURCE" \
     "$ctx" >"$WORK/bud-$target.log" 2>&1 || { cat "$WORK/bud-$target.log" >&2; fail "buildah bud --target $target"; }
 done
-"${B[@]}" rmi --prune >/dev/null 2>&1 || true # the intermediate stages
 image_secs=$(elapsed "$start")
 echo "images built in ${image_secs} s: $HUB_IMAGE, $AGENT_IMAGE"
 "${B[@]}" images --format '  {{.Name}}:{{.Tag}} {{.Size}}' | grep -v '<none>'
