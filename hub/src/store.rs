@@ -259,7 +259,7 @@ impl Store {
         };
         let rejection = if token.cluster_state == ClusterState::Revoked {
             TokenRejection::ClusterRevoked
-        } else if token.used {
+        } else if token.used_at.is_some() {
             TokenRejection::Used
         } else if token.expires <= now {
             TokenRejection::Expired
@@ -269,6 +269,21 @@ impl Store {
             TokenRejection::Used
         };
         Ok(Err(rejection))
+    }
+
+    /// The cluster of an enrollment token consumed at or after `since`, when that cluster is not
+    /// revoked: an agent whose enrollment reply was lost retries with the same token, and the hub
+    /// then issues it a fresh credential (replacing the undelivered one).
+    pub async fn recently_consumed_token(
+        &self,
+        token_hash: &Sha256,
+        since: DateTime<Utc>,
+    ) -> Result<Option<ClusterId>, StoreError> {
+        let Some(token) = backend!(self, enrollment::token_state(token_hash))? else {
+            return Ok(None);
+        };
+        let recent = token.used_at.is_some_and(|used| used >= micros(since));
+        Ok((recent && token.cluster_state != ClusterState::Revoked).then_some(token.cluster))
     }
 
     /// Sets the credential hash and state = active (refused for a revoked cluster: Conflict).

@@ -65,7 +65,41 @@ async fn a_token_enrolls_once_and_its_credential_opens_the_stream() {
         "{changes:?}"
     );
 
-    // The same token again: refused, without echoing it.
+    // The same token again within the replay window, as an agent whose reply was lost retries:
+    // a fresh credential that replaces the undelivered one, audited as a replay.
+    let replayed = keyfleet_testkit::agent::enroll(&hub.endpoint, &token)
+        .await
+        .unwrap();
+    assert_eq!(replayed.cluster_id, cluster.id.to_string());
+    assert_ne!(replayed.credential, enrolled.credential);
+    assert_eq!(
+        hub.credentials.lookup(&enrolled.credential),
+        None,
+        "the first credential is replaced"
+    );
+    assert_eq!(hub.credentials.lookup(&replayed.credential), Some(cluster.id));
+    assert_eq!(
+        store.active_credentials().await.unwrap(),
+        vec![(Sha256::of(replayed.credential.as_bytes()), cluster.id)]
+    );
+    let audit = store.audit(10).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|event| event.action == "enroll.replay" && event.subject == "eu-1"),
+        "{audit:?}"
+    );
+    let enrolled = replayed;
+
+    // Once the window is over the used token is refused, without echoing it.
+    {
+        use sqlx::{Connection as _, Executor as _};
+        let mut connection = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+        connection
+            .execute("UPDATE enrollment_tokens SET used_at = now() - interval '11 minutes'")
+            .await
+            .unwrap();
+    }
     let again = keyfleet_testkit::agent::enroll(&hub.endpoint, &token)
         .await
         .unwrap_err();

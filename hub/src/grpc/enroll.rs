@@ -24,6 +24,13 @@ use crate::sync::admin::ENROLLMENT_TOKEN_PREFIX;
 /// The answer for any token that cannot be used.
 const REFUSED: &str = "enrollment token is unknown, already used or expired";
 
+/// How long after its first use a token still enrolls its cluster again: an agent whose reply was
+/// lost (a dropped connection, a crash before it stored the credential) retries with the same
+/// token. The retry gets a fresh credential that replaces the undelivered one, and is audited as
+/// `enroll.replay`. Long enough for an agent's backoff (at most 60 s) to come back several times,
+/// short enough that a token found later is worthless.
+pub const REPLAY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 fn well_formed(token: &str) -> bool {
     token.strip_prefix(ENROLLMENT_TOKEN_PREFIX).is_some_and(|rest| {
         rest.len() == 43
@@ -38,6 +45,7 @@ pub struct EnrollService {
     store: Store,
     credentials: Credentials,
     admission: Admission,
+    replay_window: chrono::TimeDelta,
 }
 
 impl EnrollService {
@@ -47,7 +55,16 @@ impl EnrollService {
             store,
             credentials,
             admission: Admission::new(f64::from(per_second.max(1)), burst),
+            replay_window: REPLAY_WINDOW,
         }
+    }
+
+    /// How long a used token may enroll its cluster again ([`REPLAY_WINDOW`] by default; zero
+    /// turns replays off).
+    #[must_use]
+    pub fn with_replay_window(mut self, window: chrono::TimeDelta) -> Self {
+        self.replay_window = window;
+        self
     }
 
     /// The tonic service to add to the server's routes.
@@ -81,8 +98,23 @@ impl enrollment_server::Enrollment for EnrollService {
             return Err(Admission::refusal("enrollments", hint));
         }
         let token_hash = Sha256::of(request.token.as_bytes());
+        let mut replay = false;
         let cluster = match self.store.consume_enrollment_token(&token_hash, Utc::now()).await {
             Ok(Ok(cluster)) => cluster,
+            Ok(Err(TokenRejection::Used)) if self.replay_window > chrono::TimeDelta::zero() => {
+                let since = Utc::now() - self.replay_window;
+                match self.store.recently_consumed_token(&token_hash, since).await {
+                    Ok(Some(cluster)) => {
+                        replay = true;
+                        cluster
+                    }
+                    Ok(None) => {
+                        tracing::warn!(reason = "already used", token = ?token_hash, "enrollment refused");
+                        return Err(Status::unauthenticated(REFUSED));
+                    }
+                    Err(error) => return Err(crate::grpc::status::enroll_store(&error)),
+                }
+            }
             Ok(Err(rejection)) => {
                 let reason = match rejection {
                     TokenRejection::Unknown => "unknown",
@@ -115,7 +147,12 @@ impl enrollment_server::Enrollment for EnrollService {
         };
         if let Err(error) = self
             .store
-            .append_audit(&format!("cluster:{name}"), "enroll", &name, Utc::now())
+            .append_audit(
+                &format!("cluster:{name}"),
+                if replay { "enroll.replay" } else { "enroll" },
+                &name,
+                Utc::now(),
+            )
             .await
         {
             tracing::warn!(%cluster, error = %error, "cannot audit an enrollment");
@@ -130,7 +167,7 @@ impl enrollment_server::Enrollment for EnrollService {
             tracing::warn!(%cluster, error = %error, "cannot announce an enrollment to other replicas");
         }
         tracing::info!(%cluster, cluster_name = %name, agent_version = %request.agent_version,
-            "cluster enrolled");
+            replay, "cluster enrolled");
         Ok(Response::new(v1::EnrollResponse {
             cluster_name: name,
             cluster_id: cluster.to_string(),

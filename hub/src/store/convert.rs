@@ -9,7 +9,10 @@ use crate::domain::{ClusterState, Labels, Sha256, SyncState};
 
 /// What `consume_enrollment_token` reads back to say why a token was refused.
 pub(super) struct TokenState {
-    pub(super) used: bool,
+    /// The cluster the token enrolls.
+    pub(super) cluster: crate::domain::ClusterId,
+    /// When it was consumed, if it was.
+    pub(super) used_at: Option<DateTime<Utc>>,
     pub(super) expires: DateTime<Utc>,
     pub(super) cluster_state: ClusterState,
 }

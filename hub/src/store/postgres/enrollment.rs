@@ -54,7 +54,7 @@ pub(in crate::store) async fn token_state(
     token_hash: &Sha256,
 ) -> Result<Option<TokenState>, StoreError> {
     let row = sqlx::query!(
-        r#"SELECT t.used_at IS NOT NULL AS "used!", t.expires_at, c.state AS "cluster_state!"
+        r#"SELECT t.cluster_id, t.used_at, t.expires_at, c.state AS "cluster_state!"
            FROM enrollment_tokens t JOIN clusters c ON c.id = t.cluster_id
            WHERE t.token_sha256 = $1"#,
         &token_hash.0[..],
@@ -63,7 +63,8 @@ pub(in crate::store) async fn token_state(
     .await?;
     row.map(|row| {
         Ok(TokenState {
-            used: row.used,
+            cluster: ClusterId(row.cluster_id),
+            used_at: row.used_at,
             expires: row.expires_at,
             cluster_state: cluster_state(&row.cluster_state)?,
         })

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Row as _, Sqlite, SqliteConnection, SqlitePool};
 
-use super::{id_text, req_ts, ts, uuid};
+use super::{id_text, opt_ts, req_ts, ts, uuid};
 use crate::domain::{ClusterId, Sha256};
 use crate::store::StoreError;
 use crate::store::convert::{TokenState, cluster_state};
@@ -55,7 +55,7 @@ pub(in crate::store) async fn token_state(
     token_hash: &Sha256,
 ) -> Result<Option<TokenState>, StoreError> {
     let row = sqlx::query(
-        "SELECT t.used_at IS NOT NULL AS used, t.expires_at, c.state AS cluster_state
+        "SELECT t.cluster_id, t.used_at, t.expires_at, c.state AS cluster_state
          FROM enrollment_tokens t JOIN clusters c ON c.id = t.cluster_id
          WHERE t.token_sha256 = ?1",
     )
@@ -64,7 +64,8 @@ pub(in crate::store) async fn token_state(
     .await?;
     row.map(|row| {
         Ok(TokenState {
-            used: row.try_get("used")?,
+            cluster: ClusterId(uuid(&row, "cluster_id")?),
+            used_at: opt_ts(&row, "used_at", "token used_at")?,
             expires: req_ts(&row, "expires_at", "token expires_at")?,
             cluster_state: cluster_state(&row.try_get::<String, _>("cluster_state")?)?,
         })
