@@ -370,6 +370,14 @@ impl Engine {
                 }
                 Ok(())
             }
+            Err(EngineError::Store(error)) if !error.is_unavailable() => {
+                // Not an outage (a refused statement, a row that does not decode): retried like
+                // one, but said every time, so a persistent fault is never quiet.
+                self.store_down = true;
+                tracing::error!(step, error = %error, source = ?std::error::Error::source(&error),
+                    "store call failed; retrying each tick");
+                Ok(())
+            }
             Err(EngineError::Store(error)) => {
                 if !std::mem::replace(&mut self.store_down, true) {
                     tracing::warn!(step, error = %error, source = ?std::error::Error::source(&error),
