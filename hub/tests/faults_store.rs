@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use keyfleet_proto::v1;
-use keyfleet_testkit::agent::{AgentConfig, HubAddress, Identity, RunningAgent};
 use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator};
 use support::TestDb;
 use support::serve::{
-    ServeEnv, ServeProcess, all_agents, docker_config, first_revision_everywhere, regcred_spec, status_until,
+    ServeEnv, ServeProcess, all_agents, docker_config, first_revision_everywhere, fleet_setup, start_agents,
+    status_until,
 };
 
 const KEY: &str = "regcred";
@@ -38,41 +38,9 @@ async fn a_store_outage_stops_no_replica_and_every_cluster_converges_after_it() 
     let mut a = ServeProcess::start(&env, "hub-a", any_port()).await;
     let mut b = ServeProcess::start(&env, "hub-b", any_port()).await;
     let mut admin = env.admin(&a).await;
-    admin
-        .apply_specs(v1::ApplySpecsRequest {
-            files: vec![v1::SpecFile {
-                name: "regcred.yaml".to_owned(),
-                content: regcred_spec(kv.vault_url()),
-            }],
-            dry_run: false,
-        })
-        .await
-        .unwrap();
-    let mut tokens = Vec::new();
-    for index in 0..CLUSTERS {
-        let ring = if index == 0 { "canary" } else { "main" };
-        let response = admin
-            .create_cluster(v1::CreateClusterRequest {
-                name: format!("cluster-{index:03}"),
-                labels: [("env", "prod"), ("ring", ring)]
-                    .into_iter()
-                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                    .collect(),
-                token_ttl_seconds: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        tokens.push(response.token.unwrap().token);
-    }
-    let hubs: [HubAddress; 2] = [env.hub_address(&a), env.hub_address(&b)];
-    let agents: Vec<RunningAgent> = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(index, token)| {
-            RunningAgent::start(AgentConfig::new(hubs.to_vec(), index % 2, Identity::Token(token)))
-        })
-        .collect();
+    // Cluster 0 is the canary; clusters alternate between the two replicas.
+    let tokens = fleet_setup(&mut admin, &kv, CLUSTERS, 1).await;
+    let agents = start_agents(&[env.hub_address(&a), env.hub_address(&b)], tokens);
     let first = first_revision_everywhere(CONVERGE, &agents, KEY).await;
     status_until(
         KEY,

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use keyfleet_proto::v1;
-use keyfleet_testkit::agent::{AgentConfig, HubAddress, Identity, RunningAgent};
-use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator, KeyVaultHandle};
+use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator};
 use support::serve::{
-    LEADS, ServeEnv, ServeProcess, all_agents, docker_config, first_revision_everywhere, regcred_spec,
-    status_until,
+    LEADS, ServeEnv, ServeProcess, all_agents, docker_config, first_revision_everywhere, fleet_setup,
+    start_agents, status_until,
 };
 use support::{TestDb, within};
 
@@ -24,58 +23,6 @@ const CONVERGE: Duration = Duration::from_secs(90);
 
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
-}
-
-/// Applies the regcred example and adds `clusters` prod clusters (the first `canaries` in the
-/// canary ring); returns their enrollment tokens.
-async fn fleet_setup(
-    admin: &mut keyfleet_hub::cli::Client,
-    kv: &KeyVaultHandle,
-    clusters: usize,
-    canaries: usize,
-) -> Vec<String> {
-    admin
-        .apply_specs(v1::ApplySpecsRequest {
-            files: vec![v1::SpecFile {
-                name: "regcred.yaml".to_owned(),
-                content: regcred_spec(kv.vault_url()),
-            }],
-            dry_run: false,
-        })
-        .await
-        .unwrap();
-    let mut tokens = Vec::new();
-    for index in 0..clusters {
-        let ring = if index < canaries { "canary" } else { "main" };
-        let response = admin
-            .create_cluster(v1::CreateClusterRequest {
-                name: format!("cluster-{index:03}"),
-                labels: [("env", "prod"), ("ring", ring)]
-                    .into_iter()
-                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                    .collect(),
-                token_ttl_seconds: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        tokens.push(response.token.unwrap().token);
-    }
-    tokens
-}
-
-fn start_agents(hubs: &[HubAddress], tokens: Vec<String>) -> Vec<RunningAgent> {
-    tokens
-        .into_iter()
-        .enumerate()
-        .map(|(index, token)| {
-            RunningAgent::start(AgentConfig::new(
-                hubs.to_vec(),
-                index % hubs.len(),
-                Identity::Token(token),
-            ))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use keyfleet_hub::config::ClientArgs;
 use keyfleet_proto::v1;
-use keyfleet_testkit::agent::{AgentState, HubAddress, RunningAgent};
+use keyfleet_testkit::agent::{AgentConfig, AgentState, HubAddress, Identity, RunningAgent};
 use keyfleet_testkit::keyvault::{self, KeyVaultHandle};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -312,4 +312,56 @@ pub async fn status_until(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Applies the regcred example and adds `clusters` prod clusters (the first `canaries` in the
+/// canary ring); returns their enrollment tokens.
+pub async fn fleet_setup(
+    admin: &mut keyfleet_hub::cli::Client,
+    kv: &KeyVaultHandle,
+    clusters: usize,
+    canaries: usize,
+) -> Vec<String> {
+    admin
+        .apply_specs(v1::ApplySpecsRequest {
+            files: vec![v1::SpecFile {
+                name: "regcred.yaml".to_owned(),
+                content: regcred_spec(kv.vault_url()),
+            }],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for index in 0..clusters {
+        let ring = if index < canaries { "canary" } else { "main" };
+        let response = admin
+            .create_cluster(v1::CreateClusterRequest {
+                name: format!("cluster-{index:03}"),
+                labels: [("env", "prod"), ("ring", ring)]
+                    .into_iter()
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .collect(),
+                token_ttl_seconds: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(response.token.unwrap().token);
+    }
+    tokens
+}
+
+pub fn start_agents(hubs: &[HubAddress], tokens: Vec<String>) -> Vec<RunningAgent> {
+    tokens
+        .into_iter()
+        .enumerate()
+        .map(|(index, token)| {
+            RunningAgent::start(AgentConfig::new(
+                hubs.to_vec(),
+                index % hubs.len(),
+                Identity::Token(token),
+            ))
+        })
+        .collect()
 }
