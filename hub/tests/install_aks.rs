@@ -1,13 +1,23 @@
 //! `docs/install-aks.md`, checked against the charts with the real Helm: each `helm install` of the
 //! guide, with its `--set` values, renders; the images, Workload Identity and hub URL it sets land
 //! where they should; and every Secret and ConfigMap the rendered pods read is one the guide tells
-//! the reader to create, under the same name and key.
+//! the reader to create, under the same name and key. Then the guide's own `keyfleet` blocks
+//! (steps 4 to 8: the admin token, the specs, the three clusters, their status, a rotation) run
+//! as written, through `bash`, against a real `keyfleet serve` on Postgres and the Key Vault
+//! emulator, with three agents enrolled by the tokens the guide's `cluster add -f` printed.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod support;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyfleet_testkit::agent::{AgentConfig, Identity, RunningAgent};
 use keyfleet_testkit::helm;
+use keyfleet_testkit::keyvault::{KeyVaultConfig, KeyVaultEmulator};
+use support::TestDb;
+use support::serve::{ServeEnv, ServeProcess, docker_config, first_revision_everywhere};
 
 const NAMESPACE: &str = "keyfleet-system";
 const CLIENT_ID: &str = "00000000-0000-0000-0000-0000000000c1";
@@ -238,4 +248,227 @@ fn the_guide_installs_both_charts_with_what_it_creates() {
             assert_eq!(hub_url, Some("https://keyfleet.example.com:7443"));
         }
     }
+}
+
+/// The `sh` blocks of the guide's section `## {number}.`, as written (heredocs included).
+fn section_blocks(guide: &str, number: u32) -> Vec<String> {
+    let heading = format!("## {number}. ");
+    let mut blocks = Vec::new();
+    let mut in_section = false;
+    let mut block: Option<String> = None;
+    for line in guide.lines() {
+        if line.starts_with("## ") {
+            in_section = line.starts_with(&heading);
+            continue;
+        }
+        if !in_section {
+            continue;
+        }
+        if line.starts_with("```") {
+            match block.take() {
+                Some(text) => blocks.push(text),
+                None if line == "```sh" => block = Some(String::new()),
+                None => {}
+            }
+            continue;
+        }
+        if let Some(text) = &mut block {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    assert!(
+        !blocks.is_empty(),
+        "docs/install-aks.md has no sh block in section {number}"
+    );
+    blocks
+}
+
+/// Runs `script` with `bash -euo pipefail` in `dir`, `keyfleet` (the binary under test) first on
+/// the PATH; returns its stdout and panics with its stderr when it fails.
+fn run(dir: &Path, script: &str) -> String {
+    let bin = Path::new(env!("CARGO_BIN_EXE_keyfleet")).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let output = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env_remove("KEYFLEET_ADMIN_TOKEN")
+        .env_remove("KEYFLEET_HUB")
+        .env_remove("KEYFLEET_HUB_CA")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "docs/install-aks.md:\n{script}\nfailed ({}):\n{}{stdout}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The TARGETED and APPLIED columns of `fleet_secret` in a `keyfleet status` table.
+fn targeted_applied(table: &str, fleet_secret: &str) -> Option<(u64, u64)> {
+    let row = table
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(fleet_secret))?;
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    Some((columns.get(2)?.parse().ok()?, columns.get(3)?.parse().ok()?))
+}
+
+/// Runs `script` (a `keyfleet status` of the guide) until its table says `fleet_secret` is applied
+/// on `clusters` clusters: status rows are written in batches, so it can lag the agents by one.
+async fn status_until_applied(dir: &Path, script: &str, fleet_secret: &str, clusters: u64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = run(dir, script);
+        if targeted_applied(&table, fleet_secret) == Some((clusters, clusters)) {
+            return table;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{script}: {fleet_secret} not applied on {clusters} clusters within 30 s:\n{table}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_guide_commands_run_against_a_hub() {
+    let guide = guide();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    // The guide runs in a checkout of the repository (charts and examples under deploy/).
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy"),
+        dir.join("deploy"),
+    )
+    .unwrap();
+
+    // Step 4: the admin token file, made by the guide's own command; the hub reads that file.
+    let token_line = section_blocks(&guide, 4)
+        .iter()
+        .flat_map(|block| block.lines().map(str::to_owned).collect::<Vec<_>>())
+        .find(|line| line.contains("> admin-token"))
+        .expect("step 4 writes the admin-token file");
+    run(dir, &token_line);
+
+    let db = TestDb::create().await;
+    let kv = KeyVaultEmulator::start(KeyVaultConfig::default()).await.unwrap();
+    kv.set_secret("acr-pull", &docker_config("first"), &[]).unwrap();
+    let env = ServeEnv::new(db.url(), &kv);
+    std::fs::copy(dir.join("admin-token"), env.dir.path().join("admin-token")).unwrap();
+    let hub = ServeProcess::start(&env, "hub-a", "127.0.0.1:0".parse().unwrap()).await;
+    std::fs::write(dir.join("hub-ca.pem"), env.ca_pem()).unwrap();
+
+    // What only Azure has: the hub's DNS name and the vault's; everything else is the guide's text.
+    let local = |block: &str| {
+        block
+            .replace(
+                "https://keyfleet.example.com:7443",
+                &format!("https://localhost:{}", hub.grpc_addr.port()),
+            )
+            .replace(
+                "https://$KV_NAME.vault.azure.net",
+                kv.vault_url().as_str().trim_end_matches('/'),
+            )
+    };
+
+    // Step 6: the specs. Its exports (hub, CA, admin token) hold for the later steps too.
+    let specs = local(&section_blocks(&guide, 6)[0]);
+    let exports: String = specs
+        .lines()
+        .filter(|line| line.starts_with("export "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(
+        exports.contains("KEYFLEET_ADMIN_TOKEN"),
+        "step 6 exports the admin token"
+    );
+    let stores = run(dir, &specs);
+    assert!(
+        stores.contains("shared-kv"),
+        "keyfleet get stores lists the guide's store:\n{stores}"
+    );
+
+    // Step 7: the three clusters in one file, their tokens as JSON.
+    let step7 = section_blocks(&guide, 7);
+    let add = step7
+        .iter()
+        .find(|block| block.contains("keyfleet cluster add -f"))
+        .expect("step 7 adds the clusters from a file");
+    run(dir, &format!("{exports}{}", local(add)));
+    let enrollment: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("enrollment.json")).unwrap()).unwrap();
+    let names = ["prod-eu-1", "prod-eu-2", "prod-us-1"];
+    let agent_block = step7
+        .iter()
+        .find(|block| block.contains("helm install keyfleet-agent"))
+        .expect("step 7 installs the agent");
+    assert!(
+        agent_block.contains(r#"jq -j '.[] | select(.name == "prod-eu-1") | .token' enrollment.json"#),
+        "the test picks each token as the guide's jq filter does:\n{agent_block}"
+    );
+    // `.[] | select(.name == NAME) | .token`, for each cluster; the agent enrolls with it as the
+    // chart's pod would (the canary, prod-eu-1, first).
+    let agents: Vec<RunningAgent> = names
+        .iter()
+        .map(|name| {
+            let entries = enrollment.as_array().expect("enrollment.json is a JSON array");
+            let token = entries
+                .iter()
+                .filter(|entry| entry["name"] == *name)
+                .map(|entry| {
+                    entry["token"]
+                        .as_str()
+                        .expect("each entry has a token")
+                        .to_owned()
+                })
+                .next()
+                .unwrap_or_else(|| panic!("enrollment.json has no token for {name}: {enrollment}"));
+            RunningAgent::start(AgentConfig::new(
+                vec![env.hub_address(&hub)],
+                0,
+                Identity::Token(token),
+            ))
+        })
+        .collect();
+    let first = first_revision_everywhere(Duration::from_secs(90), &agents, "regcred").await;
+
+    // Step 8: the status commands, as written.
+    let status_block = local(&section_blocks(&guide, 8)[0]);
+    let list_line = status_block
+        .lines()
+        .find(|line| line.starts_with("keyfleet cluster list"))
+        .expect("step 8 lists the clusters");
+    let list = run(dir, &format!("{exports}{list_line}"));
+    for name in names {
+        assert!(list.contains(name), "keyfleet cluster list shows {name}:\n{list}");
+    }
+    let status_line = status_block
+        .lines()
+        .find(|line| line.starts_with("keyfleet status regcred"))
+        .expect("step 8 shows the status of regcred");
+    status_until_applied(dir, &format!("{exports}{status_line}"), "regcred", 3).await;
+
+    // The rotation the guide describes: a new version, `keyfleet sync-now`, every cluster gets it.
+    assert!(
+        guide.contains("`keyfleet sync-now`"),
+        "the guide names sync-now for a rotation"
+    );
+    kv.set_secret("acr-pull", &docker_config("second"), &[]).unwrap();
+    run(dir, &format!("{exports}keyfleet sync-now"));
+    support::serve::all_agents(
+        Duration::from_secs(90),
+        &agents,
+        "every cluster gets the rotation",
+        |state| state.revision("regcred").is_some_and(|revision| revision > first),
+    )
+    .await;
+    let table = status_until_applied(dir, &format!("{exports}{status_line}"), "regcred", 3).await;
+    assert!(
+        !table.contains("second") && !table.contains("first"),
+        "no value in the status:\n{table}"
+    );
 }
