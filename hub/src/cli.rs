@@ -6,7 +6,8 @@
 //! Exit codes (see [`CliError::exit_code`]): 0 done, 1 the hub refused or failed, 2 usage (bad
 //! flag, unreadable file, bad selector, missing admin token), 3 the hub cannot be reached or the
 //! admin token is not accepted, 4 the named object does not exist. `cluster add -f` exits 1 when
-//! any listed cluster failed, after reporting every cluster.
+//! any listed cluster failed, after reporting every cluster. `rollout status` exits 5 when the
+//! rollout is paused, 6 when it failed, 7 when it is not complete (or `--timeout` passed).
 //!
 //! The admin token is sent as `authorization: Bearer …` and never printed. The only secret this
 //! module prints is an enrollment token, once, to the operator who asked for it.
@@ -76,6 +77,14 @@ pub enum CliError {
     /// The output could not be written.
     #[error("cannot write the output")]
     Output(#[from] std::io::Error),
+    /// A rollout did not complete (`rollout status`).
+    #[error("rollout of fleetsecret {name:?} {outcome}")]
+    Rollout {
+        /// The FleetSecret.
+        name: String,
+        /// Where it stands.
+        outcome: rollout::Unfinished,
+    },
     /// Some items of a bulk command failed (each is reported in the output).
     #[error("{failed} of {total} clusters failed")]
     Partial {
@@ -97,6 +106,7 @@ impl CliError {
                 tonic::Code::NotFound => 4,
                 _ => 1,
             },
+            Self::Rollout { outcome, .. } => outcome.exit_code(),
             Self::Spec(_) | Self::Output(_) | Self::Partial { .. } => 1,
         }
     }

@@ -288,8 +288,8 @@ fn section_blocks(guide: &str, number: u32) -> Vec<String> {
 }
 
 /// Runs `script` with `bash -euo pipefail` in `dir`, `keyfleet` (the binary under test) first on
-/// the PATH; returns its stdout and panics with its stderr when it fails.
-fn run(dir: &Path, script: &str) -> String {
+/// the PATH; returns its exit code, stdout and stderr.
+fn run_status(dir: &Path, script: &str) -> (Option<i32>, String, String) {
     let bin = Path::new(env!("CARGO_BIN_EXE_keyfleet")).parent().unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let output = std::process::Command::new("bash")
@@ -301,12 +301,21 @@ fn run(dir: &Path, script: &str) -> String {
         .env_remove("KEYFLEET_HUB_CA")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "docs/install-aks.md:\n{script}\nfailed ({}):\n{}{stdout}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs `script` as [`run_status`] does; returns its stdout and panics with its stderr when it
+/// fails.
+fn run(dir: &Path, script: &str) -> String {
+    let (code, stdout, stderr) = run_status(dir, script);
+    assert_eq!(
+        code,
+        Some(0),
+        "docs/install-aks.md:\n{script}\nfailed:\n{stderr}{stdout}"
     );
     stdout
 }
@@ -469,11 +478,53 @@ async fn the_guide_commands_run_against_a_hub() {
         |state| state.revision("regcred").is_some_and(|revision| revision > first),
     )
     .await;
+    let watch_line = status_block
+        .lines()
+        .find(|line| line.starts_with("keyfleet rollout status regcred --watch"))
+        .expect("step 8 follows the rollout");
+    let watched = run(dir, &format!("{exports}{watch_line}"));
+    assert!(
+        watched.lines().last() == Some("fleetsecret/regcred: rollout complete")
+            && watched.contains("3/3 applied"),
+        "{watch_line}:\n{watched}"
+    );
     let table = status_until_applied(dir, &format!("{exports}{status_line}"), "regcred", 3).await;
     assert!(
         !table.contains("second") && !table.contains("first"),
         "no value in the status:\n{table}"
     );
+
+    // A cluster that never connects: the rollout is not complete (exit 7), at once or after
+    // `--timeout`; paused, it exits 5.
+    run(
+        dir,
+        &format!("{exports}keyfleet cluster add prod-us-2 --label env=prod"),
+    );
+    let (code, stdout, stderr) = run_status(dir, &format!("{exports}keyfleet rollout status regcred"));
+    assert_eq!(code, Some(7), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3/4 applied") && stdout.contains("1 offline"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("rollout of fleetsecret \"regcred\" is not complete"),
+        "{stderr}"
+    );
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = run_status(
+        dir,
+        &format!("{exports}keyfleet rollout status regcred --watch --timeout 2s"),
+    );
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(stderr.contains("is not complete after 2s"), "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "--watch waits for --timeout"
+    );
+    run(dir, &format!("{exports}keyfleet rollout pause regcred"));
+    let (code, _, stderr) = run_status(dir, &format!("{exports}keyfleet rollout status regcred --watch"));
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("is paused"), "{stderr}");
 
     // One more cluster added by hand: the commands `keyfleet cluster add` prints install the
     // agent chart with what they create, and point it at the hub the CLI talked to.

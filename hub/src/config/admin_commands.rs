@@ -288,6 +288,20 @@ pub struct StatusArgs {
 /// `keyfleet rollout …`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum RolloutCommand {
+    /// Where the rollout stands (waves, applied/pending/failed/offline); with `--watch`, follow it
+    /// until it completes, pauses, fails or `--timeout` passes. Exit 0 complete, 5 paused, 6
+    /// failed (every targeted cluster answered, some with an error), 7 not complete (still
+    /// progressing, or `--timeout` passed).
+    Status {
+        /// FleetSecret name.
+        name: String,
+        /// Follow the rollout, printing a line at each change, until it ends.
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// With `--watch`: give up after this long (e.g. 10m); exits 7.
+        #[arg(long, value_parser = parse_duration, requires = "watch")]
+        timeout: Option<std::time::Duration>,
+    },
     /// Pause: no further wave starts.
     Pause {
         /// FleetSecret name.
