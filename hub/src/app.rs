@@ -73,8 +73,17 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 /// Writes `{"grpc_addr": …, "ops_addr": …}` atomically (temporary file + rename) once the hub
 /// serves: scripts and the loadtest wait for it instead of parsing logs.
-fn write_ready_file(path: &Path, grpc_addr: SocketAddr, ops_addr: SocketAddr) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "grpc_addr": grpc_addr.to_string(), "ops_addr": ops_addr.to_string() });
+fn write_ready_file(
+    path: &Path,
+    grpc_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    eventgrid_addr: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut body =
+        serde_json::json!({ "grpc_addr": grpc_addr.to_string(), "ops_addr": ops_addr.to_string() });
+    if let Some(addr) = eventgrid_addr {
+        body["eventgrid_addr"] = serde_json::Value::String(addr.to_string());
+    }
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, body.to_string())
         .with_context(|| format!("write the ready file {}", temporary.display()))?;

@@ -20,6 +20,7 @@ mod convert;
 mod dialect;
 mod error;
 mod leadership;
+mod polls;
 mod postgres;
 mod records;
 mod sqlite;
@@ -37,6 +38,7 @@ use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256};
 
 pub use error::StoreError;
 pub use leadership::Leadership;
+pub use polls::{PollAsk, PollRequest, PollResult, StorePoll};
 pub use records::{
     AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,
     RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite,

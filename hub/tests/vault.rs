@@ -733,11 +733,24 @@ async fn an_event_grid_notification_fetches_the_new_version_without_a_sweep() {
         tx,
         VaultMetrics::default(),
     );
-    let mut config = keyfleet_hub::vault::eventgrid::EventGridConfig {
-        code: Some("hook-code".to_owned()),
-        ..Default::default()
-    };
-    config.add(handle.vault_url(), poller_handle);
+    /// The leader's path: the notification is a targeted fetch by the store's poller.
+    struct Direct(String, keyfleet_hub::vault::PollerHandle);
+    #[async_trait::async_trait]
+    impl keyfleet_hub::vault::eventgrid::KeyVaultEvents for Direct {
+        async fn secret_changed(&self, vault: &str, secret: &str) -> Result<Vec<String>, String> {
+            assert_eq!(vault, self.0);
+            self.1.fetch_now(secret);
+            Ok(vec!["kv-test".to_owned()])
+        }
+    }
+    let config = keyfleet_hub::vault::eventgrid::EventGridConfig::new(
+        "hook-code-0123456789",
+        Arc::new(Direct(
+            keyfleet_hub::vault::eventgrid::vault_name(handle.vault_url()),
+            poller_handle,
+        )),
+    )
+    .expect("code");
     let webhook = keyfleet_hub::vault::eventgrid::router(config);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(poller.run(shutdown.clone()));
@@ -756,7 +769,7 @@ async fn an_event_grid_notification_fetches_the_new_version_without_a_sweep() {
         "data": {"Id": format!("{}secrets/db/{v2}", handle.vault_url()), "VaultName": vault_name,
                  "ObjectType": "Secret", "ObjectName": "db", "Version": v2}
     }]);
-    let request = http::Request::post("/eventgrid/keyvault?code=hook-code")
+    let request = http::Request::post("/eventgrid/keyvault?code=hook-code-0123456789")
         .header("content-type", "application/json")
         .body(axum::body::Body::from(event.to_string()))
         .expect("request");

@@ -25,6 +25,7 @@ use crate::ops::{self, Ops};
 use crate::status::{StatusConfig, StatusWriter};
 use crate::store::Store;
 use crate::sync::engine::{Engine, EngineConfig, EngineDeps, EngineError};
+use crate::vault::eventgrid::{self, EventGridConfig};
 use crate::vault::{AzureSources, VaultMetrics, VaultOptions};
 
 /// Capacity of each copy of the fleet's event stream.
@@ -103,6 +104,7 @@ pub(super) async fn serve(
             encoder: Arc::new(ProtoEncoder),
         },
     );
+    let control = Arc::new(control);
     let mut runtime_ready = runtime.ready();
     let (status_tx, status_rx) = mpsc::channel(EVENT_BUFFER);
     let (runtime_tx, runtime_rx) = mpsc::channel(EVENT_BUFFER);
@@ -127,6 +129,35 @@ pub(super) async fn serve(
         .await
         .with_context(|| format!("bind the operations endpoint on {}", config.ops.addr))?;
     let ops_task = tokio::spawn(ops_server);
+
+    // Event Grid webhook (optional): notifications go to the engine, which fetches or forwards.
+    let eventgrid_addr = match &config.eventgrid {
+        Some(listen) => {
+            let code = std::fs::read_to_string(&listen.code_file)
+                .with_context(|| format!("read --eventgrid-code-file {}", listen.code_file.display()))?;
+            let webhook = EventGridConfig::new(&code, control.clone()).map_err(|message| {
+                anyhow::anyhow!("--eventgrid-code-file {}: {message}", listen.code_file.display())
+            })?;
+            let listener = tokio::net::TcpListener::bind(listen.addr)
+                .await
+                .with_context(|| format!("bind the Event Grid webhook on {}", listen.addr))?;
+            let addr = listener
+                .local_addr()
+                .context("read the Event Grid webhook address")?;
+            let shutdown = stop.clone().cancelled_owned();
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, eventgrid::router(webhook))
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %error, "the Event Grid webhook stopped");
+                }
+            });
+            tracing::info!(%addr, path = eventgrid::PATH, "Event Grid webhook listening");
+            Some(addr)
+        }
+        None => None,
+    };
 
     // gRPC: Sync, Enrollment, Admin.
     let tls_source = config
@@ -163,7 +194,7 @@ pub(super) async fn serve(
     if let Some(client_ca) = admin_client_ca.clone() {
         admin_auth = admin_auth.with_client_ca(client_ca);
     }
-    let admin = AdminService::new(store.clone(), Arc::new(control))
+    let admin = AdminService::new(store.clone(), control.clone())
         .with_offline_grace(offline_grace)
         .into_server(admin_auth);
     let routes = crate::grpc::routes(sync.clone(), enroll, admin);
@@ -211,7 +242,7 @@ pub(super) async fn serve(
         sync.set_ready(true);
         ops.set_ready(true);
         if let Some(path) = &config.ready_file {
-            super::write_ready_file(path, grpc_addr, ops_addr)?;
+            super::write_ready_file(path, grpc_addr, ops_addr, eventgrid_addr)?;
         }
         tracing::info!(%grpc_addr, %ops_addr, "hub ready");
         tokio::select! {

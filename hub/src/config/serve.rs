@@ -92,6 +92,30 @@ pub struct ServeArgs {
     /// 127.0.0.1 only; never in production).
     #[arg(long, env = "KEYFLEET_VAULT_SKIP_CHALLENGE_RESOURCE_CHECK")]
     pub vault_skip_challenge_resource_check: bool,
+    /// Address of the Azure Event Grid webhook for Key Vault events (`POST
+    /// /eventgrid/keyvault?code=CODE`): a new version is fetched at once instead of at the next
+    /// poll. Plain HTTP on its own port, meant to sit behind your HTTPS ingress (Event Grid
+    /// delivers to HTTPS endpoints only). Off by default; needs --eventgrid-code-file.
+    #[arg(long, env = "KEYFLEET_EVENTGRID_ADDR", requires = "eventgrid_code_file")]
+    pub eventgrid_addr: Option<SocketAddr>,
+    /// File holding the code Event Grid must send as `?code=` (16 or more URL-safe characters;
+    /// put the same in the subscription's endpoint URL).
+    #[arg(
+        long,
+        env = "KEYFLEET_EVENTGRID_CODE_FILE",
+        value_name = "FILE",
+        requires = "eventgrid_addr"
+    )]
+    pub eventgrid_code_file: Option<PathBuf>,
+}
+
+/// The Event Grid webhook's listener (`--eventgrid-addr`, `--eventgrid-code-file`).
+#[derive(Debug, Clone)]
+pub struct EventGridListen {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// File with the `?code=` secret.
+    pub code_file: PathBuf,
 }
 
 /// Settings of the gRPC endpoint ([`crate::grpc::server`]).
@@ -148,6 +172,8 @@ pub struct ServeConfig {
     pub ready_file: Option<PathBuf>,
     /// Key Vault reachability.
     pub vault: VaultConfig,
+    /// The Event Grid webhook, when enabled.
+    pub eventgrid: Option<EventGridListen>,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -181,6 +207,10 @@ impl From<ServeArgs> for ServeConfig {
                 authority_host: args.vault_authority_host,
                 skip_challenge_resource_check: args.vault_skip_challenge_resource_check,
             },
+            eventgrid: args
+                .eventgrid_addr
+                .zip(args.eventgrid_code_file)
+                .map(|(addr, code_file)| EventGridListen { addr, code_file }),
         }
     }
 }

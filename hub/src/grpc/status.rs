@@ -38,9 +38,11 @@ pub fn enroll_store(error: &StoreError) -> Status {
 pub fn control(error: ControlError) -> Status {
     let message = error.to_string();
     match error {
-        ControlError::NotLeader => Status::failed_precondition(message),
         ControlError::UnknownStore(_) => Status::not_found(message),
-        ControlError::PollFailed { .. } | ControlError::ShuttingDown => Status::unavailable(message),
+        ControlError::PollFailed { .. }
+        | ControlError::ShuttingDown
+        | ControlError::NoLeader(_)
+        | ControlError::Forward(_) => Status::unavailable(message),
     }
 }
 

@@ -7,6 +7,7 @@ pub(super) mod changes;
 pub(super) mod clusters;
 pub(super) mod enrollment;
 pub(super) mod leader;
+pub(super) mod polls;
 pub(super) mod revisions;
 pub(super) mod rollouts;
 pub(super) mod specs;

@@ -233,6 +233,15 @@ async fn migration_from_empty(kind: Kind) {
                 version: 5,
                 description: "lagging online".to_owned(),
             });
+            expected.push(AppliedMigration {
+                version: 8,
+                description: "replica requests".to_owned(),
+            });
+        } else {
+            expected.push(AppliedMigration {
+                version: 5,
+                description: "replica requests".to_owned(),
+            });
         }
         assert_eq!(applied, expected);
         assert_eq!(store.migrate_report().await.expect("again"), []);

@@ -28,9 +28,13 @@ pub struct StoreHealth {
 /// Why the engine could not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
-    /// Only the replica holding the Key Vault leadership polls.
-    #[error("this replica does not lead the Key Vault pollers; send sync-now to the leader")]
-    NotLeader,
+    /// The request was handed to the Key Vault leader through the store, and no leader answered
+    /// in time (none is running, or it lost the store).
+    #[error("no replica leading the Key Vault pollers answered within {}s", .0.as_secs())]
+    NoLeader(std::time::Duration),
+    /// Forwarding to the leader failed, or the leader answered with an error (its text).
+    #[error("{0}")]
+    Forward(String),
     /// No SecretStore of that name is loaded.
     #[error("no SecretStore named {0:?}")]
     UnknownStore(String),

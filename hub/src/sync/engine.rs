@@ -25,6 +25,7 @@ mod changelog;
 mod inventory;
 mod leader;
 mod planning;
+mod requests;
 mod revisions;
 mod sources;
 #[cfg(test)]
@@ -44,6 +45,7 @@ use crate::spec::{self, DeletionPolicy};
 use crate::store::{Store, StoreError};
 use crate::sync::control::{ControlError, HubControl, StoreHealth, SyncNowOutcome};
 use crate::sync::plan::{PlanStatus, RolloutProgress};
+use crate::vault::eventgrid::KeyVaultEvents;
 use crate::vault::{SourceFactory, VaultMetrics};
 
 use inventory::Inventory;
@@ -141,6 +143,11 @@ enum Command {
         store: Option<String>,
         reply: oneshot::Sender<Result<SyncNowOutcome, ControlError>>,
     },
+    SecretChanged {
+        vault: String,
+        secret: String,
+        reply: oneshot::Sender<Result<Vec<String>, String>>,
+    },
 }
 
 /// The handle the Admin use cases hold ([`HubControl`]).
@@ -148,6 +155,7 @@ enum Command {
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     pollers: PollerRegistry,
+    store: Store,
 }
 
 #[async_trait::async_trait]
@@ -158,7 +166,7 @@ impl HubControl for EngineHandle {
     }
 
     async fn store_health(&self) -> BTreeMap<String, StoreHealth> {
-        leader::store_health(&self.pollers)
+        requests::store_health(&self.store, &self.pollers).await
     }
 
     async fn sync_now(&self, store: Option<String>) -> Result<SyncNowOutcome, ControlError> {
@@ -168,6 +176,22 @@ impl HubControl for EngineHandle {
             .await
             .map_err(|_| ControlError::ShuttingDown)?;
         answer.await.map_err(|_| ControlError::ShuttingDown)?
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyVaultEvents for EngineHandle {
+    async fn secret_changed(&self, vault: &str, secret: &str) -> Result<Vec<String>, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::SecretChanged {
+                vault: vault.to_owned(),
+                secret: secret.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| "hub is shutting down".to_owned())?;
+        answer.await.map_err(|_| "hub is shutting down".to_owned())?
     }
 }
 
@@ -219,6 +243,7 @@ impl Engine {
         let (ready, _) = watch::channel(false);
         let vaults = Vaults::new(deps.sources);
         let pollers = vaults.registry();
+        let engine_store = deps.store.clone();
         let inventory = Inventory::new(Connectivity::new(
             Some(config.replica.clone()),
             config.offline_grace,
@@ -251,6 +276,7 @@ impl Engine {
             EngineHandle {
                 commands: commands_tx,
                 pollers,
+                store: engine_store,
             },
         )
     }
@@ -301,6 +327,9 @@ impl Engine {
                         changed = true;
                     }
                     Command::SyncNow { store, reply } => self.sync_now(store, reply),
+                    Command::SecretChanged { vault, secret, reply } => {
+                        let _ = reply.send(self.secret_changed(&vault, &secret).await);
+                    }
                 },
                 Some(change) = self.vaults.changes.recv() => {
                     self.on_vault_change(change).await;
@@ -316,11 +345,16 @@ impl Engine {
                 Some(()) = wakeups.recv() => {
                     let caught_up = self.catch_up().await;
                     self.survive("read the change log", caught_up)?;
+                    let served = self.serve_requests().await.map_err(EngineError::from);
+                    self.survive("serve other replicas' poll requests", served)?;
                     changed = true;
                 }
                 _ = tail.tick() => {
                     let caught_up = self.catch_up().await;
                     self.survive("read the change log", caught_up)?;
+                    let served = self.serve_requests().await.map_err(EngineError::from);
+                    self.survive("serve other replicas' poll requests", served)?;
+                    self.publish_polls().await;
                     if !self.progressing.is_empty() && !self.store_down {
                         let names: Vec<String> = self.progressing.iter().cloned().collect();
                         let refreshed = self.refresh_from_store(&names).await;

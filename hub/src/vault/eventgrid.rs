@@ -1,9 +1,13 @@
 //! Azure Event Grid webhook for Key Vault events: the subscription validation handshake (Event
 //! Grid schema, and the CloudEvents `OPTIONS` handshake), then `SecretNewVersionCreated`,
-//! `SecretNearExpiry` and `SecretExpired` trigger an immediate targeted fetch by the vault's
-//! poller. The sweep stays the backstop: a lost notification costs at most one `pollInterval`.
+//! `SecretNearExpiry` and `SecretExpired` trigger an immediate targeted fetch of that secret by
+//! every store reading the vault ([`KeyVaultEvents`]: the sync engine, which forwards the fetch to
+//! the Key Vault leader when this replica does not lead). The sweep stays the backstop: a lost
+//! notification costs at most one `pollInterval`.
+//!
+//! Every call must carry the shared `?code=` secret configured in the subscription's endpoint
+//! URL (compared in constant time); a webhook without a code cannot be built.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -13,8 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-use super::PollerHandle;
 
 /// The path the webhook serves.
 pub const PATH: &str = "/eventgrid/keyvault";
@@ -28,32 +30,51 @@ pub const FETCH_EVENTS: &[&str] = &[
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 
-/// What the webhook knows: the shared secret Event Grid sends as `?code=` and the pollers by
-/// vault name (the first DNS label of the vault URL, lowercase).
-#[derive(Clone, Default)]
+/// Where a notification goes: fetch `secret` of the vault named `vault` (first DNS label of its
+/// URL, lowercase) now. The stores reached (empty when no store reads the vault, or when the
+/// fetch was handed to the leader); an error makes Event Grid retry.
+#[async_trait::async_trait]
+pub trait KeyVaultEvents: Send + Sync + 'static {
+    /// A secret of `vault` changed.
+    async fn secret_changed(&self, vault: &str, secret: &str) -> Result<Vec<String>, String>;
+}
+
+/// What the webhook knows: the shared secret Event Grid sends as `?code=`, and where events go.
+#[derive(Clone)]
 pub struct EventGridConfig {
-    /// Required `code` query parameter (configured in the subscription's endpoint URL).
-    pub code: Option<String>,
-    /// Pollers by vault name; several stores may read one vault.
-    pub pollers: HashMap<String, Vec<PollerHandle>>,
+    code: String,
+    events: Arc<dyn KeyVaultEvents>,
 }
 
 impl std::fmt::Debug for EventGridConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventGridConfig")
-            .field("code", &self.code.as_ref().map(|_| "<redacted>"))
-            .field("vaults", &self.pollers.keys().collect::<Vec<_>>())
-            .finish()
+            .field("code", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
 impl EventGridConfig {
-    /// Adds a poller for the vault at `vault_url`.
-    pub fn add(&mut self, vault_url: &url::Url, poller: PollerHandle) {
-        self.pollers
-            .entry(vault_name(vault_url))
-            .or_default()
-            .push(poller);
+    /// The webhook's configuration; refuses an empty or short code (it is the only thing
+    /// between the internet and a Key Vault read).
+    pub fn new(code: &str, events: Arc<dyn KeyVaultEvents>) -> Result<Self, String> {
+        let code = code.trim();
+        if code.len() < 16 {
+            return Err(format!(
+                "the Event Grid code must be at least 16 characters (it has {})",
+                code.len()
+            ));
+        }
+        if !code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        {
+            return Err("the Event Grid code must be URL-safe (letters, digits, - . _ ~)".to_owned());
+        }
+        Ok(Self {
+            code: code.to_owned(),
+            events,
+        })
     }
 }
 
@@ -81,17 +102,15 @@ struct CodeQuery {
 }
 
 fn authorized(config: &EventGridConfig, query: &CodeQuery) -> bool {
-    match &config.code {
-        None => true,
-        Some(expected) => query.code.as_deref().is_some_and(|given| {
-            given.len() == expected.len()
-                && given
-                    .bytes()
-                    .zip(expected.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        }),
-    }
+    let expected = &config.code;
+    query.code.as_deref().is_some_and(|given| {
+        given.len() == expected.len()
+            && given
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
 }
 
 /// CloudEvents abuse protection: echo the origin in `WebHook-Allowed-Origin`.
@@ -142,6 +161,7 @@ async fn notify(
         _ => return (StatusCode::BAD_REQUEST, "expected an event or an array of events").into_response(),
     };
     let mut fetches = 0usize;
+    let mut forwarded = 0usize;
     for event in &events {
         let (kind, data) = event_parts(event);
         match kind {
@@ -159,71 +179,66 @@ async fn notify(
                     tracing::warn!(event_type = kind, "key vault event without VaultName/ObjectName");
                     continue;
                 };
-                let Some(pollers) = config.pollers.get(&vault.to_ascii_lowercase()) else {
-                    tracing::debug!(event_type = kind, %vault, "event for a vault no store reads");
-                    continue;
-                };
                 tracing::info!(event_type = kind, %vault, secret = %name, version = field("Version").unwrap_or(""), "key vault event");
-                for poller in pollers {
-                    poller.fetch_now(name);
-                    fetches += 1;
+                match config
+                    .events
+                    .secret_changed(&vault.to_ascii_lowercase(), name)
+                    .await
+                {
+                    Ok(stores) if stores.is_empty() => forwarded += 1,
+                    Ok(stores) => fetches += stores.len(),
+                    Err(error) => {
+                        tracing::warn!(event_type = kind, %vault, secret = %name, error = %error, "key vault event not delivered; event grid retries");
+                        return (StatusCode::SERVICE_UNAVAILABLE, error).into_response();
+                    }
                 }
             }
             other => tracing::debug!(event_type = other.unwrap_or("<none>"), "ignored event grid event"),
         }
     }
-    (StatusCode::OK, axum::Json(json!({"fetches": fetches}))).into_response()
+    (
+        StatusCode::OK,
+        axum::Json(json!({"fetches": fetches, "forwarded": forwarded})),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use axum::body::Body;
     use axum::http::Request;
-    use tokio::sync::{mpsc, watch};
     use tower::ServiceExt as _;
 
-    use super::super::{Poller, SecretSource, VaultMetrics, WatchSet};
     use super::*;
 
-    struct Nothing;
+    /// Records the notifications; `myvault` is read by one store.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, String)>>);
 
     #[async_trait::async_trait]
-    impl SecretSource for Nothing {
-        async fn get(
-            &self,
-            _: &str,
-            _: Option<&str>,
-        ) -> Result<super::super::FetchedSecret, super::super::VaultError> {
-            unreachable!("not called by these tests")
-        }
-        async fn list_secrets(&self) -> Result<Vec<super::super::SecretInfo>, super::super::VaultError> {
-            Ok(Vec::new())
-        }
-        async fn list_versions(
-            &self,
-            _: &str,
-        ) -> Result<Vec<super::super::VersionInfo>, super::super::VaultError> {
-            Ok(Vec::new())
+    impl KeyVaultEvents for Recorder {
+        async fn secret_changed(&self, vault: &str, secret: &str) -> Result<Vec<String>, String> {
+            self.0
+                .lock()
+                .expect("lock")
+                .push((vault.to_owned(), secret.to_owned()));
+            Ok(if vault == "myvault" {
+                vec!["kv".to_owned()]
+            } else {
+                Vec::new()
+            })
         }
     }
 
-    fn setup() -> (Router, Poller) {
-        let (_tx, rx) = watch::channel(WatchSet::default());
-        let (changes, _received) = mpsc::channel(1);
-        let (poller, handle) = Poller::new(
-            "kv",
-            Arc::new(Nothing),
-            std::time::Duration::from_secs(30),
-            rx,
-            changes,
-            VaultMetrics::default(),
-        );
-        let mut config = EventGridConfig {
-            code: Some("s3cret".to_owned()),
-            ..EventGridConfig::default()
-        };
-        config.add(&"https://MyVault.vault.azure.net/".parse().expect("url"), handle);
-        (router(config), poller)
+    const CODE: &str = "s3cret-0123456789abcdef";
+
+    fn setup() -> (Router, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let config =
+            EventGridConfig::new(CODE, Arc::clone(&recorder) as Arc<dyn KeyVaultEvents>).expect("config");
+        (router(config), recorder)
     }
 
     async fn post(router: &Router, uri: &str, body: Value) -> (StatusCode, Value) {
@@ -239,15 +254,34 @@ mod tests {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
+    #[test]
+    fn a_webhook_needs_a_long_url_safe_code() {
+        let events = Arc::new(Recorder::default()) as Arc<dyn KeyVaultEvents>;
+        assert!(
+            EventGridConfig::new("", Arc::clone(&events))
+                .unwrap_err()
+                .contains("at least 16")
+        );
+        assert!(EventGridConfig::new("short", Arc::clone(&events)).is_err());
+        assert!(
+            EventGridConfig::new("has spaces and is long enough", Arc::clone(&events))
+                .unwrap_err()
+                .contains("URL-safe")
+        );
+        let config = EventGridConfig::new(CODE, events).expect("valid");
+        assert!(!format!("{config:?}").contains(CODE), "Debug redacts the code");
+    }
+
     #[tokio::test]
     async fn validation_handshake_and_code() {
-        let (router, _poller) = setup();
+        let (router, _events) = setup();
         let validation = json!([{
             "id": "1", "topic": "t", "subject": "", "eventTime": "2026-11-26T00:00:00Z", "dataVersion": "1",
             "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
             "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6", "validationUrl": "https://x"}
         }]);
-        let (status, body) = post(&router, "/eventgrid/keyvault?code=s3cret", validation.clone()).await;
+        let uri = format!("/eventgrid/keyvault?code={CODE}");
+        let (status, body) = post(&router, &uri, validation.clone()).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             body,
@@ -264,7 +298,7 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
 
-        let options = Request::options("/eventgrid/keyvault?code=s3cret")
+        let options = Request::options(uri.as_str())
             .header("webhook-request-origin", "eventemitter.example.com")
             .body(Body::empty())
             .expect("request");
@@ -277,8 +311,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn secret_events_queue_targeted_fetches_for_the_right_vault() {
-        let (router, mut poller) = setup();
+    async fn secret_events_are_delivered_per_vault_and_secret() {
+        let (router, events) = setup();
         let event = |kind: &str, vault: &str, name: &str| {
             json!({
                 "id": "e", "topic": "/subscriptions/x/resourceGroups/y/providers/Microsoft.KeyVault/vaults/v",
@@ -293,16 +327,17 @@ mod tests {
             event("Microsoft.KeyVault.SecretNewVersionCreated", "othervault", "db"),
             event("Microsoft.KeyVault.KeyNewVersionCreated", "myvault", "k"),
         ]);
-        let (status, body) = post(&router, "/eventgrid/keyvault?code=s3cret", batch).await;
-        assert_eq!((status, body), (StatusCode::OK, json!({"fetches": 2})));
-        assert_eq!(poller.targeted.try_recv().ok().as_deref(), Some("db"));
-        assert_eq!(poller.targeted.try_recv().ok().as_deref(), Some("api"));
-        assert!(poller.targeted.try_recv().is_err());
+        let uri = format!("/eventgrid/keyvault?code={CODE}");
+        let (status, body) = post(&router, &uri, batch).await;
         assert_eq!(
-            post(&router, "/eventgrid/keyvault?code=s3cret", json!("x"))
-                .await
-                .0,
-            StatusCode::BAD_REQUEST
+            (status, body),
+            (StatusCode::OK, json!({"fetches": 2, "forwarded": 1}))
         );
+        assert_eq!(
+            *events.0.lock().expect("lock"),
+            [("myvault", "db"), ("myvault", "api"), ("othervault", "db")]
+                .map(|(vault, secret)| (vault.to_owned(), secret.to_owned()))
+        );
+        assert_eq!(post(&router, &uri, json!("x")).await.0, StatusCode::BAD_REQUEST);
     }
 }

@@ -93,6 +93,8 @@ pub struct SweepOutcome {
     pub changes: usize,
     /// Why it failed (names the vault, secret and operation; never a value).
     pub error: Option<String>,
+    /// When it ended (wall clock, for people and for `store_polls`).
+    pub finished: chrono::DateTime<chrono::Utc>,
 }
 
 /// Asks a running [`Poller`] to sweep now or to fetch one secret now, and tells when a sweep ended.
@@ -259,6 +261,7 @@ impl Poller {
                 ticket,
                 changes: *result.as_ref().unwrap_or(&0),
                 error: result.as_ref().err().map(ToString::to_string),
+                finished: chrono::Utc::now(),
             }));
             match result {
                 Ok(_) => {

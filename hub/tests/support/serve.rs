@@ -93,6 +93,8 @@ pub struct ServeProcess {
     pub replica: String,
     pub grpc_addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    /// The Event Grid webhook's address, when `--eventgrid-addr` was given.
+    pub eventgrid_addr: Option<SocketAddr>,
     child: Child,
     log: Log,
 }
@@ -100,6 +102,11 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts replica `replica` (gRPC on `grpc_addr`, port 0 for any) and waits until it is ready.
     pub async fn start(env: &ServeEnv, replica: &str, grpc_addr: SocketAddr) -> Self {
+        Self::start_with(env, replica, grpc_addr, &[]).await
+    }
+
+    /// [`Self::start`] with extra `serve` flags.
+    pub async fn start_with(env: &ServeEnv, replica: &str, grpc_addr: SocketAddr, extra: &[String]) -> Self {
         let ready_file = env.path(&format!("{replica}.ready.json"));
         let _ = std::fs::remove_file(&ready_file);
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyfleet"))
@@ -117,6 +124,7 @@ impl ServeProcess {
             .arg("--vault-skip-challenge-resource-check")
             .arg("--ready-file")
             .arg(&ready_file)
+            .args(extra)
             .env("AZURE_TENANT_ID", &env.kv_tenant)
             .env("AZURE_CLIENT_ID", keyvault::DEFAULT_CLIENT_ID)
             .env("AZURE_FEDERATED_TOKEN_FILE", env.path("federated-token"))
@@ -133,6 +141,7 @@ impl ServeProcess {
             replica: replica.to_owned(),
             grpc_addr,
             ops_addr: grpc_addr,
+            eventgrid_addr: None,
             child,
             log,
         };
@@ -140,6 +149,7 @@ impl ServeProcess {
         let ready: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready_file).unwrap()).unwrap();
         process.grpc_addr = ready["grpc_addr"].as_str().unwrap().parse().unwrap();
         process.ops_addr = ready["ops_addr"].as_str().unwrap().parse().unwrap();
+        process.eventgrid_addr = ready["eventgrid_addr"].as_str().map(|addr| addr.parse().unwrap());
         process
     }
 

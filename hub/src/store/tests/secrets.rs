@@ -105,10 +105,12 @@ pub(super) async fn no_column_holds_a_secret_value(store: Store) {
         "clusters",
         "enrollment_tokens",
         "pins",
+        "poll_requests",
         "revisions",
         "rollouts",
         "secret_versions",
         "specs",
+        "store_polls",
         "sync_status",
     ]);
     if store.backend() == "postgres" {

@@ -2,10 +2,10 @@
 //! [`SourceFactory`]), the leadership (one replica polls Key Vault, by store lock), the pollers it
 //! runs, sync-now, and recording each new version the pollers report (sha256 only).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Engine, EngineError, sources};
@@ -28,6 +28,13 @@ pub(super) struct StoreState {
     poller: Option<PollerTask>,
 }
 
+impl StoreState {
+    /// The store's poller, when this replica runs it.
+    pub(super) fn poller_handle(&self) -> Option<&PollerHandle> {
+        self.poller.as_ref().map(|poller| &poller.handle)
+    }
+}
+
 /// A running poller: dropping it stops the poller.
 struct PollerTask {
     handle: PollerHandle,
@@ -44,6 +51,12 @@ pub(super) struct Vaults {
     changes_tx: mpsc::Sender<VaultChange>,
     /// What the pollers found.
     pub(super) changes: mpsc::Receiver<VaultChange>,
+    /// Other replicas' poll requests this leader is serving (`requests`).
+    pub(super) serving: BTreeSet<i64>,
+    /// The end of each store's last sweep published in `store_polls`.
+    pub(super) published: BTreeMap<String, DateTime<Utc>>,
+    /// When old poll requests were last pruned.
+    last_request_prune: Option<std::time::Instant>,
 }
 
 impl Vaults {
@@ -56,11 +69,33 @@ impl Vaults {
             pollers: PollerRegistry::default(),
             changes_tx,
             changes,
+            serving: BTreeSet::new(),
+            published: BTreeMap::new(),
+            last_request_prune: None,
         }
     }
 
     pub(super) fn registry(&self) -> PollerRegistry {
         Arc::clone(&self.pollers)
+    }
+
+    /// Each store's last sweep, from the running pollers.
+    pub(super) fn last_outcomes(&self) -> Vec<(String, vault::SweepOutcome)> {
+        lock(&self.pollers)
+            .iter()
+            .filter_map(|(store, poller)| Some((store.clone(), poller.last_outcome()?)))
+            .collect()
+    }
+
+    /// Whether old poll requests are due for pruning (every ten minutes); marks them pruned.
+    pub(super) fn prune_requests_due(&mut self) -> bool {
+        let due = self
+            .last_request_prune
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(600));
+        if due {
+            self.last_request_prune = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Whether this replica leads the Key Vault pollers.
@@ -76,6 +111,8 @@ impl Vaults {
             state.poller = None;
         }
         lock(&self.pollers).clear();
+        self.serving.clear();
+        self.published.clear();
     }
 
     /// A client for `spec` (kept while the generation is the same).
@@ -247,14 +284,14 @@ impl Engine {
         store: Option<String>,
         reply: oneshot::Sender<Result<SyncNowOutcome, ControlError>>,
     ) {
-        if !self.vaults.leads() {
-            let _ = reply.send(Err(ControlError::NotLeader));
-            return;
-        }
         if let Some(name) = &store
             && !self.vaults.stores.contains_key(name)
         {
             let _ = reply.send(Err(ControlError::UnknownStore(name.clone())));
+            return;
+        }
+        if !self.vaults.leads() {
+            self.forward_sync_now(store, reply);
             return;
         }
         let polls: Vec<(String, _)> = self
