@@ -564,31 +564,6 @@ fn drift_table() {
 }
 
 #[test]
-fn applied_state_takes_the_lowest_revision_and_skips_foreign() {
-    let base = owner();
-    let mut older = owner();
-    older.revision = 3;
-    let mut broken = written(&base, "c");
-    broken
-        .annotations
-        .insert(REVISION_ANNOTATION.into(), "not-a-number".into());
-    let state = applied_state(&[
-        written(&base, "a"),
-        written(&older, "b"),
-        broken,
-        foreign("a", "x"),
-    ]);
-    assert_eq!(state.len(), 1);
-    assert_eq!(
-        state.get("regcred"),
-        Some(&Applied {
-            revision: 3,
-            sha256: SHA
-        })
-    );
-}
-
-#[test]
 fn namespaces_resolve_by_name_or_selector() {
     let cluster = vec![
         Namespace {
