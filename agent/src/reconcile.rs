@@ -44,7 +44,7 @@ pub(crate) use self::model::{
     RESERVED_ANNOTATION_PREFIX, value_digest,
 };
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// A write to make. An Apply carries the payload it writes, so none can be built without one.

@@ -1,5 +1,7 @@
 //! Table tests of the pure planner: upserts, removals, priors and undos, drift, applied state.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 const SHA: Digest = [7; 32];
