@@ -32,6 +32,22 @@ pub fn hub_binary() -> PathBuf {
     let target_dir = profile_dir.parent().expect("the target directory");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = std::process::Command::new(cargo);
+    // What cargo set for this test binary is not the build's environment: a build script that
+    // watches one of these (ring watches CARGO_MANIFEST_DIR) would rebuild half the tree twice.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+            || name == "CARGO_RUSTC_CURRENT_DIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+        {
+            build.env_remove(&*name);
+        }
+    }
     build
         .args(["build", "--quiet", "-p", "keyfleet-hub", "--bin", "keyfleet", "--target-dir"])
         .arg(target_dir);
