@@ -137,3 +137,124 @@ async fn an_agent_killed_between_two_namespaces_creates_the_second_after_restart
     assert!(hub.is_running(), "hub log:\n{}", hub.log.tail(30));
     eprintln!("status read {reads} times after the restart before it said applied");
 }
+
+/// The same rule for a namespace selector, in process (the real `KubeCluster` against the fake
+/// API): an agent restarted with nothing in memory resolves the recorded selector against the
+/// namespaces of now, so a matching namespace without the Secret (created while the agent was
+/// down, or never reached) makes the key not applied, and the hub's next send writes it there.
+#[tokio::test]
+async fn a_restarted_agent_counts_a_selector_key_applied_only_where_every_match_holds_it() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use keyfleet_agent::cluster::Cluster as _;
+    use keyfleet_agent::hub::desired_from_payload;
+    use keyfleet_agent::kube::{KubeCluster, KubeSettings};
+    use keyfleet_agent::metrics::Metrics;
+    use keyfleet_agent::reconcile::{Applied, TARGETS_ANNOTATION};
+    use keyfleet_proto::{digest, v1};
+    use kube::api::{Api, PostParams};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fake = FakeKube::start(Config::default()).await.expect("fake kube");
+    let handle = fake.cluster("default").expect("default cluster");
+    handle.create_namespace("keyfleet-system").expect("namespace");
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&handle.kubeconfig_yaml()).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kube config");
+    let client = kube::Client::try_from(config).expect("kube client");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let create_prod = |name: &'static str| {
+        let namespaces = namespaces.clone();
+        async move {
+            let namespace: Namespace = serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name, "labels": { "env": "prod" } }
+            }))
+            .expect("namespace");
+            namespaces
+                .create(&PostParams::default(), &namespace)
+                .await
+                .expect("namespace created");
+        }
+    };
+    create_prod("prod-1").await;
+    create_prod("prod-2").await;
+    let mut payload = v1::SecretPayload {
+        key: FLEET_SECRET.into(),
+        revision: 7,
+        secret_name: FLEET_SECRET.into(),
+        r#type: "Opaque".into(),
+        namespace_selector: Some(v1::LabelSelector {
+            match_labels: [("env".to_string(), "prod".to_string())].into(),
+            match_expressions: vec![],
+        }),
+        data: [("token".to_string(), b"value-1".to_vec())].into(),
+        deletion_policy: v1::DeletionPolicy::Delete as i32,
+        ..Default::default()
+    };
+    payload.sha256 = digest::payload_sha256(&payload).to_vec();
+    let sha256: [u8; 32] = payload.sha256.clone().try_into().expect("32 bytes");
+    let settings = || {
+        let mut settings = KubeSettings::new("keyfleet-system", "keyfleet-agent-credential");
+        settings.namespace_cache_ttl = Duration::ZERO;
+        settings
+    };
+    // A first incarnation applies the key to both matching namespaces.
+    {
+        let (cluster, _events) = KubeCluster::new(client.clone(), settings(), Metrics::default());
+        tokio::select! {
+            () = cluster.run_watcher() => panic!("watcher ended"),
+            applied = within("first apply", cluster.upsert(desired_from_payload(payload.clone()).expect("valid"))) => {
+                applied.expect("applied");
+            }
+        }
+    }
+    let record = handle
+        .get_secret("prod-1", FLEET_SECRET)
+        .expect("prod-1 written")
+        .meta
+        .annotations
+        .get(TARGETS_ANNOTATION)
+        .cloned();
+    assert_eq!(
+        record.as_deref(),
+        Some(r#"{"namespaceSelector":{"matchLabels":{"env":"prod"}}}"#)
+    );
+
+    // Restarted with nothing in memory: complete, then a namespace starts matching.
+    let (cluster, _events) = KubeCluster::new(client.clone(), settings(), Metrics::default());
+    let check = async {
+        let writes = handle.writes();
+        let applied = cluster.applied().await.expect("applied state");
+        assert_eq!(
+            applied.get(FLEET_SECRET),
+            Some(&Applied { revision: 7, sha256 })
+        );
+        create_prod("prod-3").await;
+        let applied = cluster.applied().await.expect("applied state");
+        assert_eq!(
+            applied.get(FLEET_SECRET),
+            Some(&Applied::INCOMPLETE),
+            "prod-3 matches and lacks the Secret"
+        );
+        assert_eq!(
+            handle.writes().changes,
+            writes.changes + 1,
+            "rebuilding the state wrote something (prod-3 is the one change)"
+        );
+        // The hub's next send writes it there; the key is then applied again.
+        cluster
+            .upsert(desired_from_payload(payload.clone()).expect("valid"))
+            .await
+            .expect("applied");
+        assert!(handle.get_secret("prod-3", FLEET_SECRET).is_some());
+        let applied = cluster.applied().await.expect("applied state");
+        assert_eq!(
+            applied.get(FLEET_SECRET),
+            Some(&Applied { revision: 7, sha256 })
+        );
+    };
+    tokio::select! {
+        () = cluster.run_watcher() => panic!("watcher ended"),
+        () = within("restart checks", check) => {}
+    }
+}
