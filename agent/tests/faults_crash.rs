@@ -60,7 +60,9 @@ async fn an_agent_killed_between_two_namespaces_creates_the_second_after_restart
     let hub_binary = hub_binary();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
-    let kv = KeyVaultEmulator::start(KeyVaultConfig::default()).await.expect("key vault");
+    let kv = KeyVaultEmulator::start(KeyVaultConfig::default())
+        .await
+        .expect("key vault");
     kv.set_secret("app-token", "value-1", &[]).expect("vault secret");
     let fake = FakeKube::start(Config::default()).await.expect("fake kube");
     let kube = fake.cluster("default").expect("default cluster");
@@ -225,10 +227,7 @@ async fn a_restarted_agent_counts_a_selector_key_applied_only_where_every_match_
     let check = async {
         let writes = handle.writes();
         let applied = cluster.applied().await.expect("applied state");
-        assert_eq!(
-            applied.get(FLEET_SECRET),
-            Some(&Applied { revision: 7, sha256 })
-        );
+        assert_eq!(applied.get(FLEET_SECRET), Some(&Applied { revision: 7, sha256 }));
         create_prod("prod-3").await;
         let applied = cluster.applied().await.expect("applied state");
         assert_eq!(
@@ -248,10 +247,7 @@ async fn a_restarted_agent_counts_a_selector_key_applied_only_where_every_match_
             .expect("applied");
         assert!(handle.get_secret("prod-3", FLEET_SECRET).is_some());
         let applied = cluster.applied().await.expect("applied state");
-        assert_eq!(
-            applied.get(FLEET_SECRET),
-            Some(&Applied { revision: 7, sha256 })
-        );
+        assert_eq!(applied.get(FLEET_SECRET), Some(&Applied { revision: 7, sha256 }));
     };
     tokio::select! {
         () = cluster.run_watcher() => panic!("watcher ended"),

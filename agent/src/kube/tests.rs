@@ -221,5 +221,8 @@ fn meaningful_changes_ignore_foreign_metadata() {
     after
         .annotations
         .insert(TARGETS_ANNOTATION.into(), r#"{"namespaces":[]}"#.into());
-    assert!(meaningful_change(&before, &after), "the record of where the key must be");
+    assert!(
+        meaningful_change(&before, &after),
+        "the record of where the key must be"
+    );
 }

@@ -24,7 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Applied, Namespace, ObservedSecret, Operator, Ownership, Requirement, Selector, TARGETS_ANNOTATION, Targets,
+    Applied, Namespace, ObservedSecret, Operator, Ownership, Requirement, Selector, TARGETS_ANNOTATION,
+    Targets,
 };
 
 /// The JSON written in `keyfleet.io/targets`: `{"namespaces":[...]}` or

@@ -49,13 +49,24 @@ pub fn hub_binary() -> PathBuf {
         }
     }
     build
-        .args(["build", "--quiet", "-p", "keyfleet-hub", "--bin", "keyfleet", "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "keyfleet-hub",
+            "--bin",
+            "keyfleet",
+            "--target-dir",
+        ])
         .arg(target_dir);
     if profile_dir.file_name().is_some_and(|name| name == "release") {
         build.arg("--release");
     }
     let status = build.status().expect("run cargo build for the hub binary");
-    assert!(status.success(), "building the hub binary (keyfleet) failed: {status}");
+    assert!(
+        status.success(),
+        "building the hub binary (keyfleet) failed: {status}"
+    );
     let hub = profile_dir.join(format!("keyfleet{}", std::env::consts::EXE_SUFFIX));
     assert!(hub.exists(), "no hub binary at {}", hub.display());
     hub
@@ -190,7 +201,8 @@ impl HubProcess {
             .spawn()
             .expect("start keyfleet serve");
         let log = Log::follow(child.stderr.take().expect("stderr"), dir.join("hub.log"));
-        log.wait_for_line("hub", "hub ready", Duration::from_secs(120)).await;
+        log.wait_for_line("hub", "hub ready", Duration::from_secs(120))
+            .await;
         let ready: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&ready_file).expect("ready file")).expect("ready json");
         let grpc_addr: std::net::SocketAddr = ready["grpc_addr"]

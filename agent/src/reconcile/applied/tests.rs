@@ -85,7 +85,10 @@ fn prod_selector() -> Targets {
 }
 
 fn at(revision: u64) -> Option<Applied> {
-    Some(Applied { revision, sha256: SHA })
+    Some(Applied {
+        revision,
+        sha256: SHA,
+    })
 }
 
 #[test]
@@ -131,10 +134,7 @@ fn a_key_cut_short_between_namespaces_is_not_applied_at_any_revision() {
         ),
         (
             "the new revision adds c, written only into a",
-            vec![
-                written(&named(6, &["a", "b", "c"]), "a"),
-                written(&plan, "b"),
-            ],
+            vec![written(&named(6, &["a", "b", "c"]), "a"), written(&plan, "b")],
             Some(Applied::INCOMPLETE),
         ),
         (
@@ -169,15 +169,27 @@ fn a_key_cut_short_between_namespaces_is_not_applied_at_any_revision() {
         ),
     ];
     for (name, observed, expected) in cases {
-        assert_eq!(applied_state(&observed, &[]).get("regcred").cloned(), expected, "{name}");
+        assert_eq!(
+            applied_state(&observed, &[]).get("regcred").cloned(),
+            expected,
+            "{name}"
+        );
     }
-    assert_eq!(Applied::INCOMPLETE.revision, 0, "the hub never assigns revision 0");
+    assert_eq!(
+        Applied::INCOMPLETE.revision,
+        0,
+        "the hub never assigns revision 0"
+    );
 }
 
 #[test]
 fn a_selector_is_resolved_against_the_namespaces_of_now() {
     let plan = desired(5, prod_selector());
-    let cluster = vec![namespace("a", "prod"), namespace("b", "prod"), namespace("c", "dev")];
+    let cluster = vec![
+        namespace("a", "prod"),
+        namespace("b", "prod"),
+        namespace("c", "dev"),
+    ];
     let both = vec![written(&plan, "a"), written(&plan, "b")];
     assert!(targets_need_namespaces(&both));
     assert_eq!(applied_state(&both, &cluster).get("regcred").cloned(), at(5));
@@ -216,7 +228,11 @@ fn the_targets_record_round_trips_and_is_deterministic() {
         prod_selector(),
         Targets::Selector(Selector::default()),
         Targets::Selector(Selector {
-            match_labels: [("team".to_string(), "x".to_string()), ("a".to_string(), "1".to_string())].into(),
+            match_labels: [
+                ("team".to_string(), "x".to_string()),
+                ("a".to_string(), "1".to_string()),
+            ]
+            .into(),
             match_expressions: vec![
                 requirement(Operator::In, &["prod", "dev"]),
                 requirement(Operator::NotIn, &["qa"]),
