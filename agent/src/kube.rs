@@ -341,10 +341,26 @@ impl Cluster for KubeCluster {
 
     async fn applied(&self) -> Result<BTreeMap<String, Applied>, KubeError> {
         self.wait_synced().await?;
+        let observed: Vec<ObservedSecret> = self
+            .state()
+            .cache
+            .values()
+            .map(|entry| entry.observed.clone())
+            .collect();
+        // A recorded namespace selector is resolved against the namespaces of now (see
+        // `reconcile::applied`): list them only when some key needs them.
+        let cluster_namespaces = if reconcile::targets_need_namespaces(&observed) {
+            self.cluster_namespaces()
+                .await
+                .map_err(|refusal| KubeError::Api {
+                    what: "list namespaces (to check the targets of managed secrets)".into(),
+                    reason: refusal.message,
+                })?
+        } else {
+            Arc::default()
+        };
+        let mut applied = reconcile::applied_state(&observed, &cluster_namespaces);
         let state = self.state();
-        let observed: Vec<ObservedSecret> =
-            state.cache.values().map(|entry| entry.observed.clone()).collect();
-        let mut applied = reconcile::applied_state(&observed);
         applied.retain(|key, _| !state.stale.contains_key(key));
         self.metrics
             .applied_keys

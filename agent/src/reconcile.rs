@@ -30,19 +30,21 @@
 //!   deleted, fields it merged into a foreign Secret are removed, and a Secret that was ours gets
 //!   its previous content applied again. An Apply carries its payload (`Action::Apply`).
 
+mod applied;
 mod model;
 
+pub(crate) use self::applied::{applied_state, targets_need_namespaces};
 pub use self::model::{
     Applied, CreationPolicy, DeletionPolicy, DesiredSecret, Digest, DriftKind, ErrorCode, FIELD_MANAGER,
     FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL, Operator, REVISION_ANNOTATION, Refusal, Requirement,
-    SHA256_ANNOTATION, SecretBytes, Selector, Targets,
+    SHA256_ANNOTATION, SecretBytes, Selector, TARGETS_ANNOTATION, Targets,
 };
 pub(crate) use self::model::{
     CREATION_POLICY_ANNOTATION, MANAGED_BY_VALUE, Namespace, ObservedSecret, Ownership,
     RESERVED_ANNOTATION_PREFIX, value_digest,
 };
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// A write to make. An Apply carries the payload it writes, so none can be built without one.
@@ -476,30 +478,6 @@ pub(crate) fn check_drift(
         kind: DriftKind::Modified,
         repair,
     })
-}
-
-/// The applied state, rebuilt from the annotations of the Secrets ours: key -> (revision,
-/// sha256). When a key's Secrets disagree (a write failed halfway), the lowest revision wins, so
-/// the digest differs from the hub's and the hub sends the key again.
-pub(crate) fn applied_state(observed: &[ObservedSecret]) -> BTreeMap<String, Applied> {
-    let mut state: BTreeMap<String, Applied> = BTreeMap::new();
-    for secret in observed {
-        let Ownership::Ours { key, .. } = secret.ownership() else {
-            continue;
-        };
-        let Some(applied) = secret.applied() else {
-            continue;
-        };
-        state
-            .entry(key.to_owned())
-            .and_modify(|current| {
-                if (applied.revision, applied.sha256) < (current.revision, current.sha256) {
-                    *current = applied.clone();
-                }
-            })
-            .or_insert(applied);
-    }
-    state
 }
 
 #[cfg(test)]

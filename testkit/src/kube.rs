@@ -424,6 +424,23 @@ impl ClusterHandle {
         });
     }
 
+    /// Holds every write request (create, update, patch, delete) to a Secret in `namespace`
+    /// from now on, until the returned [`WriteHold`] releases or fails them: a write as slow as
+    /// the test wants, e.g. to kill the client between two writes. Reads are not held.
+    pub fn hold_writes(&self, namespace: &str) -> WriteHold {
+        let hold = Arc::new(store::WriteHold::new());
+        self.cluster
+            .lock()
+            .faults
+            .write_holds
+            .insert(namespace.to_owned(), Arc::clone(&hold));
+        WriteHold {
+            namespace: namespace.to_owned(),
+            hold,
+            cluster: Arc::clone(&self.cluster),
+        }
+    }
+
     /// The next `count` API calls get 429 with `Retry-After: retry_after_seconds`.
     pub fn throttle_next(&self, count: usize, retry_after_seconds: u64) {
         let mut state = self.cluster.lock();
@@ -466,5 +483,76 @@ impl ClusterHandle {
     /// Combine with [`Self::drop_watches`] to force clients to relist.
     pub fn expire_history(&self) {
         self.cluster.lock().compact();
+    }
+}
+
+/// Write requests to Secrets in one namespace, held by [`ClusterHandle::hold_writes`] until
+/// [`WriteHold::release`] or [`WriteHold::fail`]; dropping it releases them.
+pub struct WriteHold {
+    namespace: String,
+    hold: Arc<store::WriteHold>,
+    cluster: Arc<Cluster>,
+}
+
+impl std::fmt::Debug for WriteHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteHold")
+            .field("cluster", &self.cluster.name)
+            .field("namespace", &self.namespace)
+            .field("arrived", &self.arrived())
+            .finish()
+    }
+}
+
+impl WriteHold {
+    /// Write requests that reached the hold so far.
+    pub fn arrived(&self) -> usize {
+        *self.hold.arrived.borrow()
+    }
+
+    /// Waits until at least `count` write requests reached the hold.
+    pub async fn until_arrived(&self, count: usize) {
+        let mut arrived = self.hold.arrived.subscribe();
+        // The sender lives in `self.hold`: the wait ends only when the count is reached.
+        let _ = arrived.wait_for(|arrived| *arrived >= count).await;
+    }
+
+    /// Lets the held writes proceed and stops holding.
+    pub fn release(self) {
+        self.end(store::HoldEnd::Release);
+    }
+
+    /// Answers the held writes `code` (500 or 503) without changing anything, and stops holding:
+    /// a client killed while its write was held leaves no trace of it.
+    pub fn fail(self, code: u16) {
+        self.end(store::HoldEnd::Fail(code));
+    }
+
+    /// Stops holding (later writes pass) and ends the held ones as `end` says, once.
+    fn end(&self, end: store::HoldEnd) {
+        {
+            let mut state = self.cluster.lock();
+            if state
+                .faults
+                .write_holds
+                .get(&self.namespace)
+                .is_some_and(|hold| Arc::ptr_eq(hold, &self.hold))
+            {
+                state.faults.write_holds.remove(&self.namespace);
+            }
+        }
+        self.hold.end.send_if_modified(|current| {
+            let holding = *current == store::HoldEnd::Holding;
+            if holding {
+                *current = end;
+            }
+            holding
+        });
+    }
+}
+
+impl Drop for WriteHold {
+    fn drop(&mut self) {
+        self.end(store::HoldEnd::Release);
     }
 }

@@ -610,3 +610,78 @@ async fn in_memory_clients_take_the_same_route_as_https_without_a_socket() {
     let status = api_status(secrets.get("db").await.expect_err("injected"));
     assert_eq!(status.code, 503);
 }
+
+#[tokio::test]
+async fn held_writes_wait_until_released_or_fail_without_a_trace() {
+    let kube = start(Config::default()).await;
+    let cluster = kube.add_cluster("held").expect("add cluster");
+    for namespace in ["a", "b"] {
+        cluster.create_namespace(namespace).expect("namespace");
+    }
+    let client = client(&cluster).await;
+    let a: Api<Secret> = Api::namespaced(client.clone(), "a");
+    let b: Api<Secret> = Api::namespaced(client, "b");
+    let apply = PatchParams::apply("test").force();
+
+    let hold = cluster.hold_writes("b");
+    let held = tokio::spawn({
+        let b = b.clone();
+        let apply = apply.clone();
+        async move {
+            b.patch("s", &apply, &Patch::Apply(secret("s", &[("k", "1")])))
+                .await
+        }
+    });
+    tokio::time::timeout(WAIT, hold.until_arrived(1))
+        .await
+        .expect("the write to b reaches the hold");
+    // Other namespaces and reads are not held.
+    tokio::time::timeout(
+        WAIT,
+        a.patch("s", &apply, &Patch::Apply(secret("s", &[("k", "1")]))),
+    )
+    .await
+    .expect("a is not held")
+    .expect("a written");
+    assert_eq!(
+        tokio::time::timeout(WAIT, b.get_opt("s"))
+            .await
+            .expect("reads pass")
+            .expect("get"),
+        None
+    );
+    assert!(cluster.get_secret("b", "s").is_none(), "held, not written");
+    hold.release();
+    tokio::time::timeout(WAIT, held)
+        .await
+        .expect("released")
+        .expect("task")
+        .expect("b written once released");
+    assert!(cluster.get_secret("b", "s").is_some());
+
+    // A failed hold answers the held write and changes nothing; later writes pass.
+    let hold = cluster.hold_writes("b");
+    let held = tokio::spawn({
+        let b = b.clone();
+        async move { b.delete("s", &DeleteParams::default()).await.map(|_| ()) }
+    });
+    tokio::time::timeout(WAIT, hold.until_arrived(1))
+        .await
+        .expect("the delete reaches the hold");
+    assert_eq!(hold.arrived(), 1);
+    hold.fail(500);
+    let status = api_status(
+        tokio::time::timeout(WAIT, held)
+            .await
+            .expect("failed")
+            .expect("task")
+            .expect_err("the held delete fails"),
+    );
+    assert_eq!(status.code, 500);
+    assert!(cluster.get_secret("b", "s").is_some(), "nothing deleted");
+    tokio::time::timeout(WAIT, b.delete("s", &DeleteParams::default()))
+        .await
+        .expect("no longer held")
+        .expect("deleted");
+    assert!(cluster.get_secret("b", "s").is_none());
+}

@@ -12,7 +12,8 @@ use super::{KubeCluster, refusal, zeroize_secret};
 use crate::reconcile::{
     CREATION_POLICY_ANNOTATION, CreationPolicy, DeletionPolicy, DesiredSecret, FIELD_MANAGER,
     FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Plan, Planned, Prior,
-    RESERVED_ANNOTATION_PREFIX, REVISION_ANNOTATION, Refusal, SHA256_ANNOTATION, SecretBytes, Step, Targets,
+    RESERVED_ANNOTATION_PREFIX, REVISION_ANNOTATION, Refusal, SHA256_ANNOTATION, SecretBytes, Step,
+    TARGETS_ANNOTATION, Targets,
 };
 
 /// The child field names under `path` in a managedFields `fieldsV1` tree (`f:` stripped).
@@ -85,7 +86,12 @@ pub(super) fn prior_content(mut secret: Secret, key: &str) -> DesiredSecret {
         sha256,
         secret_name: secret.metadata.name.take().unwrap_or_default(),
         secret_type: secret.type_.take().unwrap_or_else(|| "Opaque".into()),
-        targets: Targets::Namespaces(vec![namespace]),
+        // The targets record is written back as it was (a Secret written before agents
+        // recorded it gets its own namespace: it then claims no location it does not hold).
+        targets: annotations
+            .get(TARGETS_ANNOTATION)
+            .and_then(|text| Targets::from_annotation(text))
+            .unwrap_or_else(|| Targets::Namespaces(vec![namespace])),
         data: content_data,
         labels: labels
             .into_iter()

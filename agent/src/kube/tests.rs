@@ -11,7 +11,7 @@ use super::watch::meaningful_change;
 use super::*;
 use crate::reconcile::{
     CreationPolicy, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION,
-    SHA256_ANNOTATION, SecretBytes, Targets,
+    SHA256_ANNOTATION, SecretBytes, TARGETS_ANNOTATION, Targets,
 };
 
 fn desired(creation: CreationPolicy) -> DesiredSecret {
@@ -136,6 +136,40 @@ fn read_back_content_is_what_our_apply_entry_owns() {
     assert!(content.annotations.is_empty());
 }
 
+/// A rollback writes the targets record back as it was, so the Secret it restores still names
+/// every namespace of its plan (the read-back rule of `reconcile::applied` reads it).
+#[test]
+fn read_back_content_keeps_the_targets_record() {
+    let mut spread = desired(CreationPolicy::Owner);
+    spread.targets = Targets::Namespaces(vec!["a".into(), "b".into()]);
+    let secret = secret_for(&spread, "a");
+    assert_eq!(
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(TARGETS_ANNOTATION))
+            .map(String::as_str),
+        Some(r#"{"namespaces":["a","b"]}"#)
+    );
+    let content = prior_content(secret.clone(), "regcred");
+    assert_eq!(content.targets, spread.targets);
+    assert_eq!(
+        content.full_annotations().get(TARGETS_ANNOTATION),
+        spread.full_annotations().get(TARGETS_ANNOTATION)
+    );
+
+    // Written before agents recorded their targets: the Secret claims its own namespace only.
+    let mut legacy = secret;
+    legacy
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .remove(TARGETS_ANNOTATION);
+    let content = prior_content(legacy, "regcred");
+    assert_eq!(content.targets, Targets::Namespaces(vec!["a".into()]));
+}
+
 #[test]
 fn kubernetes_errors_map_to_nack_codes() {
     let api = |code: u16, message: &str| {
@@ -183,4 +217,12 @@ fn meaningful_changes_ignore_foreign_metadata() {
     let mut after = before.clone();
     after.data.insert(".dockerconfigjson".into(), [0; 32]);
     assert!(meaningful_change(&before, &after));
+    let mut after = before.clone();
+    after
+        .annotations
+        .insert(TARGETS_ANNOTATION.into(), r#"{"namespaces":[]}"#.into());
+    assert!(
+        meaningful_change(&before, &after),
+        "the record of where the key must be"
+    );
 }

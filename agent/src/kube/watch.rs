@@ -28,6 +28,7 @@ use crate::cluster::ClusterEvent;
 use crate::reconcile::{
     self, CREATION_POLICY_ANNOTATION, DesiredSecret, DriftKind, FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE, Namespace, ObservedSecret, REVISION_ANNOTATION, Refusal, SHA256_ANNOTATION,
+    TARGETS_ANNOTATION,
 };
 
 /// Whether a change to one of our Secrets matters (content or our marks), for keys whose
@@ -41,6 +42,7 @@ pub(super) fn meaningful_change(before: &ObservedSecret, after: &ObservedSecret)
             SHA256_ANNOTATION,
             FLEET_SECRET_ANNOTATION,
             CREATION_POLICY_ANNOTATION,
+            TARGETS_ANNOTATION,
         ]
         .iter()
         .any(|key| before.annotations.get(*key) != after.annotations.get(*key))

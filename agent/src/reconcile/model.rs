@@ -20,6 +20,10 @@ pub const SHA256_ANNOTATION: &str = "keyfleet.io/sha256";
 pub const FLEET_SECRET_ANNOTATION: &str = "keyfleet.io/fleet-secret";
 /// Annotation: the creationPolicy the Secret was written with (`Owner`, `Merge`, `Orphan`).
 pub(crate) const CREATION_POLICY_ANNOTATION: &str = "keyfleet.io/creation-policy";
+/// Annotation: the payload's targets (named namespaces or the namespace selector, JSON), written
+/// on every Secret of the key, so a restarted agent knows where the key must be (see
+/// `reconcile::applied`).
+pub const TARGETS_ANNOTATION: &str = "keyfleet.io/targets";
 /// Server-side apply field manager.
 pub const FIELD_MANAGER: &str = "keyfleet-agent";
 /// Prefix reserved for the agent's own annotations.
@@ -263,6 +267,7 @@ impl DesiredSecret {
         annotations.insert(SHA256_ANNOTATION.into(), hex::encode(self.sha256));
         annotations.insert(FLEET_SECRET_ANNOTATION.into(), self.key.clone());
         annotations.insert(CREATION_POLICY_ANNOTATION.into(), self.creation.as_str().into());
+        annotations.insert(TARGETS_ANNOTATION.into(), self.targets.annotation());
         annotations
     }
 }
@@ -307,6 +312,16 @@ pub struct Applied {
     pub revision: u64,
     /// Payload digest.
     pub sha256: Digest,
+}
+
+impl Applied {
+    /// A key some of whose Secrets exist but which is not applied at any revision (a target
+    /// namespace lacks it): revision 0, which the hub never assigns, and an all-zero digest, so
+    /// the hub sends the key again (or removes it when it no longer wants it).
+    pub const INCOMPLETE: Self = Self {
+        revision: 0,
+        sha256: [0; 32],
+    };
 }
 
 impl ObservedSecret {

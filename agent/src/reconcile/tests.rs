@@ -1,5 +1,7 @@
 //! Table tests of the pure planner: upserts, removals, priors and undos, drift, applied state.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 const SHA: Digest = [7; 32];
@@ -561,31 +563,6 @@ fn drift_table() {
     for (name, desired, observed, expected) in cases {
         assert_eq!(check_drift(desired, "a", observed.as_ref()), expected, "{name}");
     }
-}
-
-#[test]
-fn applied_state_takes_the_lowest_revision_and_skips_foreign() {
-    let base = owner();
-    let mut older = owner();
-    older.revision = 3;
-    let mut broken = written(&base, "c");
-    broken
-        .annotations
-        .insert(REVISION_ANNOTATION.into(), "not-a-number".into());
-    let state = applied_state(&[
-        written(&base, "a"),
-        written(&older, "b"),
-        broken,
-        foreign("a", "x"),
-    ]);
-    assert_eq!(state.len(), 1);
-    assert_eq!(
-        state.get("regcred"),
-        Some(&Applied {
-            revision: 3,
-            sha256: SHA
-        })
-    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod hub;
+pub mod processes;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -133,6 +133,13 @@ async fn route(
             let bytes = axum::body::to_bytes(body, MAX_BODY)
                 .await
                 .map_err(|error| ApiError::bad_request(format!("read request body: {error}")))?;
+            let hold = match (target.kind, target.namespace.as_deref()) {
+                (Kind::Secret, Some(namespace)) => cluster.lock().faults.write_holds.get(namespace).cloned(),
+                _ => None,
+            };
+            if let Some(hold) = hold {
+                hold.pass().await.map_err(ApiError::injected)?;
+            }
             let fault = {
                 let mut state = cluster.lock();
                 state.count_request();

@@ -18,7 +18,7 @@ use super::model::{Body, Kind, Object};
 use super::patch;
 use super::status::{ApiError, Cause};
 
-pub(super) use faults::{Faults, WriteFault};
+pub(super) use faults::{Faults, HoldEnd, WriteFault, WriteHold};
 use ownership::record_update;
 pub use permissions::{Permissions, RequestRecord, Rule, Verb};
 use validate::validate;
