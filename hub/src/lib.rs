@@ -20,6 +20,7 @@
 //! - [`spec`]: SecretStore / FleetSecret YAML specs, strict parsing and ESO-style validation.
 //! - [`vault`]: Azure Key Vault through the official crates (`SecretSource`, `AzureKeyVault`,
 //!   `SourceFactory`), the per-store change `Poller`, an in-memory fake behind `test-util`.
+//! - [`history`]: append-only sync history and repaired drift, batched from fleet events.
 //! - [`store`]: Postgres / SQLite store (inventory, revisions, sync status); the only sqlx user.
 //! - [`domain`]: pure types and rules shared by every module (`SecretValue`, names, labels).
 
@@ -31,6 +32,7 @@ pub mod config;
 pub mod domain;
 pub mod fleet;
 pub mod grpc;
+pub mod history;
 mod ops;
 pub mod render;
 pub mod spec;

@@ -19,6 +19,7 @@ pub mod bench;
 mod convert;
 mod dialect;
 mod error;
+mod history;
 mod leadership;
 mod polls;
 mod postgres;
@@ -38,6 +39,9 @@ use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256};
 
 pub use error::StoreError;
 pub use leadership::Leadership;
+pub use history::{
+    AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
+};
 pub use polls::{PollAsk, PollRequest, PollResult, StorePoll};
 pub use records::{
     AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,

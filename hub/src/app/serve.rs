@@ -21,6 +21,7 @@ use crate::grpc::convert::ProtoEncoder;
 use crate::grpc::enroll::EnrollService;
 use crate::grpc::server::{self, TlsMaterial};
 use crate::grpc::sync::{SyncConfig, SyncService};
+use crate::history::{HistoryConfig, HistoryWriter};
 use crate::ops::{self, Ops};
 use crate::status::{StatusConfig, StatusWriter};
 use crate::store::Store;
@@ -108,7 +109,16 @@ pub(super) async fn serve(
     let mut runtime_ready = runtime.ready();
     let (status_tx, status_rx) = mpsc::channel(EVENT_BUFFER);
     let (runtime_tx, runtime_rx) = mpsc::channel(EVENT_BUFFER);
-    tokio::spawn(tee(events, status_tx, runtime_tx));
+    let (history_tx, history_rx) = mpsc::channel(EVENT_BUFFER);
+    tokio::spawn(tee(events, status_tx, runtime_tx, history_tx));
+    let history = HistoryWriter::new(
+        store.clone(),
+        HistoryConfig {
+            replica: replica.clone(),
+            ..HistoryConfig::default()
+        },
+    );
+    ops.register(|registry| history.metrics().register(registry));
     let status = StatusWriter::new(
         store.clone(),
         fleet.clone(),
@@ -122,6 +132,7 @@ pub(super) async fn serve(
     // then writes what it buffered.
     let status_stop = CancellationToken::new();
     let status_task = tokio::spawn(status.run_until(status_rx, status_stop.clone().cancelled_owned()));
+    let history_task = tokio::spawn(history.run_until(history_rx, status_stop.clone().cancelled_owned()));
     let mut runtime_task = tokio::spawn(runtime.run(runtime_rx, stop.clone().cancelled_owned()));
 
     // Operations endpoint.
@@ -282,6 +293,9 @@ pub(super) async fn serve(
         Ok(Err(error)) => tracing::warn!(error = %error, "status writer failed"),
         Err(_) => tracing::warn!("status writer did not finish its last flush in time"),
     }
+    if tokio::time::timeout(config.shutdown_grace, history_task).await.is_err() {
+        tracing::warn!("history writer did not finish its last flush in time");
+    }
     let _ = ops_task.await;
     if !runtime_task.is_finished() {
         runtime_task.abort();
@@ -291,19 +305,24 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// Copies every fleet event to the status writer and to the runtime (rollout progress).
+/// Copies every fleet event to the status writer, the history writer and the runtime (rollout
+/// progress).
 async fn tee(
     mut events: mpsc::Receiver<FleetEvent>,
     status: mpsc::Sender<FleetEvent>,
     runtime: mpsc::Sender<FleetEvent>,
+    history: mpsc::Sender<FleetEvent>,
 ) {
     while let Some(event) = events.recv().await {
-        let copy = event.clone();
+        let for_runtime = event.clone();
+        let for_history = event.clone();
         if status.send(event).await.is_err() {
             return;
         }
+        // The history writer drains into memory (bounded): a slow store never holds the tee.
+        let _ = history.send(for_history).await;
         // The runtime ends first at shutdown: the status writer still gets the rest.
-        let _ = runtime.send(copy).await;
+        let _ = runtime.send(for_runtime).await;
     }
 }
 

@@ -237,10 +237,18 @@ async fn migration_from_empty(kind: Kind) {
                 version: 8,
                 description: "replica requests".to_owned(),
             });
+            expected.push(AppliedMigration {
+                version: 9,
+                description: "history".to_owned(),
+            });
         } else {
             expected.push(AppliedMigration {
                 version: 5,
                 description: "replica requests".to_owned(),
+            });
+            expected.push(AppliedMigration {
+                version: 6,
+                description: "history".to_owned(),
             });
         }
         assert_eq!(applied, expected);

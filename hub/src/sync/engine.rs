@@ -70,6 +70,8 @@ pub struct EngineConfig {
     pub tail_interval: Duration,
     /// A disconnected cluster stops counting for wave progress after this long.
     pub offline_grace: TimeDelta,
+    /// Sync history and repaired drift older than this are pruned (by the leader).
+    pub history_retention: TimeDelta,
     /// The leader prunes change-log entries older than this (keeping `change_log_keep` newest).
     pub change_log_retention: TimeDelta,
     /// Newest change-log entries never pruned.
@@ -94,6 +96,7 @@ impl Default for EngineConfig {
             tail_interval: Duration::from_secs(1),
             offline_grace: TimeDelta::minutes(5),
             change_log_retention: TimeDelta::hours(24),
+            history_retention: TimeDelta::days(30),
             change_log_keep: 10_000,
             change_log_prune_interval: Duration::from_secs(600),
             lead_retry: Duration::from_secs(2),

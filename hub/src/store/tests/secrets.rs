@@ -103,6 +103,7 @@ pub(super) async fn no_column_holds_a_secret_value(store: Store) {
         "change_horizon",
         "changes",
         "clusters",
+        "drift_events",
         "enrollment_tokens",
         "pins",
         "poll_requests",
@@ -111,6 +112,7 @@ pub(super) async fn no_column_holds_a_secret_value(store: Store) {
         "secret_versions",
         "specs",
         "store_polls",
+        "sync_history",
         "sync_status",
     ]);
     if store.backend() == "postgres" {

@@ -365,5 +365,11 @@ impl Engine {
             Ok(pruned) => tracing::info!(pruned, "pruned the change log"),
             Err(error) => tracing::warn!(error = %error, "cannot prune the change log"),
         }
+        let older_than = Utc::now() - self.config.history_retention;
+        match self.store.prune_history(older_than).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned sync history and drift"),
+            Err(error) => tracing::warn!(error = %error, "cannot prune sync history and drift"),
+        }
     }
 }

@@ -1,0 +1,165 @@
+//! Postgres `sync_history`, `drift_events` and the audit read (see `store::history`): appends are
+//! one `unnest` statement per batch.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::store::convert::to_u64;
+use crate::store::history::{AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow};
+use crate::store::{AuditEvent, StoreError};
+
+fn revision(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(in crate::store) async fn append_history(
+    pool: &PgPool,
+    replica: &str,
+    rows: &[HistoryEntry],
+) -> Result<(), StoreError> {
+    let clusters: Vec<Uuid> = rows.iter().map(|r| r.cluster.0).collect();
+    let fleet_secrets: Vec<String> = rows.iter().map(|r| r.fleet_secret.clone()).collect();
+    let revisions: Vec<i64> = rows.iter().map(|r| revision(r.revision)).collect();
+    let outcomes: Vec<String> = rows.iter().map(|r| r.outcome.as_str().to_owned()).collect();
+    let errors: Vec<Option<String>> = rows.iter().map(|r| r.error.clone()).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
+    sqlx::query!(
+        "INSERT INTO sync_history (cluster_id, fleet_secret, revision, outcome, error, replica, at)
+         SELECT u.cluster_id, u.fleet_secret, u.revision, u.outcome, u.error, $6, u.at
+         FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $7::timestamptz[])
+              AS u(cluster_id, fleet_secret, revision, outcome, error, at)",
+        &clusters[..],
+        &fleet_secrets[..],
+        &revisions[..],
+        &outcomes[..],
+        &errors[..] as &[Option<String>],
+        replica,
+        &at[..],
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(in crate::store) async fn append_drift(pool: &PgPool, replica: &str, rows: &[DriftEntry]) -> Result<(), StoreError> {
+    let clusters: Vec<Uuid> = rows.iter().map(|r| r.cluster.0).collect();
+    let fleet_secrets: Vec<String> = rows.iter().map(|r| r.fleet_secret.clone()).collect();
+    let namespaces: Vec<String> = rows.iter().map(|r| r.namespace.clone()).collect();
+    let kinds: Vec<String> = rows.iter().map(|r| r.kind.to_owned()).collect();
+    let revisions: Vec<i64> = rows.iter().map(|r| revision(r.revision)).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
+    sqlx::query!(
+        "INSERT INTO drift_events (cluster_id, fleet_secret, namespace, kind, revision, replica, at)
+         SELECT u.cluster_id, u.fleet_secret, u.namespace, u.kind, u.revision, $6, u.at
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $7::timestamptz[])
+              AS u(cluster_id, fleet_secret, namespace, kind, revision, at)",
+        &clusters[..],
+        &fleet_secrets[..],
+        &namespaces[..],
+        &kinds[..],
+        &revisions[..],
+        replica,
+        &at[..],
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(in crate::store) async fn history(pool: &PgPool, query: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
+    sqlx::query!(
+        r#"SELECT COALESCE(c.name, h.cluster_id::text) AS "cluster!", h.fleet_secret, h.revision,
+                  h.outcome, h.error, h.replica, h.at
+           FROM sync_history h LEFT JOIN clusters c ON c.id = h.cluster_id
+           WHERE ($1::text IS NULL OR h.fleet_secret = $1)
+             AND ($2::text IS NULL OR c.name = $2)
+             AND ($3::timestamptz IS NULL OR h.at >= $3)
+           ORDER BY h.at DESC, h.id DESC
+           LIMIT $4"#,
+        query.fleet_secret.as_deref(),
+        query.cluster.as_deref(),
+        query.since,
+        i64::from(query.limit),
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| {
+        Ok(HistoryRow {
+            cluster: row.cluster,
+            fleet_secret: row.fleet_secret,
+            revision: to_u64(row.revision, "history revision")?,
+            outcome: HistoryOutcome::parse(&row.outcome)?,
+            error: row.error,
+            replica: row.replica,
+            at: row.at,
+        })
+    })
+    .collect()
+}
+
+pub(in crate::store) async fn drift(pool: &PgPool, query: &HistoryQuery) -> Result<Vec<DriftRow>, StoreError> {
+    sqlx::query!(
+        r#"SELECT COALESCE(c.name, d.cluster_id::text) AS "cluster!", d.fleet_secret, d.namespace,
+                  d.kind, d.revision, d.replica, d.at
+           FROM drift_events d LEFT JOIN clusters c ON c.id = d.cluster_id
+           WHERE ($1::text IS NULL OR d.fleet_secret = $1)
+             AND ($2::text IS NULL OR c.name = $2)
+             AND ($3::timestamptz IS NULL OR d.at >= $3)
+           ORDER BY d.at DESC, d.id DESC
+           LIMIT $4"#,
+        query.fleet_secret.as_deref(),
+        query.cluster.as_deref(),
+        query.since,
+        i64::from(query.limit),
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| {
+        Ok(DriftRow {
+            cluster: row.cluster,
+            fleet_secret: row.fleet_secret,
+            namespace: row.namespace,
+            kind: row.kind,
+            revision: to_u64(row.revision, "drift revision")?,
+            replica: row.replica,
+            at: row.at,
+        })
+    })
+    .collect()
+}
+
+pub(in crate::store) async fn audit_events(pool: &PgPool, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+    Ok(sqlx::query!(
+        "SELECT actor, action, subject, at FROM audit_events
+         WHERE ($1::text IS NULL OR actor = $1) AND ($2::timestamptz IS NULL OR at >= $2)
+         ORDER BY at DESC, id DESC LIMIT $3",
+        query.actor.as_deref(),
+        query.since,
+        i64::from(query.limit),
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| AuditEvent {
+        actor: row.actor,
+        action: row.action,
+        subject: row.subject,
+        at: row.at,
+    })
+    .collect())
+}
+
+pub(in crate::store) async fn prune_history(pool: &PgPool, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+    let history = sqlx::query!("DELETE FROM sync_history WHERE at < $1", older_than)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    let drift = sqlx::query!("DELETE FROM drift_events WHERE at < $1", older_than)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(history + drift)
+}

@@ -1,0 +1,168 @@
+//! SQLite `sync_history`, `drift_events` and the audit read (see `store::history`): appends are
+//! one multi-row `INSERT` per batch (chunked below SQLite's bind limit).
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
+
+use super::{req_ts, ts};
+use crate::store::convert::to_u64;
+use crate::store::history::{AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow};
+use crate::store::{AuditEvent, StoreError};
+
+/// Rows per statement: 7 binds each, under SQLite's 32,766-bind limit.
+const ROWS_PER_STATEMENT: usize = 4_000;
+
+fn revision(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(in crate::store) async fn append_history(
+    pool: &SqlitePool,
+    replica: &str,
+    rows: &[HistoryEntry],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO sync_history (cluster_id, fleet_secret, revision, outcome, error, replica, at) ",
+        );
+        insert.push_values(chunk, |mut row, entry| {
+            row.push_bind(entry.cluster.0.to_string())
+                .push_bind(entry.fleet_secret.clone())
+                .push_bind(revision(entry.revision))
+                .push_bind(entry.outcome.as_str())
+                .push_bind(entry.error.clone())
+                .push_bind(replica.to_owned())
+                .push_bind(ts(entry.at));
+        });
+        insert.build().execute(pool).await?;
+    }
+    Ok(())
+}
+
+pub(in crate::store) async fn append_drift(
+    pool: &SqlitePool,
+    replica: &str,
+    rows: &[DriftEntry],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO drift_events (cluster_id, fleet_secret, namespace, kind, revision, replica, at) ",
+        );
+        insert.push_values(chunk, |mut row, entry| {
+            row.push_bind(entry.cluster.0.to_string())
+                .push_bind(entry.fleet_secret.clone())
+                .push_bind(entry.namespace.clone())
+                .push_bind(entry.kind)
+                .push_bind(revision(entry.revision))
+                .push_bind(replica.to_owned())
+                .push_bind(ts(entry.at));
+        });
+        insert.build().execute(pool).await?;
+    }
+    Ok(())
+}
+
+pub(in crate::store) async fn history(pool: &SqlitePool, query: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
+    sqlx::query(
+        "SELECT COALESCE(c.name, h.cluster_id) AS cluster, h.fleet_secret, h.revision, h.outcome,
+                h.error, h.replica, h.at
+         FROM sync_history h LEFT JOIN clusters c ON c.id = h.cluster_id
+         WHERE (?1 IS NULL OR h.fleet_secret = ?1)
+           AND (?2 IS NULL OR c.name = ?2)
+           AND (?3 IS NULL OR h.at >= ?3)
+         ORDER BY h.at DESC, h.id DESC
+         LIMIT ?4",
+    )
+    .bind(query.fleet_secret.as_deref())
+    .bind(query.cluster.as_deref())
+    .bind(query.since.map(ts))
+    .bind(i64::from(query.limit))
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(HistoryRow {
+            cluster: row.try_get("cluster")?,
+            fleet_secret: row.try_get("fleet_secret")?,
+            revision: to_u64(row.try_get("revision")?, "history revision")?,
+            outcome: HistoryOutcome::parse(&row.try_get::<String, _>("outcome")?)?,
+            error: row.try_get("error")?,
+            replica: row.try_get("replica")?,
+            at: req_ts(row, "at", "history time")?,
+        })
+    })
+    .collect()
+}
+
+pub(in crate::store) async fn drift(pool: &SqlitePool, query: &HistoryQuery) -> Result<Vec<DriftRow>, StoreError> {
+    sqlx::query(
+        "SELECT COALESCE(c.name, d.cluster_id) AS cluster, d.fleet_secret, d.namespace, d.kind,
+                d.revision, d.replica, d.at
+         FROM drift_events d LEFT JOIN clusters c ON c.id = d.cluster_id
+         WHERE (?1 IS NULL OR d.fleet_secret = ?1)
+           AND (?2 IS NULL OR c.name = ?2)
+           AND (?3 IS NULL OR d.at >= ?3)
+         ORDER BY d.at DESC, d.id DESC
+         LIMIT ?4",
+    )
+    .bind(query.fleet_secret.as_deref())
+    .bind(query.cluster.as_deref())
+    .bind(query.since.map(ts))
+    .bind(i64::from(query.limit))
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(DriftRow {
+            cluster: row.try_get("cluster")?,
+            fleet_secret: row.try_get("fleet_secret")?,
+            namespace: row.try_get("namespace")?,
+            kind: row.try_get("kind")?,
+            revision: to_u64(row.try_get("revision")?, "drift revision")?,
+            replica: row.try_get("replica")?,
+            at: req_ts(row, "at", "drift time")?,
+        })
+    })
+    .collect()
+}
+
+pub(in crate::store) async fn audit_events(
+    pool: &SqlitePool,
+    query: &AuditQuery,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    sqlx::query(
+        "SELECT actor, action, subject, at FROM audit_events
+         WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR at >= ?2)
+         ORDER BY at DESC, id DESC LIMIT ?3",
+    )
+    .bind(query.actor.as_deref())
+    .bind(query.since.map(ts))
+    .bind(i64::from(query.limit))
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(AuditEvent {
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            subject: row.try_get("subject")?,
+            at: req_ts(row, "at", "audit at")?,
+        })
+    })
+    .collect()
+}
+
+pub(in crate::store) async fn prune_history(pool: &SqlitePool, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+    let cutoff = ts(older_than);
+    let history = sqlx::query("DELETE FROM sync_history WHERE at < ?1")
+        .bind(&cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    let drift = sqlx::query("DELETE FROM drift_events WHERE at < ?1")
+        .bind(&cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(history + drift)
+}
