@@ -1,5 +1,5 @@
 //! The administration commands of `keyfleet` (`cluster`, `apply`, `get`, `delete`, `status`,
-//! `rollout`, `pin`, `unpin`, `sync-now`): clients of a hub's Admin API. Flags are parsed in
+//! `rollout`, `pin`, `unpin`, `sync-now`, `history`, `drift`, `audit`): clients of a hub's Admin API. Flags are parsed in
 //! [`crate::config`]; [`run`] executes one command and writes people-readable tables (or JSON/YAML
 //! with `-o`) to the output it is given.
 //!
@@ -28,6 +28,7 @@ use crate::config::ClientCommand;
 mod bulk;
 mod clusters;
 mod connect;
+mod history;
 mod output;
 mod reference;
 mod rollout;
@@ -153,6 +154,9 @@ pub async fn run_with(
         ClientCommand::Pin(args) => rollout::pin(client, args.target, out).await,
         ClientCommand::Unpin(args) => rollout::unpin(client, args.target, out).await,
         ClientCommand::SyncNow(args) => sync_now(client, args.store.unwrap_or_default(), out).await,
+        ClientCommand::History(args) => history::history(client, args, out).await,
+        ClientCommand::Drift(args) => history::drift(client, args, out).await,
+        ClientCommand::Audit(args) => history::audit(client, args, out).await,
     }
 }
 

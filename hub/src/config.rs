@@ -18,9 +18,9 @@ mod serve;
 mod tests;
 
 pub use admin_commands::{
-    ApplyArgs, ClientArgs, ClientCommand, ClusterCommand, DEFAULT_HUB_URL, DeleteCommand, GetCommand,
-    LabelChange, OutputFormat, PinArgs, PinTarget, RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs,
-    UnpinTarget, WithClient, parse_label, parse_label_change,
+    ApplyArgs, AuditArgs, ClientArgs, ClientCommand, ClusterCommand, DEFAULT_HUB_URL, DeleteCommand,
+    DriftArgs, GetCommand, HistoryArgs, LabelChange, OutputFormat, PinArgs, PinTarget, RolloutCommand,
+    StatusArgs, SyncNowArgs, UnpinArgs, UnpinTarget, WithClient, parse_label, parse_label_change,
 };
 pub use database_url::{DEFAULT_DATABASE, DatabaseUrl};
 pub use serve::{

@@ -105,7 +105,11 @@ impl HistoryWriter {
     }
 
     /// Runs until `events` closes or `shutdown` resolves, then writes what is buffered.
-    pub async fn run_until(mut self, mut events: mpsc::Receiver<FleetEvent>, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run_until(
+        mut self,
+        mut events: mpsc::Receiver<FleetEvent>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
             let flush_at = self.flush_at;
@@ -139,7 +143,11 @@ impl HistoryWriter {
     pub fn handle(&mut self, event: FleetEvent) {
         match event {
             FleetEvent::Acked {
-                cluster, key, revision, at, ..
+                cluster,
+                key,
+                revision,
+                at,
+                ..
             } => self.history.push_back(HistoryEntry {
                 cluster,
                 fleet_secret: key,
@@ -228,7 +236,11 @@ impl HistoryWriter {
         }
         let history: Vec<HistoryEntry> = self.history.iter().cloned().collect();
         let drift: Vec<DriftEntry> = self.drift.iter().cloned().collect();
-        match self.store.record_history(&self.config.replica, &history, &drift).await {
+        match self
+            .store
+            .record_history(&self.config.replica, &history, &drift)
+            .await
+        {
             Ok(()) => {
                 self.metrics.written.inc_by((history.len() + drift.len()) as u64);
                 self.history.clear();

@@ -38,10 +38,8 @@ use self::convert::{micros, now, prepare_status_rows, to_i64};
 use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256};
 
 pub use error::StoreError;
+pub use history::{AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow};
 pub use leadership::Leadership;
-pub use history::{
-    AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
-};
 pub use polls::{PollAsk, PollRequest, PollResult, StorePoll};
 pub use records::{
     AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,

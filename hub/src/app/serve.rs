@@ -293,7 +293,10 @@ pub(super) async fn serve(
         Ok(Err(error)) => tracing::warn!(error = %error, "status writer failed"),
         Err(_) => tracing::warn!("status writer did not finish its last flush in time"),
     }
-    if tokio::time::timeout(config.shutdown_grace, history_task).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, history_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("history writer did not finish its last flush in time");
     }
     let _ = ops_task.await;

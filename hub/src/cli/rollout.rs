@@ -19,6 +19,10 @@ pub(super) async fn rollout(
 ) -> Result<(), CliError> {
     match command {
         RolloutCommand::Status { name, watch, timeout } => status(client, &name, watch, timeout, out).await,
+        RolloutCommand::History { name, output } => {
+            super::history::rollout_history(client, &name, output, out).await
+        }
+        RolloutCommand::Undo { name } => super::history::undo(client, &name, out).await,
         RolloutCommand::Pause { name } => {
             let status = call(
                 format!("pause rollout of {name:?}"),

@@ -119,6 +119,12 @@ pub enum ClientCommand {
     Unpin(UnpinArgs),
     /// Poll Key Vault now instead of waiting for the poll interval.
     SyncNow(SyncNowArgs),
+    /// When clusters got each revision of a FleetSecret, and each refusal (newest first).
+    History(HistoryArgs),
+    /// Drift the agents repaired: managed Secrets edited or deleted in a cluster (newest first).
+    Drift(DriftArgs),
+    /// The audit log: who did what to which subject (newest first).
+    Audit(AuditArgs),
 }
 
 impl ClientCommand {
@@ -134,6 +140,9 @@ impl ClientCommand {
             Self::Pin(args) => &args.client,
             Self::Unpin(args) => &args.client,
             Self::SyncNow(args) => &args.client,
+            Self::History(args) => &args.client,
+            Self::Drift(args) => &args.client,
+            Self::Audit(args) => &args.client,
         }
     }
 }
@@ -302,6 +311,21 @@ pub enum RolloutCommand {
         #[arg(long, value_parser = parse_duration, requires = "watch")]
         timeout: Option<std::time::Duration>,
     },
+    /// The FleetSecret's revisions (newest first) with their Key Vault versions, how many
+    /// clusters applied or refused each, and the rollout's events (waves, pins, pauses, undo).
+    History {
+        /// FleetSecret name.
+        name: String,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Roll back: pin every Key Vault secret of the FleetSecret to the versions of the revision
+    /// before the current one (`keyfleet unpin` follows the latest again).
+    Undo {
+        /// FleetSecret name.
+        name: String,
+    },
     /// Pause: no further wave starts.
     Pause {
         /// FleetSecret name.
@@ -373,6 +397,85 @@ pub struct SyncNowArgs {
     /// Only this SecretStore (all when omitted).
     #[arg(long)]
     pub store: Option<String>,
+}
+
+/// `keyfleet history`.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// FleetSecret name.
+    pub fleet_secret: String,
+    /// Only this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Only entries newer than this: a duration back from now (`1h`, `7d`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many entries (1-10000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `keyfleet drift`.
+#[derive(Debug, Clone, Args)]
+pub struct DriftArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this FleetSecret.
+    #[arg(long)]
+    pub fleet_secret: Option<String>,
+    /// Only this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Only drift newer than this: a duration back from now (`1h`, `7d`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many entries (1-10000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `keyfleet audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only events of this actor (`token:NAME`, `cert:CN`, `hub`, `config-dir`).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only events newer than this: a duration back from now (`1h`, `7d`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many events (1-10000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// `--since`: a duration back from now (`90m`, `7d`) or an RFC 3339 time.
+pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let back = humantime::parse_duration(text).map_err(|_| {
+        format!("invalid time {text:?}: expected a duration back from now (1h, 7d) or an RFC 3339 time")
+    })?;
+    let back = chrono::Duration::from_std(back).map_err(|_| format!("{text:?} is too long ago"))?;
+    chrono::Utc::now()
+        .checked_sub_signed(back)
+        .ok_or_else(|| format!("{text:?} is too long ago"))
 }
 
 /// Parses `key=value`.

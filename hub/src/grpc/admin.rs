@@ -8,6 +8,7 @@
 //! the field, an unknown name `NOT_FOUND`.
 
 mod auth;
+mod history;
 
 use std::sync::Arc;
 
@@ -340,6 +341,65 @@ impl AdminApi for AdminService {
             stores: outcome.stores,
             new_versions: outcome.new_versions,
         }))
+    }
+
+    async fn list_history(
+        &self,
+        request: Request<v1::ListHistoryRequest>,
+    ) -> Result<Response<v1::ListHistoryResponse>, Status> {
+        actor_of(&request)?;
+        let query = history::history_query(request.into_inner())?;
+        let rows = self.admin.history(query).await.map_err(admin_err)?;
+        Ok(Response::new(v1::ListHistoryResponse {
+            entries: rows.into_iter().map(history::history_proto).collect(),
+        }))
+    }
+
+    async fn list_drift(
+        &self,
+        request: Request<v1::ListHistoryRequest>,
+    ) -> Result<Response<v1::ListDriftResponse>, Status> {
+        actor_of(&request)?;
+        let query = history::history_query(request.into_inner())?;
+        let rows = self.admin.drift(query).await.map_err(admin_err)?;
+        Ok(Response::new(v1::ListDriftResponse {
+            entries: rows.into_iter().map(history::drift_proto).collect(),
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        actor_of(&request)?;
+        let query = history::audit_query(request.into_inner())?;
+        let events = self.admin.audit(query).await.map_err(admin_err)?;
+        Ok(Response::new(v1::ListAuditResponse {
+            events: events.into_iter().map(history::audit_proto).collect(),
+        }))
+    }
+
+    async fn rollout_history(
+        &self,
+        request: Request<v1::RolloutRequest>,
+    ) -> Result<Response<v1::RolloutHistoryResponse>, Status> {
+        actor_of(&request)?;
+        let name = request.into_inner().fleet_secret;
+        let history = self.admin.rollout_history(&name).await.map_err(admin_err)?;
+        Ok(Response::new(history::rollout_history_proto(history)))
+    }
+
+    async fn undo_rollout(
+        &self,
+        request: Request<v1::RolloutRequest>,
+    ) -> Result<Response<v1::FleetSecretStatus>, Status> {
+        let actor = actor_of(&request)?;
+        let name = request.into_inner().fleet_secret;
+        self.admin
+            .undo_rollout(actor.as_str(), &name)
+            .await
+            .map(|status| Response::new(fleet_secret_status_proto(status)))
+            .map_err(admin_err)
     }
 }
 

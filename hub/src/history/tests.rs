@@ -12,7 +12,9 @@ async fn store() -> Store {
 }
 
 fn at(second: u32) -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 12, 4, 10, 0, second).single().expect("time")
+    Utc.with_ymd_and_hms(2026, 12, 4, 10, 0, second)
+        .single()
+        .expect("time")
 }
 
 fn config() -> HistoryConfig {
@@ -120,10 +122,19 @@ async fn acks_refusals_removals_and_drift_are_written_in_one_flush_and_read_back
         .expect("drift");
     assert_eq!(drift.len(), 1);
     assert_eq!(
-        (drift[0].cluster.as_str(), drift[0].namespace.as_str(), drift[0].kind.as_str(), drift[0].revision),
+        (
+            drift[0].cluster.as_str(),
+            drift[0].namespace.as_str(),
+            drift[0].kind.as_str(),
+            drift[0].revision
+        ),
         ("prod-eu-1", "ci", "deleted", 3)
     );
-    assert_eq!(store.prune_history(at(4)).await.expect("prune"), 3, "older than 10:00:04");
+    assert_eq!(
+        store.prune_history(at(4)).await.expect("prune"),
+        3,
+        "older than 10:00:04"
+    );
 }
 
 #[tokio::test]
@@ -148,7 +159,11 @@ async fn a_full_buffer_drops_the_oldest_and_counts_them() {
     }
     assert_eq!(writer.buffered(), 3);
     assert_eq!(
-        writer.history.iter().map(|entry| entry.revision).collect::<Vec<_>>(),
+        writer
+            .history
+            .iter()
+            .map(|entry| entry.revision)
+            .collect::<Vec<_>>(),
         [3, 4, 5],
         "the newest are kept"
     );
@@ -205,5 +220,9 @@ async fn entries_are_written_within_the_flush_interval_and_at_shutdown() {
         .expect("send");
     let _ = stop.send(());
     task.await.expect("writer");
-    assert_eq!(store.history(&query).await.expect("history").len(), 2, "flushed at shutdown");
+    assert_eq!(
+        store.history(&query).await.expect("history").len(),
+        2,
+        "flushed at shutdown"
+    );
 }

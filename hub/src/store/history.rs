@@ -9,7 +9,7 @@ use super::{AuditEvent, Backend, Store, StoreError, postgres, sqlite};
 use crate::domain::ClusterId;
 
 /// What a cluster did with a revision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HistoryOutcome {
     /// Acknowledged (applied) it.
     Applied,
@@ -34,7 +34,9 @@ impl HistoryOutcome {
             "applied" => Ok(Self::Applied),
             "refused" => Ok(Self::Refused),
             "removed" => Ok(Self::Removed),
-            _ => Err(StoreError::Corrupt { what: "history outcome" }),
+            _ => Err(StoreError::Corrupt {
+                what: "history outcome",
+            }),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The Admin use cases behind the CLI: inventory and enrollment tokens (`clusters.rs`), specs
-//! (`specs.rs`), status views (`status.rs`), rollouts, pins and sync-now (`rollouts.rs`), over the
+//! (`specs.rs`), status views (`status.rs`), rollouts, pins and sync-now (`rollouts.rs`), history,
+//! drift, audit, rollout history and undo (`history.rs`), over the
 //! store and the running engine ([`HubControl`]). They take checked domain input and return
 //! domain views; the gRPC `Admin` service only checks the wire input, calls and converts.
 //!
@@ -13,6 +14,7 @@
 //!   [`AdminError::NotFound`].
 
 mod clusters;
+mod history;
 mod rollouts;
 mod specs;
 mod status;
@@ -31,6 +33,7 @@ pub use clusters::{
     ClusterDetail, DEFAULT_TOKEN_TTL_SECONDS, ENROLLMENT_TOKEN_PREFIX, IssuedToken, MAX_LABELS,
     MAX_TOKEN_TTL_SECONDS, MIN_TOKEN_TTL_SECONDS, new_enrollment_token,
 };
+pub use history::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, RevisionHistory, RolloutHistory};
 pub use specs::{AppliedObject, FleetSecretView, MAX_APPLY_FILES, MAX_FILE_NAME_BYTES, StoreView};
 pub use status::{
     ClusterSecretView, DEFAULT_LAGGING_LIMIT, FleetSecretStatus, MAX_LAGGING_LIMIT, RolloutView,

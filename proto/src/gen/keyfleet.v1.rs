@@ -1588,6 +1588,166 @@ pub struct SyncNowResponse {
     #[prost(uint32, tag = "2")]
     pub new_versions: u32,
 }
+/// Request for ListHistory and ListDrift.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListHistoryRequest {
+    /// Only this FleetSecret; empty means all.
+    #[prost(string, tag = "1")]
+    pub fleet_secret: ::prost::alloc::string::String,
+    /// Only this cluster (name); empty means all.
+    #[prost(string, tag = "2")]
+    pub cluster: ::prost::alloc::string::String,
+    /// Only entries at or after this time.
+    #[prost(message, optional, tag = "3")]
+    pub since: ::core::option::Option<::prost_types::Timestamp>,
+    /// At most this many (0 means 100; at most 10,000).
+    #[prost(uint32, tag = "4")]
+    pub limit: u32,
+}
+/// One history entry.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HistoryEntry {
+    /// Cluster name.
+    #[prost(string, tag = "1")]
+    pub cluster: ::prost::alloc::string::String,
+    /// FleetSecret name.
+    #[prost(string, tag = "2")]
+    pub fleet_secret: ::prost::alloc::string::String,
+    /// Revision (0 for a removal).
+    #[prost(uint64, tag = "3")]
+    pub revision: u64,
+    /// "applied", "refused" or "removed".
+    #[prost(string, tag = "4")]
+    pub outcome: ::prost::alloc::string::String,
+    /// Why it was refused (the agent's code and message; never a value).
+    #[prost(string, tag = "5")]
+    pub error: ::prost::alloc::string::String,
+    /// Replica that served the cluster.
+    #[prost(string, tag = "6")]
+    pub replica: ::prost::alloc::string::String,
+    /// When.
+    #[prost(message, optional, tag = "7")]
+    pub at: ::core::option::Option<::prost_types::Timestamp>,
+}
+/// Response of ListHistory.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListHistoryResponse {
+    /// Newest first.
+    #[prost(message, repeated, tag = "1")]
+    pub entries: ::prost::alloc::vec::Vec<HistoryEntry>,
+}
+/// One repaired drift.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DriftEntry {
+    /// Cluster name.
+    #[prost(string, tag = "1")]
+    pub cluster: ::prost::alloc::string::String,
+    /// FleetSecret name.
+    #[prost(string, tag = "2")]
+    pub fleet_secret: ::prost::alloc::string::String,
+    /// Namespace of the Secret.
+    #[prost(string, tag = "3")]
+    pub namespace: ::prost::alloc::string::String,
+    /// "modified", "deleted" or "unspecified".
+    #[prost(string, tag = "4")]
+    pub kind: ::prost::alloc::string::String,
+    /// Revision the agent restored.
+    #[prost(uint64, tag = "5")]
+    pub revision: u64,
+    /// Replica that served the cluster.
+    #[prost(string, tag = "6")]
+    pub replica: ::prost::alloc::string::String,
+    /// When.
+    #[prost(message, optional, tag = "7")]
+    pub at: ::core::option::Option<::prost_types::Timestamp>,
+}
+/// Response of ListDrift.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListDriftResponse {
+    /// Newest first.
+    #[prost(message, repeated, tag = "1")]
+    pub entries: ::prost::alloc::vec::Vec<DriftEntry>,
+}
+/// Request for ListAudit.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAuditRequest {
+    /// Only this actor (e.g. "token:ci", "cert:alice", "hub"); empty means all.
+    #[prost(string, tag = "1")]
+    pub actor: ::prost::alloc::string::String,
+    /// Only events at or after this time.
+    #[prost(message, optional, tag = "2")]
+    pub since: ::core::option::Option<::prost_types::Timestamp>,
+    /// At most this many (0 means 100; at most 10,000).
+    #[prost(uint32, tag = "3")]
+    pub limit: u32,
+}
+/// One audit event.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuditEvent {
+    /// Who.
+    #[prost(string, tag = "1")]
+    pub actor: ::prost::alloc::string::String,
+    /// What (e.g. "spec.apply", "rollout.pin", "rollout.wave", "keyvault.version").
+    #[prost(string, tag = "2")]
+    pub action: ::prost::alloc::string::String,
+    /// To what.
+    #[prost(string, tag = "3")]
+    pub subject: ::prost::alloc::string::String,
+    /// When.
+    #[prost(message, optional, tag = "4")]
+    pub at: ::core::option::Option<::prost_types::Timestamp>,
+}
+/// Response of ListAudit.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAuditResponse {
+    /// Newest first.
+    #[prost(message, repeated, tag = "1")]
+    pub events: ::prost::alloc::vec::Vec<AuditEvent>,
+}
+/// One revision of a FleetSecret in its rollout history.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RevisionHistory {
+    /// Revision number.
+    #[prost(uint64, tag = "1")]
+    pub revision: u64,
+    /// Key Vault versions it was rendered from.
+    #[prost(message, repeated, tag = "2")]
+    pub sources: ::prost::alloc::vec::Vec<SourceVersion>,
+    /// When the hub recorded it (first seen).
+    #[prost(message, optional, tag = "3")]
+    pub created: ::core::option::Option<::prost_types::Timestamp>,
+    /// Clusters that applied it (from the history).
+    #[prost(uint32, tag = "4")]
+    pub applied: u32,
+    /// Clusters that refused it.
+    #[prost(uint32, tag = "5")]
+    pub refused: u32,
+    /// First and last time a cluster applied it.
+    #[prost(message, optional, tag = "6")]
+    pub first_applied: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(message, optional, tag = "7")]
+    pub last_applied: ::core::option::Option<::prost_types::Timestamp>,
+}
+/// Response of RolloutHistory.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RolloutHistoryResponse {
+    /// Newest first (at most 20).
+    #[prost(message, repeated, tag = "1")]
+    pub revisions: ::prost::alloc::vec::Vec<RevisionHistory>,
+    /// Audit events about the FleetSecret and its waves, newest first (at most 100).
+    #[prost(message, repeated, tag = "2")]
+    pub events: ::prost::alloc::vec::Vec<AuditEvent>,
+}
 /// Generated client implementations.
 pub mod admin_client {
     #![allow(
@@ -2049,7 +2209,8 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("keyfleet.v1.Admin", "UnpinVersion"));
             self.inner.unary(req, path, codec).await
         }
-        /// Polls Key Vault now instead of waiting for the poll interval.
+        /// Polls Key Vault now instead of waiting for the poll interval (any replica: forwarded to the
+        /// Key Vault leader).
         pub async fn sync_now(
             &mut self,
             request: impl tonic::IntoRequest<super::SyncNowRequest>,
@@ -2071,6 +2232,133 @@ pub mod admin_client {
             );
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("keyfleet.v1.Admin", "SyncNow"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// When clusters got revisions of FleetSecrets, and each refusal (newest first).
+        pub async fn list_history(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListHistoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyfleet.v1.Admin/ListHistory",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keyfleet.v1.Admin", "ListHistory"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Drift the agents repaired: Secrets edited or deleted behind their back (newest first).
+        pub async fn list_drift(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDriftResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyfleet.v1.Admin/ListDrift",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keyfleet.v1.Admin", "ListDrift"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The audit log: who did what to which subject (newest first).
+        pub async fn list_audit(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAuditRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAuditResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyfleet.v1.Admin/ListAudit",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keyfleet.v1.Admin", "ListAudit"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A FleetSecret's revisions with their Key Vault versions, how far each was applied, and the
+        /// rollout events (waves, pins, pauses) around them.
+        pub async fn rollout_history(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RolloutRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RolloutHistoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyfleet.v1.Admin/RolloutHistory",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keyfleet.v1.Admin", "RolloutHistory"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Pins every Key Vault secret of the FleetSecret to the versions of the revision before the
+        /// current one (a rollback in one call). FAILED_PRECONDITION when there is no earlier revision.
+        pub async fn undo_rollout(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RolloutRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FleetSecretStatus>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyfleet.v1.Admin/UndoRollout",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keyfleet.v1.Admin", "UndoRollout"));
             self.inner.unary(req, path, codec).await
         }
     }
@@ -2199,11 +2487,54 @@ pub mod admin_server {
             tonic::Response<super::FleetSecretStatus>,
             tonic::Status,
         >;
-        /// Polls Key Vault now instead of waiting for the poll interval.
+        /// Polls Key Vault now instead of waiting for the poll interval (any replica: forwarded to the
+        /// Key Vault leader).
         async fn sync_now(
             &self,
             request: tonic::Request<super::SyncNowRequest>,
         ) -> std::result::Result<tonic::Response<super::SyncNowResponse>, tonic::Status>;
+        /// When clusters got revisions of FleetSecrets, and each refusal (newest first).
+        async fn list_history(
+            &self,
+            request: tonic::Request<super::ListHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListHistoryResponse>,
+            tonic::Status,
+        >;
+        /// Drift the agents repaired: Secrets edited or deleted behind their back (newest first).
+        async fn list_drift(
+            &self,
+            request: tonic::Request<super::ListHistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDriftResponse>,
+            tonic::Status,
+        >;
+        /// The audit log: who did what to which subject (newest first).
+        async fn list_audit(
+            &self,
+            request: tonic::Request<super::ListAuditRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAuditResponse>,
+            tonic::Status,
+        >;
+        /// A FleetSecret's revisions with their Key Vault versions, how far each was applied, and the
+        /// rollout events (waves, pins, pauses) around them.
+        async fn rollout_history(
+            &self,
+            request: tonic::Request<super::RolloutRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RolloutHistoryResponse>,
+            tonic::Status,
+        >;
+        /// Pins every Key Vault secret of the FleetSecret to the versions of the revision before the
+        /// current one (a rollback in one call). FAILED_PRECONDITION when there is no earlier revision.
+        async fn undo_rollout(
+            &self,
+            request: tonic::Request<super::RolloutRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FleetSecretStatus>,
+            tonic::Status,
+        >;
     }
     /// Fleet administration.
     #[derive(Debug)]
@@ -2971,6 +3302,221 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SyncNowSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyfleet.v1.Admin/ListHistory" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListHistorySvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListHistoryRequest>
+                    for ListHistorySvc<T> {
+                        type Response = super::ListHistoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListHistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_history(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListHistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyfleet.v1.Admin/ListDrift" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListDriftSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListHistoryRequest>
+                    for ListDriftSvc<T> {
+                        type Response = super::ListDriftResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListHistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_drift(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListDriftSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyfleet.v1.Admin/ListAudit" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAuditSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListAuditRequest>
+                    for ListAuditSvc<T> {
+                        type Response = super::ListAuditResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAuditRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_audit(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAuditSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyfleet.v1.Admin/RolloutHistory" => {
+                    #[allow(non_camel_case_types)]
+                    struct RolloutHistorySvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::RolloutRequest>
+                    for RolloutHistorySvc<T> {
+                        type Response = super::RolloutHistoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RolloutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::rollout_history(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RolloutHistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyfleet.v1.Admin/UndoRollout" => {
+                    #[allow(non_camel_case_types)]
+                    struct UndoRolloutSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::RolloutRequest>
+                    for UndoRolloutSvc<T> {
+                        type Response = super::FleetSecretStatus;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RolloutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::undo_rollout(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UndoRolloutSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -6,7 +6,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::store::convert::to_u64;
-use crate::store::history::{AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow};
+use crate::store::history::{
+    AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
+};
 use crate::store::{AuditEvent, StoreError};
 
 fn revision(value: u64) -> i64 {
@@ -42,7 +44,11 @@ pub(in crate::store) async fn append_history(
     Ok(())
 }
 
-pub(in crate::store) async fn append_drift(pool: &PgPool, replica: &str, rows: &[DriftEntry]) -> Result<(), StoreError> {
+pub(in crate::store) async fn append_drift(
+    pool: &PgPool,
+    replica: &str,
+    rows: &[DriftEntry],
+) -> Result<(), StoreError> {
     let clusters: Vec<Uuid> = rows.iter().map(|r| r.cluster.0).collect();
     let fleet_secrets: Vec<String> = rows.iter().map(|r| r.fleet_secret.clone()).collect();
     let namespaces: Vec<String> = rows.iter().map(|r| r.namespace.clone()).collect();
@@ -67,7 +73,10 @@ pub(in crate::store) async fn append_drift(pool: &PgPool, replica: &str, rows: &
     Ok(())
 }
 
-pub(in crate::store) async fn history(pool: &PgPool, query: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
+pub(in crate::store) async fn history(
+    pool: &PgPool,
+    query: &HistoryQuery,
+) -> Result<Vec<HistoryRow>, StoreError> {
     sqlx::query!(
         r#"SELECT COALESCE(c.name, h.cluster_id::text) AS "cluster!", h.fleet_secret, h.revision,
                   h.outcome, h.error, h.replica, h.at
@@ -99,7 +108,10 @@ pub(in crate::store) async fn history(pool: &PgPool, query: &HistoryQuery) -> Re
     .collect()
 }
 
-pub(in crate::store) async fn drift(pool: &PgPool, query: &HistoryQuery) -> Result<Vec<DriftRow>, StoreError> {
+pub(in crate::store) async fn drift(
+    pool: &PgPool,
+    query: &HistoryQuery,
+) -> Result<Vec<DriftRow>, StoreError> {
     sqlx::query!(
         r#"SELECT COALESCE(c.name, d.cluster_id::text) AS "cluster!", d.fleet_secret, d.namespace,
                   d.kind, d.revision, d.replica, d.at
@@ -131,7 +143,10 @@ pub(in crate::store) async fn drift(pool: &PgPool, query: &HistoryQuery) -> Resu
     .collect()
 }
 
-pub(in crate::store) async fn audit_events(pool: &PgPool, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+pub(in crate::store) async fn audit_events(
+    pool: &PgPool,
+    query: &AuditQuery,
+) -> Result<Vec<AuditEvent>, StoreError> {
     Ok(sqlx::query!(
         "SELECT actor, action, subject, at FROM audit_events
          WHERE ($1::text IS NULL OR actor = $1) AND ($2::timestamptz IS NULL OR at >= $2)
@@ -152,7 +167,10 @@ pub(in crate::store) async fn audit_events(pool: &PgPool, query: &AuditQuery) ->
     .collect())
 }
 
-pub(in crate::store) async fn prune_history(pool: &PgPool, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+pub(in crate::store) async fn prune_history(
+    pool: &PgPool,
+    older_than: DateTime<Utc>,
+) -> Result<u64, StoreError> {
     let history = sqlx::query!("DELETE FROM sync_history WHERE at < $1", older_than)
         .execute(pool)
         .await?

@@ -6,7 +6,9 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
 
 use super::{req_ts, ts};
 use crate::store::convert::to_u64;
-use crate::store::history::{AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow};
+use crate::store::history::{
+    AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
+};
 use crate::store::{AuditEvent, StoreError};
 
 /// Rows per statement: 7 binds each, under SQLite's 32,766-bind limit.
@@ -62,7 +64,10 @@ pub(in crate::store) async fn append_drift(
     Ok(())
 }
 
-pub(in crate::store) async fn history(pool: &SqlitePool, query: &HistoryQuery) -> Result<Vec<HistoryRow>, StoreError> {
+pub(in crate::store) async fn history(
+    pool: &SqlitePool,
+    query: &HistoryQuery,
+) -> Result<Vec<HistoryRow>, StoreError> {
     sqlx::query(
         "SELECT COALESCE(c.name, h.cluster_id) AS cluster, h.fleet_secret, h.revision, h.outcome,
                 h.error, h.replica, h.at
@@ -94,7 +99,10 @@ pub(in crate::store) async fn history(pool: &SqlitePool, query: &HistoryQuery) -
     .collect()
 }
 
-pub(in crate::store) async fn drift(pool: &SqlitePool, query: &HistoryQuery) -> Result<Vec<DriftRow>, StoreError> {
+pub(in crate::store) async fn drift(
+    pool: &SqlitePool,
+    query: &HistoryQuery,
+) -> Result<Vec<DriftRow>, StoreError> {
     sqlx::query(
         "SELECT COALESCE(c.name, d.cluster_id) AS cluster, d.fleet_secret, d.namespace, d.kind,
                 d.revision, d.replica, d.at
@@ -152,7 +160,10 @@ pub(in crate::store) async fn audit_events(
     .collect()
 }
 
-pub(in crate::store) async fn prune_history(pool: &SqlitePool, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+pub(in crate::store) async fn prune_history(
+    pool: &SqlitePool,
+    older_than: DateTime<Utc>,
+) -> Result<u64, StoreError> {
     let cutoff = ts(older_than);
     let history = sqlx::query("DELETE FROM sync_history WHERE at < ?1")
         .bind(&cutoff)

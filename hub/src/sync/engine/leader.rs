@@ -345,6 +345,19 @@ impl Engine {
             self.unrecorded_versions.push(record);
         }
         tracing::info!(store = %store, key = %key, version = %secret.version, "new Key Vault version");
+        // The version that starts a rotation is an audit row (actor: the hub; names only).
+        if let Err(error) = self
+            .store
+            .append_audit(
+                super::planning::AUDIT_ACTOR,
+                "keyvault.version",
+                &format!("secretstore/{store} {key} {}", secret.version),
+                Utc::now(),
+            )
+            .await
+        {
+            tracing::warn!(store = %store, key = %key, error = %error, "cannot audit the new Key Vault version");
+        }
         for (name, state) in &self.secrets {
             if state.spec.store_ref == store && sources::reads(&state.spec, &key, &secret.tags) {
                 self.dirty.insert(name.clone());

@@ -14,6 +14,9 @@ use crate::sync::plan::{
     self, PlanCluster, PlanFleetSecret, PlanInput, PlanStatus, RolloutProgress, RolloutState,
 };
 
+/// The actor of what the hub itself does (waves, Key Vault versions) in the audit log.
+pub(super) const AUDIT_ACTOR: &str = "hub";
+
 impl Engine {
     /// Plans every cluster and hands changed desired sets to the fleet; the leader persists
     /// rollout progress.
@@ -136,7 +139,8 @@ impl Engine {
         }
     }
 
-    /// Notes which rollouts progress and, on the leader, records their progress.
+    /// Notes which rollouts progress and, on the leader, records their progress (and an audit row
+    /// per wave reached and per automatic pause, actor [`AUDIT_ACTOR`]).
     async fn record_progress(&mut self, plan: &plan::Plan) -> Result<(), EngineError> {
         self.progressing = plan
             .rollouts
@@ -171,6 +175,39 @@ impl Engine {
                     .await?;
                 if progress.paused {
                     tracing::warn!(fleet_secret = %progress.fleet_secret, reason = %progress.reason, "rollout paused");
+                }
+                // Each wave reached is an audit row (`keyfleet rollout history` reads them).
+                let previous = self.rollouts.get(progress.fleet_secret.as_str());
+                let advanced = previous.is_none_or(|previous| {
+                    previous.revision != progress.revision || previous.current_wave != progress.current_wave
+                });
+                if advanced {
+                    self.store
+                        .append_audit(
+                            AUDIT_ACTOR,
+                            "rollout.wave",
+                            &format!(
+                                "fleetsecret/{} revision {} wave {}",
+                                progress.fleet_secret,
+                                progress.revision,
+                                progress.current_wave + 1
+                            ),
+                            chrono::Utc::now(),
+                        )
+                        .await?;
+                }
+                if progress.paused && previous.is_none_or(|previous| !previous.paused) {
+                    self.store
+                        .append_audit(
+                            AUDIT_ACTOR,
+                            "rollout.paused",
+                            &format!(
+                                "fleetsecret/{} revision {}: {}",
+                                progress.fleet_secret, progress.revision, progress.reason
+                            ),
+                            chrono::Utc::now(),
+                        )
+                        .await?;
                 }
                 self.rollouts.insert(progress.fleet_secret.clone(), progress);
                 // Waves advance as acks arrive: plan again once they do.
