@@ -158,6 +158,29 @@ impl Admin {
         Ok(response.into_inner().fleet_secrets.into_iter().next())
     }
 
+    /// `keyfleet drift --since SINCE`: repaired drift, newest first.
+    pub async fn drift(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<v1::DriftEntry>, AdminError> {
+        self.client
+            .clone()
+            .list_drift(v1::ListHistoryRequest {
+                since: Some(prost_types::Timestamp {
+                    seconds: since.timestamp(),
+                    nanos: 0,
+                }),
+                limit: 10_000,
+                ..v1::ListHistoryRequest::default()
+            })
+            .await
+            .map(|response| response.into_inner().entries)
+            .map_err(|source| AdminError::Call {
+                call: "ListDrift",
+                source,
+            })
+    }
+
     /// `keyfleet cluster show NAME`.
     pub async fn cluster(&self, name: &str) -> Result<v1::GetClusterResponse, AdminError> {
         self.client

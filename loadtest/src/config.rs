@@ -42,6 +42,10 @@ pub struct Args {
     /// Skip the per-cluster polling baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Skip the drift check (a few clusters' Secrets edited or deleted during the last rotation,
+    /// each repaired and listed by the hub's drift report).
+    #[arg(long)]
+    pub no_drift: bool,
     /// ESO refreshInterval assumed by the baseline's staleness figures.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub baseline_refresh: Duration,

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod agents;
 pub mod baseline;
 pub mod config;
+pub mod drift;
 pub mod hub_process;
 pub mod leakcheck;
 pub mod procfs;

@@ -43,6 +43,8 @@ pub struct Report {
     pub restart: Option<Restart>,
     /// Every cluster's actual Secret against what the store says.
     pub status_truth: StatusTruth,
+    /// Secrets tampered with during the last rotation: repaired and reported.
+    pub drift: Option<crate::drift::DriftFigures>,
     /// The per-cluster polling baseline (ESO's model) for the same rotations.
     pub baseline: Option<Baseline>,
     /// Secret values found in the hub's captured log (must be empty).
@@ -293,6 +295,19 @@ impl Report {
             "status truth: {} clusters checked, {} mismatches",
             truth.checked, truth.mismatches
         );
+        if let Some(drift) = &self.drift {
+            let _ = writeln!(
+                out,
+                "drift during the last rotation: {} Secrets tampered with ({} edited, {} deleted), {} repaired in {:.1} s, {} listed by `keyfleet drift` in {:.1} s",
+                drift.injected,
+                drift.edited,
+                drift.deleted,
+                drift.repaired,
+                drift.repaired_s,
+                drift.reported,
+                drift.reported_s
+            );
+        }
         if let Some(baseline) = &self.baseline {
             let calls: u64 = baseline
                 .keyvault_calls

@@ -24,7 +24,7 @@ use crate::config::Args;
 use crate::hub_process::{HubCommand, HubProcess, Metrics};
 use crate::report::{self, Report, Rotation};
 use crate::tracker::Tracker;
-use crate::{leakcheck, procfs, stats};
+use crate::{drift, leakcheck, procfs, stats};
 
 /// The Key Vault secret the example FleetSecret reads.
 const REMOTE_KEY: &str = "acr-pull";
@@ -257,6 +257,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     // --- rotations ------------------------------------------------------------------------------
     let mut rotations = Vec::new();
+    let mut drift_figures = None;
     let mut previous_revision = first_revision;
     for index in 1..=args.rotations as usize {
         let value = docker_config();
@@ -272,6 +273,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         admin.sync_now().await?;
         let revision =
             wait_for_revision(&admin, &fleet_secret, previous_revision, Duration::from_secs(30)).await?;
+        // Drift while the last rotation fans out: a few Secrets edited or deleted by hand.
+        let tampered = (index == args.rotations as usize && !args.no_drift)
+            .then(|| drift::inject(&handles, &names, &secret_name, &namespaces));
         let progress = tracker.expect(revision, since);
         let bar = progress_bar(&args, index, clusters);
         let follow = follow_progress(progress, bar.clone());
@@ -329,6 +333,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 args.converge_timeout,
                 behind.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
             ));
+        }
+        if let Some((injected, at)) = tampered {
+            let edited = injected.len().div_ceil(2);
+            let figures =
+                drift::check(&admin, &injected, at, started, &secret_name, &namespaces, edited).await?;
+            eprintln!(
+                "drift: {} Secrets tampered with, {} repaired in {:.1} s, {} reported by the hub in {:.1} s",
+                figures.injected, figures.repaired, figures.repaired_s, figures.reported, figures.reported_s
+            );
+            if figures.repaired < figures.injected || figures.reported < figures.injected {
+                failures.push(format!(
+                    "drift: {} Secrets tampered with, only {} repaired and {} reported",
+                    figures.injected, figures.repaired, figures.reported
+                ));
+            }
+            drift_figures = Some(figures);
         }
         previous_revision = revision;
         rotations.push(rotation);
@@ -451,6 +471,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         missed_notifications,
         restart,
         status_truth,
+        drift: drift_figures,
         baseline,
         leaks,
         targets: Vec::new(),
