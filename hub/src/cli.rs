@@ -5,8 +5,9 @@
 //!
 //! Exit codes (see [`CliError::exit_code`]): 0 done, 1 the hub refused or failed, 2 usage (bad
 //! flag, unreadable file, bad selector, missing admin token), 3 the hub cannot be reached or the
-//! admin token is not accepted, 4 the named object does not exist. `cluster add -f` exits 1 when
-//! any listed cluster failed, after reporting every cluster.
+//! admin token is not accepted, 4 the named object does not exist, 5 a `status --fail-on`
+//! condition holds (after printing the status). `cluster add -f` exits 1 when any listed cluster
+//! failed, after reporting every cluster.
 //!
 //! The admin token is sent as `authorization: Bearer …` and never printed. The only secret this
 //! module prints is an enrollment token, once, to the operator who asked for it.
@@ -76,6 +77,12 @@ pub enum CliError {
     /// The output could not be written.
     #[error("cannot write the output")]
     Output(#[from] std::io::Error),
+    /// `status --fail-on` conditions hold (the status was printed).
+    #[error("conditions hold: {}", .held.join(", "))]
+    Conditions {
+        /// `fleetsecret/Condition` of each.
+        held: Vec<String>,
+    },
     /// Some items of a bulk command failed (each is reported in the output).
     #[error("{failed} of {total} clusters failed")]
     Partial {
@@ -98,6 +105,7 @@ impl CliError {
                 _ => 1,
             },
             Self::Spec(_) | Self::Output(_) | Self::Partial { .. } => 1,
+            Self::Conditions { .. } => 5,
         }
     }
 }
@@ -137,7 +145,15 @@ pub async fn run_with(
         ClientCommand::Get(with) => specs::get(client, with.command, out).await,
         ClientCommand::Delete(with) => specs::delete(client, with.command, out).await,
         ClientCommand::Status(args) => {
-            status::status(client, args.fleet_secret, args.lagging, args.output, out).await
+            status::status(
+                client,
+                args.fleet_secret,
+                args.lagging,
+                args.output,
+                &args.fail_on,
+                out,
+            )
+            .await
         }
         ClientCommand::Rollout(with) => rollout::rollout(client, with.command, out).await,
         ClientCommand::Pin(args) => rollout::pin(client, args.target, out).await,
@@ -220,6 +236,13 @@ mod tests {
         assert_eq!(hub(tonic::Code::InvalidArgument).exit_code(), 1);
         assert_eq!(hub(tonic::Code::AlreadyExists).exit_code(), 1);
         assert_eq!(CliError::Usage("x".to_owned()).exit_code(), 2);
+        assert_eq!(
+            CliError::Conditions {
+                held: vec!["regcred/NearExpiry".to_owned()]
+            }
+            .exit_code(),
+            5
+        );
         let wrapped = anyhow::Error::from(hub(tonic::Code::NotFound));
         assert_eq!(exit_code(&wrapped), 4);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);

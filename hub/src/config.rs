@@ -19,7 +19,7 @@ mod tests;
 
 pub use admin_commands::{
     ApplyArgs, ClientArgs, ClientCommand, ClusterCommand, DEFAULT_HUB_URL, DeleteCommand, GetCommand,
-    LabelChange, OutputFormat, PinArgs, PinTarget, RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs,
+    FailOn, LabelChange, OutputFormat, PinArgs, PinTarget, RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs,
     UnpinTarget, WithClient, parse_label, parse_label_change,
 };
 pub use database_url::{DEFAULT_DATABASE, DatabaseUrl};

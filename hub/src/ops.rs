@@ -1,5 +1,9 @@
 //! The operations HTTP endpoint: `/healthz` (process alive), `/readyz` (store reachable and
-//! caches warm) and `/metrics` (Prometheus text format, bounded labels only).
+//! caches warm) and `/metrics` (Prometheus text format, bounded labels only; every family is
+//! listed in `docs/metrics.md`, checked by `hub/tests/metrics.rs`). `governance.rs` keeps the
+//! per-FleetSecret metrics in line with the store.
+
+pub mod governance;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -19,6 +19,7 @@ pub mod bench;
 mod convert;
 mod dialect;
 mod error;
+mod governance;
 mod leadership;
 mod postgres;
 mod records;
@@ -36,6 +37,7 @@ use self::convert::{micros, now, prepare_status_rows, to_i64};
 use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256};
 
 pub use error::StoreError;
+pub use governance::{RolloutCounts, ServedVersion};
 pub use leadership::Leadership;
 pub use records::{
     AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,

@@ -21,6 +21,7 @@ use crate::grpc::convert::ProtoEncoder;
 use crate::grpc::enroll::EnrollService;
 use crate::grpc::server::{self, TlsMaterial};
 use crate::grpc::sync::{SyncConfig, SyncService};
+use crate::ops::governance::{GovernanceMetrics, GovernanceRefresher};
 use crate::ops::{self, Ops};
 use crate::status::{StatusConfig, StatusWriter};
 use crate::store::Store;
@@ -75,6 +76,10 @@ pub(super) async fn serve(
     let credentials = Credentials::default();
     let vault_metrics = VaultMetrics::default();
     ops.register(|registry| vault_metrics.register(registry));
+    ops.register(|registry| vault_metrics.register_leader(registry));
+    let governance = GovernanceMetrics::default();
+    ops.register(|registry| governance.register(registry));
+    let governance = GovernanceRefresher::new(governance, vault_metrics.clone());
     let vault = VaultOptions {
         ca_pem: match &config.vault.ca_file {
             Some(path) => Some(
@@ -165,7 +170,9 @@ pub(super) async fn serve(
     }
     let admin = AdminService::new(store.clone(), Arc::new(control))
         .with_offline_grace(offline_grace)
-        .into_server(admin_auth);
+        .with_near_expiry_threshold(config.ops.near_expiry_threshold);
+    tokio::spawn(governance.run(admin.admin(), config.ops.metrics_refresh, stop.clone()));
+    let admin = admin.into_server(admin_auth);
     let routes = crate::grpc::routes(sync.clone(), enroll, admin);
     let grpc_stop = CancellationToken::new();
     let grpc_shutdown = grpc_stop.clone().cancelled_owned();

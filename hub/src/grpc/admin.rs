@@ -55,6 +55,18 @@ impl AdminService {
         self
     }
 
+    /// The `NearExpiry` threshold of FleetSecrets that set none (`--near-expiry-threshold`).
+    #[must_use]
+    pub fn with_near_expiry_threshold(mut self, threshold: std::time::Duration) -> Self {
+        self.admin = self.admin.with_near_expiry_threshold(threshold);
+        self
+    }
+
+    /// The Admin use cases this service serves (shared with the metrics refresh).
+    pub fn admin(&self) -> Admin {
+        self.admin.clone()
+    }
+
     /// The tonic service, behind `auth`.
     pub fn into_server(self, auth: AdminAuth) -> AuthenticatedAdmin {
         AdminServer::with_interceptor(self, auth)
@@ -234,6 +246,7 @@ impl AdminApi for AdminService {
                     target_type: secret.target_type,
                     generation: secret.generation,
                     spec_yaml: secret.spec_yaml,
+                    expires: secret.expires.map(timestamp),
                 })
                 .collect(),
         }))
@@ -400,7 +413,12 @@ fn fleet_secret_status_proto(status: FleetSecretStatus) -> v1::FleetSecretStatus
         sources: status
             .sources
             .into_iter()
-            .map(|(remote_key, version)| v1::SourceVersion { remote_key, version })
+            .map(|source| v1::SourceVersion {
+                remote_key: source.remote_key,
+                version: source.version,
+                expires: source.expires.map(timestamp),
+                not_before: source.not_before.map(timestamp),
+            })
             .collect(),
         targeted: status.counts.targeted,
         applied: status.counts.applied,
@@ -419,5 +437,15 @@ fn fleet_secret_status_proto(status: FleetSecretStatus) -> v1::FleetSecretStatus
             .into_iter()
             .map(|(remote_key, version)| v1::Pin { remote_key, version })
             .collect(),
+        conditions: status
+            .conditions
+            .into_iter()
+            .map(|condition| v1::Condition {
+                r#type: condition.kind.as_str().to_owned(),
+                message: condition.message,
+            })
+            .collect(),
+        expires: status.expires.map(timestamp),
+        near_expiry_threshold_seconds: status.near_expiry_threshold.as_secs(),
     }
 }

@@ -233,6 +233,15 @@ async fn migration_from_empty(kind: Kind) {
                 version: 5,
                 description: "lagging online".to_owned(),
             });
+            expected.push(AppliedMigration {
+                version: 7,
+                description: "expiry view".to_owned(),
+            });
+        } else {
+            expected.push(AppliedMigration {
+                version: 4,
+                description: "expiry view".to_owned(),
+            });
         }
         assert_eq!(applied, expected);
         assert_eq!(store.migrate_report().await.expect("again"), []);
@@ -240,7 +249,7 @@ async fn migration_from_empty(kind: Kind) {
             store,
             (i64,),
             "SELECT (SELECT count(*) FROM keyfleet_rollout) + (SELECT count(*) FROM keyfleet_cluster_sync)
-                  + (SELECT count(*) FROM keyfleet_lagging)"
+                  + (SELECT count(*) FROM keyfleet_lagging) + (SELECT count(*) FROM keyfleet_expiry)"
                 .to_owned()
         );
         assert_eq!(views, [(0,)], "views exist and are empty");

@@ -335,7 +335,10 @@ impl Engine {
                         Err(error) => self.survive("take the Key Vault leadership", Err(error))?,
                     }
                 }
-                () = lost => self.vaults.lose_leadership(),
+                () = lost => {
+                    self.vaults.lose_leadership();
+                    self.config.vault_metrics.set_leader(false);
+                }
                 _ = reconcile.tick() => {
                     let reconciled = self.reload_clusters().await;
                     self.survive("reconcile credentials", reconciled)?;

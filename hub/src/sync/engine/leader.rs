@@ -140,6 +140,7 @@ impl Engine {
         };
         tracing::info!(replica = %self.config.replica, "this replica leads the Key Vault pollers");
         self.vaults.leadership = Some(leadership);
+        self.config.vault_metrics.set_leader(true);
         let names: Vec<String> = self.vaults.stores.keys().cloned().collect();
         for name in names {
             self.start_poller(&name);
@@ -308,6 +309,18 @@ impl Engine {
             self.unrecorded_versions.push(record);
         }
         tracing::info!(store = %store, key = %key, version = %secret.version, "new Key Vault version");
+        // Decision (docs/security.md, "Expired and not-yet-valid versions"): such a version is
+        // rolled out like any other, loudly: this warning, the Expired/NotYetValid condition of
+        // every FleetSecret serving it, its expiry gauge and the alerts.
+        let now = chrono::Utc::now();
+        if let Some(expires) = secret.expires.filter(|expires| *expires <= now) {
+            tracing::warn!(store = %store, key = %key, version = %secret.version, %expires,
+                "the new Key Vault version has already expired; it is rolled out as Key Vault serves it (status condition Expired)");
+        }
+        if let Some(not_before) = secret.not_before.filter(|not_before| *not_before > now) {
+            tracing::warn!(store = %store, key = %key, version = %secret.version, %not_before,
+                "the new Key Vault version is not valid yet; it is rolled out as Key Vault serves it (status condition NotYetValid)");
+        }
         for (name, state) in &self.secrets {
             if state.spec.store_ref == store && sources::reads(&state.spec, &key, &secret.tags) {
                 self.dirty.insert(name.clone());
