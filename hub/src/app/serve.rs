@@ -75,7 +75,8 @@ pub(super) async fn serve(
     ops.register(|registry| fleet.register_metrics(registry));
     let credentials = Credentials::default();
     let vault_metrics = VaultMetrics::default();
-    ops.register(|registry| vault_metrics.register(registry));
+    // `keyfleet_hub_vault_*` (as docs/metrics.md names them).
+    ops.register(|registry| vault_metrics.register(registry.sub_registry_with_prefix("vault")));
     ops.register(|registry| vault_metrics.register_leader(registry));
     let governance = GovernanceMetrics::default();
     ops.register(|registry| governance.register(registry));

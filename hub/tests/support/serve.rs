@@ -52,7 +52,7 @@ impl ServeEnv {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -100,6 +100,11 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts replica `replica` (gRPC on `grpc_addr`, port 0 for any) and waits until it is ready.
     pub async fn start(env: &ServeEnv, replica: &str, grpc_addr: SocketAddr) -> Self {
+        Self::start_with(env, replica, grpc_addr, &[]).await
+    }
+
+    /// [`ServeProcess::start`] with `extra` flags.
+    pub async fn start_with(env: &ServeEnv, replica: &str, grpc_addr: SocketAddr, extra: &[&str]) -> Self {
         let ready_file = env.path(&format!("{replica}.ready.json"));
         let _ = std::fs::remove_file(&ready_file);
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyfleet"))
@@ -117,6 +122,7 @@ impl ServeProcess {
             .arg("--vault-skip-challenge-resource-check")
             .arg("--ready-file")
             .arg(&ready_file)
+            .args(extra)
             .env("AZURE_TENANT_ID", &env.kv_tenant)
             .env("AZURE_CLIENT_ID", keyvault::DEFAULT_CLIENT_ID)
             .env("AZURE_FEDERATED_TOKEN_FILE", env.path("federated-token"))
