@@ -18,8 +18,8 @@ mod serve;
 mod tests;
 
 pub use admin_commands::{
-    ApplyArgs, ClientArgs, ClientCommand, ClusterCommand, DEFAULT_HUB_URL, DeleteCommand, GetCommand,
-    FailOn, LabelChange, OutputFormat, PinArgs, PinTarget, RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs,
+    ApplyArgs, ClientArgs, ClientCommand, ClusterCommand, DEFAULT_HUB_URL, DeleteCommand, FailOn, GetCommand,
+    LabelChange, OutputFormat, PinArgs, PinTarget, RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs,
     UnpinTarget, WithClient, parse_label, parse_label_change,
 };
 pub use database_url::{DEFAULT_DATABASE, DatabaseUrl};

@@ -70,7 +70,8 @@ fn check_prometheus_rule(value: &serde_json::Value, origin: &str) {
     assert_eq!(spec_keys, ["groups"], "{origin}: PrometheusRule spec");
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring/keyfleet-rules.yaml");
     let rules: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&file).expect("keyfleet-rules.yaml")).expect("rules YAML");
+        serde_yaml::from_str(&std::fs::read_to_string(&file).expect("keyfleet-rules.yaml"))
+            .expect("rules YAML");
     assert_eq!(
         value["spec"]["groups"], rules["groups"],
         "{origin}: the chart's PrometheusRule differs from deploy/monitoring/keyfleet-rules.yaml"

@@ -68,9 +68,14 @@ async fn every_dashboard_query_runs_against_the_real_views() {
         .await
         .unwrap();
     let mut rows = Vec::new();
-    for (index, state) in [SyncState::Applied, SyncState::Applied, SyncState::Pending, SyncState::Error]
-        .into_iter()
-        .enumerate()
+    for (index, state) in [
+        SyncState::Applied,
+        SyncState::Applied,
+        SyncState::Pending,
+        SyncState::Error,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let cluster = store
             .create_cluster(&format!("cluster-{index}"), &Labels::new())

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use keyfleet_testkit::keyvault::{Attributes, KeyVaultConfig, KeyVaultEmulator};
 use support::TestDb;
-use support::serve::{ServeEnv, ServeProcess, docker_config, fleet_setup, first_revision_everywhere, start_agents};
+use support::serve::{
+    ServeEnv, ServeProcess, docker_config, first_revision_everywhere, fleet_setup, start_agents,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const KEY: &str = "regcred";
@@ -74,7 +76,8 @@ fn served_families(text: &str) -> BTreeMap<String, String> {
 
 /// (metric, type) of every row of a `docs/metrics.md` table whose metric starts with `prefix`.
 fn documented(prefix: &str) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md")).unwrap();
     text.lines()
         .filter_map(|line| line.strip_prefix("| `"))
         .filter_map(|rest| {
@@ -143,7 +146,10 @@ async fn a_version_expiring_in_ten_days_is_near_expiry_on_every_replica() {
     let tokens = fleet_setup(&mut admin, &kv, 3, 1).await;
     let agents = start_agents(&[env.hub_address(&a), env.hub_address(&b)], tokens);
     first_revision_everywhere(CONVERGE, &agents, KEY).await;
-    let leaders = [&a, &b].iter().filter(|hub| hub.logged(support::serve::LEADS)).count();
+    let leaders = [&a, &b]
+        .iter()
+        .filter(|hub| hub.logged(support::serve::LEADS))
+        .count();
     assert_eq!(leaders, 1, "exactly one replica leads");
     let expires_text = chrono::DateTime::from_timestamp(expires, 0)
         .unwrap()
@@ -174,7 +180,12 @@ async fn a_version_expiring_in_ten_days_is_near_expiry_on_every_replica() {
         assert_eq!(conditions.len(), 1, "{status}");
         assert_eq!(conditions[0]["type"], "NearExpiry");
         let message = conditions[0]["message"].as_str().unwrap();
-        assert!(message.starts_with(&format!("acr-pull@{version} expires at {expires_text} (in 9d 23h")), "{message}");
+        assert!(
+            message.starts_with(&format!(
+                "acr-pull@{version} expires at {expires_text} (in 9d 23h"
+            )),
+            "{message}"
+        );
 
         // Without --fail-on, or failing only on what does not hold: exit 0.
         let quiet = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfleet"))
@@ -188,9 +199,22 @@ async fn a_version_expiring_in_ten_days_is_near_expiry_on_every_replica() {
             .await
             .unwrap();
         let table = String::from_utf8_lossy(&quiet.stdout);
-        assert_eq!(quiet.status.code(), Some(0), "{table}{}", String::from_utf8_lossy(&quiet.stderr));
-        assert!(table.contains("EXPIRES") && table.contains(&expires_text) && table.contains("NearExpiry"), "{table}");
-        assert!(table.contains(&format!("regcred: NearExpiry: acr-pull@{version} expires at {expires_text}")), "{table}");
+        assert_eq!(
+            quiet.status.code(),
+            Some(0),
+            "{table}{}",
+            String::from_utf8_lossy(&quiet.stderr)
+        );
+        assert!(
+            table.contains("EXPIRES") && table.contains(&expires_text) && table.contains("NearExpiry"),
+            "{table}"
+        );
+        assert!(
+            table.contains(&format!(
+                "regcred: NearExpiry: acr-pull@{version} expires at {expires_text}"
+            )),
+            "{table}"
+        );
 
         // The expiry gauge, on this replica.
         let gauge = sample_until(
@@ -212,8 +236,14 @@ async fn a_version_expiring_in_ten_days_is_near_expiry_on_every_replica() {
     let mut served = served_families(&scrape(a.ops_addr).await);
     served.extend(served_families(&scrape(b.ops_addr).await));
     let docs = documented("keyfleet_hub_");
-    let missing: Vec<_> = served.iter().filter(|(name, _)| !docs.contains_key(*name)).collect();
-    let stale: Vec<_> = docs.iter().filter(|(name, _)| !served.contains_key(*name)).collect();
+    let missing: Vec<_> = served
+        .iter()
+        .filter(|(name, _)| !docs.contains_key(*name))
+        .collect();
+    let stale: Vec<_> = docs
+        .iter()
+        .filter(|(name, _)| !served.contains_key(*name))
+        .collect();
     let wrong: Vec<_> = docs
         .iter()
         .filter(|(name, kind)| served.get(*name).is_some_and(|served| served != *kind))
@@ -231,9 +261,10 @@ async fn a_version_expiring_in_ten_days_is_near_expiry_on_every_replica() {
         for name in metric_names(&expr) {
             let known = if name.starts_with("keyfleet_agent_") {
                 agent_docs.contains_key(&name)
-                    || ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .any(|suffix| name.strip_suffix(suffix).is_some_and(|base| agent_docs.contains_key(base)))
+                    || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                        name.strip_suffix(suffix)
+                            .is_some_and(|base| agent_docs.contains_key(base))
+                    })
             } else {
                 family_of(&name, &served).is_some()
             };
@@ -241,7 +272,10 @@ async fn a_version_expiring_in_ten_days_is_near_expiry_on_every_replica() {
             checked += 1;
         }
     }
-    assert!(checked > 20, "only {checked} metric references found in deploy/monitoring");
+    assert!(
+        checked > 20,
+        "only {checked} metric references found in deploy/monitoring"
+    );
     drop(agents);
     db.drop_db().await;
 }

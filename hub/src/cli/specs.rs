@@ -125,7 +125,15 @@ async fn get_fleet_secrets(
                 "spec": secret.spec_yaml,
             })
         },
-        &["NAME", "STORE", "TARGET", "TYPE", "GENERATION", "REVISION", "EXPIRES"],
+        &[
+            "NAME",
+            "STORE",
+            "TARGET",
+            "TYPE",
+            "GENERATION",
+            "REVISION",
+            "EXPIRES",
+        ],
         |secret| {
             vec![
                 secret.name.clone(),

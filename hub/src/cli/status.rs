@@ -119,7 +119,11 @@ async fn print_status(
         }
         for condition in &secret.conditions {
             if condition.r#type != "Paused" {
-                writeln!(out, "{}: {}: {}", secret.name, condition.r#type, condition.message)?;
+                writeln!(
+                    out,
+                    "{}: {}: {}",
+                    secret.name, condition.r#type, condition.message
+                )?;
             }
         }
     }

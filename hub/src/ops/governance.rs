@@ -105,7 +105,11 @@ impl GovernanceMetrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        registry.register("build_info", "Always 1; the hub's version as a label", inner.build_info.clone());
+        registry.register(
+            "build_info",
+            "Always 1; the hub's version as a label",
+            inner.build_info.clone(),
+        );
         registry.register(
             "fleet_secret_revision",
             "Current revision number of each FleetSecret",
@@ -211,7 +215,11 @@ impl GovernanceRefresher {
             };
             secrets.insert(view.name.clone());
             inner.revision.get_or_create(&secret).set(gauge(view.revision));
-            for (state, value) in [("applied", view.applied), ("pending", view.pending), ("failed", view.failed)] {
+            for (state, value) in [
+                ("applied", view.applied),
+                ("pending", view.pending),
+                ("failed", view.failed),
+            ] {
                 inner
                     .clusters
                     .get_or_create(&ClusterLabels {
@@ -351,7 +359,10 @@ mod tests {
         let mut refresher = GovernanceRefresher::new(metrics.clone(), vault);
         refresher.apply(&[view("regcred", 7, 3, 2), view("db", 2, 5, 0)]);
         let out = text(&metrics);
-        assert!(out.contains("keyfleet_hub_fleet_secret_revision{fleet_secret=\"regcred\"} 7"), "{out}");
+        assert!(
+            out.contains("keyfleet_hub_fleet_secret_revision{fleet_secret=\"regcred\"} 7"),
+            "{out}"
+        );
         assert!(
             out.contains("keyfleet_hub_fleet_secret_clusters{fleet_secret=\"regcred\",state=\"pending\"} 2"),
             "{out}"
@@ -379,9 +390,18 @@ mod tests {
         refresher.apply(&[view("regcred", 2, 3, 0)]);
         refresher.apply(&[view("regcred", 2, 3, 0)]);
         let out = text(&metrics);
-        assert!(out.contains("keyfleet_hub_rotation_duration_seconds_count 1"), "{out}");
-        assert!(out.contains("keyfleet_hub_rotation_duration_seconds_bucket{le=\"5.0\"} 1"), "{out}");
-        assert!(out.contains("keyfleet_hub_rotation_duration_seconds_bucket{le=\"2.5\"} 0"), "{out}");
+        assert!(
+            out.contains("keyfleet_hub_rotation_duration_seconds_count 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("keyfleet_hub_rotation_duration_seconds_bucket{le=\"5.0\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("keyfleet_hub_rotation_duration_seconds_bucket{le=\"2.5\"} 0"),
+            "{out}"
+        );
         // A follower does not observe.
         vault.set_leader(false);
         refresher.apply(&[view("regcred", 3, 3, 0)]);

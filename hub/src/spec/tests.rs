@@ -122,11 +122,17 @@ fn rejected_inputs_name_file_line_and_field() {
             ],
         ),
         (
-            regcred_with("storeRef: shared-kv", "storeRef: shared-kv\nnearExpiryThreshold: 10m"),
+            regcred_with(
+                "storeRef: shared-kv",
+                "storeRef: shared-kv\nnearExpiryThreshold: 10m",
+            ),
             &["regcred.yaml:4: nearExpiryThreshold: must be between 1h and 365d"],
         ),
         (
-            regcred_with("storeRef: shared-kv", "storeRef: shared-kv\nnearExpiryThreshold: soon"),
+            regcred_with(
+                "storeRef: shared-kv",
+                "storeRef: shared-kv\nnearExpiryThreshold: soon",
+            ),
             &[r#"regcred.yaml:4: nearExpiryThreshold: invalid duration "soon", expected e.g. 14d or 720h"#],
         ),
         (
@@ -435,7 +441,10 @@ fn the_shipped_examples_are_valid() {
 
 #[test]
 fn near_expiry_threshold_is_read_and_kept_in_the_canonical_yaml() {
-    let input = regcred_with("storeRef: shared-kv", "storeRef: shared-kv\nnearExpiryThreshold: 14d");
+    let input = regcred_with(
+        "storeRef: shared-kv",
+        "storeRef: shared-kv\nnearExpiryThreshold: 14d",
+    );
     let files = [SpecFile {
         name: "regcred.yaml".to_owned(),
         content: input,

@@ -248,7 +248,9 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         assert!(!text.contains("vault_throttled"), "{text}");
         assert!(
-            text.contains("keyfleet_hub_vault_calls_total{store=\"kv\",operation=\"get\",outcome=\"throttled\"} 1"),
+            text.contains(
+                "keyfleet_hub_vault_calls_total{store=\"kv\",operation=\"get\",outcome=\"throttled\"} 1"
+            ),
             "{text}"
         );
         assert!(

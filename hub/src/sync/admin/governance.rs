@@ -112,7 +112,11 @@ pub fn earliest_expiry(sources: &[SourceView]) -> Option<DateTime<Utc>> {
 
 /// `Expired`, `NearExpiry` and `NotYetValid` of `sources` at `now` (one condition per kind,
 /// naming every key it concerns, soonest first).
-pub fn validity_conditions(sources: &[SourceView], threshold: Duration, now: DateTime<Utc>) -> Vec<Condition> {
+pub fn validity_conditions(
+    sources: &[SourceView],
+    threshold: Duration,
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
     let threshold = TimeDelta::from_std(threshold).unwrap_or(TimeDelta::MAX);
     let mut expired = Vec::new();
     let mut near = Vec::new();
@@ -120,7 +124,15 @@ pub fn validity_conditions(sources: &[SourceView], threshold: Duration, now: Dat
     for source in sources {
         if let Some(expires) = source.expires {
             if expires <= now {
-                expired.push((expires, format!("{}@{} expired at {}", source.remote_key, source.version, rfc3339(expires))));
+                expired.push((
+                    expires,
+                    format!(
+                        "{}@{} expired at {}",
+                        source.remote_key,
+                        source.version,
+                        rfc3339(expires)
+                    ),
+                ));
             } else if expires - now <= threshold {
                 near.push((
                     expires,
@@ -139,7 +151,12 @@ pub fn validity_conditions(sources: &[SourceView], threshold: Duration, now: Dat
         {
             not_yet.push((
                 not_before,
-                format!("{}@{} is not valid before {}", source.remote_key, source.version, rfc3339(not_before)),
+                format!(
+                    "{}@{} is not valid before {}",
+                    source.remote_key,
+                    source.version,
+                    rfc3339(not_before)
+                ),
             ));
         }
     }
@@ -155,7 +172,11 @@ pub fn validity_conditions(sources: &[SourceView], threshold: Duration, now: Dat
         items.sort();
         out.push(Condition {
             kind,
-            message: items.into_iter().map(|(_, text)| text).collect::<Vec<_>>().join("; "),
+            message: items
+                .into_iter()
+                .map(|(_, text)| text)
+                .collect::<Vec<_>>()
+                .join("; "),
         });
     }
     out
@@ -319,7 +340,9 @@ mod tests {
     use super::*;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).expect("time").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
     }
 
     fn source(key: &str, expires: Option<&str>, not_before: Option<&str>) -> SourceView {
@@ -370,15 +393,23 @@ mod tests {
             expired.find("d@").expect("d"),
         );
         assert!(a < b && b < d, "{expired}");
-        assert!(conditions[1].message.contains("c@0123456789abcdef0123456789abcdef is not valid before 2026-12-05T00:00:00Z"));
+        assert!(
+            conditions[1]
+                .message
+                .contains("c@0123456789abcdef0123456789abcdef is not valid before 2026-12-05T00:00:00Z")
+        );
     }
 
     #[test]
     fn lagging_only_after_the_grace() {
         let now = at("2026-12-04T12:00:00Z");
         assert_eq!(lagging_condition(0, None, now), None);
-        assert_eq!(lagging_condition(3, Some(("eu-1", at("2026-12-04T11:58:00Z"))), now), None);
-        let condition = lagging_condition(3, Some(("eu-1", at("2026-12-04T11:00:00Z"))), now).expect("lagging");
+        assert_eq!(
+            lagging_condition(3, Some(("eu-1", at("2026-12-04T11:58:00Z"))), now),
+            None
+        );
+        let condition =
+            lagging_condition(3, Some(("eu-1", at("2026-12-04T11:00:00Z"))), now).expect("lagging");
         assert_eq!(condition.kind, ConditionKind::Lagging);
         assert_eq!(
             condition.message,
