@@ -79,6 +79,7 @@ fn admin_err(error: AdminError) -> Status {
 
 #[async_trait]
 impl AdminApi for AdminService {
+    #[tracing::instrument(name = "admin.CreateCluster", skip_all)]
     async fn create_cluster(
         &self,
         request: Request<v1::CreateClusterRequest>,
@@ -97,6 +98,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.ListClusters", skip_all)]
     async fn list_clusters(
         &self,
         request: Request<v1::ListClustersRequest>,
@@ -120,6 +122,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.GetCluster", skip_all)]
     async fn get_cluster(
         &self,
         request: Request<v1::GetClusterRequest>,
@@ -135,6 +138,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.LabelCluster", skip_all)]
     async fn label_cluster(
         &self,
         request: Request<v1::LabelClusterRequest>,
@@ -150,6 +154,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(self.cluster_proto(&updated)))
     }
 
+    #[tracing::instrument(name = "admin.RevokeCluster", skip_all)]
     async fn revoke_cluster(
         &self,
         request: Request<v1::RevokeClusterRequest>,
@@ -163,6 +168,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(self.cluster_proto(&revoked)))
     }
 
+    #[tracing::instrument(name = "admin.IssueEnrollmentToken", skip_all)]
     async fn issue_enrollment_token(
         &self,
         request: Request<v1::IssueEnrollmentTokenRequest>,
@@ -177,6 +183,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(token_proto(token)))
     }
 
+    #[tracing::instrument(name = "admin.ApplySpecs", skip_all)]
     async fn apply_specs(
         &self,
         request: Request<v1::ApplySpecsRequest>,
@@ -209,6 +216,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.ListStores", skip_all)]
     async fn list_stores(
         &self,
         _request: Request<v1::ListStoresRequest>,
@@ -230,6 +238,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.ListFleetSecrets", skip_all)]
     async fn list_fleet_secrets(
         &self,
         _request: Request<v1::ListFleetSecretsRequest>,
@@ -252,6 +261,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.DeleteFleetSecret", skip_all)]
     async fn delete_fleet_secret(
         &self,
         request: Request<v1::DeleteFleetSecretRequest>,
@@ -264,6 +274,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(v1::DeleteFleetSecretResponse {}))
     }
 
+    #[tracing::instrument(name = "admin.GetStatus", skip_all)]
     async fn get_status(
         &self,
         request: Request<v1::GetStatusRequest>,
@@ -280,6 +291,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.PauseRollout", skip_all)]
     async fn pause_rollout(
         &self,
         request: Request<v1::RolloutRequest>,
@@ -293,6 +305,7 @@ impl AdminApi for AdminService {
             .map_err(admin_err)
     }
 
+    #[tracing::instrument(name = "admin.ResumeRollout", skip_all)]
     async fn resume_rollout(
         &self,
         request: Request<v1::RolloutRequest>,
@@ -306,6 +319,7 @@ impl AdminApi for AdminService {
             .map_err(admin_err)
     }
 
+    #[tracing::instrument(name = "admin.PinVersion", skip_all)]
     async fn pin_version(
         &self,
         request: Request<v1::PinVersionRequest>,
@@ -324,6 +338,7 @@ impl AdminApi for AdminService {
             .map_err(admin_err)
     }
 
+    #[tracing::instrument(name = "admin.UnpinVersion", skip_all)]
     async fn unpin_version(
         &self,
         request: Request<v1::UnpinVersionRequest>,
@@ -338,6 +353,7 @@ impl AdminApi for AdminService {
             .map_err(admin_err)
     }
 
+    #[tracing::instrument(name = "admin.SyncNow", skip_all)]
     async fn sync_now(
         &self,
         request: Request<v1::SyncNowRequest>,

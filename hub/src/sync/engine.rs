@@ -210,6 +210,9 @@ pub struct Engine {
     unannounced: BTreeSet<String>,
     /// Key Vault versions seen while the store failed, recorded once it answers.
     unrecorded_versions: Vec<crate::store::SecretVersionRecord>,
+    /// The open `rotation` span of each fleet secret a new Key Vault version made dirty: its
+    /// `render` and `plan` spans are its children, and it ends once the desired sets are sent.
+    rotations: BTreeMap<String, tracing::Span>,
 }
 
 impl Engine {
@@ -245,6 +248,7 @@ impl Engine {
             store_down: false,
             unannounced: BTreeSet::new(),
             unrecorded_versions: Vec::new(),
+            rotations: BTreeMap::new(),
         };
         (
             engine,
