@@ -216,6 +216,27 @@ async fn a_version_expiring_in_ten_days_is_near_expiry_on_every_replica() {
             "{table}"
         );
 
+        // `get fleetsecrets` shows the earliest expiry too.
+        let get = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfleet"))
+            .args(["get", "fleetsecrets", "-o", "json"])
+            .args(["--hub", &format!("https://localhost:{}", hub.grpc_addr.port())])
+            .arg("--hub-ca")
+            .arg(env.path("tls").join("ca.pem"))
+            .arg("--admin-token-file")
+            .arg(env.path("admin-token"))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            get.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&get.stderr)
+        );
+        let listed: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+        assert_eq!(listed[0]["name"], KEY);
+        assert_eq!(listed[0]["expires"], expires_text.as_str(), "{listed}");
+
         // The expiry gauge, on this replica.
         let gauge = sample_until(
             hub.ops_addr,
