@@ -70,3 +70,44 @@ impl Metrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// docs/metrics.md's agent table lists exactly what the agent registers, with its type.
+    #[test]
+    fn docs_metrics_lists_every_agent_metric() {
+        let mut registry = Registry::default();
+        Metrics::default().register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let served: BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .map(|(name, kind)| {
+                let name = if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                (name, kind.to_owned())
+            })
+            .collect();
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+            .expect("docs/metrics.md");
+        let documented: BTreeMap<String, String> = docs
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `keyfleet_agent_"))
+            .filter_map(|rest| {
+                let (name, rest) = rest.split_once('`')?;
+                let kind = rest.trim_start_matches(" |").split('|').next()?.trim().to_owned();
+                Some((format!("keyfleet_agent_{name}"), kind))
+            })
+            .collect();
+        assert_eq!(served, documented, "docs/metrics.md's Agent table is out of date");
+    }
+}

@@ -5,9 +5,10 @@
 //!
 //! Exit codes (see [`CliError::exit_code`]): 0 done, 1 the hub refused or failed, 2 usage (bad
 //! flag, unreadable file, bad selector, missing admin token), 3 the hub cannot be reached or the
-//! admin token is not accepted, 4 the named object does not exist. `cluster add -f` exits 1 when
-//! any listed cluster failed, after reporting every cluster. `rollout status` exits 5 when the
-//! rollout is paused, 6 when it failed, 7 when it is not complete (or `--timeout` passed).
+//! admin token is not accepted, 4 the named object does not exist, 5 a `status --fail-on`
+//! condition holds (after printing the status). `cluster add -f` exits 1 when any listed cluster
+//! failed, after reporting every cluster. `rollout status` exits 5 when the rollout is paused, 6
+//! when it failed, 7 when it is not complete (or `--timeout` passed).
 //!
 //! The admin token is sent as `authorization: Bearer …` and never printed. The only secret this
 //! module prints is an enrollment token, once, to the operator who asked for it.
@@ -86,6 +87,12 @@ pub enum CliError {
         /// Where it stands.
         outcome: rollout::Unfinished,
     },
+    /// `status --fail-on` conditions hold (the status was printed).
+    #[error("conditions hold: {}", .held.join(", "))]
+    Conditions {
+        /// `fleetsecret/Condition` of each.
+        held: Vec<String>,
+    },
     /// Some items of a bulk command failed (each is reported in the output).
     #[error("{failed} of {total} clusters failed")]
     Partial {
@@ -109,6 +116,7 @@ impl CliError {
             },
             Self::Rollout { outcome, .. } => outcome.exit_code(),
             Self::Spec(_) | Self::Output(_) | Self::Partial { .. } => 1,
+            Self::Conditions { .. } => 5,
         }
     }
 }
@@ -148,7 +156,15 @@ pub async fn run_with(
         ClientCommand::Get(with) => specs::get(client, with.command, out).await,
         ClientCommand::Delete(with) => specs::delete(client, with.command, out).await,
         ClientCommand::Status(args) => {
-            status::status(client, args.fleet_secret, args.lagging, args.output, out).await
+            status::status(
+                client,
+                args.fleet_secret,
+                args.lagging,
+                args.output,
+                &args.fail_on,
+                out,
+            )
+            .await
         }
         ClientCommand::Rollout(with) => rollout::rollout(client, with.command, out).await,
         ClientCommand::Pin(args) => rollout::pin(client, args.target, out).await,
@@ -234,6 +250,13 @@ mod tests {
         assert_eq!(hub(tonic::Code::InvalidArgument).exit_code(), 1);
         assert_eq!(hub(tonic::Code::AlreadyExists).exit_code(), 1);
         assert_eq!(CliError::Usage("x".to_owned()).exit_code(), 2);
+        assert_eq!(
+            CliError::Conditions {
+                held: vec!["regcred/NearExpiry".to_owned()]
+            }
+            .exit_code(),
+            5
+        );
         let wrapped = anyhow::Error::from(hub(tonic::Code::NotFound));
         assert_eq!(exit_code(&wrapped), 4);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);

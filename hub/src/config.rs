@@ -19,8 +19,9 @@ mod tests;
 
 pub use admin_commands::{
     ApplyArgs, AuditArgs, ClientArgs, ClientCommand, ClusterCommand, DEFAULT_HUB_URL, DeleteCommand,
-    DriftArgs, GetCommand, HistoryArgs, LabelChange, OutputFormat, PinArgs, PinTarget, RolloutCommand,
-    StatusArgs, SyncNowArgs, UnpinArgs, UnpinTarget, WithClient, parse_label, parse_label_change,
+    DriftArgs, FailOn, GetCommand, HistoryArgs, LabelChange, OutputFormat, PinArgs, PinTarget,
+    RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs, UnpinTarget, WithClient, parse_label,
+    parse_label_change,
 };
 pub use database_url::{DEFAULT_DATABASE, DatabaseUrl};
 pub use serve::{

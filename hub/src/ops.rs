@@ -1,5 +1,9 @@
 //! The operations HTTP endpoint: `/healthz` (process alive), `/readyz` (store reachable and
-//! caches warm) and `/metrics` (Prometheus text format, bounded labels only).
+//! caches warm) and `/metrics` (Prometheus text format, bounded labels only; every family is
+//! listed in `docs/metrics.md`, checked by `hub/tests/metrics.rs`). `governance.rs` keeps the
+//! per-FleetSecret metrics in line with the store.
+
+pub mod governance;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +14,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -17,14 +22,24 @@ use tokio::net::TcpListener;
 #[derive(Clone)]
 pub struct Ops {
     ready: Arc<AtomicBool>,
+    /// `keyfleet_hub_ready`: the same flag, for alerts.
+    ready_gauge: Gauge,
     registry: Arc<std::sync::Mutex<Registry>>,
 }
 
 impl Default for Ops {
     fn default() -> Self {
+        let ready_gauge = Gauge::default();
+        let mut registry = Registry::with_prefix("keyfleet_hub");
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (the hub computed every desired set and serves agents)",
+            ready_gauge.clone(),
+        );
         Self {
             ready: Arc::new(AtomicBool::new(false)),
-            registry: Arc::new(std::sync::Mutex::new(Registry::with_prefix("keyfleet_hub"))),
+            ready_gauge,
+            registry: Arc::new(std::sync::Mutex::new(registry)),
         }
     }
 }
@@ -33,6 +48,7 @@ impl Ops {
     /// Marks the hub ready (or not) for `/readyz`.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+        self.ready_gauge.set(i64::from(ready));
     }
 
     /// Whether `/readyz` answers 200.

@@ -184,6 +184,8 @@ pub struct FleetSecretSpec {
     pub clusters: LabelSelector,
     /// Optional wave rollout of new revisions.
     pub rollout: Option<Rollout>,
+    /// `NearExpiry` threshold of this FleetSecret (`None`: the hub's `--near-expiry-threshold`).
+    pub near_expiry_threshold: Option<Duration>,
 }
 
 impl FleetSecretSpec {

@@ -19,6 +19,7 @@ pub mod bench;
 mod convert;
 mod dialect;
 mod error;
+mod governance;
 mod history;
 mod leadership;
 mod polls;
@@ -38,6 +39,7 @@ use self::convert::{micros, now, prepare_status_rows, to_i64};
 use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256};
 
 pub use error::StoreError;
+pub use governance::{RolloutCounts, ServedVersion};
 pub use history::{AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow};
 pub use leadership::Leadership;
 pub use polls::{PollAsk, PollRequest, PollResult, StorePoll};

@@ -1,5 +1,14 @@
-//! Tracing and OpenTelemetry: a `tracing` subscriber (text or JSON), optional OTLP export of
-//! traces and metrics, and a guard that flushes the exporters on drop.
+//! Tracing and OpenTelemetry: a `tracing` subscriber (text or JSON), optional OTLP/gRPC export of
+//! the hub's spans, and a guard that flushes the exporter on drop.
+//!
+//! **Traces only (decision):** metrics are served to Prometheus on `/metrics` (`docs/metrics.md`);
+//! an OTel meter would carry the same figures twice, so none is exported. The spans: `admin.*`
+//! (each Admin RPC), `vault.poll` (a change-detection sweep) with `vault.get` (a version fetched)
+//! below it, `rotation` (a new Key Vault version from the moment the engine records it, through
+//! `render` and `plan`, to the desired sets handed to the streams), `rollout.wave` (each wave the
+//! leader starts) and `sync.stream` (an agent stream's life). Attributes are names, versions,
+//! revisions and counts, never a value (`hub/tests/traces.rs` checks it against a real OTLP
+//! receiver).
 
 use clap::{Args, ValueEnum};
 use opentelemetry::trace::TracerProvider as _;
@@ -32,17 +41,19 @@ pub struct Config {
         global = true
     )]
     pub log_format: LogFormat,
-    /// OTLP/gRPC collector endpoint for traces and metrics, e.g. `http://127.0.0.1:4317`.
-    /// Unset: no export.
-    #[arg(long, env = "KEYFLEET_OTLP_ENDPOINT", global = true)]
+    /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`: exports the hub's traces (Admin
+    /// RPCs, Key Vault polls and fetches, rotations, rollout waves, agent streams; never a value).
+    /// Metrics are not exported over OTLP: scrape /metrics. The service name is
+    /// `OTEL_SERVICE_NAME` (default keyfleet-hub); other `OTEL_*` exporter variables apply. Unset:
+    /// no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
 }
 
-/// Flushes and shuts down the OpenTelemetry exporters when dropped.
+/// Flushes and shuts down the OpenTelemetry exporter when dropped.
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct Guard {
     tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
-    meter: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl Drop for Guard {
@@ -50,13 +61,11 @@ impl Drop for Guard {
         if let Some(tracer) = self.tracer.take() {
             let _ = tracer.shutdown();
         }
-        if let Some(meter) = self.meter.take() {
-            let _ = meter.shutdown();
-        }
     }
 }
 
-/// Installs the global subscriber. Logs go to stderr so stdout stays for command output.
+/// Installs the global subscriber. Logs go to stderr so stdout stays for command output; `--log`
+/// filters the logs, the exported spans are the hub's own at info level and above.
 pub fn init(config: &Config) -> anyhow::Result<Guard> {
     let filter = EnvFilter::try_new(&config.log)
         .map_err(|error| anyhow::anyhow!("invalid --log filter {:?}: {error}", config.log))?;
@@ -68,44 +77,39 @@ pub fn init(config: &Config) -> anyhow::Result<Guard> {
             .json()
             .with_writer(std::io::stderr)
             .boxed(),
-    };
-    let mut guard = Guard {
-        tracer: None,
-        meter: None,
-    };
-    let otel = match &config.otlp_endpoint {
+    }
+    .with_filter(filter);
+    let mut guard = Guard { tracer: None };
+    let otel = match config
+        .otlp_endpoint
+        .as_deref()
+        .filter(|endpoint| !endpoint.is_empty())
+    {
         Some(endpoint) => {
-            let resource = opentelemetry_sdk::Resource::builder()
-                .with_service_name("keyfleet-hub")
-                .build();
+            let mut resource = opentelemetry_sdk::Resource::builder();
+            // The SDK reads OTEL_SERVICE_NAME itself; only the default is ours.
+            if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+                resource = resource.with_service_name("keyfleet-hub");
+            }
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .build()?;
             let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
                 .with_batch_exporter(spans)
-                .with_resource(resource.clone())
+                .with_resource(resource.build())
                 .build();
-            let metrics = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()?;
-            let meter = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-                .with_periodic_exporter(metrics)
-                .with_resource(resource)
-                .build();
-            opentelemetry::global::set_meter_provider(meter.clone());
-            let layer = tracing_opentelemetry::layer().with_tracer(tracer.tracer("keyfleet-hub"));
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer.tracer("keyfleet-hub"))
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("keyfleet_hub", tracing::Level::INFO),
+                );
             guard.tracer = Some(tracer);
-            guard.meter = Some(meter);
             Some(layer)
         }
         None => None,
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init()?;
+    tracing_subscriber::registry().with(fmt).with(otel).try_init()?;
     Ok(guard)
 }

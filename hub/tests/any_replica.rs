@@ -74,11 +74,12 @@ async fn sync_now_store_health_and_event_grid_answer_the_same_on_a_replica_that_
     let env = ServeEnv::new(db.url(), &kv);
     let code_file = env.dir.path().join("eventgrid-code");
     std::fs::write(&code_file, format!("{CODE}\n")).unwrap();
+    let code_path = code_file.display().to_string();
     let extra = [
-        "--eventgrid-addr".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--eventgrid-code-file".to_owned(),
-        code_file.display().to_string(),
+        "--eventgrid-addr",
+        "127.0.0.1:0",
+        "--eventgrid-code-file",
+        code_path.as_str(),
     ];
     let a = ServeProcess::start_with(&env, "hub-a", any_port(), &extra).await;
     let b = ServeProcess::start_with(&env, "hub-b", any_port(), &extra).await;

@@ -28,6 +28,7 @@ struct Rendered {
     budgets: Vec<PodDisruptionBudget>,
     config_maps: Vec<ConfigMap>,
     service_monitors: Vec<serde_json::Value>,
+    prometheus_rules: Vec<serde_json::Value>,
 }
 
 fn render(values: &[&Path], set: &[&str]) -> Rendered {
@@ -46,6 +47,10 @@ fn render(values: &[&Path], set: &[&str]) -> Rendered {
                 check_service_monitor_shape(&document.value, &origin);
                 rendered.service_monitors.push(document.value.clone());
             }
+            "PrometheusRule" => {
+                check_prometheus_rule(&document.value, &origin);
+                rendered.prometheus_rules.push(document.value.clone());
+            }
             other => panic!("{origin}: unexpected kind {other:?}"),
         }
         assert_eq!(
@@ -55,6 +60,22 @@ fn render(values: &[&Path], set: &[&str]) -> Rendered {
         );
     }
     rendered
+}
+
+/// The PrometheusRule (a CRD, monitoring.coreos.com/v1) carries exactly the groups of
+/// deploy/monitoring/keyfleet-rules.yaml, the file promtool tests.
+fn check_prometheus_rule(value: &serde_json::Value, origin: &str) {
+    assert_eq!(value["apiVersion"], "monitoring.coreos.com/v1", "{origin}");
+    let spec_keys: Vec<&String> = value["spec"].as_object().expect("spec").keys().collect();
+    assert_eq!(spec_keys, ["groups"], "{origin}: PrometheusRule spec");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring/keyfleet-rules.yaml");
+    let rules: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&file).expect("keyfleet-rules.yaml"))
+            .expect("rules YAML");
+    assert_eq!(
+        value["spec"]["groups"], rules["groups"],
+        "{origin}: the chart's PrometheusRule differs from deploy/monitoring/keyfleet-rules.yaml"
+    );
 }
 
 /// `document` as `T`, every field kept.
@@ -555,6 +576,7 @@ fn everything_on_renders_workload_identity_specs_monitoring_and_mtls() {
     let serve = check_consistent(&rendered, "full");
     assert_eq!(replicas(&rendered), Some(3));
     assert_eq!(rendered.service_monitors.len(), 1);
+    assert_eq!(rendered.prometheus_rules.len(), 1);
     assert_eq!(rendered.config_maps.len(), 1);
     assert!(
         rendered.config_maps[0]

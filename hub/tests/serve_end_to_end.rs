@@ -422,7 +422,7 @@ async fn scenario(database_url: &str) {
     assert_eq!(status["targeted"], 1, "{status:#}");
     assert_eq!(
         status["sources"],
-        serde_json::json!([{ "remoteKey": "acr-pull", "version": latest }])
+        serde_json::json!([{ "remoteKey": "acr-pull", "version": latest, "expires": null, "notBefore": null }])
     );
     assert_eq!(status["pins"], serde_json::json!([]));
 

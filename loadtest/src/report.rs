@@ -413,6 +413,15 @@ mod tests {
                 checked: 3,
                 ..StatusTruth::default()
             },
+            drift: Some(crate::drift::DriftFigures {
+                injected: 2,
+                edited: 1,
+                deleted: 1,
+                repaired: 2,
+                reported: 2,
+                repaired_s: 0.4,
+                reported_s: 1.2,
+            }),
             baseline: None,
             leaks: Vec::new(),
             targets: Vec::new(),
@@ -430,6 +439,10 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("result: PASSED"), "{table}");
+        assert!(
+            table.contains("2 Secrets tampered with (1 edited, 1 deleted), 2 repaired"),
+            "{table}"
+        );
         report.failures.push("1 status mismatch".to_owned());
         let table = report.table();
         assert!(

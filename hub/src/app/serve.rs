@@ -22,6 +22,7 @@ use crate::grpc::enroll::EnrollService;
 use crate::grpc::server::{self, TlsMaterial};
 use crate::grpc::sync::{SyncConfig, SyncService};
 use crate::history::{HistoryConfig, HistoryWriter};
+use crate::ops::governance::{GovernanceMetrics, GovernanceRefresher};
 use crate::ops::{self, Ops};
 use crate::status::{StatusConfig, StatusWriter};
 use crate::store::Store;
@@ -76,7 +77,12 @@ pub(super) async fn serve(
     ops.register(|registry| fleet.register_metrics(registry));
     let credentials = Credentials::default();
     let vault_metrics = VaultMetrics::default();
-    ops.register(|registry| vault_metrics.register(registry));
+    // `keyfleet_hub_vault_*` (as docs/metrics.md names them).
+    ops.register(|registry| vault_metrics.register(registry.sub_registry_with_prefix("vault")));
+    ops.register(|registry| vault_metrics.register_leader(registry));
+    let governance = GovernanceMetrics::default();
+    ops.register(|registry| governance.register(registry));
+    let governance = GovernanceRefresher::new(governance, vault_metrics.clone());
     let vault = VaultOptions {
         ca_pem: match &config.vault.ca_file {
             Some(path) => Some(
@@ -207,7 +213,9 @@ pub(super) async fn serve(
     }
     let admin = AdminService::new(store.clone(), control.clone())
         .with_offline_grace(offline_grace)
-        .into_server(admin_auth);
+        .with_near_expiry_threshold(config.ops.near_expiry_threshold);
+    tokio::spawn(governance.run(admin.admin(), config.ops.metrics_refresh, stop.clone()));
+    let admin = admin.into_server(admin_auth);
     let routes = crate::grpc::routes(sync.clone(), enroll, admin);
     let grpc_stop = CancellationToken::new();
     let grpc_shutdown = grpc_stop.clone().cancelled_owned();

@@ -121,10 +121,19 @@ async fn get_fleet_secrets(
                 "targetType": secret.target_type,
                 "generation": secret.generation,
                 "revision": secret.revision,
+                "expires": super::output::timestamp_json(secret.expires.as_ref()),
                 "spec": secret.spec_yaml,
             })
         },
-        &["NAME", "STORE", "TARGET", "TYPE", "GENERATION", "REVISION"],
+        &[
+            "NAME",
+            "STORE",
+            "TARGET",
+            "TYPE",
+            "GENERATION",
+            "REVISION",
+            "EXPIRES",
+        ],
         |secret| {
             vec![
                 secret.name.clone(),
@@ -133,6 +142,7 @@ async fn get_fleet_secrets(
                 secret.target_type.clone(),
                 secret.generation.to_string(),
                 revision_text(secret.revision),
+                super::output::timestamp(secret.expires.as_ref()),
             ]
         },
         out,

@@ -1,5 +1,6 @@
-//! `keyfleet status`: where every FleetSecret (or one) stands: revision, counts, rollout and the
-//! clusters lagging behind.
+//! `keyfleet status`: where every FleetSecret (or one) stands: revision, counts, rollout, the
+//! earliest expiry of the Key Vault versions it serves, its conditions and the clusters lagging
+//! behind. `--fail-on` turns conditions into exit code 5 (after printing), for CI jobs and cron.
 
 use std::io::Write;
 
@@ -7,10 +8,11 @@ use keyfleet_proto::v1;
 use serde_json::{Value, json};
 
 use super::output::{
-    Table, key_versions, revision_text, secret_status_json, write_secret_statuses, write_structured,
+    Table, key_versions, revision_text, secret_status_json, timestamp, timestamp_json, write_secret_statuses,
+    write_structured,
 };
 use super::{CliError, Client, call};
-use crate::config::OutputFormat;
+use crate::config::{FailOn, OutputFormat};
 
 /// `keyfleet status [NAME]`: one row per FleetSecret; with a NAME also its sources, pins and
 /// lagging clusters.
@@ -19,8 +21,47 @@ pub(super) async fn status(
     fleet_secret: Option<String>,
     lagging: u32,
     output: OutputFormat,
+    fail_on: &[FailOn],
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
+    let response = print_status(client, fleet_secret, lagging, output, out).await?;
+    let held = failing_conditions(&response.fleet_secrets, fail_on);
+    if held.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Conditions { held })
+    }
+}
+
+/// `fleetsecret/type` of every condition `fail_on` names, in output order.
+fn failing_conditions(secrets: &[v1::FleetSecretStatus], fail_on: &[FailOn]) -> Vec<String> {
+    let matches = |kind: &str| {
+        fail_on.iter().any(|fail| match fail {
+            FailOn::NearExpiry => kind == "NearExpiry" || kind == "Expired",
+            FailOn::Expired => kind == "Expired",
+            FailOn::Paused => kind == "Paused",
+            FailOn::Lagging => kind == "Lagging",
+        })
+    };
+    secrets
+        .iter()
+        .flat_map(|secret| {
+            secret
+                .conditions
+                .iter()
+                .filter(|condition| matches(&condition.r#type))
+                .map(|condition| format!("{}/{}", secret.name, condition.r#type))
+        })
+        .collect()
+}
+
+async fn print_status(
+    client: &mut Client,
+    fleet_secret: Option<String>,
+    lagging: u32,
+    output: OutputFormat,
+    out: &mut (dyn Write + Send),
+) -> Result<v1::GetStatusResponse, CliError> {
     let action = match &fleet_secret {
         Some(name) => format!("status of fleetsecret {name:?}"),
         None => "status".to_owned(),
@@ -32,10 +73,11 @@ pub(super) async fn status(
     let response = call(action, client.get_status(request)).await?;
     if output != OutputFormat::Table {
         let values: Vec<Value> = response.fleet_secrets.iter().map(status_json).collect();
-        return match fleet_secret {
+        match fleet_secret {
             Some(_) if values.len() == 1 => write_structured(&values[0], output, out),
             _ => write_structured(&Value::Array(values), output, out),
-        };
+        }?;
+        return Ok(response);
     }
     let mut table = Table::new(&[
         "FLEETSECRET",
@@ -46,6 +88,8 @@ pub(super) async fn status(
         "ERROR",
         "OFFLINE",
         "ROLLOUT",
+        "EXPIRES",
+        "CONDITIONS",
         "LAGGING",
     ]);
     for secret in &response.fleet_secrets {
@@ -58,6 +102,8 @@ pub(super) async fn status(
             secret.error.to_string(),
             secret.offline.to_string(),
             rollout_text(secret.rollout.as_ref()),
+            timestamp(secret.expires.as_ref()),
+            conditions_text(secret),
             lagging_text(secret),
         ]);
     }
@@ -71,9 +117,18 @@ pub(super) async fn status(
         if !reason.is_empty() {
             writeln!(out, "{}: {reason}", secret.name)?;
         }
+        for condition in &secret.conditions {
+            if condition.r#type != "Paused" {
+                writeln!(
+                    out,
+                    "{}: {}: {}",
+                    secret.name, condition.r#type, condition.message
+                )?;
+            }
+        }
     }
     if fleet_secret.is_none() {
-        return Ok(());
+        return Ok(response);
     }
     for secret in &response.fleet_secrets {
         if !secret.sources.is_empty() {
@@ -84,6 +139,16 @@ pub(super) async fn status(
                     .map(|source| (source.remote_key.as_str(), source.version.as_str())),
             );
             writeln!(out, "\nSources: {sources}")?;
+            let mut table = Table::new(&["KEY", "VERSION", "EXPIRES", "NOT BEFORE"]);
+            for source in &secret.sources {
+                table.row(vec![
+                    source.remote_key.clone(),
+                    source.version.clone(),
+                    timestamp(source.expires.as_ref()),
+                    timestamp(source.not_before.as_ref()),
+                ]);
+            }
+            table.write(out)?;
         }
         if !secret.pins.is_empty() {
             writeln!(out, "Pinned:  {}", pins_text(secret))?;
@@ -94,7 +159,20 @@ pub(super) async fn status(
         writeln!(out, "\nLagging clusters (oldest first):")?;
         write_secret_statuses("CLUSTER", &secret.lagging, |lag| &lag.cluster, out)?;
     }
-    Ok(())
+    Ok(response)
+}
+
+/// The condition types, comma-separated, or `-`.
+fn conditions_text(secret: &v1::FleetSecretStatus) -> String {
+    if secret.conditions.is_empty() {
+        return "-".to_owned();
+    }
+    secret
+        .conditions
+        .iter()
+        .map(|condition| condition.r#type.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The FleetSecret's pins as `key@version, …`.
@@ -146,7 +224,15 @@ fn status_json(status: &v1::FleetSecretStatus) -> Value {
     json!({
         "name": status.name,
         "revision": status.revision,
-        "sources": status.sources.iter().map(|s| json!({"remoteKey": s.remote_key, "version": s.version})).collect::<Vec<_>>(),
+        "sources": status.sources.iter().map(|s| json!({
+            "remoteKey": s.remote_key,
+            "version": s.version,
+            "expires": timestamp_json(s.expires.as_ref()),
+            "notBefore": timestamp_json(s.not_before.as_ref()),
+        })).collect::<Vec<_>>(),
+        "expires": timestamp_json(status.expires.as_ref()),
+        "nearExpiryThresholdSeconds": status.near_expiry_threshold_seconds,
+        "conditions": status.conditions.iter().map(|c| json!({"type": c.r#type, "message": c.message})).collect::<Vec<_>>(),
         "targeted": status.targeted,
         "applied": status.applied,
         "pending": status.pending,

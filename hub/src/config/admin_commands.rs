@@ -97,6 +97,19 @@ pub enum OutputFormat {
     Yaml,
 }
 
+/// A FleetSecret condition `keyfleet status --fail-on` exits non-zero for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// A served Key Vault version expires within the threshold, or has expired.
+    NearExpiry,
+    /// A served Key Vault version has expired.
+    Expired,
+    /// The rollout is paused.
+    Paused,
+    /// Clusters stayed off their desired revision for more than 5 minutes.
+    Lagging,
+}
+
 /// The administration commands (each talks to the hub's Admin API).
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClientCommand {
@@ -292,6 +305,11 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     pub output: OutputFormat,
+    /// Exit 5 (after printing) when any FleetSecret has this condition (repeatable or
+    /// comma-separated): near-expiry (NearExpiry or Expired), expired, paused, lagging (off its
+    /// desired revision for more than 5 minutes).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub fail_on: Vec<FailOn>,
 }
 
 /// `keyfleet rollout …`.

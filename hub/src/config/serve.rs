@@ -107,6 +107,13 @@ pub struct ServeArgs {
         requires = "eventgrid_addr"
     )]
     pub eventgrid_code_file: Option<PathBuf>,
+    /// A FleetSecret is `NearExpiry` when a Key Vault version it serves expires within this
+    /// (its own `nearExpiryThreshold` wins).
+    #[arg(long, env = "KEYFLEET_NEAR_EXPIRY_THRESHOLD", default_value = "30d", value_parser = parse_duration)]
+    pub near_expiry_threshold: Duration,
+    /// How often the per-FleetSecret metrics (rollout counts, expiry) are read from the store.
+    #[arg(long, env = "KEYFLEET_METRICS_REFRESH", default_value = "15s", value_parser = parse_duration)]
+    pub metrics_refresh: Duration,
 }
 
 /// The Event Grid webhook's listener (`--eventgrid-addr`, `--eventgrid-code-file`).
@@ -147,6 +154,10 @@ pub struct VaultConfig {
 pub struct OpsConfig {
     /// Listen address.
     pub addr: SocketAddr,
+    /// Default `NearExpiry` threshold.
+    pub near_expiry_threshold: Duration,
+    /// Refresh interval of the per-FleetSecret metrics.
+    pub metrics_refresh: Duration,
 }
 
 /// Everything `serve` needs, split by module.
@@ -188,7 +199,11 @@ impl From<ServeArgs> for ServeConfig {
             _ => None,
         };
         Self {
-            ops: OpsConfig { addr: args.ops_addr },
+            ops: OpsConfig {
+                addr: args.ops_addr,
+                near_expiry_threshold: args.near_expiry_threshold,
+                metrics_refresh: args.metrics_refresh.max(Duration::from_secs(1)),
+            },
             shutdown_grace: args.shutdown_grace,
             grpc: GrpcConfig {
                 addr: args.grpc_addr,

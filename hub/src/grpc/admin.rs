@@ -56,6 +56,18 @@ impl AdminService {
         self
     }
 
+    /// The `NearExpiry` threshold of FleetSecrets that set none (`--near-expiry-threshold`).
+    #[must_use]
+    pub fn with_near_expiry_threshold(mut self, threshold: std::time::Duration) -> Self {
+        self.admin = self.admin.with_near_expiry_threshold(threshold);
+        self
+    }
+
+    /// The Admin use cases this service serves (shared with the metrics refresh).
+    pub fn admin(&self) -> Admin {
+        self.admin.clone()
+    }
+
     /// The tonic service, behind `auth`.
     pub fn into_server(self, auth: AdminAuth) -> AuthenticatedAdmin {
         AdminServer::with_interceptor(self, auth)
@@ -68,6 +80,7 @@ fn admin_err(error: AdminError) -> Status {
 
 #[async_trait]
 impl AdminApi for AdminService {
+    #[tracing::instrument(name = "admin.CreateCluster", skip_all)]
     async fn create_cluster(
         &self,
         request: Request<v1::CreateClusterRequest>,
@@ -86,6 +99,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.ListClusters", skip_all)]
     async fn list_clusters(
         &self,
         request: Request<v1::ListClustersRequest>,
@@ -109,6 +123,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.GetCluster", skip_all)]
     async fn get_cluster(
         &self,
         request: Request<v1::GetClusterRequest>,
@@ -124,6 +139,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.LabelCluster", skip_all)]
     async fn label_cluster(
         &self,
         request: Request<v1::LabelClusterRequest>,
@@ -139,6 +155,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(self.cluster_proto(&updated)))
     }
 
+    #[tracing::instrument(name = "admin.RevokeCluster", skip_all)]
     async fn revoke_cluster(
         &self,
         request: Request<v1::RevokeClusterRequest>,
@@ -152,6 +169,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(self.cluster_proto(&revoked)))
     }
 
+    #[tracing::instrument(name = "admin.IssueEnrollmentToken", skip_all)]
     async fn issue_enrollment_token(
         &self,
         request: Request<v1::IssueEnrollmentTokenRequest>,
@@ -166,6 +184,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(token_proto(token)))
     }
 
+    #[tracing::instrument(name = "admin.ApplySpecs", skip_all)]
     async fn apply_specs(
         &self,
         request: Request<v1::ApplySpecsRequest>,
@@ -198,6 +217,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.ListStores", skip_all)]
     async fn list_stores(
         &self,
         _request: Request<v1::ListStoresRequest>,
@@ -219,6 +239,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.ListFleetSecrets", skip_all)]
     async fn list_fleet_secrets(
         &self,
         _request: Request<v1::ListFleetSecretsRequest>,
@@ -235,11 +256,13 @@ impl AdminApi for AdminService {
                     target_type: secret.target_type,
                     generation: secret.generation,
                     spec_yaml: secret.spec_yaml,
+                    expires: secret.expires.map(timestamp),
                 })
                 .collect(),
         }))
     }
 
+    #[tracing::instrument(name = "admin.DeleteFleetSecret", skip_all)]
     async fn delete_fleet_secret(
         &self,
         request: Request<v1::DeleteFleetSecretRequest>,
@@ -252,6 +275,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(v1::DeleteFleetSecretResponse {}))
     }
 
+    #[tracing::instrument(name = "admin.GetStatus", skip_all)]
     async fn get_status(
         &self,
         request: Request<v1::GetStatusRequest>,
@@ -268,6 +292,7 @@ impl AdminApi for AdminService {
         }))
     }
 
+    #[tracing::instrument(name = "admin.PauseRollout", skip_all)]
     async fn pause_rollout(
         &self,
         request: Request<v1::RolloutRequest>,
@@ -281,6 +306,7 @@ impl AdminApi for AdminService {
             .map_err(admin_err)
     }
 
+    #[tracing::instrument(name = "admin.ResumeRollout", skip_all)]
     async fn resume_rollout(
         &self,
         request: Request<v1::RolloutRequest>,
@@ -294,6 +320,7 @@ impl AdminApi for AdminService {
             .map_err(admin_err)
     }
 
+    #[tracing::instrument(name = "admin.PinVersion", skip_all)]
     async fn pin_version(
         &self,
         request: Request<v1::PinVersionRequest>,
@@ -312,6 +339,7 @@ impl AdminApi for AdminService {
             .map_err(admin_err)
     }
 
+    #[tracing::instrument(name = "admin.UnpinVersion", skip_all)]
     async fn unpin_version(
         &self,
         request: Request<v1::UnpinVersionRequest>,
@@ -326,6 +354,7 @@ impl AdminApi for AdminService {
             .map_err(admin_err)
     }
 
+    #[tracing::instrument(name = "admin.SyncNow", skip_all)]
     async fn sync_now(
         &self,
         request: Request<v1::SyncNowRequest>,
@@ -460,7 +489,12 @@ fn fleet_secret_status_proto(status: FleetSecretStatus) -> v1::FleetSecretStatus
         sources: status
             .sources
             .into_iter()
-            .map(|(remote_key, version)| v1::SourceVersion { remote_key, version })
+            .map(|source| v1::SourceVersion {
+                remote_key: source.remote_key,
+                version: source.version,
+                expires: source.expires.map(timestamp),
+                not_before: source.not_before.map(timestamp),
+            })
             .collect(),
         targeted: status.counts.targeted,
         applied: status.counts.applied,
@@ -479,5 +513,15 @@ fn fleet_secret_status_proto(status: FleetSecretStatus) -> v1::FleetSecretStatus
             .into_iter()
             .map(|(remote_key, version)| v1::Pin { remote_key, version })
             .collect(),
+        conditions: status
+            .conditions
+            .into_iter()
+            .map(|condition| v1::Condition {
+                r#type: condition.kind.as_str().to_owned(),
+                message: condition.message,
+            })
+            .collect(),
+        expires: status.expires.map(timestamp),
+        near_expiry_threshold_seconds: status.near_expiry_threshold.as_secs(),
     }
 }

@@ -185,12 +185,17 @@ impl SyncService {
             cluster,
             out,
         };
-        tokio::spawn(async move {
-            let result = stream.run(inbound).await;
-            if let Err(status) = result {
-                let _ = end.send(status);
-            }
-        });
+        // A stream's life, as one span (a root: the open RPC ends at once, the stream lives on).
+        let span = tracing::info_span!(parent: None, "sync.stream", cluster = %cluster);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = stream.run(inbound).await;
+                if let Err(status) = result {
+                    let _ = end.send(status);
+                }
+            },
+            span,
+        ));
         Ok(Response::new(OutboundStream {
             end: Some(end_rx),
             rx,

@@ -86,6 +86,10 @@ pub struct FleetSecret {
     pub clusters: Option<Selector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// `NearExpiry` when a served Key Vault version expires within this (e.g. `14d`); the hub's
+    /// `--near-expiry-threshold` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near_expiry_threshold: Option<String>,
 }
 
 /// One `data[]` entry.

@@ -118,8 +118,22 @@ fn rejected_inputs_name_file_line_and_field() {
         (
             regcred_with("storeRef: shared-kv", "storeRef: shared-kv\ncolour: blue"),
             &[
-                r#"regcred.yaml:4: colour: unknown field "colour", expected one of "apiVersion", "kind", "name", "storeRef", "data", "dataFrom", "target", "clusters", "rollout""#,
+                r#"regcred.yaml:4: colour: unknown field "colour", expected one of "apiVersion", "kind", "name", "storeRef", "data", "dataFrom", "target", "clusters", "rollout", "nearExpiryThreshold""#,
             ],
+        ),
+        (
+            regcred_with(
+                "storeRef: shared-kv",
+                "storeRef: shared-kv\nnearExpiryThreshold: 10m",
+            ),
+            &["regcred.yaml:4: nearExpiryThreshold: must be between 1h and 365d"],
+        ),
+        (
+            regcred_with(
+                "storeRef: shared-kv",
+                "storeRef: shared-kv\nnearExpiryThreshold: soon",
+            ),
+            &[r#"regcred.yaml:4: nearExpiryThreshold: invalid duration "soon", expected e.g. 14d or 720h"#],
         ),
         (
             regcred_with("  namespaces: [default, ci]", "  namespaces: default"),
@@ -423,4 +437,30 @@ fn the_shipped_examples_are_valid() {
     let specs = parse_files(&files, &BTreeSet::new()).unwrap_or_else(|error| panic!("{error}"));
     let names: Vec<&str> = specs.iter().map(|loaded| loaded.spec.name()).collect();
     assert_eq!(names, vec!["regcred-templated", "shared-kv", "regcred"]);
+}
+
+#[test]
+fn near_expiry_threshold_is_read_and_kept_in_the_canonical_yaml() {
+    let input = regcred_with(
+        "storeRef: shared-kv",
+        "storeRef: shared-kv\nnearExpiryThreshold: 14d",
+    );
+    let files = [SpecFile {
+        name: "regcred.yaml".to_owned(),
+        content: input,
+    }];
+    let known: BTreeSet<String> = ["shared-kv".to_owned()].into();
+    let specs = parse_files(&files, &known).expect("valid");
+    let (secret, yaml) = specs
+        .iter()
+        .find_map(|loaded| match &loaded.spec {
+            Spec::FleetSecret(secret) => Some((secret, &loaded.canonical_yaml)),
+            Spec::SecretStore(_) => None,
+        })
+        .expect("a FleetSecret");
+    assert!(yaml.contains("nearExpiryThreshold: 14d"), "{yaml}");
+    assert_eq!(
+        secret.near_expiry_threshold,
+        Some(std::time::Duration::from_secs(14 * 86_400))
+    );
 }

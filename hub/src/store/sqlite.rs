@@ -10,6 +10,7 @@ pub(super) mod audit;
 pub(super) mod changes;
 pub(super) mod clusters;
 pub(super) mod enrollment;
+pub(super) mod governance;
 pub(super) mod history;
 pub(super) mod polls;
 pub(super) mod revisions;

@@ -234,6 +234,10 @@ async fn migration_from_empty(kind: Kind) {
                 description: "lagging online".to_owned(),
             });
             expected.push(AppliedMigration {
+                version: 7,
+                description: "expiry view".to_owned(),
+            });
+            expected.push(AppliedMigration {
                 version: 8,
                 description: "replica requests".to_owned(),
             });
@@ -242,6 +246,10 @@ async fn migration_from_empty(kind: Kind) {
                 description: "history".to_owned(),
             });
         } else {
+            expected.push(AppliedMigration {
+                version: 4,
+                description: "expiry view".to_owned(),
+            });
             expected.push(AppliedMigration {
                 version: 5,
                 description: "replica requests".to_owned(),
@@ -257,7 +265,7 @@ async fn migration_from_empty(kind: Kind) {
             store,
             (i64,),
             "SELECT (SELECT count(*) FROM keyfleet_rollout) + (SELECT count(*) FROM keyfleet_cluster_sync)
-                  + (SELECT count(*) FROM keyfleet_lagging)"
+                  + (SELECT count(*) FROM keyfleet_lagging) + (SELECT count(*) FROM keyfleet_expiry)"
                 .to_owned()
         );
         assert_eq!(views, [(0,)], "views exist and are empty");

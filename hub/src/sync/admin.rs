@@ -14,6 +14,7 @@
 //!   [`AdminError::NotFound`].
 
 mod clusters;
+mod governance;
 mod history;
 mod rollouts;
 mod specs;
@@ -32,6 +33,10 @@ use crate::sync::engine::Connectivity;
 pub use clusters::{
     ClusterDetail, DEFAULT_TOKEN_TTL_SECONDS, ENROLLMENT_TOKEN_PREFIX, IssuedToken, MAX_LABELS,
     MAX_TOKEN_TTL_SECONDS, MIN_TOKEN_TTL_SECONDS, new_enrollment_token,
+};
+pub use governance::{
+    Condition, ConditionKind, DEFAULT_NEAR_EXPIRY_THRESHOLD, GovernanceView, LAGGING_AFTER, SourceView,
+    earliest_expiry, validity_conditions,
 };
 pub use history::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, RevisionHistory, RolloutHistory};
 pub use specs::{AppliedObject, FleetSecretView, MAX_APPLY_FILES, MAX_FILE_NAME_BYTES, StoreView};
@@ -97,6 +102,8 @@ pub struct Admin {
     store: Store,
     control: Arc<dyn HubControl>,
     connectivity: Connectivity,
+    /// `NearExpiry` threshold of FleetSecrets that set none.
+    near_expiry: std::time::Duration,
 }
 
 impl std::fmt::Debug for Admin {
@@ -114,6 +121,7 @@ impl Admin {
             store,
             control,
             connectivity: Connectivity::new(None, OFFLINE_GRACE),
+            near_expiry: DEFAULT_NEAR_EXPIRY_THRESHOLD,
         }
     }
 

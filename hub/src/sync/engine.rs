@@ -237,6 +237,9 @@ pub struct Engine {
     unannounced: BTreeSet<String>,
     /// Key Vault versions seen while the store failed, recorded once it answers.
     unrecorded_versions: Vec<crate::store::SecretVersionRecord>,
+    /// The open `rotation` span of each fleet secret a new Key Vault version made dirty: its
+    /// `render` and `plan` spans are its children, and it ends once the desired sets are sent.
+    rotations: BTreeMap<String, tracing::Span>,
 }
 
 impl Engine {
@@ -273,6 +276,7 @@ impl Engine {
             store_down: false,
             unannounced: BTreeSet::new(),
             unrecorded_versions: Vec::new(),
+            rotations: BTreeMap::new(),
         };
         (
             engine,
@@ -372,7 +376,10 @@ impl Engine {
                         Err(error) => self.survive("take the Key Vault leadership", Err(error))?,
                     }
                 }
-                () = lost => self.vaults.lose_leadership(),
+                () = lost => {
+                    self.vaults.lose_leadership();
+                    self.config.vault_metrics.set_leader(false);
+                }
                 _ = reconcile.tick() => {
                     let reconciled = self.reload_clusters().await;
                     self.survive("reconcile credentials", reconciled)?;

@@ -506,6 +506,8 @@ fn tags(tags: Option<std::collections::HashMap<String, String>>) -> BTreeMap<Str
 
 #[async_trait::async_trait]
 impl SecretSource for AzureKeyVault {
+    #[tracing::instrument(name = "vault.get", skip_all, fields(store = %self.store, secret = %name,
+        requested = version.unwrap_or("latest"), version = tracing::field::Empty))]
     async fn get(&self, name: &str, version: Option<&str>) -> Result<FetchedSecret, VaultError> {
         let shown = match version {
             Some(version) => format!("{name}/{version}"),
@@ -532,6 +534,7 @@ impl SecretSource for AzureKeyVault {
             })?;
         let attributes = secret.attributes.unwrap_or_default();
         let value = SecretValue::new(secret.value.unwrap_or_default().into_bytes());
+        tracing::Span::current().record("version", found_version.as_str());
         tracing::debug!(store = %self.store, secret = %name, version = %found_version, bytes = value.len(), "fetched secret");
         Ok(FetchedSecret {
             version: found_version,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -28,9 +29,12 @@ struct PollLabels {
 #[derive(Default)]
 struct Inner {
     calls: Family<CallLabels, Counter>,
-    throttled: Family<StoreLabels, Counter>,
     polls: Family<PollLabels, Counter>,
     changes: Family<StoreLabels, Counter>,
+    /// Unix time of each store's last successful sweep (on the replica that polled it).
+    last_poll: Family<StoreLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 while this replica leads the Key Vault pollers.
+    leader: Gauge,
 }
 
 /// The vault module's metrics. Cheap to clone; register once with [`VaultMetrics::register`].
@@ -83,13 +87,8 @@ impl VaultMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "calls",
-            "Key Vault wire requests by store, operation (get, list_secrets, list_versions, token) and outcome",
+            "Key Vault wire requests by store, operation (get, list_secrets, list_versions, other) and outcome (429s: outcome=\"throttled\")",
             self.inner.calls.clone(),
-        );
-        registry.register(
-            "throttled",
-            "Key Vault 429 answers by store",
-            self.inner.throttled.clone(),
         );
         registry.register(
             "polls",
@@ -101,6 +100,30 @@ impl VaultMetrics {
             "New secret versions emitted by store",
             self.inner.changes.clone(),
         );
+        registry.register(
+            "last_successful_poll_timestamp_seconds",
+            "Unix time of the last successful change-detection sweep by store (only the leader polls)",
+            self.inner.last_poll.clone(),
+        );
+    }
+
+    /// Registers `leader` at the root of `registry` (`keyfleet_hub_leader`).
+    pub fn register_leader(&self, registry: &mut Registry) {
+        registry.register(
+            "leader",
+            "1 while this replica leads the Key Vault pollers (records versions, revisions, rollout progress)",
+            self.inner.leader.clone(),
+        );
+    }
+
+    /// Whether this replica leads the pollers (as last set by the engine).
+    pub fn is_leader(&self) -> bool {
+        self.inner.leader.get() == 1
+    }
+
+    /// Set by the engine when it takes or loses the leadership.
+    pub(crate) fn set_leader(&self, leader: bool) {
+        self.inner.leader.set(i64::from(leader));
     }
 
     pub(crate) fn call(&self, store: &str, operation: &str, outcome: &str) {
@@ -112,14 +135,6 @@ impl VaultMetrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
-        if outcome == "throttled" {
-            self.inner
-                .throttled
-                .get_or_create(&StoreLabels {
-                    store: store.to_owned(),
-                })
-                .inc();
-        }
     }
 
     pub(crate) fn poll(&self, store: &str, ok: bool) {
@@ -131,6 +146,17 @@ impl VaultMetrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64());
+            self.inner
+                .last_poll
+                .get_or_create(&StoreLabels {
+                    store: store.to_owned(),
+                })
+                .set(now);
+        }
     }
 
     pub(crate) fn change(&self, store: &str) {
@@ -145,17 +171,19 @@ impl VaultMetrics {
     fn calls_of(&self, store: &str, operation: &str) -> u64 {
         OUTCOMES
             .iter()
-            .map(|outcome| {
-                self.inner
-                    .calls
-                    .get_or_create(&CallLabels {
-                        store: store.to_owned(),
-                        operation: operation.to_owned(),
-                        outcome: (*outcome).to_owned(),
-                    })
-                    .get()
-            })
+            .map(|outcome| self.calls_with(store, operation, outcome))
             .sum()
+    }
+
+    fn calls_with(&self, store: &str, operation: &str, outcome: &str) -> u64 {
+        self.inner
+            .calls
+            .get_or_create(&CallLabels {
+                store: store.to_owned(),
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .get()
     }
 
     /// The figures of one store.
@@ -173,13 +201,11 @@ impl VaultMetrics {
             get_calls: self.calls_of(store, "get"),
             list_calls: self.calls_of(store, "list_secrets"),
             list_versions_calls: self.calls_of(store, "list_versions"),
-            throttled: self
-                .inner
-                .throttled
-                .get_or_create(&StoreLabels {
-                    store: store.to_owned(),
-                })
-                .get(),
+            // 429s are `calls_total{outcome="throttled"}` (no separate counter).
+            throttled: ["get", "list_secrets", "list_versions", "other"]
+                .iter()
+                .map(|operation| self.calls_with(store, operation, "throttled"))
+                .sum(),
             polls_ok: poll("ok"),
             polls_failed: poll("failed"),
             changes: self
@@ -220,8 +246,15 @@ mod tests {
         );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(!text.contains("vault_throttled"), "{text}");
         assert!(
-            text.contains("keyfleet_hub_vault_throttled_total{store=\"kv\"} 1"),
+            text.contains(
+                "keyfleet_hub_vault_calls_total{store=\"kv\",operation=\"get\",outcome=\"throttled\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("keyfleet_hub_vault_last_successful_poll_timestamp_seconds{store=\"kv\"} "),
             "{text}"
         );
         assert!(

@@ -291,8 +291,12 @@ impl Poller {
     }
 
     /// One sweep: list, compare, fetch what changed, emit. Returns the number of changes sent.
+    #[tracing::instrument(name = "vault.poll", skip_all, fields(store = %self.store, changes = tracing::field::Empty))]
     pub async fn poll_once(&mut self) -> Result<usize, PollError> {
         let result = self.sweep().await;
+        if let Ok(changes) = &result {
+            tracing::Span::current().record("changes", changes);
+        }
         self.metrics
             .poll(&self.store, !matches!(result, Err(PollError::Vault(_))));
         result

@@ -52,7 +52,7 @@ impl ServeEnv {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -105,8 +105,8 @@ impl ServeProcess {
         Self::start_with(env, replica, grpc_addr, &[]).await
     }
 
-    /// [`Self::start`] with extra `serve` flags.
-    pub async fn start_with(env: &ServeEnv, replica: &str, grpc_addr: SocketAddr, extra: &[String]) -> Self {
+    /// [`ServeProcess::start`] with `extra` flags.
+    pub async fn start_with(env: &ServeEnv, replica: &str, grpc_addr: SocketAddr, extra: &[&str]) -> Self {
         let ready_file = env.path(&format!("{replica}.ready.json"));
         let _ = std::fs::remove_file(&ready_file);
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyfleet"))

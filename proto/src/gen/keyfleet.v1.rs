@@ -1419,6 +1419,9 @@ pub struct FleetSecret {
     /// The spec as YAML.
     #[prost(string, tag = "7")]
     pub spec_yaml: ::prost::alloc::string::String,
+    /// Earliest Key Vault `exp` among the versions the current revision reads (unset: none).
+    #[prost(message, optional, tag = "8")]
+    pub expires: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// Response of ListFleetSecrets.
 #[allow(clippy::all)]
@@ -1496,6 +1499,26 @@ pub struct FleetSecretStatus {
     /// Active pins.
     #[prost(message, repeated, tag = "11")]
     pub pins: ::prost::alloc::vec::Vec<Pin>,
+    /// What needs attention: NearExpiry, Expired, NotYetValid, Paused, Lagging (empty when nothing).
+    #[prost(message, repeated, tag = "12")]
+    pub conditions: ::prost::alloc::vec::Vec<Condition>,
+    /// Earliest Key Vault `exp` among the sources (unset when none expires).
+    #[prost(message, optional, tag = "13")]
+    pub expires: ::core::option::Option<::prost_types::Timestamp>,
+    /// The NearExpiry threshold in force for this FleetSecret, in seconds.
+    #[prost(uint64, tag = "14")]
+    pub near_expiry_threshold_seconds: u64,
+}
+/// A condition of a FleetSecret that needs attention.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Condition {
+    /// "NearExpiry", "Expired", "NotYetValid", "Paused" or "Lagging".
+    #[prost(string, tag = "1")]
+    pub r#type: ::prost::alloc::string::String,
+    /// What and since when, naming keys, versions and clusters (never a value).
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
 }
 /// One Key Vault secret version a revision was rendered from.
 #[allow(clippy::all)]
@@ -1507,6 +1530,12 @@ pub struct SourceVersion {
     /// Key Vault version id (32 hex characters).
     #[prost(string, tag = "2")]
     pub version: ::prost::alloc::string::String,
+    /// Key Vault's `exp` of the version (unset: none, or not recorded yet).
+    #[prost(message, optional, tag = "3")]
+    pub expires: ::core::option::Option<::prost_types::Timestamp>,
+    /// Key Vault's `nbf` of the version (unset: none).
+    #[prost(message, optional, tag = "4")]
+    pub not_before: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// Where a rollout stands.
 #[allow(clippy::all)]

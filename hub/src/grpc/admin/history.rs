@@ -83,7 +83,11 @@ pub(super) fn rollout_history_proto(history: RolloutHistory) -> v1::RolloutHisto
                 sources: revision
                     .sources
                     .into_iter()
-                    .map(|(remote_key, version)| v1::SourceVersion { remote_key, version })
+                    .map(|(remote_key, version)| v1::SourceVersion {
+                        remote_key,
+                        version,
+                        ..v1::SourceVersion::default()
+                    })
                     .collect(),
                 created: Some(timestamp(revision.created)),
                 applied: revision.applied,

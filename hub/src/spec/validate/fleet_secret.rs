@@ -68,6 +68,10 @@ impl Ctx<'_> {
             Some(selector) => self.selector("clusters", &selector.match_labels, &selector.match_expressions),
         };
         let rollout = raw.rollout.as_ref().and_then(|rollout| self.rollout(rollout));
+        let near_expiry_threshold = raw
+            .near_expiry_threshold
+            .as_deref()
+            .and_then(|text| self.near_expiry_threshold(text));
         Some(FleetSecretSpec {
             name: raw.name.clone(),
             store_ref: raw.store_ref.clone(),
@@ -76,7 +80,28 @@ impl Ctx<'_> {
             target: target?,
             clusters,
             rollout,
+            near_expiry_threshold,
         })
+    }
+
+    /// `nearExpiryThreshold`: a duration from 1h to 365d.
+    fn near_expiry_threshold(&mut self, text: &str) -> Option<std::time::Duration> {
+        const MIN: std::time::Duration = std::time::Duration::from_secs(3_600);
+        const MAX: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+        match humantime::parse_duration(text) {
+            Ok(threshold) if (MIN..=MAX).contains(&threshold) => Some(threshold),
+            Ok(_) => {
+                self.issue("nearExpiryThreshold", "must be between 1h and 365d");
+                None
+            }
+            Err(_) => {
+                self.issue(
+                    "nearExpiryThreshold",
+                    format!("invalid duration {text:?}, expected e.g. 14d or 720h"),
+                );
+                None
+            }
+        }
     }
 
     fn remote_ref(&mut self, path: &str, raw: &raw::RemoteRef) -> Option<RemoteRef> {

@@ -61,6 +61,8 @@ pub struct FleetSecretView {
     pub generation: u64,
     /// The canonical YAML stored.
     pub spec_yaml: String,
+    /// Earliest Key Vault `exp` among the versions the current revision reads.
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Admin {
@@ -197,6 +199,14 @@ impl Admin {
     /// Every FleetSecret with its current revision, by name.
     pub async fn list_fleet_secrets(&self) -> Result<Vec<FleetSecretView>, AdminError> {
         let revisions = self.current_revisions().await?;
+        let mut expires: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> =
+            std::collections::HashMap::new();
+        for served in self.store.served_versions().await? {
+            if let Some(at) = served.expires {
+                let earliest = expires.entry(served.fleet_secret).or_insert(at);
+                *earliest = (*earliest).min(at);
+            }
+        }
         Ok(self
             .fleet_secrets()
             .await?
@@ -208,6 +218,7 @@ impl Admin {
                 target_type: secret.target.secret_type.clone(),
                 generation: stored.generation,
                 spec_yaml: stored.yaml,
+                expires: expires.get(&name).copied(),
                 name,
             })
             .collect())

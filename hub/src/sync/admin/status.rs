@@ -1,12 +1,18 @@
 //! Status views: per FleetSecret, the current revision and its Key Vault versions, how many
 //! targeted clusters applied it, are pending, failed or are offline, the rollout decision (the
-//! engine's planner run over what the store records), the lagging clusters and the pins.
+//! engine's planner run over what the store records), the lagging clusters, the pins, and the
+//! validity of the Key Vault versions it serves with the conditions that need attention
+//! (`governance.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::governance::{
+    Condition, ConditionKind, SourceView, earliest_expiry, index_served, lagging_condition, source_views,
+    validity_conditions,
+};
 use super::{Admin, AdminError, not_found_fleet_secret};
 use crate::domain::{ClusterId, ClusterState, SyncState};
 use crate::store::{RevisionRecord, SyncStatus};
@@ -123,8 +129,8 @@ pub struct FleetSecretStatus {
     pub name: String,
     /// Current revision (0: none yet).
     pub revision: u64,
-    /// (remote key, Key Vault version) the current revision was rendered from.
-    pub sources: Vec<(String, String)>,
+    /// The Key Vault versions the current revision was rendered from, with `exp`/`nbf`.
+    pub sources: Vec<SourceView>,
     /// Targeted clusters by where they stand.
     pub counts: SecretCounts,
     /// The rollout decision, when it has a rollout strategy.
@@ -133,6 +139,12 @@ pub struct FleetSecretStatus {
     pub lagging: Vec<ClusterSecretView>,
     /// (remote key, pinned version).
     pub pins: Vec<(String, String)>,
+    /// What needs attention: Expired, NearExpiry, NotYetValid, Paused, Lagging (in that order).
+    pub conditions: Vec<Condition>,
+    /// Earliest `exp` among the sources.
+    pub expires: Option<DateTime<Utc>>,
+    /// The `NearExpiry` threshold in force.
+    pub near_expiry_threshold: std::time::Duration,
 }
 
 impl Admin {
@@ -176,6 +188,7 @@ impl Admin {
             .map(rollout_progress)
             .collect();
         let pins = self.store.pins().await?;
+        let served = index_served(self.store.served_versions().await?);
 
         let now = Utc::now();
         let connected: HashMap<ClusterId, bool> = clusters
@@ -257,17 +270,41 @@ impl Admin {
                     &b.fleet_secret,
                 ))
             });
+            let lagging_count = lagging.len();
+            let oldest = lagging
+                .first()
+                .map(|row| (row.cluster_name.as_str(), row.updated));
+            let lagging_now = lagging_condition(lagging_count, oldest, now);
             lagging.truncate(limit);
             let decision = plan
                 .rollouts
                 .iter()
                 .find(|decision| *decision.fleet_secret == **name);
+            let sources = revision
+                .map(|revision| source_views(name, &revision.sources, &served))
+                .unwrap_or_default();
+            let threshold = self.threshold_for(secret.near_expiry_threshold);
+            let mut conditions = validity_conditions(&sources, threshold, now);
+            if let Some(decision) = decision
+                && decision.state == plan::RolloutState::Paused
+            {
+                conditions.push(Condition {
+                    kind: ConditionKind::Paused,
+                    message: if decision.reason.is_empty() {
+                        "rollout paused".to_owned()
+                    } else {
+                        decision.reason.clone()
+                    },
+                });
+            }
+            conditions.extend(lagging_now);
             out.push(FleetSecretStatus {
                 name: name.clone(),
                 revision: current,
-                sources: revision
-                    .map(|revision| revision.sources.clone())
-                    .unwrap_or_default(),
+                expires: earliest_expiry(&sources),
+                sources,
+                conditions,
+                near_expiry_threshold: threshold,
                 counts,
                 rollout: decision.map(|decision| RolloutView {
                     state: decision.state.as_str(),

@@ -177,6 +177,7 @@ impl Engine {
         };
         tracing::info!(replica = %self.config.replica, "this replica leads the Key Vault pollers");
         self.vaults.leadership = Some(leadership);
+        self.config.vault_metrics.set_leader(true);
         let names: Vec<String> = self.vaults.stores.keys().cloned().collect();
         for name in names {
             self.start_poller(&name);
@@ -329,6 +330,9 @@ impl Engine {
     /// secrets that read it.
     pub(super) async fn on_vault_change(&mut self, change: VaultChange) {
         let VaultChange { store, key, secret } = change;
+        // One rotation: from the version recorded here to the desired sets handed to the streams.
+        let rotation = tracing::info_span!(parent: None, "rotation", store = %store, key = %key,
+            version = %secret.version, fleet_secrets = tracing::field::Empty);
         let record = SecretVersionRecord {
             store: store.clone(),
             name: key.clone(),
@@ -339,7 +343,12 @@ impl Engine {
             expires: secret.expires,
             not_before: secret.not_before,
         };
-        if let Err(error) = self.store.upsert_secret_version(&record).await {
+        let recorded = tracing::Instrument::instrument(
+            self.store.upsert_secret_version(&record),
+            tracing::info_span!(parent: &rotation, "record_version"),
+        )
+        .await;
+        if let Err(error) = recorded {
             // Recorded on the next rebuild (`announce_revisions`): the value itself is in memory.
             tracing::warn!(store = %store, key = %key, error = %error, "cannot record the Key Vault version yet");
             self.unrecorded_versions.push(record);
@@ -358,11 +367,27 @@ impl Engine {
         {
             tracing::warn!(store = %store, key = %key, error = %error, "cannot audit the new Key Vault version");
         }
+        // Decision (docs/security.md, "Expired and not-yet-valid versions"): such a version is
+        // rolled out like any other, loudly: this warning, the Expired/NotYetValid condition of
+        // every FleetSecret serving it, its expiry gauge and the alerts.
+        let now = chrono::Utc::now();
+        if let Some(expires) = secret.expires.filter(|expires| *expires <= now) {
+            tracing::warn!(store = %store, key = %key, version = %secret.version, %expires,
+                "the new Key Vault version has already expired; it is rolled out as Key Vault serves it (status condition Expired)");
+        }
+        if let Some(not_before) = secret.not_before.filter(|not_before| *not_before > now) {
+            tracing::warn!(store = %store, key = %key, version = %secret.version, %not_before,
+                "the new Key Vault version is not valid yet; it is rolled out as Key Vault serves it (status condition NotYetValid)");
+        }
+        let mut reading = 0_usize;
         for (name, state) in &self.secrets {
             if state.spec.store_ref == store && sources::reads(&state.spec, &key, &secret.tags) {
                 self.dirty.insert(name.clone());
+                self.rotations.insert(name.clone(), rotation.clone());
+                reading += 1;
             }
         }
+        rotation.record("fleet_secrets", reading);
         self.values.remember(store, key, secret);
     }
 

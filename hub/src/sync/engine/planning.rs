@@ -161,6 +161,12 @@ impl Engine {
                 continue;
             };
             if self.rollouts.get(progress.fleet_secret.as_str()) != Some(&progress) {
+                // A wave started (or paused): a short span, child of the plan that took the step.
+                drop(
+                    tracing::info_span!("rollout.wave", fleet_secret = %progress.fleet_secret,
+                        revision = progress.revision, wave = progress.current_wave, paused = progress.paused)
+                    .entered(),
+                );
                 self.store
                     .set_rollout(&RolloutRecord {
                         fleet_secret: progress.fleet_secret.clone(),

@@ -90,6 +90,11 @@ impl Engine {
         if result.is_err() {
             self.dirty.extend(dirty);
             self.replan = true;
+        } else {
+            // The rotations of these fleet secrets are handed to the streams: their spans end.
+            for name in &dirty {
+                self.rotations.remove(name);
+            }
         }
         result
     }
@@ -101,13 +106,29 @@ impl Engine {
         if self.vaults.leads() {
             self.announce_revisions().await?;
             for name in dirty {
-                self.render_one(name).await?;
+                let span = match self.rotations.get(name) {
+                    Some(rotation) => tracing::info_span!(parent: rotation, "render", fleet_secret = %name),
+                    None => tracing::info_span!("render", fleet_secret = %name),
+                };
+                tracing::Instrument::instrument(self.render_one(name), span).await?;
             }
         } else if !dirty.is_empty() {
             self.follow_revisions().await?;
         }
         self.restore_previous().await?;
-        self.plan_and_send().await
+        let rotation = dirty.iter().find_map(|name| self.rotations.get(name));
+        let span = match rotation {
+            Some(rotation) => tracing::info_span!(parent: rotation, "plan", fleet_secrets = dirty.len()),
+            None => tracing::info_span!("plan", fleet_secrets = dirty.len()),
+        };
+        for name in dirty {
+            if let Some(other) = self.rotations.get(name)
+                && other.id() != rotation.and_then(tracing::Span::id)
+            {
+                span.follows_from(other);
+            }
+        }
+        tracing::Instrument::instrument(self.plan_and_send(), span).await
     }
 
     /// Records the Key Vault versions whose record failed, then appends the change-log entry of
