@@ -37,6 +37,8 @@ pub struct AgentSettings {
     pub agent_version: String,
     /// Drift audit period.
     pub audit_interval: Duration,
+    /// `reportingInstance` of the Kubernetes Events it posts (the pod name in a cluster).
+    pub instance: String,
 }
 
 impl fmt::Debug for AgentSettings {
@@ -66,6 +68,7 @@ impl AgentSettings {
             allowed_namespaces: None,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             audit_interval: Duration::from_secs(60),
+            instance: "keyfleet-agent".into(),
         }
     }
 }
@@ -88,6 +91,7 @@ impl AgentRuntime {
             KubeSettings::new(settings.namespace.clone(), settings.credential_secret.clone());
         kube_settings.allowed_namespaces = settings.allowed_namespaces.clone();
         kube_settings.audit_interval = settings.audit_interval;
+        kube_settings.instance = settings.instance.clone();
         let (cluster, events) = KubeCluster::new(client.clone(), kube_settings, metrics.clone());
         Self {
             settings,
@@ -162,6 +166,10 @@ impl AgentRuntime {
                 tracing::error!("secret watcher ended");
                 Ok(())
             }
+            () = self.cluster.run_events() => {
+                tracing::error!("event poster ended");
+                Ok(())
+            }
         }
     }
 }
@@ -227,6 +235,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     settings.credential_secret = config.credential.secret_name.clone();
     settings.allowed_namespaces = config.allowed_namespaces.clone();
     settings.audit_interval = config.audit_interval;
+    settings.instance = config
+        .instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|instance| !instance.is_empty())
+        .unwrap_or_else(|| "keyfleet-agent".into());
     tracing::info!(hub = %settings.hub_url, namespace = %settings.namespace, "keyfleet-agent starting");
     let runtime = std::sync::Arc::new(AgentRuntime::new(settings, client));
     let mut registry = Registry::default();

@@ -46,6 +46,10 @@ pub struct Cli {
     /// top of the watch.
     #[arg(long, env = "KEYFLEET_AGENT_AUDIT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub audit_interval: Duration,
+    /// Name reported as the `reportingInstance` of the Kubernetes Events the agent posts (the
+    /// chart sets the pod name). Default: `HOSTNAME`, else `keyfleet-agent`.
+    #[arg(long, env = "KEYFLEET_AGENT_INSTANCE")]
+    pub instance: Option<String>,
     /// Kubeconfig file; in-cluster config (or `KUBECONFIG`) when unset.
     #[arg(long, env = "KEYFLEET_AGENT_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -124,6 +128,7 @@ impl std::fmt::Debug for Cli {
             .field("credential_secret", &self.credential_secret)
             .field("allowed_namespaces", &self.allowed_namespaces)
             .field("audit_interval", &self.audit_interval)
+            .field("instance", &self.instance)
             .field("kubeconfig", &self.kubeconfig)
             .field("ops_addr", &self.ops_addr)
             .field("log", &self.log)
@@ -147,6 +152,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Drift audit period.
     pub audit_interval: Duration,
+    /// `reportingInstance` of the agent's Events (`None`: `HOSTNAME`, else `keyfleet-agent`).
+    pub instance: Option<String>,
 }
 
 impl From<Cli> for Config {
@@ -168,6 +175,7 @@ impl From<Cli> for Config {
                 .map(|namespaces| namespaces.into_iter().collect()),
             kubeconfig: cli.kubeconfig,
             audit_interval: cli.audit_interval,
+            instance: cli.instance,
         }
     }
 }

@@ -15,9 +15,12 @@
 //! - `apply`: the writer: one plan per item, executed in order, rolled back on failure.
 //! - `read_back`: the prior content of our Secrets whose payload is not in memory (for rollback).
 //! - `credential`: [`KubeCredentialStore`].
+//! - `events`: the Kubernetes Events on the Secrets written (Applied, DriftRepaired, ApplyFailed),
+//!   aggregated and posted by their own task, never in the way of a write.
 
 mod apply;
 mod credential;
+mod events;
 mod read_back;
 mod watch;
 
@@ -36,6 +39,8 @@ use tokio::time::Instant;
 use zeroize::Zeroize as _;
 
 pub use self::credential::KubeCredentialStore;
+pub use self::events::REPORTING_CONTROLLER;
+use self::events::{EventQueue, Occurrence, Reason};
 use crate::cluster::{Cluster, ClusterEvent};
 use crate::metrics::Metrics;
 use crate::reconcile::{
@@ -128,6 +133,11 @@ pub struct KubeSettings {
     pub namespace_cache_ttl: Duration,
     /// How long a write or a Hello waits for the first listing of the managed Secrets.
     pub sync_timeout: Duration,
+    /// `reportingInstance` of the Events the agent posts (the pod name).
+    pub instance: String,
+    /// Per (Secret, reason, note): at most one Event write per this period; occurrences in
+    /// between are counted into the Event's series.
+    pub event_cooldown: Duration,
 }
 
 impl KubeSettings {
@@ -140,6 +150,8 @@ impl KubeSettings {
             audit_interval: Duration::from_secs(60),
             namespace_cache_ttl: Duration::from_secs(5),
             sync_timeout: Duration::from_secs(30),
+            instance: "keyfleet-agent".into(),
+            event_cooldown: Duration::from_secs(60),
         }
     }
 }
@@ -221,6 +233,7 @@ pub struct KubeCluster {
     events: mpsc::Sender<ClusterEvent>,
     metrics: Metrics,
     namespaces: Mutex<Option<(Instant, Arc<Vec<Namespace>>)>>,
+    event_queue: EventQueue,
 }
 
 impl KubeCluster {
@@ -241,6 +254,7 @@ impl KubeCluster {
             events,
             metrics,
             namespaces: Mutex::new(None),
+            event_queue: EventQueue::new(),
         };
         (cluster, receiver)
     }

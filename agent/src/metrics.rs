@@ -28,6 +28,12 @@ pub struct Metrics {
     pub rollbacks: Counter,
     /// Rollbacks that failed too (the cluster holds a mix until the hub's next attempt).
     pub rollback_failures: Counter,
+    /// Kubernetes Event writes made (a new Event, or a series count update).
+    pub events_posted: Counter,
+    /// Kubernetes Events not posted: the API refused or failed, or the queue was full.
+    pub events_failed: Counter,
+    /// Occurrences folded into an Event's series within its cooldown (no API call).
+    pub events_aggregated: Counter,
 }
 
 impl Metrics {
@@ -67,6 +73,21 @@ impl Metrics {
             "rollback_failures",
             "Rollbacks that failed too (fixed by the hub's next attempt)",
             self.rollback_failures.clone(),
+        );
+        registry.register(
+            "events_posted",
+            "Kubernetes Event writes (new Events and series updates)",
+            self.events_posted.clone(),
+        );
+        registry.register(
+            "events_failed",
+            "Kubernetes Events not posted (API error or queue full); the write they report is unaffected",
+            self.events_failed.clone(),
+        );
+        registry.register(
+            "events_aggregated",
+            "Occurrences folded into an Event series within its cooldown",
+            self.events_aggregated.clone(),
         );
     }
 }

@@ -36,8 +36,9 @@ mod model;
 pub(crate) use self::applied::{applied_state, targets_need_namespaces};
 pub use self::model::{
     Applied, CreationPolicy, DeletionPolicy, DesiredSecret, Digest, DriftKind, ErrorCode, FIELD_MANAGER,
-    FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL, Operator, REVISION_ANNOTATION, Refusal, Requirement,
-    SHA256_ANNOTATION, SecretBytes, Selector, TARGETS_ANNOTATION, Targets,
+    FLEET_SECRET_ANNOTATION, FLEET_SECRET_LABEL, KEY_VAULT_VERSIONS_ANNOTATION, MANAGED_BY_LABEL, Operator,
+    REVISION_ANNOTATION, Refusal, Requirement, SHA256_ANNOTATION, SYNCED_AT_ANNOTATION, SecretBytes,
+    Selector, TARGETS_ANNOTATION, Targets, fleet_secret_label_value,
 };
 pub(crate) use self::model::{
     CREATION_POLICY_ANNOTATION, MANAGED_BY_VALUE, Namespace, ObservedSecret, Ownership,
@@ -214,6 +215,12 @@ pub(crate) fn is_up_to_date(desired: &DesiredSecret, observed: &ObservedSecret) 
             .full_labels()
             .iter()
             .all(|(k, v)| observed.labels.get(k) == Some(v))
+        // The fleet-secret label: absent is fine (an older agent wrote the Secret; the next write
+        // adds it), another value is an edit of ours.
+        && observed
+            .labels
+            .get(FLEET_SECRET_LABEL)
+            .is_none_or(|value| *value == model::fleet_secret_label_value(&desired.key))
         && desired
             .full_annotations()
             .iter()

@@ -131,6 +131,7 @@ fn valid_payload() -> impl Strategy<Value = v1::SecretPayload> {
                     creation_policy: creation,
                     deletion_policy: deletion,
                     immutable,
+                    source_versions: HashMap::new(),
                 };
                 seal(&mut payload);
                 payload
@@ -405,6 +406,7 @@ proptest! {
             creation_policy: policies.0,
             deletion_policy: policies.1,
             immutable: false,
+            source_versions: HashMap::new(),
         };
         if seal_it {
             seal(&mut payload);

@@ -25,12 +25,13 @@
 //! Protobuf request bodies (kubectl's typed `create secret`/`create namespace`) are decoded for
 //! create and update; responses are always JSON: objects, or the `meta.k8s.io/v1` `Table`
 //! kubectl asks for (get, list, watch), with the apiserver's columns. Not supported: kinds other
-//! than Secret and Namespace.
+//! than Secret, Namespace and Event (`events.k8s.io/v1` and core `v1`, one store: `kube/events.rs`).
 
 mod api;
 mod cluster;
 mod discovery;
 mod error;
+mod events;
 mod memory;
 mod model;
 mod patch;
@@ -337,6 +338,11 @@ impl ClusterHandle {
             }
             Err(_) => false,
         }
+    }
+
+    /// Every Event of the cluster, `events.k8s.io/v1` shaped.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.cluster.lock().events.all()
     }
 
     /// Starts recording every authorized request (once per user, verb, object), e.g. to check

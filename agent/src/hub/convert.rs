@@ -9,8 +9,9 @@ use keyfleet_proto::{PROTOCOL_VERSION, digest, limits};
 use super::SyncSettings;
 use crate::cluster::ClusterEvent;
 use crate::reconcile::{
-    Applied, CreationPolicy, DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, MANAGED_BY_LABEL, Operator,
-    RESERVED_ANNOTATION_PREFIX, Refusal, Requirement, SecretBytes, Selector, Targets,
+    Applied, CreationPolicy, DeletionPolicy, DesiredSecret, DriftKind, ErrorCode, FLEET_SECRET_LABEL,
+    MANAGED_BY_LABEL, Operator, RESERVED_ANNOTATION_PREFIX, Refusal, Requirement, SecretBytes, Selector,
+    Targets,
 };
 use crate::text::truncate_utf8;
 
@@ -250,6 +251,38 @@ fn selector_from(selector: v1::LabelSelector) -> Result<Selector, String> {
     })
 }
 
+/// Most Key Vault versions one payload may name (a FleetSecret renders from a few secrets).
+const MAX_SOURCE_VERSIONS: usize = 256;
+
+/// Validates the Key Vault versions of a payload (they become an annotation): Key Vault secret
+/// names (1-127 of `[0-9a-zA-Z-]`) and version ids (1-64 of `[0-9a-zA-Z]`).
+fn source_versions_from(
+    versions: std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    if versions.len() > MAX_SOURCE_VERSIONS {
+        return Err(format!(
+            "source_versions names {} Key Vault secrets, more than {MAX_SOURCE_VERSIONS}",
+            versions.len()
+        ));
+    }
+    for (name, version) in &versions {
+        if name.is_empty()
+            || name.len() > 127
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "source_versions: {name:?} is not a Key Vault secret name"
+            ));
+        }
+        if version.is_empty() || version.len() > 64 || !version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "source_versions: the version of {name:?} is not a Key Vault version id"
+            ));
+        }
+    }
+    Ok(versions.into_iter().collect())
+}
+
 /// Validates a payload and converts it; the data moves into zeroizing buffers. Every check that
 /// needs no cluster state happens here: names, sizes, selector, reserved labels and annotations,
 /// and the announced sha256.
@@ -306,7 +339,7 @@ pub fn desired_from_payload(payload: v1::SecretPayload) -> Result<DesiredSecret,
     for (key, value) in &payload.labels {
         check_qualified_name(key).map_err(|reason| invalid(format!("label {reason}")))?;
         check_label_value(value).map_err(|reason| invalid(format!("label {key}: {reason}")))?;
-        if key == MANAGED_BY_LABEL {
+        if key == MANAGED_BY_LABEL || key == FLEET_SECRET_LABEL {
             return Err(invalid(format!("label {key} is reserved for the agent")));
         }
     }
@@ -346,6 +379,7 @@ pub fn desired_from_payload(payload: v1::SecretPayload) -> Result<DesiredSecret,
     if v1::DeletionPolicy::try_from(payload.deletion_policy).is_err() {
         return Err(invalid("unknown deletion_policy".into()));
     }
+    let source_versions = source_versions_from(payload.source_versions).map_err(invalid)?;
     let secret_type = if payload.r#type.is_empty() {
         "Opaque".to_owned()
     } else {
@@ -368,5 +402,6 @@ pub fn desired_from_payload(payload: v1::SecretPayload) -> Result<DesiredSecret,
         creation,
         deletion: deletion_policy(payload.deletion_policy),
         immutable: payload.immutable,
+        source_versions,
     })
 }

@@ -6,7 +6,10 @@
 //! - Apply: server-side apply, field manager `keyfleet-agent`, `force` only when the Secret is
 //!   already ours for the key (see `reconcile`). Owner/Orphan write data, type, labels,
 //!   annotations and `immutable`; Merge writes data, labels and annotations only.
-//! - Release (Retain): JSON merge patch removing our label and annotations; the data stays (and
+//! - Labels `app.kubernetes.io/managed-by: keyfleet` and `keyfleet.io/fleet-secret: <key>`;
+//!   annotations `keyfleet.io/*`, among them `synced-at` (the time of this write) and
+//!   `key-vault-versions` (when the hub sent them), which are never compared (see `reconcile`).
+//! - Release (Retain): JSON merge patch removing our labels and annotations; the data stays (and
 //!   stays recorded as applied by `keyfleet-agent` in managedFields).
 //! - RemoveFields (Delete of a Merge): server-side apply of an empty configuration, which drops
 //!   exactly the fields we own.
@@ -30,23 +33,28 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 
-use super::{Held, KubeCluster, is_ours, observe, ours_for, refusal, resource_version, zeroize_secret};
+use super::{
+    Held, KubeCluster, Occurrence, Reason, is_ours, observe, ours_for, refusal, resource_version,
+    zeroize_secret,
+};
 use crate::cluster::ClusterEvent;
 use crate::reconcile::{
-    self, Action, CREATION_POLICY_ANNOTATION, CreationPolicy, DeletionPolicy, DesiredSecret, ErrorCode,
-    FIELD_MANAGER, FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ObservedSecret, Prior,
-    REVISION_ANNOTATION, Refusal, SHA256_ANNOTATION, Step,
+    self, Action, CREATION_POLICY_ANNOTATION, CreationPolicy, DeletionPolicy, DesiredSecret, DriftKind,
+    ErrorCode, FIELD_MANAGER, FLEET_SECRET_ANNOTATION, FLEET_SECRET_LABEL, KEY_VAULT_VERSIONS_ANNOTATION,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, ObservedSecret, Prior, REVISION_ANNOTATION, Refusal,
+    SHA256_ANNOTATION, SYNCED_AT_ANNOTATION, Step, TARGETS_ANNOTATION, Targets,
 };
 
-/// The Secret we apply for `desired` into `namespace` (data copied; zeroize it after use).
-pub(super) fn secret_for(desired: &DesiredSecret, namespace: &str) -> Secret {
+/// The Secret we apply for `desired` into `namespace` at `synced_at` (RFC 3339; data copied:
+/// zeroize it after use).
+pub(super) fn secret_for(desired: &DesiredSecret, namespace: &str, synced_at: &str) -> Secret {
     let merge = desired.creation == CreationPolicy::Merge;
     Secret {
         metadata: ObjectMeta {
             name: Some(desired.secret_name.clone()),
             namespace: Some(namespace.to_owned()),
-            labels: Some(desired.full_labels()),
-            annotations: Some(desired.full_annotations()),
+            labels: Some(desired.written_labels()),
+            annotations: Some(desired.written_annotations(synced_at)),
             ..ObjectMeta::default()
         },
         type_: (!merge).then(|| desired.secret_type.clone()),
@@ -60,6 +68,31 @@ pub(super) fn secret_for(desired: &DesiredSecret, namespace: &str) -> Secret {
         immutable: (!merge && desired.immutable).then_some(true),
         ..Secret::default()
     }
+}
+
+/// Most `ApplyFailed` Events one refused item posts (one per target Secret, the first ones).
+const MAX_FAILURE_EVENTS: usize = 20;
+
+/// What an upsert wrote: the namespaces it applied the Secret in, and the drift it repaired.
+struct Written {
+    applied: Vec<String>,
+    repaired: Vec<(String, DriftKind)>,
+}
+
+/// "modified" or "deleted", for Event notes.
+pub(super) fn drift_word(kind: DriftKind) -> &'static str {
+    match kind {
+        DriftKind::Modified => "modified",
+        DriftKind::Deleted => "deleted",
+    }
+}
+
+/// The time written in [`SYNCED_AT_ANNOTATION`]: now, RFC 3339, UTC, whole seconds.
+pub(super) fn synced_at_now() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
 }
 
 /// What happened when an item's writes were undone.
@@ -111,14 +144,77 @@ enum Current {
 }
 
 impl KubeCluster {
-    /// [`crate::cluster::Cluster::upsert`]: plans the item, reads back the priors it needs, writes.
+    /// [`crate::cluster::Cluster::upsert`]: plans the item, reads back the priors it needs,
+    /// writes; then queues the item's Events (`Applied` per Secret written, `DriftRepaired` per
+    /// Secret repaired after a resync, `ApplyFailed` per target Secret on a refusal).
     pub(super) async fn upsert_item(&self, desired: DesiredSecret) -> Result<(), Refusal> {
+        let (key, secret, revision) = (desired.key.clone(), desired.secret_name.clone(), desired.revision);
+        let sha256 = hex::encode(&desired.sha256[..6]);
+        let mut targets = Vec::new();
+        match self.upsert_writes(desired, &mut targets).await {
+            Ok(Written { applied, repaired }) => {
+                for namespace in applied {
+                    let note =
+                        format!("Applied revision {revision} (sha256 {sha256}…) of fleet secret {key}");
+                    self.record_event(Occurrence::new(&namespace, &secret, Reason::Applied, note));
+                }
+                for (namespace, kind) in repaired {
+                    let note = format!(
+                        "The Secret was {}; wrote revision {revision} of fleet secret {key} back",
+                        drift_word(kind)
+                    );
+                    self.record_event(Occurrence::new(&namespace, &secret, Reason::DriftRepaired, note));
+                }
+                Ok(())
+            }
+            Err(refusal) => {
+                let note = format!(
+                    "Fleet secret {key} revision {revision} not applied ({:?}): {}",
+                    refusal.code, refusal.message
+                );
+                for namespace in targets.iter().take(MAX_FAILURE_EVENTS) {
+                    self.record_event(Occurrence::new(
+                        namespace,
+                        &secret,
+                        Reason::ApplyFailed,
+                        note.clone(),
+                    ));
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The writes of an upsert. `targets` receives the namespaces a refusal's Events go to (those
+    /// of the item that exist and that the agent may write) as soon as they are known.
+    async fn upsert_writes(
+        &self,
+        desired: DesiredSecret,
+        targets: &mut Vec<String>,
+    ) -> Result<Written, Refusal> {
         self.wait_synced()
             .await
             .map_err(|error| Refusal::new(ErrorCode::KubernetesUnavailable, true, error.to_string()))?;
         let _guard = self.write_lock.lock().await;
         let cluster_namespaces = self.cluster_namespaces().await?;
+        let allowed = |namespace: &String| {
+            self.settings
+                .allowed_namespaces
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(namespace))
+        };
+        if let Targets::Namespaces(named) = &desired.targets {
+            targets.extend(
+                named
+                    .iter()
+                    .filter(|name| cluster_namespaces.iter().any(|ns| &&ns.name == name))
+                    .filter(|name| allowed(name))
+                    .cloned(),
+            );
+        }
         let namespaces = reconcile::resolve_namespaces(&desired.targets, &cluster_namespaces)?;
+        targets.clear();
+        targets.extend(namespaces.iter().filter(|name| allowed(name)).cloned());
         self.check_allowed(&desired, &namespaces)?;
         let observed = self.observe_targets(&desired, &namespaces).await?;
         let desired = Arc::new(desired);
@@ -126,6 +222,13 @@ impl KubeCluster {
         let held_payload = self.state().held.get(&key).map(|held| held.desired.clone());
         let plan = reconcile::plan_upsert(&desired, &namespaces, &observed, held_payload.as_ref())?;
         let steps = self.read_back_priors(&key, plan).await?;
+        let applied: Vec<String> = steps
+            .iter()
+            .filter_map(|step| match &step.action {
+                Action::Apply { namespace, .. } => Some(namespace.clone()),
+                _ => None,
+            })
+            .collect();
         let previous = self.state().held.insert(
             key.clone(),
             Held {
@@ -138,13 +241,13 @@ impl KubeCluster {
             return Err(with_rollback(refusal, &rollback));
         }
         let drifted = self.state().stale.remove(&key).unwrap_or_default();
-        for (namespace, kind) in drifted {
-            self.count_drift(kind);
+        for (namespace, kind) in &drifted {
+            self.count_drift(*kind);
             tracing::info!(%key, %namespace, ?kind, revision = desired.revision, "repaired drift after resync");
             let event = ClusterEvent::Drift {
                 key: key.clone(),
-                namespace,
-                kind,
+                namespace: namespace.clone(),
+                kind: *kind,
                 revision: desired.revision,
             };
             if self.events.try_send(event).is_err() {
@@ -152,7 +255,10 @@ impl KubeCluster {
             }
         }
         tracing::debug!(%key, revision = desired.revision, namespaces = namespaces.len(), "applied");
-        Ok(())
+        Ok(Written {
+            applied,
+            repaired: drifted,
+        })
     }
 
     /// [`crate::cluster::Cluster::remove`]: plans the removal, reads back the priors it needs, writes.
@@ -314,12 +420,16 @@ impl KubeCluster {
             Action::Release { namespace, name } => {
                 let mut labels = serde_json::Map::new();
                 labels.insert(MANAGED_BY_LABEL.into(), serde_json::Value::Null);
+                labels.insert(FLEET_SECRET_LABEL.into(), serde_json::Value::Null);
                 let mut annotations = serde_json::Map::new();
                 for key in [
                     REVISION_ANNOTATION,
                     SHA256_ANNOTATION,
                     FLEET_SECRET_ANNOTATION,
                     CREATION_POLICY_ANNOTATION,
+                    TARGETS_ANNOTATION,
+                    SYNCED_AT_ANNOTATION,
+                    KEY_VAULT_VERSIONS_ANNOTATION,
                 ] {
                     annotations.insert(key.into(), serde_json::Value::Null);
                 }
@@ -380,7 +490,7 @@ impl KubeCluster {
 
     /// Server-side applies `desired` into `namespace`.
     async fn apply(&self, desired: &DesiredSecret, namespace: &str, force: bool) -> Result<(), Refusal> {
-        let mut secret = secret_for(desired, namespace);
+        let mut secret = secret_for(desired, namespace, &synced_at_now());
         let mut params = PatchParams::apply(FIELD_MANAGER);
         if force {
             params = params.force();

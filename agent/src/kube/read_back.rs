@@ -11,9 +11,9 @@ use zeroize::Zeroize as _;
 use super::{KubeCluster, refusal, zeroize_secret};
 use crate::reconcile::{
     CREATION_POLICY_ANNOTATION, CreationPolicy, DeletionPolicy, DesiredSecret, FIELD_MANAGER,
-    FLEET_SECRET_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Plan, Planned, Prior,
-    RESERVED_ANNOTATION_PREFIX, REVISION_ANNOTATION, Refusal, SHA256_ANNOTATION, SecretBytes, Step,
-    TARGETS_ANNOTATION, Targets,
+    FLEET_SECRET_ANNOTATION, FLEET_SECRET_LABEL, KEY_VAULT_VERSIONS_ANNOTATION, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, Plan, Planned, Prior, RESERVED_ANNOTATION_PREFIX, REVISION_ANNOTATION, Refusal,
+    SHA256_ANNOTATION, SecretBytes, Step, TARGETS_ANNOTATION, Targets,
 };
 
 /// The child field names under `path` in a managedFields `fieldsV1` tree (`f:` stripped).
@@ -72,6 +72,10 @@ pub(super) fn prior_content(mut secret: Secret, key: &str) -> DesiredSecret {
     let annotations = secret.metadata.annotations.take().unwrap_or_default();
     let labels = secret.metadata.labels.take().unwrap_or_default();
     let namespace = secret.metadata.namespace.take().unwrap_or_default();
+    let source_versions = annotations
+        .get(KEY_VAULT_VERSIONS_ANNOTATION)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
     let sha256 = annotations
         .get(SHA256_ANNOTATION)
         .and_then(|hex| hex::decode(hex).ok())
@@ -95,7 +99,9 @@ pub(super) fn prior_content(mut secret: Secret, key: &str) -> DesiredSecret {
         data: content_data,
         labels: labels
             .into_iter()
-            .filter(|(name, _)| name != MANAGED_BY_LABEL && label_keys.contains(name))
+            .filter(|(name, _)| {
+                name != MANAGED_BY_LABEL && name != FLEET_SECRET_LABEL && label_keys.contains(name)
+            })
             .collect(),
         creation: CreationPolicy::from_annotation(
             annotations.get(CREATION_POLICY_ANNOTATION).map(String::as_str),
@@ -106,6 +112,7 @@ pub(super) fn prior_content(mut secret: Secret, key: &str) -> DesiredSecret {
                 !name.starts_with(RESERVED_ANNOTATION_PREFIX) && annotation_keys.contains(name)
             })
             .collect(),
+        source_versions,
         // Only written back, never removed again: the policy does not matter here.
         deletion: DeletionPolicy::Retain,
         immutable: secret.immutable == Some(true) && owns_immutable,

@@ -10,9 +10,12 @@ use super::read_back::prior_content;
 use super::watch::meaningful_change;
 use super::*;
 use crate::reconcile::{
-    CreationPolicy, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION,
-    SHA256_ANNOTATION, SecretBytes, TARGETS_ANNOTATION, Targets,
+    CreationPolicy, FIELD_MANAGER, FLEET_SECRET_LABEL, KEY_VAULT_VERSIONS_ANNOTATION, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, REVISION_ANNOTATION, SHA256_ANNOTATION, SYNCED_AT_ANNOTATION, SecretBytes,
+    TARGETS_ANNOTATION, Targets,
 };
+
+const SYNCED_AT: &str = "2026-03-01T12:00:00Z";
 
 fn desired(creation: CreationPolicy) -> DesiredSecret {
     DesiredSecret {
@@ -28,12 +31,13 @@ fn desired(creation: CreationPolicy) -> DesiredSecret {
         creation,
         deletion: DeletionPolicy::Delete,
         immutable: true,
+        source_versions: BTreeMap::new(),
     }
 }
 
 #[test]
 fn owner_applies_everything_merge_only_data_and_marks() {
-    let owner = secret_for(&desired(CreationPolicy::Owner), "a");
+    let owner = secret_for(&desired(CreationPolicy::Owner), "a", SYNCED_AT);
     assert_eq!(owner.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
     assert_eq!(owner.immutable, Some(true));
     let annotations = owner.metadata.annotations.expect("annotations");
@@ -42,7 +46,7 @@ fn owner_applies_everything_merge_only_data_and_marks() {
         Some("9")
     );
     assert_eq!(annotations.get("note").map(String::as_str), Some("x"));
-    let merge = secret_for(&desired(CreationPolicy::Merge), "a");
+    let merge = secret_for(&desired(CreationPolicy::Merge), "a", SYNCED_AT);
     assert_eq!(merge.type_, None, "merge never claims the type");
     assert_eq!(merge.immutable, None, "merge never claims immutability");
     assert_eq!(
@@ -57,8 +61,93 @@ fn owner_applies_everything_merge_only_data_and_marks() {
 }
 
 #[test]
+fn applied_secrets_carry_the_fleet_secret_label_sync_time_and_versions() {
+    let mut with_versions = desired(CreationPolicy::Owner);
+    with_versions.source_versions = [
+        (
+            "db-password".to_string(),
+            "0123456789abcdef0123456789abcdef".to_string(),
+        ),
+        (
+            "db-user".to_string(),
+            "fedcba9876543210fedcba9876543210".to_string(),
+        ),
+    ]
+    .into();
+    let secret = secret_for(&with_versions, "a", SYNCED_AT);
+    let labels = secret.metadata.labels.clone().expect("labels");
+    assert_eq!(
+        labels.get(FLEET_SECRET_LABEL).map(String::as_str),
+        Some("regcred")
+    );
+    assert_eq!(
+        labels.get(MANAGED_BY_LABEL).map(String::as_str),
+        Some(MANAGED_BY_VALUE)
+    );
+    let annotations = secret.metadata.annotations.clone().expect("annotations");
+    assert_eq!(
+        annotations.get(SYNCED_AT_ANNOTATION).map(String::as_str),
+        Some(SYNCED_AT)
+    );
+    let versions: BTreeMap<String, String> =
+        serde_json::from_str(&annotations[KEY_VAULT_VERSIONS_ANNOTATION]).expect("versions are JSON");
+    assert_eq!(versions, with_versions.source_versions);
+    // Labels, annotations and Event notes hold names, versions and digests, never a value.
+    let marks = format!("{labels:?}{annotations:?}");
+    assert!(
+        !marks.contains("{}") || !marks.contains(".dockerconfigjson\":"),
+        "{marks}"
+    );
+    // No versions from the hub: no annotation.
+    let plain = secret_for(&desired(CreationPolicy::Owner), "a", SYNCED_AT);
+    assert!(
+        !plain
+            .metadata
+            .annotations
+            .expect("annotations")
+            .contains_key(KEY_VAULT_VERSIONS_ANNOTATION)
+    );
+    // The time of the write is no change: a Secret written earlier is still up to date, and the
+    // watcher sees no meaningful change when only the time differs.
+    let ((_, _), earlier) = observe(secret_for(&with_versions, "a", "2020-01-01T00:00:00Z")).expect("named");
+    let ((_, _), later) = observe(secret).expect("named");
+    assert!(reconcile::is_up_to_date(&with_versions, &earlier.observed));
+    assert!(!meaningful_change(&earlier.observed, &later.observed));
+    // Read back for a rollback, the versions come back too.
+    let back = prior_content(secret_for(&with_versions, "a", SYNCED_AT), "regcred");
+    assert_eq!(back.source_versions, with_versions.source_versions);
+    assert!(
+        !back.labels.contains_key(FLEET_SECRET_LABEL),
+        "the agent's labels are not payload labels"
+    );
+}
+
+#[test]
+fn a_secret_written_by_an_older_agent_is_up_to_date_without_the_label() {
+    let current = desired(CreationPolicy::Owner);
+    let mut old = secret_for(&current, "a", SYNCED_AT);
+    let labels = old.metadata.labels.as_mut().expect("labels");
+    labels.remove(FLEET_SECRET_LABEL);
+    let old_annotations = old.metadata.annotations.as_mut().expect("annotations");
+    old_annotations.remove(SYNCED_AT_ANNOTATION);
+    let ((_, _), entry) = observe(old.clone()).expect("named");
+    assert!(
+        reconcile::is_up_to_date(&current, &entry.observed),
+        "no mass rewrite on upgrade: the label comes with the next write"
+    );
+    // A label with another value is an edit of ours: drift.
+    old.metadata
+        .labels
+        .as_mut()
+        .expect("labels")
+        .insert(FLEET_SECRET_LABEL.into(), "someone-else".into());
+    let ((_, _), edited) = observe(old).expect("named");
+    assert!(!reconcile::is_up_to_date(&current, &edited.observed));
+}
+
+#[test]
 fn observing_keeps_digests_only() {
-    let mut secret = secret_for(&desired(CreationPolicy::Owner), "a");
+    let mut secret = secret_for(&desired(CreationPolicy::Owner), "a", SYNCED_AT);
     secret.metadata.resource_version = Some("42".into());
     let ((namespace, name), entry) = observe(secret).expect("named");
     assert_eq!((namespace.as_str(), name.as_str()), ("a", "regcred"));
@@ -74,7 +163,7 @@ fn observing_keeps_digests_only() {
 fn read_back_content_is_what_our_apply_entry_owns() {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
-    let mut secret = secret_for(&desired(CreationPolicy::Owner), "a");
+    let mut secret = secret_for(&desired(CreationPolicy::Owner), "a", SYNCED_AT);
     let data = secret.data.get_or_insert_default();
     data.insert("extra".into(), ByteString(b"theirs".to_vec()));
     secret
@@ -142,7 +231,7 @@ fn read_back_content_is_what_our_apply_entry_owns() {
 fn read_back_content_keeps_the_targets_record() {
     let mut spread = desired(CreationPolicy::Owner);
     spread.targets = Targets::Namespaces(vec!["a".into(), "b".into()]);
-    let secret = secret_for(&spread, "a");
+    let secret = secret_for(&spread, "a", SYNCED_AT);
     assert_eq!(
         secret
             .metadata
@@ -207,7 +296,8 @@ fn kubernetes_errors_map_to_nack_codes() {
 
 #[test]
 fn meaningful_changes_ignore_foreign_metadata() {
-    let ((_, _), entry) = observe(secret_for(&desired(CreationPolicy::Owner), "a")).expect("named");
+    let ((_, _), entry) =
+        observe(secret_for(&desired(CreationPolicy::Owner), "a", SYNCED_AT)).expect("named");
     let before = entry.observed;
     let mut after = before.clone();
     after.labels.insert("someone".into(), "else".into());

@@ -272,6 +272,17 @@ impl KubeCluster {
             Ok(()) => {
                 self.count_drift(drift.kind);
                 tracing::info!(%key, %namespace, kind = ?drift.kind, revision = desired.revision, "repaired drift");
+                let note = format!(
+                    "The Secret was {}; wrote revision {} of fleet secret {key} back",
+                    super::apply::drift_word(drift.kind),
+                    desired.revision
+                );
+                self.record_event(super::Occurrence::new(
+                    namespace,
+                    &desired.secret_name,
+                    super::Reason::DriftRepaired,
+                    note,
+                ));
                 let event = ClusterEvent::Drift {
                     key: key.clone(),
                     namespace: namespace.to_owned(),

@@ -16,8 +16,21 @@ pub(crate) const MANAGED_BY_VALUE: &str = "keyfleet";
 pub const REVISION_ANNOTATION: &str = "keyfleet.io/revision";
 /// Annotation: hex `payload_sha256` of the applied payload.
 pub const SHA256_ANNOTATION: &str = "keyfleet.io/sha256";
-/// Annotation: the payload key (FleetSecret name).
+/// Annotation: the payload key (FleetSecret name). Ownership is decided by it (with
+/// [`MANAGED_BY_LABEL`]), never by [`FLEET_SECRET_LABEL`].
 pub const FLEET_SECRET_ANNOTATION: &str = "keyfleet.io/fleet-secret";
+/// Label: the payload key, so that `kubectl get secrets -l keyfleet.io/fleet-secret=NAME` finds
+/// a fleet secret's Secrets (see [`fleet_secret_label_value`] for keys over 63 characters). An
+/// index for people and tools, not ownership: a Secret written by an older agent without it is
+/// still ours and up to date, and gets it on its next write.
+pub const FLEET_SECRET_LABEL: &str = "keyfleet.io/fleet-secret";
+/// Annotation: when the agent last wrote this Secret (RFC 3339, UTC, seconds). Written with
+/// every apply and never compared: it is not part of drift detection or of the up-to-date check.
+pub const SYNCED_AT_ANNOTATION: &str = "keyfleet.io/synced-at";
+/// Annotation: the Key Vault versions the applied revision was rendered from (JSON object,
+/// Key Vault secret name → version id), when the hub sent them. Identifiers, never values; not
+/// compared either (a revision's versions are fixed with it).
+pub const KEY_VAULT_VERSIONS_ANNOTATION: &str = "keyfleet.io/key-vault-versions";
 /// Annotation: the creationPolicy the Secret was written with (`Owner`, `Merge`, `Orphan`).
 pub(crate) const CREATION_POLICY_ANNOTATION: &str = "keyfleet.io/creation-policy";
 /// Annotation: the payload's targets (named namespaces or the namespace selector, JSON), written
@@ -28,6 +41,22 @@ pub const TARGETS_ANNOTATION: &str = "keyfleet.io/targets";
 pub const FIELD_MANAGER: &str = "keyfleet-agent";
 /// Prefix reserved for the agent's own annotations.
 pub(crate) const RESERVED_ANNOTATION_PREFIX: &str = "keyfleet.io/";
+
+/// The value of [`FLEET_SECRET_LABEL`] for `key`. A key (a DNS-1123 subdomain) of at most 63
+/// characters is a valid label value and is used as is; a longer one (label values are limited
+/// to 63) becomes its first 46 characters (trailing `.`/`-` trimmed), `-`, and 16 hex digits of
+/// its SHA-256: still readable, still unique in practice, and computable by anyone who has the name.
+pub fn fleet_secret_label_value(key: &str) -> String {
+    if key.len() <= 63 {
+        return key.to_owned();
+    }
+    let prefix = key
+        .get(..46)
+        .unwrap_or(key)
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let digest = hex::encode(&value_digest(key.as_bytes())[..8]);
+    format!("{prefix}-{digest}")
+}
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -250,14 +279,37 @@ pub struct DesiredSecret {
     pub deletion: DeletionPolicy,
     /// Write `immutable: true`.
     pub immutable: bool,
+    /// Key Vault secret name → version id the revision was rendered from (empty when the hub
+    /// did not say, or for a content read back from the cluster without the annotation).
+    pub source_versions: BTreeMap<String, String>,
 }
 
 impl DesiredSecret {
-    /// The labels we write: the payload's plus the managed-by label.
+    /// The labels compared by the up-to-date check: the payload's plus the managed-by label.
     pub(crate) fn full_labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
         labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
         labels
+    }
+
+    /// The labels we write: [`Self::full_labels`] plus [`FLEET_SECRET_LABEL`].
+    pub(crate) fn written_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.full_labels();
+        labels.insert(FLEET_SECRET_LABEL.into(), fleet_secret_label_value(&self.key));
+        labels
+    }
+
+    /// The annotations we write at `synced_at` (RFC 3339): [`Self::full_annotations`] plus the
+    /// sync time and the Key Vault versions (when known), which are never compared.
+    pub(crate) fn written_annotations(&self, synced_at: &str) -> BTreeMap<String, String> {
+        let mut annotations = self.full_annotations();
+        annotations.insert(SYNCED_AT_ANNOTATION.into(), synced_at.to_owned());
+        if !self.source_versions.is_empty() {
+            // A map of strings always serializes.
+            let versions = serde_json::to_string(&self.source_versions).unwrap_or_default();
+            annotations.insert(KEY_VAULT_VERSIONS_ANNOTATION.into(), versions);
+        }
+        annotations
     }
 
     /// The annotations we write: the payload's plus ours.

@@ -20,6 +20,7 @@ fn desired(creation: CreationPolicy, deletion: DeletionPolicy) -> DesiredSecret 
         creation,
         deletion,
         immutable: false,
+        source_versions: BTreeMap::new(),
     }
 }
 
@@ -625,4 +626,38 @@ fn debug_never_shows_secret_bytes() {
     let rendered = format!("{:?}", owner());
     assert!(!rendered.contains("s3cr3t"), "{rendered}");
     assert!(rendered.contains("redacted 6 bytes"), "{rendered}");
+}
+
+#[test]
+fn the_fleet_secret_label_is_a_valid_label_value_for_every_key() {
+    use super::fleet_secret_label_value;
+    assert_eq!(fleet_secret_label_value("db-creds"), "db-creds");
+    let max = "a".repeat(63);
+    assert_eq!(fleet_secret_label_value(&max), max);
+    // A DNS-1123 subdomain may be 253 characters; a label value only 63.
+    let long = format!(
+        "{}.x",
+        "team-payments.prod.database-credentials-primary.".repeat(5)
+    );
+    let value = fleet_secret_label_value(&long);
+    assert!(value.len() <= 63, "{value}");
+    assert!(
+        value.starts_with("team-payments.prod.database-credentials-primar"),
+        "{value}"
+    );
+    let valid = |v: &str| {
+        v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    assert!(valid(&value), "{value}");
+    // A prefix ending in a dot is trimmed before the digest.
+    let dotted = format!("{}.{}", "a".repeat(45), "b".repeat(30));
+    let value = fleet_secret_label_value(&dotted);
+    assert!(valid(&value) && !value.contains(".-"), "{value}");
+    assert_ne!(
+        fleet_secret_label_value(&format!("{long}y")),
+        fleet_secret_label_value(&long)
+    );
 }

@@ -82,6 +82,7 @@ fn secret_payload_unsigned(rendered: &RenderedSecret, revision: u64) -> v1::Secr
         creation_policy: creation_policy(rendered.creation_policy) as i32,
         deletion_policy: deletion_policy(rendered.deletion_policy) as i32,
         immutable: rendered.immutable,
+        source_versions: std::collections::HashMap::new(),
     }
 }
 

@@ -302,6 +302,15 @@ pub struct SecretPayload {
     /// Write the Secret with `immutable: true`.
     #[prost(bool, tag = "13")]
     pub immutable: bool,
+    /// The Key Vault versions this revision was rendered from: Key Vault secret name -> version id
+    /// (identifiers, never values). Informational: the agent records them in the
+    /// `keyfleet.io/key-vault-versions` annotation. Not covered by `sha256` (a revision's versions
+    /// are fixed with it); empty from a hub that does not send them.
+    #[prost(map = "string, string", tag = "14")]
+    pub source_versions: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 /// The cluster must no longer hold this key.
 #[allow(clippy::all)]

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::cluster::{Cluster, Inner};
+use super::events::{self, Shape};
 use super::model::{Kind, Object};
 use super::query::{Query, flag, selectors};
 use super::status::{self, ApiError};
@@ -89,6 +90,23 @@ async fn route(
         _ => {}
     }
     let permissions = authenticate(cluster, headers)?;
+    if let Some((shape, namespace, name)) = event_target(path) {
+        let target = Target {
+            kind: Kind::Event,
+            namespace,
+            name,
+        };
+        let verb = verb_for(method, &target, query)
+            .filter(|verb| !matches!(verb, Verb::Watch | Verb::DeleteCollection | Verb::Update))
+            .ok_or_else(|| ApiError::method_not_allowed(method.as_str(), path))?;
+        authorize(&permissions, verb, &target)?;
+        record(cluster, &permissions, verb, &target);
+        inject_faults(cluster).await?;
+        let bytes = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|error| ApiError::bad_request(format!("read request body: {error}")))?;
+        return event_request(cluster, verb, shape, &target, query, headers, &bytes);
+    }
     if method != Method::GET && !path.starts_with("/api/v1/") {
         return Err(ApiError::method_not_allowed(method.as_str(), path));
     }
@@ -107,6 +125,10 @@ async fn route(
             return Ok(json_response(StatusCode::OK, &discovery::api_versions(address)));
         }
         "/apis" => return Ok(json_response(StatusCode::OK, &discovery::api_groups())),
+        "/apis/events.k8s.io" => return Ok(json_response(StatusCode::OK, &discovery::events_api_group())),
+        "/apis/events.k8s.io/v1" => {
+            return Ok(json_response(StatusCode::OK, &discovery::events_v1_resources()));
+        }
         "/api/v1" => return Ok(json_response(StatusCode::OK, &discovery::core_v1_resources())),
         "/openapi/v3" => return Ok(json_response(StatusCode::OK, &discovery::openapi_index())),
         "/openapi/v3/api/v1" => return Ok(json_response(StatusCode::OK, &discovery::openapi_core_v1())),
@@ -179,7 +201,7 @@ fn authenticate(cluster: &Cluster, headers: &HeaderMap) -> Result<Arc<Permission
 fn authorize(permissions: &Permissions, verb: Verb, target: &Target) -> Result<(), ApiError> {
     // A Namespace object is "in" itself for authorization, as in RBAC.
     let scope = match target.kind {
-        Kind::Secret => target.namespace.as_deref(),
+        Kind::Secret | Kind::Event => target.namespace.as_deref(),
         Kind::Namespace => target.name.as_deref(),
     };
     if permissions.allows_named(verb, target.kind, scope, target.name.as_deref()) {
@@ -199,7 +221,7 @@ fn record(cluster: &Cluster, permissions: &Permissions, verb: Verb, target: &Tar
     let mut state = cluster.lock();
     if let Some(recorded) = state.recorded.as_mut() {
         let namespace = match target.kind {
-            Kind::Secret => target.namespace.clone(),
+            Kind::Secret | Kind::Event => target.namespace.clone(),
             Kind::Namespace => target.name.clone(),
         };
         recorded.insert(RequestRecord {
@@ -224,6 +246,114 @@ async fn inject_faults(cluster: &Cluster) -> Result<(), ApiError> {
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// An Event path: its shape (group), namespace and name.
+fn event_target(path: &str) -> Option<(Shape, Option<String>, Option<String>)> {
+    let (shape, rest) = if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/") {
+        (Shape::Events, rest)
+    } else {
+        (Shape::Core, path.strip_prefix("/api/v1/")?)
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["events"] => Some((shape, None, None)),
+        ["namespaces", ns, "events"] => Some((shape, Some((*ns).to_owned()), None)),
+        ["namespaces", ns, "events", name] => Some((shape, Some((*ns).to_owned()), Some((*name).to_owned()))),
+        _ => None,
+    }
+}
+
+/// An Event request (`kube/events.rs` holds the store and its rules).
+fn event_request(
+    cluster: &Cluster,
+    verb: Verb,
+    shape: Shape,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<Response, ApiError> {
+    let namespace = target.namespace.as_deref().unwrap_or_default();
+    let name = target.name.as_deref().unwrap_or_default();
+    let now = chrono::Utc::now();
+    let mut state = cluster.lock();
+    let (code, body) = match verb {
+        Verb::Create => {
+            let body = parse_body(bytes, content_type(headers).contains("yaml"))?;
+            let resource_version = state.next_resource_version();
+            let created = state
+                .events
+                .create(namespace, &body, shape, resource_version, now)?;
+            (StatusCode::CREATED, events::shaped(&created, shape))
+        }
+        Verb::Get => (
+            StatusCode::OK,
+            events::shaped(state.events.get(namespace, name)?, shape),
+        ),
+        Verb::Patch => {
+            let media = content_type(headers);
+            if !matches!(
+                media.as_str(),
+                "application/merge-patch+json" | "application/strategic-merge-patch+json"
+            ) {
+                return Err(ApiError::unsupported_media_type(&media));
+            }
+            let patch = parse_body(bytes, false)?;
+            state.events.get(namespace, name)?;
+            let resource_version = state.next_resource_version();
+            let patched = state
+                .events
+                .patch(namespace, name, &patch, shape, resource_version)?;
+            (StatusCode::OK, events::shaped(&patched, shape))
+        }
+        Verb::Delete => {
+            let deleted = state.events.delete(namespace, name)?;
+            let uid = deleted["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+            (StatusCode::OK, status::success(name, "events", &uid))
+        }
+        Verb::List => {
+            let items = state.events.list(
+                target.namespace.as_deref(),
+                query.get("fieldSelector").map(String::as_str),
+            )?;
+            let mut metadata = serde_json::Map::new();
+            metadata.insert(
+                "resourceVersion".into(),
+                state.resource_version().to_string().into(),
+            );
+            drop(state);
+            if let Some(include) = table::requested(headers, query.get("includeObject"))? {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &events::table(&items, shape, metadata, include, now),
+                ));
+            }
+            let api_version = match shape {
+                Shape::Events => "events.k8s.io/v1",
+                Shape::Core => "v1",
+            };
+            let items: Vec<Value> = items
+                .iter()
+                .map(|event| {
+                    let mut json = events::shaped(event, shape);
+                    if let Value::Object(map) = &mut json {
+                        map.remove("apiVersion");
+                        map.remove("kind");
+                    }
+                    json
+                })
+                .collect();
+            (
+                StatusCode::OK,
+                json!({"kind": "EventList", "apiVersion": api_version, "metadata": metadata, "items": items}),
+            )
+        }
+        Verb::Update | Verb::Watch | Verb::DeleteCollection => {
+            return Err(ApiError::method_not_allowed("request", "events"));
+        }
+    };
+    Ok(json_response(code, &body))
 }
 
 fn parse_target(path: &str) -> Option<Target> {
@@ -623,7 +753,7 @@ fn delete(
     )?;
     inner.publish(cluster, committed, manager);
     let body = match target.kind {
-        Kind::Secret => status::success(name, target.kind.resource(), &object.meta.uid),
+        Kind::Secret | Kind::Event => status::success(name, target.kind.resource(), &object.meta.uid),
         Kind::Namespace => object.to_json(),
     };
     Ok(json_response(StatusCode::OK, &body))

@@ -21,9 +21,44 @@ pub(super) fn api_versions(server_address: &str) -> Value {
     })
 }
 
-/// `GET /apis`: no groups besides the core one.
+fn events_group() -> Value {
+    json!({"name": "events.k8s.io",
+           "versions": [{"groupVersion": "events.k8s.io/v1", "version": "v1"}],
+           "preferredVersion": {"groupVersion": "events.k8s.io/v1", "version": "v1"}})
+}
+
+/// `GET /apis`: `events.k8s.io` besides the core group.
 pub(super) fn api_groups() -> Value {
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [events_group()]})
+}
+
+/// `GET /apis/events.k8s.io`.
+pub(super) fn events_api_group() -> Value {
+    let mut group = events_group();
+    group["kind"] = "APIGroup".into();
+    group["apiVersion"] = "v1".into();
+    group
+}
+
+const EVENT_VERBS: [&str; 7] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+];
+
+/// `GET /apis/events.k8s.io/v1`.
+pub(super) fn events_v1_resources() -> Value {
+    json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "events.k8s.io/v1",
+        "resources": [
+            {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+             "verbs": EVENT_VERBS, "shortNames": ["ev"]},
+        ],
+    })
 }
 
 /// `GET /api/v1`.
@@ -36,6 +71,8 @@ pub(super) fn core_v1_resources() -> Value {
             {"name": "secrets", "singularName": "secret", "namespaced": true, "kind": "Secret",
              "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
              "storageVersionHash": "S6u1pOWzb84="},
+            {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+             "verbs": EVENT_VERBS, "shortNames": ["ev"]},
         ],
     })
 }

@@ -50,6 +50,9 @@ pub enum Kind {
     Secret,
     /// `v1/Namespace`, cluster-scoped.
     Namespace,
+    /// `events.k8s.io/v1` Event (also served as core `v1` Event), namespaced. Kept in its own
+    /// store (`kube/events.rs`), not among the objects; here for permissions and request records.
+    Event,
 }
 
 impl Kind {
@@ -58,6 +61,7 @@ impl Kind {
         match self {
             Self::Secret => "Secret",
             Self::Namespace => "Namespace",
+            Self::Event => "Event",
         }
     }
 
@@ -66,6 +70,7 @@ impl Kind {
         match self {
             Self::Secret => "secrets",
             Self::Namespace => "namespaces",
+            Self::Event => "events",
         }
     }
 
@@ -74,6 +79,7 @@ impl Kind {
         match self {
             Self::Secret => "SecretList",
             Self::Namespace => "NamespaceList",
+            Self::Event => "EventList",
         }
     }
 }
@@ -515,7 +521,8 @@ impl Object {
             }
         }
         let body = match kind {
-            Kind::Secret => Body::Secret(secret),
+            // Events never become objects (see `kube/events.rs`); Secret is the closest shape.
+            Kind::Secret | Kind::Event => Body::Secret(secret),
             Kind::Namespace => Body::Namespace(namespace),
         };
         Ok(Self { meta, body })

@@ -124,6 +124,8 @@ pub(super) struct State {
     pub faults: Faults,
     /// Authorized requests, recorded once each, while recording is on.
     pub recorded: Option<BTreeSet<RequestRecord>>,
+    /// Events (their own store: `kube/events.rs`).
+    pub events: super::events::Events,
 }
 
 /// Outcome of a successful write.
@@ -156,6 +158,7 @@ impl State {
             watch_epoch: 0,
             faults: Faults::default(),
             recorded: None,
+            events: super::events::Events::default(),
         };
         for name in ["default", "kube-system", "kube-public"] {
             let mut namespace = Object::new_namespace(name);
@@ -172,6 +175,12 @@ impl State {
 
     /// The current resourceVersion.
     pub(super) fn resource_version(&self) -> u64 {
+        self.resource_version
+    }
+
+    /// Steps the counter for a write outside the watched objects (an Event) and returns it.
+    pub(super) fn next_resource_version(&mut self) -> u64 {
+        self.resource_version += 1;
         self.resource_version
     }
 

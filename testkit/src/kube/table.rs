@@ -135,6 +135,8 @@ fn columns(kind: Kind) -> &'static [(&'static str, &'static str, &'static str)] 
             AGE,
         ],
         Kind::Namespace => &[NAME, ("Status", "", "The status of the namespace"), AGE],
+        // Event tables are printed by `kube/events.rs`.
+        Kind::Event => &[],
     }
 }
 
@@ -155,7 +157,7 @@ fn cells(object: &Object, now: DateTime<Utc>) -> Vec<Value> {
 
 /// The apiserver's `duration.HumanDuration` of `now - created`: `42s`, `3m12s`, `15m`, `5h20m`,
 /// `2d3h`, `40d`, `2y30d`.
-fn human_age(now: DateTime<Utc>, created: DateTime<Utc>) -> String {
+pub(super) fn human_age(now: DateTime<Utc>, created: DateTime<Utc>) -> String {
     let seconds = (now - created).num_seconds();
     if seconds < -1 {
         return "<invalid>".into();

@@ -24,6 +24,7 @@ fn desired(revision: u64, targets: Targets) -> DesiredSecret {
         creation: CreationPolicy::Owner,
         deletion: DeletionPolicy::Delete,
         immutable: false,
+        source_versions: BTreeMap::new(),
     }
 }
 

@@ -55,7 +55,7 @@ pub(super) fn validate(live: Option<&Object>, object: &Object) -> Result<(), Api
     let name = &object.meta.name;
     let mut causes = Vec::new();
     let valid_name = match kind {
-        Kind::Secret => is_dns_subdomain(name),
+        Kind::Secret | Kind::Event => is_dns_subdomain(name),
         Kind::Namespace => is_dns_label(name),
     };
     if !valid_name {
