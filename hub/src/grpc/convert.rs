@@ -25,8 +25,13 @@ impl RevisionEncoder for ProtoEncoder {
         rendered_sha256(rendered)
     }
 
-    fn encode(&self, rendered: &RenderedSecret, revision: u64) -> EncodedRevision {
-        encode_revision(rendered, revision)
+    fn encode(
+        &self,
+        rendered: &RenderedSecret,
+        revision: u64,
+        sources: &[(String, String)],
+    ) -> EncodedRevision {
+        encode_revision_from(rendered, revision, sources)
     }
 }
 
@@ -41,7 +46,18 @@ pub fn rendered_sha256(rendered: &RenderedSecret) -> Sha256 {
 
 /// Encodes `rendered` as revision `revision`, once.
 pub fn encode_revision(rendered: &RenderedSecret, revision: u64) -> EncodedRevision {
+    encode_revision_from(rendered, revision, &[])
+}
+
+/// [`encode_revision`] naming the Key Vault versions it was rendered from (`source_versions`:
+/// names and version ids, which the agent records on the Secret; not part of the digest).
+pub fn encode_revision_from(
+    rendered: &RenderedSecret,
+    revision: u64,
+    sources: &[(String, String)],
+) -> EncodedRevision {
     let mut payload = secret_payload_unsigned(rendered, revision);
+    payload.source_versions = sources.iter().cloned().collect();
     let sha256 = Sha256(keyfleet_proto::digest::payload_sha256(&payload));
     payload.sha256 = sha256.0.to_vec();
     let bytes = Bytes::from(payload.encode_to_vec());

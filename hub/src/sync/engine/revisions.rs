@@ -22,8 +22,15 @@ pub trait RevisionEncoder: Send + Sync + 'static {
     /// The canonical digest of a rendering, independent of the revision number: what the store
     /// records as the revision's sha256 and what the agent recomputes.
     fn digest(&self, rendered: &RenderedSecret) -> Sha256;
-    /// Encodes `rendered` as revision `revision`, once; every stream shares the bytes.
-    fn encode(&self, rendered: &RenderedSecret, revision: u64) -> EncodedRevision;
+    /// Encodes `rendered` as revision `revision`, once; every stream shares the bytes. `sources`
+    /// are the (Key Vault secret, version) it was rendered from: the agent records them on the
+    /// Secret (names and ids only; not part of the digest).
+    fn encode(
+        &self,
+        rendered: &RenderedSecret,
+        revision: u64,
+        sources: &[(String, String)],
+    ) -> EncodedRevision;
 }
 
 /// A revision built in this process.
@@ -202,16 +209,17 @@ impl Engine {
         if unchanged {
             return Ok(());
         }
+        let versions = sources.versions();
         let number = self
             .store
             .upsert_revision(&NewRevision {
                 fleet_secret: name.to_owned(),
                 sha256,
                 spec_generation: generation,
-                sources: sources.versions(),
+                sources: versions.clone(),
             })
             .await?;
-        let encoded = Arc::new(self.encoder.encode(&rendered, number));
+        let encoded = Arc::new(self.encoder.encode(&rendered, number, &versions));
         self.install(name, number, encoded);
         self.unannounced.insert(name.to_owned());
         self.announce_revisions().await?;
@@ -356,6 +364,10 @@ impl Engine {
             tracing::warn!(fleet_secret = %name, revision = record.revision, "reproduced revision differs from the recorded sha256 (rendered from another spec)");
             return None;
         }
-        Some(Arc::new(self.encoder.encode(&rendered, record.revision)))
+        Some(Arc::new(self.encoder.encode(
+            &rendered,
+            record.revision,
+            &record.sources,
+        )))
     }
 }

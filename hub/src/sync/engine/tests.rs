@@ -35,7 +35,12 @@ impl RevisionEncoder for TestEncoder {
         Sha256::of(&Self::bytes(rendered))
     }
 
-    fn encode(&self, rendered: &RenderedSecret, revision: u64) -> EncodedRevision {
+    fn encode(
+        &self,
+        rendered: &RenderedSecret,
+        revision: u64,
+        _sources: &[(String, String)],
+    ) -> EncodedRevision {
         EncodedRevision {
             key: rendered.key.clone(),
             revision,
