@@ -4,6 +4,7 @@
 //! - `serve.rs`: `serve` and `migrate` flags → [`ServeConfig`] and its per-module parts.
 //! - `admin_commands.rs`: the administration commands' flags (run by [`crate::cli`]).
 //! - `database_url.rs`: [`DatabaseUrl`], the store URL that redacts its password.
+//! - `digest_key.rs`: the digest key file (`--digest-key-file`) → [`crate::domain::DigestKeys`].
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::telemetry;
 
 mod admin_commands;
 mod database_url;
+mod digest_key;
 mod serve;
 #[cfg(test)]
 mod tests;
@@ -23,6 +25,7 @@ pub use admin_commands::{
     UnpinTarget, WithClient, parse_label, parse_label_change,
 };
 pub use database_url::{DEFAULT_DATABASE, DatabaseUrl};
+pub use digest_key::{DigestKeyFileError, DigestKeySource, load_digest_keys};
 pub use serve::{
     GrpcConfig, MigrateArgs, OpsConfig, ServeArgs, ServeConfig, VaultConfig, default_replica_id,
 };

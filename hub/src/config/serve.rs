@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
     #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE, hide_env_values = true)]
     pub database: DatabaseUrl,
+    /// File with the digest key(s): one per line, 64 hex characters or base64 of 32+ random bytes;
+    /// the first keys every new digest of a secret value, the others (previous keys) still verify
+    /// what they keyed. Required with Postgres (every replica needs the same file); with SQLite the
+    /// default is DATABASE.digest-key, created on first start.
+    #[arg(long, env = "KEYFLEET_DIGEST_KEY_FILE", value_name = "FILE")]
+    pub digest_key_file: Option<PathBuf>,
     /// Apply pending database migrations before serving (else `keyfleet migrate` must have run).
     #[arg(long, env = "KEYFLEET_MIGRATE")]
     pub migrate: bool,
@@ -136,6 +142,8 @@ pub struct ServeConfig {
     pub grpc: GrpcConfig,
     /// Store URL (`postgres://…` or `sqlite://…`); may hold a password (redacted in `Debug`).
     pub database: DatabaseUrl,
+    /// Digest keys (`None`: the default for the database, see `config::load_digest_keys`).
+    pub digest_key_file: Option<PathBuf>,
     /// Apply pending migrations at startup.
     pub migrate: bool,
     /// Specs applied at startup.
@@ -171,6 +179,7 @@ impl From<ServeArgs> for ServeConfig {
                 max_connections: args.max_connections,
             },
             database: args.database,
+            digest_key_file: args.digest_key_file,
             migrate: args.migrate,
             config_dir: args.config_dir,
             admin_token_file: args.admin_token_file,

@@ -123,6 +123,8 @@ conformance!(
     status::rollout_view_matches_the_status_rows,
     status::liveness_and_status_served_elsewhere,
     secrets::no_column_holds_a_secret_value,
+    digests::digests_survive_a_key_rotation,
+    digests::unkeyed_digests_are_keyed_at_start,
 );
 
 // --- helpers ---
@@ -200,6 +202,7 @@ macro_rules! inspect {
 
 mod changes;
 mod clusters;
+mod digests;
 mod revisions;
 mod secrets;
 mod specs;
@@ -234,6 +237,11 @@ async fn migration_from_empty(kind: Kind) {
                 description: "lagging online".to_owned(),
             });
         }
+        // Postgres 0006, SQLite 0005 (SQLite has no 0004 of its own here).
+        expected.push(AppliedMigration {
+            version: if store.backend() == "postgres" { 6 } else { 5 },
+            description: "keyed digests".to_owned(),
+        });
         assert_eq!(applied, expected);
         assert_eq!(store.migrate_report().await.expect("again"), []);
         let views = inspect!(
@@ -289,9 +297,11 @@ fn errors_are_cut_on_a_character_boundary() {
 }
 
 #[test]
-fn debug_of_records_shows_digests_not_bytes() {
+fn debug_of_records_shows_no_digest_bytes() {
     let row = status_row(ClusterId(uuid::Uuid::nil()), "db", 1, 0);
     let row = applied(row, 1, 0);
     let printed = format!("{row:?}");
-    assert!(printed.contains("sha256:"), "{printed}");
+    let plain = row.applied_sha256.expect("applied").to_hex();
+    assert!(printed.contains("sha256:<redacted>"), "{printed}");
+    assert!(!printed.contains(&plain[..6]), "{printed}");
 }
