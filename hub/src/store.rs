@@ -434,15 +434,13 @@ impl Store {
     /// Idempotent on (fleet_secret, digest, spec_generation): returns the existing number when the
     /// same content is the fleet secret's newest revision, else a new globally increasing number
     /// (so content that comes back after another revision gets a new, higher number and stays
-    /// the newest). The digest is written keyed with the current key; a newest revision keyed
-    /// with a previous key does not compare equal (a new number, the same bytes: agents re-apply
-    /// nothing).
+    /// the newest). The newest revision's digest compares under any key held (after a key
+    /// rotation the same content keeps its number); a new row is keyed with the current key.
     pub async fn upsert_revision(&self, r: &NewRevision) -> Result<u64, StoreError> {
         i64::try_from(r.spec_generation).map_err(|_| StoreError::OutOfRange {
             what: "spec generation",
         })?;
-        let digest = self.digest_keys.key(&r.sha256);
-        shared!(self.upsert_revision(r, &digest, now()))
+        shared!(self.upsert_revision(r, &self.digest_keys, now()))
     }
 
     /// The newest revision of every fleet secret, by fleet secret name.

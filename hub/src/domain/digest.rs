@@ -274,6 +274,19 @@ impl DigestKeys {
         }
     }
 
+    /// Every stored form that [`DigestKeys::matches`] accepts for `plain`: keyed with each key
+    /// held, and unkeyed (for a store that compares in SQL).
+    pub fn candidates(&self, plain: &Sha256) -> Vec<StoredDigest> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|key| StoredDigest::Keyed {
+                key: key.id.clone(),
+                mac: key.mac(plain),
+            })
+            .chain(std::iter::once(StoredDigest::Unkeyed(*plain)))
+            .collect()
+    }
+
     fn find(&self, id: &DigestKeyId) -> Option<&DigestKey> {
         std::iter::once(&self.current)
             .chain(&self.previous)
@@ -322,6 +335,10 @@ mod tests {
         assert!(!rotated.matches(&under_new, &Sha256::of(b"hunter3")));
         assert!(!old.matches(&under_new, &plain), "an unknown key never matches");
         assert!(rotated.matches(&StoredDigest::Unkeyed(plain), &plain));
+        let candidates = rotated.candidates(&plain);
+        assert_eq!(candidates.len(), 3);
+        assert!(candidates.contains(&under_old) && candidates.contains(&under_new));
+        assert!(candidates.iter().all(|stored| rotated.matches(stored, &plain)));
         assert!(!rotated.matches(&StoredDigest::Unkeyed(plain), &Sha256::of(b"x")));
     }
 

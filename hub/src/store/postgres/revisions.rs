@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::domain::StoredDigest;
+use crate::domain::{DigestKeys, StoredDigest};
 use crate::store::convert::{digest_key, sources_from_json, sources_json, stored_digest, to_u64};
 use crate::store::dialect::RevisionSql;
 use crate::store::{NewRevision, RevisionRecord, SecretVersionRecord, StoreError};
@@ -44,7 +44,7 @@ impl RevisionSql for Postgres {
     async fn upsert_revision(
         conn: &mut PgConnection,
         r: &NewRevision,
-        digest: &StoredDigest,
+        keys: &DigestKeys,
         generation: i64,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
@@ -63,18 +63,21 @@ impl RevisionSql for Postgres {
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(latest) = latest
-            && latest.sha256 == digest.bytes()
-            && latest.digest_key.as_deref() == digest.key().map(|key| key.as_str())
             && latest.spec_generation == generation
+            && keys.matches(
+                &stored_digest(&latest.sha256, latest.digest_key, "revision digest")?,
+                &r.sha256,
+            )
         {
             return Ok(latest.revision);
         }
+        let digest = keys.key(&r.sha256);
         let revision = sqlx::query_scalar!(
             "INSERT INTO revisions (fleet_secret, sha256, digest_key, spec_generation, sources, created_at)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING revision",
             r.fleet_secret,
             &digest.bytes()[..],
-            digest_key(digest),
+            digest_key(&digest),
             generation,
             sources_json(&r.sources),
             now,

@@ -3,10 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row as _, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Row as _, Sqlite, SqliteConnection, SqlitePool};
 
 use super::{req_ts, ts};
-use crate::domain::StoredDigest;
+use crate::domain::{DigestKeys, StoredDigest};
 use crate::store::convert::{digest_key, sources_json, stored_digest, to_u64};
 use crate::store::dialect::RevisionSql;
 use crate::store::{NewRevision, RevisionRecord, SecretVersionRecord, StoreError};
@@ -46,29 +46,43 @@ impl RevisionSql for Sqlite {
     async fn upsert_revision(
         conn: &mut SqliteConnection,
         r: &NewRevision,
-        digest: &StoredDigest,
+        keys: &DigestKeys,
         generation: i64,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
+        // The newest revision is the same content when its digest is `r.sha256` under any key
+        // held (or unkeyed): one `(key, digest)` pair per candidate, '' for unkeyed.
+        let candidates = keys.candidates(&r.sha256);
+        let pairs: Vec<String> = (0..candidates.len())
+            .map(|index| format!("(?{}, ?{})", 7 + 2 * index, 8 + 2 * index))
+            .collect();
         // The INSERT (even when it inserts nothing) takes SQLite's write lock first, so the read
         // below sees what the insert decided against.
-        let inserted: Option<i64> = sqlx::query_scalar(
+        let sql = format!(
             "INSERT INTO revisions (fleet_secret, sha256, spec_generation, sources, created_at, digest_key)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6
-         WHERE NOT EXISTS (
-           SELECT 1 FROM (SELECT sha256, digest_key, spec_generation FROM revisions
-                          WHERE fleet_secret = ?1 ORDER BY revision DESC LIMIT 1) AS latest
-           WHERE latest.sha256 = ?2 AND latest.digest_key IS ?6 AND latest.spec_generation = ?3)
-         RETURNING revision",
-        )
-        .bind(&r.fleet_secret)
-        .bind(&digest.bytes()[..])
-        .bind(generation)
-        .bind(sources_json(&r.sources).to_string())
-        .bind(ts(now))
-        .bind(digest_key(digest))
-        .fetch_optional(&mut *conn)
-        .await?;
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6
+             WHERE NOT EXISTS (
+               SELECT 1 FROM (SELECT sha256, digest_key, spec_generation FROM revisions
+                              WHERE fleet_secret = ?1 ORDER BY revision DESC LIMIT 1) AS latest
+               WHERE latest.spec_generation = ?3
+                 AND (coalesce(latest.digest_key, ''), latest.sha256) IN (VALUES {}))
+             RETURNING revision",
+            pairs.join(", ")
+        );
+        let digest = keys.key(&r.sha256);
+        let mut query = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(&r.fleet_secret)
+            .bind(digest.bytes().to_vec())
+            .bind(generation)
+            .bind(sources_json(&r.sources).to_string())
+            .bind(ts(now))
+            .bind(digest_key(&digest));
+        for candidate in &candidates {
+            query = query
+                .bind(digest_key(candidate).unwrap_or_default())
+                .bind(candidate.bytes().to_vec());
+        }
+        let inserted: Option<i64> = query.fetch_optional(&mut *conn).await?;
         Ok(match inserted {
             Some(revision) => revision,
             None => {

@@ -30,6 +30,8 @@ pub(super) async fn digests_survive_a_key_rotation(store: Store) {
     assert!(store.digest_keys().matches(&latest[0].digest, &digest("one")), "A still verifies");
     assert!(!store.digest_keys().matches(&latest[0].digest, &digest("two")));
 
+    // The same content under the new key keeps its number: a rotation starts no rollout.
+    assert_eq!(store.upsert_revision(&new_revision("one")).await.expect("same"), r1);
     // New writes use B; a digest under a key no longer held is unknown, never a match.
     let r2 = store.upsert_revision(&new_revision("two")).await.expect("upsert");
     let latest = store.latest_revisions().await.expect("latest");
@@ -75,6 +77,11 @@ pub(super) async fn unkeyed_digests_are_keyed_at_start(store: Store) {
     let latest = store.latest_revisions().await.expect("latest");
     assert_eq!(latest[0].digest, StoredDigest::Unkeyed(digest("one")));
     assert!(store.digest_keys().matches(&latest[0].digest, &digest("one")));
+    assert_eq!(
+        store.upsert_revision(&new_revision("one")).await.expect("same content"),
+        revision,
+        "an unkeyed newest revision with the same content keeps its number"
+    );
     let status = store.status_for_cluster(c.id).await.expect("status");
     assert_eq!(status[0].applied_digest, Some(StoredDigest::Unkeyed(plain_status)));
 
