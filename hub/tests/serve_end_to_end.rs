@@ -314,7 +314,11 @@ async fn scenario(database_url: &str) {
     let mut payload_digests: Vec<[u8; 32]> = Vec::new();
 
     // Admin credentials: a token, and a client certificate from the admin CA.
-    std::fs::write(path("admin-token"), "kfa_e2e-admin-token-0123456789\n").unwrap();
+    std::fs::write(
+        path("admin-token"),
+        "# name:token, at least 32 bytes\ne2e-admin:kfa_e2e-admin-token-0123456789abcdef\n",
+    )
+    .unwrap();
     let admins = TestCa::generate("keyfleet e2e admins").unwrap();
     admins.write_cert(&path("admins.pem")).unwrap();
     let alice = admins.issue_client("alice@platform").unwrap();
@@ -511,11 +515,11 @@ async fn scenario(database_url: &str) {
         .collect();
     store.close().await;
     let expected = [
-        ("token", "spec.created", "secretstore/shared-kv"),
-        ("token", "spec.created", "fleetsecret/regcred"),
-        ("token", "cluster.create", "cluster/prod-eu-1"),
+        ("token:e2e-admin", "spec.created", "secretstore/shared-kv"),
+        ("token:e2e-admin", "spec.created", "fleetsecret/regcred"),
+        ("token:e2e-admin", "cluster.create", "cluster/prod-eu-1"),
         ("cluster:prod-eu-1", "enroll", "prod-eu-1"),
-        ("token", "pin.set", "fleetsecret/regcred/acr-pull"),
+        ("token:e2e-admin", "pin.set", "fleetsecret/regcred/acr-pull"),
         ("cert:alice@platform", "pin.remove", "fleetsecret/regcred"),
     ]
     .map(|(actor, action, subject)| (actor.to_owned(), action.to_owned(), subject.to_owned()));

@@ -173,7 +173,13 @@ pub(super) async fn serve(
         .context("serve needs TLS: --tls-cert and --tls-key, or --tls-self-signed DIR for development")?;
     let tls = TlsMaterial::load(tls_source).context("load the gRPC TLS material")?;
     let admin_client_ca = match &config.admin_client_ca {
-        Some(path) => Some(ClientCa::load(path).context("load --admin-client-ca")?),
+        Some(path) => {
+            let client_ca = ClientCa::load(path).context("load --admin-client-ca")?;
+            Some(match &config.admin_client_crl {
+                Some(crl) => client_ca.with_crl_file(crl).context("load --admin-client-crl")?,
+                None => client_ca,
+            })
+        }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(config.grpc.addr)
@@ -195,7 +201,7 @@ pub(super) async fn serve(
         ENROLL_BURST,
     );
     let admin_tokens =
-        super::read_admin_tokens(config.admin_token_file.as_deref(), admin_client_ca.is_some())?;
+        super::admin_tokens(config.admin_token_file.as_deref(), admin_client_ca.is_some())?;
     let mut admin_auth = AdminAuth::new(admin_tokens);
     if let Some(client_ca) = admin_client_ca.clone() {
         admin_auth = admin_auth.with_client_ca(client_ca);

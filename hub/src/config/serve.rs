@@ -76,7 +76,8 @@ pub struct ServeArgs {
     /// SecretStore and FleetSecret YAML files applied at startup (as `keyfleet apply -f DIR`).
     #[arg(long, env = "KEYFLEET_CONFIG_DIR", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// File with the Admin API bearer token(s), one per line. Without it (and without
+    /// File with the Admin API bearer tokens, one `NAME:TOKEN` per line (NAME: [a-z0-9._-]{1,64},
+    /// audited as token:NAME; TOKEN: 32 bytes or more). Without it (and without
     /// --admin-client-ca) the Admin API refuses every call.
     #[arg(long, env = "KEYFLEET_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
@@ -85,6 +86,15 @@ pub struct ServeArgs {
     /// one; agents never need one (they authenticate by credential).
     #[arg(long, env = "KEYFLEET_ADMIN_CLIENT_CA", value_name = "FILE")]
     pub admin_client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) of the --admin-client-ca CAs: a revoked admin
+    /// certificate is refused. Re-read when the file changes (checked at each Admin call).
+    #[arg(
+        long,
+        env = "KEYFLEET_ADMIN_CLIENT_CRL",
+        value_name = "FILE",
+        requires = "admin_client_ca"
+    )]
+    pub admin_client_crl: Option<PathBuf>,
     /// Once serving, write `{"grpc_addr", "ops_addr"}` as JSON to FILE (atomically).
     #[arg(long, env = "KEYFLEET_READY_FILE", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -152,6 +162,8 @@ pub struct ServeConfig {
     pub admin_token_file: Option<PathBuf>,
     /// CA bundle of admin client certificates.
     pub admin_client_ca: Option<PathBuf>,
+    /// Revocation lists of admin client certificates.
+    pub admin_client_crl: Option<PathBuf>,
     /// Where to announce the listening addresses.
     pub ready_file: Option<PathBuf>,
     /// Key Vault reachability.
@@ -184,6 +196,7 @@ impl From<ServeArgs> for ServeConfig {
             config_dir: args.config_dir,
             admin_token_file: args.admin_token_file,
             admin_client_ca: args.admin_client_ca,
+            admin_client_crl: args.admin_client_crl,
             ready_file: args.ready_file,
             vault: VaultConfig {
                 ca_file: args.vault_ca_file,
