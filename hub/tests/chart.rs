@@ -308,7 +308,11 @@ fn check_consistent(rendered: &Rendered, origin: &str) -> ServeArgs {
         .and_then(|secret| secret.secret_name.clone());
     assert!(digest_secret.is_some(), "{origin}: the digest key comes from a Secret");
     if let Some(ca) = &serve.admin_client_ca {
-        file_source(pod, container, ca);
+        let (ca_volume, _) = file_source(pod, container, ca);
+        if let Some(crl) = &serve.admin_client_crl {
+            let (crl_volume, _) = file_source(pod, container, crl);
+            assert_eq!(crl_volume, ca_volume, "{origin}: the CRL comes with its CA");
+        }
     }
     if let Some(dir) = &serve.config_dir {
         let mount = container
@@ -577,6 +581,11 @@ fn everything_on_renders_workload_identity_specs_monitoring_and_mtls() {
             .is_some_and(|data| data.contains_key("regcred.yaml"))
     );
     assert!(serve.config_dir.is_some() && serve.admin_client_ca.is_some());
+    assert_eq!(
+        serve.admin_client_crl.as_deref(),
+        Some(Path::new("/etc/keyfleet/admin-ca/ca.crl")),
+        "crlKey adds --admin-client-crl"
+    );
     assert!(serve.migrate);
     let annotations = rendered.service_accounts[0]
         .metadata

@@ -641,3 +641,50 @@ async fn agent_channel(addr: SocketAddr, ca: &Path) -> Channel {
         .await
         .unwrap()
 }
+
+/// `keyfleet serve` refuses what it must not run with, naming the flag or the line, never a
+/// secret: a Postgres store without a digest key, a short admin token, a short digest key.
+#[test]
+fn serve_refuses_missing_keys_and_short_tokens_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let short_token = "kfa_only-26-bytes-long-xyz";
+    std::fs::write(path("tokens"), format!("alice:kfa_alice-0123456789abcdef0123456789\nbob:{short_token}\n")).unwrap();
+    let short_key = "00112233445566778899aabbccddeeff";
+    std::fs::write(path("short-key"), format!("# current\n{short_key}\n")).unwrap();
+    let serve = |args: &[&str]| {
+        let output = std::process::Command::new(KEYFLEET)
+            .arg("serve")
+            .args(["--migrate", "--grpc-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+            .arg("--tls-self-signed")
+            .arg(path("tls"))
+            .args(args)
+            .env("KEYFLEET_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} must be refused");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let stderr = serve(&["--database", "postgres://keyfleet@127.0.0.1:1/none"]);
+    assert!(
+        stderr.contains("--digest-key-file (KEYFLEET_DIGEST_KEY_FILE) is required with a Postgres store"),
+        "{stderr}"
+    );
+    let stderr = serve(&[
+        "--database",
+        "sqlite::memory:",
+        "--admin-token-file",
+        path("tokens").to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("line 2: the token is 26 bytes; at least 32"), "{stderr}");
+    assert!(!stderr.contains(short_token), "{stderr}");
+    let stderr = serve(&[
+        "--database",
+        "sqlite::memory:",
+        "--digest-key-file",
+        path("short-key").to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("line 2: the key is 16 bytes; at least 32"), "{stderr}");
+    assert!(!stderr.contains(short_key), "{stderr}");
+}
