@@ -40,9 +40,9 @@ use crate::domain::{ClusterId, ClusterState, DigestKeys, LabelSelector, Labels, 
 pub use error::StoreError;
 pub use leadership::Leadership;
 pub use records::{
-    KeyedRows, AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,
-    RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite,
-    StatusRow, StoredSpec, SyncStatus, TokenRejection,
+    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, KeyedRows, NewRevision,
+    PinRecord, RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome,
+    SpecWrite, StatusRow, StoredSpec, SyncStatus, TokenRejection,
 };
 
 /// The Postgres channel `append_change` notifies and `change_wakeups` listens on.

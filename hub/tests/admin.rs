@@ -128,11 +128,9 @@ async fn start_with(url: Option<String>) -> Hub {
     let store = Store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     let control = Arc::new(TestControl::default());
-    let service = AdminService::new(store.clone(), Arc::clone(&control) as Arc<dyn HubControl>)
-        .into_server(AdminAuth::new([(
-            "platform-admin".to_owned(),
-            Sha256::of(ADMIN_TOKEN.as_bytes()),
-        )]));
+    let service = AdminService::new(store.clone(), Arc::clone(&control) as Arc<dyn HubControl>).into_server(
+        AdminAuth::new([("platform-admin".to_owned(), Sha256::of(ADMIN_TOKEN.as_bytes()))]),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -412,8 +412,18 @@ async fn a_certificate_listed_in_the_crl_is_refused_from_the_next_call() {
     let bob = hub.admins.issue_client("bob@platform").unwrap();
     let (alice_cert, alice_key) = hub.write_cert("alice", &alice);
     let (bob_cert, bob_key) = hub.write_cert("bob", &bob);
-    let as_alice = ["--client-cert", alice_cert.as_str(), "--client-key", alice_key.as_str()];
-    let as_bob = ["--client-cert", bob_cert.as_str(), "--client-key", bob_key.as_str()];
+    let as_alice = [
+        "--client-cert",
+        alice_cert.as_str(),
+        "--client-key",
+        alice_key.as_str(),
+    ];
+    let as_bob = [
+        "--client-cert",
+        bob_cert.as_str(),
+        "--client-key",
+        bob_key.as_str(),
+    ];
     hub.cli(&["cluster", "add", "dev-1"], &as_bob).await.unwrap();
 
     // Revoke bob's certificate: the file changes, the running hub reads it at the next call.

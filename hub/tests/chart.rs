@@ -306,7 +306,10 @@ fn check_consistent(rendered: &Rendered, origin: &str) -> ServeArgs {
         .find(|volume| volume.name == digest_volume)
         .and_then(|volume| volume.secret.as_ref())
         .and_then(|secret| secret.secret_name.clone());
-    assert!(digest_secret.is_some(), "{origin}: the digest key comes from a Secret");
+    assert!(
+        digest_secret.is_some(),
+        "{origin}: the digest key comes from a Secret"
+    );
     if let Some(ca) = &serve.admin_client_ca {
         let (ca_volume, _) = file_source(pod, container, ca);
         if let Some(crl) = &serve.admin_client_crl {

@@ -269,7 +269,13 @@ async fn next_regcred(agent: &mut TestAgent, digests: &mut Vec<[u8; 32]>) -> (u6
     assert_eq!(payload.r#type, "kubernetes.io/dockerconfigjson");
     assert_eq!(payload.secret_name, "regcred");
     assert_eq!(payload.namespaces, ["default", "ci"]);
-    digests.push(payload.sha256.clone().try_into().expect("a 32-byte payload sha256"));
+    digests.push(
+        payload
+            .sha256
+            .clone()
+            .try_into()
+            .expect("a 32-byte payload sha256"),
+    );
     (
         payload.revision,
         payload.data.get(".dockerconfigjson").cloned().unwrap_or_default(),
@@ -559,10 +565,7 @@ async fn scenario(database_url: &str) {
         .await;
     let rotated_log = hub.log();
     hub.stop().await;
-    assert!(
-        rotated_log.contains("digest keys loaded"),
-        "{rotated_log}"
-    );
+    assert!(rotated_log.contains("digest keys loaded"), "{rotated_log}");
     assert!(status["revision"].as_u64() > Some(unpinned));
     let keys = keyfleet_hub::domain::DigestKeys::parse(&format!("{key_b}\n{key_a}")).unwrap();
     let store = Store::connect(database_url)
@@ -570,7 +573,11 @@ async fn scenario(database_url: &str) {
         .unwrap()
         .with_digest_keys(keys.clone());
     let latest = store.latest_revisions().await.unwrap();
-    assert_eq!(latest[0].digest.key(), Some(keys.current()), "written under the new key");
+    assert_eq!(
+        latest[0].digest.key(),
+        Some(keys.current()),
+        "written under the new key"
+    );
     store.close().await;
 
     // No plain digest anywhere: of the values (the poller records them), of the payloads (the
@@ -584,7 +591,11 @@ async fn scenario(database_url: &str) {
     for log in [&log, &rotated_log] {
         for digest in &plain {
             let hex = hex::encode(digest);
-            assert!(!log.contains(&hex[..12]), "a plain digest ({}) in the hub log", &hex[..12]);
+            assert!(
+                !log.contains(&hex[..12]),
+                "a plain digest ({}) in the hub log",
+                &hex[..12]
+            );
         }
     }
     kv.shutdown().await;
@@ -603,7 +614,10 @@ async fn assert_no_plain_digest_in_the_database(database_url: &str, digests: &[[
     .fetch_all(&mut connection)
     .await
     .unwrap();
-    assert!(columns.iter().any(|(table, ..)| table == "revisions"), "{columns:?}");
+    assert!(
+        columns.iter().any(|(table, ..)| table == "revisions"),
+        "{columns:?}"
+    );
     let mut scanned = 0;
     for (table, column, data_type) in &columns {
         let haystack = if data_type == "bytea" {
@@ -649,13 +663,23 @@ fn serve_refuses_missing_keys_and_short_tokens_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
     let short_token = "kfa_only-26-bytes-long-xyz";
-    std::fs::write(path("tokens"), format!("alice:kfa_alice-0123456789abcdef0123456789\nbob:{short_token}\n")).unwrap();
+    std::fs::write(
+        path("tokens"),
+        format!("alice:kfa_alice-0123456789abcdef0123456789\nbob:{short_token}\n"),
+    )
+    .unwrap();
     let short_key = "00112233445566778899aabbccddeeff";
     std::fs::write(path("short-key"), format!("# current\n{short_key}\n")).unwrap();
     let serve = |args: &[&str]| {
         let output = std::process::Command::new(KEYFLEET)
             .arg("serve")
-            .args(["--migrate", "--grpc-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+            .args([
+                "--migrate",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--ops-addr",
+                "127.0.0.1:0",
+            ])
             .arg("--tls-self-signed")
             .arg(path("tls"))
             .args(args)
@@ -677,7 +701,10 @@ fn serve_refuses_missing_keys_and_short_tokens_by_name() {
         "--admin-token-file",
         path("tokens").to_str().unwrap(),
     ]);
-    assert!(stderr.contains("line 2: the token is 26 bytes; at least 32"), "{stderr}");
+    assert!(
+        stderr.contains("line 2: the token is 26 bytes; at least 32"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(short_token), "{stderr}");
     let stderr = serve(&[
         "--database",
@@ -685,6 +712,9 @@ fn serve_refuses_missing_keys_and_short_tokens_by_name() {
         "--digest-key-file",
         path("short-key").to_str().unwrap(),
     ]);
-    assert!(stderr.contains("line 2: the key is 16 bytes; at least 32"), "{stderr}");
+    assert!(
+        stderr.contains("line 2: the key is 16 bytes; at least 32"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(short_key), "{stderr}");
 }

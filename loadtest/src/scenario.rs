@@ -120,7 +120,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .unwrap_or_else(|| format!("sqlite://{}", work.join("keyfleet.db").display()));
     let admin_token = random_token();
     // The hub's token file format (name:token); the CLI reads the same file.
-    std::fs::write(work.join("admin-token"), format!("loadtest:{admin_token}\n")).context("write the admin token")?;
+    std::fs::write(work.join("admin-token"), format!("loadtest:{admin_token}\n"))
+        .context("write the admin token")?;
     // The hub keys the digests it stores with this (required with Postgres; a restart reuses it).
     let digest_key: [u8; 32] = rand::rng().random();
     std::fs::write(work.join("digest-key"), hex::encode(digest_key)).context("write the digest key")?;

@@ -200,8 +200,7 @@ pub(super) async fn serve(
         ENROLL_PER_SECOND,
         ENROLL_BURST,
     );
-    let admin_tokens =
-        super::admin_tokens(config.admin_token_file.as_deref(), admin_client_ca.is_some())?;
+    let admin_tokens = super::admin_tokens(config.admin_token_file.as_deref(), admin_client_ca.is_some())?;
     let mut admin_auth = AdminAuth::new(admin_tokens);
     if let Some(client_ca) = admin_client_ca.clone() {
         admin_auth = admin_auth.with_client_ca(client_ca);

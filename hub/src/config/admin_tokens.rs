@@ -121,7 +121,10 @@ pub fn parse_admin_tokens(text: &str, path: &str) -> Result<Vec<AdminTokenDigest
             None => (format!("token-{}", &sha256.to_hex()[..8]), true),
         };
         if let Some((_, first)) = tokens.iter().find(|(known, _)| known.name == name) {
-            return Err(refuse(number, format!("the name {name:?} is already used on line {first}")));
+            return Err(refuse(
+                number,
+                format!("the name {name:?} is already used on line {first}"),
+            ));
         }
         if let Some((_, first)) = tokens.iter().find(|(known, _)| known.sha256 == sha256) {
             return Err(refuse(number, format!("the same token as line {first}")));
@@ -192,10 +195,19 @@ mod tests {
         let short = "kfa_short-token-0123456789";
         let cases = [
             (format!("# c\nalice:{short}\n"), "line 2: the token is 26 bytes"),
-            (format!("{short}"), "line 1: the token is 26 bytes"),
-            (format!("alice:{ALICE}\nalice:{CI}\n"), "line 2: the name \"alice\" is already used on line 1"),
-            (format!("alice:{ALICE}\nbob:{ALICE}\n"), "line 2: the same token as line 1"),
-            (format!("alice:{ALICE} {CI}"), "line 1: the token holds whitespace"),
+            (short.to_owned(), "line 1: the token is 26 bytes"),
+            (
+                format!("alice:{ALICE}\nalice:{CI}\n"),
+                "line 2: the name \"alice\" is already used on line 1",
+            ),
+            (
+                format!("alice:{ALICE}\nbob:{ALICE}\n"),
+                "line 2: the same token as line 1",
+            ),
+            (
+                format!("alice:{ALICE} {CI}"),
+                "line 1: the token holds whitespace",
+            ),
             ("# nothing\n\n".to_owned(), "holds no token"),
         ];
         for (text, expected) in cases {

@@ -92,13 +92,14 @@ pub fn load_digest_keys(
 }
 
 fn read_key_file(path: &Path) -> Result<DigestKeys, DigestKeyFileError> {
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-        DigestKeyFileError::Io {
-            what: "read --digest-key-file",
-            path: path.display().to_string(),
-            source,
-        }
-    })?);
+    let text =
+        zeroize::Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| DigestKeyFileError::Io {
+                what: "read --digest-key-file",
+                path: path.display().to_string(),
+                source,
+            })?,
+        );
     DigestKeys::parse(&text).map_err(|problem| DigestKeyFileError::Invalid {
         path: path.display().to_string(),
         problem,
@@ -149,10 +150,19 @@ mod tests {
     #[test]
     fn sqlite_keeps_a_key_beside_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let database = url(&format!("sqlite://{}?mode=rwc", dir.path().join("hub.db").display()));
+        let database = url(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("hub.db").display()
+        ));
         let (first, source) = load_digest_keys(None, &database).unwrap();
         let path = dir.path().join("hub.db.digest-key");
-        assert_eq!(source, DigestKeySource::BesideDatabase { path: path.clone(), created: true });
+        assert_eq!(
+            source,
+            DigestKeySource::BesideDatabase {
+                path: path.clone(),
+                created: true
+            }
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -173,10 +183,12 @@ mod tests {
         std::fs::write(&path, "# current\n0011223344556677\n").unwrap();
         let error = load_digest_keys(Some(&path), &url("postgres://u@db/k")).unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("line 2") && message.contains("8 bytes"), "{message}");
+        assert!(
+            message.contains("line 2") && message.contains("8 bytes"),
+            "{message}"
+        );
         assert!(!message.contains("0011223344556677"), "{message}");
-        let error = load_digest_keys(Some(&dir.path().join("missing")), &url("sqlite::memory:"))
-            .unwrap_err();
+        let error = load_digest_keys(Some(&dir.path().join("missing")), &url("sqlite::memory:")).unwrap_err();
         assert!(matches!(error, DigestKeyFileError::Io { .. }), "{error}");
     }
 }

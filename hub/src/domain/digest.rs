@@ -78,8 +78,8 @@ impl DigestKey {
     }
 
     fn mac(&self, plain: &Sha256) -> [u8; 32] {
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.secret)
-            .expect("HMAC takes a key of any length");
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(&self.secret).expect("HMAC takes a key of any length");
         mac.update(b"keyfleet digest v1\0");
         mac.update(&plain.0);
         mac.finalize().into_bytes().into()
@@ -296,7 +296,7 @@ impl DigestKeys {
 
 fn decode_key(line: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
-    if line.len() % 2 == 0 && line.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if line.len().is_multiple_of(2) && line.bytes().all(|b| b.is_ascii_hexdigit()) {
         return hex::decode(line).ok();
     }
     let engines = [

@@ -165,7 +165,10 @@ pub(super) struct StatusBind {
 
 /// Checks ranges, truncates errors, and keeps the last row of each (cluster, fleet secret) so the
 /// single upsert never touches a row twice. The applied digest is keyed with `keys`' current key.
-pub(super) fn prepare_status_rows(rows: &[StatusRow], keys: &DigestKeys) -> Result<Vec<StatusBind>, StoreError> {
+pub(super) fn prepare_status_rows(
+    rows: &[StatusRow],
+    keys: &DigestKeys,
+) -> Result<Vec<StatusBind>, StoreError> {
     let mut last = std::collections::HashMap::with_capacity(rows.len());
     for (index, row) in rows.iter().enumerate() {
         last.insert((row.cluster, row.fleet_secret.as_str()), index);

@@ -33,7 +33,11 @@ impl ServeEnv {
     pub fn new(database: String, kv: &KeyVaultHandle) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let admin_token = format!("kfa_{}", uuid::Uuid::new_v4().simple());
-        std::fs::write(dir.path().join("admin-token"), format!("test-admin:{admin_token}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("admin-token"),
+            format!("test-admin:{admin_token}\n"),
+        )
+        .unwrap();
         // Every replica (and every restart) keys digests with the same key.
         let digest_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
         std::fs::write(dir.path().join("digest-key"), digest_key).unwrap();

@@ -59,15 +59,15 @@ impl CrlFile {
 
     /// The verifier of the file's current content: re-read when it changed since the last call.
     pub(super) fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match stamp(&self.path) {
             Ok(now) if now != state.stamp => match read(&self.path, &self.roots) {
                 Ok((verifier, lists)) => {
                     tracing::info!(file = %self.path.display(), lists, "admin client CRL reloaded");
-                    *state = Loaded {
-                        stamp: now,
-                        verifier,
-                    };
+                    *state = Loaded { stamp: now, verifier };
                 }
                 Err(error) => {
                     tracing::error!(error = %error, "cannot reload --admin-client-crl; the last lists read stay in force");
@@ -89,7 +89,10 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
 }
 
 /// The verifier over `roots` with the CRLs of `path`, and how many lists it holds.
-fn read(path: &Path, roots: &Arc<RootCertStore>) -> Result<(Arc<dyn ClientCertVerifier>, usize), ClientCaError> {
+fn read(
+    path: &Path,
+    roots: &Arc<RootCertStore>,
+) -> Result<(Arc<dyn ClientCertVerifier>, usize), ClientCaError> {
     let bytes = std::fs::read(path).map_err(|source| ClientCaError::Read {
         path: path.to_owned(),
         source,
@@ -127,8 +130,8 @@ pub(super) fn verifier(
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), provider)
-        .allow_unauthenticated();
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), provider).allow_unauthenticated();
     if !crls.is_empty() {
         builder = builder
             .with_crls(crls)

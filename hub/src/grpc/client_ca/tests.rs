@@ -195,8 +195,11 @@ fn the_crl_file_is_read_again_when_it_changes() {
     assert!(client.verify(std::slice::from_ref(alice.cert_der())).is_ok());
 
     // A broken file keeps the last good lists: bob stays revoked.
-    std::fs::write(&path, "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n")
-        .expect("write");
+    std::fs::write(
+        &path,
+        "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n",
+    )
+    .expect("write");
     assert!(client.verify(std::slice::from_ref(bob.cert_der())).is_err());
     assert!(client.verify(std::slice::from_ref(alice.cert_der())).is_ok());
 
@@ -218,7 +221,10 @@ fn bad_crl_files_are_refused_at_start() {
     let dir = tempfile::tempdir().expect("dir");
     let admins = ca("admins");
     let client = ClientCa::from_pem(admins.cert_pem()).expect("bundle");
-    let missing = client.clone().with_crl_file(&dir.path().join("missing")).unwrap_err();
+    let missing = client
+        .clone()
+        .with_crl_file(&dir.path().join("missing"))
+        .unwrap_err();
     assert!(matches!(missing, ClientCaError::Read { .. }), "{missing}");
     let path = dir.path().join("bad.crl");
     std::fs::write(&path, admins.cert_pem()).expect("write");
@@ -226,5 +232,8 @@ fn bad_crl_files_are_refused_at_start() {
     assert!(error.contains("no PEM X509 CRL block found"), "{error}");
     std::fs::write(&path, b"\x30\x03\x02\x01\x01").expect("write");
     let error = client.with_crl_file(&path).unwrap_err().to_string();
-    assert!(error.contains("cannot verify client certificates with it"), "{error}");
+    assert!(
+        error.contains("cannot verify client certificates with it"),
+        "{error}"
+    );
 }

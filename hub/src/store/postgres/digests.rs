@@ -22,11 +22,10 @@ pub(in crate::store) async fn key_unkeyed(pool: &PgPool, keys: &DigestKeys) -> R
     let key = keys.current().as_str();
     let mut done = KeyedRows::default();
 
-    let versions = sqlx::query!(
-        "SELECT store, name, version, sha256 FROM secret_versions WHERE digest_key IS NULL"
-    )
-    .fetch_all(pool)
-    .await?;
+    let versions =
+        sqlx::query!("SELECT store, name, version, sha256 FROM secret_versions WHERE digest_key IS NULL")
+            .fetch_all(pool)
+            .await?;
     for batch in versions.chunks(BATCH) {
         let stores: Vec<String> = batch.iter().map(|r| r.store.clone()).collect();
         let names: Vec<String> = batch.iter().map(|r| r.name.clone()).collect();

@@ -27,11 +27,17 @@ pub(super) async fn digests_survive_a_key_rotation(store: Store) {
     let latest = store.latest_revisions().await.expect("latest");
     assert_eq!(latest[0].revision, r1);
     assert_eq!(latest[0].digest.key(), Some(&key_a), "written under A");
-    assert!(store.digest_keys().matches(&latest[0].digest, &digest("one")), "A still verifies");
+    assert!(
+        store.digest_keys().matches(&latest[0].digest, &digest("one")),
+        "A still verifies"
+    );
     assert!(!store.digest_keys().matches(&latest[0].digest, &digest("two")));
 
     // The same content under the new key keeps its number: a rotation starts no rollout.
-    assert_eq!(store.upsert_revision(&new_revision("one")).await.expect("same"), r1);
+    assert_eq!(
+        store.upsert_revision(&new_revision("one")).await.expect("same"),
+        r1
+    );
     // New writes use B; a digest under a key no longer held is unknown, never a match.
     let r2 = store.upsert_revision(&new_revision("two")).await.expect("upsert");
     let latest = store.latest_revisions().await.expect("latest");
@@ -42,14 +48,24 @@ pub(super) async fn digests_survive_a_key_rotation(store: Store) {
         "idempotent under the current key"
     );
     let only_b = DigestKeys::parse(KEY_B).unwrap();
-    let before = store.revision_before("db", r2).await.expect("before").expect("r1");
-    assert!(!only_b.matches(&before.digest, &digest("one")), "A was dropped: unknown");
+    let before = store
+        .revision_before("db", r2)
+        .await
+        .expect("before")
+        .expect("r1");
+    assert!(
+        !only_b.matches(&before.digest, &digest("one")),
+        "A was dropped: unknown"
+    );
     assert!(only_b.matches(&latest[0].digest, &digest("two")));
 }
 
 pub(super) async fn unkeyed_digests_are_keyed_at_start(store: Store) {
     let c = store.create_cluster("eu-1", &labels(&[])).await.expect("cluster");
-    let revision = store.upsert_revision(&new_revision("one")).await.expect("revision");
+    let revision = store
+        .upsert_revision(&new_revision("one"))
+        .await
+        .expect("revision");
     store
         .upsert_status_batch(&[applied(status_row(c.id, "db", revision, 0), revision, 1)])
         .await
@@ -69,21 +85,41 @@ pub(super) async fn unkeyed_digests_are_keyed_at_start(store: Store) {
         .expect("version");
     // What a hub before migration 0006 wrote: plain digests, no key.
     let plain_status = digest(&format!("rev-{revision}"));
-    unkey(&store, "secret_versions", "sha256", "digest_key", &digest("value")).await;
+    unkey(
+        &store,
+        "secret_versions",
+        "sha256",
+        "digest_key",
+        &digest("value"),
+    )
+    .await;
     unkey(&store, "revisions", "sha256", "digest_key", &digest("one")).await;
-    unkey(&store, "sync_status", "applied_sha256", "applied_digest_key", &plain_status).await;
+    unkey(
+        &store,
+        "sync_status",
+        "applied_sha256",
+        "applied_digest_key",
+        &plain_status,
+    )
+    .await;
 
     // Unkeyed rows still compare (a rolling upgrade keeps working) …
     let latest = store.latest_revisions().await.expect("latest");
     assert_eq!(latest[0].digest, StoredDigest::Unkeyed(digest("one")));
     assert!(store.digest_keys().matches(&latest[0].digest, &digest("one")));
     assert_eq!(
-        store.upsert_revision(&new_revision("one")).await.expect("same content"),
+        store
+            .upsert_revision(&new_revision("one"))
+            .await
+            .expect("same content"),
         revision,
         "an unkeyed newest revision with the same content keeps its number"
     );
     let status = store.status_for_cluster(c.id).await.expect("status");
-    assert_eq!(status[0].applied_digest, Some(StoredDigest::Unkeyed(plain_status)));
+    assert_eq!(
+        status[0].applied_digest,
+        Some(StoredDigest::Unkeyed(plain_status))
+    );
 
     // … and are keyed with the current key at start, once.
     let keyed = store.key_unkeyed_digests().await.expect("key");
@@ -95,7 +131,10 @@ pub(super) async fn unkeyed_digests_are_keyed_at_start(store: Store) {
             sync_status: 1
         }
     );
-    assert_eq!(store.key_unkeyed_digests().await.expect("again"), KeyedRows::default());
+    assert_eq!(
+        store.key_unkeyed_digests().await.expect("again"),
+        KeyedRows::default()
+    );
     let current = store.digest_keys().current().clone();
     let latest = store.latest_revisions().await.expect("latest");
     assert_eq!(latest[0].digest.key(), Some(&current));

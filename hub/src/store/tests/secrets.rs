@@ -112,7 +112,10 @@ pub(super) async fn no_column_holds_a_secret_value(store: Store) {
     let mut row = applied(status_row(c.id, "db", second_revision, 2), second_revision, 3);
     row.applied_sha256 = Some(Sha256::of(second_encoded.as_bytes()));
     store.upsert_status_batch(&[row]).await.expect("status 2");
-    assert_eq!(store.key_unkeyed_digests().await.expect("key"), KeyedRows::default());
+    assert_eq!(
+        store.key_unkeyed_digests().await.expect("key"),
+        KeyedRows::default()
+    );
     let first = store
         .revision_before("db", second_revision)
         .await
