@@ -280,7 +280,7 @@ chmod -R a+rX "$WORK/kube"
 
 # The hub from its image: sqlite and a self-signed CA under /data (a bind mount it owns).
 mkdir -p "$WORK/hub"
-openssl rand -hex 32 >"$WORK/hub/admin-token"
+printf 'images:%s\n' "$(openssl rand -hex 32)" >"$WORK/hub/admin-token"   # name:token
 chown -R 65532:65532 "$WORK/hub"
 chmod 600 "$WORK/hub/admin-token"
 hub_ctr=$(new_container "$HUB_IMAGE")

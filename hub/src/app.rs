@@ -90,10 +90,10 @@ fn write_ready_file(
     std::fs::rename(&temporary, path).with_context(|| format!("write the ready file {}", path.display()))
 }
 
-/// The admin tokens' SHA-256 from `--admin-token-file` (one token per line; blank lines and
-/// `#` comments ignored). Without the file, only client certificates authenticate admins
-/// (`--admin-client-ca`), and without either the Admin API refuses every call.
-fn read_admin_tokens(path: Option<&Path>, client_ca: bool) -> anyhow::Result<Vec<Sha256>> {
+/// The admin tokens (names and SHA-256) of `--admin-token-file` (`config::read_admin_tokens`).
+/// Without the file, only client certificates authenticate admins (`--admin-client-ca`), and
+/// without either the Admin API refuses every call.
+fn admin_tokens(path: Option<&Path>, client_ca: bool) -> anyhow::Result<Vec<(String, Sha256)>> {
     let Some(path) = path else {
         if client_ca {
             tracing::info!("no --admin-token-file: admins authenticate by client certificate only");
@@ -102,18 +102,21 @@ fn read_admin_tokens(path: Option<&Path>, client_ca: bool) -> anyhow::Result<Vec
         }
         return Ok(Vec::new());
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read --admin-token-file {}", path.display()))?;
-    let tokens: Vec<Sha256> = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|token| Sha256::of(token.as_bytes()))
-        .collect();
-    if tokens.is_empty() {
-        anyhow::bail!("--admin-token-file {} holds no token", path.display());
+    let tokens = crate::config::read_admin_tokens(path)?;
+    for token in tokens.iter().filter(|token| token.derived_name) {
+        tracing::warn!(
+            name = %token.name,
+            file = %path.display(),
+            "an admin token without a name: audited as token:{}; write it as NAME:TOKEN",
+            token.name
+        );
     }
-    Ok(tokens)
+    let names: Vec<&str> = tokens.iter().map(|token| token.name.as_str()).collect();
+    tracing::info!(tokens = ?names, "admin tokens loaded");
+    Ok(tokens
+        .into_iter()
+        .map(|token| (token.name, token.sha256))
+        .collect())
 }
 
 /// `--config-dir`: every spec in the directory is validated together and stored all or nothing

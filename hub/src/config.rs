@@ -3,7 +3,9 @@
 //!
 //! - `serve.rs`: `serve` and `migrate` flags → [`ServeConfig`] and its per-module parts.
 //! - `admin_commands.rs`: the administration commands' flags (run by [`crate::cli`]).
+//! - `admin_tokens.rs`: the admin token file (`name:token` lines) → named token digests.
 //! - `database_url.rs`: [`DatabaseUrl`], the store URL that redacts its password.
+//! - `digest_key.rs`: the digest key file (`--digest-key-file`) → [`crate::domain::DigestKeys`].
 
 use std::time::Duration;
 
@@ -12,7 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::telemetry;
 
 mod admin_commands;
+mod admin_tokens;
 mod database_url;
+mod digest_key;
 mod serve;
 #[cfg(test)]
 mod tests;
@@ -23,7 +27,12 @@ pub use admin_commands::{
     RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs, UnpinTarget, WithClient, parse_label,
     parse_label_change,
 };
+pub use admin_tokens::{
+    AdminTokenDigest, AdminTokenFileError, MIN_ADMIN_TOKEN_BYTES, parse_admin_tokens, read_admin_tokens,
+    token_of_line,
+};
 pub use database_url::{DEFAULT_DATABASE, DatabaseUrl};
+pub use digest_key::{DigestKeyFileError, DigestKeySource, load_digest_keys};
 pub use serve::{
     GrpcConfig, MigrateArgs, OpsConfig, ServeArgs, ServeConfig, VaultConfig, default_replica_id,
 };

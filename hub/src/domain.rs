@@ -8,6 +8,9 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
+mod digest;
+pub use digest::{DigestKey, DigestKeyError, DigestKeyId, DigestKeys, MIN_DIGEST_KEY_BYTES, StoredDigest};
+
 /// `text` cut to at most `max` bytes on a character boundary (never inside a multi-byte
 /// character, where slicing or `String::truncate` panics): the one string truncation of the hub,
 /// for text that comes from elsewhere (agents' NACKs, replica ids).
@@ -55,7 +58,9 @@ impl fmt::Debug for SecretValue {
     }
 }
 
-/// A SHA-256 digest (of a rendered revision or a Key Vault value). Safe to log and store.
+/// A plain SHA-256 digest (of a rendered revision, a Key Vault value, or a random credential).
+/// A digest of secret material is never stored or logged plain: the store keys it
+/// ([`DigestKeys`], [`StoredDigest`]); `Debug` shows none of its bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Sha256(pub [u8; 32]);
 
@@ -79,7 +84,7 @@ impl Sha256 {
 
 impl fmt::Debug for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", &self.to_hex()[..12])
+        f.write_str("sha256:<redacted>")
     }
 }
 
@@ -315,9 +320,11 @@ mod tests {
     }
 
     #[test]
-    fn sha256_debug_is_short_hex() {
+    fn sha256_debug_shows_no_digest_bytes() {
         let digest = Sha256::of(b"x");
-        assert!(format!("{digest:?}").starts_with("sha256:"));
+        let printed = format!("{digest:?}");
+        assert_eq!(printed, "sha256:<redacted>");
+        assert!(!printed.contains(&digest.to_hex()[..6]), "{printed}");
         assert_eq!(Sha256::from_slice(&digest.0), Some(digest));
         assert_eq!(Sha256::from_slice(&[0; 3]), None);
     }

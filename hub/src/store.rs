@@ -11,7 +11,9 @@
 //! file per table, each backend in its own SQL); `convert` the values both bind and read back.
 //!
 //! **Invariants:** only this module names sqlx; it returns the records of [`records`], never rows;
-//! no column can hold a secret value (only SHA-256 digests of tokens, credentials and values);
+//! no column can hold a secret value (only SHA-256 digests of random tokens and credentials, and
+//! keyed digests of values and revisions: [`DigestKeys`], written with the current key, never a
+//! plain digest of secret material);
 //! status writes are one statement per batch; `NOTIFY keyfleet_changes` is only a wake-up, the
 //! change log is the truth.
 
@@ -36,7 +38,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use self::convert::{micros, now, prepare_status_rows, to_i64};
-use crate::domain::{ClusterId, ClusterState, LabelSelector, Labels, Sha256};
+use crate::domain::{ClusterId, ClusterState, DigestKeys, LabelSelector, Labels, Sha256};
 
 pub use error::StoreError;
 pub use governance::{RolloutCounts, ServedVersion};
@@ -44,9 +46,9 @@ pub use history::{AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome
 pub use leadership::Leadership;
 pub use polls::{PollAsk, PollRequest, PollResult, StorePoll};
 pub use records::{
-    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, NewRevision, PinRecord,
-    RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome, SpecWrite,
-    StatusRow, StoredSpec, SyncStatus, TokenRejection,
+    AppliedMigration, AuditEvent, Change, ChangeKind, Cluster, ClusterLiveness, KeyedRows, NewRevision,
+    PinRecord, RevisionRecord, RolloutRecord, SecretVersionRecord, SpecAction, SpecKind, SpecOutcome,
+    SpecWrite, StatusRow, StoredSpec, SyncStatus, TokenRejection,
 };
 
 /// The Postgres channel `append_change` notifies and `change_wakeups` listens on.
@@ -66,6 +68,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Keys every digest of secret material it writes, and verifies what it reads.
+    digest_keys: Arc<DigestKeys>,
     status_statements: Arc<AtomicU64>,
     /// Status rows written since `sync_lagging` was last vacuumed here (Postgres).
     lagging_churn: Arc<AtomicU64>,
@@ -113,6 +117,9 @@ macro_rules! shared {
 
 impl Store {
     /// `postgres://…` or `sqlite://PATH` / `sqlite::memory:` (file created if missing, WAL mode).
+    /// Digests are keyed with a random key of this process until [`Store::with_digest_keys`]
+    /// gives the hub's keys: enough for tools and tests that never compare a stored digest across
+    /// processes; `serve` always gives its keys.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres(postgres::connect(url).await?)
@@ -123,10 +130,31 @@ impl Store {
         };
         Ok(Store {
             backend,
+            digest_keys: Arc::new(DigestKeys::generate().0),
             status_statements: Arc::new(AtomicU64::new(0)),
             lagging_churn: Arc::new(AtomicU64::new(0)),
             lagging_vacuums: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The same store, keying digests with `keys` (every replica of a fleet holds the same).
+    #[must_use]
+    pub fn with_digest_keys(mut self, keys: DigestKeys) -> Store {
+        self.digest_keys = Arc::new(keys);
+        self
+    }
+
+    /// The keys digests are written and verified with: the engine checks a reproduced revision
+    /// against its recorded digest with [`DigestKeys::matches`].
+    pub fn digest_keys(&self) -> &DigestKeys {
+        &self.digest_keys
+    }
+
+    /// Keys every digest still stored plain (rows written before migration 0006, or by an older
+    /// replica during a rolling upgrade) with the current key; returns how many rows per table.
+    /// `serve` runs it at every start (one scan of each table; idempotent, safe with replicas).
+    pub async fn key_unkeyed_digests(&self) -> Result<KeyedRows, StoreError> {
+        backend!(self, digests::key_unkeyed(&self.digest_keys))
     }
 
     /// Applies the pending migrations of this backend (`migrations/postgres` or `migrations/sqlite`).
@@ -165,7 +193,7 @@ impl Store {
     }
 
     /// Statements `upsert_status_batch` executed since this store was connected (for benchmarks:
-    /// 1 per call on Postgres, 1 per 3,640 rows on SQLite).
+    /// 1 per call on Postgres, 1 per 3,276 rows on SQLite).
     pub fn status_statements(&self) -> u64 {
         self.status_statements.load(Ordering::Relaxed)
     }
@@ -405,18 +433,20 @@ impl Store {
             not_before: v.not_before.map(micros),
             ..v.clone()
         };
-        backend!(self, revisions::upsert_secret_version(&v, now()))
+        let digest = self.digest_keys.key(&v.sha256);
+        backend!(self, revisions::upsert_secret_version(&v, &digest, now()))
     }
 
-    /// Idempotent on (fleet_secret, sha256, spec_generation): returns the existing number when the
+    /// Idempotent on (fleet_secret, digest, spec_generation): returns the existing number when the
     /// same content is the fleet secret's newest revision, else a new globally increasing number
     /// (so content that comes back after another revision gets a new, higher number and stays
-    /// the newest).
+    /// the newest). The newest revision's digest compares under any key held (after a key
+    /// rotation the same content keeps its number); a new row is keyed with the current key.
     pub async fn upsert_revision(&self, r: &NewRevision) -> Result<u64, StoreError> {
         i64::try_from(r.spec_generation).map_err(|_| StoreError::OutOfRange {
             what: "spec generation",
         })?;
-        shared!(self.upsert_revision(r, now()))
+        shared!(self.upsert_revision(r, &self.digest_keys, now()))
     }
 
     /// The newest revision of every fleet secret, by fleet secret name.
@@ -482,7 +512,7 @@ impl Store {
     /// chunked only above SQLite's bind limit). Upsert on (cluster, fleet_secret); when the same
     /// pair appears twice, the later row wins. Returns the number of rows written.
     pub async fn upsert_status_batch(&self, rows: &[StatusRow]) -> Result<u64, StoreError> {
-        let rows = prepare_status_rows(rows)?;
+        let rows = prepare_status_rows(rows, &self.digest_keys)?;
         if rows.is_empty() {
             return Ok(0);
         }

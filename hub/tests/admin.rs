@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
 
-const ADMIN_TOKEN: &str = "kfa_test-admin-token-0123456789";
+const ADMIN_TOKEN: &str = "kfa_test-admin-token-0123456789abcdef";
 
 /// The hub side of the Admin service, recording what it was told.
 #[derive(Default)]
@@ -128,8 +128,9 @@ async fn start_with(url: Option<String>) -> Hub {
     let store = Store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     let control = Arc::new(TestControl::default());
-    let service = AdminService::new(store.clone(), Arc::clone(&control) as Arc<dyn HubControl>)
-        .into_server(AdminAuth::new([Sha256::of(ADMIN_TOKEN.as_bytes())]));
+    let service = AdminService::new(store.clone(), Arc::clone(&control) as Arc<dyn HubControl>).into_server(
+        AdminAuth::new([("platform-admin".to_owned(), Sha256::of(ADMIN_TOKEN.as_bytes()))]),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -478,7 +479,10 @@ async fn clusters(hub: Hub) {
         expected.map(|(a, s)| (a.to_owned(), s.to_owned())),
         "{audit:?}"
     );
-    assert!(audit.iter().all(|event| event.actor == "token"), "{audit:?}");
+    assert!(
+        audit.iter().all(|event| event.actor == "token:platform-admin"),
+        "every call is audited by the name of its token: {audit:?}"
+    );
     let printed = format!("{audit:?}");
     assert!(!printed.contains("kfe_"), "{printed}");
 }
@@ -1352,7 +1356,8 @@ async fn apply_reads_stdin() {
 async fn the_binary_applies_specs_from_a_pipe() {
     let hub = start().await;
     let token_file = hub.dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    // The hub's own token file format: the CLI sends the token part of `name:token`.
+    std::fs::write(&token_file, format!("# admins\nplatform-admin:{ADMIN_TOKEN}\n")).unwrap();
     let spec = std::fs::File::open(examples().join("regcred.yaml")).unwrap();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyfleet"))
         .args([

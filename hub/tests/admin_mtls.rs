@@ -1,7 +1,8 @@
 //! Admin authentication by client certificate (mTLS) on the hub's one TLS listener, served as
 //! `keyfleet serve --admin-client-ca` serves it: Sync, Enrollment and Admin together, the
 //! listener asking every client for a certificate without requiring one, and only the Admin
-//! service checking it.
+//! service checking it; with `--admin-client-crl`, a revoked certificate is refused at the next
+//! call once the CRL file lists it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -58,6 +59,11 @@ struct Hub {
 
 impl Hub {
     async fn start() -> Self {
+        Self::start_with_crl(false).await
+    }
+
+    /// With `crl`, the admin CA's CRL file is DIR/admins.crl (empty at start; rewrite it to revoke).
+    async fn start_with_crl(crl: bool) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let material = TlsMaterial::load(&TlsSource::SelfSigned {
@@ -66,13 +72,19 @@ impl Hub {
         })
         .unwrap();
         let admins = TestCa::generate("keyfleet admins").unwrap();
-        let client_ca = ClientCa::from_pem(admins.cert_pem()).unwrap();
+        let mut client_ca = ClientCa::from_pem(admins.cert_pem()).unwrap();
+        if crl {
+            let path = dir.path().join("admins.crl");
+            std::fs::write(&path, admins.revocation_list(&[]).unwrap()).unwrap();
+            client_ca = client_ca.with_crl_file(&path).unwrap();
+        }
         let store = Store::connect(&format!("sqlite://{}", dir.path().join("hub.db").display()))
             .await
             .unwrap();
         store.migrate().await.unwrap();
         let admin = AdminService::new(store.clone(), Arc::new(NoControl)).into_server(
-            AdminAuth::new([Sha256::of(ADMIN_TOKEN.as_bytes())]).with_client_ca(client_ca.clone()),
+            AdminAuth::new([("ops".to_owned(), Sha256::of(ADMIN_TOKEN.as_bytes()))])
+                .with_client_ca(client_ca.clone()),
         );
         let (fleet, events) = Fleet::new(default_fleet_config());
         let credentials = Credentials::default();
@@ -177,7 +189,7 @@ async fn a_certificate_from_the_admin_ca_is_accepted_without_a_token() {
 
     // The token still works on the same listener, alone.
     let token_file = hub.dir.path().join("admin-token");
-    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    std::fs::write(&token_file, format!("ops:{ADMIN_TOKEN}\n")).unwrap();
     hub.cli(
         &["cluster", "label", "prod-eu-1", "ring=canary"],
         &["--admin-token-file", token_file.to_str().unwrap()],
@@ -199,7 +211,7 @@ async fn a_certificate_from_the_admin_ca_is_accepted_without_a_token() {
         audit,
         [
             ("cert:alice@platform".to_owned(), "cluster.create".to_owned()),
-            ("token".to_owned(), "cluster.label".to_owned()),
+            ("token:ops".to_owned(), "cluster.label".to_owned()),
         ]
     );
 
@@ -288,7 +300,7 @@ async fn a_certificate_from_another_ca_is_refused_with_a_clear_status() {
     // Token OR certificate: the admin token still authenticates a caller whose certificate is not
     // an admin's.
     let token_file = hub.dir.path().join("admin-token");
-    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    std::fs::write(&token_file, format!("ops:{ADMIN_TOKEN}\n")).unwrap();
     let with_both = [
         "--client-cert",
         &cert,
@@ -318,7 +330,7 @@ async fn a_certificate_from_another_ca_is_refused_with_a_clear_status() {
         .into_iter()
         .map(|event| format!("{} {} {}", event.actor, event.action, event.subject))
         .collect();
-    assert_eq!(audit, ["token cluster.create cluster/dev-1"]);
+    assert_eq!(audit, ["token:ops cluster.create cluster/dev-1"]);
 }
 
 #[tokio::test]
@@ -391,4 +403,64 @@ async fn agent_streams_ignore_client_certificates() {
         assert_eq!(update.upserts[0].revision, 3);
         agent.apply_and_ack(&update).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_certificate_listed_in_the_crl_is_refused_from_the_next_call() {
+    let hub = Hub::start_with_crl(true).await;
+    let alice = hub.admins.issue_client("alice@platform").unwrap();
+    let bob = hub.admins.issue_client("bob@platform").unwrap();
+    let (alice_cert, alice_key) = hub.write_cert("alice", &alice);
+    let (bob_cert, bob_key) = hub.write_cert("bob", &bob);
+    let as_alice = [
+        "--client-cert",
+        alice_cert.as_str(),
+        "--client-key",
+        alice_key.as_str(),
+    ];
+    let as_bob = [
+        "--client-cert",
+        bob_cert.as_str(),
+        "--client-key",
+        bob_key.as_str(),
+    ];
+    hub.cli(&["cluster", "add", "dev-1"], &as_bob).await.unwrap();
+
+    // Revoke bob's certificate: the file changes, the running hub reads it at the next call.
+    std::fs::write(
+        hub.dir.path().join("admins.crl"),
+        hub.admins.revocation_list(&[&bob]).unwrap(),
+    )
+    .unwrap();
+    let error = hub
+        .cli(&["cluster", "list"], &as_bob)
+        .await
+        .expect_err("bob is revoked");
+    assert_eq!(error.exit_code(), 3, "{error}");
+    let status = AdminClient::new(hub.channel(Some(&bob)).await.unwrap())
+        .list_clusters(v1::ListClustersRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "the client certificate is not accepted: it is revoked (listed in --admin-client-crl)"
+    );
+
+    // Alice, of the same CA, is not listed: accepted, and audited by name.
+    let out = hub.cli(&["cluster", "list"], &as_alice).await.unwrap();
+    assert!(out.contains("dev-1"), "{out}");
+    hub.cli(&["cluster", "label", "dev-1", "ring=canary"], &as_alice)
+        .await
+        .unwrap();
+    let actors: Vec<String> = hub
+        .store
+        .audit(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|event| event.actor)
+        .collect();
+    assert_eq!(actors, ["cert:bob@platform", "cert:alice@platform"]);
 }

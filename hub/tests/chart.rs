@@ -314,8 +314,29 @@ fn check_consistent(rendered: &Rendered, origin: &str) -> ServeArgs {
         container,
         serve.admin_token_file.as_deref().expect("--admin-token-file"),
     );
+    // The database is Postgres: the hub refuses to start without its digest key.
+    let (digest_volume, _) = file_source(
+        pod,
+        container,
+        serve.digest_key_file.as_deref().expect("--digest-key-file"),
+    );
+    let digest_secret = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|volume| volume.name == digest_volume)
+        .and_then(|volume| volume.secret.as_ref())
+        .and_then(|secret| secret.secret_name.clone());
+    assert!(
+        digest_secret.is_some(),
+        "{origin}: the digest key comes from a Secret"
+    );
     if let Some(ca) = &serve.admin_client_ca {
-        file_source(pod, container, ca);
+        let (ca_volume, _) = file_source(pod, container, ca);
+        if let Some(crl) = &serve.admin_client_crl {
+            let (crl_volume, _) = file_source(pod, container, crl);
+            assert_eq!(crl_volume, ca_volume, "{origin}: the CRL comes with its CA");
+        }
     }
     if let Some(dir) = &serve.config_dir {
         let mount = container
@@ -585,6 +606,11 @@ fn everything_on_renders_workload_identity_specs_monitoring_and_mtls() {
             .is_some_and(|data| data.contains_key("regcred.yaml"))
     );
     assert!(serve.config_dir.is_some() && serve.admin_client_ca.is_some());
+    assert_eq!(
+        serve.admin_client_crl.as_deref(),
+        Some(Path::new("/etc/keyfleet/admin-ca/ca.crl")),
+        "crlKey adds --admin-client-crl"
+    );
     assert!(serve.migrate);
     let annotations = rendered.service_accounts[0]
         .metadata
@@ -616,6 +642,18 @@ fn everything_on_renders_workload_identity_specs_monitoring_and_mtls() {
             .and_then(|secret| secret.secret_name.as_deref()),
         Some("keyfleet-grpc-cert")
     );
+    let digest = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|volume| volume.name == "digest-key")
+        .and_then(|volume| volume.secret.as_ref())
+        .expect("digest-key volume");
+    assert_eq!(digest.secret_name.as_deref(), Some("keyfleet-digest"));
+    assert_eq!(
+        digest.items.as_ref().map(|items| items[0].key.as_str()),
+        Some("digest-keys")
+    );
 }
 
 #[test]
@@ -627,6 +665,7 @@ fn inconsistent_values_are_refused_at_render_time() {
         ),
         (&["tls.secretName="][..], "tls.secretName"),
         (&["database.existingSecret="][..], "database.existingSecret"),
+        (&["digestKey.existingSecret="][..], "digestKey.existingSecret"),
     ] {
         let error = helm::template(CHART, RELEASE, NAMESPACE, &[], set)
             .expect_err("refused")

@@ -21,7 +21,8 @@ fn migrate_applies_once_then_reports_up_to_date() {
     assert_eq!(
         stdout,
         "sqlite: applied migration 0001 init\nsqlite: applied migration 0002 dashboards at scale\n\
-         sqlite: applied migration 0003 change log horizon\n"
+         sqlite: applied migration 0003 change log horizon\n\
+         sqlite: applied migration 0005 keyed digests\n"
     );
     assert!(dir.path().join("keyfleet.db").exists(), "the file is created");
 

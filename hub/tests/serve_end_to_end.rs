@@ -5,7 +5,10 @@
 //! `keyfleet status regcred -o json` shows the revision and the targeted cluster; `keyfleet rollout
 //! pin regcred --version <older>` makes the agent receive a revision whose data is the older
 //! version's value, and `unpin` brings the latest back. Admin calls go by token and by client
-//! certificate (mTLS), and the audit log names both.
+//! certificate (mTLS), and the audit log names both. Then the digest key is rotated and the hub
+//! restarted: it restores the current revision (its digest checked under the previous key), and
+//! neither any table of the database nor the hub's log holds a plain SHA-256 of a Key Vault value
+//! or of a payload.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -253,8 +256,9 @@ fn docker_config(password: &str) -> String {
     .to_string()
 }
 
-/// The next Update for regcred (acked), with its revision and `.dockerconfigjson` bytes.
-async fn next_regcred(agent: &mut TestAgent) -> (u64, Vec<u8>) {
+/// The next Update for regcred (acked), with its revision and `.dockerconfigjson` bytes; its
+/// plain payload sha256 is added to `digests`.
+async fn next_regcred(agent: &mut TestAgent, digests: &mut Vec<[u8; 32]>) -> (u64, Vec<u8>) {
     let update = agent.update().await.unwrap();
     agent.apply_and_ack(&update).await.unwrap();
     let payload = update
@@ -265,6 +269,13 @@ async fn next_regcred(agent: &mut TestAgent) -> (u64, Vec<u8>) {
     assert_eq!(payload.r#type, "kubernetes.io/dockerconfigjson");
     assert_eq!(payload.secret_name, "regcred");
     assert_eq!(payload.namespaces, ["default", "ci"]);
+    digests.push(
+        payload
+            .sha256
+            .clone()
+            .try_into()
+            .expect("a 32-byte payload sha256"),
+    );
     (
         payload.revision,
         payload.data.get(".dockerconfigjson").cloned().unwrap_or_default(),
@@ -303,8 +314,17 @@ async fn scenario(database_url: &str) {
     )
     .unwrap();
 
+    // The digest key (one hex line).
+    let key_a = "5a".repeat(32);
+    std::fs::write(path("digest-key"), format!("{key_a}\n")).unwrap();
+    let mut payload_digests: Vec<[u8; 32]> = Vec::new();
+
     // Admin credentials: a token, and a client certificate from the admin CA.
-    std::fs::write(path("admin-token"), "kfa_e2e-admin-token-0123456789\n").unwrap();
+    std::fs::write(
+        path("admin-token"),
+        "# name:token, at least 32 bytes\ne2e-admin:kfa_e2e-admin-token-0123456789abcdef\n",
+    )
+    .unwrap();
     let admins = TestCa::generate("keyfleet e2e admins").unwrap();
     admins.write_cert(&path("admins.pem")).unwrap();
     let alice = admins.issue_client("alice@platform").unwrap();
@@ -326,6 +346,8 @@ async fn scenario(database_url: &str) {
         &show("admin-token"),
         "--admin-client-ca",
         &show("admins.pem"),
+        "--digest-key-file",
+        &show("digest-key"),
         "--vault-ca-file",
         &show("kv-ca.pem"),
         "--vault-skip-challenge-resource-check",
@@ -411,7 +433,7 @@ async fn scenario(database_url: &str) {
     agent.handshake().await.unwrap();
 
     // The latest version reaches the agent; status shows its revision and the targeted cluster.
-    let (first, data) = next_regcred(&mut agent).await;
+    let (first, data) = next_regcred(&mut agent, &mut payload_digests).await;
     assert_eq!(data, latest_value.as_bytes(), "the latest Key Vault version");
     let status = cli
         .status_until("the first revision applied", |status| {
@@ -428,7 +450,7 @@ async fn scenario(database_url: &str) {
 
     // Pin the older version: a new revision carrying the older value.
     cli.ok(&["rollout", "pin", "regcred", "--version", &older]).await;
-    let (pinned, data) = next_regcred(&mut agent).await;
+    let (pinned, data) = next_regcred(&mut agent, &mut payload_digests).await;
     assert!(pinned > first, "a new revision: {pinned} after {first}");
     assert_eq!(
         data,
@@ -449,7 +471,7 @@ async fn scenario(database_url: &str) {
     // Unpin (by client certificate): back to the latest value, in a newer revision again.
     let run = cli.run_with_cert(&["rollout", "unpin", "regcred"]).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    let (unpinned, data) = next_regcred(&mut agent).await;
+    let (unpinned, data) = next_regcred(&mut agent, &mut payload_digests).await;
     assert!(unpinned > pinned, "a new revision: {unpinned} after {pinned}");
     assert_eq!(data, latest_value.as_bytes(), "the latest version again");
     let status = cli
@@ -499,11 +521,11 @@ async fn scenario(database_url: &str) {
         .collect();
     store.close().await;
     let expected = [
-        ("token", "spec.created", "secretstore/shared-kv"),
-        ("token", "spec.created", "fleetsecret/regcred"),
-        ("token", "cluster.create", "cluster/prod-eu-1"),
+        ("token:e2e-admin", "spec.created", "secretstore/shared-kv"),
+        ("token:e2e-admin", "spec.created", "fleetsecret/regcred"),
+        ("token:e2e-admin", "cluster.create", "cluster/prod-eu-1"),
         ("cluster:prod-eu-1", "enroll", "prod-eu-1"),
-        ("token", "pin.set", "fleetsecret/regcred/acr-pull"),
+        ("token:e2e-admin", "pin.set", "fleetsecret/regcred/acr-pull"),
         ("cert:alice@platform", "pin.remove", "fleetsecret/regcred"),
     ]
     .map(|(actor, action, subject)| (actor.to_owned(), action.to_owned(), subject.to_owned()));
@@ -517,7 +539,107 @@ async fn scenario(database_url: &str) {
     assert!(!log.contains("first-password") && !log.contains("second-password"));
     drop(agent);
     hub.stop().await;
+
+    // Rotate the digest key (new one first, the old one kept) and restart: the current revision
+    // is restored, not rendered again under a new number (its digest, keyed with the previous
+    // key, still verifies).
+    let key_b = "c3".repeat(32);
+    std::fs::write(path("digest-key"), format!("{key_b}\n{key_a}\n")).unwrap();
+    let hub = HubProcess::start(&args, &env, &path("ready.json")).await;
+    let cli = Cli {
+        hub: format!("https://localhost:{}", hub.grpc_addr.port()),
+        ..cli
+    };
+    let status = cli
+        .status_until("the revision restored after the rotation", |status| {
+            status["revision"] == unpinned
+        })
+        .await;
+    assert_eq!(status["revision"], unpinned, "{status:#}");
+    // A write under the new key: pin the older version again (a new revision, keyed with B).
+    cli.ok(&["rollout", "pin", "regcred", "--version", &older]).await;
+    let status = cli
+        .status_until("a revision recorded under the new key", |status| {
+            status["revision"].as_u64() > Some(unpinned)
+        })
+        .await;
+    let rotated_log = hub.log();
+    hub.stop().await;
+    assert!(rotated_log.contains("digest keys loaded"), "{rotated_log}");
+    assert!(status["revision"].as_u64() > Some(unpinned));
+    let keys = keyfleet_hub::domain::DigestKeys::parse(&format!("{key_b}\n{key_a}")).unwrap();
+    let store = Store::connect(database_url)
+        .await
+        .unwrap()
+        .with_digest_keys(keys.clone());
+    let latest = store.latest_revisions().await.unwrap();
+    assert_eq!(
+        latest[0].digest.key(),
+        Some(keys.current()),
+        "written under the new key"
+    );
+    store.close().await;
+
+    // No plain digest anywhere: of the values (the poller records them), of the payloads (the
+    // revisions and the acknowledged status); neither in the database nor in either log.
+    let mut plain: Vec<[u8; 32]> = payload_digests.clone();
+    for value in [&older_value, &latest_value] {
+        plain.push(keyfleet_hub::domain::Sha256::of(value.as_bytes()).0);
+    }
+    assert!(payload_digests.len() >= 3, "{payload_digests:?}");
+    assert_no_plain_digest_in_the_database(database_url, &plain).await;
+    for log in [&log, &rotated_log] {
+        for digest in &plain {
+            let hex = hex::encode(digest);
+            assert!(
+                !log.contains(&hex[..12]),
+                "a plain digest ({}) in the hub log",
+                &hex[..12]
+            );
+        }
+    }
     kv.shutdown().await;
+}
+
+/// Scans every column of every table for each digest, as bytes and as hex text.
+async fn assert_no_plain_digest_in_the_database(database_url: &str, digests: &[[u8; 32]]) {
+    let mut connection = sqlx::PgConnection::connect(database_url).await.unwrap();
+    let columns: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text, c.data_type::text
+         FROM information_schema.columns c
+         JOIN information_schema.tables t
+           ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+         WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    assert!(
+        columns.iter().any(|(table, ..)| table == "revisions"),
+        "{columns:?}"
+    );
+    let mut scanned = 0;
+    for (table, column, data_type) in &columns {
+        let haystack = if data_type == "bytea" {
+            format!("\"{column}\"")
+        } else {
+            format!("convert_to(\"{column}\"::text, 'UTF8')")
+        };
+        for digest in digests {
+            for needle in [digest.to_vec(), hex::encode(digest).into_bytes()] {
+                let hits: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM \"{table}\" WHERE position($1::bytea in {haystack}) > 0"
+                )))
+                .bind(needle)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap();
+                assert_eq!(hits, 0, "{table}.{column} holds a plain digest");
+                scanned += 1;
+            }
+        }
+    }
+    assert!(scanned > 0);
 }
 
 /// A TLS channel to the hub that pins its development CA, as an agent dials it.
@@ -532,4 +654,67 @@ async fn agent_channel(addr: SocketAddr, ca: &Path) -> Channel {
         .connect()
         .await
         .unwrap()
+}
+
+/// `keyfleet serve` refuses what it must not run with, naming the flag or the line, never a
+/// secret: a Postgres store without a digest key, a short admin token, a short digest key.
+#[test]
+fn serve_refuses_missing_keys_and_short_tokens_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let short_token = "kfa_only-26-bytes-long-xyz";
+    std::fs::write(
+        path("tokens"),
+        format!("alice:kfa_alice-0123456789abcdef0123456789\nbob:{short_token}\n"),
+    )
+    .unwrap();
+    let short_key = "00112233445566778899aabbccddeeff";
+    std::fs::write(path("short-key"), format!("# current\n{short_key}\n")).unwrap();
+    let serve = |args: &[&str]| {
+        let output = std::process::Command::new(KEYFLEET)
+            .arg("serve")
+            .args([
+                "--migrate",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--ops-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--tls-self-signed")
+            .arg(path("tls"))
+            .args(args)
+            .env("KEYFLEET_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} must be refused");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let stderr = serve(&["--database", "postgres://keyfleet@127.0.0.1:1/none"]);
+    assert!(
+        stderr.contains("--digest-key-file (KEYFLEET_DIGEST_KEY_FILE) is required with a Postgres store"),
+        "{stderr}"
+    );
+    let stderr = serve(&[
+        "--database",
+        "sqlite::memory:",
+        "--admin-token-file",
+        path("tokens").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr.contains("line 2: the token is 26 bytes; at least 32"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(short_token), "{stderr}");
+    let stderr = serve(&[
+        "--database",
+        "sqlite::memory:",
+        "--digest-key-file",
+        path("short-key").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr.contains("line 2: the key is 16 bytes; at least 32"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(short_key), "{stderr}");
 }

@@ -119,7 +119,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", work.join("keyfleet.db").display()));
     let admin_token = random_token();
-    std::fs::write(work.join("admin-token"), &admin_token).context("write the admin token")?;
+    // The hub's token file format (name:token); the CLI reads the same file.
+    std::fs::write(work.join("admin-token"), format!("loadtest:{admin_token}\n"))
+        .context("write the admin token")?;
+    // The hub keys the digests it stores with this (required with Postgres; a restart reuses it).
+    let digest_key: [u8; 32] = rand::rng().random();
+    std::fs::write(work.join("digest-key"), hex::encode(digest_key)).context("write the digest key")?;
     let hub_command = HubCommand {
         binary: hub_binary(args.hub_binary.as_deref())?,
         args: vec![
@@ -134,6 +139,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             work.join("tls").display().to_string(),
             "--admin-token-file".into(),
             work.join("admin-token").display().to_string(),
+            "--digest-key-file".into(),
+            work.join("digest-key").display().to_string(),
             "--vault-ca-file".into(),
             work.join("kv-ca.pem").display().to_string(),
             "--replica-id".into(),

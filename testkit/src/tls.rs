@@ -44,6 +44,7 @@ pub struct ServerCert {
     pub key_pem: String,
     cert_der: rustls::pki_types::CertificateDer<'static>,
     key_der: rustls::pki_types::PrivatePkcs8KeyDer<'static>,
+    serial: Vec<u8>,
 }
 
 impl TestCa {
@@ -80,6 +81,8 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "keyfleet test server");
+        let serial = random_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let key = KeyPair::generate().map_err(Error::Generate)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(Error::Generate)?;
         Ok(ServerCert {
@@ -87,6 +90,7 @@ impl TestCa {
             key_pem: key.serialize_pem(),
             cert_der: cert.der().clone(),
             key_der: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+            serial,
         })
     }
 
@@ -96,6 +100,8 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Generate)?;
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let serial = random_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let key = KeyPair::generate().map_err(Error::Generate)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(Error::Generate)?;
         Ok(ServerCert {
@@ -103,8 +109,43 @@ impl TestCa {
             key_pem: key.serialize_pem(),
             cert_der: cert.der().clone(),
             key_der: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+            serial,
         })
     }
+
+    /// A CRL (PEM) signed by this CA revoking `revoked` (certificates it issued), valid from
+    /// 2024 to 2100.
+    pub fn revocation_list(&self, revoked: &[&ServerCert]) -> Result<String, Error> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: rcgen::SerialNumber::from(u64::from(rand::random::<u32>())),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|cert| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&cert.serial),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 2),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .map_err(Error::Generate)?
+            .pem()
+            .map_err(Error::Generate)
+    }
+}
+
+/// A positive 16-byte serial number (the high bit clear: DER integers are signed).
+fn random_serial() -> Vec<u8> {
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    serial.to_vec()
 }
 
 impl ServerCert {

@@ -30,6 +30,27 @@ use crate::sync::engine::{Engine, EngineConfig, EngineDeps, EngineError};
 use crate::vault::eventgrid::{self, EventGridConfig};
 use crate::vault::{AzureSources, VaultMetrics, VaultOptions};
 
+/// Says which digest keys this replica uses (ids only) and where they came from.
+fn log_digest_keys(keys: &crate::domain::DigestKeys, source: &crate::config::DigestKeySource) {
+    use crate::config::DigestKeySource;
+    let previous: Vec<String> = keys.previous().map(ToString::to_string).collect();
+    let previous = previous.join(",");
+    match source {
+        DigestKeySource::File(path) => {
+            tracing::info!(current = %keys.current(), previous, file = %path.display(), "digest keys loaded");
+        }
+        DigestKeySource::BesideDatabase { path, created: true } => {
+            tracing::info!(current = %keys.current(), file = %path.display(), "digest key created beside the SQLite database; keep it with the database (docs/security.md)");
+        }
+        DigestKeySource::BesideDatabase { path, created: false } => {
+            tracing::info!(current = %keys.current(), previous, file = %path.display(), "digest keys loaded from beside the SQLite database");
+        }
+        DigestKeySource::Ephemeral => {
+            tracing::info!(current = %keys.current(), "in-memory store: digests keyed with a key of this process");
+        }
+    }
+}
+
 /// Capacity of each copy of the fleet's event stream.
 const EVENT_BUFFER: usize = 65_536;
 /// Enrollments admitted per second, and at once (a fleet enrolling after `cluster add` en masse).
@@ -57,9 +78,13 @@ pub(super) async fn serve(
     if let Some(warning) = config.database.tls_warning() {
         tracing::warn!("{warning}");
     }
+    let (digest_keys, key_source) =
+        crate::config::load_digest_keys(config.digest_key_file.as_deref(), &config.database)?;
+    log_digest_keys(&digest_keys, &key_source);
     let store = Store::connect(config.database.expose())
         .await
-        .context("connect to the store given by --database")?;
+        .context("connect to the store given by --database")?
+        .with_digest_keys(digest_keys);
     if config.migrate {
         store
             .migrate()
@@ -67,6 +92,18 @@ pub(super) async fn serve(
             .with_context(|| format!("migrate the {} store", store.backend()))?;
     }
     tracing::info!(backend = store.backend(), "store connected");
+    let keyed = store
+        .key_unkeyed_digests()
+        .await
+        .context("key the digests the store holds plain")?;
+    if keyed.total() > 0 {
+        tracing::info!(
+            secret_versions = keyed.secret_versions,
+            revisions = keyed.revisions,
+            sync_status = keyed.sync_status,
+            "keyed digests the store held plain"
+        );
+    }
     if let Some(dir) = &config.config_dir {
         super::load_config_dir(&store, dir).await?;
     }
@@ -184,7 +221,13 @@ pub(super) async fn serve(
         .context("serve needs TLS: --tls-cert and --tls-key, or --tls-self-signed DIR for development")?;
     let tls = TlsMaterial::load(tls_source).context("load the gRPC TLS material")?;
     let admin_client_ca = match &config.admin_client_ca {
-        Some(path) => Some(ClientCa::load(path).context("load --admin-client-ca")?),
+        Some(path) => {
+            let client_ca = ClientCa::load(path).context("load --admin-client-ca")?;
+            Some(match &config.admin_client_crl {
+                Some(crl) => client_ca.with_crl_file(crl).context("load --admin-client-crl")?,
+                None => client_ca,
+            })
+        }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(config.grpc.addr)
@@ -205,8 +248,7 @@ pub(super) async fn serve(
         ENROLL_PER_SECOND,
         ENROLL_BURST,
     );
-    let admin_tokens =
-        super::read_admin_tokens(config.admin_token_file.as_deref(), admin_client_ca.is_some())?;
+    let admin_tokens = super::admin_tokens(config.admin_token_file.as_deref(), admin_client_ca.is_some())?;
     let mut admin_auth = AdminAuth::new(admin_tokens);
     if let Some(client_ca) = admin_client_ca.clone() {
         admin_auth = admin_auth.with_client_ca(client_ca);

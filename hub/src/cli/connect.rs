@@ -43,9 +43,10 @@ impl Interceptor for BearerToken {
 /// An authenticated Admin API client.
 pub type Client = AdminClient<InterceptedService<Channel, BearerToken>>;
 
-/// Reads the admin token: `--admin-token-file` (first line) or `KEYFLEET_ADMIN_TOKEN`. `None`
-/// when neither is given but a client certificate is (mTLS alone); an error when there is no
-/// credential at all.
+/// Reads the admin token: `--admin-token-file` (its first token line, blank lines and `#`
+/// comments skipped; a `name:token` line of the hub's token file gives its token) or
+/// `KEYFLEET_ADMIN_TOKEN` (also as `name:token`). `None` when neither is given but a client
+/// certificate is (mTLS alone); an error when there is no credential at all.
 pub fn admin_token(args: &ClientArgs) -> Result<Option<String>, CliError> {
     let token = match (&args.admin_token_file, &args.admin_token) {
         (Some(path), _) => {
@@ -53,9 +54,14 @@ pub fn admin_token(args: &ClientArgs) -> Result<Option<String>, CliError> {
                 path: path.clone(),
                 source,
             })?;
-            text.lines().next().unwrap_or_default().trim().to_owned()
+            let line = text
+                .lines()
+                .map(str::trim)
+                .find(|line| !line.is_empty() && !line.starts_with('#'))
+                .unwrap_or_default();
+            crate::config::token_of_line(line).to_owned()
         }
-        (None, Some(token)) => token.trim().to_owned(),
+        (None, Some(token)) => crate::config::token_of_line(token).to_owned(),
         (None, None) if args.client_cert.is_some() => return Ok(None),
         (None, None) => {
             return Err(CliError::Usage(
@@ -188,7 +194,7 @@ mod tests {
     fn the_admin_token_comes_from_the_file_first_and_is_required() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("token");
-        std::fs::write(&path, "kfa_file\nignored\n").expect("written");
+        std::fs::write(&path, "# the hub's token file\n\nalice:kfa_file\nbob:ignored\n").expect("written");
         let mut args = ClientArgs {
             admin_token: Some("kfa_env".to_owned()),
             admin_token_file: Some(path),
@@ -196,6 +202,8 @@ mod tests {
         };
         assert_eq!(admin_token(&args).expect("token").as_deref(), Some("kfa_file"));
         args.admin_token_file = None;
+        assert_eq!(admin_token(&args).expect("token").as_deref(), Some("kfa_env"));
+        args.admin_token = Some("ci:kfa_env".to_owned());
         assert_eq!(admin_token(&args).expect("token").as_deref(), Some("kfa_env"));
         args.admin_token = None;
         let error = admin_token(&args).expect_err("no token");

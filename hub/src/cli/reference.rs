@@ -140,7 +140,8 @@ pub fn markdown_reference() -> String {
          described by `keyfleet serve --help`.\n\n\
          Every command talks to a hub's Admin API. Connection flags, accepted after the command name:\n\n\
          - `--hub URL` (env `KEYFLEET_HUB`, default `https://127.0.0.1:7443`)\n\
-         - `--admin-token-file FILE`, or the token itself in env `KEYFLEET_ADMIN_TOKEN`\n\
+         - `--admin-token-file FILE` (its first token line; a `name:token` line of the hub's token file\n\
+         \x20 sends its token), or the token itself in env `KEYFLEET_ADMIN_TOKEN`\n\
          - `--hub-ca FILE` (env `KEYFLEET_HUB_CA`; default: the system's CA bundle)\n\
          - `--client-cert FILE --client-key FILE` (env `KEYFLEET_CLIENT_CERT`, `KEYFLEET_CLIENT_KEY`): a\n\
          \x20 client certificate (mTLS) issued by the hub's `--admin-client-ca`; it authenticates instead of\n\

@@ -22,7 +22,9 @@ pub struct ClientArgs {
     /// network in clear).
     #[arg(long, env = "KEYFLEET_INSECURE", global = true)]
     pub insecure: bool,
-    /// File holding the admin token (first line). Alternatively set KEYFLEET_ADMIN_TOKEN.
+    /// File holding the admin token: its first line, or the token of a `name:token` line (the
+    /// hub's --admin-token-file format; blank and `#` lines skipped). Alternatively set
+    /// KEYFLEET_ADMIN_TOKEN.
     #[arg(long, global = true)]
     pub admin_token_file: Option<PathBuf>,
     /// The admin token itself (environment only, so that it stays out of shell history).

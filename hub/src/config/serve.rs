@@ -64,13 +64,20 @@ pub struct ServeArgs {
     /// The store: `postgres://USER@HOST/DB` (production) or `sqlite://PATH` (created if missing).
     #[arg(long, env = "KEYFLEET_DATABASE", default_value = DEFAULT_DATABASE, hide_env_values = true)]
     pub database: DatabaseUrl,
+    /// File with the digest key(s): one per line, 64 hex characters or base64 of 32+ random bytes;
+    /// the first keys every new digest of a secret value, the others (previous keys) still verify
+    /// what they keyed. Required with Postgres (every replica needs the same file); with SQLite the
+    /// default is DATABASE.digest-key, created on first start.
+    #[arg(long, env = "KEYFLEET_DIGEST_KEY_FILE", value_name = "FILE")]
+    pub digest_key_file: Option<PathBuf>,
     /// Apply pending database migrations before serving (else `keyfleet migrate` must have run).
     #[arg(long, env = "KEYFLEET_MIGRATE")]
     pub migrate: bool,
     /// SecretStore and FleetSecret YAML files applied at startup (as `keyfleet apply -f DIR`).
     #[arg(long, env = "KEYFLEET_CONFIG_DIR", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// File with the Admin API bearer token(s), one per line. Without it (and without
+    /// File with the Admin API bearer tokens, one `NAME:TOKEN` per line (NAME: [a-z0-9._-]{1,64},
+    /// audited as token:NAME; TOKEN: 32 bytes or more). Without it (and without
     /// --admin-client-ca) the Admin API refuses every call.
     #[arg(long, env = "KEYFLEET_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
@@ -79,6 +86,15 @@ pub struct ServeArgs {
     /// one; agents never need one (they authenticate by credential).
     #[arg(long, env = "KEYFLEET_ADMIN_CLIENT_CA", value_name = "FILE")]
     pub admin_client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) of the --admin-client-ca CAs: a revoked admin
+    /// certificate is refused. Re-read when the file changes (checked at each Admin call).
+    #[arg(
+        long,
+        env = "KEYFLEET_ADMIN_CLIENT_CRL",
+        value_name = "FILE",
+        requires = "admin_client_ca"
+    )]
+    pub admin_client_crl: Option<PathBuf>,
     /// Once serving, write `{"grpc_addr", "ops_addr"}` as JSON to FILE (atomically).
     #[arg(long, env = "KEYFLEET_READY_FILE", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -171,6 +187,8 @@ pub struct ServeConfig {
     pub grpc: GrpcConfig,
     /// Store URL (`postgres://…` or `sqlite://…`); may hold a password (redacted in `Debug`).
     pub database: DatabaseUrl,
+    /// Digest keys (`None`: the default for the database, see `config::load_digest_keys`).
+    pub digest_key_file: Option<PathBuf>,
     /// Apply pending migrations at startup.
     pub migrate: bool,
     /// Specs applied at startup.
@@ -179,6 +197,8 @@ pub struct ServeConfig {
     pub admin_token_file: Option<PathBuf>,
     /// CA bundle of admin client certificates.
     pub admin_client_ca: Option<PathBuf>,
+    /// Revocation lists of admin client certificates.
+    pub admin_client_crl: Option<PathBuf>,
     /// Where to announce the listening addresses.
     pub ready_file: Option<PathBuf>,
     /// Key Vault reachability.
@@ -212,10 +232,12 @@ impl From<ServeArgs> for ServeConfig {
                 max_connections: args.max_connections,
             },
             database: args.database,
+            digest_key_file: args.digest_key_file,
             migrate: args.migrate,
             config_dir: args.config_dir,
             admin_token_file: args.admin_token_file,
             admin_client_ca: args.admin_client_ca,
+            admin_client_crl: args.admin_client_crl,
             ready_file: args.ready_file,
             vault: VaultConfig {
                 ca_file: args.vault_ca_file,

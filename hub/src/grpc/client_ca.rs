@@ -9,16 +9,20 @@
 //! service instead of a handshake failure the client may only see as a closed connection, and a
 //! certificate never affects an agent.
 //!
+//! With `--admin-client-crl`, [`ClientCa::verify`] also refuses a revoked certificate (`crl.rs`:
+//! the file is re-read when it changes).
+//!
 //! **Invariant:** only the Admin service looks at client certificates, and never without
 //! [`ClientCa::verify`]; the Sync and Enrollment services ignore them (a certificate never makes
 //! an agent).
+
+mod crl;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use sha2::Digest as _;
@@ -48,16 +52,25 @@ pub enum ClientCaError {
     },
 }
 
-/// The CA bundle whose certificates authenticate admins.
+/// The CA bundle whose certificates authenticate admins, and optionally its revocation lists.
 #[derive(Clone)]
 pub struct ClientCa {
     roots: usize,
+    trust: Arc<RootCertStore>,
+    /// Without revocation: the listener's handshake checks, and the per-call chain check when
+    /// there is no CRL file.
     verifier: Arc<dyn ClientCertVerifier>,
+    crl: Option<Arc<crl::CrlFile>>,
 }
 
 impl std::fmt::Debug for ClientCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCa").field("roots", &self.roots).finish()
+        let mut debug = f.debug_struct("ClientCa");
+        debug.field("roots", &self.roots);
+        if let Some(crl) = &self.crl {
+            debug.field("crl", crl);
+        }
+        debug.finish()
     }
 }
 
@@ -89,15 +102,29 @@ impl ClientCa {
                 "{ignored} certificate(s) are not usable as a trust anchor"
             ));
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .allow_unauthenticated()
-            .build()
-            .map_err(|error| format!("cannot verify client certificates with it ({error})"))?;
+        let trust = Arc::new(roots);
+        let verifier = crl::verifier(&trust, Vec::new())?;
         Ok(Self {
             roots: added,
+            trust,
             verifier,
+            crl: None,
         })
+    }
+
+    /// Also refuses the certificates revoked by the CRLs in `path` (PEM or DER), re-read when the
+    /// file changes. An unreadable or invalid file is an error now.
+    pub fn with_crl_file(mut self, path: &Path) -> Result<Self, ClientCaError> {
+        let (file, lists) = crl::CrlFile::load(path, Arc::clone(&self.trust))?;
+        tracing::info!(file = %path.display(), lists, "admin client CRL loaded");
+        self.crl = Some(Arc::new(file));
+        Ok(self)
+    }
+
+    /// Like [`ClientCa::with_crl_file`], from the CRLs' bytes (PEM or DER), never re-read.
+    pub fn with_crls(mut self, bytes: &[u8]) -> Result<Self, String> {
+        self.verifier = crl::verifier(&self.trust, crl::parse(bytes)?)?;
+        Ok(self)
     }
 
     /// The listener's client certificate verifier: asks for a certificate (hinting this CA's
@@ -114,7 +141,11 @@ impl ClientCa {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return Err("no client certificate".to_owned());
         };
-        self.verifier
+        let verifier = match &self.crl {
+            Some(crl) => crl.verifier(),
+            None => Arc::clone(&self.verifier),
+        };
+        verifier
             .verify_client_cert(end_entity, intermediates, UnixTime::now())
             .map_err(|error| refusal(&error))?;
         Ok(match common_name(end_entity) {
@@ -191,7 +222,9 @@ fn refusal(error: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
         ) => "it is not valid yet".to_owned(),
-        rustls::Error::InvalidCertificate(CertificateError::Revoked) => "it is revoked".to_owned(),
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+            "it is revoked (listed in --admin-client-crl)".to_owned()
+        }
         other => other.to_string(),
     }
 }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, SubsecRound as _, Utc};
 
 use super::{ChangeKind, MAX_ERROR_BYTES, SpecKind, StatusRow, StoreError};
-use crate::domain::{ClusterState, Labels, Sha256, SyncState};
+use crate::domain::{ClusterState, DigestKeyId, DigestKeys, Labels, Sha256, StoredDigest, SyncState};
 
 /// What `consume_enrollment_token` reads back to say why a token was refused.
 pub(super) struct TokenState {
@@ -46,6 +46,28 @@ pub(super) fn to_u32(value: i64, what: &'static str) -> Result<u32, StoreError> 
 /// A digest column: exactly 32 bytes, else `Corrupt`.
 pub(super) fn sha256(bytes: &[u8], what: &'static str) -> Result<Sha256, StoreError> {
     Sha256::from_slice(bytes).ok_or(StoreError::Corrupt { what })
+}
+
+/// A digest of secret material and its key column: keyed under `key`, or plain when the key is
+/// NULL (written before migration 0006). Not 32 bytes is `Corrupt`.
+pub(super) fn stored_digest(
+    bytes: &[u8],
+    key: Option<String>,
+    what: &'static str,
+) -> Result<StoredDigest, StoreError> {
+    let digest = sha256(bytes, what)?;
+    Ok(match key {
+        Some(key) => StoredDigest::Keyed {
+            key: DigestKeyId::from_stored(key),
+            mac: digest.0,
+        },
+        None => StoredDigest::Unkeyed(digest),
+    })
+}
+
+/// The key column of a digest about to be written.
+pub(super) fn digest_key(digest: &StoredDigest) -> Option<String> {
+    digest.key().map(|key| key.as_str().to_owned())
 }
 
 /// The `clusters.state` text.
@@ -132,7 +154,9 @@ pub(super) struct StatusBind {
     pub(super) fleet_secret: String,
     pub(super) desired_revision: i64,
     pub(super) applied_revision: Option<i64>,
+    /// Keyed with the current key.
     pub(super) applied_sha256: Option<Vec<u8>>,
+    pub(super) applied_digest_key: Option<String>,
     pub(super) state: &'static str,
     pub(super) last_error: Option<String>,
     pub(super) attempts: i32,
@@ -140,8 +164,11 @@ pub(super) struct StatusBind {
 }
 
 /// Checks ranges, truncates errors, and keeps the last row of each (cluster, fleet secret) so the
-/// single upsert never touches a row twice.
-pub(super) fn prepare_status_rows(rows: &[StatusRow]) -> Result<Vec<StatusBind>, StoreError> {
+/// single upsert never touches a row twice. The applied digest is keyed with `keys`' current key.
+pub(super) fn prepare_status_rows(
+    rows: &[StatusRow],
+    keys: &DigestKeys,
+) -> Result<Vec<StatusBind>, StoreError> {
     let mut last = std::collections::HashMap::with_capacity(rows.len());
     for (index, row) in rows.iter().enumerate() {
         last.insert((row.cluster, row.fleet_secret.as_str()), index);
@@ -151,6 +178,7 @@ pub(super) fn prepare_status_rows(rows: &[StatusRow]) -> Result<Vec<StatusBind>,
         if last.get(&(row.cluster, row.fleet_secret.as_str())) != Some(&index) {
             continue;
         }
+        let applied = row.applied_sha256.map(|plain| keys.key(&plain));
         out.push(StatusBind {
             cluster: row.cluster.0,
             fleet_secret: row.fleet_secret.clone(),
@@ -159,7 +187,8 @@ pub(super) fn prepare_status_rows(rows: &[StatusRow]) -> Result<Vec<StatusBind>,
                 .applied_revision
                 .map(|revision| to_i64(revision, "applied revision"))
                 .transpose()?,
-            applied_sha256: row.applied_sha256.map(|sha| sha.0.to_vec()),
+            applied_sha256: applied.as_ref().map(|digest| digest.bytes().to_vec()),
+            applied_digest_key: applied.as_ref().and_then(digest_key),
             state: row.state.as_str(),
             last_error: row.last_error.as_deref().map(truncate_error),
             attempts: i32::try_from(row.attempts).map_err(|_| StoreError::OutOfRange { what: "attempts" })?,

@@ -16,7 +16,7 @@ use super::{
     AppliedMigration, ChangeKind, Cluster, NewRevision, SpecAction, SpecKind, SpecOutcome, SpecWrite,
     StoreError,
 };
-use crate::domain::ClusterId;
+use crate::domain::{ClusterId, DigestKeys};
 
 /// A backend: its migrations, and every table's statements that the shared logic composes.
 pub(super) trait Dialect:
@@ -74,9 +74,13 @@ pub(super) trait SpecSql: Database {
 pub(super) trait RevisionSql: Database {
     /// The fleet secret's newest revision number when it has this digest and generation, else
     /// the number of a new row; serialises writers of the same fleet secret in its own way.
+    /// `keys` compare the newest revision's digest with `r.sha256` (under any key held, so a
+    /// key rotation never makes the same content a new revision); a new row is written with
+    /// `r.sha256` keyed with the current key.
     fn upsert_revision(
         conn: &mut Self::Connection,
         r: &NewRevision,
+        keys: &DigestKeys,
         generation: i64,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
@@ -256,11 +260,12 @@ pub(super) async fn apply_specs<DB: Dialect>(
 pub(super) async fn upsert_revision<DB: Dialect>(
     pool: &Pool<DB>,
     r: &NewRevision,
+    keys: &DigestKeys,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     let generation = to_i64(r.spec_generation, "spec generation")?;
     let mut tx = pool.begin().await?;
-    let revision = DB::upsert_revision(&mut tx, r, generation, now).await?;
+    let revision = DB::upsert_revision(&mut tx, r, keys, generation, now).await?;
     tx.commit().await?;
     to_u64(revision, "revision")
 }

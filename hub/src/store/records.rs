@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ClusterId, ClusterState, Labels, Sha256, SyncState};
+use crate::domain::{ClusterId, ClusterState, Labels, Sha256, StoredDigest, SyncState};
 
 /// A cluster of the inventory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,7 +152,7 @@ pub struct SecretVersionRecord {
     pub name: String,
     /// Key Vault version id.
     pub version: String,
-    /// SHA-256 of the value.
+    /// Plain SHA-256 of the value; the store writes it keyed ([`crate::domain::DigestKeys`]).
     pub sha256: Sha256,
     /// Whether Key Vault marks it enabled.
     pub enabled: bool,
@@ -169,7 +169,7 @@ pub struct SecretVersionRecord {
 pub struct NewRevision {
     /// FleetSecret name.
     pub fleet_secret: String,
-    /// Digest of the encoded revision (`payload_sha256`).
+    /// Plain digest of the encoded revision (`payload_sha256`); the store writes it keyed.
     pub sha256: Sha256,
     /// Generation of the FleetSecret spec it was rendered from.
     pub spec_generation: u64,
@@ -184,8 +184,9 @@ pub struct RevisionRecord {
     pub fleet_secret: String,
     /// Global, increasing number.
     pub revision: u64,
-    /// Digest of the encoded revision.
-    pub sha256: Sha256,
+    /// Keyed digest of the encoded revision: check a rendering against it with
+    /// [`crate::domain::DigestKeys::matches`].
+    pub digest: StoredDigest,
     /// Spec generation it was rendered from.
     pub spec_generation: u64,
     /// (remote key, Key Vault version) of every source value.
@@ -231,7 +232,7 @@ pub struct StatusRow {
     pub desired_revision: u64,
     /// Revision it acknowledged last.
     pub applied_revision: Option<u64>,
-    /// Digest it acknowledged last.
+    /// Plain digest it acknowledged last (the wire's payload sha256); the store writes it keyed.
     pub applied_sha256: Option<Sha256>,
     /// Sync state.
     pub state: SyncState,
@@ -256,8 +257,8 @@ pub struct SyncStatus {
     pub desired_revision: u64,
     /// Revision it acknowledged last.
     pub applied_revision: Option<u64>,
-    /// Digest it acknowledged last.
-    pub applied_sha256: Option<Sha256>,
+    /// Keyed digest of what it acknowledged last.
+    pub applied_digest: Option<StoredDigest>,
     /// Sync state.
     pub state: SyncState,
     /// Agent's last error.
@@ -343,4 +344,22 @@ pub struct AppliedMigration {
     pub version: i64,
     /// Description (the file's name after the number).
     pub description: String,
+}
+
+/// Digests [`crate::store::Store::key_unkeyed_digests`] keyed, per table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyedRows {
+    /// `secret_versions` rows.
+    pub secret_versions: u64,
+    /// `revisions` rows.
+    pub revisions: u64,
+    /// `sync_status` rows.
+    pub sync_status: u64,
+}
+
+impl KeyedRows {
+    /// All rows keyed.
+    pub fn total(&self) -> u64 {
+        self.secret_versions + self.revisions + self.sync_status
+    }
 }

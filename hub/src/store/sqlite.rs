@@ -9,6 +9,7 @@
 pub(super) mod audit;
 pub(super) mod changes;
 pub(super) mod clusters;
+pub(super) mod digests;
 pub(super) mod enrollment;
 pub(super) mod governance;
 pub(super) mod history;

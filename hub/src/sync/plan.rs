@@ -56,13 +56,12 @@ pub struct PlanCluster {
     pub last_seen: Option<DateTime<Utc>>,
 }
 
-/// A rendered revision.
+/// A rendered revision, by its number (its bytes and digest stay with the engine; the plan
+/// needs neither).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RevisionRef {
     /// Global revision number.
     pub number: u64,
-    /// Digest of the rendered Secret.
-    pub sha256: Sha256,
 }
 
 /// A FleetSecret with its revisions.

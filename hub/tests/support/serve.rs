@@ -20,7 +20,7 @@ use tokio::sync::watch;
 /// Log line of a replica that took the Key Vault leadership.
 pub const LEADS: &str = "this replica leads the Key Vault pollers";
 
-/// Files every replica shares: TLS CA, admin token, Key Vault trust and identity.
+/// Files every replica shares: TLS CA, admin token, digest key, Key Vault trust and identity.
 pub struct ServeEnv {
     pub dir: tempfile::TempDir,
     pub database: String,
@@ -33,7 +33,14 @@ impl ServeEnv {
     pub fn new(database: String, kv: &KeyVaultHandle) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let admin_token = format!("kfa_{}", uuid::Uuid::new_v4().simple());
-        std::fs::write(dir.path().join("admin-token"), &admin_token).unwrap();
+        std::fs::write(
+            dir.path().join("admin-token"),
+            format!("test-admin:{admin_token}\n"),
+        )
+        .unwrap();
+        // Every replica (and every restart) keys digests with the same key.
+        let digest_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        std::fs::write(dir.path().join("digest-key"), digest_key).unwrap();
         std::fs::write(dir.path().join("kv-ca.pem"), kv.ca_pem()).unwrap();
         std::fs::write(
             dir.path().join("federated-token"),
@@ -118,6 +125,8 @@ impl ServeProcess {
             .arg(env.path("tls"))
             .arg("--admin-token-file")
             .arg(env.path("admin-token"))
+            .arg("--digest-key-file")
+            .arg(env.path("digest-key"))
             .arg("--vault-ca-file")
             .arg(env.path("kv-ca.pem"))
             .args(["--replica-id", replica])

@@ -1,5 +1,5 @@
 //! Admin authentication: `authorization: Bearer <admin token>` (SHA-256 of the presented token
-//! compared in constant time with the configured digests) OR a client certificate chaining to the
+//! compared in constant time with every configured token's digest; the caller is the token's name) OR a client certificate chaining to the
 //! admin client CA (`--admin-client-ca`, see [`crate::grpc::client_ca`]). It is separate from agent
 //! authentication: a cluster credential is never accepted here, and a certificate never
 //! authenticates an agent.
@@ -12,10 +12,11 @@ use tonic::{Request, Status};
 use crate::domain::Sha256;
 use crate::grpc::client_ca::ClientCa;
 
-/// Actor recorded in the audit log for a call authenticated by an admin token.
+/// Prefix of the actor recorded in the audit log for a call authenticated by an admin token:
+/// `token:<name>` (the name from the token file).
 pub const TOKEN_ACTOR: &str = "token";
 
-/// Who made an Admin call, as the audit log names it: [`TOKEN_ACTOR`] or `cert:<subject CN>`.
+/// Who made an Admin call, as the audit log names it: `token:<name>` or `cert:<subject CN>`.
 /// [`AdminAuth`] puts it in the request extensions of every call it lets through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminActor(String);
@@ -41,25 +42,26 @@ pub(super) fn actor_of<T>(request: &Request<T>) -> Result<AdminActor, Status> {
 /// Either one is enough; a valid certificate names the caller even when a token is sent too.
 #[derive(Clone)]
 pub struct AdminAuth {
-    digests: Arc<[Sha256]>,
+    /// (name, SHA-256) of every admin token.
+    tokens: Arc<[(String, Sha256)]>,
     client_ca: Option<ClientCa>,
 }
 
 impl std::fmt::Debug for AdminAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminAuth")
-            .field("tokens", &self.digests.len())
+            .field("tokens", &self.tokens.len())
             .field("client_ca", &self.client_ca.is_some())
             .finish()
     }
 }
 
 impl AdminAuth {
-    /// Accepts the tokens whose SHA-256 is in `token_sha256s` (none: only certificates, when
-    /// [`AdminAuth::with_client_ca`] is set; else every call is refused).
-    pub fn new(token_sha256s: impl IntoIterator<Item = Sha256>) -> Self {
+    /// Accepts the tokens whose SHA-256 is in `tokens`, each by its name (none: only
+    /// certificates, when [`AdminAuth::with_client_ca`] is set; else every call is refused).
+    pub fn new(tokens: impl IntoIterator<Item = (String, Sha256)>) -> Self {
         Self {
-            digests: token_sha256s.into_iter().collect(),
+            tokens: tokens.into_iter().collect(),
             client_ca: None,
         }
     }
@@ -71,11 +73,13 @@ impl AdminAuth {
         self
     }
 
-    /// Whether `token` is an admin token. Compares every digest, in constant time each.
-    pub fn accepts(&self, token: &str) -> bool {
+    /// The name of admin token `token`, `None` when it is none. Compares every digest, in
+    /// constant time each.
+    pub fn accepts(&self, token: &str) -> Option<&str> {
         let presented = Sha256::of(token.as_bytes());
-        self.digests.iter().fold(false, |found, digest| {
-            found | constant_time_eq(&digest.0, &presented.0)
+        self.tokens.iter().fold(None, |found, (name, digest)| {
+            let equal = constant_time_eq(&digest.0, &presented.0);
+            found.or(equal.then_some(name.as_str()))
         })
     }
 
@@ -96,7 +100,9 @@ impl AdminAuth {
         };
         match (token, certificate) {
             (_, Some(Ok(name))) => Ok(AdminActor(name)),
-            (Some(token), _) if self.accepts(token) => Ok(AdminActor(TOKEN_ACTOR.to_owned())),
+            (Some(token), _) if let Some(name) = self.accepts(token) => {
+                Ok(AdminActor(format!("{TOKEN_ACTOR}:{name}")))
+            }
             (Some(_), Some(Err(reason))) => Err(Status::unauthenticated(format!(
                 "the admin token is not accepted, and neither is the client certificate: {reason}"
             ))),
@@ -134,22 +140,30 @@ mod tests {
 
     #[test]
     fn auth_accepts_only_configured_tokens() {
-        let auth = AdminAuth::new([Sha256::of(b"kfa_one"), Sha256::of(b"kfa_two")]);
-        assert!(auth.accepts("kfa_one"));
-        assert!(auth.accepts("kfa_two"));
-        assert!(!auth.accepts("kfa_three"));
-        assert!(!auth.accepts(""));
-        assert!(
-            !AdminAuth::new([]).accepts("kfa_one"),
+        let auth = AdminAuth::new(named(&[("alice", "kfa_one"), ("ci", "kfa_two")]));
+        assert_eq!(auth.accepts("kfa_one"), Some("alice"));
+        assert_eq!(auth.accepts("kfa_two"), Some("ci"));
+        assert_eq!(auth.accepts("kfa_three"), None);
+        assert_eq!(auth.accepts(""), None);
+        assert_eq!(
+            AdminAuth::new([]).accepts("kfa_one"),
+            None,
             "no configured token refuses everything"
         );
         let printed = format!("{auth:?}");
         assert_eq!(printed, "AdminAuth { tokens: 2, client_ca: false }");
     }
 
+    fn named(tokens: &[(&str, &str)]) -> Vec<(String, Sha256)> {
+        tokens
+            .iter()
+            .map(|(name, token)| ((*name).to_owned(), Sha256::of(token.as_bytes())))
+            .collect()
+    }
+
     #[test]
     fn the_interceptor_wants_a_bearer_admin_token() {
-        let mut auth = AdminAuth::new([Sha256::of(b"kfa_one")]);
+        let mut auth = AdminAuth::new(named(&[("alice", "kfa_one")]));
         let with = |value: Option<&str>| {
             let mut request = Request::new(());
             if let Some(value) = value {
@@ -162,8 +176,8 @@ mod tests {
         let accepted = auth.call(with(Some("Bearer kfa_one"))).expect("accepted");
         assert_eq!(
             accepted.extensions().get::<AdminActor>().map(AdminActor::as_str),
-            Some(TOKEN_ACTOR),
-            "the interceptor names the caller for the audit log"
+            Some("token:alice"),
+            "the interceptor names the caller (the token's name) for the audit log"
         );
         assert!(
             auth.call(with(Some("bearer  kfa_one"))).is_ok(),

@@ -137,3 +137,103 @@ fn common_name_string_types_decode() {
     assert_eq!(decode_string(0x0C, &[0xFF]), None, "invalid UTF-8");
     assert_eq!(decode_string(0x04, b"octets"), None, "not a string type");
 }
+
+#[test]
+fn a_revoked_certificate_is_refused_and_the_others_accepted() {
+    let admins = ca("admins");
+    let alice = admins.issue_client("alice").expect("alice");
+    let bob = admins.issue_client("bob").expect("bob");
+    let crl = admins.revocation_list(&[&bob]).expect("crl");
+    let client = ClientCa::from_pem(admins.cert_pem())
+        .expect("bundle")
+        .with_crls(crl.as_bytes())
+        .expect("crl");
+    assert_eq!(
+        client.verify(std::slice::from_ref(alice.cert_der())),
+        Ok("cert:alice".to_owned())
+    );
+    assert_eq!(
+        client.verify(std::slice::from_ref(bob.cert_der())),
+        Err("it is revoked (listed in --admin-client-crl)".to_owned())
+    );
+    // Another CA without a CRL in the file keeps working (its status is unknown, not revoked).
+    let second = ca("second");
+    let carol = second.issue_client("carol").expect("carol");
+    let bundle = format!("{}{}", admins.cert_pem(), second.cert_pem());
+    let both = ClientCa::from_pem(&bundle)
+        .expect("bundle")
+        .with_crls(crl.as_bytes())
+        .expect("crl");
+    assert_eq!(
+        both.verify(std::slice::from_ref(carol.cert_der())),
+        Ok("cert:carol".to_owned())
+    );
+    assert!(both.verify(std::slice::from_ref(bob.cert_der())).is_err());
+}
+
+#[test]
+fn the_crl_file_is_read_again_when_it_changes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("admins.crl");
+    let admins = ca("admins");
+    let alice = admins.issue_client("alice").expect("alice");
+    let bob = admins.issue_client("bob").expect("bob");
+    std::fs::write(&path, admins.revocation_list(&[]).expect("empty crl")).expect("write");
+    let client = ClientCa::from_pem(admins.cert_pem())
+        .expect("bundle")
+        .with_crl_file(&path)
+        .expect("crl file");
+    assert!(format!("{client:?}").contains("admins.crl"), "{client:?}");
+    assert!(client.verify(std::slice::from_ref(bob.cert_der())).is_ok());
+
+    // Revoke bob: the next call reads the new list.
+    std::fs::write(&path, admins.revocation_list(&[&bob]).expect("crl")).expect("write");
+    assert_eq!(
+        client.verify(std::slice::from_ref(bob.cert_der())),
+        Err("it is revoked (listed in --admin-client-crl)".to_owned())
+    );
+    assert!(client.verify(std::slice::from_ref(alice.cert_der())).is_ok());
+
+    // A broken file keeps the last good lists: bob stays revoked.
+    std::fs::write(
+        &path,
+        "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n",
+    )
+    .expect("write");
+    assert!(client.verify(std::slice::from_ref(bob.cert_der())).is_err());
+    assert!(client.verify(std::slice::from_ref(alice.cert_der())).is_ok());
+
+    // DER works too.
+    let der_path = dir.path().join("admins.der");
+    let pem = admins.revocation_list(&[&alice]).expect("crl");
+    let der = crl::parse(pem.as_bytes()).expect("pem").remove(0);
+    std::fs::write(&der_path, der.as_ref()).expect("write");
+    let client = ClientCa::from_pem(admins.cert_pem())
+        .expect("bundle")
+        .with_crl_file(&der_path)
+        .expect("der crl");
+    assert!(client.verify(std::slice::from_ref(alice.cert_der())).is_err());
+    assert!(client.verify(std::slice::from_ref(bob.cert_der())).is_ok());
+}
+
+#[test]
+fn bad_crl_files_are_refused_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let admins = ca("admins");
+    let client = ClientCa::from_pem(admins.cert_pem()).expect("bundle");
+    let missing = client
+        .clone()
+        .with_crl_file(&dir.path().join("missing"))
+        .unwrap_err();
+    assert!(matches!(missing, ClientCaError::Read { .. }), "{missing}");
+    let path = dir.path().join("bad.crl");
+    std::fs::write(&path, admins.cert_pem()).expect("write");
+    let error = client.clone().with_crl_file(&path).unwrap_err().to_string();
+    assert!(error.contains("no PEM X509 CRL block found"), "{error}");
+    std::fs::write(&path, b"\x30\x03\x02\x01\x01").expect("write");
+    let error = client.with_crl_file(&path).unwrap_err().to_string();
+    assert!(
+        error.contains("cannot verify client certificates with it"),
+        "{error}"
+    );
+}

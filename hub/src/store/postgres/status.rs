@@ -7,13 +7,13 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::domain::ClusterId;
-use crate::store::convert::{StatusBind, sha256, sync_state, to_u32, to_u64};
+use crate::store::convert::{StatusBind, stored_digest, sync_state, to_u32, to_u64};
 use crate::store::dialect::StatusSql;
 use crate::store::error::fk_to_not_found;
 use crate::store::{StoreError, SyncStatus};
 
 impl StatusSql for Postgres {
-    /// Nine array binds carry any number of rows.
+    /// Ten array binds carry any number of rows.
     const STATUS_ROWS_PER_STATEMENT: usize = usize::MAX;
 
     async fn upsert_status(conn: &mut PgConnection, rows: &[StatusBind]) -> Result<u64, StoreError> {
@@ -22,6 +22,7 @@ impl StatusSql for Postgres {
         let desired: Vec<i64> = rows.iter().map(|r| r.desired_revision).collect();
         let applied: Vec<Option<i64>> = rows.iter().map(|r| r.applied_revision).collect();
         let applied_sha: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.applied_sha256.clone()).collect();
+        let applied_key: Vec<Option<String>> = rows.iter().map(|r| r.applied_digest_key.clone()).collect();
         let states: Vec<String> = rows.iter().map(|r| r.state.to_owned()).collect();
         let errors: Vec<Option<String>> = rows.iter().map(|r| r.last_error.clone()).collect();
         let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
@@ -29,18 +30,19 @@ impl StatusSql for Postgres {
         let result = sqlx::query!(
             r#"INSERT INTO sync_status AS s
              (cluster_id, fleet_secret, desired_revision, applied_revision, applied_sha256, state,
-              last_error, attempts, updated_at, applied_at)
+              last_error, attempts, updated_at, applied_at, applied_digest_key)
            SELECT u.cluster_id, u.fleet_secret, u.desired_revision, u.applied_revision,
                   u.applied_sha256, u.state, u.last_error, u.attempts, u.updated_at,
-                  CASE WHEN u.state = 'applied' THEN u.updated_at END
+                  CASE WHEN u.state = 'applied' THEN u.updated_at END, u.applied_digest_key
            FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::text[],
-                       $7::text[], $8::int4[], $9::timestamptz[])
+                       $7::text[], $8::int4[], $9::timestamptz[], $10::text[])
                 AS u(cluster_id, fleet_secret, desired_revision, applied_revision, applied_sha256,
-                     state, last_error, attempts, updated_at)
+                     state, last_error, attempts, updated_at, applied_digest_key)
            ON CONFLICT (cluster_id, fleet_secret) DO UPDATE SET
              desired_revision = excluded.desired_revision,
              applied_revision = excluded.applied_revision,
              applied_sha256 = excluded.applied_sha256,
+             applied_digest_key = excluded.applied_digest_key,
              state = excluded.state,
              last_error = excluded.last_error,
              attempts = excluded.attempts,
@@ -60,6 +62,7 @@ impl StatusSql for Postgres {
             &errors[..] as &[Option<String>],
             &attempts[..],
             &at[..],
+            &applied_key[..] as &[Option<String>],
         )
         .execute(&mut *conn)
         .await
@@ -100,6 +103,7 @@ struct StatusRecord {
     desired_revision: i64,
     applied_revision: Option<i64>,
     applied_sha256: Option<Vec<u8>>,
+    applied_digest_key: Option<String>,
     state: String,
     last_error: Option<String>,
     attempts: i32,
@@ -120,9 +124,9 @@ impl TryFrom<StatusRecord> for SyncStatus {
                 .applied_revision
                 .map(|revision| to_u64(revision, "applied revision"))
                 .transpose()?,
-            applied_sha256: row
+            applied_digest: row
                 .applied_sha256
-                .map(|bytes| sha256(&bytes, "applied sha256"))
+                .map(|bytes| stored_digest(&bytes, row.applied_digest_key, "applied digest"))
                 .transpose()?,
             state: sync_state(&row.state)?,
             last_error: row.last_error,
@@ -145,7 +149,7 @@ pub(in crate::store) async fn status_for_cluster(
         sqlx::query_as!(
             StatusRecord,
             r#"SELECT s.cluster_id, c.name AS "cluster_name!", s.fleet_secret, s.desired_revision,
-                      s.applied_revision, s.applied_sha256, s.state, s.last_error, s.attempts,
+                      s.applied_revision, s.applied_sha256, s.applied_digest_key, s.state, s.last_error, s.attempts,
                       s.updated_at, s.applied_at
                FROM sync_status s JOIN clusters c ON c.id = s.cluster_id
                WHERE s.cluster_id = $1
@@ -165,7 +169,7 @@ pub(in crate::store) async fn status_for_fleet_secret(
         sqlx::query_as!(
             StatusRecord,
             r#"SELECT s.cluster_id, c.name AS "cluster_name!", s.fleet_secret, s.desired_revision,
-                      s.applied_revision, s.applied_sha256, s.state, s.last_error, s.attempts,
+                      s.applied_revision, s.applied_sha256, s.applied_digest_key, s.state, s.last_error, s.attempts,
                       s.updated_at, s.applied_at
                FROM sync_status s JOIN clusters c ON c.id = s.cluster_id
                WHERE s.fleet_secret = $1
@@ -186,7 +190,7 @@ pub(in crate::store) async fn status_served_elsewhere(
         sqlx::query_as!(
             StatusRecord,
             r#"SELECT s.cluster_id, c.name AS "cluster_name!", s.fleet_secret, s.desired_revision,
-                      s.applied_revision, s.applied_sha256, s.state, s.last_error, s.attempts,
+                      s.applied_revision, s.applied_sha256, s.applied_digest_key, s.state, s.last_error, s.attempts,
                       s.updated_at, s.applied_at
                FROM sync_status s JOIN clusters c ON c.id = s.cluster_id
                WHERE s.fleet_secret = $1 AND c.connected_replica IS DISTINCT FROM $2"#,
@@ -203,7 +207,7 @@ pub(in crate::store) async fn all_status(pool: &PgPool) -> Result<Vec<SyncStatus
         sqlx::query_as!(
             StatusRecord,
             r#"SELECT s.cluster_id, c.name AS "cluster_name!", s.fleet_secret, s.desired_revision,
-                      s.applied_revision, s.applied_sha256, s.state, s.last_error, s.attempts,
+                      s.applied_revision, s.applied_sha256, s.applied_digest_key, s.state, s.last_error, s.attempts,
                       s.updated_at, s.applied_at
                FROM sync_status s JOIN clusters c ON c.id = s.cluster_id
                ORDER BY c.name, s.fleet_secret"#,
@@ -222,7 +226,7 @@ pub(in crate::store) async fn lagging(
         sqlx::query_as!(
             StatusRecord,
             r#"SELECT s.cluster_id, c.name AS "cluster_name!", s.fleet_secret, s.desired_revision,
-                      s.applied_revision, s.applied_sha256, s.state, s.last_error, s.attempts,
+                      s.applied_revision, s.applied_sha256, s.applied_digest_key, s.state, s.last_error, s.attempts,
                       s.updated_at, s.applied_at
                FROM sync_status s JOIN clusters c ON c.id = s.cluster_id
                WHERE s.lagging AND ($1::text IS NULL OR s.fleet_secret = $1)

@@ -3,36 +3,40 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row as _, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Row as _, Sqlite, SqliteConnection, SqlitePool};
 
 use super::{req_ts, ts};
-use crate::store::convert::{sha256, sources_json, to_u64};
+use crate::domain::{DigestKeys, StoredDigest};
+use crate::store::convert::{digest_key, sources_json, stored_digest, to_u64};
 use crate::store::dialect::RevisionSql;
 use crate::store::{NewRevision, RevisionRecord, SecretVersionRecord, StoreError};
 
 pub(in crate::store) async fn upsert_secret_version(
     pool: &SqlitePool,
     v: &SecretVersionRecord,
+    digest: &StoredDigest,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO secret_versions
-           (store, name, version, sha256, enabled, created_at, expires_at, not_before, recorded_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+           (store, name, version, sha256, enabled, created_at, expires_at, not_before, recorded_at,
+            digest_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (store, name, version) DO UPDATE
-           SET sha256 = excluded.sha256, enabled = excluded.enabled,
+           SET sha256 = excluded.sha256, digest_key = excluded.digest_key, enabled = excluded.enabled,
                created_at = excluded.created_at, expires_at = excluded.expires_at,
                not_before = excluded.not_before, recorded_at = excluded.recorded_at",
     )
     .bind(&v.store)
     .bind(&v.name)
     .bind(&v.version)
-    .bind(&v.sha256.0[..])
+    .bind(&digest.bytes()[..])
     .bind(v.enabled)
     .bind(v.created.map(ts))
     .bind(v.expires.map(ts))
     .bind(v.not_before.map(ts))
     .bind(ts(now))
+    .bind(digest_key(digest))
     .execute(pool)
     .await?;
     Ok(())
@@ -42,27 +46,43 @@ impl RevisionSql for Sqlite {
     async fn upsert_revision(
         conn: &mut SqliteConnection,
         r: &NewRevision,
+        keys: &DigestKeys,
         generation: i64,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
+        // The newest revision is the same content when its digest is `r.sha256` under any key
+        // held (or unkeyed): one `(key, digest)` pair per candidate, '' for unkeyed.
+        let candidates = keys.candidates(&r.sha256);
+        let pairs: Vec<String> = (0..candidates.len())
+            .map(|index| format!("(?{}, ?{})", 7 + 2 * index, 8 + 2 * index))
+            .collect();
         // The INSERT (even when it inserts nothing) takes SQLite's write lock first, so the read
         // below sees what the insert decided against.
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO revisions (fleet_secret, sha256, spec_generation, sources, created_at)
-         SELECT ?1, ?2, ?3, ?4, ?5
-         WHERE NOT EXISTS (
-           SELECT 1 FROM (SELECT sha256, spec_generation FROM revisions WHERE fleet_secret = ?1
-                          ORDER BY revision DESC LIMIT 1) AS latest
-           WHERE latest.sha256 = ?2 AND latest.spec_generation = ?3)
-         RETURNING revision",
-        )
-        .bind(&r.fleet_secret)
-        .bind(&r.sha256.0[..])
-        .bind(generation)
-        .bind(sources_json(&r.sources).to_string())
-        .bind(ts(now))
-        .fetch_optional(&mut *conn)
-        .await?;
+        let sql = format!(
+            "INSERT INTO revisions (fleet_secret, sha256, spec_generation, sources, created_at, digest_key)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6
+             WHERE NOT EXISTS (
+               SELECT 1 FROM (SELECT sha256, digest_key, spec_generation FROM revisions
+                              WHERE fleet_secret = ?1 ORDER BY revision DESC LIMIT 1) AS latest
+               WHERE latest.spec_generation = ?3
+                 AND (coalesce(latest.digest_key, ''), latest.sha256) IN (VALUES {}))
+             RETURNING revision",
+            pairs.join(", ")
+        );
+        let digest = keys.key(&r.sha256);
+        let mut query = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(&r.fleet_secret)
+            .bind(digest.bytes().to_vec())
+            .bind(generation)
+            .bind(sources_json(&r.sources).to_string())
+            .bind(ts(now))
+            .bind(digest_key(&digest));
+        for candidate in &candidates {
+            query = query
+                .bind(digest_key(candidate).unwrap_or_default())
+                .bind(candidate.bytes().to_vec());
+        }
+        let inserted: Option<i64> = query.fetch_optional(&mut *conn).await?;
         Ok(match inserted {
             Some(revision) => revision,
             None => {
@@ -80,7 +100,7 @@ impl RevisionSql for Sqlite {
 
 pub(in crate::store) async fn latest_revisions(pool: &SqlitePool) -> Result<Vec<RevisionRecord>, StoreError> {
     sqlx::query(
-        "SELECT r.fleet_secret, r.revision, r.sha256, r.spec_generation, r.sources, r.created_at
+        "SELECT r.fleet_secret, r.revision, r.sha256, r.digest_key, r.spec_generation, r.sources, r.created_at
          FROM revisions r
          WHERE r.revision = (SELECT max(revision) FROM revisions WHERE fleet_secret = r.fleet_secret)
          ORDER BY r.fleet_secret",
@@ -98,7 +118,7 @@ pub(in crate::store) async fn revision_before(
     below: i64,
 ) -> Result<Option<RevisionRecord>, StoreError> {
     sqlx::query(
-        "SELECT fleet_secret, revision, sha256, spec_generation, sources, created_at
+        "SELECT fleet_secret, revision, sha256, digest_key, spec_generation, sources, created_at
          FROM revisions WHERE fleet_secret = ?1 AND revision < ?2
          ORDER BY revision DESC LIMIT 1",
     )
@@ -116,7 +136,11 @@ fn revision_record(row: &SqliteRow) -> Result<RevisionRecord, StoreError> {
     Ok(RevisionRecord {
         fleet_secret: row.try_get("fleet_secret")?,
         revision: to_u64(row.try_get("revision")?, "revision")?,
-        sha256: sha256(&row.try_get::<Vec<u8>, _>("sha256")?, "revision sha256")?,
+        digest: stored_digest(
+            &row.try_get::<Vec<u8>, _>("sha256")?,
+            row.try_get("digest_key")?,
+            "revision digest",
+        )?,
         spec_generation: to_u64(row.try_get("spec_generation")?, "spec generation")?,
         sources: serde_json::from_str(&row.try_get::<String, _>("sources")?).map_err(|_| {
             StoreError::Corrupt {

@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, Row as _, Sqlite, SqliteConnection, SqlitePool};
 
 use super::{id_text, opt_ts, req_ts, ts, uuid};
 use crate::domain::ClusterId;
-use crate::store::convert::{StatusBind, sha256, sync_state, to_u32, to_u64};
+use crate::store::convert::{StatusBind, stored_digest, sync_state, to_u32, to_u64};
 use crate::store::dialect::StatusSql;
 use crate::store::error::fk_to_not_found;
 use crate::store::{StoreError, SyncStatus};
@@ -16,14 +16,14 @@ use crate::store::{StoreError, SyncStatus};
 const MAX_BINDS: usize = 32_766;
 
 /// Bound parameters per status row.
-const STATUS_BINDS: usize = 9;
+const STATUS_BINDS: usize = 10;
 
 /// The status upsert up to its `VALUES` list; one `(?,…)` per row follows.
 const STATUS_UPSERT_HEAD: &str = "INSERT INTO sync_status AS s
    (cluster_id, fleet_secret, desired_revision, applied_revision, applied_sha256, state,
-    last_error, attempts, updated_at, applied_at)
+    last_error, attempts, updated_at, applied_at, applied_digest_key)
  SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9,
-        CASE WHEN column6 = 'applied' THEN column9 END
+        CASE WHEN column6 = 'applied' THEN column9 END, column10
  FROM (VALUES ";
 
 // `WHERE true` resolves the INSERT … SELECT … ON CONFLICT parsing ambiguity.
@@ -32,6 +32,7 @@ const STATUS_UPSERT_TAIL: &str = ") WHERE true
    desired_revision = excluded.desired_revision,
    applied_revision = excluded.applied_revision,
    applied_sha256 = excluded.applied_sha256,
+   applied_digest_key = excluded.applied_digest_key,
    state = excluded.state,
    last_error = excluded.last_error,
    attempts = excluded.attempts,
@@ -53,7 +54,7 @@ impl StatusSql for Sqlite {
             if index > 0 {
                 sql.push(',');
             }
-            sql.push_str("(?,?,?,?,?,?,?,?,?)");
+            sql.push_str("(?,?,?,?,?,?,?,?,?,?)");
         }
         sql.push_str(STATUS_UPSERT_TAIL);
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -67,7 +68,8 @@ impl StatusSql for Sqlite {
                 .bind(row.state)
                 .bind(row.last_error.clone())
                 .bind(row.attempts)
-                .bind(ts(row.at));
+                .bind(ts(row.at))
+                .bind(row.applied_digest_key.clone());
         }
         let result = query
             .execute(&mut *conn)
@@ -92,7 +94,7 @@ pub(in crate::store) async fn delete_status(
 
 /// The columns [`status`] decodes, joined with the cluster's name.
 const STATUS_SELECT: &str = "SELECT s.cluster_id, c.name AS cluster_name, s.fleet_secret,
-        s.desired_revision, s.applied_revision, s.applied_sha256, s.state, s.last_error,
+        s.desired_revision, s.applied_revision, s.applied_sha256, s.applied_digest_key, s.state, s.last_error,
         s.attempts, s.updated_at, s.applied_at
  FROM sync_status s JOIN clusters c ON c.id = s.cluster_id";
 
@@ -107,9 +109,9 @@ fn status(row: &SqliteRow) -> Result<SyncStatus, StoreError> {
             .try_get::<Option<i64>, _>("applied_revision")?
             .map(|revision| to_u64(revision, "applied revision"))
             .transpose()?,
-        applied_sha256: row
+        applied_digest: row
             .try_get::<Option<Vec<u8>>, _>("applied_sha256")?
-            .map(|bytes| sha256(&bytes, "applied sha256"))
+            .map(|bytes| stored_digest(&bytes, row.try_get("applied_digest_key")?, "applied digest"))
             .transpose()?,
         state: sync_state(&row.try_get::<String, _>("state")?)?,
         last_error: row.try_get("last_error")?,

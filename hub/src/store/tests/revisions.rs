@@ -22,16 +22,21 @@ pub(super) async fn secret_versions_upsert(store: Store) {
     store.upsert_secret_version(&version).await.expect("upsert v2");
     let rows = inspect!(
         store,
-        (String, Vec<u8>, bool),
-        "SELECT version, sha256, enabled FROM secret_versions ORDER BY version".to_owned()
+        (String, Vec<u8>, Option<String>, bool),
+        "SELECT version, sha256, digest_key, enabled FROM secret_versions ORDER BY version".to_owned()
     );
+    let keys = store.digest_keys();
+    let keyed = |text: &str| keys.key(&digest(text)).bytes().to_vec();
+    let key = Some(keys.current().as_str().to_owned());
     assert_eq!(
         rows,
         [
-            ("v1".to_owned(), digest("value-1").0.to_vec(), false),
-            ("v2".to_owned(), digest("value-2").0.to_vec(), false),
-        ]
+            ("v1".to_owned(), keyed("value-1"), key.clone(), false),
+            ("v2".to_owned(), keyed("value-2"), key, false),
+        ],
+        "the digest is stored keyed, with its key"
     );
+    assert_ne!(rows[0].1, digest("value-1").0.to_vec());
 }
 
 pub(super) async fn revisions_idempotent_and_monotonic(store: Store) {
@@ -89,10 +94,14 @@ pub(super) async fn revisions_idempotent_and_monotonic(store: Store) {
     let latest = store.latest_revisions().await.expect("latest");
     let summary: Vec<_> = latest
         .iter()
-        .map(|r| (r.fleet_secret.as_str(), r.revision, r.sha256, r.spec_generation))
+        .map(|r| (r.fleet_secret.as_str(), r.revision, r.spec_generation))
         .collect();
-    assert_eq!(summary[0], ("a", a4, digest("one"), 2));
-    assert_eq!(summary[1], ("b", b1, digest("one"), 1));
+    assert_eq!(summary[0], ("a", a4, 2));
+    assert_eq!(summary[1], ("b", b1, 1));
+    let keys = store.digest_keys();
+    assert!(keys.matches(&latest[0].digest, &digest("one")));
+    assert!(keys.matches(&latest[1].digest, &digest("one")));
+    assert!(!keys.matches(&latest[1].digest, &digest("two")));
     assert_eq!(summary[2].0, "c");
     assert_eq!(latest.len(), 3);
     assert_eq!(
@@ -101,7 +110,9 @@ pub(super) async fn revisions_idempotent_and_monotonic(store: Store) {
     );
     // The one before a revision: what clusters beyond a rollout's current wave keep.
     let before = store.revision_before("a", a4).await.expect("before");
-    assert_eq!(before.map(|r| (r.revision, r.sha256)), Some((a3, digest("two"))));
+    let before = before.expect("a revision before a4");
+    assert_eq!(before.revision, a3);
+    assert!(keys.matches(&before.digest, &digest("two")));
     let first = store.revision_before("a", a2).await.expect("before");
     assert_eq!(
         first.map(|r| (r.revision, r.sources)),

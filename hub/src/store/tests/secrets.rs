@@ -1,9 +1,15 @@
 //! Conformance of the store's first invariant: after a full scenario, no column holds a secret
-//! value.
+//! value, nor a plain SHA-256 of one (or of the revision payload holding it), also after a key
+//! rotation.
 
 use super::*;
+use crate::domain::DigestKeys;
+
+const KEY_A: &str = "101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f";
+const KEY_B: &str = "303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f";
 
 pub(super) async fn no_column_holds_a_secret_value(store: Store) {
+    let store = store.with_digest_keys(DigestKeys::parse(KEY_A).expect("key"));
     // A full scenario: everything the hub records about a value, through the API.
     let value = SecretValue::new(b"hunter2-correct-horse-battery".to_vec());
     let encoded = base64::engine::general_purpose::STANDARD.encode(value.expose());
@@ -76,6 +82,52 @@ pub(super) async fn no_column_holds_a_secret_value(store: Store) {
         .await
         .expect("audit");
 
+    // Key rotation: B current, A previous. A second value and its revision are written under B;
+    // the first revision still verifies under A.
+    let store = store.with_digest_keys(DigestKeys::parse(&format!("{KEY_B}\n{KEY_A}")).expect("keys"));
+    let second = SecretValue::new(b"tr0ub4dor&3-second-value".to_vec());
+    let second_encoded = base64::engine::general_purpose::STANDARD.encode(second.expose());
+    store
+        .upsert_secret_version(&SecretVersionRecord {
+            store: "kv".to_owned(),
+            name: "db-password".to_owned(),
+            version: "v2".to_owned(),
+            sha256: Sha256::of(second.expose()),
+            enabled: true,
+            created: None,
+            expires: None,
+            not_before: None,
+        })
+        .await
+        .expect("version 2");
+    let second_revision = store
+        .upsert_revision(&NewRevision {
+            fleet_secret: "db".to_owned(),
+            sha256: Sha256::of(second_encoded.as_bytes()),
+            spec_generation: 1,
+            sources: vec![("db-password".to_owned(), "v2".to_owned())],
+        })
+        .await
+        .expect("revision 2");
+    let mut row = applied(status_row(c.id, "db", second_revision, 2), second_revision, 3);
+    row.applied_sha256 = Some(Sha256::of(second_encoded.as_bytes()));
+    store.upsert_status_batch(&[row]).await.expect("status 2");
+    assert_eq!(
+        store.key_unkeyed_digests().await.expect("key"),
+        KeyedRows::default()
+    );
+    let first = store
+        .revision_before("db", second_revision)
+        .await
+        .expect("before")
+        .expect("the first revision");
+    assert!(
+        store
+            .digest_keys()
+            .matches(&first.digest, &Sha256::of(encoded.as_bytes())),
+        "the previous key still verifies"
+    );
+
     // Schema: no column is meant for a value.
     let columns: Vec<(String, String, String)> = match &store.backend {
         Backend::Postgres(pool) => sqlx::query_as(
@@ -126,10 +178,25 @@ pub(super) async fn no_column_holds_a_secret_value(store: Store) {
         }
     }
 
-    // Content: no column of any table holds the value, its base64, or as bytes.
-    let needles: [&[u8]; 2] = [value.expose(), encoded.as_bytes()];
+    // Content: no column of any table holds a value, its base64, or the plain SHA-256 of either
+    // value or of either revision payload (as bytes or hex).
+    let plain_digests = [
+        value_digest,
+        Sha256::of(encoded.as_bytes()),
+        Sha256::of(second.expose()),
+        Sha256::of(second_encoded.as_bytes()),
+    ];
+    let hex: Vec<String> = plain_digests.iter().map(Sha256::to_hex).collect();
+    let mut needles: Vec<&[u8]> = vec![
+        value.expose(),
+        encoded.as_bytes(),
+        second.expose(),
+        second_encoded.as_bytes(),
+    ];
+    needles.extend(plain_digests.iter().map(|digest| &digest.0[..]));
+    needles.extend(hex.iter().map(String::as_bytes));
     for (table, column, data_type) in &columns {
-        for needle in needles {
+        for &needle in &needles {
             let hits: i64 = match &store.backend {
                 Backend::Postgres(pool) => {
                     let haystack = if data_type == "bytea" {
@@ -153,7 +220,7 @@ pub(super) async fn no_column_holds_a_secret_value(store: Store) {
                 .await
                 .expect("scan"),
             };
-            assert_eq!(hits, 0, "{table}.{column} holds the value");
+            assert_eq!(hits, 0, "{table}.{column} holds a value or its plain digest");
         }
     }
 }

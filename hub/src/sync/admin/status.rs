@@ -205,7 +205,6 @@ impl Admin {
                 spec: Arc::clone(secret),
                 current: revisions.get(&secret.name).map(|revision| RevisionRef {
                     number: revision.revision,
-                    sha256: revision.sha256,
                 }),
                 previous: None,
             })

@@ -326,7 +326,7 @@ impl Engine {
         });
     }
 
-    /// Records a new Key Vault version (sha256 only), caches its value and marks the fleet
+    /// Records a new Key Vault version (its digest, keyed by the store), caches its value and marks the fleet
     /// secrets that read it.
     pub(super) async fn on_vault_change(&mut self, change: VaultChange) {
         let VaultChange { store, key, secret } = change;

@@ -19,8 +19,8 @@ use crate::vault::FetchedSecret;
 /// Encodes a rendered Secret for the wire. The engine owns this seam so that it never names the
 /// wire format; `grpc::convert::ProtoEncoder` implements it and `app` wires it in.
 pub trait RevisionEncoder: Send + Sync + 'static {
-    /// The canonical digest of a rendering, independent of the revision number: what the store
-    /// records as the revision's sha256 and what the agent recomputes.
+    /// The canonical digest of a rendering, independent of the revision number: what the agent
+    /// recomputes, and what the store records keyed.
     fn digest(&self, rendered: &RenderedSecret) -> Sha256;
     /// Encodes `rendered` as revision `revision`, once; every stream shares the bytes. `sources`
     /// are the (Key Vault secret, version) it was rendered from: the agent records them on the
@@ -205,7 +205,7 @@ impl Engine {
             .secrets
             .get(name)
             .and_then(|state| state.current.as_ref())
-            .is_some_and(|current| current.reference.sha256 == sha256);
+            .is_some_and(|current| current.encoded.sha256 == sha256);
         if unchanged {
             return Ok(());
         }
@@ -223,7 +223,9 @@ impl Engine {
         self.install(name, number, encoded);
         self.unannounced.insert(name.to_owned());
         self.announce_revisions().await?;
-        tracing::info!(fleet_secret = %name, revision = number, sha256 = %sha256.to_hex(), "new revision");
+        // The digest as stored (keyed): a plain digest of rendered values is never logged.
+        let digest = self.store.digest_keys().key(&sha256);
+        tracing::info!(fleet_secret = %name, revision = number, digest = %digest, "new revision");
         Ok(())
     }
 
@@ -240,10 +242,7 @@ impl Engine {
             state.previous_looked_up = Some(number);
         }
         state.current = Some(Built {
-            reference: RevisionRef {
-                number,
-                sha256: encoded.sha256,
-            },
+            reference: RevisionRef { number },
             encoded: Arc::clone(&encoded),
         });
         let previous = state.previous.map(|previous| previous.number);
@@ -310,7 +309,6 @@ impl Engine {
             }
             state.previous = Some(RevisionRef {
                 number: record.revision,
-                sha256: record.sha256,
             });
             tracing::info!(
                 fleet_secret = %name,
@@ -327,7 +325,7 @@ impl Engine {
     }
 
     /// Rebuilds a recorded revision from the Key Vault versions it was rendered from (one GET per
-    /// version not cached here) and checks its sha256; `None`, logged, when it cannot.
+    /// version not cached here) and checks it against the recorded (keyed) digest; `None`, logged, when it cannot.
     async fn reproduce(&mut self, record: &RevisionRecord) -> Option<Arc<EncodedRevision>> {
         let name = &record.fleet_secret;
         let state = self.secrets.get(name)?;
@@ -360,8 +358,19 @@ impl Engine {
                 return None;
             }
         };
-        if self.encoder.digest(&rendered) != record.sha256 {
-            tracing::warn!(fleet_secret = %name, revision = record.revision, "reproduced revision differs from the recorded sha256 (rendered from another spec)");
+        if !self
+            .store
+            .digest_keys()
+            .matches(&record.digest, &self.encoder.digest(&rendered))
+        {
+            match record.digest.key() {
+                Some(key) if !self.store.digest_keys().knows(key) => {
+                    tracing::warn!(fleet_secret = %name, revision = record.revision, digest_key = %key, "cannot check a reproduced revision: its digest is keyed with a key this hub does not hold (--digest-key-file)");
+                }
+                _ => {
+                    tracing::warn!(fleet_secret = %name, revision = record.revision, "reproduced revision differs from the recorded digest (rendered from another spec)");
+                }
+            }
             return None;
         }
         Some(Arc::new(self.encoder.encode(
