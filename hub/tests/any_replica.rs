@@ -287,7 +287,13 @@ fn serve_refuses_an_event_grid_webhook_without_a_code() {
     let short = dir.path().join("code");
     std::fs::write(&short, "short").unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_keyfleet"))
-        .args(["serve", "--database", "sqlite::memory:", "--tls-self-signed"])
+        .args([
+            "serve",
+            "--database",
+            "sqlite::memory:",
+            "--migrate",
+            "--tls-self-signed",
+        ])
         .arg(dir.path().join("tls"))
         .args(["--grpc-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
         .args(["--eventgrid-addr", "127.0.0.1:0", "--eventgrid-code-file"])

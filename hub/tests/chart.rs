@@ -271,9 +271,48 @@ fn check_consistent(rendered: &Rendered, origin: &str) -> ServeArgs {
             "{origin}: the pods carry the selector"
         );
     }
-    let [grpc, ops] = rendered.services.as_slice() else {
-        panic!("{origin}: two Services (gRPC, ops)");
+    let (eventgrid, services): (Vec<&Service>, Vec<&Service>) =
+        rendered.services.iter().partition(|service| {
+            service
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|name| name.ends_with("-eventgrid"))
+        });
+    let [grpc, ops] = services.as_slice() else {
+        panic!("{origin}: two Services (gRPC, ops) besides the Event Grid one");
     };
+    let (grpc, ops) = (*grpc, *ops);
+    // The Event Grid webhook: on when its flags are, on its own ClusterIP Service (for an
+    // HTTPS ingress), with its code from the Secret the values name.
+    match (serve.eventgrid_addr, eventgrid.as_slice()) {
+        (None, []) => {}
+        (Some(addr), [service]) => {
+            assert!(addr.ip().is_unspecified(), "{origin}: --eventgrid-addr {addr}");
+            assert_eq!(
+                i32::from(addr.port()),
+                container_port(container, "eventgrid"),
+                "{origin}"
+            );
+            let spec = service.spec.as_ref().expect("service spec");
+            assert_eq!(
+                spec.type_.as_deref(),
+                Some("ClusterIP"),
+                "{origin}: behind an ingress"
+            );
+            assert_eq!(spec.selector.as_ref(), Some(&selector), "{origin}");
+            let code = serve
+                .eventgrid_code_file
+                .as_deref()
+                .expect("--eventgrid-code-file");
+            let (volume, _) = file_source(pod, container, code);
+            assert_eq!(volume, "eventgrid", "{origin}");
+        }
+        (addr, services) => panic!(
+            "{origin}: --eventgrid-addr {addr:?} with {} Event Grid Services",
+            services.len()
+        ),
+    }
     for (service, name) in [(grpc, "grpc"), (ops, "ops")] {
         let spec = service.spec.as_ref().expect("service spec");
         assert_eq!(
@@ -612,6 +651,11 @@ fn everything_on_renders_workload_identity_specs_monitoring_and_mtls() {
         "crlKey adds --admin-client-crl"
     );
     assert!(serve.migrate);
+    assert_eq!(
+        serve.eventgrid_addr.map(|addr| addr.port()),
+        Some(8088),
+        "eventGrid.enabled adds the webhook"
+    );
     let annotations = rendered.service_accounts[0]
         .metadata
         .annotations

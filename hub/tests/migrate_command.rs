@@ -22,7 +22,10 @@ fn migrate_applies_once_then_reports_up_to_date() {
         stdout,
         "sqlite: applied migration 0001 init\nsqlite: applied migration 0002 dashboards at scale\n\
          sqlite: applied migration 0003 change log horizon\n\
-         sqlite: applied migration 0005 keyed digests\n"
+         sqlite: applied migration 0004 expiry view\n\
+         sqlite: applied migration 0005 keyed digests\n\
+         sqlite: applied migration 0006 replica requests\n\
+         sqlite: applied migration 0007 history\n"
     );
     assert!(dir.path().join("keyfleet.db").exists(), "the file is created");
 

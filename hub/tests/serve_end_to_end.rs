@@ -520,6 +520,19 @@ async fn scenario(database_url: &str) {
         .map(|event| (event.actor, event.action, event.subject))
         .collect();
     store.close().await;
+    // What the hub did itself (each Key Vault version, each wave) is audited as actor `hub`.
+    let (by_hub, audit): (Vec<_>, Vec<_>) = audit.into_iter().partition(|(actor, _, _)| actor == "hub");
+    assert!(
+        by_hub
+            .iter()
+            .any(|(_, action, subject)| action == "keyvault.version"
+                && subject.starts_with("secretstore/shared-kv acr-pull ")),
+        "{by_hub:?}"
+    );
+    assert!(
+        by_hub.iter().any(|(_, action, _)| action == "rollout.wave"),
+        "{by_hub:?}"
+    );
     let expected = [
         ("token:e2e-admin", "spec.created", "secretstore/shared-kv"),
         ("token:e2e-admin", "spec.created", "fleetsecret/regcred"),

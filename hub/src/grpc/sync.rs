@@ -367,7 +367,29 @@ impl futures::Stream for OutboundStream {
                 Poll::Pending => {}
             }
         }
-        self.rx.poll_recv(cx).map(|next| next.map(Ok))
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) => {
+                // The stream task drops its sender before it hands over the final status: wait
+                // for that status (or for the task to end without one) instead of ending with OK,
+                // which would tell an agent that broke the protocol that all went well.
+                let Some(end) = self.end.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match Pin::new(end).poll(cx) {
+                    Poll::Ready(Ok(status)) => {
+                        self.done = true;
+                        self.end = None;
+                        Poll::Ready(Some(Err(status)))
+                    }
+                    Poll::Ready(Err(_)) => {
+                        self.end = None;
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            next => next.map(|next| next.map(Ok)),
+        }
     }
 }
 
