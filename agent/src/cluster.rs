@@ -55,6 +55,20 @@ pub enum ClusterEvent {
         /// Revision restored.
         revision: u64,
     },
+    /// A managed Secret drifted and the agent could not repair it (reported so that the hub's
+    /// drift report shows it; the key also leaves the applied state, see `Resync`).
+    DriftUnrepaired {
+        /// Payload key.
+        key: String,
+        /// Namespace.
+        namespace: String,
+        /// What happened.
+        kind: DriftKind,
+        /// Revision the agent tried to restore.
+        revision: u64,
+        /// Why it could not (the Kubernetes error; never a value).
+        failure: String,
+    },
     /// The applied state changed outside an Update (a drifted key the agent cannot repair by
     /// itself): reconnect so the hub compares digests again and resends what differs.
     Resync,

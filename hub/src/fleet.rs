@@ -211,6 +211,8 @@ pub enum FleetEvent {
         kind: DriftKind,
         /// Restored revision.
         revision: u64,
+        /// Why the agent could not repair it (`None`: repaired).
+        failure: Option<String>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -799,8 +801,15 @@ impl Session {
         Ok(())
     }
 
-    /// Reports a drift repair.
-    pub async fn drift(&self, key: String, namespace: String, kind: DriftKind, revision: u64) {
+    /// Reports a drift the agent repaired (or could not: `failure`).
+    pub async fn drift(
+        &self,
+        key: String,
+        namespace: String,
+        kind: DriftKind,
+        revision: u64,
+        failure: Option<String>,
+    ) {
         self.fleet
             .emit(FleetEvent::Drift {
                 cluster: self.cluster,
@@ -808,6 +817,7 @@ impl Session {
                 namespace,
                 kind,
                 revision,
+                failure,
                 at: Utc::now(),
             })
             .await;

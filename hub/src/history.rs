@@ -186,6 +186,7 @@ impl HistoryWriter {
                 namespace,
                 kind,
                 revision,
+                failure,
                 at,
             } => self.drift.push_back(DriftEntry {
                 cluster,
@@ -197,6 +198,7 @@ impl HistoryWriter {
                     DriftKind::Unspecified => "unspecified",
                 },
                 revision,
+                failure,
                 at,
             }),
             FleetEvent::Connected { .. } | FleetEvent::Disconnected { .. } => return,

@@ -42,7 +42,9 @@ use crate::domain::{ClusterId, ClusterState, DigestKeys, LabelSelector, Labels, 
 
 pub use error::StoreError;
 pub use governance::{RolloutCounts, ServedVersion};
-pub use history::{AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow};
+pub use history::{
+    AuditQuery, DriftCount, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
+};
 pub use leadership::Leadership;
 pub use polls::{PollAsk, PollRequest, PollResult, StorePoll};
 pub use records::{

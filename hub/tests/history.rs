@@ -134,6 +134,18 @@ async fn history_drift_audit_and_undo_through_the_cli() {
             namespace: "ci".to_owned(),
             kind: v1::DriftKind::Deleted as i32,
             revision: first,
+            failure: String::new(),
+        }))
+        .await
+        .unwrap();
+    // prod-1 could not repair an edited Secret: the report says so.
+    agents[0]
+        .send(v1::agent_message::Body::Drift(v1::DriftReport {
+            key: KEY.to_owned(),
+            namespace: "default".to_owned(),
+            kind: v1::DriftKind::Modified as i32,
+            revision: first,
+            failure: "secrets \"regcred\" is forbidden".to_owned(),
         }))
         .await
         .unwrap();
@@ -185,21 +197,38 @@ async fn history_drift_audit_and_undo_through_the_cli() {
     assert!(table.starts_with("TIME") && table.contains("refused"), "{table}");
 
     // keyfleet drift: the repaired Secret, with cluster, namespace and kind.
-    let drift = json_until(&env, &hub, &["drift", "--since", "1h"], |rows| !rows.is_empty()).await;
-    assert_eq!(drift.len(), 1, "{drift:?}");
+    let drift = json_until(&env, &hub, &["drift", "--since", "1h"], |rows| rows.len() >= 2).await;
+    assert_eq!(drift.len(), 2, "{drift:?}");
+    let repaired = drift.iter().find(|row| row["cluster"] == "prod-2").unwrap();
     assert_eq!(
         (
-            &drift[0]["cluster"],
-            &drift[0]["namespace"],
-            &drift[0]["kind"],
-            &drift[0]["restoredRevision"]
+            &repaired["namespace"],
+            &repaired["kind"],
+            &repaired["restoredRevision"],
+            &repaired["repaired"]
         ),
         (
-            &Value::from("prod-2"),
             &Value::from("ci"),
             &Value::from("deleted"),
-            &Value::from(first)
+            &Value::from(first),
+            &Value::from(true)
         )
+    );
+    let unrepaired = drift.iter().find(|row| row["cluster"] == "prod-1").unwrap();
+    assert_eq!(unrepaired["repaired"], false);
+    assert_eq!(unrepaired["failure"], "secrets \"regcred\" is forbidden");
+    // keyfleet status: the DRIFT column counts the last 24 hours, unrepaired ones named.
+    let status = cli(&env, &hub, &["status", KEY, "-o", "json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        (status["drift"].as_u64(), status["driftUnrepaired"].as_u64()),
+        (Some(2), Some(1)),
+        "{status:#}"
+    );
+    let table = cli(&env, &hub, &["status"]);
+    assert!(
+        table.contains("DRIFT") && table.contains("2 (1 unrepaired)"),
+        "{table}"
     );
 
     // keyfleet audit: the admin's changes and the Key Vault version that started the rotation.

@@ -119,14 +119,22 @@ fn body() -> impl Strategy<Value = Option<agent_message::Body>> {
         }))),
         (0..4u64, prop::collection::vec(item_result(), 0..4))
             .prop_map(|(nonce, results)| Some(agent_message::Body::Ack(v1::Ack { nonce, results }))),
-        (odd_string(), odd_string(), any::<i32>(), any::<u64>()).prop_map(
-            |(key, namespace, kind, revision)| Some(agent_message::Body::Drift(v1::DriftReport {
-                key,
-                namespace,
-                kind,
-                revision,
-            }))
-        ),
+        (
+            odd_string(),
+            odd_string(),
+            any::<i32>(),
+            any::<u64>(),
+            prop_oneof![Just(String::new()), Just("x".repeat(1025)), any::<String>()]
+        )
+            .prop_map(|(key, namespace, kind, revision, failure)| {
+                Some(agent_message::Body::Drift(v1::DriftReport {
+                    key,
+                    namespace,
+                    kind,
+                    revision,
+                    failure,
+                }))
+            }),
         (
             prop::collection::vec(
                 (odd_string(), any::<u64>(), bytes(&[32])).prop_map(|(key, revision, sha256)| {

@@ -463,7 +463,7 @@ async fn protocol_violations_get_a_named_status_and_nothing_is_recorded() {
     agent
         .send(agent_message::Body::Drift(v1::DriftReport {
             key: "a".repeat(5 * 1024 * 1024),
-            ..Default::default()
+            ..v1::DriftReport::default()
         }))
         .await
         .unwrap();

@@ -24,15 +24,18 @@ CREATE TABLE drift_events (
     namespace    text        NOT NULL,
     kind         text        NOT NULL CHECK (kind IN ('modified', 'deleted', 'unspecified')),
     revision     bigint      NOT NULL CHECK (revision >= 0),
+    -- Why the agent could not repair the Secret; NULL when it did.
+    failure      text,
     replica      text        NOT NULL,
     at           timestamptz NOT NULL
 );
 CREATE INDEX drift_events_at ON drift_events (at DESC);
 CREATE INDEX drift_events_cluster ON drift_events (cluster_id, at DESC);
 
--- For dashboards: every repaired drift with the cluster's name (a removed cluster's rows keep
--- its id only).
+-- For dashboards: every drift (repaired, or not and why) with the cluster's name (a removed
+-- cluster's rows keep its id only).
 CREATE VIEW keyfleet_drift AS
-SELECT d.at, d.cluster_id, c.name AS cluster, d.fleet_secret, d.namespace, d.kind, d.revision
+SELECT d.at, d.cluster_id, c.name AS cluster, d.fleet_secret, d.namespace, d.kind, d.revision,
+       d.failure IS NULL AS repaired, d.failure
 FROM drift_events d
 LEFT JOIN clusters c ON c.id = d.cluster_id;

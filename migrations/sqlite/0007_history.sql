@@ -20,6 +20,8 @@ CREATE TABLE drift_events (
     namespace    TEXT    NOT NULL,
     kind         TEXT    NOT NULL CHECK (kind IN ('modified', 'deleted', 'unspecified')),
     revision     INTEGER NOT NULL CHECK (revision >= 0),
+    -- Why the agent could not repair the Secret; NULL when it did.
+    failure      TEXT,
     replica      TEXT    NOT NULL,
     at           TEXT    NOT NULL
 );
@@ -27,6 +29,7 @@ CREATE INDEX drift_events_at ON drift_events (at DESC);
 CREATE INDEX drift_events_cluster ON drift_events (cluster_id, at DESC);
 
 CREATE VIEW keyfleet_drift AS
-SELECT d.at, d.cluster_id, c.name AS cluster, d.fleet_secret, d.namespace, d.kind, d.revision
+SELECT d.at, d.cluster_id, c.name AS cluster, d.fleet_secret, d.namespace, d.kind, d.revision,
+       d.failure IS NULL AS repaired, d.failure
 FROM drift_events d
 LEFT JOIN clusters c ON c.id = d.cluster_id;

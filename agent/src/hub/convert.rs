@@ -73,14 +73,24 @@ pub(super) fn heartbeat() -> AgentMessage {
 }
 
 pub(super) fn drift_message(event: ClusterEvent) -> Option<AgentMessage> {
-    let ClusterEvent::Drift {
-        key,
-        namespace,
-        kind,
-        revision,
-    } = event
-    else {
-        return None;
+    let (key, namespace, kind, revision, failure) = match event {
+        ClusterEvent::Drift {
+            key,
+            namespace,
+            kind,
+            revision,
+        } => (key, namespace, kind, revision, String::new()),
+        ClusterEvent::DriftUnrepaired {
+            key,
+            namespace,
+            kind,
+            revision,
+            mut failure,
+        } => {
+            truncate_utf8(&mut failure, limits::MAX_ERROR_MESSAGE_BYTES);
+            (key, namespace, kind, revision, failure)
+        }
+        ClusterEvent::Resync => return None,
     };
     let kind = match kind {
         DriftKind::Modified => v1::DriftKind::Modified,
@@ -92,6 +102,7 @@ pub(super) fn drift_message(event: ClusterEvent) -> Option<AgentMessage> {
             namespace,
             kind: kind as i32,
             revision,
+            failure,
         })),
     })
 }

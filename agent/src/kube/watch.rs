@@ -266,6 +266,12 @@ impl KubeCluster {
         let key = &desired.key;
         let Some(action) = drift.repair else {
             tracing::warn!(%key, %namespace, kind = ?drift.kind, "managed secret drifted and cannot be repaired");
+            self.report_unrepaired(
+                desired,
+                namespace,
+                drift.kind,
+                "the Secret cannot be repaired in place".to_owned(),
+            );
             return;
         };
         match self.execute(action).await {
@@ -295,7 +301,28 @@ impl KubeCluster {
             }
             Err(refusal) => {
                 tracing::warn!(%key, %namespace, code = ?refusal.code, message = %refusal.message, "drift repair failed");
+                self.report_unrepaired(desired, namespace, drift.kind, refusal.message);
             }
+        }
+    }
+
+    /// Tells the hub that a drifted Secret could not be repaired (its drift report shows it).
+    fn report_unrepaired(
+        &self,
+        desired: &DesiredSecret,
+        namespace: &str,
+        kind: reconcile::DriftKind,
+        failure: String,
+    ) {
+        let event = ClusterEvent::DriftUnrepaired {
+            key: desired.key.clone(),
+            namespace: namespace.to_owned(),
+            kind,
+            revision: desired.revision,
+            failure,
+        };
+        if self.events.try_send(event).is_err() {
+            tracing::warn!(key = %desired.key, %namespace, "drift report dropped: queue full");
         }
     }
 

@@ -93,13 +93,15 @@ pub(super) async fn drift(
                     "namespace": entry.namespace,
                     "kind": entry.kind,
                     "restoredRevision": entry.revision,
+                    "repaired": entry.repaired,
+                    "failure": (!entry.failure.is_empty()).then_some(&entry.failure),
                     "replica": entry.replica,
                 })
             })
             .collect();
         return write_structured(&Value::Array(values), args.output, out);
     }
-    let mut table = Table::new(&["TIME", "CLUSTER", "FLEETSECRET", "NAMESPACE", "DRIFT", "RESTORED"]);
+    let mut table = Table::new(&["TIME", "CLUSTER", "FLEETSECRET", "NAMESPACE", "DRIFT", "REPAIRED"]);
     for entry in &entries {
         table.row(vec![
             timestamp(entry.at.as_ref()),
@@ -107,7 +109,11 @@ pub(super) async fn drift(
             entry.fleet_secret.clone(),
             entry.namespace.clone(),
             entry.kind.clone(),
-            format!("revision {}", revision_text(entry.revision)),
+            if entry.repaired {
+                format!("yes, revision {}", revision_text(entry.revision))
+            } else {
+                format!("NO: {}", entry.failure)
+            },
         ]);
     }
     table.write(out)

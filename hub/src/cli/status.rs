@@ -90,6 +90,7 @@ async fn print_status(
         "ROLLOUT",
         "EXPIRES",
         "CONDITIONS",
+        "DRIFT",
         "LAGGING",
     ]);
     for secret in &response.fleet_secrets {
@@ -104,6 +105,7 @@ async fn print_status(
             rollout_text(secret.rollout.as_ref()),
             timestamp(secret.expires.as_ref()),
             conditions_text(secret),
+            drift_text(secret),
             lagging_text(secret),
         ]);
     }
@@ -219,6 +221,14 @@ fn lagging_text(secret: &v1::FleetSecretStatus) -> String {
 }
 
 /// A FleetSecret's status as `-o json|yaml` prints it.
+/// Drift reported in the last 24 hours, and how much of it was not repaired.
+fn drift_text(secret: &v1::FleetSecretStatus) -> String {
+    match (secret.drift, secret.drift_unrepaired) {
+        (reported, 0) => reported.to_string(),
+        (reported, unrepaired) => format!("{reported} ({unrepaired} unrepaired)"),
+    }
+}
+
 fn status_json(status: &v1::FleetSecretStatus) -> Value {
     let rollout = status.rollout.as_ref();
     json!({
@@ -246,5 +256,7 @@ fn status_json(status: &v1::FleetSecretStatus) -> Value {
         },
         "lagging": status.lagging.iter().map(secret_status_json).collect::<Vec<_>>(),
         "pins": status.pins.iter().map(|p| json!({"remoteKey": p.remote_key, "version": p.version})).collect::<Vec<_>>(),
+        "drift": status.drift,
+        "driftUnrepaired": status.drift_unrepaired,
     })
 }

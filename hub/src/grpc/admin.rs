@@ -523,5 +523,7 @@ fn fleet_secret_status_proto(status: FleetSecretStatus) -> v1::FleetSecretStatus
             .collect(),
         expires: status.expires.map(timestamp),
         near_expiry_threshold_seconds: status.near_expiry_threshold.as_secs(),
+        drift: status.drift.reported,
+        drift_unrepaired: status.drift.unrepaired,
     }
 }

@@ -790,10 +790,22 @@ impl Stream {
                     Ok(v1::DriftKind::Deleted) => DriftKind::Deleted,
                     _ => DriftKind::Unspecified,
                 };
-                tracing::info!(cluster = %self.cluster, key = %drift.key, namespace = %drift.namespace,
-                    ?kind, "agent repaired drift");
+                if drift.failure.len() > limits::MAX_ERROR_MESSAGE_BYTES {
+                    return Err(invalid(format!(
+                        "drift.failure: {} bytes, limit {}",
+                        drift.failure.len(),
+                        limits::MAX_ERROR_MESSAGE_BYTES
+                    )));
+                }
+                let failure = Some(drift.failure).filter(|failure| !failure.is_empty());
+                match &failure {
+                    None => tracing::info!(cluster = %self.cluster, key = %drift.key,
+                        namespace = %drift.namespace, ?kind, "agent repaired drift"),
+                    Some(why) => tracing::warn!(cluster = %self.cluster, key = %drift.key,
+                        namespace = %drift.namespace, ?kind, failure = %why, "agent could not repair drift"),
+                }
                 session
-                    .drift(drift.key, drift.namespace, kind, drift.revision)
+                    .drift(drift.key, drift.namespace, kind, drift.revision, failure)
                     .await;
                 Ok(())
             }

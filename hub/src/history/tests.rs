@@ -56,6 +56,16 @@ async fn acks_refusals_removals_and_drift_are_written_in_one_flush_and_read_back
         namespace: "ci".to_owned(),
         kind: DriftKind::Deleted,
         revision: 3,
+        failure: None,
+        at: at(3),
+    });
+    writer.handle(FleetEvent::Drift {
+        cluster,
+        key: "regcred".to_owned(),
+        namespace: "default".to_owned(),
+        kind: DriftKind::Modified,
+        revision: 3,
+        failure: Some("forbidden: secrets \"regcred\" is forbidden".to_owned()),
         at: at(3),
     });
     writer.handle(FleetEvent::Removed {
@@ -64,7 +74,7 @@ async fn acks_refusals_removals_and_drift_are_written_in_one_flush_and_read_back
         at: at(4),
     });
     writer.handle(FleetEvent::Disconnected { cluster, at: at(5) });
-    assert_eq!(writer.buffered(), 4, "connect and disconnect are not history");
+    assert_eq!(writer.buffered(), 5, "connect and disconnect are not history");
     writer.flush().await;
     assert_eq!(writer.buffered(), 0);
 
@@ -120,19 +130,37 @@ async fn acks_refusals_removals_and_drift_are_written_in_one_flush_and_read_back
         })
         .await
         .expect("drift");
-    assert_eq!(drift.len(), 1);
+    assert_eq!(drift.len(), 2);
+    let ci = drift.iter().find(|row| row.namespace == "ci").expect("ci");
     assert_eq!(
         (
-            drift[0].cluster.as_str(),
-            drift[0].namespace.as_str(),
-            drift[0].kind.as_str(),
-            drift[0].revision
+            ci.cluster.as_str(),
+            ci.kind.as_str(),
+            ci.revision,
+            ci.failure.as_deref()
         ),
-        ("prod-eu-1", "ci", "deleted", 3)
+        ("prod-eu-1", "deleted", 3, None)
     );
+    let default = drift
+        .iter()
+        .find(|row| row.namespace == "default")
+        .expect("default");
+    assert_eq!(
+        default.failure.as_deref(),
+        Some("forbidden: secrets \"regcred\" is forbidden")
+    );
+    let counts = store.drift_counts(at(0)).await.expect("counts");
+    assert_eq!(
+        counts.get("regcred"),
+        Some(&crate::store::DriftCount {
+            reported: 2,
+            unrepaired: 1
+        })
+    );
+    assert!(store.drift_counts(at(4)).await.expect("counts").is_empty());
     assert_eq!(
         store.prune_history(at(4)).await.expect("prune"),
-        3,
+        4,
         "older than 10:00:04"
     );
 }

@@ -69,8 +69,10 @@ pub struct DriftEntry {
     pub namespace: String,
     /// `modified`, `deleted` or `unspecified`.
     pub kind: &'static str,
-    /// Revision the agent restored.
+    /// Revision the agent restored (or tried to).
     pub revision: u64,
+    /// Why the agent could not repair it (`None`: repaired).
+    pub failure: Option<String>,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -105,12 +107,23 @@ pub struct DriftRow {
     pub namespace: String,
     /// `modified`, `deleted` or `unspecified`.
     pub kind: String,
-    /// Revision restored.
+    /// Revision restored (or tried).
     pub revision: u64,
+    /// Why the agent could not repair it (`None`: repaired).
+    pub failure: Option<String>,
     /// Replica that served the cluster.
     pub replica: String,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+/// Drift of one FleetSecret since a time: reported, and of them not repaired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriftCount {
+    /// Drift reports.
+    pub reported: u32,
+    /// Of them, Secrets the agent could not repair.
+    pub unrepaired: u32,
 }
 
 /// Which history rows to read.
@@ -171,6 +184,14 @@ impl Store {
     /// Repaired drift, newest first (`fleet_secret` is ignored only when `None`).
     pub async fn drift(&self, query: &HistoryQuery) -> Result<Vec<DriftRow>, StoreError> {
         on_backend!(self, drift(query))
+    }
+
+    /// Drift reported per FleetSecret since `since` (the `DRIFT` column of `keyfleet status`).
+    pub async fn drift_counts(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<String, DriftCount>, StoreError> {
+        on_backend!(self, drift_counts(since))
     }
 
     /// Audit events, newest first.

@@ -383,7 +383,8 @@ pub struct Drain {
     #[prost(string, tag = "2")]
     pub reason: ::prost::alloc::string::String,
 }
-/// The agent repaired a managed Secret that had been changed or deleted behind its back.
+/// The agent found a managed Secret changed or deleted behind its back, and repaired it (or could
+/// not: `failure` says why).
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DriftReport {
@@ -396,9 +397,13 @@ pub struct DriftReport {
     /// What happened.
     #[prost(enumeration = "DriftKind", tag = "3")]
     pub kind: i32,
-    /// Revision that was restored.
+    /// Revision that was restored (or that the agent tried to restore).
     #[prost(uint64, tag = "4")]
     pub revision: u64,
+    /// Empty when the Secret was repaired; else why it could not be (the Kubernetes error, never a
+    /// value; at most 1,024 bytes).
+    #[prost(string, tag = "5")]
+    pub failure: ::prost::alloc::string::String,
 }
 /// Reasons an agent refuses an item.
 #[allow(clippy::all)]
@@ -1517,6 +1522,12 @@ pub struct FleetSecretStatus {
     /// The NearExpiry threshold in force for this FleetSecret, in seconds.
     #[prost(uint64, tag = "14")]
     pub near_expiry_threshold_seconds: u64,
+    /// Drift the agents reported on this FleetSecret's Secrets in the last 24 hours.
+    #[prost(uint32, tag = "15")]
+    pub drift: u32,
+    /// Of them, Secrets an agent could not repair.
+    #[prost(uint32, tag = "16")]
+    pub drift_unrepaired: u32,
 }
 /// A condition of a FleetSecret that needs attention.
 #[allow(clippy::all)]
@@ -1693,7 +1704,7 @@ pub struct DriftEntry {
     /// "modified", "deleted" or "unspecified".
     #[prost(string, tag = "4")]
     pub kind: ::prost::alloc::string::String,
-    /// Revision the agent restored.
+    /// Revision the agent restored (or tried to).
     #[prost(uint64, tag = "5")]
     pub revision: u64,
     /// Replica that served the cluster.
@@ -1702,6 +1713,12 @@ pub struct DriftEntry {
     /// When.
     #[prost(message, optional, tag = "7")]
     pub at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Whether the agent repaired the Secret.
+    #[prost(bool, tag = "8")]
+    pub repaired: bool,
+    /// Why it could not (the Kubernetes error; empty when repaired).
+    #[prost(string, tag = "9")]
+    pub failure: ::prost::alloc::string::String,
 }
 /// Response of ListDrift.
 #[allow(clippy::all)]

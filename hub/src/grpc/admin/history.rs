@@ -61,6 +61,8 @@ pub(super) fn drift_proto(row: DriftRow) -> v1::DriftEntry {
         revision: row.revision,
         replica: row.replica,
         at: Some(timestamp(row.at)),
+        repaired: row.failure.is_none(),
+        failure: row.failure.unwrap_or_default(),
     }
 }
 

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::store::convert::to_u64;
 use crate::store::history::{
-    AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
+    AuditQuery, DriftCount, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
 };
 use crate::store::{AuditEvent, StoreError};
 
@@ -54,17 +54,20 @@ pub(in crate::store) async fn append_drift(
     let namespaces: Vec<String> = rows.iter().map(|r| r.namespace.clone()).collect();
     let kinds: Vec<String> = rows.iter().map(|r| r.kind.to_owned()).collect();
     let revisions: Vec<i64> = rows.iter().map(|r| revision(r.revision)).collect();
+    let failures: Vec<Option<String>> = rows.iter().map(|r| r.failure.clone()).collect();
     let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
     sqlx::query!(
-        "INSERT INTO drift_events (cluster_id, fleet_secret, namespace, kind, revision, replica, at)
-         SELECT u.cluster_id, u.fleet_secret, u.namespace, u.kind, u.revision, $6, u.at
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $7::timestamptz[])
-              AS u(cluster_id, fleet_secret, namespace, kind, revision, at)",
+        "INSERT INTO drift_events (cluster_id, fleet_secret, namespace, kind, revision, failure, replica, at)
+         SELECT u.cluster_id, u.fleet_secret, u.namespace, u.kind, u.revision, u.failure, $7, u.at
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[],
+                     $8::timestamptz[])
+              AS u(cluster_id, fleet_secret, namespace, kind, revision, failure, at)",
         &clusters[..],
         &fleet_secrets[..],
         &namespaces[..],
         &kinds[..],
         &revisions[..],
+        &failures[..] as &[Option<String>],
         replica,
         &at[..],
     )
@@ -114,7 +117,7 @@ pub(in crate::store) async fn drift(
 ) -> Result<Vec<DriftRow>, StoreError> {
     sqlx::query!(
         r#"SELECT COALESCE(c.name, d.cluster_id::text) AS "cluster!", d.fleet_secret, d.namespace,
-                  d.kind, d.revision, d.replica, d.at
+                  d.kind, d.revision, d.failure, d.replica, d.at
            FROM drift_events d LEFT JOIN clusters c ON c.id = d.cluster_id
            WHERE ($1::text IS NULL OR d.fleet_secret = $1)
              AND ($2::text IS NULL OR c.name = $2)
@@ -136,11 +139,36 @@ pub(in crate::store) async fn drift(
             namespace: row.namespace,
             kind: row.kind,
             revision: to_u64(row.revision, "drift revision")?,
+            failure: row.failure,
             replica: row.replica,
             at: row.at,
         })
     })
     .collect()
+}
+
+pub(in crate::store) async fn drift_counts(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<std::collections::BTreeMap<String, DriftCount>, StoreError> {
+    Ok(sqlx::query!(
+        r#"SELECT fleet_secret, count(*) AS "reported!", count(failure) AS "unrepaired!"
+           FROM drift_events WHERE at >= $1 GROUP BY fleet_secret"#,
+        since,
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| {
+        (
+            row.fleet_secret,
+            DriftCount {
+                reported: u32::try_from(row.reported).unwrap_or(u32::MAX),
+                unrepaired: u32::try_from(row.unrepaired).unwrap_or(u32::MAX),
+            },
+        )
+    })
+    .collect())
 }
 
 pub(in crate::store) async fn audit_events(

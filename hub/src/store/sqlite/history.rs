@@ -7,11 +7,11 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
 use super::{req_ts, ts};
 use crate::store::convert::to_u64;
 use crate::store::history::{
-    AuditQuery, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
+    AuditQuery, DriftCount, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
 };
 use crate::store::{AuditEvent, StoreError};
 
-/// Rows per statement: 7 binds each, under SQLite's 32,766-bind limit.
+/// Rows per statement: at most 8 binds each, under SQLite's 32,766-bind limit.
 const ROWS_PER_STATEMENT: usize = 4_000;
 
 fn revision(value: u64) -> i64 {
@@ -48,7 +48,7 @@ pub(in crate::store) async fn append_drift(
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO drift_events (cluster_id, fleet_secret, namespace, kind, revision, replica, at) ",
+            "INSERT INTO drift_events (cluster_id, fleet_secret, namespace, kind, revision, failure, replica, at) ",
         );
         insert.push_values(chunk, |mut row, entry| {
             row.push_bind(entry.cluster.0.to_string())
@@ -56,6 +56,7 @@ pub(in crate::store) async fn append_drift(
                 .push_bind(entry.namespace.clone())
                 .push_bind(entry.kind)
                 .push_bind(revision(entry.revision))
+                .push_bind(entry.failure.clone())
                 .push_bind(replica.to_owned())
                 .push_bind(ts(entry.at));
         });
@@ -105,7 +106,7 @@ pub(in crate::store) async fn drift(
 ) -> Result<Vec<DriftRow>, StoreError> {
     sqlx::query(
         "SELECT COALESCE(c.name, d.cluster_id) AS cluster, d.fleet_secret, d.namespace, d.kind,
-                d.revision, d.replica, d.at
+                d.revision, d.failure, d.replica, d.at
          FROM drift_events d LEFT JOIN clusters c ON c.id = d.cluster_id
          WHERE (?1 IS NULL OR d.fleet_secret = ?1)
            AND (?2 IS NULL OR c.name = ?2)
@@ -127,9 +128,34 @@ pub(in crate::store) async fn drift(
             namespace: row.try_get("namespace")?,
             kind: row.try_get("kind")?,
             revision: to_u64(row.try_get("revision")?, "drift revision")?,
+            failure: row.try_get("failure")?,
             replica: row.try_get("replica")?,
             at: req_ts(row, "at", "drift time")?,
         })
+    })
+    .collect()
+}
+
+pub(in crate::store) async fn drift_counts(
+    pool: &SqlitePool,
+    since: DateTime<Utc>,
+) -> Result<std::collections::BTreeMap<String, DriftCount>, StoreError> {
+    sqlx::query(
+        "SELECT fleet_secret, count(*) AS reported, count(failure) AS unrepaired
+         FROM drift_events WHERE at >= ?1 GROUP BY fleet_secret",
+    )
+    .bind(ts(since))
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok((
+            row.try_get::<String, _>("fleet_secret")?,
+            DriftCount {
+                reported: u32::try_from(row.try_get::<i64, _>("reported")?).unwrap_or(u32::MAX),
+                unrepaired: u32::try_from(row.try_get::<i64, _>("unrepaired")?).unwrap_or(u32::MAX),
+            },
+        ))
     })
     .collect()
 }

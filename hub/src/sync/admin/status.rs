@@ -145,7 +145,12 @@ pub struct FleetSecretStatus {
     pub expires: Option<DateTime<Utc>>,
     /// The `NearExpiry` threshold in force.
     pub near_expiry_threshold: std::time::Duration,
+    /// Drift reported in the last [`DRIFT_WINDOW`] (and how much of it was not repaired).
+    pub drift: crate::store::DriftCount,
 }
+
+/// How far back the status counts reported drift.
+pub const DRIFT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 impl Admin {
     /// Status of the named FleetSecrets (all when `only` is `None`), listing at most
@@ -189,8 +194,9 @@ impl Admin {
             .collect();
         let pins = self.store.pins().await?;
         let served = index_served(self.store.served_versions().await?);
-
         let now = Utc::now();
+        let drift = self.store.drift_counts(now - DRIFT_WINDOW).await?;
+
         let connected: HashMap<ClusterId, bool> = clusters
             .iter()
             .map(|cluster| (cluster.id, self.connectivity.connected(false, cluster, now)))
@@ -298,6 +304,7 @@ impl Admin {
             }
             conditions.extend(lagging_now);
             out.push(FleetSecretStatus {
+                drift: drift.get(name.as_str()).copied().unwrap_or_default(),
                 name: name.clone(),
                 revision: current,
                 expires: earliest_expiry(&sources),
