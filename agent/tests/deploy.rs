@@ -292,69 +292,65 @@ async fn exercise(grants: &[Grant], allowed_namespaces: Option<&[&str]>) -> Vec<
     settings.allowed_namespaces =
         allowed_namespaces.map(|namespaces| namespaces.iter().map(|ns| (*ns).to_owned()).collect());
     let (cluster, mut events) = KubeCluster::new(client, settings, Metrics::default());
-    let body =
-        async {
-            cluster
-                .upsert(desired(payload("regcred", 1, "value-1")))
-                .await
-                .expect("create");
-            cluster
-                .upsert(desired(payload("regcred", 2, "value-2")))
-                .await
-                .expect("rotate");
-            // Deleted twice: a DriftRepaired Event, then its series (create, then patch).
-            for _ in 0..2 {
-                assert!(handle.delete_secret(TARGET, "regcred"));
-                assert!(matches!(
-                    next_event(&mut events).await,
-                    ClusterEvent::Drift {
-                        kind: DriftKind::Deleted,
-                        ..
-                    }
-                ));
-            }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !handle.events().iter().any(|event| {
+    let body = async {
+        cluster
+            .upsert(desired(payload("regcred", 1, "value-1")))
+            .await
+            .expect("create");
+        cluster
+            .upsert(desired(payload("regcred", 2, "value-2")))
+            .await
+            .expect("rotate");
+        // Deleted twice: a DriftRepaired Event, then its series (create, then patch).
+        for _ in 0..2 {
+            assert!(handle.delete_secret(TARGET, "regcred"));
+            assert!(matches!(
+                next_event(&mut events).await,
+                ClusterEvent::Drift {
+                    kind: DriftKind::Deleted,
+                    ..
+                }
+            ));
+        }
+        let series = handle.until_events(|events| {
+            events.iter().any(|event| {
                 event["reason"] == "DriftRepaired" && event["series"]["count"].as_i64() == Some(2)
-            }) {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "no DriftRepaired series: {:?}",
-                    handle.events()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let posted = serde_json::to_string(&handle.events()).expect("json");
-            assert!(
-                posted.contains("\"Applied\"") && posted.contains("keyfleet.io/agent"),
-                "{posted}"
-            );
-            assert!(
-                !posted.contains("value-1") && !posted.contains("value-2"),
-                "a value in an Event: {posted}"
-            );
-            let mut merge = payload("shared", 1, "value-1");
-            merge.creation_policy = v1::CreationPolicy::Merge as i32;
-            merge.sha256 = digest::payload_sha256(&merge).to_vec();
-            cluster.upsert(desired(merge)).await.expect("merge");
-            cluster
-                .remove("shared", DeletionPolicy::Delete)
-                .await
-                .expect("remove merged fields");
-            let mut kept = payload("kept", 1, "value-1");
-            kept.deletion_policy = v1::DeletionPolicy::Retain as i32;
-            kept.sha256 = digest::payload_sha256(&kept).to_vec();
-            cluster.upsert(desired(kept)).await.expect("create kept");
-            cluster
-                .remove("kept", DeletionPolicy::Retain)
-                .await
-                .expect("release");
-            cluster
-                .remove("regcred", DeletionPolicy::Delete)
-                .await
-                .expect("delete");
-            assert!(cluster.applied().await.expect("applied").is_empty());
-        };
+            })
+        });
+        let events = tokio::time::timeout(Duration::from_secs(10), series)
+            .await
+            .unwrap_or_else(|_| panic!("no DriftRepaired series: {:?}", handle.events()));
+        let posted = serde_json::to_string(&events).expect("json");
+        assert!(
+            posted.contains("\"Applied\"") && posted.contains("keyfleet.io/agent"),
+            "{posted}"
+        );
+        assert!(
+            !posted.contains("value-1") && !posted.contains("value-2"),
+            "a value in an Event: {posted}"
+        );
+        let mut merge = payload("shared", 1, "value-1");
+        merge.creation_policy = v1::CreationPolicy::Merge as i32;
+        merge.sha256 = digest::payload_sha256(&merge).to_vec();
+        cluster.upsert(desired(merge)).await.expect("merge");
+        cluster
+            .remove("shared", DeletionPolicy::Delete)
+            .await
+            .expect("remove merged fields");
+        let mut kept = payload("kept", 1, "value-1");
+        kept.deletion_policy = v1::DeletionPolicy::Retain as i32;
+        kept.sha256 = digest::payload_sha256(&kept).to_vec();
+        cluster.upsert(desired(kept)).await.expect("create kept");
+        cluster
+            .remove("kept", DeletionPolicy::Retain)
+            .await
+            .expect("release");
+        cluster
+            .remove("regcred", DeletionPolicy::Delete)
+            .await
+            .expect("delete");
+        assert!(cluster.applied().await.expect("applied").is_empty());
+    };
     tokio::select! {
         () = cluster.run_watcher() => panic!("watcher ended"),
         () = cluster.run_events() => panic!("event poster ended"),

@@ -243,6 +243,134 @@ t_other_writes() {
   ! k get secret in-team-a -n team-a 2>/dev/null
 }
 
+# An Event as the agent posts it (agent/src/kube/events.rs): events.k8s.io/v1, regarding the Secret.
+agent_event_yaml() { # name reason type note
+  cat <<EOF
+apiVersion: events.k8s.io/v1
+kind: Event
+metadata:
+  name: $1
+  namespace: events-ns
+eventTime: "$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)"
+reportingController: keyfleet.io/agent
+reportingInstance: keyfleet-agent-0
+action: Apply
+reason: $2
+type: $3
+note: "$4"
+regarding:
+  apiVersion: v1
+  kind: Secret
+  namespace: events-ns
+  name: db-creds
+EOF
+}
+
+t_events_and_fleet_secret_label() {
+  k create namespace events-ns >/dev/null || return 1
+  # The Secret as the agent writes it: the fleet-secret label and both annotations.
+  cat >"$WORK/managed.yaml" <<EOF
+apiVersion: v1
+kind: Secret
+metadata:
+  name: db-creds
+  namespace: events-ns
+  labels:
+    app.kubernetes.io/managed-by: keyfleet
+    keyfleet.io/fleet-secret: db-creds
+  annotations:
+    keyfleet.io/synced-at: "2026-03-01T12:00:00Z"
+    keyfleet.io/key-vault-versions: '{"db-password":"0123abcd"}'
+stringData:
+  password: hunter2
+EOF
+  k apply --server-side --field-manager=keyfleet-agent -f "$WORK/managed.yaml" >/dev/null || return 1
+  secret_yaml unrelated x | sed 's/namespace: default/namespace: events-ns/' | k apply --server-side -f - >/dev/null || return 1
+  k get secrets -n events-ns -l keyfleet.io/fleet-secret=db-creds -o name >"$WORK/labelled.out" || return 1
+  k get secrets -A -l keyfleet.io/fleet-secret=db-creds >"$WORK/labelled-all.out" || return 1
+  cat "$WORK/labelled.out" "$WORK/labelled-all.out"
+  [ "$(cat "$WORK/labelled.out")" = "secret/db-creds" ] || return 1
+  grep -Eq '^events-ns +db-creds +Opaque +1 +[0-9]+s$' "$WORK/labelled-all.out" || return 1
+  [ "$(wc -l <"$WORK/labelled-all.out")" -eq 2 ] || return 1
+  k describe secret db-creds -n events-ns >"$WORK/describe.out" || return 1
+  cat "$WORK/describe.out"
+  grep -q 'keyfleet.io/fleet-secret=db-creds' "$WORK/describe.out" || return 1
+  grep -q 'keyfleet.io/synced-at: 2026-03-01T12:00:00Z' "$WORK/describe.out" || return 1
+  grep -q 'keyfleet.io/key-vault-versions: {"db-password":"0123abcd"}' "$WORK/describe.out" || return 1
+  grep -Eq '^password: +7 bytes$' "$WORK/describe.out" || return 1
+  ! grep -q hunter2 "$WORK/describe.out" || return 1
+  # The three Events, posted through events.k8s.io/v1 as the agent does (kubectl create -f
+  # validates against the group's OpenAPI v3 and sends fieldValidation=Strict).
+  agent_event_yaml db-creds.a1 Applied Normal 'applied revision 3 of fleet secret db-creds' \
+    | k create -f - | grep -qx 'event.events.k8s.io/db-creds.a1 created' || return 1
+  agent_event_yaml db-creds.d1 DriftRepaired Normal 'repaired drift: the Secret was deleted' \
+    | sed 's/action: Apply/action: Repair/' | k create -f - >/dev/null || return 1
+  agent_event_yaml db-creds.f1 ApplyFailed Warning 'refused: 403 Forbidden' | k create -f - >/dev/null || return 1
+  { agent_event_yaml db-creds.x1 Applied Normal x; echo "bogus: field"; } >"$WORK/bogus-event.yaml"
+  if k create -f "$WORK/bogus-event.yaml" 2>"$WORK/bogus-event.err"; then echo "unknown Event field accepted"; return 1; fi
+  grep -q 'unknown field "bogus"' "$WORK/bogus-event.err" || { cat "$WORK/bogus-event.err"; return 1; }
+  # Core v1 reads the same objects (kubectl get events is the core group).
+  k get events -n events-ns >"$WORK/events.out" || return 1
+  k get events.events.k8s.io -n events-ns >"$WORK/events-v1.out" || return 1
+  k get events -A >"$WORK/events-all.out" || return 1
+  cat "$WORK/events.out" "$WORK/events-v1.out" "$WORK/events-all.out"
+  for out in "$WORK/events.out" "$WORK/events-v1.out"; do
+    head -n1 "$out" | grep -Eq '^LAST SEEN +TYPE +REASON +OBJECT +MESSAGE$' || return 1
+    grep -Eq '^[0-9]+s +Normal +Applied +secret/db-creds +applied revision 3 of fleet secret db-creds$' "$out" || return 1
+    grep -Eq '^[0-9]+s +Normal +DriftRepaired +secret/db-creds +repaired drift: the Secret was deleted$' "$out" || return 1
+    grep -Eq '^[0-9]+s +Warning +ApplyFailed +secret/db-creds +refused: 403 Forbidden$' "$out" || return 1
+  done
+  head -n1 "$WORK/events-all.out" | grep -Eq '^NAMESPACE +LAST SEEN +TYPE +REASON +OBJECT +MESSAGE$' || return 1
+  [ "$(grep -c '^events-ns ' "$WORK/events-all.out")" -eq 3 ] || return 1
+  # -o wide: the reporting controller and instance, count and name.
+  k get events -n events-ns -o wide >"$WORK/events-wide.out" || return 1
+  grep -Eq 'secret/db-creds +keyfleet.io/agent, keyfleet-agent-0 +applied revision 3 .* 1 +db-creds.a1$' "$WORK/events-wide.out" \
+    || { cat "$WORK/events-wide.out"; return 1; }
+  # A single get prints the Table too; -o json of both groups.
+  k get events.events.k8s.io db-creds.f1 -n events-ns >"$WORK/event-one.out" || return 1
+  cat "$WORK/event-one.out"
+  grep -Eq '^[0-9]+s +Warning +ApplyFailed +secret/db-creds +refused: 403 Forbidden$' "$WORK/event-one.out" || return 1
+  k get events.events.k8s.io -n events-ns -o json >"$WORK/events-v1.json" || return 1
+  k get events -n events-ns -o json >"$WORK/events-core.json" || return 1
+  "$PYTHON" - "$WORK/events-v1.json" "$WORK/events-core.json" <<'PY' || return 1
+import json, sys
+v1 = json.load(open(sys.argv[1]))
+core = json.load(open(sys.argv[2]))
+assert [e["apiVersion"] for e in v1["items"]] == ["events.k8s.io/v1"] * 3, v1
+assert {e["reason"] for e in v1["items"]} == {"Applied", "DriftRepaired", "ApplyFailed"}, v1
+for e in v1["items"]:
+    assert e["regarding"] == {"apiVersion": "v1", "kind": "Secret", "namespace": "events-ns", "name": "db-creds"}, e
+    assert e["reportingController"] == "keyfleet.io/agent", e
+assert len(core["items"]) == 3, core
+for e in core["items"]:
+    assert e["apiVersion"] == "v1" and e["involvedObject"]["name"] == "db-creds", e
+    assert e["reportingComponent"] == "keyfleet.io/agent" and e["message"], e
+print("json: both groups agree")
+PY
+  # Field selectors (what `kubectl events --for` and dashboards use), and kubectl events.
+  k get events -n events-ns --field-selector involvedObject.kind=Secret,involvedObject.name=db-creds,type=Warning -o name \
+    >"$WORK/events-warning.out" || return 1
+  [ "$(cat "$WORK/events-warning.out")" = "event/db-creds.f1" ] || { cat "$WORK/events-warning.out"; return 1; }
+  k events -n events-ns --for secret/db-creds >"$WORK/kubectl-events.out" || return 1
+  cat "$WORK/kubectl-events.out"
+  [ "$(grep -c 'Secret/db-creds' "$WORK/kubectl-events.out")" -eq 3 ] || return 1
+  k events -n events-ns --types=Warning >"$WORK/kubectl-events-warning.out" || return 1
+  grep -q ApplyFailed "$WORK/kubectl-events-warning.out" || return 1
+  ! grep -q DriftRepaired "$WORK/kubectl-events-warning.out" || return 1
+  # The agent's series update (a merge patch), then the count shows; the note stays immutable.
+  k patch events.events.k8s.io db-creds.d1 -n events-ns --type=merge \
+    -p "{\"series\":{\"count\":4,\"lastObservedTime\":\"$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)\"}}" >/dev/null || return 1
+  k get events -n events-ns -o wide --field-selector reason=DriftRepaired >"$WORK/series.out" || return 1
+  grep -Eq ' 4 +db-creds.d1$' "$WORK/series.out" || { cat "$WORK/series.out"; return 1; }
+  if k patch events.events.k8s.io db-creds.d1 -n events-ns --type=merge -p '{"note":"changed"}' 2>"$WORK/immutable.err"; then
+    echo "an immutable Event field changed"
+    return 1
+  fi
+  grep -q 'field is immutable' "$WORK/immutable.err" || { cat "$WORK/immutable.err"; return 1; }
+  k delete events.events.k8s.io db-creds.a1 -n events-ns | grep -q 'deleted' || return 1
+  [ "$(k get events -n events-ns -o name | wc -l)" -eq 2 ]
+}
+
 check "get namespaces" t_get_namespaces
 check "apply --server-side twice (second: unchanged resourceVersion)" t_apply_twice
 check "conflict with another --field-manager, then --force-conflicts" t_conflict_then_force
@@ -254,6 +382,7 @@ check "delete and wait --for=delete" t_delete_and_wait
 check "get prints the server's Table: NAME TYPE DATA AGE (and --watch, -A, namespaces)" t_table_columns
 check "path-prefixed cluster is a separate cluster" t_prefixed_cluster_is_separate
 check "create -f, client-side apply, strategic and json patch, dry run, secret types, namespaces" t_other_writes
+check "the agent's surface: fleet-secret label selector, describe, Events in both groups (get, -A, -o json, wide, field selectors, kubectl events, series)" t_events_and_fleet_secret_label
 
 if "$PYTHON" scripts/conformance/kube_client.py "$KUBECONFIG" "$HISTORY" >"$WORK/python.log" 2>&1; then
   python_ok=1

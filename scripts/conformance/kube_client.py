@@ -5,6 +5,7 @@ HISTORY is the server's --watch-history (to push a resourceVersion out of the wi
 Prints one line per check and `python: N passed, M failed`; exits non-zero on any failure.
 """
 
+import datetime
 import sys
 import traceback
 
@@ -15,6 +16,7 @@ KUBECONFIG, HISTORY = sys.argv[1], int(sys.argv[2])
 NS = "default"
 config.load_kube_config(config_file=KUBECONFIG)
 v1 = client.CoreV1Api()
+ev1 = client.EventsV1Api()
 passed, failed = 0, 0
 
 
@@ -121,6 +123,83 @@ def _():
     w = watch.Watch()
     error = expect_status(lambda: list(w.stream(v1.list_namespaced_secret, NS, resource_version=old, timeout_seconds=5)), 410)
     assert "too old resource version" in str(error.reason) + str(error.body), error
+
+
+EVENTS_NS = "py-events"
+
+
+def agent_event(name, reason, event_type, note):
+    """An Event as the agent posts it (agent/src/kube/events.rs)."""
+    return client.EventsV1Event(
+        metadata=client.V1ObjectMeta(name=name, namespace=EVENTS_NS),
+        event_time=datetime.datetime.now(datetime.timezone.utc),
+        reporting_controller="keyfleet.io/agent",
+        reporting_instance="keyfleet-agent-0",
+        action="Apply",
+        reason=reason,
+        type=event_type,
+        note=note,
+        regarding=client.V1ObjectReference(api_version="v1", kind="Secret", namespace=EVENTS_NS, name="py-managed"),
+    )
+
+
+@check("label selector finds the Secrets of one fleet secret (keyfleet.io/fleet-secret)")
+def _():
+    v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=EVENTS_NS)))
+    labels = {"app.kubernetes.io/managed-by": "keyfleet", "keyfleet.io/fleet-secret": "py-managed"}
+    annotations = {"keyfleet.io/synced-at": "2026-03-01T12:00:00Z", "keyfleet.io/key-vault-versions": '{"pw":"0123abcd"}'}
+    v1.create_namespaced_secret(
+        EVENTS_NS,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="py-managed", labels=labels, annotations=annotations), string_data={"pw": "x"}),
+    )
+    v1.create_namespaced_secret(EVENTS_NS, client.V1Secret(metadata=client.V1ObjectMeta(name="py-other"), string_data={"k": "v"}))
+    found = v1.list_namespaced_secret(EVENTS_NS, label_selector="keyfleet.io/fleet-secret=py-managed").items
+    assert [s.metadata.name for s in found] == ["py-managed"], found
+    assert found[0].metadata.annotations == annotations, found[0].metadata.annotations
+    everywhere = v1.list_secret_for_all_namespaces(label_selector="keyfleet.io/fleet-secret=py-managed").items
+    assert [(s.metadata.namespace, s.metadata.name) for s in everywhere] == [(EVENTS_NS, "py-managed")], everywhere
+    assert v1.list_namespaced_secret(EVENTS_NS, label_selector="keyfleet.io/fleet-secret=nope").items == []
+
+
+@check("EventsV1Api: create, 409 on a duplicate, list, series patch, immutable note (422)")
+def _():
+    created = ev1.create_namespaced_event(EVENTS_NS, agent_event("py-managed.a1", "Applied", "Normal", "applied revision 3"))
+    assert created.metadata.uid and created.metadata.resource_version, created.metadata
+    assert created.regarding.name == "py-managed" and created.reporting_controller == "keyfleet.io/agent"
+    expect_status(lambda: ev1.create_namespaced_event(EVENTS_NS, agent_event("py-managed.a1", "Applied", "Normal", "x")), 409)
+    ev1.create_namespaced_event(EVENTS_NS, agent_event("py-managed.d1", "DriftRepaired", "Normal", "repaired drift"))
+    ev1.create_namespaced_event(EVENTS_NS, agent_event("py-managed.f1", "ApplyFailed", "Warning", "refused"))
+    listed = ev1.list_namespaced_event(EVENTS_NS)
+    assert sorted(e.reason for e in listed.items) == ["Applied", "ApplyFailed", "DriftRepaired"], listed.items
+    assert all(e.regarding.kind == "Secret" and e.regarding.name == "py-managed" for e in listed.items)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    patched = ev1.patch_namespaced_event(
+        "py-managed.d1", EVENTS_NS, {"series": {"count": 3, "lastObservedTime": now.isoformat().replace("+00:00", "Z")}}
+    )
+    assert patched.series.count == 3, patched.series
+    error = expect_status(lambda: ev1.patch_namespaced_event("py-managed.d1", EVENTS_NS, {"note": "changed"}), 422)
+    assert "immutable" in error.body, error.body
+    everywhere = ev1.list_event_for_all_namespaces(field_selector="regarding.name=py-managed")
+    assert len(everywhere.items) == 3, everywhere.items
+
+
+@check("CoreV1Api reads the same Events: list, field selectors, read")
+def _():
+    core = v1.list_namespaced_event(EVENTS_NS)
+    assert sorted(e.reason for e in core.items) == ["Applied", "ApplyFailed", "DriftRepaired"], core.items
+    for event in core.items:
+        assert event.involved_object.kind == "Secret" and event.involved_object.name == "py-managed", event
+        assert event.reporting_component == "keyfleet.io/agent" and event.message, event
+    series = [e for e in core.items if e.reason == "DriftRepaired"][0]
+    assert series.series.count == 3, series.series
+    warnings = v1.list_namespaced_event(
+        EVENTS_NS, field_selector="involvedObject.kind=Secret,involvedObject.name=py-managed,type=Warning"
+    ).items
+    assert [e.metadata.name for e in warnings] == ["py-managed.f1"], warnings
+    assert v1.read_namespaced_event("py-managed.a1", EVENTS_NS).message == "applied revision 3"
+    applied = v1.list_event_for_all_namespaces(field_selector=f"reason=Applied,involvedObject.namespace={EVENTS_NS}").items
+    assert [e.metadata.name for e in applied] == ["py-managed.a1"], applied
+    expect_status(lambda: v1.list_namespaced_event(EVENTS_NS, field_selector="spec.bogus=1"), 400)
 
 
 @check("delete, then read is 404 NotFound")

@@ -345,6 +345,26 @@ impl ClusterHandle {
         self.cluster.lock().events.all()
     }
 
+    /// Waits until the cluster's Events (`events.k8s.io/v1` shaped) satisfy `done`, and returns
+    /// them: `done` is checked now and after every Event create, patch or delete, so a test waits
+    /// on the condition instead of polling. Unbounded: wrap it in `tokio::time::timeout`.
+    pub async fn until_events(
+        &self,
+        mut done: impl FnMut(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut writes = self.cluster.event_writes.subscribe();
+        loop {
+            // Marked seen before reading: a write after this read wakes the wait below.
+            writes.borrow_and_update();
+            let events = self.events();
+            if done(&events) {
+                return events;
+            }
+            // The sender lives in the cluster this handle holds: `changed` cannot fail.
+            let _ = writes.changed().await;
+        }
+    }
+
     /// Starts recording every authorized request (once per user, verb, object), e.g. to check
     /// that a set of RBAC rules grants no more than a client uses.
     pub fn record_requests(&self) {

@@ -311,6 +311,18 @@ impl AgentProcess {
     /// is `dir/agent-<incarnation>.log`). It enrolls with `token` unless its credential Secret
     /// already exists.
     pub fn start(dir: &Path, incarnation: usize, hub: &HubProcess, kubeconfig: &str, token: &str) -> Self {
+        Self::start_with(dir, incarnation, hub, kubeconfig, token, &[])
+    }
+
+    /// [`Self::start`] with `extra` arguments appended (e.g. `--instance NAME`).
+    pub fn start_with(
+        dir: &Path,
+        incarnation: usize,
+        hub: &HubProcess,
+        kubeconfig: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Self {
         std::fs::write(dir.join("kubeconfig"), kubeconfig).expect("kubeconfig");
         std::fs::write(dir.join("agent-hub-ca.pem"), &hub.ca_pem).expect("hub ca");
         let mut child = Command::new(env!("CARGO_BIN_EXE_keyfleet-agent"))
@@ -320,6 +332,7 @@ impl AgentProcess {
             .arg(dir.join("agent-hub-ca.pem"))
             .arg("--kubeconfig")
             .arg(dir.join("kubeconfig"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -15,6 +15,7 @@ use super::cluster::{Cluster, Inner};
 use super::events::{self, Shape};
 use super::model::{Kind, Object};
 use super::query::{Query, flag, selectors};
+use super::selector::LabelSelector;
 use super::status::{self, ApiError};
 use super::store::{PatchType, Permissions, Preconditions, RequestRecord, Verb, WriteOptions, Written};
 use super::{discovery, protobuf, table, watch};
@@ -132,6 +133,9 @@ async fn route(
         "/api/v1" => return Ok(json_response(StatusCode::OK, &discovery::core_v1_resources())),
         "/openapi/v3" => return Ok(json_response(StatusCode::OK, &discovery::openapi_index())),
         "/openapi/v3/api/v1" => return Ok(json_response(StatusCode::OK, &discovery::openapi_core_v1())),
+        "/openapi/v3/apis/events.k8s.io/v1" => {
+            return Ok(json_response(StatusCode::OK, &discovery::openapi_events_v1()));
+        }
         _ => {}
     }
     let target = parse_target(path).ok_or_else(|| ApiError::no_route(path))?;
@@ -277,20 +281,33 @@ fn event_request(
     let namespace = target.namespace.as_deref().unwrap_or_default();
     let name = target.name.as_deref().unwrap_or_default();
     let now = chrono::Utc::now();
+    let table = table::requested(headers, query.get("includeObject"))?;
+    let mut warnings = Vec::new();
     let mut state = cluster.lock();
     let (code, body) = match verb {
         Verb::Create => {
             let body = parse_body(bytes, content_type(headers).contains("yaml"))?;
+            warnings = check_unknown(query, &events::unknown_fields(&body, shape), false)?;
             let resource_version = state.next_resource_version();
             let created = state
                 .events
                 .create(namespace, &body, shape, resource_version, now)?;
             (StatusCode::CREATED, events::shaped(&created, shape))
         }
-        Verb::Get => (
-            StatusCode::OK,
-            events::shaped(state.events.get(namespace, name)?, shape),
-        ),
+        Verb::Get => {
+            let event = state.events.get(namespace, name)?.clone();
+            let resource_version = state.resource_version();
+            drop(state);
+            let body = match table {
+                Some(include) => {
+                    let mut metadata = serde_json::Map::new();
+                    metadata.insert("resourceVersion".into(), resource_version.to_string().into());
+                    events::table(&[event], shape, metadata, include, now)
+                }
+                None => events::shaped(&event, shape),
+            };
+            return Ok(json_response(StatusCode::OK, &body));
+        }
         Verb::Patch => {
             let media = content_type(headers);
             if !matches!(
@@ -300,6 +317,7 @@ fn event_request(
                 return Err(ApiError::unsupported_media_type(&media));
             }
             let patch = parse_body(bytes, false)?;
+            warnings = check_unknown(query, &events::unknown_fields(&patch, shape), false)?;
             state.events.get(namespace, name)?;
             let resource_version = state.next_resource_version();
             let patched = state
@@ -313,9 +331,11 @@ fn event_request(
             (StatusCode::OK, status::success(name, "events", &uid))
         }
         Verb::List => {
+            let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?;
             let items = state.events.list(
                 target.namespace.as_deref(),
                 query.get("fieldSelector").map(String::as_str),
+                &labels,
             )?;
             let mut metadata = serde_json::Map::new();
             metadata.insert(
@@ -323,7 +343,7 @@ fn event_request(
                 state.resource_version().to_string().into(),
             );
             drop(state);
-            if let Some(include) = table::requested(headers, query.get("includeObject"))? {
+            if let Some(include) = table {
                 return Ok(json_response(
                     StatusCode::OK,
                     &events::table(&items, shape, metadata, include, now),
@@ -344,16 +364,21 @@ fn event_request(
                     json
                 })
                 .collect();
-            (
+            return Ok(json_response(
                 StatusCode::OK,
-                json!({"kind": "EventList", "apiVersion": api_version, "metadata": metadata, "items": items}),
-            )
+                &json!({"kind": "EventList", "apiVersion": api_version, "metadata": metadata, "items": items}),
+            ));
         }
         Verb::Update | Verb::Watch | Verb::DeleteCollection => {
             return Err(ApiError::method_not_allowed("request", "events"));
         }
     };
-    Ok(json_response(code, &body))
+    drop(state);
+    // Create, patch and delete changed the store: wake whoever waits on Events.
+    cluster.event_written();
+    let mut response = json_response(code, &body);
+    add_warnings(&mut response, warnings);
+    Ok(response)
 }
 
 fn parse_target(path: &str) -> Option<Target> {
@@ -697,13 +722,18 @@ fn write(
         StatusCode::OK
     };
     let mut response = json_response(code, &object.to_json());
+    add_warnings(&mut response, warnings);
+    Ok(response)
+}
+
+/// `fieldValidation=Warn` findings as the apiserver sends them: one `Warning` header each.
+fn add_warnings(response: &mut Response, warnings: Vec<String>) {
     for warning in warnings {
         let value = format!("299 - \"{}\"", warning.replace('"', "\\\""));
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().append("Warning", value);
         }
     }
-    Ok(response)
 }
 
 fn delete_options(query: &Query, bytes: &Bytes) -> Result<(Preconditions, bool), ApiError> {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::error::Error;
 use super::model::Kind;
@@ -68,6 +68,8 @@ pub(super) struct Cluster {
     pub(super) changed: Notify,
     /// The bearer token with full permissions, handed out by [`super::ClusterHandle::token`].
     pub(super) token: String,
+    /// Counts Event creates, patches and deletes ([`super::ClusterHandle::until_events`]).
+    pub(super) event_writes: watch::Sender<u64>,
 }
 
 impl Cluster {
@@ -77,6 +79,11 @@ impl Cluster {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An Event was created, patched or deleted (call without holding the state lock).
+    pub(super) fn event_written(&self) {
+        self.event_writes.send_modify(|count| *count += 1);
     }
 }
 
@@ -166,6 +173,7 @@ impl Inner {
             state: Mutex::new(state),
             changed: Notify::new(),
             token,
+            event_writes: watch::Sender::new(0),
         });
         clusters.insert(cluster.name.clone(), cluster.clone());
         Ok(cluster)

@@ -81,10 +81,15 @@ const HASH: &str = "KEYFLEETFAKE0001";
 
 /// `GET /openapi/v3`.
 pub(super) fn openapi_index() -> Value {
-    json!({"paths": {"api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={HASH}")}}})
+    json!({"paths": {
+        "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={HASH}")},
+        "apis/events.k8s.io/v1": {"serverRelativeURL": format!("/openapi/v3/apis/events.k8s.io/v1?hash={HASH}")},
+    }})
 }
 
-fn patch_operation(kind: &str, namespaced: bool) -> Value {
+/// The patch operation of `kind` in `group` (`""`: core), with the query parameters kubectl
+/// looks for (`fieldValidation` tells it the server validates, so it sends `Strict`).
+fn patch_operation(group: &str, kind: &str, namespaced: bool) -> Value {
     let mut parameters = vec![
         json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}),
         json!({"name": "dryRun", "in": "query", "schema": {"type": "string"}}),
@@ -96,10 +101,11 @@ fn patch_operation(kind: &str, namespaced: bool) -> Value {
         parameters
             .push(json!({"name": "namespace", "in": "path", "required": true, "schema": {"type": "string"}}));
     }
+    let prefix = if group.is_empty() { "CoreV1" } else { "EventsV1" };
     json!({
-        "operationId": format!("patchCoreV1{}{kind}", if namespaced { "Namespaced" } else { "" }),
+        "operationId": format!("patch{prefix}{}{kind}", if namespaced { "Namespaced" } else { "" }),
         "x-kubernetes-action": "patch",
-        "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
+        "x-kubernetes-group-version-kind": {"group": group, "version": "v1", "kind": kind},
         "parameters": parameters,
         "requestBody": {"content": {
             "application/apply-patch+yaml": {"schema": {"type": "object"}},
@@ -117,8 +123,22 @@ pub(super) fn openapi_core_v1() -> Value {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes (keyfleet fake)", "version": "v1.36.0"},
         "paths": {
-            "/api/v1/namespaces/{namespace}/secrets/{name}": {"patch": patch_operation("Secret", true)},
-            "/api/v1/namespaces/{name}": {"patch": patch_operation("Namespace", false)},
+            "/api/v1/namespaces/{namespace}/secrets/{name}": {"patch": patch_operation("", "Secret", true)},
+            "/api/v1/namespaces/{name}": {"patch": patch_operation("", "Namespace", false)},
+            "/api/v1/namespaces/{namespace}/events/{name}": {"patch": patch_operation("", "Event", true)},
+        },
+        "components": {"schemas": {}},
+    })
+}
+
+/// `GET /openapi/v3/apis/events.k8s.io/v1`.
+pub(super) fn openapi_events_v1() -> Value {
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (keyfleet fake)", "version": "v1.36.0"},
+        "paths": {
+            "/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}":
+                {"patch": patch_operation("events.k8s.io", "Event", true)},
         },
         "components": {"schemas": {}},
     })

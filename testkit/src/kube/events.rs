@@ -4,13 +4,17 @@
 //! are conversions of the same objects. Create, get, list (namespace or cluster, `fieldSelector`
 //! by equality), merge/strategic patch (the `events.k8s.io/v1` immutable fields stay immutable:
 //! only `series` and metadata labels/annotations change), delete, and the apiserver's Table
-//! (`LAST SEEN TYPE REASON OBJECT MESSAGE`). No watch.
+//! (`LAST SEEN TYPE REASON OBJECT MESSAGE`), for a list and for a single get. Lists take label
+//! selectors too. Under `fieldValidation`, top-level fields the group does not define are unknown
+//! (Strict: 400). Every create, patch and delete wakes [`super::ClusterHandle::until_events`].
+//! No watch.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
+use super::selector::LabelSelector;
 use super::status::{ApiError, Cause};
 use super::table::{IncludeObject, human_age};
 
@@ -39,6 +43,63 @@ const IMMUTABLE: &[&str] = &[
     "deprecatedLastTimestamp",
     "deprecatedCount",
 ];
+
+/// The top-level fields of an `events.k8s.io/v1` Event.
+const EVENTS_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "eventTime",
+    "series",
+    "reportingController",
+    "reportingInstance",
+    "action",
+    "reason",
+    "regarding",
+    "related",
+    "note",
+    "type",
+    "deprecatedSource",
+    "deprecatedFirstTimestamp",
+    "deprecatedLastTimestamp",
+    "deprecatedCount",
+];
+
+/// The top-level fields of a core `v1` Event.
+const CORE_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "involvedObject",
+    "reason",
+    "message",
+    "source",
+    "firstTimestamp",
+    "lastTimestamp",
+    "count",
+    "type",
+    "eventTime",
+    "series",
+    "action",
+    "related",
+    "reportingComponent",
+    "reportingInstance",
+];
+
+/// The `.field` paths of `body`'s top-level fields that `shape` does not define (the caller
+/// applies `fieldValidation`).
+pub(super) fn unknown_fields(body: &Value, shape: Shape) -> Vec<String> {
+    let known = match shape {
+        Shape::Events => EVENTS_FIELDS,
+        Shape::Core => CORE_FIELDS,
+    };
+    body.as_object()
+        .into_iter()
+        .flat_map(|map| map.keys())
+        .filter(|key| !known.contains(&key.as_str()))
+        .map(|key| format!(".{key}"))
+        .collect()
+}
 
 /// The stored Events, `events.k8s.io/v1` shaped, by (namespace, name).
 #[derive(Debug, Default)]
@@ -164,19 +225,37 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-/// The time an Event was last seen, as the apiserver's printer takes it.
+fn event_labels(event: &Value) -> BTreeMap<String, String> {
+    event
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+        .collect()
+}
+
+fn time_at(event: &Value, pointer: &str) -> Option<DateTime<Utc>> {
+    event
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map(|time| time.with_timezone(&Utc))
+}
+
+/// When an Event was first seen, as the apiserver's printer takes it: `firstTimestamp`, else
+/// `eventTime` (None prints `<unknown>`).
+fn first_seen(event: &Value) -> Option<DateTime<Utc>> {
+    time_at(event, "/deprecatedFirstTimestamp").or_else(|| time_at(event, "/eventTime"))
+}
+
+/// When an Event was last seen, as the printer takes it: the series' `lastObservedTime`, else
+/// `lastTimestamp`, else the first seen time (never the creationTimestamp).
 fn last_seen(event: &Value) -> Option<DateTime<Utc>> {
-    [
-        event.pointer("/series/lastObservedTime"),
-        event.get("deprecatedLastTimestamp"),
-        event.get("eventTime"),
-        event.pointer("/metadata/creationTimestamp"),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(Value::as_str)
-    .find_map(|text| DateTime::parse_from_rfc3339(text).ok())
-    .map(|time| time.with_timezone(&Utc))
+    if event.get("series").is_some_and(Value::is_object) {
+        return time_at(event, "/series/lastObservedTime");
+    }
+    time_at(event, "/deprecatedLastTimestamp").or_else(|| first_seen(event))
 }
 
 /// One `fieldSelector` term on an Event (`field=value`, `field==value`, `field!=value`), with
@@ -355,11 +434,13 @@ impl Events {
             .ok_or_else(|| ApiError::not_found("events", name))
     }
 
-    /// The Events of `namespace` (all when `None`) matching `field_selector`, oldest name first.
+    /// The Events of `namespace` (all when `None`) matching `field_selector` and `labels`, by
+    /// namespace and name.
     pub(super) fn list(
         &self,
         namespace: Option<&str>,
         field_selector: Option<&str>,
+        labels: &LabelSelector,
     ) -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
         for ((ns, _), event) in &self.objects {
@@ -369,6 +450,9 @@ impl Events {
             if let Some(selector) = field_selector
                 && !field_matches(event, selector)?
             {
+                continue;
+            }
+            if !labels.matches(&event_labels(event)) {
                 continue;
             }
             out.push(event.clone());
@@ -418,12 +502,7 @@ pub(super) fn table(
             let age = |time: Option<DateTime<Utc>>| {
                 time.map_or_else(|| "<unknown>".to_owned(), |time| human_age(now, time))
             };
-            let first = [core.get("firstTimestamp"), core.get("eventTime")]
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .find_map(|text| DateTime::parse_from_rfc3339(text).ok())
-                .map(|time| time.with_timezone(&Utc));
+            let first = first_seen(event);
             let kind = core
                 .pointer("/involvedObject/kind")
                 .and_then(Value::as_str)
@@ -524,12 +603,13 @@ mod tests {
             .list(
                 Some("team-a"),
                 Some("involvedObject.kind=Secret,involvedObject.name=db"),
+                &LabelSelector::default(),
             )
             .expect("selector");
         assert_eq!(listed.len(), 1);
         assert!(
             events
-                .list(None, Some("regarding.name=other"))
+                .list(None, Some("regarding.name=other"), &LabelSelector::default())
                 .expect("selector")
                 .is_empty()
         );
@@ -559,5 +639,44 @@ mod tests {
             .create("team-a", &incomplete, Shape::Events, 11, Utc::now())
             .expect_err("eventTime is required");
         assert_eq!(error.code, 422);
+    }
+
+    #[test]
+    fn label_selectors_unknown_fields_and_the_printed_times() {
+        let mut events = Events::default();
+        let mut labelled = posted();
+        labelled["metadata"]["labels"] = json!({"team": "a"});
+        let now = Utc::now();
+        events
+            .create("team-a", &labelled, Shape::Events, 7, now)
+            .expect("created");
+        let selector = LabelSelector::parse("team=a").expect("selector");
+        assert_eq!(events.list(None, None, &selector).expect("list").len(), 1);
+        let other = LabelSelector::parse("team=b").expect("selector");
+        assert!(events.list(None, None, &other).expect("list").is_empty());
+
+        let mut unknown = posted();
+        unknown["bogus"] = 1.into();
+        unknown["message"] = "a core field".into();
+        let set = |fields: Vec<String>| fields.into_iter().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(
+            set(unknown_fields(&unknown, Shape::Events)),
+            set(vec![".bogus".into(), ".message".into()])
+        );
+        assert_eq!(
+            set(unknown_fields(&unknown, Shape::Core)),
+            set([".bogus", ".note", ".regarding", ".reportingController"]
+                .map(str::to_owned)
+                .to_vec())
+        );
+
+        // A core Event without any timestamp prints `<unknown>`, never its creation time.
+        let core = json!({"metadata": {"name": "bare"}, "reason": "X",
+                          "involvedObject": {"kind": "Secret", "name": "db"}});
+        let bare = from_core(&core);
+        assert_eq!(last_seen(&bare), None);
+        assert_eq!(first_seen(&bare), None);
+        let seen = last_seen(&posted()).expect("eventTime");
+        assert_eq!(seen.to_rfc3339(), "2026-03-01T12:00:00+00:00");
     }
 }
