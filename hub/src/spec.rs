@@ -16,6 +16,8 @@ use std::time::Duration;
 use crate::domain::LabelSelector;
 
 mod raw;
+#[cfg(test)]
+mod schema;
 pub mod template;
 mod validate;
 mod yaml;
@@ -79,8 +81,10 @@ pub struct LoadedSpec {
     pub line: usize,
     /// The checked spec.
     pub spec: Spec,
-    /// Canonical YAML of the document.
+    /// Canonical YAML of the document (always the Kubernetes shape).
     pub canonical_yaml: String,
+    /// Written in the deprecated flat shape (top-level `name`, no `metadata`/`spec`).
+    pub legacy_shape: bool,
 }
 
 /// `kind: SecretStore`, checked.
@@ -511,7 +515,7 @@ pub fn parse_files(
             issues.push(Issue {
                 file: loaded.file.clone(),
                 line: loaded.line,
-                path: "name".to_owned(),
+                path: validate::shown_path("metadata.name", loaded.legacy_shape),
                 message: format!(
                     "{} {:?} is also defined at {file}:{line}",
                     loaded.spec.kind().as_str(),
@@ -530,7 +534,7 @@ pub fn parse_files(
             issues.push(Issue {
                 file: loaded.file.clone(),
                 line: loaded.line,
-                path: "storeRef".to_owned(),
+                path: validate::shown_path("spec.storeRef", loaded.legacy_shape),
                 message: format!("no SecretStore named {:?}", secret.store_ref),
             });
         }
@@ -541,6 +545,37 @@ pub fn parse_files(
         issues.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         Err(SpecError::Invalid(issues))
     }
+}
+
+/// One warning per document written in the deprecated flat shape (top-level `name`, no
+/// `metadata`/`spec`), as `file:line: message`. Such documents are still accepted (and stored in the
+/// Kubernetes shape); the warning says how to move. Unreadable YAML yields no warning here: parsing
+/// reports it.
+pub fn deprecation_warnings(files: &[SpecFile]) -> Vec<Issue> {
+    let mut warnings = Vec::new();
+    for file in files {
+        let Ok(documents) = yaml::parse_documents(&file.content) else {
+            continue;
+        };
+        for document in documents {
+            if let Some(object) = document.value.as_object()
+                && object.contains_key("kind")
+                && validate::is_legacy(object)
+            {
+                warnings.push(Issue {
+                    file: file.name.clone(),
+                    line: document.line_of(""),
+                    path: String::new(),
+                    message: format!(
+                        "deprecated flat spec shape: write apiVersion: {}, metadata.name and the other fields under spec \
+                         (docs/spec.md); `keyfleet get fleetsecrets|stores -o yaml` prints the stored spec in that shape",
+                        validate::API_VERSION
+                    ),
+                });
+            }
+        }
+    }
+    warnings
 }
 
 /// Parses one stored spec (canonical YAML from the store) back into the model.

@@ -75,6 +75,12 @@ pub(super) async fn apply(
                 .join(", ")
         )));
     }
+    // The flat shape still works; say once per document that it is deprecated (on stderr, so
+    // `apply` output stays one line per object).
+    let mut stderr = std::io::stderr();
+    for warning in crate::spec::deprecation_warnings(&files) {
+        writeln!(stderr, "warning: {warning}")?;
+    }
     let request = v1::ApplySpecsRequest {
         files: files
             .into_iter()

@@ -118,7 +118,7 @@ fn rejected_inputs_name_file_line_and_field() {
         (
             regcred_with("storeRef: shared-kv", "storeRef: shared-kv\ncolour: blue"),
             &[
-                r#"regcred.yaml:4: colour: unknown field "colour", expected one of "apiVersion", "kind", "name", "storeRef", "data", "dataFrom", "target", "clusters", "rollout""#,
+                r#"regcred.yaml:4: colour: unknown field "colour", expected one of "storeRef", "data", "dataFrom", "target", "clusters", "rollout""#,
             ],
         ),
         (
@@ -423,4 +423,164 @@ fn the_shipped_examples_are_valid() {
     let specs = parse_files(&files, &BTreeSet::new()).unwrap_or_else(|error| panic!("{error}"));
     let names: Vec<&str> = specs.iter().map(|loaded| loaded.spec.name()).collect();
     assert_eq!(names, vec!["regcred-templated", "shared-kv", "regcred"]);
+}
+
+/// REGCRED in the Kubernetes shape.
+const REGCRED_K8S: &str = "\
+apiVersion: keyfleet.io/v1
+kind: FleetSecret
+metadata:
+  name: regcred
+  labels: { team: platform }
+  annotations: { config.kubernetes.io/origin: regcred.yaml }
+spec:
+  storeRef: shared-kv
+  data:
+    - secretKey: .dockerconfigjson
+      remoteRef: { key: acr-pull, version: \"\", property: \"\" }
+  target:
+    name: regcred
+    type: kubernetes.io/dockerconfigjson
+    namespaces: [default, ci]
+    template: { metadata: { labels: { app.kubernetes.io/part-of: registry } } }
+    creationPolicy: Owner
+    deletionPolicy: Retain
+  clusters:
+    matchLabels: { env: prod }
+  rollout:
+    waves: [{ matchLabels: { ring: canary } }, { percent: 10 }, { percent: 100 }]
+    pauseOnErrorRate: 1%
+";
+
+fn parse_one(content: &str) -> LoadedSpec {
+    let files = [SpecFile {
+        name: "regcred.yaml".to_owned(),
+        content: content.to_owned(),
+    }];
+    let known: BTreeSet<String> = ["shared-kv".to_owned()].into();
+    let mut specs = parse_files(&files, &known).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(specs.len(), 1);
+    specs.remove(0)
+}
+
+#[test]
+fn the_kubernetes_shape_reads_into_the_same_model_as_the_flat_shape() {
+    let flat = parse_one(REGCRED);
+    let shaped = parse_one(REGCRED_K8S);
+    assert_eq!(flat.spec, shaped.spec);
+    assert!(flat.legacy_shape);
+    assert!(!shaped.legacy_shape);
+    // Both are stored in the Kubernetes shape; the flat one gains apiVersion and metadata.
+    assert!(
+        flat.canonical_yaml.starts_with(
+            "apiVersion: keyfleet.io/v1\nkind: FleetSecret\nmetadata:\n  name: regcred\nspec:\n"
+        ),
+        "{}",
+        flat.canonical_yaml
+    );
+    assert!(
+        shaped.canonical_yaml.contains("  labels:\n    team: platform\n"),
+        "{}",
+        shaped.canonical_yaml
+    );
+    // What the store keeps parses back to the same spec, in either shape.
+    for loaded in [&flat, &shaped] {
+        let again = parse_stored(Kind::FleetSecret, "regcred", &loaded.canonical_yaml).expect("round trip");
+        assert_eq!(again, loaded.spec);
+        assert!(!parse_one(&loaded.canonical_yaml).legacy_shape);
+    }
+    // A spec stored by an earlier release (flat canonical YAML) still parses.
+    assert_eq!(
+        parse_stored(Kind::FleetSecret, "regcred", REGCRED).expect("flat stored"),
+        flat.spec
+    );
+}
+
+#[test]
+fn kubernetes_shaped_rejections_name_the_full_path() {
+    let with = |from: &str, to: &str| {
+        assert!(REGCRED_K8S.contains(from), "{from}");
+        REGCRED_K8S.replacen(from, to, 1)
+    };
+    check(
+        &with("creationPolicy: Owner", "creationPolicy: Own"),
+        Err(&[
+            r#"regcred.yaml:17: spec.target.creationPolicy: unknown value "Own", expected Owner|Merge|Orphan"#,
+        ]),
+    );
+    check(
+        &with("  name: regcred\n  labels", "  name: Regcred_1\n  labels"),
+        Err(&[
+            r#"regcred.yaml:4: metadata.name: invalid name "Regcred_1": a DNS-1123 subdomain (at most 253 characters of a-z, 0-9, - and ., alphanumeric at both ends)"#,
+        ]),
+    );
+    check(
+        &with("apiVersion: keyfleet.io/v1\n", ""),
+        Err(&["regcred.yaml:1: apiVersion: missing, expected keyfleet.io/v1"]),
+    );
+    check(
+        &with("keyfleet.io/v1", "external-secrets.io/v1"),
+        Err(&[
+            r#"regcred.yaml:1: apiVersion: unknown value "external-secrets.io/v1", expected keyfleet.io/v1"#,
+        ]),
+    );
+    check(
+        &with("  storeRef: shared-kv\n", "  storeRef: other-kv\n"),
+        Err(&[r#"regcred.yaml:1: spec.storeRef: no SecretStore named "other-kv""#]),
+    );
+    check(
+        &with("  labels: { team: platform }", "  namespace: apps"),
+        Err(&[
+            r#"regcred.yaml:5: metadata.namespace: unknown field "namespace", expected one of "name", "labels", "annotations""#,
+        ]),
+    );
+    check(
+        &with("  labels: { team: platform }", "  labels: { team: \"a b\" }"),
+        Err(&[
+            r#"regcred.yaml:5: metadata.labels.team: invalid label value "a b": at most 63 characters of a-z, A-Z, 0-9, -, _ and ., alphanumeric at both ends"#,
+        ]),
+    );
+    check(
+        &format!("{REGCRED_K8S}status: {{}}\n"),
+        Err(&[
+            r#"regcred.yaml:24: status: unknown field "status", expected one of "apiVersion", "kind", "metadata", "spec""#,
+        ]),
+    );
+    check(
+        &with(
+            "  data:\n    - secretKey: .dockerconfigjson\n      remoteRef: { key: acr-pull, version: \"\", property: \"\" }\n",
+            "",
+        ),
+        Err(&[
+            "regcred.yaml:7: spec: at least one data or dataFrom entry is required",
+            r#"regcred.yaml:11: spec.target.type: Secrets of type kubernetes.io/dockerconfigjson need the key ".dockerconfigjson": add it to data[].secretKey or target.template.data"#,
+        ]),
+    );
+}
+
+#[test]
+fn the_flat_shape_is_accepted_with_a_deprecation_warning() {
+    let files = [
+        SpecFile {
+            name: "flat.yaml".to_owned(),
+            content: format!("{STORE}---\n{REGCRED}"),
+        },
+        SpecFile {
+            name: "shaped.yaml".to_owned(),
+            content: REGCRED_K8S.to_owned(),
+        },
+    ];
+    let warnings: Vec<String> = deprecation_warnings(&files)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("flat.yaml:1: deprecated flat spec shape: write apiVersion: keyfleet.io/v1"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("flat.yaml:10: deprecated flat spec shape"),
+        "{warnings:?}"
+    );
 }
