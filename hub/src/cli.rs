@@ -5,7 +5,8 @@
 //!
 //! Exit codes (see [`CliError::exit_code`]): 0 done, 1 the hub refused or failed, 2 usage (bad
 //! flag, unreadable file, bad selector, missing admin token), 3 the hub cannot be reached or the
-//! admin token is not accepted, 4 the named object does not exist. `cluster add -f` exits 1 when
+//! admin token is not accepted, 4 the named object does not exist, 5 `import` converted with
+//! warnings. `cluster add -f` exits 1 when
 //! any listed cluster failed, after reporting every cluster.
 //!
 //! The admin token is sent as `authorization: Bearer …` and never printed. The only secret this
@@ -27,6 +28,7 @@ use crate::config::ClientCommand;
 mod bulk;
 mod clusters;
 mod connect;
+mod import;
 mod output;
 mod reference;
 mod rollout;
@@ -35,6 +37,7 @@ mod specs;
 mod status;
 
 pub use connect::{BearerToken, Client, admin_token, connect};
+pub use import::import;
 pub use reference::{completion, man_pages, markdown_reference};
 pub use selector::parse_selector;
 
@@ -76,6 +79,12 @@ pub enum CliError {
     /// The output could not be written.
     #[error("cannot write the output")]
     Output(#[from] std::io::Error),
+    /// `import` converted everything, and reported fields with no keyfleet meaning.
+    #[error("converted with {0} warning(s), listed above")]
+    ConvertedWithWarnings(usize),
+    /// `import` could not convert some documents (each is reported; the others were written).
+    #[error("{0} document(s) could not be converted, listed above")]
+    NotConverted(usize),
     /// Some items of a bulk command failed (each is reported in the output).
     #[error("{failed} of {total} clusters failed")]
     Partial {
@@ -97,7 +106,8 @@ impl CliError {
                 tonic::Code::NotFound => 4,
                 _ => 1,
             },
-            Self::Spec(_) | Self::Output(_) | Self::Partial { .. } => 1,
+            Self::Spec(_) | Self::Output(_) | Self::Partial { .. } | Self::NotConverted(_) => 1,
+            Self::ConvertedWithWarnings(_) => 5,
         }
     }
 }

@@ -19,8 +19,9 @@ mod tests;
 
 pub use admin_commands::{
     ApplyArgs, ClientArgs, ClientCommand, ClusterCommand, DEFAULT_HUB_URL, DeleteCommand, GetCommand,
-    LabelChange, OutputFormat, PinArgs, PinTarget, RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs,
-    UnpinTarget, WithClient, parse_label, parse_label_change,
+    ImportCommand, ImportEsoArgs, ImportFormat, LabelChange, OutputFormat, PinArgs, PinTarget,
+    RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs, UnpinTarget, WithClient, parse_label,
+    parse_label_change,
 };
 pub use database_url::{DEFAULT_DATABASE, DatabaseUrl};
 pub use serve::{
@@ -36,7 +37,8 @@ pub use serve::{
     long_about = None,
     propagate_version = true,
     after_help = "Exit codes: 0 done, 1 the hub refused or failed, 2 usage (bad flag, unreadable file, \
-                  missing admin token), 3 hub unreachable or admin token refused, 4 not found."
+                  missing admin token), 3 hub unreachable or admin token refused, 4 not found, 5 converted with \
+                  warnings (import)."
 )]
 pub struct Cli {
     /// Logging and tracing options (apply to every command).
@@ -59,6 +61,9 @@ pub enum Command {
     /// Administration commands: clients of a running hub's Admin API (see [`crate::cli`]).
     #[command(flatten)]
     Client(ClientCommand),
+    /// Convert other tools' manifests into keyfleet specs (no hub needed).
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Print a shell completion script, e.g. `keyfleet completion bash > /etc/bash_completion.d/keyfleet`.
     Completion(CompletionArgs),
     /// Print the keyfleet(1) man page, or write one page per command into a directory.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::domain::LabelSelector;
 
+pub mod eso;
 mod raw;
 #[cfg(test)]
 mod schema;

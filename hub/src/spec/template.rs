@@ -3,7 +3,8 @@
 //!
 //! Supported: text with `{{ pipeline }}` actions (`{{-`/`-}}` trim whitespace), operands `.name`,
 //! `"string"`, `(pipeline)`, `index . "key-with-dashes"`, pipes `a | f`, and the functions
-//! `b64enc`, `b64dec`, `printf` (`%s` and `%%` only), `quote`, `toJson`, `upper`, `lower`, `trim`.
+//! `b64enc`, `b64dec`, `printf` (`%s`, `%v` and `%%` only), `quote`, `toJson`, `toString`, `upper`,
+//! `lower`, `trim`.
 //!
 //! **Invariant:** errors name the template position and the function or variable, never a value.
 
@@ -51,12 +52,13 @@ enum Function {
     Quote,
     ToJson,
     Upper,
+    ToString,
     Lower,
     Trim,
     Index,
 }
 
-const FUNCTIONS: &str = "b64enc, b64dec, printf, quote, toJson, upper, lower, trim, index";
+const FUNCTIONS: &str = "b64enc, b64dec, printf, quote, toJson, toString, upper, lower, trim, index";
 
 /// Why a template does not parse or cannot be executed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -287,6 +289,8 @@ fn call(function: Function, mut args: Vec<Bytes>) -> Result<Bytes, TemplateError
         Function::Upper => Zeroizing::new(text(&one(&mut args)?)?.to_uppercase().into_bytes()),
         Function::Lower => Zeroizing::new(text(&one(&mut args)?)?.to_lowercase().into_bytes()),
         Function::Trim => Zeroizing::new(one(&mut args)?.trim_ascii().to_vec()),
+        // Sprig's toString: a value is already its bytes.
+        Function::ToString => one(&mut args)?,
         Function::Quote | Function::ToJson => {
             let input = text(&one(&mut args)?)?;
             let quoted = Zeroizing::new(serde_json::Value::String(input).to_string());
@@ -349,6 +353,7 @@ impl Function {
             "quote" => Self::Quote,
             "toJson" => Self::ToJson,
             "upper" => Self::Upper,
+            "toString" => Self::ToString,
             "lower" => Self::Lower,
             "trim" => Self::Trim,
             "index" => Self::Index,
@@ -364,6 +369,7 @@ impl Function {
             Self::Quote => "quote",
             Self::ToJson => "toJson",
             Self::Upper => "upper",
+            Self::ToString => "toString",
             Self::Lower => "lower",
             Self::Trim => "trim",
             Self::Index => "index",
