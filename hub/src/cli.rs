@@ -143,7 +143,7 @@ pub async fn run_with(
     let hub_url = command.client().hub_url.clone();
     match command {
         ClientCommand::Cluster(with) => clusters::cluster(client, with.command, &hub_url, input, out).await,
-        ClientCommand::Apply(args) => specs::apply(client, &args.files, args.dry_run, input, out).await,
+        ClientCommand::Apply(args) => specs::apply(client, &args, input, out).await,
         ClientCommand::Get(with) => specs::get(client, with.command, out).await,
         ClientCommand::Delete(with) => specs::delete(client, with.command, out).await,
         ClientCommand::Status(args) => {

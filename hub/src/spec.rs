@@ -579,6 +579,64 @@ pub fn deprecation_warnings(files: &[SpecFile]) -> Vec<Issue> {
     warnings
 }
 
+/// What a set of spec files defines, as far as `apply --prune` needs: the kinds and names, and
+/// which store each FleetSecret reads. Read loosely (the hub validates); unreadable documents are
+/// skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// `(kind, metadata.name)` of every document.
+    pub names: BTreeSet<(Kind, String)>,
+    /// `(FleetSecret name, storeRef)` of every FleetSecret.
+    pub store_refs: BTreeSet<(String, String)>,
+}
+
+/// The specs `files` define, in either shape.
+pub fn declared(files: &[SpecFile]) -> Declared {
+    let mut declared = Declared::default();
+    for file in files {
+        let Ok(documents) = yaml::parse_documents(&file.content) else {
+            continue;
+        };
+        for document in documents {
+            let value = &document.value;
+            let legacy = value.as_object().is_some_and(validate::is_legacy);
+            let (name, body) = if legacy {
+                (&value["name"], value)
+            } else {
+                (&value["metadata"]["name"], &value["spec"])
+            };
+            let (Some(name), Some(kind)) = (name.as_str(), value["kind"].as_str()) else {
+                continue;
+            };
+            match kind {
+                "SecretStore" => {
+                    declared.names.insert((Kind::SecretStore, name.to_owned()));
+                }
+                "FleetSecret" => {
+                    declared.names.insert((Kind::FleetSecret, name.to_owned()));
+                    if let Some(store) = body["storeRef"].as_str() {
+                        declared.store_refs.insert((name.to_owned(), store.to_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    declared
+}
+
+/// `metadata.labels` of a stored spec's canonical YAML (empty for a flat one).
+pub fn stored_labels(yaml: &str) -> BTreeMap<String, String> {
+    yaml::parse_documents(yaml)
+        .ok()
+        .and_then(|documents| documents.into_iter().next())
+        .and_then(|document| {
+            serde_json::from_value::<BTreeMap<String, String>>(document.value["metadata"]["labels"].clone())
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// Parses one stored spec (canonical YAML from the store) back into the model.
 pub fn parse_stored(kind: Kind, name: &str, yaml: &str) -> Result<Spec, SpecError> {
     let file = format!("stored {} {name}", kind.as_str());

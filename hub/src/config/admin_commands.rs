@@ -106,7 +106,8 @@ pub enum ClientCommand {
     Apply(ApplyArgs),
     /// List FleetSecrets or SecretStores.
     Get(WithClient<GetCommand>),
-    /// Delete a FleetSecret (clusters then remove it as its deletionPolicy says).
+    /// Delete a FleetSecret (clusters then remove it as its deletionPolicy says) or an unused
+    /// SecretStore.
     Delete(WithClient<DeleteCommand>),
     /// Where every FleetSecret (or one) stands: revision, counts, rollout, lagging clusters.
     Status(StatusArgs),
@@ -234,9 +235,17 @@ pub struct ApplyArgs {
     /// `-` reads stdin.
     #[arg(long = "filename", short = 'f', required = true)]
     pub files: Vec<PathBuf>,
-    /// Validate only; store nothing.
+    /// Validate only; store nothing (with --prune: also list what would be pruned).
     #[arg(long)]
     pub dry_run: bool,
+    /// After applying, delete the FleetSecrets and SecretStores on the hub that the files do not
+    /// define (the files are the whole desired state); a store still read by a FleetSecret is kept.
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: only prune specs whose metadata.labels match, e.g. `team=platform` (for a hub
+    /// shared by several repositories).
+    #[arg(long = "selector", short = 'l', requires = "prune", value_name = "SELECTOR")]
+    pub prune_selector: Option<String>,
 }
 
 /// `keyfleet get …`.
@@ -265,6 +274,12 @@ pub enum DeleteCommand {
     #[command(name = "fleetsecret")]
     FleetSecret {
         /// FleetSecret name.
+        name: String,
+    },
+    /// Delete a SecretStore that no FleetSecret reads.
+    #[command(name = "store", visible_alias = "secretstore")]
+    Store {
+        /// SecretStore name.
         name: String,
     },
 }
