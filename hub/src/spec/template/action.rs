@@ -23,6 +23,18 @@ pub(super) fn find_close(text: &str, start: usize) -> Option<usize> {
     None
 }
 
+/// Why `word` is not a function, with the way forward for ESO's PKCS#12 helpers.
+fn unknown_function(word: &str) -> String {
+    if word.starts_with("pkcs12") {
+        format!(
+            "{word:?}: PFX (PKCS#12) values are not supported yet; keep the certificate in Key Vault as PEM \
+             (contentType application/x-pem-file) and split it with filterPEM \"CERTIFICATE\" / filterPEM \"PRIVATE KEY\""
+        )
+    } else {
+        format!("unknown function {word:?}; known: {FUNCTIONS}")
+    }
+}
+
 pub(super) struct ActionParser<'a> {
     text: &'a str,
     position: usize,
@@ -84,7 +96,7 @@ impl<'a> ActionParser<'a> {
                 _ => {
                     function = Some(Function::parse(&word).ok_or_else(|| {
                         self.position = start;
-                        self.error(&format!("unknown function {word:?}; known: {FUNCTIONS}"))
+                        self.error(&unknown_function(&word))
                     })?);
                 }
             }
@@ -172,7 +184,7 @@ impl<'a> ActionParser<'a> {
                         let message = if Function::parse(word).is_some() {
                             format!("function {word:?} as an argument: put it in parentheses")
                         } else {
-                            format!("unknown function {word:?}; known: {FUNCTIONS}")
+                            unknown_function(word)
                         };
                         self.position = start;
                         Err(self.error(&message))

@@ -10,7 +10,7 @@ use super::{Bytes, TemplateError, Value};
 /// Every function name, for messages.
 pub(super) const FUNCTIONS: &str = "b64enc, b64dec, printf, quote, squote, toJson, toString, upper, lower, trim, \
      trimPrefix, trimSuffix, replace, default, empty, contains, hasPrefix, hasSuffix, indent, nindent, index, eq, ne, \
-     not, and, or, len";
+     not, and, or, len, filterPEM";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Function {
@@ -41,6 +41,7 @@ pub(crate) enum Function {
     And,
     Or,
     Len,
+    FilterPem,
 }
 
 const NAMES: &[(&str, Function)] = &[
@@ -71,6 +72,7 @@ const NAMES: &[(&str, Function)] = &[
     ("and", Function::And),
     ("or", Function::Or),
     ("len", Function::Len),
+    ("filterPEM", Function::FilterPem),
 ];
 
 impl Function {
@@ -255,6 +257,16 @@ pub(super) fn call(function: Function, mut args: Vec<Value>) -> Result<Value, Te
                 Value::Bool(_) => return Err(error("a boolean has no length")),
             }
         }
+        Function::FilterPem => {
+            count(&args, 2, "expects the PEM block type and the text")?;
+            let block_type = text(take(&mut args))?;
+            let input = text(take(&mut args))?;
+            let found = filter_pem(block_type.as_str(), input.as_str()).map_err(error)?;
+            if found.is_empty() {
+                return Err(error("no PEM block of that type"));
+            }
+            Value::Bytes(found)
+        }
         Function::Printf => printf(name, args)?,
         // `index` needs the whole data and is evaluated before any call; a lone argument passes
         // through.
@@ -315,4 +327,50 @@ fn printf(name: &'static str, mut args: Vec<Value>) -> Result<Value, TemplateErr
         return Err(error("more arguments than verbs"));
     }
     Ok(Value::Bytes(output))
+}
+
+/// ESO's `filterPEM`: every PEM block of `block_type` in `input`, re-encoded as Go's
+/// `pem.EncodeToMemory` writes it (64-column base64, a final newline), in order. Splits a Key
+/// Vault certificate's secret in PEM form (certificate chain and private key) into `tls.crt` and
+/// `tls.key`.
+fn filter_pem(block_type: &str, input: &str) -> Result<Bytes, &'static str> {
+    let begin = format!("-----BEGIN {block_type}-----");
+    let end = format!("-----END {block_type}-----");
+    let mut output: Bytes = Zeroizing::new(Vec::new());
+    let mut lines = input.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line != begin {
+            continue;
+        }
+        let mut body = Zeroizing::new(String::new());
+        let mut closed = false;
+        for line in lines.by_ref() {
+            if line == end {
+                closed = true;
+                break;
+            }
+            // RFC 1421 headers (`Proc-Type: …`) are not part of the data.
+            if !line.contains(':') {
+                body.push_str(line);
+            }
+        }
+        if !closed {
+            return Err("a PEM block has no END line");
+        }
+        let der = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(body.as_bytes())
+                .map_err(|_| "a PEM block is not valid base64")?,
+        );
+        let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*der));
+        output.extend_from_slice(begin.as_bytes());
+        output.push(b'\n');
+        for chunk in encoded.as_bytes().chunks(64) {
+            output.extend_from_slice(chunk);
+            output.push(b'\n');
+        }
+        output.extend_from_slice(end.as_bytes());
+        output.push(b'\n');
+    }
+    Ok(output)
 }

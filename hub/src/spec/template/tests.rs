@@ -213,3 +213,57 @@ fn variables_lists_every_name_read() {
     .expect("parses");
     assert_eq!(template.variables(), vec!["a", "b", "c-d", "e", "f", "g"]);
 }
+
+/// A Key Vault certificate read as its secret in PEM form (`contentType: application/x-pem-file`):
+/// private key and certificate chain in one value, split as ESO's `filterPEM` splits it.
+#[test]
+fn filter_pem_splits_a_key_vault_pem_certificate() {
+    let key = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvuNMoSfm76oqFvAp8Gy0iz5sxjZmSnXyCdPEovGhLa0VzMaQ8s+CLOyS56YyCFGeJZ";
+    let cert = "MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBaMQswCQYDVQQGEwJJRTESMBAGA1UEChMJQmFsdGltb3JlMRMwEQYDVQQLEwpDeWJlclRydXN0MSIwIAYDVQQDExlCYWx0aW1vcmUgQ3liZXJUcnVzdCBSb290";
+    let chain = "MIIDXTCCAkWgAwIBAgIJAJC1HiIAZAiIMA0GCSqGSIb3DQEBBQUAMEUxCzAJBgNVBAYTAkFVMRMwEQYDVQQIDApTb21lLVN0YXRl";
+    // Key Vault writes 64-column lines; this input wraps at 76 to show the re-encoding.
+    let wrap = |body: &str, width: usize| {
+        body.as_bytes()
+            .chunks(width)
+            .map(|chunk| std::str::from_utf8(chunk).expect("ascii"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let bundle = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        wrap(key, 76),
+        wrap(cert, 76),
+        wrap(chain, 76)
+    );
+    let pem = |kind: &str, body: &str| {
+        format!(
+            "-----BEGIN {kind}-----\n{}\n-----END {kind}-----\n",
+            wrap(body, 64)
+        )
+    };
+    let data = [("tls", bundle.as_str())];
+    check(
+        r#"{{ .tls | filterPEM "CERTIFICATE" }}"#,
+        &data,
+        Ok(&format!(
+            "{}{}",
+            pem("CERTIFICATE", cert),
+            pem("CERTIFICATE", chain)
+        )),
+    );
+    check(
+        r#"{{ .tls | filterPEM "PRIVATE KEY" }}"#,
+        &data,
+        Ok(&pem("PRIVATE KEY", key)),
+    );
+    check(
+        r#"{{ .tls | filterPEM "EC PRIVATE KEY" }}"#,
+        &data,
+        Err("filterPEM: no PEM block of that type"),
+    );
+    check(
+        r#"{{ .tls | filterPEM "CERTIFICATE" }}"#,
+        &[("tls", "-----BEGIN CERTIFICATE-----\nAAAA\n")],
+        Err("filterPEM: a PEM block has no END line"),
+    );
+}
