@@ -46,14 +46,13 @@ pub(super) fn convert(
         }
     }
     let provider = ctx.object("spec.provider", spec.get("provider"))?;
-    for (name, value) in provider {
+    for name in provider.keys() {
         if name != "azurekv" {
             ctx.error(
                 &format!("spec.provider.{name}"),
                 None,
                 format!("provider {name} is not Azure Key Vault; keyfleet reads Azure Key Vault only, so the store is not converted"),
             );
-            let _ = value;
             return None;
         }
     }

@@ -167,3 +167,78 @@ fn other_providers_and_kinds_are_reported_not_converted() {
         ]
     );
 }
+
+#[test]
+fn a_cluster_external_secret_targets_its_namespace_selector() {
+    let files = [SpecFile {
+        name: "ces.yaml".to_owned(),
+        content: "\
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: { name: shared }
+spec:
+  provider:
+    azurekv: { authType: WorkloadIdentity, vaultUrl: https://shared-kv.vault.azure.net }
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterExternalSecret
+metadata: { name: pull, labels: { team: platform } }
+spec:
+  externalSecretName: regcred
+  namespaceSelectors:
+    - matchLabels: { pulls: acr }
+  refreshTime: 1m
+  externalSecretSpec:
+    refreshInterval: 15m
+    secretStoreRef: { kind: ClusterSecretStore, name: shared }
+    target:
+      template: { type: kubernetes.io/dockerconfigjson }
+    data:
+      - { secretKey: .dockerconfigjson, remoteRef: { key: acr-pull } }
+"
+        .to_owned(),
+    }];
+    let imported = import(&files, &Options::default());
+    let lines: Vec<String> = imported.findings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"ces.yaml:15: warning: spec.refreshTime = "1m": how often ESO re-lists namespaces; keyfleet's agents follow namespace changes as they happen"#
+        ]
+    );
+    assert_eq!(
+        imported.to_yaml(),
+        "\
+apiVersion: keyfleet.io/v1
+kind: SecretStore
+metadata:
+  name: shared
+spec:
+  provider:
+    azurekv:
+      vaultUrl: https://shared-kv.vault.azure.net
+      authType: WorkloadIdentity
+      pollInterval: 15m
+---
+apiVersion: keyfleet.io/v1
+kind: FleetSecret
+metadata:
+  name: pull
+  labels:
+    team: platform
+spec:
+  storeRef: shared
+  data:
+  - secretKey: .dockerconfigjson
+    remoteRef:
+      key: acr-pull
+  target:
+    name: regcred
+    namespaceSelector:
+      matchLabels:
+        pulls: acr
+    template:
+      type: kubernetes.io/dockerconfigjson
+"
+    );
+}
