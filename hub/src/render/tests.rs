@@ -309,3 +309,29 @@ fn imported_eso_dockerconfigjson_examples_render_as_eso_documents() {
     assert_eq!(text(&rendered.data[".dockerconfigjson"]), config);
     assert_eq!(rendered.secret_name, "secret-to-be-created");
 }
+
+/// ESO's documented PKCS#12 ExternalSecret, as `keyfleet import eso` wrote it
+/// (`hub/tests/fixtures/eso/pkcs12`), over a PFX as Key Vault serves it (base64): a
+/// `kubernetes.io/tls` Secret holding what OpenSSL prints for that archive.
+#[test]
+fn imported_eso_pkcs12_example_renders_a_tls_secret() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let read = |path: &str| std::fs::read_to_string(fixtures.join(path)).expect("fixture");
+    let store = "apiVersion: keyfleet.io/v1\nkind: SecretStore\nmetadata: { name: azure-store }\nspec: { provider: { azurekv: { vaultUrl: https://azure-store.vault.azure.net } } }\n";
+    let files = [SpecFile {
+        name: "imported.yaml".to_owned(),
+        content: format!("{store}---\n{}", read("eso/pkcs12/expected.yaml")),
+    }];
+    let Some(Spec::FleetSecret(secret)) = spec::parse_files(&files, &BTreeSet::new())
+        .unwrap_or_else(|error| panic!("{error}"))
+        .pop()
+        .map(|loaded| loaded.spec)
+    else {
+        panic!("a FleetSecret")
+    };
+    let pfx = read("pkcs12/tls.p12.b64").replace('\n', "");
+    let rendered = render(&secret, &sources(&[("tls-client-credentials", &pfx)])).expect("renders");
+    assert_eq!(rendered.secret_type, "kubernetes.io/tls");
+    assert_eq!(text(&rendered.data["tls.crt"]), read("pkcs12/tls.crt.pem"));
+    assert_eq!(text(&rendered.data["tls.key"]), read("pkcs12/tls.key.pem"));
+}

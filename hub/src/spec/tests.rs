@@ -358,7 +358,7 @@ target:
     check(
         &templated.replace("b64enc", "sha1"),
         Err(&[
-            r#"regcred.yaml:13: target.template.data..dockerconfigjson: template syntax error at offset 75: unknown function "sha1"; known: b64enc, b64dec, printf, quote, squote, toJson, toString, upper, lower, trim, trimPrefix, trimSuffix, replace, default, empty, contains, hasPrefix, hasSuffix, indent, nindent, index, eq, ne, not, and, or, len, filterPEM"#,
+            r#"regcred.yaml:13: target.template.data..dockerconfigjson: template syntax error at offset 75: unknown function "sha1"; known: b64enc, b64dec, printf, quote, squote, toJson, toString, upper, lower, trim, trimPrefix, trimSuffix, replace, default, empty, contains, hasPrefix, hasSuffix, indent, nindent, index, eq, ne, not, and, or, len, filterPEM, pkcs12cert, pkcs12certPass, pkcs12key, pkcs12keyPass"#,
         ]),
     );
     let find = "\

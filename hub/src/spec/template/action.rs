@@ -23,16 +23,9 @@ pub(super) fn find_close(text: &str, start: usize) -> Option<usize> {
     None
 }
 
-/// Why `word` is not a function, with the way forward for ESO's PKCS#12 helpers.
+/// Why `word` is not a function.
 fn unknown_function(word: &str) -> String {
-    if word.starts_with("pkcs12") {
-        format!(
-            "{word:?}: PFX (PKCS#12) values are not supported yet; keep the certificate in Key Vault as PEM \
-             (contentType application/x-pem-file) and split it with filterPEM \"CERTIFICATE\" / filterPEM \"PRIVATE KEY\""
-        )
-    } else {
-        format!("unknown function {word:?}; known: {FUNCTIONS}")
-    }
+    format!("unknown function {word:?}; known: {FUNCTIONS}")
 }
 
 pub(super) struct ActionParser<'a> {

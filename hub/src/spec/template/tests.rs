@@ -267,3 +267,44 @@ fn filter_pem_splits_a_key_vault_pem_certificate() {
         Err("filterPEM: a PEM block has no END line"),
     );
 }
+
+/// ESO's PKCS#12 helpers over archives made by OpenSSL (`hub/tests/fixtures/pkcs12/README.md`):
+/// a PFX certificate's secret as Key Vault serves it (base64), decoded and split into `tls.crt`
+/// and `tls.key` exactly as OpenSSL prints them.
+#[test]
+fn pkcs12_archives_split_like_eso() {
+    let fixture = |name: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/pkcs12")
+                .join(name),
+        )
+        .expect("fixture")
+    };
+    let (crt, key) = (fixture("tls.crt.pem"), fixture("tls.key.pem"));
+    let modern = fixture("tls.p12.b64").replace('\n', "");
+    let legacy = fixture("tls-3des.p12.b64").replace('\n', "");
+    // The documented ESO template (docs/snippets/azkv-pkcs12-cert-external-secret.yaml).
+    check("{{ .tls | b64dec | pkcs12cert }}", &[("tls", &modern)], Ok(&crt));
+    check("{{ .tls | b64dec | pkcs12key }}", &[("tls", &modern)], Ok(&key));
+    check(
+        r#"{{ .tls | b64dec | pkcs12certPass "s3cret" }}"#,
+        &[("tls", &legacy)],
+        Ok(&crt),
+    );
+    check(
+        r#"{{ .tls | b64dec | pkcs12keyPass "s3cret" }}"#,
+        &[("tls", &legacy)],
+        Ok(&key),
+    );
+    check(
+        r#"{{ .tls | b64dec | pkcs12keyPass "wrong" }}"#,
+        &[("tls", &legacy)],
+        Err("pkcs12keyPass: input is not a PKCS#12 archive that this password opens"),
+    );
+    check(
+        "{{ .tls | pkcs12cert }}",
+        &[("tls", "not an archive")],
+        Err("pkcs12cert: input is not a PKCS#12 archive"),
+    );
+}
