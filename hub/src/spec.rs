@@ -82,7 +82,7 @@ pub struct LoadedSpec {
     pub line: usize,
     /// The checked spec.
     pub spec: Spec,
-    /// Canonical YAML of the document (always the Kubernetes shape).
+    /// Canonical YAML of the document (see [`kubernetes_yaml`] for display).
     pub canonical_yaml: String,
     /// Written in the deprecated flat shape (top-level `name`, no `metadata`/`spec`).
     pub legacy_shape: bool,
@@ -623,6 +623,23 @@ pub fn declared(files: &[SpecFile]) -> Declared {
         }
     }
     declared
+}
+
+/// A spec's YAML (canonical or as written, either shape) in the Kubernetes shape, fields in
+/// reference order; `None` when it is not a readable spec document.
+pub fn kubernetes_yaml(yaml: &str) -> Option<String> {
+    let document = yaml::parse_documents(yaml).ok()?.into_iter().next()?;
+    let object = document.value.as_object()?;
+    let value = if validate::is_legacy(object) {
+        validate::from_legacy(object)
+    } else {
+        document.value.clone()
+    };
+    match object.get("kind")?.as_str()? {
+        "SecretStore" => serde_yaml::to_string(&serde_json::from_value::<raw::SecretStore>(value).ok()?).ok(),
+        "FleetSecret" => serde_yaml::to_string(&serde_json::from_value::<raw::FleetSecret>(value).ok()?).ok(),
+        _ => None,
+    }
 }
 
 /// `metadata.labels` of a stored spec's canonical YAML (empty for a flat one).

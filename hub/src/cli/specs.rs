@@ -228,7 +228,7 @@ async fn get_fleet_secrets(
                 "targetType": secret.target_type,
                 "generation": secret.generation,
                 "revision": secret.revision,
-                "spec": secret.spec_yaml,
+                "spec": crate::spec::kubernetes_yaml(&secret.spec_yaml).unwrap_or_else(|| secret.spec_yaml.clone()),
             })
         },
         &["NAME", "STORE", "TARGET", "TYPE", "GENERATION", "REVISION"],
@@ -267,7 +267,7 @@ async fn get_stores(
                 "generation": store.generation,
                 "healthy": store.healthy,
                 "lastError": store.last_error,
-                "spec": store.spec_yaml,
+                "spec": crate::spec::kubernetes_yaml(&store.spec_yaml).unwrap_or_else(|| store.spec_yaml.clone()),
             })
         },
         &["NAME", "VAULT", "AUTH", "GENERATION", "HEALTHY", "LAST ERROR"],

@@ -110,7 +110,7 @@ pub struct Output {
     pub kind: &'static str,
     /// `metadata.name`.
     pub name: String,
-    /// The canonical YAML keyfleet stores for it (Kubernetes shape, fields in reference order).
+    /// Its YAML in the Kubernetes shape, fields in reference order.
     pub yaml: String,
     /// The same as one line of JSON.
     pub json: String,
@@ -676,11 +676,12 @@ fn assemble(mut stores: Vec<StoreOut>, secrets: Vec<SecretOut>, imported: &mut I
                     continue;
                 };
                 let kind = loaded.spec.kind().as_str();
-                let json = canonical_json(kind, &loaded.canonical_yaml);
+                let yaml = super::kubernetes_yaml(&loaded.canonical_yaml).unwrap_or_default();
+                let json = canonical_json(kind, &yaml);
                 imported.documents.push(Output {
                     kind,
                     name,
-                    yaml: loaded.canonical_yaml,
+                    yaml,
                     json,
                 });
             }
@@ -699,7 +700,7 @@ fn assemble(mut stores: Vec<StoreOut>, secrets: Vec<SecretOut>, imported: &mut I
     }
 }
 
-/// The canonical YAML as one line of JSON, fields in the same order.
+/// The Kubernetes-shaped YAML as one line of JSON, fields in the same order.
 fn canonical_json(kind: &str, yaml: &str) -> String {
     let json = match kind {
         "SecretStore" => {

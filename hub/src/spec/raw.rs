@@ -19,6 +19,35 @@ pub struct Object<S> {
     pub spec: S,
 }
 
+impl<S: Serialize> Object<S> {
+    /// The canonical YAML the store keeps: the flat shape of earlier releases when it can say
+    /// everything (no labels or annotations), so that replicas of the previous release, which read
+    /// only that shape, keep reading specs during a rolling upgrade; the Kubernetes shape otherwise.
+    pub fn canonical_yaml(&self) -> Result<String, serde_yaml::Error> {
+        if self.metadata.labels.is_empty() && self.metadata.annotations.is_empty() {
+            serde_yaml::to_string(&Flat {
+                api_version: &self.api_version,
+                kind: &self.kind,
+                name: &self.metadata.name,
+                spec: &self.spec,
+            })
+        } else {
+            serde_yaml::to_string(self)
+        }
+    }
+}
+
+/// The flat shape, written only (see [`Object::canonical_yaml`]).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Flat<'a, S> {
+    api_version: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    #[serde(flatten)]
+    spec: &'a S,
+}
+
 /// `kind: SecretStore`.
 pub type SecretStore = Object<SecretStoreSpec>;
 /// `kind: FleetSecret`.

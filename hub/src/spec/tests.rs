@@ -470,24 +470,38 @@ fn the_kubernetes_shape_reads_into_the_same_model_as_the_flat_shape() {
     assert_eq!(flat.spec, shaped.spec);
     assert!(flat.legacy_shape);
     assert!(!shaped.legacy_shape);
-    // Both are stored in the Kubernetes shape; the flat one gains apiVersion and metadata.
+    // Without labels or annotations the store keeps the flat shape (with apiVersion), which the
+    // previous release reads, whichever shape was written; with them, the Kubernetes shape.
+    let unlabelled = parse_one(
+        &REGCRED_K8S.replace("  labels: { team: platform }\n", "").replace(
+            "  annotations: { config.kubernetes.io/origin: regcred.yaml }\n",
+            "",
+        ),
+    );
     assert!(
         flat.canonical_yaml.starts_with(
-            "apiVersion: keyfleet.io/v1\nkind: FleetSecret\nmetadata:\n  name: regcred\nspec:\n"
+            "apiVersion: keyfleet.io/v1\nkind: FleetSecret\nname: regcred\nstoreRef: shared-kv\n"
         ),
         "{}",
         flat.canonical_yaml
     );
+    assert_eq!(unlabelled.canonical_yaml, flat.canonical_yaml);
     assert!(
-        shaped.canonical_yaml.contains("  labels:\n    team: platform\n"),
+        shaped.canonical_yaml.starts_with("apiVersion: keyfleet.io/v1\nkind: FleetSecret\nmetadata:\n  name: regcred\n  labels:\n    team: platform\n"),
         "{}",
         shaped.canonical_yaml
     );
-    // What the store keeps parses back to the same spec, in either shape.
+    // What the store keeps parses back to the same spec, in either shape, and shows in the
+    // Kubernetes shape.
     for loaded in [&flat, &shaped] {
         let again = parse_stored(Kind::FleetSecret, "regcred", &loaded.canonical_yaml).expect("round trip");
         assert_eq!(again, loaded.spec);
-        assert!(!parse_one(&loaded.canonical_yaml).legacy_shape);
+        let shown = kubernetes_yaml(&loaded.canonical_yaml).expect("readable");
+        assert!(
+            shown.starts_with("apiVersion: keyfleet.io/v1\nkind: FleetSecret\nmetadata:\n  name: regcred\n"),
+            "{shown}"
+        );
+        assert_eq!(parse_one(&shown).spec, loaded.spec);
     }
     // A spec stored by an earlier release (flat canonical YAML) still parses.
     assert_eq!(

@@ -126,13 +126,13 @@ impl Ctx<'_> {
                 let raw: raw::SecretStore = self.deserialize(value)?;
                 self.header(&raw.api_version, &raw.metadata);
                 let spec = Spec::SecretStore(self.secret_store(&raw.metadata.name, &raw.spec)?);
-                (spec, serde_yaml::to_string(&raw))
+                (spec, raw.canonical_yaml())
             }
             "FleetSecret" => {
                 let raw: raw::FleetSecret = self.deserialize(value)?;
                 self.header(&raw.api_version, &raw.metadata);
                 let spec = Spec::FleetSecret(self.fleet_secret(&raw.metadata.name, &raw.spec)?);
-                (spec, serde_yaml::to_string(&raw))
+                (spec, raw.canonical_yaml())
             }
             other => {
                 self.issue_at(
@@ -209,7 +209,7 @@ pub(super) fn is_legacy(object: &serde_json::Map<String, serde_json::Value>) -> 
 
 /// The flat shape rewritten as the Kubernetes shape: `name` → `metadata.name`, `apiVersion` and
 /// `kind` stay, every other field goes under `spec`.
-fn from_legacy(object: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+pub(super) fn from_legacy(object: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
     let mut root = serde_json::Map::new();
     let mut metadata = serde_json::Map::new();
     let mut spec = serde_json::Map::new();
