@@ -5,13 +5,16 @@
 //! operands `.name` (a data key), `$.name`, `.` (the data at the top, the value inside `with`),
 //! `$var`, `"string"`, `` `raw string` ``, `true`/`false`, `(pipeline)`; pipes `a | f` (the piped
 //! value is the last argument); variables `{{ $x := pipeline }}` and `{{ $x = pipeline }}`;
-//! `{{ if p }}…{{ else if p }}…{{ else }}…{{ end }}` and `{{ with p }}…{{ else }}…{{ end }}`
-//! (empty and `false` are false, as in Go; a variable lives until the `end` of its block); the
+//! `{{ if p }}…{{ else if p }}…{{ else }}…{{ end }}`, `{{ with p }}…{{ else }}…{{ end }}` and
+//! `{{ range $key, $value := . }}…{{ else }}…{{ end }}` over the data (keys in sorted order, as Go
+//! ranges over a map; `.` is the value inside) (empty and `false` are false, as in Go; a variable
+//! lives until the `end` of its block); the
 //! functions in `template/functions.rs` (Go's `printf`, `index`, `eq`, `ne`, `not`, `and`, `or`,
 //! `len`; sprig's `b64enc`, `b64dec`, `quote`, `squote`, `toJson`, `toString`, `upper`, `lower`,
 //! `trim`, `trimPrefix`, `trimSuffix`, `replace`, `default`, `empty`, `contains`, `hasPrefix`,
 //! `hasSuffix`, `nindent`, `indent`). Not supported, and refused when the spec is applied:
-//! `range` (ESO's data is a flat map of strings), `define`/`template`/`block`.
+//! `range` over anything but the data (ESO's data is a flat map of strings), `break`/`continue`,
+//! `define`/`template`/`block`.
 //!
 //! **Decision (Go-template crate or this engine):** a maintained crate such as `gtmpl` brings Go's
 //! whole grammar, but its values are plain strings (not zeroized), its error messages quote the
@@ -60,6 +63,13 @@ enum Part {
     /// `with`: the body runs with `.` set to the value when it is true.
     With {
         pipeline: Pipeline,
+        body: Vec<Part>,
+        otherwise: Vec<Part>,
+    },
+    /// `range [$key,] [$value :=] .`: the body once per data key, in key order.
+    Range {
+        key: Option<String>,
+        value: Option<String>,
         body: Vec<Part>,
         otherwise: Vec<Part>,
     },
@@ -159,6 +169,13 @@ enum Frame {
         otherwise: Option<Vec<Part>>,
         variables: Vec<String>,
     },
+    Range {
+        key: Option<String>,
+        value: Option<String>,
+        body: Vec<Part>,
+        otherwise: Option<Vec<Part>>,
+        variables: Vec<String>,
+    },
 }
 
 impl Frame {
@@ -172,15 +189,21 @@ impl Frame {
             | Self::With {
                 otherwise: Some(parts),
                 ..
+            }
+            | Self::Range {
+                otherwise: Some(parts),
+                ..
             } => parts,
             Self::If { current, .. } => current,
-            Self::With { body, .. } => body,
+            Self::With { body, .. } | Self::Range { body, .. } => body,
         }
     }
 
     fn variables(&mut self) -> &mut Vec<String> {
         match self {
-            Self::If { variables, .. } | Self::With { variables, .. } => variables,
+            Self::If { variables, .. } | Self::With { variables, .. } | Self::Range { variables, .. } => {
+                variables
+            }
         }
     }
 }
@@ -191,6 +214,7 @@ enum Keyword<'a> {
     ElseIf(&'a str),
     Else,
     With(&'a str),
+    Range(&'a str),
     End,
     Comment,
     Unsupported(&'static str),
@@ -225,13 +249,11 @@ fn keyword(body: &str) -> Keyword<'_> {
                 _ => Keyword::Unsupported("else takes nothing, or `if` and a condition"),
             }
         }
-        "range" => {
-            Keyword::Unsupported("range is not supported: ESO's template data is a flat map of strings")
-        }
+        "range" => Keyword::Range(rest),
         "define" | "template" | "block" => {
             Keyword::Unsupported("define, template and block are not supported")
         }
-        "break" | "continue" => Keyword::Unsupported("break and continue need range, which is not supported"),
+        "break" | "continue" => Keyword::Unsupported("break and continue are not supported"),
         _ if trimmed.starts_with("/*") => Keyword::Comment,
         _ if trimmed.starts_with('$') => {
             let name_end = trimmed[1..]
@@ -282,9 +304,9 @@ impl Builder {
         name.is_empty()
             || self.variables.iter().any(|known| known == name)
             || self.frames.iter().any(|frame| match frame {
-                Frame::If { variables, .. } | Frame::With { variables, .. } => {
-                    variables.iter().any(|known| known == name)
-                }
+                Frame::If { variables, .. }
+                | Frame::With { variables, .. }
+                | Frame::Range { variables, .. } => variables.iter().any(|known| known == name),
             })
     }
 
@@ -347,6 +369,19 @@ impl Builder {
                     variables: Vec::new(),
                 });
             }
+            Keyword::Range(rest) => {
+                let (key, value) = range_variables(rest).map_err(|message| syntax(message))?;
+                let mut variables = Vec::new();
+                variables.extend(key.clone());
+                variables.extend(value.clone());
+                self.frames.push(Frame::Range {
+                    key,
+                    value,
+                    body: Vec::new(),
+                    otherwise: None,
+                    variables,
+                });
+            }
             Keyword::ElseIf(condition) => {
                 let pipeline = self.pipeline(condition, condition_offset(condition))?;
                 match self.frames.last_mut() {
@@ -376,15 +411,22 @@ impl Builder {
                     branches.push((condition.clone(), std::mem::take(current)));
                     *otherwise = Some(Vec::new());
                 }
-                Some(Frame::With {
-                    otherwise: otherwise @ None,
-                    variables,
-                    ..
-                }) => {
+                Some(
+                    Frame::With {
+                        otherwise: otherwise @ None,
+                        variables,
+                        ..
+                    }
+                    | Frame::Range {
+                        otherwise: otherwise @ None,
+                        variables,
+                        ..
+                    },
+                ) => {
                     variables.clear();
                     *otherwise = Some(Vec::new());
                 }
-                _ => return Err(syntax("else without an open if or with")),
+                _ => return Err(syntax("else without an open if, with or range")),
             },
             Keyword::End => {
                 let part = match self.frames.pop() {
@@ -413,7 +455,19 @@ impl Builder {
                         body,
                         otherwise: otherwise.unwrap_or_default(),
                     },
-                    None => return Err(syntax("end without an open if or with")),
+                    Some(Frame::Range {
+                        key,
+                        value,
+                        body,
+                        otherwise,
+                        ..
+                    }) => Part::Range {
+                        key,
+                        value,
+                        body,
+                        otherwise: otherwise.unwrap_or_default(),
+                    },
+                    None => return Err(syntax("end without an open if, with or range")),
                 };
                 self.parts().push(part);
             }
@@ -497,7 +551,7 @@ impl Template {
         if !builder.frames.is_empty() {
             return Err(TemplateError::Syntax {
                 offset: text.len(),
-                message: "unexpected end of template: an if or with has no end".to_owned(),
+                message: "unexpected end of template: an if, with or range has no end".to_owned(),
             });
         }
         Ok(Self { parts: builder.top })
@@ -546,7 +600,39 @@ fn collect_fields(parts: &[Part], names: &mut Vec<String>) {
                 collect_fields(body, names);
                 collect_fields(otherwise, names);
             }
+            Part::Range { body, otherwise, .. } => {
+                collect_fields(body, names);
+                collect_fields(otherwise, names);
+            }
         }
+    }
+}
+
+/// `range`'s declaration: `.`/`$` alone, `$v := .`, or `$k, $v := .` (the data is the only thing
+/// to range over).
+fn range_variables(rest: &str) -> Result<(Option<String>, Option<String>), &'static str> {
+    const MESSAGE: &str = "range goes over the data only: range ., range $v := . or range $k, $v := .";
+    let (declaration, target) = match rest.split_once(":=") {
+        Some((declaration, target)) => (Some(declaration.trim()), target.trim()),
+        None => (None, rest.trim()),
+    };
+    if target != "." && target != "$" {
+        return Err(MESSAGE);
+    }
+    let name = |text: &str| -> Result<String, &'static str> {
+        let name = text.trim().strip_prefix('$').ok_or(MESSAGE)?;
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            Ok(name.to_owned())
+        } else {
+            Err(MESSAGE)
+        }
+    };
+    match declaration {
+        None => Ok((None, None)),
+        Some(declaration) => match declaration.split_once(',') {
+            Some((key, value)) => Ok((Some(name(key)?), Some(name(value)?))),
+            None => Ok((None, Some(name(declaration)?))),
+        },
     }
 }
 
@@ -613,6 +699,41 @@ fn run(parts: &[Part], scope: &mut Scope<'_>, output: &mut Bytes) -> Result<(), 
                     result?;
                 } else {
                     run(otherwise, scope, output)?;
+                }
+            }
+            Part::Range {
+                key,
+                value,
+                body,
+                otherwise,
+            } => {
+                if scope.dot.is_some() {
+                    return Err(TemplateError::Function {
+                        function: "range",
+                        message: "range goes over the data, not over a value",
+                    });
+                }
+                if scope.values.is_empty() {
+                    run(otherwise, scope, output)?;
+                }
+                let values = scope.values;
+                for (name, data) in values {
+                    let item = Value::Bytes(Zeroizing::new(data.expose().to_vec()));
+                    let outer = scope.variables.len();
+                    if let Some(key) = key {
+                        scope.variables.push((
+                            key.clone(),
+                            Value::Bytes(Zeroizing::new(name.as_bytes().to_vec())),
+                        ));
+                    }
+                    if let Some(value) = value {
+                        scope.variables.push((value.clone(), item.clone()));
+                    }
+                    scope.dot = Some(item);
+                    let result = run(body, scope, output);
+                    scope.dot = None;
+                    scope.variables.truncate(outer);
+                    result?;
                 }
             }
         }

@@ -114,6 +114,27 @@ fn control_structures_follow_go() {
         Ok("truetruetrue"),
     );
     check("{{- if .host }}\n  a\n{{- end }}", &data, Ok("\n  a"));
+    // range over the data: keys in sorted order, `.` the value (ESO's templating guide).
+    check(
+        "{{- range $k, $v := . }}\n{{ $k }}: {{ $v | quote }}\n{{- end }}",
+        &data,
+        Ok("\nenv: \"prod\"\nflag: \"false\"\nhost: \"db.internal\"\nport: \"\""),
+    );
+    check(
+        "{{ range . }}[{{ . }}]{{ end }}",
+        &[("b", "2"), ("a", "1")],
+        Ok("[1][2]"),
+    );
+    check(
+        "{{ range $v := $ }}{{ $v }}{{ else }}none{{ end }}",
+        &[],
+        Ok("none"),
+    );
+    check(
+        "{{ range $k, $v := . }}{{ end }}{{ $k }}",
+        &data,
+        Err("undefined variable \"$k\""),
+    );
 }
 
 #[test]
@@ -165,13 +186,22 @@ fn template_errors_name_the_problem_never_the_value() {
     );
     check(r#"{{ printf "%d" .username }}"#, &user, Err("only the %s"));
     check(r#"{{ "unterminated }}"#, &user, Err("unclosed action"));
-    check("{{ if .username }}x", &user, Err("an if or with has no end"));
-    check("{{ end }}", &user, Err("end without an open if or with"));
-    check("{{ else }}", &user, Err("else without an open if or with"));
+    check(
+        "{{ if .username }}x",
+        &user,
+        Err("an if, with or range has no end"),
+    );
+    check("{{ end }}", &user, Err("end without an open if, with or range"));
+    check("{{ else }}", &user, Err("else without an open if, with or range"));
     check(
         "{{ range .username }}{{ end }}",
         &user,
-        Err("range is not supported"),
+        Err("range goes over the data only"),
+    );
+    check(
+        "{{ with .username }}{{ range . }}{{ end }}{{ end }}",
+        &user,
+        Err("range goes over the data, not over a value"),
     );
     check(
         "{{ template \"x\" }}",
