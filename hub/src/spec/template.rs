@@ -370,7 +370,7 @@ impl Builder {
                 });
             }
             Keyword::Range(rest) => {
-                let (key, value) = range_variables(rest).map_err(|message| syntax(message))?;
+                let (key, value) = range_variables(rest).map_err(&syntax)?;
                 let mut variables = Vec::new();
                 variables.extend(key.clone());
                 variables.extend(value.clone());
