@@ -27,6 +27,15 @@ pub async fn run(
             Ok(())
         }
         Command::Migrate(args) => migrate(args).await,
+        Command::Import(command) => {
+            crate::cli::import(
+                command,
+                &mut std::io::stdin(),
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
+            Ok(())
+        }
         Command::Completion(args) => {
             crate::cli::completion(args.shell, &mut std::io::stdout())
                 .map_err(crate::cli::CliError::Output)?;

@@ -6,9 +6,10 @@
 //! Exit codes (see [`CliError::exit_code`]): 0 done, 1 the hub refused or failed, 2 usage (bad
 //! flag, unreadable file, bad selector, missing admin token), 3 the hub cannot be reached or the
 //! admin token is not accepted, 4 the named object does not exist, 5 a `status --fail-on`
-//! condition holds (after printing the status). `cluster add -f` exits 1 when any listed cluster
-//! failed, after reporting every cluster. `rollout status` exits 5 when the rollout is paused, 6
-//! when it failed, 7 when it is not complete (or `--timeout` passed).
+//! condition holds (after printing the status) or `import` converted with warnings. `cluster add
+//! -f` exits 1 when any listed cluster failed, after reporting every cluster. `rollout status`
+//! exits 5 when the rollout is paused, 6 when it failed, 7 when it is not complete (or `--timeout`
+//! passed).
 //!
 //! The admin token is sent as `authorization: Bearer …` and never printed. The only secret this
 //! module prints is an enrollment token, once, to the operator who asked for it.
@@ -30,6 +31,7 @@ mod bulk;
 mod clusters;
 mod connect;
 mod history;
+mod import;
 mod output;
 mod reference;
 mod rollout;
@@ -38,6 +40,7 @@ mod specs;
 mod status;
 
 pub use connect::{BearerToken, Client, admin_token, connect};
+pub use import::import;
 pub use reference::{completion, man_pages, markdown_reference};
 pub use selector::parse_selector;
 
@@ -93,6 +96,12 @@ pub enum CliError {
         /// `fleetsecret/Condition` of each.
         held: Vec<String>,
     },
+    /// `import` converted everything, and reported fields with no keyfleet meaning.
+    #[error("converted with {0} warning(s), listed above")]
+    ConvertedWithWarnings(usize),
+    /// `import` could not convert some documents (each is reported; the others were written).
+    #[error("{0} document(s) could not be converted, listed above")]
+    NotConverted(usize),
     /// Some items of a bulk command failed (each is reported in the output).
     #[error("{failed} of {total} clusters failed")]
     Partial {
@@ -115,8 +124,8 @@ impl CliError {
                 _ => 1,
             },
             Self::Rollout { outcome, .. } => outcome.exit_code(),
-            Self::Spec(_) | Self::Output(_) | Self::Partial { .. } => 1,
-            Self::Conditions { .. } => 5,
+            Self::Spec(_) | Self::Output(_) | Self::Partial { .. } | Self::NotConverted(_) => 1,
+            Self::Conditions { .. } | Self::ConvertedWithWarnings(_) => 5,
         }
     }
 }
@@ -152,7 +161,7 @@ pub async fn run_with(
     let hub_url = command.client().hub_url.clone();
     match command {
         ClientCommand::Cluster(with) => clusters::cluster(client, with.command, &hub_url, input, out).await,
-        ClientCommand::Apply(args) => specs::apply(client, &args.files, args.dry_run, input, out).await,
+        ClientCommand::Apply(args) => specs::apply(client, &args, input, out).await,
         ClientCommand::Get(with) => specs::get(client, with.command, out).await,
         ClientCommand::Delete(with) => specs::delete(client, with.command, out).await,
         ClientCommand::Status(args) => {

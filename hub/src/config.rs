@@ -23,9 +23,9 @@ mod tests;
 
 pub use admin_commands::{
     ApplyArgs, AuditArgs, ClientArgs, ClientCommand, ClusterCommand, DEFAULT_HUB_URL, DeleteCommand,
-    DriftArgs, FailOn, GetCommand, HistoryArgs, LabelChange, OutputFormat, PinArgs, PinTarget,
-    RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs, UnpinTarget, WithClient, parse_label,
-    parse_label_change,
+    DriftArgs, FailOn, GetCommand, HistoryArgs, ImportCommand, ImportEsoArgs, ImportFormat, LabelChange,
+    OutputFormat, PinArgs, PinTarget, RolloutCommand, StatusArgs, SyncNowArgs, UnpinArgs, UnpinTarget,
+    WithClient, parse_label, parse_label_change,
 };
 pub use admin_tokens::{
     AdminTokenDigest, AdminTokenFileError, MIN_ADMIN_TOKEN_BYTES, parse_admin_tokens, read_admin_tokens,
@@ -46,7 +46,8 @@ pub use serve::{
     long_about = None,
     propagate_version = true,
     after_help = "Exit codes: 0 done, 1 the hub refused or failed, 2 usage (bad flag, unreadable file, \
-                  missing admin token), 3 hub unreachable or admin token refused, 4 not found."
+                  missing admin token), 3 hub unreachable or admin token refused, 4 not found, 5 converted with \
+                  warnings (import)."
 )]
 pub struct Cli {
     /// Logging and tracing options (apply to every command).
@@ -69,6 +70,9 @@ pub enum Command {
     /// Administration commands: clients of a running hub's Admin API (see [`crate::cli`]).
     #[command(flatten)]
     Client(ClientCommand),
+    /// Convert other tools' manifests into keyfleet specs (no hub needed).
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Print a shell completion script, e.g. `keyfleet completion bash > /etc/bash_completion.d/keyfleet`.
     Completion(CompletionArgs),
     /// Print the keyfleet(1) man page, or write one page per command into a directory.

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use crate::domain::LabelSelector;
 
+pub mod eso;
 mod raw;
+#[cfg(test)]
+mod schema;
 pub mod template;
 mod validate;
 mod yaml;
@@ -79,8 +82,10 @@ pub struct LoadedSpec {
     pub line: usize,
     /// The checked spec.
     pub spec: Spec,
-    /// Canonical YAML of the document.
+    /// Canonical YAML of the document (see [`kubernetes_yaml`] for display).
     pub canonical_yaml: String,
+    /// Written in the deprecated flat shape (top-level `name`, no `metadata`/`spec`).
+    pub legacy_shape: bool,
 }
 
 /// `kind: SecretStore`, checked.
@@ -513,7 +518,7 @@ pub fn parse_files(
             issues.push(Issue {
                 file: loaded.file.clone(),
                 line: loaded.line,
-                path: "name".to_owned(),
+                path: validate::shown_path("metadata.name", loaded.legacy_shape),
                 message: format!(
                     "{} {:?} is also defined at {file}:{line}",
                     loaded.spec.kind().as_str(),
@@ -532,7 +537,7 @@ pub fn parse_files(
             issues.push(Issue {
                 file: loaded.file.clone(),
                 line: loaded.line,
-                path: "storeRef".to_owned(),
+                path: validate::shown_path("spec.storeRef", loaded.legacy_shape),
                 message: format!("no SecretStore named {:?}", secret.store_ref),
             });
         }
@@ -543,6 +548,112 @@ pub fn parse_files(
         issues.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         Err(SpecError::Invalid(issues))
     }
+}
+
+/// One warning per document written in the deprecated flat shape (top-level `name`, no
+/// `metadata`/`spec`), as `file:line: message`. Such documents are still accepted (and stored in the
+/// Kubernetes shape); the warning says how to move. Unreadable YAML yields no warning here: parsing
+/// reports it.
+pub fn deprecation_warnings(files: &[SpecFile]) -> Vec<Issue> {
+    let mut warnings = Vec::new();
+    for file in files {
+        let Ok(documents) = yaml::parse_documents(&file.content) else {
+            continue;
+        };
+        for document in documents {
+            if let Some(object) = document.value.as_object()
+                && object.contains_key("kind")
+                && validate::is_legacy(object)
+            {
+                warnings.push(Issue {
+                    file: file.name.clone(),
+                    line: document.line_of(""),
+                    path: String::new(),
+                    message: format!(
+                        "deprecated flat spec shape: write apiVersion: {}, metadata.name and the other fields under spec \
+                         (docs/spec.md); `keyfleet get fleetsecrets|stores -o yaml` prints the stored spec in that shape",
+                        validate::API_VERSION
+                    ),
+                });
+            }
+        }
+    }
+    warnings
+}
+
+/// What a set of spec files defines, as far as `apply --prune` needs: the kinds and names, and
+/// which store each FleetSecret reads. Read loosely (the hub validates); unreadable documents are
+/// skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// `(kind, metadata.name)` of every document.
+    pub names: BTreeSet<(Kind, String)>,
+    /// `(FleetSecret name, storeRef)` of every FleetSecret.
+    pub store_refs: BTreeSet<(String, String)>,
+}
+
+/// The specs `files` define, in either shape.
+pub fn declared(files: &[SpecFile]) -> Declared {
+    let mut declared = Declared::default();
+    for file in files {
+        let Ok(documents) = yaml::parse_documents(&file.content) else {
+            continue;
+        };
+        for document in documents {
+            let value = &document.value;
+            let legacy = value.as_object().is_some_and(validate::is_legacy);
+            let (name, body) = if legacy {
+                (&value["name"], value)
+            } else {
+                (&value["metadata"]["name"], &value["spec"])
+            };
+            let (Some(name), Some(kind)) = (name.as_str(), value["kind"].as_str()) else {
+                continue;
+            };
+            match kind {
+                "SecretStore" => {
+                    declared.names.insert((Kind::SecretStore, name.to_owned()));
+                }
+                "FleetSecret" => {
+                    declared.names.insert((Kind::FleetSecret, name.to_owned()));
+                    if let Some(store) = body["storeRef"].as_str() {
+                        declared.store_refs.insert((name.to_owned(), store.to_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    declared
+}
+
+/// A spec's YAML (canonical or as written, either shape) in the Kubernetes shape, fields in
+/// reference order; `None` when it is not a readable spec document.
+pub fn kubernetes_yaml(yaml: &str) -> Option<String> {
+    let document = yaml::parse_documents(yaml).ok()?.into_iter().next()?;
+    let object = document.value.as_object()?;
+    let value = if validate::is_legacy(object) {
+        validate::from_legacy(object)
+    } else {
+        document.value.clone()
+    };
+    match object.get("kind")?.as_str()? {
+        "SecretStore" => serde_yaml::to_string(&serde_json::from_value::<raw::SecretStore>(value).ok()?).ok(),
+        "FleetSecret" => serde_yaml::to_string(&serde_json::from_value::<raw::FleetSecret>(value).ok()?).ok(),
+        _ => None,
+    }
+}
+
+/// `metadata.labels` of a stored spec's canonical YAML (empty for a flat one).
+pub fn stored_labels(yaml: &str) -> BTreeMap<String, String> {
+    yaml::parse_documents(yaml)
+        .ok()
+        .and_then(|documents| documents.into_iter().next())
+        .and_then(|document| {
+            serde_json::from_value::<BTreeMap<String, String>>(document.value["metadata"]["labels"].clone())
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Parses one stored spec (canonical YAML from the store) back into the model.

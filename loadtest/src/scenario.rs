@@ -522,7 +522,9 @@ fn fleet_secret_spec(path: &Path, vault_url: &url::Url) -> anyhow::Result<(Strin
         let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document)
             .with_context(|| format!("parse {}", path.display()))?;
         if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("FleetSecret") {
-            let target = value.get("target").context("FleetSecret without target")?;
+            // The Kubernetes shape (`spec.target`) or the deprecated flat one (`target`).
+            let body = value.get("spec").unwrap_or(&value);
+            let target = body.get("target").context("FleetSecret without target")?;
             name = target
                 .get("name")
                 .and_then(serde_yaml::Value::as_str)

@@ -102,8 +102,9 @@ pub fn markdown_reference() -> String {
         )
     }
 
+    /// A client command, or `import` (documented here though it needs no hub).
     fn is_client(command: &clap::Command) -> bool {
-        command.get_arguments().any(|arg| arg.get_id() == "hub_url")
+        command.get_name() == "import" || command.get_arguments().any(|arg| arg.get_id() == "hub_url")
     }
 
     fn walk(command: &clap::Command, path: &str, out: &mut String) {
@@ -151,6 +152,10 @@ pub fn markdown_reference() -> String {
          2 usage (bad flag, unreadable file, bad selector, missing admin token), 3 the hub is unreachable\n\
          or the admin token or client certificate is refused, 4 the named object does not exist.\n\
          `cluster add -f` reports every cluster and exits 1 when any of them failed.\n\n\
+         `keyfleet import eso` converts External Secrets Operator manifests into specs without a hub:\n\
+         it exits 0 when everything converted, 5 when fields with no keyfleet meaning were reported\n\
+         (stderr, one line each), 1 when some documents could not be converted. Spec fields:\n\
+         `docs/spec.md`.\n\n\
          `keyfleet completion bash|zsh|fish` prints a shell completion script; `keyfleet man` prints\n\
          the keyfleet(1) man page (`--out-dir DIR`: one page per command). Enrolling many clusters:\n\
          `docs/enrollment.md`.\n\n",

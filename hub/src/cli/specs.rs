@@ -1,15 +1,18 @@
-//! The spec commands: `apply` (SecretStore and FleetSecret YAML, all or nothing), `get
-//! fleetsecrets|stores` and `delete fleetsecret`.
+//! The spec commands: `apply` (SecretStore and FleetSecret YAML, all or nothing; `--prune`
+//! then deletes what the files no longer define), `get fleetsecrets|stores` and `delete
+//! fleetsecret|store`.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 
 use keyfleet_proto::v1;
 use serde_json::json;
 
 use super::output::{dash, revision_text, write_listing, yes_no};
 use super::{CliError, Client, call, is_stdin, read_stdin};
-use crate::config::{DeleteCommand, GetCommand, OutputFormat};
+use crate::config::{ApplyArgs, DeleteCommand, GetCommand, OutputFormat};
+use crate::domain::LabelSelector;
+use crate::spec::Kind;
 
 /// `keyfleet get fleetsecrets|stores`.
 pub(super) async fn get(
@@ -39,6 +42,15 @@ pub(super) async fn delete(
             writeln!(out, "fleetsecret/{name} deleted")?;
             Ok(())
         }
+        DeleteCommand::Store { name } => {
+            call(
+                format!("delete secretstore {name:?}"),
+                client.delete_store(v1::DeleteStoreRequest { name: name.clone() }),
+            )
+            .await?;
+            writeln!(out, "secretstore/{name} deleted")?;
+            Ok(())
+        }
     }
 }
 
@@ -46,11 +58,17 @@ pub(super) async fn delete(
 /// `-f -` reads `input` (once), named `<stdin>` in messages.
 pub(super) async fn apply(
     client: &mut Client,
-    paths: &[PathBuf],
-    dry_run: bool,
+    args: &ApplyArgs,
     input: &mut (dyn Read + Send),
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
+    let (paths, dry_run) = (&args.files, args.dry_run);
+    let prune_selector = match &args.prune_selector {
+        None => None,
+        Some(text) => {
+            Some(super::parse_selector(text).map_err(|error| CliError::Usage(format!("-l: {error}")))?)
+        }
+    };
     if paths.iter().filter(|path| is_stdin(path)).count() > 1 {
         return Err(CliError::Usage("-f - (stdin) may be given once".to_owned()));
     }
@@ -75,6 +93,13 @@ pub(super) async fn apply(
                 .join(", ")
         )));
     }
+    // The flat shape still works; say once per document that it is deprecated (on stderr, so
+    // `apply` output stays one line per object).
+    let mut stderr = std::io::stderr();
+    for warning in crate::spec::deprecation_warnings(&files) {
+        writeln!(stderr, "warning: {warning}")?;
+    }
+    let declared = crate::spec::declared(&files);
     let request = v1::ApplySpecsRequest {
         files: files
             .into_iter()
@@ -96,6 +121,88 @@ pub(super) async fn apply(
             object.action,
             object.generation
         )?;
+    }
+    if args.prune {
+        prune(client, &declared, prune_selector.as_ref(), dry_run, out).await?;
+    }
+    Ok(())
+}
+
+/// `apply --prune`: deletes the FleetSecrets, then the SecretStores, on the hub that the applied
+/// files do not define (and whose `metadata.labels` match `selector`, when given). A store still
+/// read by a FleetSecret that stays is kept and said so. Runs after the apply succeeded; with
+/// `dry_run`, only prints what it would delete.
+async fn prune(
+    client: &mut Client,
+    declared: &crate::spec::Declared,
+    selector: Option<&LabelSelector>,
+    dry_run: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    let selected =
+        |yaml: &str| selector.is_none_or(|selector| selector.matches(&crate::spec::stored_labels(yaml)));
+    let secrets = call(
+        "list fleetsecrets".to_owned(),
+        client.list_fleet_secrets(v1::ListFleetSecretsRequest {}),
+    )
+    .await?
+    .fleet_secrets;
+    let mut readers: Vec<(String, String)> = declared.store_refs.iter().cloned().collect();
+    for secret in &secrets {
+        let gone = !declared.names.contains(&(Kind::FleetSecret, secret.name.clone()))
+            && selected(&secret.spec_yaml);
+        if !gone {
+            if !declared.names.contains(&(Kind::FleetSecret, secret.name.clone())) {
+                readers.push((secret.name.clone(), secret.store.clone()));
+            }
+            continue;
+        }
+        if !dry_run {
+            call(
+                format!("prune fleetsecret {:?}", secret.name),
+                client.delete_fleet_secret(v1::DeleteFleetSecretRequest {
+                    name: secret.name.clone(),
+                }),
+            )
+            .await?;
+        }
+        writeln!(out, "fleetsecret/{} pruned{suffix}", secret.name)?;
+    }
+    let stores = call(
+        "list stores".to_owned(),
+        client.list_stores(v1::ListStoresRequest {}),
+    )
+    .await?
+    .stores;
+    for store in &stores {
+        if declared.names.contains(&(Kind::SecretStore, store.name.clone())) || !selected(&store.spec_yaml) {
+            continue;
+        }
+        let read_by: BTreeSet<&str> = readers
+            .iter()
+            .filter(|(_, reads)| *reads == store.name)
+            .map(|(secret, _)| secret.as_str())
+            .collect();
+        if !read_by.is_empty() {
+            writeln!(
+                out,
+                "secretstore/{} kept: not in the files, but read by fleetsecret {}",
+                store.name,
+                read_by.into_iter().collect::<Vec<_>>().join(", ")
+            )?;
+            continue;
+        }
+        if !dry_run {
+            call(
+                format!("prune secretstore {:?}", store.name),
+                client.delete_store(v1::DeleteStoreRequest {
+                    name: store.name.clone(),
+                }),
+            )
+            .await?;
+        }
+        writeln!(out, "secretstore/{} pruned{suffix}", store.name)?;
     }
     Ok(())
 }
@@ -122,7 +229,7 @@ async fn get_fleet_secrets(
                 "generation": secret.generation,
                 "revision": secret.revision,
                 "expires": super::output::timestamp_json(secret.expires.as_ref()),
-                "spec": secret.spec_yaml,
+                "spec": crate::spec::kubernetes_yaml(&secret.spec_yaml).unwrap_or_else(|| secret.spec_yaml.clone()),
             })
         },
         &[
@@ -170,7 +277,7 @@ async fn get_stores(
                 "generation": store.generation,
                 "healthy": store.healthy,
                 "lastError": store.last_error,
-                "spec": store.spec_yaml,
+                "spec": crate::spec::kubernetes_yaml(&store.spec_yaml).unwrap_or_else(|| store.spec_yaml.clone()),
             })
         },
         &["NAME", "VAULT", "AUTH", "GENERATION", "HEALTHY", "LAST ERROR"],

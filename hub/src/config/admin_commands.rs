@@ -121,7 +121,8 @@ pub enum ClientCommand {
     Apply(ApplyArgs),
     /// List FleetSecrets or SecretStores.
     Get(WithClient<GetCommand>),
-    /// Delete a FleetSecret (clusters then remove it as its deletionPolicy says).
+    /// Delete a FleetSecret (clusters then remove it as its deletionPolicy says) or an unused
+    /// SecretStore.
     Delete(WithClient<DeleteCommand>),
     /// Where every FleetSecret (or one) stands: revision, counts, rollout, lagging clusters.
     Status(StatusArgs),
@@ -258,9 +259,17 @@ pub struct ApplyArgs {
     /// `-` reads stdin.
     #[arg(long = "filename", short = 'f', required = true)]
     pub files: Vec<PathBuf>,
-    /// Validate only; store nothing.
+    /// Validate only; store nothing (with --prune: also list what would be pruned).
     #[arg(long)]
     pub dry_run: bool,
+    /// After applying, delete the FleetSecrets and SecretStores on the hub that the files do not
+    /// define (the files are the whole desired state); a store still read by a FleetSecret is kept.
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: only prune specs whose metadata.labels match, e.g. `team=platform` (for a hub
+    /// shared by several repositories).
+    #[arg(long = "selector", short = 'l', requires = "prune", value_name = "SELECTOR")]
+    pub prune_selector: Option<String>,
 }
 
 /// `keyfleet get …`.
@@ -289,6 +298,12 @@ pub enum DeleteCommand {
     #[command(name = "fleetsecret")]
     FleetSecret {
         /// FleetSecret name.
+        name: String,
+    },
+    /// Delete a SecretStore that no FleetSecret reads.
+    #[command(name = "store", visible_alias = "secretstore")]
+    Store {
+        /// SecretStore name.
         name: String,
     },
 }
@@ -517,4 +532,45 @@ pub fn parse_label_change(text: &str) -> Result<LabelChange, String> {
     parse_label(text)
         .map(|(key, value)| LabelChange::Set(key, value))
         .map_err(|_| format!("invalid label change {text:?}, expected key=value or key-"))
+}
+
+/// `keyfleet import …`: converts other tools' manifests; needs no hub.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImportCommand {
+    /// External Secrets Operator manifests (external-secrets.io/v1 and v1beta1: ExternalSecret,
+    /// ClusterExternalSecret, SecretStore and ClusterSecretStore with the azurekv provider) →
+    /// SecretStore and FleetSecret specs. Every field with no keyfleet meaning is reported on stderr
+    /// (file:line: severity: path = value: why). Exit 0 converted, 5 converted with warnings,
+    /// 1 some documents could not be converted (the others are written).
+    Eso(ImportEsoArgs),
+}
+
+/// `keyfleet import eso`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportEsoArgs {
+    /// Manifest file or directory (repeatable); directories are read recursively (*.yaml, *.yml;
+    /// for kustomize overlays pipe `kustomize build DIR` into `-f -`); `-` reads stdin.
+    #[arg(long = "filename", short = 'f', required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output format: yaml (what `keyfleet apply` reads) or json (one object per line).
+    #[arg(long, short = 'o', value_enum, default_value_t = ImportFormat::Yaml)]
+    pub output: ImportFormat,
+    /// Write one file per object into this directory (secretstore-NAME.yaml,
+    /// fleetsecret-NAME.yaml) instead of stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Where the hub finds service principal client secrets: authSecretRef.clientSecret (Secret
+    /// NAME, key KEY) becomes clientSecret.file DIR/NAME/KEY.
+    #[arg(long, value_name = "DIR", default_value = crate::spec::eso::DEFAULT_CREDENTIALS_DIR)]
+    pub credentials_dir: PathBuf,
+}
+
+/// `keyfleet import -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// Multi-document YAML.
+    #[default]
+    Yaml,
+    /// One JSON object per line.
+    Json,
 }

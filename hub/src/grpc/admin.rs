@@ -275,6 +275,18 @@ impl AdminApi for AdminService {
         Ok(Response::new(v1::DeleteFleetSecretResponse {}))
     }
 
+    async fn delete_store(
+        &self,
+        request: Request<v1::DeleteStoreRequest>,
+    ) -> Result<Response<v1::DeleteStoreResponse>, Status> {
+        let actor = actor_of(&request)?;
+        self.admin
+            .delete_store(actor.as_str(), &request.into_inner().name)
+            .await
+            .map_err(admin_err)?;
+        Ok(Response::new(v1::DeleteStoreResponse {}))
+    }
+
     #[tracing::instrument(name = "admin.GetStatus", skip_all)]
     async fn get_status(
         &self,

@@ -260,3 +260,78 @@ fn data_digest_tells_renderings_apart_without_showing_them() {
     assert_ne!(data_digest(&a), data_digest(&b));
     assert_eq!(data_digest(&a), data_digest(&a.clone()));
 }
+
+/// The FleetSecrets `keyfleet import eso` wrote for ESO's documented dockerconfigjson examples
+/// (`hub/tests/fixtures/eso/dockerconfigjson`) render what ESO's guide says they render.
+#[test]
+fn imported_eso_dockerconfigjson_examples_render_as_eso_documents() {
+    let expected =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eso/dockerconfigjson/expected.yaml");
+    let yaml = std::fs::read_to_string(expected).expect("golden output");
+    let store = "apiVersion: keyfleet.io/v1\nkind: SecretStore\nmetadata: { name: example }\nspec: { provider: { azurekv: { vaultUrl: https://example.vault.azure.net } } }\n";
+    let files = [SpecFile {
+        name: "imported.yaml".to_owned(),
+        content: format!("{store}---\n{yaml}"),
+    }];
+    let secrets: BTreeMap<String, FleetSecretSpec> = spec::parse_files(&files, &BTreeSet::new())
+        .unwrap_or_else(|error| panic!("{error}"))
+        .into_iter()
+        .filter_map(|loaded| match loaded.spec {
+            Spec::FleetSecret(secret) => Some((secret.name.clone(), secret)),
+            Spec::SecretStore(_) => None,
+        })
+        .collect();
+    // Registry name, host and password: `{"auths":{"<name | lower>.<host>":{…,"auth":b64(name:password)}}}`.
+    let rendered = render(
+        &secrets["dk-cfg-example-default"],
+        &sources(&[
+            ("docker-registry-name", "myRegistry"),
+            ("docker-registry-host", "docker.io"),
+            ("docker-registry-password", SECRET_WORD),
+        ]),
+    )
+    .expect("renders");
+    assert_eq!(rendered.secret_type, "kubernetes.io/dockerconfigjson");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("myRegistry:{SECRET_WORD}"));
+    assert_eq!(
+        text(&rendered.data[".dockerconfigjson"]),
+        format!(
+            r#"{{"auths":{{"myregistry.docker.io":{{"username":"myRegistry","password":"{SECRET_WORD}","auth":"{auth}"}}}}}}"#
+        )
+    );
+    // A whole docker config through `toString`: copied as it is.
+    let config = r#"{"auths":{"registry.example.io":{"auth":"dXNlcjpwYXNz"}}}"#;
+    let rendered = render(
+        &secrets["dk-cfg-example-apps"],
+        &sources(&[("docker-config-example", config)]),
+    )
+    .expect("renders");
+    assert_eq!(text(&rendered.data[".dockerconfigjson"]), config);
+    assert_eq!(rendered.secret_name, "secret-to-be-created");
+}
+
+/// ESO's documented PKCS#12 ExternalSecret, as `keyfleet import eso` wrote it
+/// (`hub/tests/fixtures/eso/pkcs12`), over a PFX as Key Vault serves it (base64): a
+/// `kubernetes.io/tls` Secret holding what OpenSSL prints for that archive.
+#[test]
+fn imported_eso_pkcs12_example_renders_a_tls_secret() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let read = |path: &str| std::fs::read_to_string(fixtures.join(path)).expect("fixture");
+    let store = "apiVersion: keyfleet.io/v1\nkind: SecretStore\nmetadata: { name: azure-store }\nspec: { provider: { azurekv: { vaultUrl: https://azure-store.vault.azure.net } } }\n";
+    let files = [SpecFile {
+        name: "imported.yaml".to_owned(),
+        content: format!("{store}---\n{}", read("eso/pkcs12/expected.yaml")),
+    }];
+    let Some(Spec::FleetSecret(secret)) = spec::parse_files(&files, &BTreeSet::new())
+        .unwrap_or_else(|error| panic!("{error}"))
+        .pop()
+        .map(|loaded| loaded.spec)
+    else {
+        panic!("a FleetSecret")
+    };
+    let pfx = read("pkcs12/tls.p12.b64").replace('\n', "");
+    let rendered = render(&secret, &sources(&[("tls-client-credentials", &pfx)])).expect("renders");
+    assert_eq!(rendered.secret_type, "kubernetes.io/tls");
+    assert_eq!(text(&rendered.data["tls.crt"]), read("pkcs12/tls.crt.pem"));
+    assert_eq!(text(&rendered.data["tls.key"]), read("pkcs12/tls.key.pem"));
+}

@@ -7,19 +7,75 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// `kind: SecretStore`.
+/// A Kubernetes-shaped document: `apiVersion`, `kind`, `metadata`, `spec`. Documents in the
+/// deprecated flat shape are rewritten into this one before they are read (see `validate`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SecretStore {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
+pub struct Object<S> {
+    pub api_version: String,
     pub kind: String,
+    pub metadata: Metadata,
+    pub spec: S,
+}
+
+impl<S: Serialize> Object<S> {
+    /// The canonical YAML the store keeps: the flat shape of earlier releases when it can say
+    /// everything (no labels or annotations), so that replicas of the previous release, which read
+    /// only that shape, keep reading specs during a rolling upgrade; the Kubernetes shape otherwise.
+    pub fn canonical_yaml(&self) -> Result<String, serde_yaml::Error> {
+        if self.metadata.labels.is_empty() && self.metadata.annotations.is_empty() {
+            serde_yaml::to_string(&Flat {
+                api_version: &self.api_version,
+                kind: &self.kind,
+                name: &self.metadata.name,
+                spec: &self.spec,
+            })
+        } else {
+            serde_yaml::to_string(self)
+        }
+    }
+}
+
+/// The flat shape, written only (see [`Object::canonical_yaml`]).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Flat<'a, S> {
+    api_version: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    #[serde(flatten)]
+    spec: &'a S,
+}
+
+/// `kind: SecretStore`.
+pub type SecretStore = Object<SecretStoreSpec>;
+/// `kind: FleetSecret`.
+pub type FleetSecret = Object<FleetSecretSpec>;
+
+/// `metadata`: the name, and labels and annotations for tooling (kustomize, GitOps controllers).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
     pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `spec` of a SecretStore.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretStoreSpec {
     pub provider: Provider,
 }
 
 /// `provider:` of a SecretStore: exactly one provider.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Provider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,10 +84,12 @@ pub struct Provider {
 
 /// `provider.azurekv`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AzureKv {
     pub vault_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["WorkloadIdentity", "ManagedIdentity", "ServicePrincipal", "AzureCli", null])))]
     pub auth_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
@@ -42,6 +100,7 @@ pub struct AzureKv {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<SecretSourceRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["PublicCloud", "USGovernmentCloud", "ChinaCloud", null])))]
     pub environment_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
@@ -51,6 +110,7 @@ pub struct AzureKv {
 
 /// Where the hub reads a credential from: never inline in the spec.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretSourceRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +121,7 @@ pub struct SecretSourceRef {
 
 /// `rateLimit`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
     pub per_second: u32,
@@ -68,14 +129,11 @@ pub struct RateLimit {
     pub burst: Option<u32>,
 }
 
-/// `kind: FleetSecret`.
+/// `spec` of a FleetSecret.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FleetSecret {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    pub kind: String,
-    pub name: String,
+pub struct FleetSecretSpec {
     pub store_ref: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<DataEntry>,
@@ -94,6 +152,7 @@ pub struct FleetSecret {
 
 /// One `data[]` entry.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataEntry {
     pub secret_key: String,
@@ -102,6 +161,7 @@ pub struct DataEntry {
 
 /// `remoteRef` (also `dataFrom[].extract`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RemoteRef {
     pub key: String,
@@ -110,11 +170,13 @@ pub struct RemoteRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub property: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["None", "Base64", "Base64URL", "Auto", null])))]
     pub decoding_strategy: Option<String>,
 }
 
 /// One `dataFrom[]` entry: exactly one of `extract`, `find`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataFrom {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +187,7 @@ pub struct DataFrom {
 
 /// `dataFrom[].find`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Find {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,11 +195,13 @@ pub struct Find {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["None", "Base64", "Base64URL", "Auto", null])))]
     pub decoding_strategy: Option<String>,
 }
 
 /// `find.name`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FindName {
     pub regexp: String,
@@ -144,6 +209,7 @@ pub struct FindName {
 
 /// `target`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,8 +223,10 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Template>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["Owner", "Merge", "Orphan", null])))]
     pub creation_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["Retain", "Delete", null])))]
     pub deletion_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutable: Option<bool>,
@@ -166,13 +234,16 @@ pub struct Target {
 
 /// `target.template`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Template {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub secret_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["v2", null])))]
     pub engine_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, schemars(extend("enum" = ["Replace", "Merge", null])))]
     pub merge_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<TemplateMetadata>,
@@ -182,6 +253,7 @@ pub struct Template {
 
 /// `target.template.metadata`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplateMetadata {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -192,6 +264,7 @@ pub struct TemplateMetadata {
 
 /// A Kubernetes label selector.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Selector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -202,9 +275,11 @@ pub struct Selector {
 
 /// One `matchExpressions[]` entry.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Requirement {
     pub key: String,
+    #[cfg_attr(test, schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist"])))]
     pub operator: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
@@ -212,6 +287,7 @@ pub struct Requirement {
 
 /// `rollout`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rollout {
     pub waves: Vec<Wave>,
@@ -222,6 +298,7 @@ pub struct Rollout {
 
 /// One wave: a selector or a percentage of the targeted clusters.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Wave {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

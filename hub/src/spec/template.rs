@@ -1,18 +1,42 @@
-//! ESO-style templates for `target.template.data`: Go-template syntax for the handful of forms
-//! secret templates use, parsed when a spec is validated and executed by [`crate::render`].
+//! ESO-style templates for `target.template.data`: Go `text/template` semantics for what secret
+//! templates use, parsed when a spec is validated and executed by [`crate::render`].
 //!
-//! Supported: text with `{{ pipeline }}` actions (`{{-`/`-}}` trim whitespace), operands `.name`,
-//! `"string"`, `(pipeline)`, `index . "key-with-dashes"`, pipes `a | f`, and the functions
-//! `b64enc`, `b64dec`, `printf` (`%s` and `%%` only), `quote`, `toJson`, `upper`, `lower`, `trim`.
+//! Supported: text with `{{ pipeline }}` actions (`{{-`/`-}}` trim whitespace, `{{/* comments */}}`);
+//! operands `.name` (a data key), `$.name`, `.` (the data at the top, the value inside `with`),
+//! `$var`, `"string"`, `` `raw string` ``, `true`/`false`, `(pipeline)`; pipes `a | f` (the piped
+//! value is the last argument); variables `{{ $x := pipeline }}` and `{{ $x = pipeline }}`;
+//! `{{ if p }}…{{ else if p }}…{{ else }}…{{ end }}`, `{{ with p }}…{{ else }}…{{ end }}` and
+//! `{{ range $key, $value := . }}…{{ else }}…{{ end }}` over the data (keys in sorted order, as Go
+//! ranges over a map; `.` is the value inside) (empty and `false` are false, as in Go; a variable
+//! lives until the `end` of its block); the
+//! functions in `template/functions.rs` (Go's `printf`, `index`, `eq`, `ne`, `not`, `and`, `or`,
+//! `len`; sprig's `b64enc`, `b64dec`, `quote`, `squote`, `toJson`, `toString`, `upper`, `lower`,
+//! `trim`, `trimPrefix`, `trimSuffix`, `replace`, `default`, `empty`, `contains`, `hasPrefix`,
+//! `hasSuffix`, `nindent`, `indent`). Not supported, and refused when the spec is applied:
+//! `range` over anything but the data (ESO's data is a flat map of strings), `break`/`continue`,
+//! `define`/`template`/`block`.
+//!
+//! **Decision (Go-template crate or this engine):** a maintained crate such as `gtmpl` brings Go's
+//! whole grammar, but its values are plain strings (not zeroized), its error messages quote the
+//! values they failed on, and it cannot list the data keys a template reads before it runs (which
+//! `apply` uses to refuse a template naming no `data[].secretKey`). Secret values stay in
+//! [`Zeroizing`] buffers here, errors never show one, and the variables are known at parse time.
 //!
 //! **Invariant:** errors name the template position and the function or variable, never a value.
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use crate::domain::SecretValue;
+
+mod action;
+mod functions;
+#[cfg(test)]
+mod tests;
+
+use action::ActionParser;
+pub(crate) use functions::Function;
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +47,32 @@ pub struct Template {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
+    /// `{{ pipeline }}`: printed.
     Action(Pipeline),
+    /// `{{ $name := pipeline }}` (declare) or `{{ $name = pipeline }}`: prints nothing.
+    Assign {
+        name: String,
+        declare: bool,
+        pipeline: Pipeline,
+    },
+    /// `if` / `else if` branches, then `else`.
+    If {
+        branches: Vec<(Pipeline, Vec<Part>)>,
+        otherwise: Vec<Part>,
+    },
+    /// `with`: the body runs with `.` set to the value when it is true.
+    With {
+        pipeline: Pipeline,
+        body: Vec<Part>,
+        otherwise: Vec<Part>,
+    },
+    /// `range [$key,] [$value :=] .`: the body once per data key, in key order.
+    Range {
+        key: Option<String>,
+        value: Option<String>,
+        body: Vec<Part>,
+        otherwise: Vec<Part>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,26 +86,16 @@ struct Command {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Operand {
+    /// `.name` or `$.name`: a data key.
     Field(String),
+    /// `.`.
     Dot,
+    /// `$name` (`$` alone is the data).
+    Variable(String),
     Literal(String),
+    Bool(bool),
     Nested(Pipeline),
 }
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Function {
-    B64Enc,
-    B64Dec,
-    Printf,
-    Quote,
-    ToJson,
-    Upper,
-    Lower,
-    Trim,
-    Index,
-}
-
-const FUNCTIONS: &str = "b64enc, b64dec, printf, quote, toJson, upper, lower, trim, index";
 
 /// Why a template does not parse or cannot be executed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,10 +124,392 @@ pub enum TemplateError {
     },
 }
 
+type Bytes = Zeroizing<Vec<u8>>;
+
+/// A value while a template runs: bytes (every data value and string), or a boolean from a
+/// comparison.
+#[derive(Debug, Clone)]
+enum Value {
+    Bytes(Bytes),
+    Bool(bool),
+}
+
+impl Value {
+    /// Go's truth: false and empty are false.
+    fn truthy(&self) -> bool {
+        match self {
+            Self::Bytes(bytes) => !bytes.is_empty(),
+            Self::Bool(value) => *value,
+        }
+    }
+
+    /// As printed.
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Self::Bytes(bytes) => bytes,
+            Self::Bool(value) => Zeroizing::new(value.to_string().into_bytes()),
+        }
+    }
+}
+
+/// An open block while parsing.
+enum Frame {
+    If {
+        /// Closed branches.
+        branches: Vec<(Pipeline, Vec<Part>)>,
+        /// The branch being read.
+        condition: Pipeline,
+        current: Vec<Part>,
+        otherwise: Option<Vec<Part>>,
+        variables: Vec<String>,
+    },
+    With {
+        pipeline: Pipeline,
+        body: Vec<Part>,
+        otherwise: Option<Vec<Part>>,
+        variables: Vec<String>,
+    },
+    Range {
+        key: Option<String>,
+        value: Option<String>,
+        body: Vec<Part>,
+        otherwise: Option<Vec<Part>>,
+        variables: Vec<String>,
+    },
+}
+
+impl Frame {
+    /// The list new parts go to.
+    fn parts(&mut self) -> &mut Vec<Part> {
+        match self {
+            Self::If {
+                otherwise: Some(parts),
+                ..
+            }
+            | Self::With {
+                otherwise: Some(parts),
+                ..
+            }
+            | Self::Range {
+                otherwise: Some(parts),
+                ..
+            } => parts,
+            Self::If { current, .. } => current,
+            Self::With { body, .. } | Self::Range { body, .. } => body,
+        }
+    }
+
+    fn variables(&mut self) -> &mut Vec<String> {
+        match self {
+            Self::If { variables, .. } | Self::With { variables, .. } | Self::Range { variables, .. } => {
+                variables
+            }
+        }
+    }
+}
+
+/// What an action is, by its first word.
+enum Keyword<'a> {
+    If(&'a str),
+    ElseIf(&'a str),
+    Else,
+    With(&'a str),
+    Range(&'a str),
+    End,
+    Comment,
+    Unsupported(&'static str),
+    Assign {
+        name: &'a str,
+        declare: bool,
+        rest: &'a str,
+        rest_offset: usize,
+    },
+    Pipeline,
+}
+
+fn keyword(body: &str) -> Keyword<'_> {
+    let trimmed = body.trim_start();
+    let word_end = trimmed
+        .find(|c: char| c.is_whitespace() || c == '(')
+        .unwrap_or(trimmed.len());
+    let rest = &trimmed[word_end..];
+    match &trimmed[..word_end] {
+        "if" => Keyword::If(rest),
+        "with" => Keyword::With(rest),
+        "end" if rest.trim().is_empty() => Keyword::End,
+        "else" => {
+            let after = rest.trim_start();
+            match after.strip_prefix("if") {
+                Some(condition)
+                    if condition.starts_with(char::is_whitespace) || condition.starts_with('(') =>
+                {
+                    Keyword::ElseIf(condition)
+                }
+                _ if after.is_empty() => Keyword::Else,
+                _ => Keyword::Unsupported("else takes nothing, or `if` and a condition"),
+            }
+        }
+        "range" => Keyword::Range(rest),
+        "define" | "template" | "block" => {
+            Keyword::Unsupported("define, template and block are not supported")
+        }
+        "break" | "continue" => Keyword::Unsupported("break and continue are not supported"),
+        _ if trimmed.starts_with("/*") => Keyword::Comment,
+        _ if trimmed.starts_with('$') => {
+            let name_end = trimmed[1..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(trimmed.len(), |end| end + 1);
+            let name = &trimmed[1..name_end];
+            let after = trimmed[name_end..].trim_start();
+            let offset_of = |text: &str| body.len() - text.len();
+            if let Some(rest) = after.strip_prefix(":=") {
+                Keyword::Assign {
+                    name,
+                    declare: true,
+                    rest,
+                    rest_offset: offset_of(rest),
+                }
+            } else if let Some(rest) = after.strip_prefix('=').filter(|rest| !rest.starts_with('=')) {
+                Keyword::Assign {
+                    name,
+                    declare: false,
+                    rest,
+                    rest_offset: offset_of(rest),
+                }
+            } else {
+                Keyword::Pipeline
+            }
+        }
+        _ => Keyword::Pipeline,
+    }
+}
+
+/// Parser state across actions.
+struct Builder {
+    top: Vec<Part>,
+    frames: Vec<Frame>,
+    /// Variables declared at the top level.
+    variables: Vec<String>,
+}
+
+impl Builder {
+    fn parts(&mut self) -> &mut Vec<Part> {
+        match self.frames.last_mut() {
+            Some(frame) => frame.parts(),
+            None => &mut self.top,
+        }
+    }
+
+    fn declared(&self, name: &str) -> bool {
+        name.is_empty()
+            || self.variables.iter().any(|known| known == name)
+            || self.frames.iter().any(|frame| match frame {
+                Frame::If { variables, .. }
+                | Frame::With { variables, .. }
+                | Frame::Range { variables, .. } => variables.iter().any(|known| known == name),
+            })
+    }
+
+    fn declare(&mut self, name: &str) {
+        match self.frames.last_mut() {
+            Some(frame) => frame.variables().push(name.to_owned()),
+            None => self.variables.push(name.to_owned()),
+        }
+    }
+
+    /// Parses a pipeline at `offset` and checks the variables it uses are declared.
+    fn pipeline(&self, text: &str, offset: usize) -> Result<Pipeline, TemplateError> {
+        let mut parser = ActionParser::new(text, offset);
+        let pipeline = parser.pipeline()?;
+        parser.skip_space();
+        if !parser.at_end() {
+            return Err(parser.error("unexpected text in action"));
+        }
+        let mut used = Vec::new();
+        pipeline.collect_variable_uses(&mut used);
+        if let Some(name) = used.iter().find(|name| !self.declared(name)) {
+            return Err(TemplateError::Syntax {
+                offset,
+                message: format!("undefined variable \"${name}\""),
+            });
+        }
+        Ok(pipeline)
+    }
+
+    /// One action's body at `offset`.
+    fn action(&mut self, body: &str, offset: usize) -> Result<(), TemplateError> {
+        let syntax = |message: &str| TemplateError::Syntax {
+            offset,
+            message: message.to_owned(),
+        };
+        let condition_offset = |text: &str| offset + body.len() - text.len();
+        match keyword(body) {
+            Keyword::Comment => {
+                if !body.trim().ends_with("*/") {
+                    return Err(syntax("unclosed comment"));
+                }
+            }
+            Keyword::Unsupported(message) => return Err(syntax(message)),
+            Keyword::If(condition) => {
+                let pipeline = self.pipeline(condition, condition_offset(condition))?;
+                self.frames.push(Frame::If {
+                    branches: Vec::new(),
+                    condition: pipeline,
+                    current: Vec::new(),
+                    otherwise: None,
+                    variables: Vec::new(),
+                });
+            }
+            Keyword::With(value) => {
+                let pipeline = self.pipeline(value, condition_offset(value))?;
+                self.frames.push(Frame::With {
+                    pipeline,
+                    body: Vec::new(),
+                    otherwise: None,
+                    variables: Vec::new(),
+                });
+            }
+            Keyword::Range(rest) => {
+                let (key, value) = range_variables(rest).map_err(&syntax)?;
+                let mut variables = Vec::new();
+                variables.extend(key.clone());
+                variables.extend(value.clone());
+                self.frames.push(Frame::Range {
+                    key,
+                    value,
+                    body: Vec::new(),
+                    otherwise: None,
+                    variables,
+                });
+            }
+            Keyword::ElseIf(condition) => {
+                let pipeline = self.pipeline(condition, condition_offset(condition))?;
+                match self.frames.last_mut() {
+                    Some(Frame::If {
+                        branches,
+                        condition,
+                        current,
+                        otherwise: None,
+                        variables,
+                    }) => {
+                        variables.clear();
+                        let previous = std::mem::replace(condition, pipeline);
+                        branches.push((previous, std::mem::take(current)));
+                    }
+                    _ => return Err(syntax("else if without an open if")),
+                }
+            }
+            Keyword::Else => match self.frames.last_mut() {
+                Some(Frame::If {
+                    branches,
+                    condition,
+                    current,
+                    otherwise: otherwise @ None,
+                    variables,
+                }) => {
+                    variables.clear();
+                    branches.push((condition.clone(), std::mem::take(current)));
+                    *otherwise = Some(Vec::new());
+                }
+                Some(
+                    Frame::With {
+                        otherwise: otherwise @ None,
+                        variables,
+                        ..
+                    }
+                    | Frame::Range {
+                        otherwise: otherwise @ None,
+                        variables,
+                        ..
+                    },
+                ) => {
+                    variables.clear();
+                    *otherwise = Some(Vec::new());
+                }
+                _ => return Err(syntax("else without an open if, with or range")),
+            },
+            Keyword::End => {
+                let part = match self.frames.pop() {
+                    Some(Frame::If {
+                        mut branches,
+                        condition,
+                        current,
+                        otherwise,
+                        ..
+                    }) => {
+                        if otherwise.is_none() {
+                            branches.push((condition, current));
+                        }
+                        Part::If {
+                            branches,
+                            otherwise: otherwise.unwrap_or_default(),
+                        }
+                    }
+                    Some(Frame::With {
+                        pipeline,
+                        body,
+                        otherwise,
+                        ..
+                    }) => Part::With {
+                        pipeline,
+                        body,
+                        otherwise: otherwise.unwrap_or_default(),
+                    },
+                    Some(Frame::Range {
+                        key,
+                        value,
+                        body,
+                        otherwise,
+                        ..
+                    }) => Part::Range {
+                        key,
+                        value,
+                        body,
+                        otherwise: otherwise.unwrap_or_default(),
+                    },
+                    None => return Err(syntax("end without an open if, with or range")),
+                };
+                self.parts().push(part);
+            }
+            Keyword::Assign {
+                name,
+                declare,
+                rest,
+                rest_offset,
+            } => {
+                if name.is_empty() {
+                    return Err(syntax("cannot assign to $"));
+                }
+                if !declare && !self.declared(name) {
+                    return Err(syntax(&format!("undefined variable \"${name}\"")));
+                }
+                let pipeline = self.pipeline(rest, offset + rest_offset)?;
+                if declare {
+                    self.declare(name);
+                }
+                self.parts().push(Part::Assign {
+                    name: name.to_owned(),
+                    declare,
+                    pipeline,
+                });
+            }
+            Keyword::Pipeline => {
+                let pipeline = self.pipeline(body, offset)?;
+                self.parts().push(Part::Action(pipeline));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Template {
     /// Parses `text`.
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
-        let mut parts = Vec::new();
+        let mut builder = Builder {
+            top: Vec::new(),
+            frames: Vec::new(),
+            variables: Vec::new(),
+        };
         let mut rest = text;
         let mut offset = 0;
         let mut trim_next_text = false;
@@ -106,10 +527,10 @@ impl Template {
                 literal = literal.trim_end();
             }
             if !literal.is_empty() {
-                parts.push(Part::Text(literal.to_owned()));
+                builder.parts().push(Part::Text(literal.to_owned()));
             }
             let action_offset = offset + open + 2 + body_start;
-            let close = after_open.find("}}").ok_or(TemplateError::Syntax {
+            let close = action::find_close(after_open, body_start).ok_or(TemplateError::Syntax {
                 offset: offset + open,
                 message: "unclosed action: missing }}".to_owned(),
             })?;
@@ -119,35 +540,27 @@ impl Template {
                 body = stripped;
                 trim_next_text = true;
             }
-            let mut parser = ActionParser {
-                text: body,
-                position: 0,
-                base: action_offset,
-            };
-            let pipeline = parser.pipeline()?;
-            parser.skip_space();
-            if parser.position != body.len() {
-                return Err(parser.error("unexpected text in action"));
-            }
-            parts.push(Part::Action(pipeline));
+            builder.action(body, action_offset)?;
             offset += open + 2 + close + 2;
             rest = &after_open[close + 2..];
         }
         let literal = if trim_next_text { rest.trim_start() } else { rest };
         if !literal.is_empty() {
-            parts.push(Part::Text(literal.to_owned()));
+            builder.parts().push(Part::Text(literal.to_owned()));
         }
-        Ok(Self { parts })
+        if !builder.frames.is_empty() {
+            return Err(TemplateError::Syntax {
+                offset: text.len(),
+                message: "unexpected end of template: an if, with or range has no end".to_owned(),
+            });
+        }
+        Ok(Self { parts: builder.top })
     }
 
-    /// Names of the `.name` and `index . "name"` variables the template reads.
+    /// Names of the data keys the template reads (`.name`, `$.name`, `index . "name"`).
     pub fn variables(&self) -> Vec<String> {
         let mut names = Vec::new();
-        for part in &self.parts {
-            if let Part::Action(pipeline) = part {
-                pipeline.collect_variables(&mut names);
-            }
-        }
+        collect_fields(&self.parts, &mut names);
         names.sort();
         names.dedup();
         names
@@ -156,23 +569,185 @@ impl Template {
     /// Executes the template over `values`.
     pub fn execute(&self, values: &BTreeMap<String, SecretValue>) -> Result<SecretValue, TemplateError> {
         let mut output = Zeroizing::new(Vec::new());
-        for part in &self.parts {
-            match part {
-                Part::Text(text) => output.extend_from_slice(text.as_bytes()),
-                Part::Action(pipeline) => output.extend_from_slice(&pipeline.execute(values)?),
-            }
-        }
+        let mut scope = Scope {
+            values,
+            dot: None,
+            variables: Vec::new(),
+        };
+        run(&self.parts, &mut scope, &mut output)?;
         Ok(SecretValue::new(std::mem::take(&mut *output)))
     }
 }
 
-type Bytes = Zeroizing<Vec<u8>>;
+fn collect_fields(parts: &[Part], names: &mut Vec<String>) {
+    for part in parts {
+        match part {
+            Part::Text(_) => {}
+            Part::Action(pipeline) | Part::Assign { pipeline, .. } => pipeline.collect_fields(names),
+            Part::If { branches, otherwise } => {
+                for (condition, body) in branches {
+                    condition.collect_fields(names);
+                    collect_fields(body, names);
+                }
+                collect_fields(otherwise, names);
+            }
+            Part::With {
+                pipeline,
+                body,
+                otherwise,
+            } => {
+                pipeline.collect_fields(names);
+                collect_fields(body, names);
+                collect_fields(otherwise, names);
+            }
+            Part::Range { body, otherwise, .. } => {
+                collect_fields(body, names);
+                collect_fields(otherwise, names);
+            }
+        }
+    }
+}
+
+/// `range`'s declaration: `.`/`$` alone, `$v := .`, or `$k, $v := .` (the data is the only thing
+/// to range over).
+fn range_variables(rest: &str) -> Result<(Option<String>, Option<String>), &'static str> {
+    const MESSAGE: &str = "range goes over the data only: range ., range $v := . or range $k, $v := .";
+    let (declaration, target) = match rest.split_once(":=") {
+        Some((declaration, target)) => (Some(declaration.trim()), target.trim()),
+        None => (None, rest.trim()),
+    };
+    if target != "." && target != "$" {
+        return Err(MESSAGE);
+    }
+    let name = |text: &str| -> Result<String, &'static str> {
+        let name = text.trim().strip_prefix('$').ok_or(MESSAGE)?;
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            Ok(name.to_owned())
+        } else {
+            Err(MESSAGE)
+        }
+    };
+    match declaration {
+        None => Ok((None, None)),
+        Some(declaration) => match declaration.split_once(',') {
+            Some((key, value)) => Ok((Some(name(key)?), Some(name(value)?))),
+            None => Ok((None, Some(name(declaration)?))),
+        },
+    }
+}
+
+/// What a running template sees: the data, `.` inside `with`, and the variables in scope.
+struct Scope<'a> {
+    values: &'a BTreeMap<String, SecretValue>,
+    /// `None`: `.` is the data.
+    dot: Option<Value>,
+    variables: Vec<(String, Value)>,
+}
+
+impl Scope<'_> {
+    fn variable(&self, name: &str) -> Result<Value, TemplateError> {
+        self.variables
+            .iter()
+            .rev()
+            .find(|(known, _)| known == name)
+            .map(|(_, value)| value.clone())
+            .ok_or_else(|| TemplateError::UnknownVariable {
+                name: format!("${name}"),
+            })
+    }
+}
+
+fn run(parts: &[Part], scope: &mut Scope<'_>, output: &mut Bytes) -> Result<(), TemplateError> {
+    let depth = scope.variables.len();
+    for part in parts {
+        match part {
+            Part::Text(text) => output.extend_from_slice(text.as_bytes()),
+            Part::Action(pipeline) => output.extend_from_slice(&pipeline.execute(scope)?.into_bytes()),
+            Part::Assign {
+                name,
+                declare,
+                pipeline,
+            } => {
+                let value = pipeline.execute(scope)?;
+                // `$x := …` declares in this block (shadowing); `$x = …` sets the nearest one.
+                let existing = scope.variables.iter_mut().rev().find(|(known, _)| known == name);
+                match (declare, existing) {
+                    (false, Some(slot)) => slot.1 = value,
+                    _ => scope.variables.push((name.clone(), value)),
+                }
+            }
+            Part::If { branches, otherwise } => {
+                let mut chosen = otherwise;
+                for (condition, body) in branches {
+                    if condition.execute(scope)?.truthy() {
+                        chosen = body;
+                        break;
+                    }
+                }
+                run(chosen, scope, output)?;
+            }
+            Part::With {
+                pipeline,
+                body,
+                otherwise,
+            } => {
+                let value = pipeline.execute(scope)?;
+                if value.truthy() {
+                    let outer = scope.dot.replace(value);
+                    let result = run(body, scope, output);
+                    scope.dot = outer;
+                    result?;
+                } else {
+                    run(otherwise, scope, output)?;
+                }
+            }
+            Part::Range {
+                key,
+                value,
+                body,
+                otherwise,
+            } => {
+                if scope.dot.is_some() {
+                    return Err(TemplateError::Function {
+                        function: "range",
+                        message: "range goes over the data, not over a value",
+                    });
+                }
+                if scope.values.is_empty() {
+                    run(otherwise, scope, output)?;
+                }
+                let values = scope.values;
+                for (name, data) in values {
+                    let item = Value::Bytes(Zeroizing::new(data.expose().to_vec()));
+                    let outer = scope.variables.len();
+                    if let Some(key) = key {
+                        scope.variables.push((
+                            key.clone(),
+                            Value::Bytes(Zeroizing::new(name.as_bytes().to_vec())),
+                        ));
+                    }
+                    if let Some(value) = value {
+                        scope.variables.push((value.clone(), item.clone()));
+                    }
+                    scope.dot = Some(item);
+                    let result = run(body, scope, output);
+                    scope.dot = None;
+                    scope.variables.truncate(outer);
+                    result?;
+                }
+            }
+        }
+    }
+    scope.variables.truncate(depth);
+    Ok(())
+}
 
 impl Pipeline {
-    fn collect_variables(&self, names: &mut Vec<String>) {
+    fn collect_fields(&self, names: &mut Vec<String>) {
         for command in &self.0 {
             if command.function == Some(Function::Index) {
-                if let [Operand::Dot, Operand::Literal(name)] = command.args.as_slice() {
+                if let [Operand::Dot | Operand::Variable(_), Operand::Literal(name)] = command.args.as_slice()
+                {
                     names.push(name.clone());
                 }
                 continue;
@@ -180,22 +755,34 @@ impl Pipeline {
             for arg in &command.args {
                 match arg {
                     Operand::Field(name) => names.push(name.clone()),
-                    Operand::Nested(pipeline) => pipeline.collect_variables(names),
-                    Operand::Dot | Operand::Literal(_) => {}
+                    Operand::Nested(pipeline) => pipeline.collect_fields(names),
+                    _ => {}
                 }
             }
         }
     }
 
-    fn execute(&self, values: &BTreeMap<String, SecretValue>) -> Result<Bytes, TemplateError> {
-        let mut previous: Option<Bytes> = None;
+    fn collect_variable_uses(&self, names: &mut Vec<String>) {
+        for command in &self.0 {
+            for arg in &command.args {
+                match arg {
+                    Operand::Variable(name) => names.push(name.clone()),
+                    Operand::Nested(pipeline) => pipeline.collect_variable_uses(names),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn execute(&self, scope: &Scope<'_>) -> Result<Value, TemplateError> {
+        let mut previous: Option<Value> = None;
         for command in &self.0 {
             let mut args = Vec::with_capacity(command.args.len() + 1);
             if command.function == Some(Function::Index) {
-                args.push(index(values, &command.args)?);
+                args.push(index(scope, &command.args)?);
             } else {
                 for arg in &command.args {
-                    args.push(operand(values, arg)?);
+                    args.push(operand(scope, arg)?);
                 }
             }
             if let Some(piped) = previous.take() {
@@ -203,7 +790,7 @@ impl Pipeline {
             }
             previous = Some(match command.function {
                 None | Some(Function::Index) => match args.len() {
-                    1 => args.pop().unwrap_or_default(),
+                    1 => args.pop().unwrap_or(Value::Bytes(Bytes::default())),
                     _ => {
                         return Err(TemplateError::Function {
                             function: "value",
@@ -211,355 +798,46 @@ impl Pipeline {
                         });
                     }
                 },
-                Some(function) => call(function, args)?,
+                Some(function) => functions::call(function, args)?,
             });
         }
-        Ok(previous.unwrap_or_default())
+        Ok(previous.unwrap_or(Value::Bytes(Bytes::default())))
     }
 }
 
-fn operand(values: &BTreeMap<String, SecretValue>, operand: &Operand) -> Result<Bytes, TemplateError> {
+fn operand(scope: &Scope<'_>, operand: &Operand) -> Result<Value, TemplateError> {
     match operand {
-        Operand::Field(name) => values
+        Operand::Field(name) => scope
+            .values
             .get(name)
-            .map(|value| Zeroizing::new(value.expose().to_vec()))
+            .map(|value| Value::Bytes(Zeroizing::new(value.expose().to_vec())))
             .ok_or_else(|| TemplateError::UnknownVariable { name: name.clone() }),
-        Operand::Literal(text) => Ok(Zeroizing::new(text.as_bytes().to_vec())),
-        Operand::Nested(pipeline) => pipeline.execute(values),
-        Operand::Dot => Err(TemplateError::Function {
+        Operand::Literal(text) => Ok(Value::Bytes(Zeroizing::new(text.as_bytes().to_vec()))),
+        Operand::Bool(value) => Ok(Value::Bool(*value)),
+        Operand::Nested(pipeline) => pipeline.execute(scope),
+        Operand::Variable(name) if name.is_empty() => Err(TemplateError::Function {
             function: "value",
-            message: "`.` alone can only be used as `index . \"key\"`",
+            message: "`$` alone can only be used as `index $ \"key\"` or `$.key`",
+        }),
+        Operand::Variable(name) => scope.variable(name),
+        Operand::Dot => scope.dot.clone().ok_or(TemplateError::Function {
+            function: "value",
+            message: "`.` alone is the data here: use `.key` or `index . \"key\"`",
         }),
     }
 }
 
-fn index(values: &BTreeMap<String, SecretValue>, args: &[Operand]) -> Result<Bytes, TemplateError> {
+fn index(scope: &Scope<'_>, args: &[Operand]) -> Result<Value, TemplateError> {
     match args {
-        [Operand::Dot, Operand::Literal(name)] => operand(values, &Operand::Field(name.clone())),
+        [Operand::Dot, Operand::Literal(name)] if scope.dot.is_none() => {
+            operand(scope, &Operand::Field(name.clone()))
+        }
+        [Operand::Variable(root), Operand::Literal(name)] if root.is_empty() => {
+            operand(scope, &Operand::Field(name.clone()))
+        }
         _ => Err(TemplateError::Function {
             function: "index",
-            message: "expected index . \"key\"",
+            message: "expected index . \"key\" (or index $ \"key\")",
         }),
-    }
-}
-
-fn call(function: Function, mut args: Vec<Bytes>) -> Result<Bytes, TemplateError> {
-    let name = function.name();
-    let one = |args: &mut Vec<Bytes>| -> Result<Bytes, TemplateError> {
-        if args.len() == 1 {
-            Ok(args.pop().unwrap_or_default())
-        } else {
-            Err(TemplateError::Function {
-                function: name,
-                message: "expects exactly one argument",
-            })
-        }
-    };
-    let text = |bytes: &Bytes| -> Result<String, TemplateError> {
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| TemplateError::Function {
-                function: name,
-                message: "input is not UTF-8 text",
-            })
-    };
-    Ok(match function {
-        Function::B64Enc => {
-            let input = one(&mut args)?;
-            Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .encode(&*input)
-                    .into_bytes(),
-            )
-        }
-        Function::B64Dec => {
-            let input = one(&mut args)?;
-            let trimmed = input.trim_ascii();
-            Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(trimmed)
-                    .map_err(|_| TemplateError::Function {
-                        function: name,
-                        message: "input is not valid base64",
-                    })?,
-            )
-        }
-        Function::Upper => Zeroizing::new(text(&one(&mut args)?)?.to_uppercase().into_bytes()),
-        Function::Lower => Zeroizing::new(text(&one(&mut args)?)?.to_lowercase().into_bytes()),
-        Function::Trim => Zeroizing::new(one(&mut args)?.trim_ascii().to_vec()),
-        Function::Quote | Function::ToJson => {
-            let input = text(&one(&mut args)?)?;
-            let quoted = Zeroizing::new(serde_json::Value::String(input).to_string());
-            Zeroizing::new(quoted.as_bytes().to_vec())
-        }
-        Function::Printf => {
-            if args.is_empty() {
-                return Err(TemplateError::Function {
-                    function: name,
-                    message: "expects a format string",
-                });
-            }
-            let format = text(&args.remove(0))?;
-            let mut output = Zeroizing::new(Vec::new());
-            let mut rest = args.into_iter();
-            let mut chars = format.chars().peekable();
-            while let Some(c) = chars.next() {
-                if c != '%' {
-                    let mut buffer = [0; 4];
-                    output.extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
-                    continue;
-                }
-                match chars.next() {
-                    Some('%') => output.push(b'%'),
-                    Some('s') | Some('v') => {
-                        let arg = rest.next().ok_or(TemplateError::Function {
-                            function: name,
-                            message: "more verbs than arguments",
-                        })?;
-                        output.extend_from_slice(&arg);
-                    }
-                    _ => {
-                        return Err(TemplateError::Function {
-                            function: name,
-                            message: "only the %s, %v and %% verbs are supported",
-                        });
-                    }
-                }
-            }
-            if rest.next().is_some() {
-                return Err(TemplateError::Function {
-                    function: name,
-                    message: "more arguments than verbs",
-                });
-            }
-            output
-        }
-        // `index` needs the whole data map and is evaluated before any call; a lone argument
-        // passes through.
-        Function::Index => one(&mut args)?,
-    })
-}
-
-impl Function {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "b64enc" => Self::B64Enc,
-            "b64dec" => Self::B64Dec,
-            "printf" => Self::Printf,
-            "quote" => Self::Quote,
-            "toJson" => Self::ToJson,
-            "upper" => Self::Upper,
-            "lower" => Self::Lower,
-            "trim" => Self::Trim,
-            "index" => Self::Index,
-            _ => return None,
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::B64Enc => "b64enc",
-            Self::B64Dec => "b64dec",
-            Self::Printf => "printf",
-            Self::Quote => "quote",
-            Self::ToJson => "toJson",
-            Self::Upper => "upper",
-            Self::Lower => "lower",
-            Self::Trim => "trim",
-            Self::Index => "index",
-        }
-    }
-}
-
-struct ActionParser<'a> {
-    text: &'a str,
-    position: usize,
-    base: usize,
-}
-
-impl ActionParser<'_> {
-    fn error(&self, message: &str) -> TemplateError {
-        TemplateError::Syntax {
-            offset: self.base + self.position,
-            message: message.to_owned(),
-        }
-    }
-
-    fn skip_space(&mut self) {
-        while self.peek().is_some_and(char::is_whitespace) {
-            self.position += 1;
-        }
-    }
-
-    fn peek(&self) -> Option<char> {
-        self.text[self.position..].chars().next()
-    }
-
-    fn pipeline(&mut self) -> Result<Pipeline, TemplateError> {
-        let mut commands = vec![self.command()?];
-        loop {
-            self.skip_space();
-            if self.peek() == Some('|') {
-                self.position += 1;
-                commands.push(self.command()?);
-            } else {
-                return Ok(Pipeline(commands));
-            }
-        }
-    }
-
-    fn command(&mut self) -> Result<Command, TemplateError> {
-        self.skip_space();
-        let mut function = None;
-        if self.peek().is_some_and(|c| c.is_ascii_alphabetic()) {
-            let start = self.position;
-            let word = self.word().to_owned();
-            function = Some(Function::parse(&word).ok_or_else(|| {
-                self.position = start;
-                self.error(&format!("unknown function {word:?}; known: {FUNCTIONS}"))
-            })?);
-        }
-        let mut args = Vec::new();
-        loop {
-            self.skip_space();
-            match self.peek() {
-                None | Some('|') | Some(')') => break,
-                _ => args.push(self.operand()?),
-            }
-        }
-        if function.is_none() && args.is_empty() {
-            return Err(self.error("empty command"));
-        }
-        Ok(Command { function, args })
-    }
-
-    fn word(&mut self) -> &str {
-        let start = self.position;
-        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
-            self.position += 1;
-        }
-        &self.text[start..self.position]
-    }
-
-    fn operand(&mut self) -> Result<Operand, TemplateError> {
-        match self.peek() {
-            Some('.') => {
-                self.position += 1;
-                let name = self.word().to_owned();
-                Ok(if name.is_empty() {
-                    Operand::Dot
-                } else {
-                    Operand::Field(name)
-                })
-            }
-            Some('"') => self.string().map(Operand::Literal),
-            Some('(') => {
-                self.position += 1;
-                let pipeline = self.pipeline()?;
-                self.skip_space();
-                if self.peek() != Some(')') {
-                    return Err(self.error("missing )"));
-                }
-                self.position += 1;
-                Ok(Operand::Nested(pipeline))
-            }
-            _ => Err(self.error("expected .name, \"string\" or (pipeline)")),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, TemplateError> {
-        let start = self.position;
-        self.position += 1;
-        let mut escaped = false;
-        while let Some(c) = self.peek() {
-            self.position += c.len_utf8();
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                let literal = &self.text[start..self.position];
-                return serde_json::from_str(literal).map_err(|_| {
-                    self.position = start;
-                    self.error("invalid escape in string")
-                });
-            }
-        }
-        self.position = start;
-        Err(self.error("unterminated string"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), SecretValue::new(v.as_bytes())))
-            .collect()
-    }
-
-    fn check(template: &str, data: &[(&str, &str)], expected: Result<&str, &str>) {
-        let result = Template::parse(template).and_then(|parsed| parsed.execute(&values(data)));
-        match (result, expected) {
-            (Ok(output), Ok(want)) => {
-                assert_eq!(
-                    std::str::from_utf8(output.expose()).expect("utf-8"),
-                    want,
-                    "{template}"
-                );
-            }
-            (Err(error), Err(want)) => {
-                assert!(error.to_string().contains(want), "{template}: {error}");
-            }
-            (got, want) => panic!("{template}: got {got:?}, expected {want:?}"),
-        }
-    }
-
-    #[test]
-    fn templates_render_like_eso() {
-        let user = [("username", "bob"), ("password", "p\"w"), ("server", "r.io")];
-        check("plain", &[], Ok("plain"));
-        check("{{ .username }}@{{.server}}", &user, Ok("bob@r.io"));
-        check("{{ .username | b64enc }}", &user, Ok("Ym9i"));
-        check(
-            r#"{{ printf "%s:%s" .username .password | b64enc }}"#,
-            &user,
-            Ok("Ym9iOnAidw=="),
-        );
-        check("{{ .password | toJson }}", &user, Ok(r#""p\"w""#));
-        check(r#"{{ index . "server" | upper }}"#, &user, Ok("R.IO"));
-        check("a {{- .username -}} b", &user, Ok("abobb"));
-        check("{{ b64dec (b64enc .username) }}", &user, Ok("bob"));
-        check(r#"{{ printf "100%%" }}"#, &[], Ok("100%"));
-    }
-
-    #[test]
-    fn template_errors_name_the_problem_never_the_value() {
-        let user = [("username", "s3cr3t-value")];
-        check("{{ .missing }}", &user, Err(r#"refers to "missing""#));
-        check("{{ .username | sha }}", &user, Err("unknown function \"sha\""));
-        check("{{ .username ", &user, Err("unclosed action"));
-        check(
-            "{{ .username | b64dec }}",
-            &user,
-            Err("b64dec: input is not valid base64"),
-        );
-        check(r#"{{ printf "%d" .username }}"#, &user, Err("only the %s"));
-        check(r#"{{ "unterminated }}"#, &user, Err("unterminated string"));
-        let error = Template::parse("{{ .username | b64dec }}")
-            .expect("parses")
-            .execute(&values(&user))
-            .expect_err("not base64");
-        assert!(!error.to_string().contains("s3cr3t"), "{error}");
-    }
-
-    #[test]
-    fn variables_lists_every_name_read() {
-        let template =
-            Template::parse(r#"{{ .a }}{{ printf "%s" (.b | b64enc) }}{{ index . "c-d" }}"#).expect("parses");
-        assert_eq!(template.variables(), vec!["a", "b", "c-d"]);
     }
 }

@@ -118,7 +118,7 @@ fn rejected_inputs_name_file_line_and_field() {
         (
             regcred_with("storeRef: shared-kv", "storeRef: shared-kv\ncolour: blue"),
             &[
-                r#"regcred.yaml:4: colour: unknown field "colour", expected one of "apiVersion", "kind", "name", "storeRef", "data", "dataFrom", "target", "clusters", "rollout", "nearExpiryThreshold""#,
+                r#"regcred.yaml:4: colour: unknown field "colour", expected one of "storeRef", "data", "dataFrom", "target", "clusters", "rollout", "nearExpiryThreshold""#,
             ],
         ),
         (
@@ -372,7 +372,7 @@ target:
     check(
         &templated.replace("b64enc", "sha1"),
         Err(&[
-            r#"regcred.yaml:13: target.template.data..dockerconfigjson: template syntax error at offset 75: unknown function "sha1"; known: b64enc, b64dec, printf, quote, toJson, upper, lower, trim, index"#,
+            r#"regcred.yaml:13: target.template.data..dockerconfigjson: template syntax error at offset 75: unknown function "sha1"; known: b64enc, b64dec, printf, quote, squote, toJson, toString, upper, lower, trim, trimPrefix, trimSuffix, replace, default, empty, contains, hasPrefix, hasSuffix, indent, nindent, index, eq, ne, not, and, or, len, filterPEM, pkcs12cert, pkcs12certPass, pkcs12key, pkcs12keyPass"#,
         ]),
     );
     let find = "\
@@ -462,5 +462,179 @@ fn near_expiry_threshold_is_read_and_kept_in_the_canonical_yaml() {
     assert_eq!(
         secret.near_expiry_threshold,
         Some(std::time::Duration::from_secs(14 * 86_400))
+    );
+}
+
+/// REGCRED in the Kubernetes shape.
+const REGCRED_K8S: &str = "\
+apiVersion: keyfleet.io/v1
+kind: FleetSecret
+metadata:
+  name: regcred
+  labels: { team: platform }
+  annotations: { config.kubernetes.io/origin: regcred.yaml }
+spec:
+  storeRef: shared-kv
+  data:
+    - secretKey: .dockerconfigjson
+      remoteRef: { key: acr-pull, version: \"\", property: \"\" }
+  target:
+    name: regcred
+    type: kubernetes.io/dockerconfigjson
+    namespaces: [default, ci]
+    template: { metadata: { labels: { app.kubernetes.io/part-of: registry } } }
+    creationPolicy: Owner
+    deletionPolicy: Retain
+  clusters:
+    matchLabels: { env: prod }
+  rollout:
+    waves: [{ matchLabels: { ring: canary } }, { percent: 10 }, { percent: 100 }]
+    pauseOnErrorRate: 1%
+";
+
+fn parse_one(content: &str) -> LoadedSpec {
+    let files = [SpecFile {
+        name: "regcred.yaml".to_owned(),
+        content: content.to_owned(),
+    }];
+    let known: BTreeSet<String> = ["shared-kv".to_owned()].into();
+    let mut specs = parse_files(&files, &known).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(specs.len(), 1);
+    specs.remove(0)
+}
+
+#[test]
+fn the_kubernetes_shape_reads_into_the_same_model_as_the_flat_shape() {
+    let flat = parse_one(REGCRED);
+    let shaped = parse_one(REGCRED_K8S);
+    assert_eq!(flat.spec, shaped.spec);
+    assert!(flat.legacy_shape);
+    assert!(!shaped.legacy_shape);
+    // Without labels or annotations the store keeps the flat shape (with apiVersion), which the
+    // previous release reads, whichever shape was written; with them, the Kubernetes shape.
+    let unlabelled = parse_one(
+        &REGCRED_K8S.replace("  labels: { team: platform }\n", "").replace(
+            "  annotations: { config.kubernetes.io/origin: regcred.yaml }\n",
+            "",
+        ),
+    );
+    assert!(
+        flat.canonical_yaml.starts_with(
+            "apiVersion: keyfleet.io/v1\nkind: FleetSecret\nname: regcred\nstoreRef: shared-kv\n"
+        ),
+        "{}",
+        flat.canonical_yaml
+    );
+    assert_eq!(unlabelled.canonical_yaml, flat.canonical_yaml);
+    assert!(
+        shaped.canonical_yaml.starts_with("apiVersion: keyfleet.io/v1\nkind: FleetSecret\nmetadata:\n  name: regcred\n  labels:\n    team: platform\n"),
+        "{}",
+        shaped.canonical_yaml
+    );
+    // What the store keeps parses back to the same spec, in either shape, and shows in the
+    // Kubernetes shape.
+    for loaded in [&flat, &shaped] {
+        let again = parse_stored(Kind::FleetSecret, "regcred", &loaded.canonical_yaml).expect("round trip");
+        assert_eq!(again, loaded.spec);
+        let shown = kubernetes_yaml(&loaded.canonical_yaml).expect("readable");
+        assert!(
+            shown.starts_with("apiVersion: keyfleet.io/v1\nkind: FleetSecret\nmetadata:\n  name: regcred\n"),
+            "{shown}"
+        );
+        assert_eq!(parse_one(&shown).spec, loaded.spec);
+    }
+    // A spec stored by an earlier release (flat canonical YAML) still parses.
+    assert_eq!(
+        parse_stored(Kind::FleetSecret, "regcred", REGCRED).expect("flat stored"),
+        flat.spec
+    );
+}
+
+#[test]
+fn kubernetes_shaped_rejections_name_the_full_path() {
+    let with = |from: &str, to: &str| {
+        assert!(REGCRED_K8S.contains(from), "{from}");
+        REGCRED_K8S.replacen(from, to, 1)
+    };
+    check(
+        &with("creationPolicy: Owner", "creationPolicy: Own"),
+        Err(&[
+            r#"regcred.yaml:17: spec.target.creationPolicy: unknown value "Own", expected Owner|Merge|Orphan"#,
+        ]),
+    );
+    check(
+        &with("  name: regcred\n  labels", "  name: Regcred_1\n  labels"),
+        Err(&[
+            r#"regcred.yaml:4: metadata.name: invalid name "Regcred_1": a DNS-1123 subdomain (at most 253 characters of a-z, 0-9, - and ., alphanumeric at both ends)"#,
+        ]),
+    );
+    check(
+        &with("apiVersion: keyfleet.io/v1\n", ""),
+        Err(&["regcred.yaml:1: apiVersion: missing, expected keyfleet.io/v1"]),
+    );
+    check(
+        &with("keyfleet.io/v1", "external-secrets.io/v1"),
+        Err(&[
+            r#"regcred.yaml:1: apiVersion: unknown value "external-secrets.io/v1", expected keyfleet.io/v1"#,
+        ]),
+    );
+    check(
+        &with("  storeRef: shared-kv\n", "  storeRef: other-kv\n"),
+        Err(&[r#"regcred.yaml:1: spec.storeRef: no SecretStore named "other-kv""#]),
+    );
+    check(
+        &with("  labels: { team: platform }", "  namespace: apps"),
+        Err(&[
+            r#"regcred.yaml:5: metadata.namespace: unknown field "namespace", expected one of "name", "labels", "annotations""#,
+        ]),
+    );
+    check(
+        &with("  labels: { team: platform }", "  labels: { team: \"a b\" }"),
+        Err(&[
+            r#"regcred.yaml:5: metadata.labels.team: invalid label value "a b": at most 63 characters of a-z, A-Z, 0-9, -, _ and ., alphanumeric at both ends"#,
+        ]),
+    );
+    check(
+        &format!("{REGCRED_K8S}status: {{}}\n"),
+        Err(&[
+            r#"regcred.yaml:24: status: unknown field "status", expected one of "apiVersion", "kind", "metadata", "spec""#,
+        ]),
+    );
+    check(
+        &with(
+            "  data:\n    - secretKey: .dockerconfigjson\n      remoteRef: { key: acr-pull, version: \"\", property: \"\" }\n",
+            "",
+        ),
+        Err(&[
+            "regcred.yaml:7: spec: at least one data or dataFrom entry is required",
+            r#"regcred.yaml:11: spec.target.type: Secrets of type kubernetes.io/dockerconfigjson need the key ".dockerconfigjson": add it to data[].secretKey or target.template.data"#,
+        ]),
+    );
+}
+
+#[test]
+fn the_flat_shape_is_accepted_with_a_deprecation_warning() {
+    let files = [
+        SpecFile {
+            name: "flat.yaml".to_owned(),
+            content: format!("{STORE}---\n{REGCRED}"),
+        },
+        SpecFile {
+            name: "shaped.yaml".to_owned(),
+            content: REGCRED_K8S.to_owned(),
+        },
+    ];
+    let warnings: Vec<String> = deprecation_warnings(&files)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("flat.yaml:1: deprecated flat spec shape: write apiVersion: keyfleet.io/v1"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("flat.yaml:10: deprecated flat spec shape"),
+        "{warnings:?}"
     );
 }

@@ -1457,6 +1457,18 @@ pub struct DeleteFleetSecretRequest {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteFleetSecretResponse {}
+/// Request for DeleteStore.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteStoreRequest {
+    /// SecretStore name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+}
+/// Response of DeleteStore.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteStoreResponse {}
 /// Request for GetStatus.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2139,6 +2151,32 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("keyfleet.v1.Admin", "DeleteFleetSecret"));
             self.inner.unary(req, path, codec).await
         }
+        /// Deletes a SecretStore that no FleetSecret reads (FAILED_PRECONDITION otherwise); the hub stops
+        /// polling its vault.
+        pub async fn delete_store(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteStoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteStoreResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyfleet.v1.Admin/DeleteStore",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keyfleet.v1.Admin", "DeleteStore"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Rollout status of one FleetSecret or of all.
         pub async fn get_status(
             &mut self,
@@ -2500,6 +2538,15 @@ pub mod admin_server {
             request: tonic::Request<super::DeleteFleetSecretRequest>,
         ) -> std::result::Result<
             tonic::Response<super::DeleteFleetSecretResponse>,
+            tonic::Status,
+        >;
+        /// Deletes a SecretStore that no FleetSecret reads (FAILED_PRECONDITION otherwise); the hub stops
+        /// polling its vault.
+        async fn delete_store(
+            &self,
+            request: tonic::Request<super::DeleteStoreRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteStoreResponse>,
             tonic::Status,
         >;
         /// Rollout status of one FleetSecret or of all.
@@ -3097,6 +3144,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteFleetSecretSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyfleet.v1.Admin/DeleteStore" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteStoreSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::DeleteStoreRequest>
+                    for DeleteStoreSvc<T> {
+                        type Response = super::DeleteStoreResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteStoreRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::delete_store(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteStoreSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -13,9 +13,9 @@ use crate::spec::{DataEntry, DataFrom, DecodingStrategy, Find, FleetSecretSpec, 
 
 impl Ctx<'_> {
     /// A `kind: FleetSecret` document → its checked spec (`None` when a part cannot be built).
-    pub(super) fn fleet_secret(&mut self, raw: &raw::FleetSecret) -> Option<FleetSecretSpec> {
-        if !is_dns1123_subdomain(&raw.name) {
-            self.issue("name", dns_subdomain_message(&raw.name));
+    pub(super) fn fleet_secret(&mut self, name: &str, raw: &raw::FleetSecretSpec) -> Option<FleetSecretSpec> {
+        if !is_dns1123_subdomain(name) {
+            self.issue_at("metadata.name", dns_subdomain_message(name));
         }
         if !is_dns1123_label(&raw.store_ref) {
             self.issue("storeRef", dns_label_message(&raw.store_ref));
@@ -62,7 +62,7 @@ impl Ctx<'_> {
                 _ => self.issue(&path, "exactly one of extract, find is required"),
             }
         }
-        let target = self.target(raw, &secret_keys, !raw.data_from.is_empty());
+        let target = self.target(name, raw, &secret_keys, !raw.data_from.is_empty());
         let clusters = match &raw.clusters {
             None => LabelSelector::default(),
             Some(selector) => self.selector("clusters", &selector.match_labels, &selector.match_expressions),
@@ -73,7 +73,7 @@ impl Ctx<'_> {
             .as_deref()
             .and_then(|text| self.near_expiry_threshold(text));
         Some(FleetSecretSpec {
-            name: raw.name.clone(),
+            name: name.to_owned(),
             store_ref: raw.store_ref.clone(),
             data,
             data_from,

@@ -10,9 +10,9 @@ use crate::spec::{self, AuthType, AzureEnvironment, CredentialSource, SecretStor
 
 impl Ctx<'_> {
     /// A `kind: SecretStore` document → its checked spec (`None` when a part cannot be built).
-    pub(super) fn secret_store(&mut self, raw: &raw::SecretStore) -> Option<SecretStoreSpec> {
-        if !is_dns1123_label(&raw.name) {
-            self.issue("name", dns_label_message(&raw.name));
+    pub(super) fn secret_store(&mut self, name: &str, raw: &raw::SecretStoreSpec) -> Option<SecretStoreSpec> {
+        if !is_dns1123_label(name) {
+            self.issue_at("metadata.name", dns_label_message(name));
         }
         let Some(azure) = &raw.provider.azurekv else {
             self.issue("provider", "exactly one provider is required: azurekv");
@@ -74,7 +74,7 @@ impl Ctx<'_> {
             }
         };
         Some(SecretStoreSpec {
-            name: raw.name.clone(),
+            name: name.to_owned(),
             vault_url: vault_url?,
             auth: auth?,
             environment,

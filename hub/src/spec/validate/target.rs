@@ -29,12 +29,16 @@ impl Ctx<'_> {
     /// `dynamic_keys` says `dataFrom` adds keys only known once read, so key checks wait.
     pub(super) fn target(
         &mut self,
-        raw: &raw::FleetSecret,
+        fleet_secret_name: &str,
+        raw: &raw::FleetSecretSpec,
         secret_keys: &BTreeSet<String>,
         dynamic_keys: bool,
     ) -> Option<Target> {
         let target = &raw.target;
-        let name = target.name.clone().unwrap_or_else(|| raw.name.clone());
+        let name = target
+            .name
+            .clone()
+            .unwrap_or_else(|| fleet_secret_name.to_owned());
         if !is_dns1123_subdomain(&name) {
             self.issue("target.name", dns_subdomain_message(&name));
         }

@@ -241,6 +241,36 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Deletes a SecretStore no FleetSecret reads; the engine then drops its poller.
+    pub async fn delete_store(&self, actor: &str, name: &str) -> Result<(), AdminError> {
+        require_name("name", name)?;
+        let readers: Vec<String> = self
+            .fleet_secrets()
+            .await?
+            .into_iter()
+            .filter(|(_, (_, secret))| secret.store_ref == name)
+            .map(|(secret, _)| secret)
+            .collect();
+        if !readers.is_empty() {
+            return Err(AdminError::FailedPrecondition(format!(
+                "secretstore {name:?} is read by fleetsecret(s) {}: delete or move them first",
+                readers.join(", ")
+            )));
+        }
+        if !self.store.delete_spec(SpecKind::SecretStore, name).await? {
+            return Err(AdminError::NotFound(format!("secretstore {name:?} not found")));
+        }
+        self.record(
+            actor,
+            Some(ChangeKind::Spec),
+            "secretstore.delete",
+            &format!("secretstore/{name}"),
+        )
+        .await
+    }
+}
+
 fn spec_kind(kind: Kind) -> SpecKind {
     match kind {
         Kind::SecretStore => SpecKind::SecretStore,
