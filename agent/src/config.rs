@@ -62,6 +62,13 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "KEYFLEET_AGENT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317`: exports the agent's
+    /// traces (`agent.update` per Update from the hub, `agent.apply` / `agent.remove` per item,
+    /// `agent.repair` per drift repaired; names, revisions and counts, never a value). The service
+    /// name is `OTEL_SERVICE_NAME` (default keyfleet-agent). Metrics are not exported over OTLP:
+    /// scrape /metrics. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How to reach and authenticate to the hub. `Debug` hides the enrollment token.
@@ -133,6 +140,7 @@ impl std::fmt::Debug for Cli {
             .field("ops_addr", &self.ops_addr)
             .field("log", &self.log)
             .field("log_format", &self.log_format)
+            .field("otlp_endpoint", &self.otlp_endpoint)
             .finish()
     }
 }

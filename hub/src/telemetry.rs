@@ -5,8 +5,10 @@
 //! an OTel meter would carry the same figures twice, so none is exported. The spans: `admin.*`
 //! (each Admin RPC), `vault.poll` (a change-detection sweep) with `vault.get` (a version fetched)
 //! below it, `rotation` (a new Key Vault version from the moment the engine records it, through
-//! `render` and `plan`, to the desired sets handed to the streams), `rollout.wave` (each wave the
-//! leader starts) and `sync.stream` (an agent stream's life). Attributes are names, versions,
+//! `render` and `plan`, to the desired sets handed to the streams and, with a rollout strategy,
+//! to its last wave: each `rollout.wave` the leader starts is its child) and `sync.stream` (an
+//! agent stream's life). The agent exports its own spans (`agent.update`, `agent.apply`,
+//! `agent.remove`, `agent.repair`; `agent/src/telemetry.rs`). Attributes are names, versions,
 //! revisions and counts, never a value (`hub/tests/traces.rs` checks it against a real OTLP
 //! receiver).
 

@@ -182,11 +182,13 @@ async fn the_spans_of_one_rotation_arrive_linked_and_without_values() {
                 span.name == "rotation" && attribute(span, "version").as_deref() == Some(version.as_str())
             });
             rotation.is_some_and(|rotation| {
-                ["record_version", "render", "plan"].iter().all(|child| {
-                    spans
-                        .iter()
-                        .any(|span| span.name == *child && span.parent_span_id == rotation.span_id)
-                })
+                ["record_version", "render", "plan", "rollout.wave"]
+                    .iter()
+                    .all(|child| {
+                        spans
+                            .iter()
+                            .any(|span| span.name == *child && span.parent_span_id == rotation.span_id)
+                    })
             }) && !named(spans, "admin.SyncNow").is_empty()
                 && !named(spans, "admin.GetStatus").is_empty()
                 && named(spans, "sync.stream").len() >= 2
@@ -220,6 +222,19 @@ async fn the_spans_of_one_rotation_arrive_linked_and_without_values() {
             "{child} ends within the rotation"
         );
     }
+    // The rotation lasts until its rollout's last wave: every wave it went through is its child
+    // and ends within it (the example rolls out in three waves).
+    let waves: Vec<&Span> = spans
+        .iter()
+        .filter(|span| span.name == "rollout.wave" && span.parent_span_id == rotation.span_id)
+        .collect();
+    assert!(!waves.is_empty(), "the rotation's waves are its children");
+    assert!(
+        waves
+            .iter()
+            .all(|wave| wave.end_time_unix_nano <= rotation.end_time_unix_nano),
+        "each wave ends within the rotation"
+    );
     let render = spans
         .iter()
         .find(|span| span.name == "render" && span.parent_span_id == rotation.span_id)

@@ -279,6 +279,7 @@ impl<'a, C: Cluster> SyncClient<'a, C> {
 
     /// Validates every item first, then applies the valid ones in order. `Err` is a protocol
     /// violation that ends the stream.
+    #[tracing::instrument(name = "agent.update", skip_all, fields(nonce = update.nonce, upserts = update.upserts.len(), removals = update.removals.len()))]
     async fn handle_update(&self, update: v1::Update) -> Result<AgentMessage, String> {
         let total = update.upserts.len() + update.removals.len();
         if total > limits::MAX_ITEMS {

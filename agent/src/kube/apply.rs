@@ -147,6 +147,7 @@ impl KubeCluster {
     /// [`crate::cluster::Cluster::upsert`]: plans the item, reads back the priors it needs,
     /// writes; then queues the item's Events (`Applied` per Secret written, `DriftRepaired` per
     /// Secret repaired after a resync, `ApplyFailed` per target Secret on a refusal).
+    #[tracing::instrument(name = "agent.apply", skip_all, fields(key = %desired.key, revision = desired.revision))]
     pub(super) async fn upsert_item(&self, desired: DesiredSecret) -> Result<(), Refusal> {
         let (key, secret, revision) = (desired.key.clone(), desired.secret_name.clone(), desired.revision);
         let sha256 = hex::encode(&desired.sha256[..6]);
@@ -262,6 +263,7 @@ impl KubeCluster {
     }
 
     /// [`crate::cluster::Cluster::remove`]: plans the removal, reads back the priors it needs, writes.
+    #[tracing::instrument(name = "agent.remove", skip_all, fields(key = %key, policy = ?policy))]
     pub(super) async fn remove_item(&self, key: &str, policy: DeletionPolicy) -> Result<(), Refusal> {
         self.wait_synced()
             .await

@@ -262,6 +262,7 @@ impl KubeCluster {
         }
     }
 
+    #[tracing::instrument(name = "agent.repair", skip_all, fields(key = %desired.key, revision = desired.revision, namespace = %namespace, kind = ?drift.kind))]
     async fn repair(&self, desired: &Arc<DesiredSecret>, namespace: &str, drift: reconcile::Drift) {
         let key = &desired.key;
         let Some(action) = drift.repair else {

@@ -238,7 +238,9 @@ pub struct Engine {
     /// Key Vault versions seen while the store failed, recorded once it answers.
     unrecorded_versions: Vec<crate::store::SecretVersionRecord>,
     /// The open `rotation` span of each fleet secret a new Key Vault version made dirty: its
-    /// `render` and `plan` spans are its children, and it ends once the desired sets are sent.
+    /// `render` and `plan` spans are its children, and so is each `rollout.wave` it goes
+    /// through; it ends once the desired sets are sent and no wave is left (a rollout that
+    /// completes, or the next version's rotation, ends it).
     rotations: BTreeMap<String, tracing::Span>,
 }
 

@@ -161,12 +161,16 @@ impl Engine {
                 continue;
             };
             if self.rollouts.get(progress.fleet_secret.as_str()) != Some(&progress) {
-                // A wave started (or paused): a short span, child of the plan that took the step.
-                drop(
-                    tracing::info_span!("rollout.wave", fleet_secret = %progress.fleet_secret,
-                        revision = progress.revision, wave = progress.current_wave, paused = progress.paused)
-                    .entered(),
-                );
+                // A wave started (or paused): a short span, child of the rotation that started the
+                // rollout when this leader saw it (else of the plan that took the step).
+                let wave = match self.rotations.get(progress.fleet_secret.as_str()) {
+                    Some(rotation) => tracing::info_span!(parent: rotation, "rollout.wave",
+                        fleet_secret = %progress.fleet_secret, revision = progress.revision,
+                        wave = progress.current_wave, paused = progress.paused),
+                    None => tracing::info_span!("rollout.wave", fleet_secret = %progress.fleet_secret,
+                        revision = progress.revision, wave = progress.current_wave, paused = progress.paused),
+                };
+                drop(wave.entered());
                 self.store
                     .set_rollout(&RolloutRecord {
                         fleet_secret: progress.fleet_secret.clone(),
@@ -219,6 +223,9 @@ impl Engine {
                 // Waves advance as acks arrive: plan again once they do.
             }
         }
+        // A rotation whose rollout has no wave left ends here (its span closes).
+        let progressing = &self.progressing;
+        self.rotations.retain(|name, _| progressing.contains(name));
         Ok(())
     }
 }

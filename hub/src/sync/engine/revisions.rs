@@ -98,9 +98,12 @@ impl Engine {
             self.dirty.extend(dirty);
             self.replan = true;
         } else {
-            // The rotations of these fleet secrets are handed to the streams: their spans end.
+            // The rotations of these fleet secrets are handed to the streams: their spans end,
+            // unless a rollout still has waves to go (then the last wave ends them).
             for name in &dirty {
-                self.rotations.remove(name);
+                if !self.progressing.contains(name) {
+                    self.rotations.remove(name);
+                }
             }
         }
         result
