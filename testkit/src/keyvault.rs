@@ -159,12 +159,12 @@ impl KeyVaultHandle {
     }
 
     /// Imports a new version of certificate `name` (as `POST /certificates/{name}/import`) from
-    /// PEM text (private key and certificates) or PFX bytes (no password), and returns its
+    /// PEM text (private key and certificates) or PFX bytes (empty password), and returns its
     /// version id. Key Vault keeps the key and certificate in the companion secret `name` at the
     /// same version (`contentType` `application/x-pem-file` or `application/x-pkcs12`, base64
     /// PFX), with the certificate's validity as `nbf`/`exp`.
     pub fn set_certificate(&self, name: &str, pem_or_pfx: &[u8]) -> Result<String, ServiceError> {
-        let imported = certificates::import(pem_or_pfx)?;
+        let imported = certificates::import(pem_or_pfx, "")?;
         let version = self
             .shared
             .vault()

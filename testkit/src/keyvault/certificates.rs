@@ -74,6 +74,11 @@ impl TestCertificate {
     /// A PFX (PKCS#12) of the key and certificate with an empty password, as Key Vault exports
     /// one.
     pub fn pfx(&self) -> Result<Vec<u8>, p12_keystore::error::Error> {
+        self.pfx_with_password("")
+    }
+
+    /// A PFX (PKCS#12) of the key and certificate protected by `password`.
+    pub fn pfx_with_password(&self, password: &str) -> Result<Vec<u8>, p12_keystore::error::Error> {
         let certificate = p12_keystore::Certificate::from_der(&self.cert_der)?;
         let chain = p12_keystore::PrivateKeyChain::new(self.key_der.as_slice(), [1u8; 20], [certificate]);
         let mut store = p12_keystore::KeyStore::new();
@@ -81,7 +86,7 @@ impl TestCertificate {
             &self.common_name,
             p12_keystore::KeyStoreEntry::PrivateKeyChain(chain),
         );
-        store.writer("").write()
+        store.writer(password).write()
     }
 }
 
@@ -116,8 +121,9 @@ impl fmt::Debug for Imported {
 }
 
 /// Reads a certificate with its private key: PEM text (a `CERTIFICATE` block, the first being
-/// the leaf, and a private key block) or PFX bytes (no password), as Key Vault's import does.
-pub(super) fn import(pem_or_pfx: &[u8]) -> Result<Imported, ServiceError> {
+/// the leaf, and a private key block, kept as it is) or PFX bytes opened with `password` (kept
+/// re-encoded without a password, as Key Vault does), as Key Vault's import does.
+pub(super) fn import(pem_or_pfx: &[u8], password: &str) -> Result<Imported, ServiceError> {
     let is_pem = std::str::from_utf8(pem_or_pfx).is_ok_and(|text| text.contains("-----BEGIN "));
     let (content_type, value, cer) = if is_pem {
         let mut certificates = Vec::new();
@@ -142,12 +148,12 @@ pub(super) fn import(pem_or_pfx: &[u8]) -> Result<Imported, ServiceError> {
         let text = String::from_utf8_lossy(pem_or_pfx).into_owned();
         (PEM_CONTENT_TYPE, Zeroizing::new(text), leaf)
     } else {
-        let store = p12_keystore::KeyStore::from_pkcs12(pem_or_pfx, "").map_err(|_| {
+        let store = p12_keystore::KeyStore::from_pkcs12(pem_or_pfx, password).map_err(|_| {
             ServiceError::bad_parameter(
-                "The specified PEM X.509 certificate content is in an unexpected format; a PFX without a password was expected.",
+                "The specified PEM X.509 certificate content is in an unexpected format, or the password does not open the PFX.",
             )
         })?;
-        let (_, chain) = store.private_key_chain().ok_or_else(|| {
+        let (alias, chain) = store.private_key_chain().ok_or_else(|| {
             ServiceError::bad_parameter("Private key is not specified in the specified PFX content.")
         })?;
         let leaf = chain
@@ -156,9 +162,17 @@ pub(super) fn import(pem_or_pfx: &[u8]) -> Result<Imported, ServiceError> {
             .ok_or_else(|| ServiceError::bad_parameter("No certificate was found in the specified PFX."))?
             .as_der()
             .to_vec();
+        // Key Vault keeps its own PFX of the key and chain, without a password.
+        let mut kept = p12_keystore::KeyStore::new();
+        kept.add_entry(alias, p12_keystore::KeyStoreEntry::PrivateKeyChain(chain.clone()));
+        let pfx = Zeroizing::new(
+            kept.writer("")
+                .write()
+                .map_err(|_| ServiceError::bad_parameter("The PFX could not be re-encoded."))?,
+        );
         (
             PFX_CONTENT_TYPE,
-            Zeroizing::new(STANDARD.encode(pem_or_pfx)),
+            Zeroizing::new(STANDARD.encode(pfx.as_slice())),
             leaf,
         )
     };
@@ -210,7 +224,7 @@ mod tests {
     fn pem_and_pfx_imports_agree_on_the_certificate() {
         let generated = TestCertificate::self_signed("app.example", &["app.example", "www.app.example"])
             .expect("generate");
-        let pem = import(generated.pem_bundle().as_bytes()).expect("pem");
+        let pem = import(generated.pem_bundle().as_bytes(), "").expect("pem");
         assert_eq!(pem.content_type, PEM_CONTENT_TYPE);
         assert_eq!(pem.cer, generated.cert_der);
         assert_eq!(pem.value.as_str(), generated.pem_bundle().as_str());
@@ -219,10 +233,13 @@ mod tests {
         assert_eq!(pem.key_type, "EC");
         assert!(pem.expires - pem.not_before > 360 * 86_400);
         let pfx_bytes = generated.pfx().expect("pfx");
-        let pfx = import(&pfx_bytes).expect("pfx import");
+        let pfx = import(&pfx_bytes, "").expect("pfx import");
         assert_eq!(pfx.content_type, PFX_CONTENT_TYPE);
         assert_eq!(pfx.cer, generated.cert_der);
-        assert_eq!(STANDARD.decode(pfx.value.as_bytes()).expect("base64"), pfx_bytes);
+        let kept = STANDARD.decode(pfx.value.as_bytes()).expect("base64");
+        let reopened = p12_keystore::KeyStore::from_pkcs12(&kept, "").expect("kept without a password");
+        let (_, chain) = reopened.private_key_chain().expect("key kept");
+        assert_eq!(chain.key(), generated.key_der.as_slice());
         assert_eq!((pfx.not_before, pfx.expires), (pem.not_before, pem.expires));
         assert_eq!(thumbprint(&pfx.cer).len(), 27);
     }
@@ -230,11 +247,11 @@ mod tests {
     #[test]
     fn a_certificate_without_its_key_is_refused_without_quoting_it() {
         let generated = TestCertificate::self_signed("nokey.example", &["nokey.example"]).expect("generate");
-        let error = import(generated.cert_pem.as_bytes()).expect_err("no key");
+        let error = import(generated.cert_pem.as_bytes(), "").expect_err("no key");
         assert_eq!((error.status, error.code), (400, "BadParameter"));
-        let error = import(b"not a certificate").expect_err("garbage");
+        let error = import(b"not a certificate", "").expect_err("garbage");
         assert_eq!(error.status, 400);
         assert!(!format!("{generated:?}").contains("PRIVATE"));
-        assert!(!format!("{:?}", import(generated.pem_bundle().as_bytes())).contains("PRIVATE"));
+        assert!(!format!("{:?}", import(generated.pem_bundle().as_bytes(), "")).contains("PRIVATE"));
     }
 }

@@ -79,7 +79,7 @@ fn bundle(base: &str, name: &str, version: &CertificateVersion) -> Value {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ImportBody {
-    // Moved into a Zeroizing right after parsing.
+    // Both moved into a Zeroizing right after parsing.
     value: Option<String>,
     pwd: Option<String>,
     tags: Option<BTreeMap<String, String>>,
@@ -132,11 +132,7 @@ pub(super) fn execute(
             let parsed: ImportBody = serde_json::from_slice(body).map_err(|_| {
                 ServiceError::bad_parameter("The request body is not a valid certificate import request.")
             })?;
-            if parsed.pwd.as_deref().is_some_and(|pwd| !pwd.is_empty()) {
-                return Err(ServiceError::bad_parameter(
-                    "This emulator imports PFX files without a password only.",
-                ));
-            }
+            let password = Zeroizing::new(parsed.pwd.unwrap_or_default());
             let encoded = parsed
                 .value
                 .map(Zeroizing::new)
@@ -144,7 +140,7 @@ pub(super) fn execute(
             let raw = Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| {
                 ServiceError::bad_parameter("The certificate value is not valid base64.")
             })?);
-            let imported = certificates::import(&raw)?;
+            let imported = certificates::import(&raw, &password)?;
             let mut vault = shared.vault();
             let created = vault.set_certificate(name, imported, parsed.tags.unwrap_or_default(), shared.now())?;
             let certificate_name = vault.certificate(name)?.name.clone();
