@@ -164,7 +164,7 @@ impl KeyVaultHandle {
     /// same version (`contentType` `application/x-pem-file` or `application/x-pkcs12`, base64
     /// PFX), with the certificate's validity as `nbf`/`exp`.
     pub fn set_certificate(&self, name: &str, pem_or_pfx: &[u8]) -> Result<String, ServiceError> {
-        let imported = certificates::import(pem_or_pfx, "")?;
+        let imported = certificates::import(pem_or_pfx, "").map_err(ServiceError::bad_parameter)?;
         let version = self
             .shared
             .vault()

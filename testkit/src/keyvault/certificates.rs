@@ -12,8 +12,6 @@ use chrono::Datelike as _;
 use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
 
-use super::store::ServiceError;
-
 /// `contentType` of a companion secret holding PEM.
 pub const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
 /// `contentType` of a companion secret holding a base64 PFX.
@@ -123,13 +121,13 @@ impl fmt::Debug for Imported {
 /// Reads a certificate with its private key: PEM text (a `CERTIFICATE` block, the first being
 /// the leaf, and a private key block, kept as it is) or PFX bytes opened with `password` (kept
 /// re-encoded without a password, as Key Vault does), as Key Vault's import does.
-pub(super) fn import(pem_or_pfx: &[u8], password: &str) -> Result<Imported, ServiceError> {
+pub(super) fn import(pem_or_pfx: &[u8], password: &str) -> Result<Imported, &'static str> {
     let is_pem = std::str::from_utf8(pem_or_pfx).is_ok_and(|text| text.contains("-----BEGIN "));
     let (content_type, value, cer) = if is_pem {
         let mut certificates = Vec::new();
         let mut has_key = false;
         for item in rustls_pemfile::read_all(&mut &pem_or_pfx[..]) {
-            match item.map_err(|_| ServiceError::bad_parameter("The PEM content is not valid."))? {
+            match item.map_err(|_| "The PEM content is not valid.")? {
                 rustls_pemfile::Item::X509Certificate(der) => certificates.push(der.to_vec()),
                 rustls_pemfile::Item::Pkcs1Key(_)
                 | rustls_pemfile::Item::Pkcs8Key(_)
@@ -138,28 +136,24 @@ pub(super) fn import(pem_or_pfx: &[u8], password: &str) -> Result<Imported, Serv
             }
         }
         if !has_key {
-            return Err(ServiceError::bad_parameter(
-                "Private key is not specified in the specified X.509 PEM certificate content.",
-            ));
+            return Err("Private key is not specified in the specified X.509 PEM certificate content.");
         }
         let leaf = certificates.into_iter().next().ok_or_else(|| {
-            ServiceError::bad_parameter("No certificate was found in the specified X.509 PEM content.")
+            "No certificate was found in the specified X.509 PEM content."
         })?;
         let text = String::from_utf8_lossy(pem_or_pfx).into_owned();
         (PEM_CONTENT_TYPE, Zeroizing::new(text), leaf)
     } else {
         let store = p12_keystore::KeyStore::from_pkcs12(pem_or_pfx, password).map_err(|_| {
-            ServiceError::bad_parameter(
-                "The specified PEM X.509 certificate content is in an unexpected format, or the password does not open the PFX.",
-            )
+            "The specified PEM X.509 certificate content is in an unexpected format, or the password does not open the PFX."
         })?;
         let (alias, chain) = store.private_key_chain().ok_or_else(|| {
-            ServiceError::bad_parameter("Private key is not specified in the specified PFX content.")
+            "Private key is not specified in the specified PFX content."
         })?;
         let leaf = chain
             .chain()
             .first()
-            .ok_or_else(|| ServiceError::bad_parameter("No certificate was found in the specified PFX."))?
+            .ok_or_else(|| "No certificate was found in the specified PFX.")?
             .as_der()
             .to_vec();
         // Key Vault keeps its own PFX of the key and chain, without a password.
@@ -168,7 +162,7 @@ pub(super) fn import(pem_or_pfx: &[u8], password: &str) -> Result<Imported, Serv
         let pfx = Zeroizing::new(
             kept.writer("")
                 .write()
-                .map_err(|_| ServiceError::bad_parameter("The PFX could not be re-encoded."))?,
+                .map_err(|_| "The PFX could not be re-encoded.")?,
         );
         (
             PFX_CONTENT_TYPE,
@@ -177,7 +171,7 @@ pub(super) fn import(pem_or_pfx: &[u8], password: &str) -> Result<Imported, Serv
         )
     };
     let (_, parsed) = x509_parser::parse_x509_certificate(&cer)
-        .map_err(|_| ServiceError::bad_parameter("The certificate is not a valid X.509 certificate."))?;
+        .map_err(|_| "The certificate is not a valid X.509 certificate.")?;
     let dns_names = parsed
         .subject_alternative_name()
         .ok()
@@ -248,9 +242,8 @@ mod tests {
     fn a_certificate_without_its_key_is_refused_without_quoting_it() {
         let generated = TestCertificate::self_signed("nokey.example", &["nokey.example"]).expect("generate");
         let error = import(generated.cert_pem.as_bytes(), "").expect_err("no key");
-        assert_eq!((error.status, error.code), (400, "BadParameter"));
-        let error = import(b"not a certificate", "").expect_err("garbage");
-        assert_eq!(error.status, 400);
+        assert_eq!(error, "Private key is not specified in the specified X.509 PEM certificate content.");
+        assert!(import(b"not a certificate", "").is_err());
         assert!(!format!("{generated:?}").contains("PRIVATE"));
         assert!(!format!("{:?}", import(generated.pem_bundle().as_bytes(), "")).contains("PRIVATE"));
     }

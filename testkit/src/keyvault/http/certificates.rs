@@ -140,7 +140,7 @@ pub(super) fn execute(
             let raw = Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| {
                 ServiceError::bad_parameter("The certificate value is not valid base64.")
             })?);
-            let imported = certificates::import(&raw, &password)?;
+            let imported = certificates::import(&raw, &password).map_err(ServiceError::bad_parameter)?;
             let mut vault = shared.vault();
             let created = vault.set_certificate(name, imported, parsed.tags.unwrap_or_default(), shared.now())?;
             let certificate_name = vault.certificate(name)?.name.clone();
