@@ -272,9 +272,11 @@ fn named<'a>(sources: &'a Sources, key: &str) -> Result<&'a SourceValue, RenderE
 /// A certificate's parts, split from its companion secret's value.
 fn certificate(sources: &Sources, key: &str) -> Result<crate::spec::template::CertificateParts, RenderError> {
     let source = named(sources, key)?;
-    crate::spec::template::certificate_parts(source.value.expose()).map_err(|reason| RenderError::Certificate {
-        key: key.to_owned(),
-        reason,
+    crate::spec::template::certificate_parts(source.value.expose()).map_err(|reason| {
+        RenderError::Certificate {
+            key: key.to_owned(),
+            reason,
+        }
     })
 }
 

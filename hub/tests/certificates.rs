@@ -134,13 +134,25 @@ async fn a_certificate_is_read_through_its_companion_secret_in_pfx_or_pem() {
     let vault = source(&kv, &dir);
 
     let fetched = vault.get("ingress-tls", None).await.unwrap();
-    assert_eq!(fetched.version, v1, "the certificate's version is the companion secret's");
+    assert_eq!(
+        fetched.version, v1,
+        "the certificate's version is the companion secret's"
+    );
     assert_eq!(fetched.content_type.as_deref(), Some(PFX_CONTENT_TYPE));
-    assert!(fetched.expires.is_some() && fetched.not_before.is_some(), "validity of the certificate");
+    assert!(
+        fetched.expires.is_some() && fetched.not_before.is_some(),
+        "validity of the certificate"
+    );
     let tls = rendered(kv.vault_url(), &fetched.version, fetched.value.expose());
     assert_eq!(tls.secret_type, "kubernetes.io/tls");
-    assert_eq!(without_whitespace(tls.data["tls.crt"].expose()), without_whitespace(first.cert_pem.as_bytes()));
-    assert_eq!(without_whitespace(tls.data["tls.key"].expose()), without_whitespace(first.key_pem.as_bytes()));
+    assert_eq!(
+        without_whitespace(tls.data["tls.crt"].expose()),
+        without_whitespace(first.cert_pem.as_bytes())
+    );
+    assert_eq!(
+        without_whitespace(tls.data["tls.key"].expose()),
+        without_whitespace(first.key_pem.as_bytes())
+    );
     assert_eq!(tls.data["cert.der"].expose(), first.cert_der.as_slice());
 
     // Renewed in PEM form: a new version of the same companion secret.
@@ -155,9 +167,15 @@ async fn a_certificate_is_read_through_its_companion_secret_in_pfx_or_pem() {
     expected.sort_unstable();
     assert_eq!(listed, expected);
     let latest = vault.get("ingress-tls", None).await.unwrap();
-    assert_eq!((latest.version.as_str(), latest.content_type.as_deref()), (v2.as_str(), Some(PEM_CONTENT_TYPE)));
+    assert_eq!(
+        (latest.version.as_str(), latest.content_type.as_deref()),
+        (v2.as_str(), Some(PEM_CONTENT_TYPE))
+    );
     let tls = rendered(kv.vault_url(), &latest.version, latest.value.expose());
-    assert_eq!(without_whitespace(tls.data["tls.key"].expose()), without_whitespace(renewed.key_pem.as_bytes()));
+    assert_eq!(
+        without_whitespace(tls.data["tls.key"].expose()),
+        without_whitespace(renewed.key_pem.as_bytes())
+    );
     let old = vault.get("ingress-tls", Some(&v1)).await.unwrap();
     assert_eq!(old.content_type.as_deref(), Some(PFX_CONTENT_TYPE));
 
@@ -228,7 +246,13 @@ async fn a_tls_fleet_secret_from_a_certificate_rolls_out_and_follows_its_renewal
         &v1,
         first.pem_bundle().as_bytes(),
     ));
-    all_agents(CONVERGE, &agents, "every cluster holds the TLS Secret", holds(expected)).await;
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every cluster holds the TLS Secret",
+        holds(expected),
+    )
+    .await;
 
     // Renewal (as PFX): the poller sees the companion secret's new version and rolls it out.
     let renewed = TestCertificate::self_signed("shop.example", &["shop.example"]).unwrap();
@@ -236,20 +260,35 @@ async fn a_tls_fleet_secret_from_a_certificate_rolls_out_and_follows_its_renewal
     let renewed_at = Instant::now();
     let v2 = kv.set_certificate("ingress-tls", &pfx).unwrap();
     let value = base64::engine::general_purpose::STANDARD.encode(&pfx);
-    let expected = keyfleet_hub::grpc::convert::rendered_sha256(&rendered(kv.vault_url(), &v2, value.as_bytes()));
-    all_agents(CONVERGE, &agents, "every cluster holds the renewed certificate", holds(expected)).await;
+    let expected =
+        keyfleet_hub::grpc::convert::rendered_sha256(&rendered(kv.vault_url(), &v2, value.as_bytes()));
+    all_agents(
+        CONVERGE,
+        &agents,
+        "every cluster holds the renewed certificate",
+        holds(expected),
+    )
+    .await;
     let took = renewed_at.elapsed();
-    println!("certificate renewal to every cluster: {} ms (pollInterval 1s)", took.as_millis());
-    let status = status_until("ingress-tls", &mut admin, "every cluster applied the renewal", |status| {
-        status.applied == 3
-            && status.sources.iter().any(|source| source.version == v2)
-    })
+    println!(
+        "certificate renewal to every cluster: {} ms (pollInterval 1s)",
+        took.as_millis()
+    );
+    let status = status_until(
+        "ingress-tls",
+        &mut admin,
+        "every cluster applied the renewal",
+        |status| status.applied == 3 && status.sources.iter().any(|source| source.version == v2),
+    )
     .await;
     assert_eq!(status.targeted, 3, "{status:?}");
     // Key Vault gives the companion secret the certificate's validity, so expiry governance
     // (NearExpiry, Expired) covers certificates as it covers secrets.
     let served = status.sources.iter().find(|source| source.version == v2).unwrap();
-    assert!(served.expires.is_some() && served.not_before.is_some(), "{served:?}");
+    assert!(
+        served.expires.is_some() && served.not_before.is_some(),
+        "{served:?}"
+    );
 
     // The hub's log names the certificate, never its key.
     for line in key_lines(&first).iter().chain(&key_lines(&renewed)) {

@@ -30,11 +30,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
-pub use certificates::{PEM_CONTENT_TYPE, PFX_CONTENT_TYPE, TestCertificate};
 pub use auth::{
     DEFAULT_FEDERATED_ISSUER, DEFAULT_FEDERATED_SUBJECT, FEDERATED_AUDIENCE, Federated, ManagedIdentity,
     Permission, Principal, VAULT_RESOURCE,
 };
+pub use certificates::{PEM_CONTENT_TYPE, PFX_CONTENT_TYPE, TestCertificate};
 pub use config::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, KeyVaultConfig};
 pub use error::Error;
 pub use faults::{CounterRow, Counters, FaultSpec, Faults, Outcome, RetryAfter};
@@ -165,10 +165,10 @@ impl KeyVaultHandle {
     /// PFX), with the certificate's validity as `nbf`/`exp`.
     pub fn set_certificate(&self, name: &str, pem_or_pfx: &[u8]) -> Result<String, ServiceError> {
         let imported = certificates::import(pem_or_pfx, "").map_err(ServiceError::bad_parameter)?;
-        let version = self
-            .shared
-            .vault()
-            .set_certificate(name, imported, BTreeMap::new(), self.shared.now())?;
+        let version =
+            self.shared
+                .vault()
+                .set_certificate(name, imported, BTreeMap::new(), self.shared.now())?;
         Ok(version.id)
     }
 

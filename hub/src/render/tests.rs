@@ -398,7 +398,10 @@ target: { namespaces: [apps], type: kubernetes.io/tls }
 ",
     );
     let error = render(&no_key, &sources(&[("ingress", &pfx)])).expect_err("no tls.key");
-    assert_eq!(error.to_string(), "Secrets of type kubernetes.io/tls need the key \"tls.key\"");
+    assert_eq!(
+        error.to_string(),
+        "Secrets of type kubernetes.io/tls need the key \"tls.key\""
+    );
     // A secret that is no certificate: the reason names the certificate, never the value.
     let error = render(&spec, &sources(&[("ingress", SECRET_WORD)])).expect_err("not a certificate");
     assert_eq!(

@@ -422,20 +422,33 @@ target: { namespaces: [default], type: kubernetes.io/tls }
     else {
         panic!("a FleetSecret");
     };
-    assert_eq!(parsed.remote_keys(), ["ingress"], "the companion secret is what is watched");
+    assert_eq!(
+        parsed.remote_keys(),
+        ["ingress"],
+        "the companion secret is what is watched"
+    );
     assert_eq!(parsed.data[0].remote_ref.object, ObjectType::Certificate);
     assert!(matches!(&parsed.data_from[0], DataFrom::Extract(r) if r.object == ObjectType::Certificate));
     check(
         &tls.replace("version: 0123456789abcdef0123456789abcdef", "property: a.b"),
-        Err(&["regcred.yaml:7: data[0].remoteRef.property: a certificate (cert/) is not JSON: property does not apply"]),
+        Err(&[
+            "regcred.yaml:7: data[0].remoteRef.property: a certificate (cert/) is not JSON: property does not apply",
+        ]),
     );
     check(
-        &tls.replace("{ key: cert/ingress }", "{ key: cert/ingress, decodingStrategy: Base64 }"),
-        Err(&["regcred.yaml:5: dataFrom[0].extract.decodingStrategy: extract of a certificate (cert/) yields PEM tls.crt and tls.key: decodingStrategy does not apply"]),
+        &tls.replace(
+            "{ key: cert/ingress }",
+            "{ key: cert/ingress, decodingStrategy: Base64 }",
+        ),
+        Err(&[
+            "regcred.yaml:5: dataFrom[0].extract.decodingStrategy: extract of a certificate (cert/) yields PEM tls.crt and tls.key: decodingStrategy does not apply",
+        ]),
     );
     check(
         &tls.replace("{ key: cert/ingress }", "{ key: key/signing }"),
-        Err(&["regcred.yaml:5: dataFrom[0].extract.key: key/ objects (Key Vault keys) are not supported: keyfleet distributes secrets and certificates"]),
+        Err(&[
+            "regcred.yaml:5: dataFrom[0].extract.key: key/ objects (Key Vault keys) are not supported: keyfleet distributes secrets and certificates",
+        ]),
     );
 }
 

@@ -332,7 +332,11 @@ mod tests {
             event("Microsoft.KeyVault.SecretNearExpiry", "MYVAULT", "api"),
             event("Microsoft.KeyVault.SecretNewVersionCreated", "othervault", "db"),
             event("Microsoft.KeyVault.KeyNewVersionCreated", "myvault", "k"),
-            event("Microsoft.KeyVault.CertificateNewVersionCreated", "myvault", "tls"),
+            event(
+                "Microsoft.KeyVault.CertificateNewVersionCreated",
+                "myvault",
+                "tls"
+            ),
         ]);
         let uri = format!("/eventgrid/keyvault?code={CODE}");
         let (status, body) = post(&router, &uri, batch).await;
@@ -342,8 +346,13 @@ mod tests {
         );
         assert_eq!(
             *events.0.lock().expect("lock"),
-            [("myvault", "db"), ("myvault", "api"), ("othervault", "db"), ("myvault", "tls")]
-                .map(|(vault, secret)| (vault.to_owned(), secret.to_owned()))
+            [
+                ("myvault", "db"),
+                ("myvault", "api"),
+                ("othervault", "db"),
+                ("myvault", "tls")
+            ]
+            .map(|(vault, secret)| (vault.to_owned(), secret.to_owned()))
         );
         assert_eq!(post(&router, &uri, json!("x")).await.0, StatusCode::BAD_REQUEST);
     }

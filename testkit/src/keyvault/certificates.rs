@@ -8,8 +8,8 @@
 use std::fmt;
 
 use base64::Engine as _;
-use chrono::Datelike as _;
 use base64::engine::general_purpose::STANDARD;
+use chrono::Datelike as _;
 use zeroize::Zeroizing;
 
 /// `contentType` of a companion secret holding PEM.
@@ -138,22 +138,23 @@ pub(super) fn import(pem_or_pfx: &[u8], password: &str) -> Result<Imported, &'st
         if !has_key {
             return Err("Private key is not specified in the specified X.509 PEM certificate content.");
         }
-        let leaf = certificates.into_iter().next().ok_or_else(|| {
-            "No certificate was found in the specified X.509 PEM content."
-        })?;
+        let leaf = certificates
+            .into_iter()
+            .next()
+            .ok_or("No certificate was found in the specified X.509 PEM content.")?;
         let text = String::from_utf8_lossy(pem_or_pfx).into_owned();
         (PEM_CONTENT_TYPE, Zeroizing::new(text), leaf)
     } else {
         let store = p12_keystore::KeyStore::from_pkcs12(pem_or_pfx, password).map_err(|_| {
             "The specified PEM X.509 certificate content is in an unexpected format, or the password does not open the PFX."
         })?;
-        let (alias, chain) = store.private_key_chain().ok_or_else(|| {
-            "Private key is not specified in the specified PFX content."
-        })?;
+        let (alias, chain) = store
+            .private_key_chain()
+            .ok_or("Private key is not specified in the specified PFX content.")?;
         let leaf = chain
             .chain()
             .first()
-            .ok_or_else(|| "No certificate was found in the specified PFX.")?
+            .ok_or("No certificate was found in the specified PFX.")?
             .as_der()
             .to_vec();
         // Key Vault keeps its own PFX of the key and chain, without a password.
@@ -187,11 +188,12 @@ pub(super) fn import(pem_or_pfx: &[u8], password: &str) -> Result<Imported, &'st
                 .collect()
         })
         .unwrap_or_default();
-    let key_type = if parsed.public_key().algorithm.algorithm == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION {
-        "RSA"
-    } else {
-        "EC"
-    };
+    let key_type =
+        if parsed.public_key().algorithm.algorithm == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION {
+            "RSA"
+        } else {
+            "EC"
+        };
     Ok(Imported {
         content_type,
         value,
@@ -242,7 +244,10 @@ mod tests {
     fn a_certificate_without_its_key_is_refused_without_quoting_it() {
         let generated = TestCertificate::self_signed("nokey.example", &["nokey.example"]).expect("generate");
         let error = import(generated.cert_pem.as_bytes(), "").expect_err("no key");
-        assert_eq!(error, "Private key is not specified in the specified X.509 PEM certificate content.");
+        assert_eq!(
+            error,
+            "Private key is not specified in the specified X.509 PEM certificate content."
+        );
         assert!(import(b"not a certificate", "").is_err());
         assert!(!format!("{generated:?}").contains("PRIVATE"));
         assert!(!format!("{:?}", import(generated.pem_bundle().as_bytes(), "")).contains("PRIVATE"));

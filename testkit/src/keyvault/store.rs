@@ -642,7 +642,8 @@ mod tests {
         let mut vault = Vault::default();
         let generated = super::super::certificates::TestCertificate::self_signed("c.example", &["c.example"])
             .expect("generate");
-        let imported = super::super::certificates::import(generated.pem_bundle().as_bytes(), "").expect("import");
+        let imported =
+            super::super::certificates::import(generated.pem_bundle().as_bytes(), "").expect("import");
         let (nbf, exp) = (imported.not_before, imported.expires);
         let first = vault
             .set_certificate("Tls", imported, BTreeMap::new(), 5)
@@ -653,18 +654,33 @@ mod tests {
         assert_eq!(companion.content_type.as_deref(), Some("application/x-pem-file"));
         assert_eq!((companion.not_before, companion.expires), (Some(nbf), Some(exp)));
         assert_eq!(first.cer, generated.cert_der);
-        let pfx = super::super::certificates::import(&generated.pfx_with_password("import-pass").expect("pfx"), "import-pass").expect("import");
-        let second = vault.set_certificate("tls", pfx, BTreeMap::new(), 6).expect("set");
+        let pfx = super::super::certificates::import(
+            &generated.pfx_with_password("import-pass").expect("pfx"),
+            "import-pass",
+        )
+        .expect("import");
+        let second = vault
+            .set_certificate("tls", pfx, BTreeMap::new(), 6)
+            .expect("set");
         let certificate = vault.certificate("TLS").expect("certificate");
-        assert_eq!(certificate.version(None).map(|v| v.id.as_str()), Some(second.id.as_str()));
+        assert_eq!(
+            certificate.version(None).map(|v| v.id.as_str()),
+            Some(second.id.as_str())
+        );
         assert_eq!(vault.secret("tls").expect("secret").versions.len(), 2);
-        vault.set("plain", value("v"), Attributes::default(), 1).expect("set");
-        let plain = super::super::certificates::import(generated.pem_bundle().as_bytes(), "").expect("import");
+        vault
+            .set("plain", value("v"), Attributes::default(), 1)
+            .expect("set");
+        let plain =
+            super::super::certificates::import(generated.pem_bundle().as_bytes(), "").expect("import");
         let error = vault
             .set_certificate("plain", plain, BTreeMap::new(), 7)
             .expect_err("a plain secret has that name");
         assert_eq!(error.status, 409);
-        assert_eq!(vault.certificate("none").expect_err("missing").code, "CertificateNotFound");
+        assert_eq!(
+            vault.certificate("none").expect_err("missing").code,
+            "CertificateNotFound"
+        );
     }
 
     #[test]

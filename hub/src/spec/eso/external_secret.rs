@@ -329,12 +329,7 @@ fn store_ref(
 
 /// `remoteRef` / `extract`: key (without `secret/`; `cert/` kept), version, property,
 /// decodingStrategy.
-fn remote_ref(
-    ctx: &mut Ctx<'_>,
-    path: &str,
-    remote: &Map<String, Value>,
-    extract: bool,
-) -> Option<Value> {
+fn remote_ref(ctx: &mut Ctx<'_>, path: &str, remote: &Map<String, Value>, extract: bool) -> Option<Value> {
     let mut out = Map::new();
     let key = ctx.string(&format!("{path}.key"), remote.get("key"))?;
     let certificate = key.starts_with("cert/");

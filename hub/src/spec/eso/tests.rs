@@ -128,10 +128,17 @@ fn certificate_references_keep_their_eso_meaning() {
         json!({"key": "cert/web-ca", "version": "0123456789abcdef0123456789abcdef"})
     );
     assert_eq!(value["spec"]["data"][1]["remoteRef"], json!({"key": "web-tls"}));
-    assert!(value["spec"].get("dataFrom").is_none_or(|from| from.as_array().is_some_and(Vec::is_empty)), "{value}");
+    assert!(
+        value["spec"]
+            .get("dataFrom")
+            .is_none_or(|from| from.as_array().is_some_and(Vec::is_empty)),
+        "{value}"
+    );
     let lines: Vec<String> = imported.findings.iter().map(ToString::to_string).collect();
     assert!(
-        lines.iter().any(|line| line.starts_with("tls.yaml:7: warning: spec.data[0].remoteRef.property = \"ignored\": ESO ignores property")),
+        lines.iter().any(|line| line.starts_with(
+            "tls.yaml:7: warning: spec.data[0].remoteRef.property = \"ignored\": ESO ignores property"
+        )),
         "{lines:#?}"
     );
     assert!(

@@ -24,7 +24,10 @@ impl std::fmt::Debug for CertificateParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateParts")
             .field("chain_pem", &format_args!("<{} bytes>", self.chain_pem.len()))
-            .field("key_pem", &format_args!("<redacted {} bytes>", self.key_pem.len()))
+            .field(
+                "key_pem",
+                &format_args!("<redacted {} bytes>", self.key_pem.len()),
+            )
             .field("leaf_der", &format_args!("<{} bytes>", self.leaf_der.len()))
             .finish()
     }
@@ -35,7 +38,8 @@ impl std::fmt::Debug for CertificateParts {
 /// (`application/x-pkcs12`, no password). The form is read from the value itself, so the
 /// content type need not travel with it.
 pub fn certificate_parts(value: &[u8]) -> Result<CertificateParts, &'static str> {
-    let text = std::str::from_utf8(value).map_err(|_| "the certificate's secret is neither PEM text nor base64")?;
+    let text =
+        std::str::from_utf8(value).map_err(|_| "the certificate's secret is neither PEM text nor base64")?;
     if text.contains("-----BEGIN ") {
         let certificates = pem_ders("CERTIFICATE", text)?;
         let leaf_der = certificates
@@ -62,11 +66,8 @@ pub fn certificate_parts(value: &[u8]) -> Result<CertificateParts, &'static str>
             leaf_der,
         });
     }
-    let compact: Zeroizing<Vec<u8>> = Zeroizing::new(
-        text.bytes()
-            .filter(|byte| !byte.is_ascii_whitespace())
-            .collect(),
-    );
+    let compact: Zeroizing<Vec<u8>> =
+        Zeroizing::new(text.bytes().filter(|byte| !byte.is_ascii_whitespace()).collect());
     let archive = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(compact.as_slice())

@@ -289,7 +289,9 @@ pub(super) fn call(function: Function, mut args: Vec<Value>) -> Result<Value, Te
             count(&args, 2, "expects the password and the PKCS#12 archive")?;
             let password = text(take(&mut args))?;
             let archive = take(&mut args).into_bytes();
-            Value::Bytes(pkcs12(function == Function::Pkcs12KeyPass, &archive, password.as_str()).map_err(error)?)
+            Value::Bytes(
+                pkcs12(function == Function::Pkcs12KeyPass, &archive, password.as_str()).map_err(error)?,
+            )
         }
         Function::Printf => printf(name, args)?,
         // `index` needs the whole data and is evaluated before any call; a lone argument passes

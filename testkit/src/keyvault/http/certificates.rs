@@ -102,10 +102,16 @@ pub(super) fn execute(
                 ServiceError::new(
                     404,
                     "CertificateNotFound",
-                    format!("A certificate with (name/id) {name}/{} was not found in this key vault.", version.unwrap_or("")),
+                    format!(
+                        "A certificate with (name/id) {name}/{} was not found in this key vault.",
+                        version.unwrap_or("")
+                    ),
                 )
             })?;
-            Ok(json_response(StatusCode::OK, bundle(base, &certificate.name, found)))
+            Ok(json_response(
+                StatusCode::OK,
+                bundle(base, &certificate.name, found),
+            ))
         }
         Op::ListCertificates => {
             let items: Vec<Value> = shared
@@ -137,14 +143,19 @@ pub(super) fn execute(
                 .value
                 .map(Zeroizing::new)
                 .ok_or_else(|| ServiceError::bad_parameter("Property 'value' is required."))?;
-            let raw = Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| {
-                ServiceError::bad_parameter("The certificate value is not valid base64.")
-            })?);
+            let raw =
+                Zeroizing::new(STANDARD.decode(encoded.trim()).map_err(|_| {
+                    ServiceError::bad_parameter("The certificate value is not valid base64.")
+                })?);
             let imported = certificates::import(&raw, &password).map_err(ServiceError::bad_parameter)?;
             let mut vault = shared.vault();
-            let created = vault.set_certificate(name, imported, parsed.tags.unwrap_or_default(), shared.now())?;
+            let created =
+                vault.set_certificate(name, imported, parsed.tags.unwrap_or_default(), shared.now())?;
             let certificate_name = vault.certificate(name)?.name.clone();
-            Ok(json_response(StatusCode::OK, bundle(base, &certificate_name, &created)))
+            Ok(json_response(
+                StatusCode::OK,
+                bundle(base, &certificate_name, &created),
+            ))
         }
         _ => Err(ServiceError::new(404, "NotFound", "not a certificate operation")),
     }

@@ -49,9 +49,13 @@ fn route<'p>(method: &Method, path: &[&'p str]) -> Option<(Op, Option<&'p str>, 
         }
         (&Method::POST, ["deletedsecrets", name, "recover"]) => (Op::Recover, Some(*name), None),
         (&Method::GET, ["certificates"] | ["certificates", ""]) => (Op::ListCertificates, None, None),
-        (&Method::GET, ["certificates", name, "versions"]) => (Op::ListCertificateVersions, Some(*name), None),
+        (&Method::GET, ["certificates", name, "versions"]) => {
+            (Op::ListCertificateVersions, Some(*name), None)
+        }
         (&Method::GET, ["certificates", name]) => (Op::GetCertificate, Some(*name), None),
-        (&Method::GET, ["certificates", name, version]) => (Op::GetCertificate, Some(*name), non_empty(version)),
+        (&Method::GET, ["certificates", name, version]) => {
+            (Op::GetCertificate, Some(*name), non_empty(version))
+        }
         (&Method::POST, ["certificates", name, "import"]) => (Op::ImportCertificate, Some(*name), None),
         _ => return None,
     })
