@@ -1,6 +1,10 @@
 //! Rendering: a FleetSecret spec plus the Key Vault values of one set of source versions become
 //! the complete Kubernetes Secret every targeted cluster writes (one *revision*). Pure: no IO.
 //!
+//! A certificate reference (`cert/NAME`) reads the certificate's companion secret `NAME`: in
+//! `data[]` its value is the leaf certificate's DER (Key Vault's `cer`, as ESO), and
+//! `dataFrom[].extract` of it yields `tls.crt` (the chain, PEM) and `tls.key` (the key, PEM).
+//!
 //! Order as ESO: `dataFrom[]` entries first (later ones win), then `data[]` (overrides), then
 //! `target.template.data` (replaces the keys, or adds to them with `mergePolicy: Merge`).
 //! `grpc::convert` turns a [`RenderedSecret`] into the wire `SecretPayload` and its sha256.
@@ -13,8 +17,8 @@ use base64::Engine as _;
 
 use crate::domain::{SecretValue, Sha256};
 use crate::spec::{
-    CreationPolicy, DataFrom, DecodingStrategy, DeletionPolicy, FleetSecretSpec, MergePolicy, RemoteRef,
-    TargetNamespaces, TemplateError,
+    CreationPolicy, DataFrom, DecodingStrategy, DeletionPolicy, FleetSecretSpec, MergePolicy, ObjectType,
+    RemoteRef, TargetNamespaces, TemplateError,
 };
 
 /// One Key Vault secret value at one version.
@@ -111,6 +115,14 @@ pub enum RenderError {
         /// Strategy.
         strategy: &'static str,
     },
+    /// A certificate's companion secret is not a certificate with its key (PEM or PFX).
+    #[error("Key Vault certificate {key:?}: {reason}")]
+    Certificate {
+        /// Key Vault certificate name.
+        key: String,
+        /// What is wrong (never a value).
+        reason: &'static str,
+    },
     /// An extracted or found key is not a valid Secret key.
     #[error(
         "Key Vault secret {key:?} yields the Secret key {secret_key:?}, which is not valid (1-253 of a-z, A-Z, 0-9, -, _, .)"
@@ -164,6 +176,11 @@ pub fn render(spec: &FleetSecretSpec, sources: &Sources) -> Result<RenderedSecre
     let mut values: BTreeMap<String, SecretValue> = BTreeMap::new();
     for (index, from) in spec.data_from.iter().enumerate() {
         match from {
+            DataFrom::Extract(remote_ref) if remote_ref.object == ObjectType::Certificate => {
+                let parts = certificate(sources, &remote_ref.key)?;
+                values.insert("tls.crt".to_owned(), SecretValue::new(parts.chain_pem.to_vec()));
+                values.insert("tls.key".to_owned(), SecretValue::new(parts.key_pem.to_vec()));
+            }
             DataFrom::Extract(remote_ref) => {
                 let source = named(sources, &remote_ref.key)?;
                 for (secret_key, value) in extract(&remote_ref.key, &source.value)? {
@@ -252,7 +269,27 @@ fn named<'a>(sources: &'a Sources, key: &str) -> Result<&'a SourceValue, RenderE
         .ok_or_else(|| RenderError::MissingSource { key: key.to_owned() })
 }
 
+/// A certificate's parts, split from its companion secret's value.
+fn certificate(sources: &Sources, key: &str) -> Result<crate::spec::template::CertificateParts, RenderError> {
+    let source = named(sources, key)?;
+    crate::spec::template::certificate_parts(source.value.expose()).map_err(|reason| {
+        RenderError::Certificate {
+            key: key.to_owned(),
+            reason,
+        }
+    })
+}
+
 fn resolve(sources: &Sources, remote_ref: &RemoteRef) -> Result<SecretValue, RenderError> {
+    if remote_ref.object == ObjectType::Certificate {
+        // As ESO: the certificate's DER (Key Vault's `cer`), no key.
+        let parts = certificate(sources, &remote_ref.key)?;
+        return decode(
+            &remote_ref.key,
+            SecretValue::new(parts.leaf_der.to_vec()),
+            remote_ref.decoding,
+        );
+    }
     let source = named(sources, &remote_ref.key)?;
     let value = match &remote_ref.property {
         None => source.value.clone(),

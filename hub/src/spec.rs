@@ -219,17 +219,33 @@ pub struct DataEntry {
     pub remote_ref: RemoteRef,
 }
 
-/// A Key Vault secret reference.
+/// A Key Vault secret or certificate reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteRef {
-    /// Key Vault secret name (without the optional `secret/` prefix).
+    /// Key Vault object name (without the `secret/` or `cert/` prefix). For a certificate it is
+    /// also the name of its companion secret, which is what the hub reads and watches.
     pub key: String,
+    /// What the reference reads (`secret/`, the default, or `cert/`).
+    pub object: ObjectType,
     /// Fixed Key Vault version (32 hex characters); `None` follows the latest.
     pub version: Option<String>,
     /// JSON path (`a.b`) inside a JSON value.
     pub property: Option<String>,
     /// How the value is decoded.
     pub decoding: DecodingStrategy,
+}
+
+/// The Key Vault object type a reference names, by its `key` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ObjectType {
+    /// `secret/NAME` or `NAME`: the secret's value.
+    #[default]
+    Secret,
+    /// `cert/NAME`: a certificate, read through its companion secret (key and certificates, PEM
+    /// or PFX). In `data[]` the value is the certificate's DER (Key Vault's `cer`, as ESO); in
+    /// `dataFrom[].extract` it yields `tls.crt` (the chain, PEM) and `tls.key` (the private key,
+    /// PEM).
+    Certificate,
 }
 
 /// `decodingStrategy`.

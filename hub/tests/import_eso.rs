@@ -172,11 +172,11 @@ async fn documented_eso_manifests_import_and_pass_apply_dry_run() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("<stdin>:46: warning: spec.data[4].remoteRef.key = \"cert/db-client-cert\""),
+        stderr.contains("<stdin>:52: warning: spec.data[5].remoteRef.key = \"key/encryption-pubkey\""),
         "{stderr}"
     );
     assert!(
-        stderr.ends_with("error: converted with 4 warning(s), listed above\n"),
+        stderr.ends_with("error: converted with 3 warning(s), listed above\n"),
         "{stderr}"
     );
     db.drop_db().await;

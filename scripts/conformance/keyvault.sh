@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Conformance of the Key Vault + Entra emulator: the official Python SDK (azure-keyvault-secrets,
+# azure-keyvault-certificates,
 # azure-identity, pinned in scripts/requirements.txt) against `keyfleet-testkit keyvault`.
 # Prints one summary line; exits non-zero on any failure.
 set -Eeuo pipefail
@@ -53,7 +54,7 @@ if [ "$status" -ne 0 ]; then
   exit "$status"
 fi
 # The emulator's log must never hold a secret value the SDK wrote.
-if grep -E 'value-one|value-two|secret-value|written-twice|workload-value' "$STATE/emulator.log"; then
+if grep -E 'value-one|value-two|secret-value|written-twice|workload-value|PRIVATE KEY|MII' "$STATE/emulator.log"; then
   echo "keyvault conformance: a secret value reached the emulator log" >&2
   exit 1
 fi

@@ -1,11 +1,14 @@
-"""Proves the Key Vault + Entra emulator faithful: the official azure-keyvault-secrets and
-azure-identity packages (pinned in scripts/requirements.txt) run against `keyfleet-testkit keyvault`.
+"""Proves the Key Vault + Entra emulator faithful: the official azure-keyvault-secrets,
+azure-keyvault-certificates and azure-identity packages (pinned in scripts/requirements.txt) run against `keyfleet-testkit keyvault`.
 
 Usage: keyvault_sdk.py VAULT_URL AUTHORITY_URL STATE_DIR
 Needs REQUESTS_CA_BUNDLE pointing at STATE_DIR/ca.pem. Prints one line per check, then one summary
 line; exits non-zero when any check fails.
 """
 
+import base64
+import datetime
+import hashlib
 import json
 import os
 import ssl
@@ -16,7 +19,13 @@ import urllib.request
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.identity import ClientSecretCredential, ManagedIdentityCredential, WorkloadIdentityCredential
+from azure.keyvault.certificates import CertificateClient, CertificateContentType, CertificatePolicy
 from azure.keyvault.secrets import SecretClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
 
 VAULT, AUTHORITY, STATE = sys.argv[1], sys.argv[2].rstrip("/"), sys.argv[3]
 TENANT, CLIENT_ID, CLIENT_SECRET = "keyfleet-test", "keyfleet-hub", "keyfleet-hub-secret"
@@ -193,6 +202,87 @@ def check_managed_identity():
         del os.environ["IDENTITY_ENDPOINT"], os.environ["IDENTITY_HEADER"]
 
 
+def test_certificate(common_name):
+    """A self-signed certificate and its key, as an operator would import into Key Vault."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=90))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+                   .sign(key, hashes.SHA256()))
+    return key, certificate
+
+
+def check_certificates():
+    certs = CertificateClient(VAULT, secret_credential(), verify_challenge_resource=False)
+    secrets = client(secret_credential())
+    key, first = test_certificate("conf-tls.example")
+    pem = (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+           + first.public_bytes(serialization.Encoding.PEM))
+    imported = certs.import_certificate("conf-tls", pem,
+                                        policy=CertificatePolicy(content_type=CertificateContentType.pem,
+                                                                 issuer_name="Unknown"))
+    expect(imported.cer == first.public_bytes(serialization.Encoding.DER), "import returns the DER certificate")
+    latest = certs.get_certificate("conf-tls")
+    expect(latest.cer == first.public_bytes(serialization.Encoding.DER), "cer is the DER certificate")
+    thumbprint = hashlib.sha1(latest.cer).digest()
+    expect(latest.properties.x509_thumbprint == thumbprint, "x5t is the SHA-1 thumbprint")
+    expect(latest.properties.version == imported.properties.version and len(latest.properties.version) == 32,
+           "version id")
+    expect(latest.properties.expires_on is not None
+           and abs((latest.properties.expires_on - first.not_valid_after_utc).total_seconds()) < 1,
+           "exp is the certificate's notAfter")
+    expect(latest.policy is not None and latest.policy.content_type == CertificateContentType.pem,
+           f"policy content type {latest.policy and latest.policy.content_type}")
+    expect(latest.policy.subject == "CN=conf-tls.example", f"policy subject {latest.policy.subject}")
+    expect(latest.secret_id.endswith(f"/secrets/conf-tls/{latest.properties.version}"), latest.secret_id)
+    expect(latest.key_id.endswith(f"/keys/conf-tls/{latest.properties.version}"), latest.key_id)
+    # The companion secret: key and certificate, PEM as imported.
+    companion = secrets.get_secret("conf-tls")
+    expect(companion.properties.content_type == "application/x-pem-file", companion.properties.content_type)
+    expect(companion.properties.managed is True, "the companion secret is managed")
+    expect(companion.properties.key_id == latest.key_id, "kid of the companion secret")
+    expect(companion.properties.version == latest.properties.version, "same version as the certificate")
+    loaded_key = serialization.load_pem_private_key(companion.value.encode(), None)
+    expect(loaded_key.private_numbers() == key.private_numbers(), "the companion secret holds the key")
+    expect(x509.load_pem_x509_certificate(companion.value.encode()) == first, "and the certificate")
+    # A second version in PFX form.
+    key2, second = test_certificate("conf-tls.example")
+    pfx = pkcs12.serialize_key_and_certificates(b"conf-tls", key2, second, None,
+                                                serialization.BestAvailableEncryption(b"import-pass"))
+    renewed = certs.import_certificate("conf-tls", pfx, password="import-pass",
+                                       policy=CertificatePolicy(content_type=CertificateContentType.pkcs12,
+                                                                issuer_name="Unknown"))
+    expect(renewed.properties.version != imported.properties.version, "a new version")
+    old = certs.get_certificate_version("conf-tls", imported.properties.version)
+    expect(old.cer == first.public_bytes(serialization.Encoding.DER), "get_certificate_version")
+    expect(certs.get_certificate("conf-tls").cer == second.public_bytes(serialization.Encoding.DER), "latest")
+    versions = list(certs.list_properties_of_certificate_versions("conf-tls"))
+    expect(sorted(v.version for v in versions) == sorted([imported.properties.version, renewed.properties.version]),
+           f"{len(versions)} versions listed")
+    expect(all(v.x509_thumbprint for v in versions), "listed versions carry x5t")
+    companion = secrets.get_secret("conf-tls")
+    expect(companion.properties.content_type == "application/x-pkcs12", companion.properties.content_type)
+    # Key Vault keeps the PFX without a password.
+    key_back, cert_back, _ = pkcs12.load_key_and_certificates(base64.b64decode(companion.value), b"")
+    expect(cert_back == second and key_back.private_numbers() == key2.private_numbers(), "the PFX companion")
+    secret_versions = {p.version for p in secrets.list_properties_of_secret_versions("conf-tls")}
+    expect(secret_versions == {imported.properties.version, renewed.properties.version},
+           "the companion secret's versions move with the certificate")
+    expect(secrets.get_secret("conf-tls", imported.properties.version).properties.content_type
+           == "application/x-pem-file", "the companion secret's old version")
+    expect("conf-tls" in {c.name for c in certs.list_properties_of_certificates()}, "listed")
+    try:
+        certs.get_certificate("conf-no-such-cert")
+        raise AssertionError("missing certificate was served")
+    except ResourceNotFoundError as error:
+        expect(error.error.code == "CertificateNotFound", f"code {error.error.code}")
+
+
 def check_permissions():
     reader = client(secret_credential(secret="reader-secret", client_id="conf-reader"))
     expect(reader.get_secret("conf-db").value == "value-two", "get allowed")
@@ -214,6 +304,7 @@ CHECKS = [
     check_workload_identity,
     check_managed_identity,
     check_permissions,
+    check_certificates,
 ]
 
 
@@ -231,7 +322,7 @@ def main():
     passed = len(CHECKS) - len(failed)
     status = "passed" if not failed else f"FAILED ({', '.join(failed)})"
     print(f"keyvault conformance: {passed}/{len(CHECKS)} checks {status} "
-          f"(azure-keyvault-secrets + azure-identity against keyfleet-testkit keyvault)")
+          f"(azure-keyvault-secrets + azure-keyvault-certificates + azure-identity against keyfleet-testkit keyvault)")
     return 1 if failed else 0
 
 

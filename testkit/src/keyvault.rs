@@ -3,7 +3,9 @@
 //! tests with the Rust crates).
 //!
 //! One HTTPS port serves both roles, dispatching on the path:
-//! - vault: `/secrets…`, `/deletedsecrets…` (challenge auth, api-version checked, paging, soft delete);
+//! - vault: `/secrets…`, `/deletedsecrets…` (challenge auth, api-version checked, paging, soft delete),
+//!   `/certificates…` (get a version, list, import; each certificate version keeps its key and
+//!   certificate in a companion secret of the same name and version, as Key Vault does);
 //! - Entra: `/{tenant}/oauth2/v2.0/token` (client secret and federated `client_assertion`),
 //!   `/{tenant}/v2.0/.well-known/openid-configuration`, and the managed identity endpoint
 //!   `azure_identity` uses through `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` (`/msi/token`);
@@ -12,6 +14,7 @@
 //! Secret values are held in `Zeroizing` strings and never logged.
 
 mod auth;
+mod certificates;
 mod config;
 mod error;
 mod faults;
@@ -31,6 +34,7 @@ pub use auth::{
     DEFAULT_FEDERATED_ISSUER, DEFAULT_FEDERATED_SUBJECT, FEDERATED_AUDIENCE, Federated, ManagedIdentity,
     Permission, Principal, VAULT_RESOURCE,
 };
+pub use certificates::{PEM_CONTENT_TYPE, PFX_CONTENT_TYPE, TestCertificate};
 pub use config::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, KeyVaultConfig};
 pub use error::Error;
 pub use faults::{CounterRow, Counters, FaultSpec, Faults, Outcome, RetryAfter};
@@ -151,6 +155,20 @@ impl KeyVaultHandle {
             attributes,
             self.shared.now(),
         )?;
+        Ok(version.id)
+    }
+
+    /// Imports a new version of certificate `name` (as `POST /certificates/{name}/import`) from
+    /// PEM text (private key and certificates) or PFX bytes (empty password), and returns its
+    /// version id. Key Vault keeps the key and certificate in the companion secret `name` at the
+    /// same version (`contentType` `application/x-pem-file` or `application/x-pkcs12`, base64
+    /// PFX), with the certificate's validity as `nbf`/`exp`.
+    pub fn set_certificate(&self, name: &str, pem_or_pfx: &[u8]) -> Result<String, ServiceError> {
+        let imported = certificates::import(pem_or_pfx, "").map_err(ServiceError::bad_parameter)?;
+        let version =
+            self.shared
+                .vault()
+                .set_certificate(name, imported, BTreeMap::new(), self.shared.now())?;
         Ok(version.id)
     }
 

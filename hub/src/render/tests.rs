@@ -335,3 +335,85 @@ fn imported_eso_pkcs12_example_renders_a_tls_secret() {
     assert_eq!(text(&rendered.data["tls.crt"]), read("pkcs12/tls.crt.pem"));
     assert_eq!(text(&rendered.data["tls.key"]), read("pkcs12/tls.key.pem"));
 }
+
+fn pkcs12_fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pkcs12")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+/// The DER of the first PEM block of `pem`.
+fn first_der(pem: &str) -> Vec<u8> {
+    let body: String = pem
+        .lines()
+        .skip_while(|line| !line.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("base64")
+}
+
+/// `cert/NAME`: the companion secret Key Vault keeps for a certificate, as a base64 PFX or as PEM
+/// text, becomes a `kubernetes.io/tls` Secret through `dataFrom.extract` (chain leaf first and
+/// key, as OpenSSL prints them), and the certificate's DER in `data` (Key Vault's `cer`, as ESO).
+#[test]
+fn certificates_render_tls_secrets_from_pfx_or_pem() {
+    let (crt, key) = (pkcs12_fixture("tls.crt.pem"), pkcs12_fixture("tls.key.pem"));
+    let pfx = pkcs12_fixture("tls.p12.b64").replace('\n', "");
+    let pem = format!("{key}{crt}");
+    let spec = fleet_secret(
+        "\
+kind: FleetSecret
+name: ingress-tls
+storeRef: shared-kv
+dataFrom:
+  - extract: { key: cert/ingress }
+data:
+  - { secretKey: ca.der, remoteRef: { key: cert/ingress } }
+target: { namespaces: [apps], type: kubernetes.io/tls }
+",
+    );
+    for value in [&pfx, &pem] {
+        let rendered = render(&spec, &sources(&[("ingress", value)])).expect("renders");
+        assert_eq!(rendered.secret_type, "kubernetes.io/tls");
+        assert_eq!(text(&rendered.data["tls.crt"]), crt);
+        assert_eq!(text(&rendered.data["tls.key"]), key);
+        assert_eq!(rendered.data["ca.der"].expose(), first_der(&crt));
+        assert_eq!(rendered.data.len(), 3);
+    }
+    // Without dataFrom, a tls Secret needs its keys from somewhere: named, never quoted.
+    let no_key = fleet_secret(
+        "\
+kind: FleetSecret
+name: cert-only
+storeRef: shared-kv
+data:
+  - { secretKey: tls.crt, remoteRef: { key: cert/ingress } }
+target: { namespaces: [apps], type: kubernetes.io/tls }
+",
+    );
+    let error = render(&no_key, &sources(&[("ingress", &pfx)])).expect_err("no tls.key");
+    assert_eq!(
+        error.to_string(),
+        "Secrets of type kubernetes.io/tls need the key \"tls.key\""
+    );
+    // A secret that is no certificate: the reason names the certificate, never the value.
+    let error = render(&spec, &sources(&[("ingress", SECRET_WORD)])).expect_err("not a certificate");
+    assert_eq!(
+        error.to_string(),
+        "Key Vault certificate \"ingress\": the certificate's secret is neither PEM text nor base64"
+    );
+    let only_cert = crt.clone();
+    let error = render(&spec, &sources(&[("ingress", &only_cert)])).expect_err("no key");
+    assert_eq!(
+        error.to_string(),
+        "Key Vault certificate \"ingress\": the certificate's PEM holds no private key"
+    );
+    let debug = format!("{:?}", crate::spec::template::certificate_parts(pem.as_bytes()));
+    assert!(!debug.contains("PRIVATE") && !debug.contains("MII"), "{debug}");
+}

@@ -31,11 +31,13 @@ use zeroize::Zeroizing;
 use crate::domain::SecretValue;
 
 mod action;
+mod certificates;
 mod functions;
 #[cfg(test)]
 mod tests;
 
 use action::ActionParser;
+pub use certificates::{CertificateParts, certificate_parts};
 pub(crate) use functions::Function;
 
 /// A parsed template.

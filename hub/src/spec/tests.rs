@@ -395,6 +395,63 @@ target: { namespaces: [default] }
     );
 }
 
+/// `cert/NAME` reads a Key Vault certificate (through its companion secret `NAME`): in `data` as
+/// ESO (the DER certificate), in `dataFrom.extract` as `tls.crt` + `tls.key`. `key/` stays refused.
+#[test]
+fn certificate_references_are_read_and_key_references_refused() {
+    let tls = "\
+kind: FleetSecret
+name: ingress-tls
+storeRef: shared-kv
+dataFrom:
+  - extract: { key: cert/ingress }
+data:
+  - { secretKey: cert.der, remoteRef: { key: cert/ingress, version: 0123456789abcdef0123456789abcdef } }
+target: { namespaces: [default], type: kubernetes.io/tls }
+";
+    check(tls, Ok(1));
+    let files = [SpecFile {
+        name: "tls.yaml".to_owned(),
+        content: tls.to_owned(),
+    }];
+    let known: BTreeSet<String> = ["shared-kv".to_owned()].into();
+    let Some(Spec::FleetSecret(parsed)) = parse_files(&files, &known)
+        .expect("valid")
+        .pop()
+        .map(|loaded| loaded.spec)
+    else {
+        panic!("a FleetSecret");
+    };
+    assert_eq!(
+        parsed.remote_keys(),
+        ["ingress"],
+        "the companion secret is what is watched"
+    );
+    assert_eq!(parsed.data[0].remote_ref.object, ObjectType::Certificate);
+    assert!(matches!(&parsed.data_from[0], DataFrom::Extract(r) if r.object == ObjectType::Certificate));
+    check(
+        &tls.replace("version: 0123456789abcdef0123456789abcdef", "property: a.b"),
+        Err(&[
+            "regcred.yaml:7: data[0].remoteRef.property: a certificate (cert/) is not JSON: property does not apply",
+        ]),
+    );
+    check(
+        &tls.replace(
+            "{ key: cert/ingress }",
+            "{ key: cert/ingress, decodingStrategy: Base64 }",
+        ),
+        Err(&[
+            "regcred.yaml:5: dataFrom[0].extract.decodingStrategy: extract of a certificate (cert/) yields PEM tls.crt and tls.key: decodingStrategy does not apply",
+        ]),
+    );
+    check(
+        &tls.replace("{ key: cert/ingress }", "{ key: key/signing }"),
+        Err(&[
+            "regcred.yaml:5: dataFrom[0].extract.key: key/ objects (Key Vault keys) are not supported: keyfleet distributes secrets and certificates",
+        ]),
+    );
+}
+
 #[test]
 fn duplicate_names_across_files_are_rejected() {
     let files = [

@@ -1,6 +1,7 @@
 //! Azure Event Grid webhook for Key Vault events: the subscription validation handshake (Event
 //! Grid schema, and the CloudEvents `OPTIONS` handshake), then `SecretNewVersionCreated`,
-//! `SecretNearExpiry` and `SecretExpired` trigger an immediate targeted fetch of that secret by
+//! `SecretNearExpiry` and `SecretExpired` (and the same three for certificates, whose companion
+//! secret has the certificate's name) trigger an immediate targeted fetch of that secret by
 //! every store reading the vault ([`KeyVaultEvents`]: the sync engine, which forwards the fetch to
 //! the Key Vault leader when this replica does not lead). The sweep stays the backstop: a lost
 //! notification costs at most one `pollInterval`.
@@ -26,6 +27,11 @@ pub const FETCH_EVENTS: &[&str] = &[
     "Microsoft.KeyVault.SecretNewVersionCreated",
     "Microsoft.KeyVault.SecretNearExpiry",
     "Microsoft.KeyVault.SecretExpired",
+    // A certificate's new version is a new version of its companion secret (same name), which is
+    // what `cert/NAME` references read and watch.
+    "Microsoft.KeyVault.CertificateNewVersionCreated",
+    "Microsoft.KeyVault.CertificateNearExpiry",
+    "Microsoft.KeyVault.CertificateExpired",
 ];
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
@@ -326,17 +332,27 @@ mod tests {
             event("Microsoft.KeyVault.SecretNearExpiry", "MYVAULT", "api"),
             event("Microsoft.KeyVault.SecretNewVersionCreated", "othervault", "db"),
             event("Microsoft.KeyVault.KeyNewVersionCreated", "myvault", "k"),
+            event(
+                "Microsoft.KeyVault.CertificateNewVersionCreated",
+                "myvault",
+                "tls"
+            ),
         ]);
         let uri = format!("/eventgrid/keyvault?code={CODE}");
         let (status, body) = post(&router, &uri, batch).await;
         assert_eq!(
             (status, body),
-            (StatusCode::OK, json!({"fetches": 2, "forwarded": 1}))
+            (StatusCode::OK, json!({"fetches": 3, "forwarded": 1}))
         );
         assert_eq!(
             *events.0.lock().expect("lock"),
-            [("myvault", "db"), ("myvault", "api"), ("othervault", "db")]
-                .map(|(vault, secret)| (vault.to_owned(), secret.to_owned()))
+            [
+                ("myvault", "db"),
+                ("myvault", "api"),
+                ("othervault", "db"),
+                ("myvault", "tls")
+            ]
+            .map(|(vault, secret)| (vault.to_owned(), secret.to_owned()))
         );
         assert_eq!(post(&router, &uri, json!("x")).await.0, StatusCode::BAD_REQUEST);
     }

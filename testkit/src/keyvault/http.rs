@@ -1,6 +1,7 @@
 //! HTTPS serving and request dispatch by path: vault data plane, Entra endpoints, admin routes.
 
 mod admin;
+mod certificates;
 mod entra;
 mod response;
 mod secrets;
@@ -88,7 +89,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
     let mut response = match segments.as_slice() {
         ["_emulator", rest @ ..] => admin(&shared, &parts.method, rest, &body),
-        ["secrets" | "deletedsecrets", ..] => {
+        ["secrets" | "deletedsecrets" | "certificates", ..] => {
             let call = Call {
                 shared: &shared,
                 method: &parts.method,

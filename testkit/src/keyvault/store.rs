@@ -33,6 +33,8 @@ pub(super) struct Version {
     pub created: i64,
     /// `attributes.updated` (unix seconds).
     pub updated: i64,
+    /// Whether a certificate manages this secret (its companion secret: `managed: true`, `kid`).
+    pub managed: bool,
 }
 
 impl std::fmt::Debug for Version {
@@ -173,6 +175,58 @@ pub(super) fn check_name(name: &str) -> Result<(), ServiceError> {
 pub(super) struct Vault {
     secrets: HashMap<String, Secret>,
     deleted: HashMap<String, Deleted>,
+    certificates: HashMap<String, Certificate>,
+}
+
+/// One version of a certificate: the public part; its key and certificate are the companion
+/// secret's version of the same id.
+#[derive(Debug, Clone)]
+pub(super) struct CertificateVersion {
+    /// 32 lowercase hex characters (the companion secret's version too).
+    pub id: String,
+    /// The leaf certificate, DER (`cer`).
+    pub cer: Vec<u8>,
+    /// `x5t`.
+    pub x5t: String,
+    /// `attributes.enabled`.
+    pub enabled: bool,
+    /// `attributes.nbf`.
+    pub not_before: i64,
+    /// `attributes.exp`.
+    pub expires: i64,
+    /// `attributes.created`.
+    pub created: i64,
+    /// `attributes.updated`.
+    pub updated: i64,
+    /// `tags`.
+    pub tags: BTreeMap<String, String>,
+    /// The companion secret's `contentType`.
+    pub content_type: &'static str,
+    /// `CN=…`.
+    pub subject: String,
+    /// Subject alternative DNS names.
+    pub dns_names: Vec<String>,
+    /// `RSA` or `EC`.
+    pub key_type: &'static str,
+}
+
+/// A certificate: its name as first written and its versions, oldest first.
+#[derive(Debug, Clone)]
+pub(super) struct Certificate {
+    /// Name with the case it was created with.
+    pub name: String,
+    /// Versions, oldest first; the last one is the current version.
+    pub versions: Vec<CertificateVersion>,
+}
+
+impl Certificate {
+    /// A version by id (the latest when `None`), case-insensitive.
+    pub(super) fn version(&self, id: Option<&str>) -> Option<&CertificateVersion> {
+        match id {
+            None => self.versions.last(),
+            Some(id) => self.versions.iter().find(|v| v.id.eq_ignore_ascii_case(id)),
+        }
+    }
 }
 
 fn key(name: &str) -> String {
@@ -214,6 +268,7 @@ impl Vault {
             not_before: attributes.not_before,
             created: now,
             updated: now,
+            managed: false,
         };
         let secret = self.secrets.entry(key(name)).or_insert_with(|| Secret {
             name: name.to_owned(),
@@ -331,6 +386,93 @@ impl Vault {
         let secret_name = secret.name.clone();
         self.secrets.insert(key(name), secret);
         Ok((secret_name, latest))
+    }
+
+    /// Imports a certificate version (`POST /certificates/{name}/import`): the certificate
+    /// version and its companion secret version (same id, `managed`, validity of the certificate).
+    pub(super) fn set_certificate(
+        &mut self,
+        name: &str,
+        imported: super::certificates::Imported,
+        tags: BTreeMap<String, String>,
+        now: i64,
+    ) -> Result<CertificateVersion, ServiceError> {
+        check_name(name)?;
+        if let Some(secret) = self.secrets.get(&key(name))
+            && secret.versions.iter().any(|v| !v.managed)
+        {
+            return Err(ServiceError::new(
+                409,
+                "Conflict",
+                format!("There is already a secret named {name} that no certificate manages."),
+            ));
+        }
+        if self.deleted.contains_key(&key(name)) {
+            return Err(ServiceError::conflict_deleted(name));
+        }
+        let id = new_version_id();
+        let version = CertificateVersion {
+            id: id.clone(),
+            x5t: super::certificates::thumbprint(&imported.cer),
+            cer: imported.cer,
+            enabled: true,
+            not_before: imported.not_before,
+            expires: imported.expires,
+            created: now,
+            updated: now,
+            tags: tags.clone(),
+            content_type: imported.content_type,
+            subject: imported.subject,
+            dns_names: imported.dns_names,
+            key_type: imported.key_type,
+        };
+        let companion = Version {
+            id,
+            value: imported.value,
+            content_type: Some(imported.content_type.to_owned()),
+            tags,
+            enabled: true,
+            expires: Some(imported.expires),
+            not_before: Some(imported.not_before),
+            created: now,
+            updated: now,
+            managed: true,
+        };
+        self.secrets
+            .entry(key(name))
+            .or_insert_with(|| Secret {
+                name: name.to_owned(),
+                versions: Vec::new(),
+            })
+            .versions
+            .push(companion);
+        self.certificates
+            .entry(key(name))
+            .or_insert_with(|| Certificate {
+                name: name.to_owned(),
+                versions: Vec::new(),
+            })
+            .versions
+            .push(version.clone());
+        Ok(version)
+    }
+
+    /// A certificate by name.
+    pub(super) fn certificate(&self, name: &str) -> Result<&Certificate, ServiceError> {
+        self.certificates.get(&key(name)).ok_or_else(|| {
+            ServiceError::new(
+                404,
+                "CertificateNotFound",
+                format!("A certificate with (name/id) {name} was not found in this key vault. If you recently deleted this certificate you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"),
+            )
+        })
+    }
+
+    /// Every certificate, sorted by lowercase name.
+    pub(super) fn list_certificates(&self) -> Vec<&Certificate> {
+        let mut all: Vec<(&String, &Certificate)> = self.certificates.iter().collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all.into_iter().map(|(_, c)| c).collect()
     }
 
     /// `DELETE /deletedsecrets/{name}`.
@@ -493,6 +635,52 @@ mod tests {
         assert!(!updated.enabled);
         assert_eq!(updated.tags, tags);
         assert_eq!((updated.created, updated.updated), (1, 9));
+    }
+
+    #[test]
+    fn a_certificate_version_is_also_its_companion_secret_version() {
+        let mut vault = Vault::default();
+        let generated = super::super::certificates::TestCertificate::self_signed("c.example", &["c.example"])
+            .expect("generate");
+        let imported =
+            super::super::certificates::import(generated.pem_bundle().as_bytes(), "").expect("import");
+        let (nbf, exp) = (imported.not_before, imported.expires);
+        let first = vault
+            .set_certificate("Tls", imported, BTreeMap::new(), 5)
+            .expect("set");
+        let (secret, companion) = vault.get("tls", Some(&first.id)).expect("companion secret");
+        assert_eq!(secret.name, "Tls");
+        assert!(companion.managed);
+        assert_eq!(companion.content_type.as_deref(), Some("application/x-pem-file"));
+        assert_eq!((companion.not_before, companion.expires), (Some(nbf), Some(exp)));
+        assert_eq!(first.cer, generated.cert_der);
+        let pfx = super::super::certificates::import(
+            &generated.pfx_with_password("import-pass").expect("pfx"),
+            "import-pass",
+        )
+        .expect("import");
+        let second = vault
+            .set_certificate("tls", pfx, BTreeMap::new(), 6)
+            .expect("set");
+        let certificate = vault.certificate("TLS").expect("certificate");
+        assert_eq!(
+            certificate.version(None).map(|v| v.id.as_str()),
+            Some(second.id.as_str())
+        );
+        assert_eq!(vault.secret("tls").expect("secret").versions.len(), 2);
+        vault
+            .set("plain", value("v"), Attributes::default(), 1)
+            .expect("set");
+        let plain =
+            super::super::certificates::import(generated.pem_bundle().as_bytes(), "").expect("import");
+        let error = vault
+            .set_certificate("plain", plain, BTreeMap::new(), 7)
+            .expect_err("a plain secret has that name");
+        assert_eq!(error.status, 409);
+        assert_eq!(
+            vault.certificate("none").expect_err("missing").code,
+            "CertificateNotFound"
+        );
     }
 
     #[test]

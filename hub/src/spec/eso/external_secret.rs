@@ -199,7 +199,7 @@ fn external_secret_spec(
                 continue;
             };
             ctx.rest(&path, &entry, &["secretKey", "remoteRef", "sourceRef"]);
-            if let Some(remote) = remote_ref(ctx, &format!("{path}.remoteRef"), &remote) {
+            if let Some(remote) = remote_ref(ctx, &format!("{path}.remoteRef"), &remote, false) {
                 data.push(json!({ "secretKey": secret_key, "remoteRef": remote }));
             }
         }
@@ -234,7 +234,7 @@ fn external_secret_spec(
                 let Some(extract) = ctx.object(&format!("{path}.extract"), Some(extract)).cloned() else {
                     continue;
                 };
-                if let Some(remote) = remote_ref(ctx, &format!("{path}.extract"), &extract) {
+                if let Some(remote) = remote_ref(ctx, &format!("{path}.extract"), &extract, true) {
                     data_from.push(json!({ "extract": remote }));
                 }
             } else if let Some(find) = entry.get("find") {
@@ -327,25 +327,31 @@ fn store_ref(
     }
 }
 
-/// `remoteRef` / `extract`: key (without `secret/`), version, property, decodingStrategy.
-fn remote_ref(ctx: &mut Ctx<'_>, path: &str, remote: &Map<String, Value>) -> Option<Value> {
+/// `remoteRef` / `extract`: key (without `secret/`; `cert/` kept), version, property,
+/// decodingStrategy.
+fn remote_ref(ctx: &mut Ctx<'_>, path: &str, remote: &Map<String, Value>, extract: bool) -> Option<Value> {
     let mut out = Map::new();
     let key = ctx.string(&format!("{path}.key"), remote.get("key"))?;
+    let certificate = key.starts_with("cert/");
     let key = match key.split_once('/') {
         Some(("secret", name)) => name.to_owned(),
-        Some(("cert", _)) => {
+        // ESO refuses dataFrom with a certificate; keyfleet's extract of one means something else
+        // (tls.crt and tls.key), so it is not carried over silently.
+        Some(("cert", _)) if extract => {
             ctx.warn(
                 &format!("{path}.key"),
                 remote.get("key"),
-                "Key Vault certificate objects (cert/) are not supported yet; read the certificate's secret (secret/NAME: PEM or PFX) instead; entry not converted",
+                "ESO refuses dataFrom.extract of a certificate (cert/); entry not converted (keyfleet's extract of cert/NAME yields tls.crt and tls.key: write it by hand if that is what you meant)",
             );
             return None;
         }
+        // The certificate's DER (Key Vault's `cer`), as ESO reads it.
+        Some(("cert", _)) => key,
         Some(("key", _)) => {
             ctx.warn(
                 &format!("{path}.key"),
                 remote.get("key"),
-                "Key Vault keys (key/) have no keyfleet equivalent (keyfleet distributes secrets); entry not converted",
+                "Key Vault keys (key/) have no keyfleet equivalent (keyfleet distributes secrets and certificates); entry not converted",
             );
             return None;
         }
@@ -366,6 +372,14 @@ fn remote_ref(ctx: &mut Ctx<'_>, path: &str, remote: &Map<String, Value>) -> Opt
         if let Some(value) = ctx.string(&format!("{path}.{field}"), remote.get(field))
             && !value.is_empty()
         {
+            if certificate && field == "property" {
+                ctx.warn(
+                    &format!("{path}.property"),
+                    remote.get(field),
+                    "ESO ignores property for a certificate (cert/ gives its DER); not converted",
+                );
+                continue;
+            }
             out.insert(field.to_owned(), json!(value));
         }
     }

@@ -77,7 +77,8 @@ fn key_mappings_are_kept() {
         data,
         [
             ("database-username", "database-username"),
-            ("database-password", "database-password")
+            ("database-password", "database-password"),
+            ("db-client-cert", "cert/db-client-cert"),
         ]
     );
     assert_eq!(value["spec"]["target"]["namespaces"], json!(["default"]));
@@ -86,7 +87,6 @@ fn key_mappings_are_kept() {
     for path in [
         "spec.data[2].remoteRef.metadataPolicy",
         "spec.data[3].remoteRef.metadataPolicy",
-        "spec.data[4].remoteRef.key",
         "spec.data[5].remoteRef.key",
     ] {
         assert!(
@@ -106,6 +106,45 @@ fn key_mappings_are_kept() {
         json!({ "file": "/etc/keyfleet/credentials/azure-secret-sp/ClientSecret" })
     );
     assert_eq!(imported.worst(), Some(Severity::Warning));
+}
+
+/// `cert/NAME` keeps ESO's meaning (the certificate's DER); ESO refuses `dataFrom.extract` of a
+/// certificate, so that entry is reported, not turned into keyfleet's tls.crt/tls.key extract.
+#[test]
+fn certificate_references_keep_their_eso_meaning() {
+    let files = [SpecFile {
+        name: "tls.yaml".to_owned(),
+        content: "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: { name: tls, namespace: web }\nspec:\n  secretStoreRef: { kind: ClusterSecretStore, name: kv }\n  data:\n    - { secretKey: ca.crt, remoteRef: { key: cert/web-ca, property: ignored, version: 0123456789abcdef0123456789abcdef } }\n    - { secretKey: bundle, remoteRef: { key: secret/web-tls } }\n  dataFrom:\n    - extract: { key: cert/web-tls }\n".to_owned(),
+    }];
+    let imported = import(&files, &Options::default());
+    let secret = imported
+        .documents
+        .iter()
+        .find(|document| document.kind == "FleetSecret")
+        .expect("a FleetSecret");
+    let value: Value = serde_json::from_str(&secret.json).expect("json");
+    assert_eq!(
+        value["spec"]["data"][0]["remoteRef"],
+        json!({"key": "cert/web-ca", "version": "0123456789abcdef0123456789abcdef"})
+    );
+    assert_eq!(value["spec"]["data"][1]["remoteRef"], json!({"key": "web-tls"}));
+    assert!(
+        value["spec"]
+            .get("dataFrom")
+            .is_none_or(|from| from.as_array().is_some_and(Vec::is_empty)),
+        "{value}"
+    );
+    let lines: Vec<String> = imported.findings.iter().map(ToString::to_string).collect();
+    assert!(
+        lines.iter().any(|line| line.starts_with(
+            "tls.yaml:7: warning: spec.data[0].remoteRef.property = \"ignored\": ESO ignores property"
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|line| line.starts_with("tls.yaml:10: warning: spec.dataFrom[0].extract.key = \"cert/web-tls\": ESO refuses dataFrom.extract")),
+        "{lines:#?}"
+    );
 }
 
 #[test]

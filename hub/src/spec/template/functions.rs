@@ -5,6 +5,7 @@
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use super::certificates::{filter_pem, pkcs12};
 use super::{Bytes, TemplateError, Value};
 
 /// Every function name, for messages.
@@ -282,13 +283,15 @@ pub(super) fn call(function: Function, mut args: Vec<Value>) -> Result<Value, Te
                 "expects the PKCS#12 archive (bytes: decode base64 first with b64dec)",
             )?;
             let archive = take(&mut args).into_bytes();
-            pkcs12(function == Function::Pkcs12Key, &archive, "").map_err(error)?
+            Value::Bytes(pkcs12(function == Function::Pkcs12Key, &archive, "").map_err(error)?)
         }
         Function::Pkcs12CertPass | Function::Pkcs12KeyPass => {
             count(&args, 2, "expects the password and the PKCS#12 archive")?;
             let password = text(take(&mut args))?;
             let archive = take(&mut args).into_bytes();
-            pkcs12(function == Function::Pkcs12KeyPass, &archive, password.as_str()).map_err(error)?
+            Value::Bytes(
+                pkcs12(function == Function::Pkcs12KeyPass, &archive, password.as_str()).map_err(error)?,
+            )
         }
         Function::Printf => printf(name, args)?,
         // `index` needs the whole data and is evaluated before any call; a lone argument passes
@@ -350,114 +353,4 @@ fn printf(name: &'static str, mut args: Vec<Value>) -> Result<Value, TemplateErr
         return Err(error("more arguments than verbs"));
     }
     Ok(Value::Bytes(output))
-}
-
-/// ESO's `filterPEM`: every PEM block of `block_type` in `input`, re-encoded as Go's
-/// `pem.EncodeToMemory` writes it (64-column base64, a final newline), in order. Splits a Key
-/// Vault certificate's secret in PEM form (certificate chain and private key) into `tls.crt` and
-/// `tls.key`.
-fn filter_pem(block_type: &str, input: &str) -> Result<Bytes, &'static str> {
-    let begin = format!("-----BEGIN {block_type}-----");
-    let end = format!("-----END {block_type}-----");
-    let mut output: Bytes = Zeroizing::new(Vec::new());
-    let mut lines = input.lines().map(str::trim);
-    while let Some(line) = lines.next() {
-        if line != begin {
-            continue;
-        }
-        let mut body = Zeroizing::new(String::new());
-        let mut closed = false;
-        for line in lines.by_ref() {
-            if line == end {
-                closed = true;
-                break;
-            }
-            // RFC 1421 headers (`Proc-Type: …`) are not part of the data.
-            if !line.contains(':') {
-                body.push_str(line);
-            }
-        }
-        if !closed {
-            return Err("a PEM block has no END line");
-        }
-        let der = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(body.as_bytes())
-                .map_err(|_| "a PEM block is not valid base64")?,
-        );
-        pem_block(&mut output, block_type, &der);
-    }
-    Ok(output)
-}
-
-/// Appends one PEM block as Go's `pem.EncodeToMemory` writes it.
-fn pem_block(output: &mut Bytes, block_type: &str, der: &[u8]) {
-    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
-    output.extend_from_slice(format!("-----BEGIN {block_type}-----\n").as_bytes());
-    for chunk in encoded.as_bytes().chunks(64) {
-        output.extend_from_slice(chunk);
-        output.push(b'\n');
-    }
-    output.extend_from_slice(format!("-----END {block_type}-----\n").as_bytes());
-}
-
-/// ESO's `pkcs12key` / `pkcs12cert` (and their `Pass` forms): the private key as PKCS#8 `PRIVATE
-/// KEY` PEM, or every certificate as `CERTIFICATE` PEM ordered leaf first, each next one the
-/// issuer of the previous (certificates outside that chain follow in archive order).
-fn pkcs12(key: bool, archive: &[u8], password: &str) -> Result<Value, &'static str> {
-    let store = p12_keystore::KeyStore::from_pkcs12(archive, password)
-        .map_err(|_| "input is not a PKCS#12 archive that this password opens")?;
-    let mut output: Bytes = Zeroizing::new(Vec::new());
-    if key {
-        let (_, chain) = store
-            .private_key_chain()
-            .ok_or("the archive holds no private key")?;
-        pem_block(&mut output, "PRIVATE KEY", chain.key());
-        return Ok(Value::Bytes(output));
-    }
-    let mut certificates: Vec<&p12_keystore::Certificate> = Vec::new();
-    for (_, entry) in store.entries() {
-        match entry {
-            p12_keystore::KeyStoreEntry::PrivateKeyChain(chain) => certificates.extend(chain.chain()),
-            p12_keystore::KeyStoreEntry::Certificate(certificate) => certificates.push(certificate),
-            _ => {}
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    certificates.retain(|certificate| seen.insert(certificate.as_der().to_vec()));
-    if certificates.is_empty() {
-        return Err("the archive holds no certificate");
-    }
-    for certificate in order_chain(certificates) {
-        pem_block(&mut output, "CERTIFICATE", certificate.as_der());
-    }
-    Ok(Value::Bytes(output))
-}
-
-/// Leaf first (a certificate that issued none of the others), then its issuer, and so on.
-fn order_chain(mut rest: Vec<&p12_keystore::Certificate>) -> Vec<&p12_keystore::Certificate> {
-    let issued_another = |candidate: &p12_keystore::Certificate, all: &[&p12_keystore::Certificate]| {
-        all.iter()
-            .any(|other| other.as_der() != candidate.as_der() && other.issuer() == candidate.subject())
-    };
-    let mut ordered = Vec::with_capacity(rest.len());
-    let Some(leaf) = rest
-        .iter()
-        .position(|certificate| !issued_another(certificate, &rest))
-    else {
-        return rest;
-    };
-    let mut current = rest.remove(leaf);
-    loop {
-        ordered.push(current);
-        let next = rest.iter().position(|candidate| {
-            candidate.subject() == current.issuer() && current.subject() != current.issuer()
-        });
-        match next {
-            Some(index) => current = rest.remove(index),
-            None => break,
-        }
-    }
-    ordered.extend(rest);
-    ordered
 }

@@ -9,7 +9,7 @@ use super::names::{
 };
 use super::{Ctx, raw};
 use crate::domain::LabelSelector;
-use crate::spec::{DataEntry, DataFrom, DecodingStrategy, Find, FleetSecretSpec, RemoteRef};
+use crate::spec::{DataEntry, DataFrom, DecodingStrategy, Find, FleetSecretSpec, ObjectType, RemoteRef};
 
 impl Ctx<'_> {
     /// A `kind: FleetSecret` document → its checked spec (`None` when a part cannot be built).
@@ -51,6 +51,14 @@ impl Ctx<'_> {
             match (&entry.extract, &entry.find) {
                 (Some(extract), None) => {
                     if let Some(remote_ref) = self.remote_ref(&format!("{path}.extract"), extract) {
+                        if remote_ref.object == ObjectType::Certificate
+                            && remote_ref.decoding != DecodingStrategy::None
+                        {
+                            self.issue(
+                                &format!("{path}.extract.decodingStrategy"),
+                                "extract of a certificate (cert/) yields PEM tls.crt and tls.key: decodingStrategy does not apply",
+                            );
+                        }
                         data_from.push(DataFrom::Extract(remote_ref));
                     }
                 }
@@ -105,13 +113,14 @@ impl Ctx<'_> {
     }
 
     fn remote_ref(&mut self, path: &str, raw: &raw::RemoteRef) -> Option<RemoteRef> {
-        let key = match raw.key.split_once('/') {
-            None => raw.key.as_str(),
-            Some(("secret", name)) => name,
-            Some((prefix @ ("cert" | "key"), _)) => {
+        let (key, object) = match raw.key.split_once('/') {
+            None => (raw.key.as_str(), ObjectType::Secret),
+            Some(("secret", name)) => (name, ObjectType::Secret),
+            Some(("cert", name)) => (name, ObjectType::Certificate),
+            Some(("key", _)) => {
                 self.issue(
                     &format!("{path}.key"),
-                    format!("{prefix}/ objects are not supported; read the certificate's secret (secret/<name>) instead"),
+                    "key/ objects (Key Vault keys) are not supported: keyfleet distributes secrets and certificates",
                 );
                 return None;
             }
@@ -153,8 +162,15 @@ impl Ctx<'_> {
             &format!("{path}.decodingStrategy"),
             raw.decoding_strategy.as_deref(),
         );
+        if object == ObjectType::Certificate && property.is_some() {
+            self.issue(
+                &format!("{path}.property"),
+                "a certificate (cert/) is not JSON: property does not apply",
+            );
+        }
         Some(RemoteRef {
             key: key.to_owned(),
+            object,
             version,
             property,
             decoding,

@@ -39,6 +39,10 @@ pub(super) enum Op {
     GetDeleted,
     Recover,
     Purge,
+    GetCertificate,
+    ListCertificates,
+    ListCertificateVersions,
+    ImportCertificate,
 }
 
 impl Op {
@@ -54,21 +58,31 @@ impl Op {
             Self::GetDeleted => "get_deleted",
             Self::Recover => "recover",
             Self::Purge => "purge",
+            Self::GetCertificate => "get_certificate",
+            Self::ListCertificates => "list_certificates",
+            Self::ListCertificateVersions => "list_certificate_versions",
+            Self::ImportCertificate => "import_certificate",
         }
     }
 
     pub(super) fn is_write(self) -> bool {
         matches!(
             self,
-            Self::Set | Self::Update | Self::Delete | Self::Recover | Self::Purge
+            Self::Set | Self::Update | Self::Delete | Self::Recover | Self::Purge | Self::ImportCertificate
         )
     }
 
     pub(super) fn permission(self) -> Permission {
         match self {
-            Self::Get => Permission::Get,
-            Self::List | Self::ListVersions | Self::ListDeleted | Self::GetDeleted => Permission::List,
-            Self::Set | Self::Update => Permission::Set,
+            // The emulator's principals hold one permission set for secrets and certificates.
+            Self::Get | Self::GetCertificate => Permission::Get,
+            Self::List
+            | Self::ListVersions
+            | Self::ListDeleted
+            | Self::GetDeleted
+            | Self::ListCertificates
+            | Self::ListCertificateVersions => Permission::List,
+            Self::Set | Self::Update | Self::ImportCertificate => Permission::Set,
             Self::Delete => Permission::Delete,
             Self::Recover => Permission::Recover,
             Self::Purge => Permission::Purge,
@@ -185,7 +199,7 @@ fn skip(query: &BTreeMap<String, String>) -> Result<Option<usize>, ServiceError>
 }
 
 /// A paged list response: `items` from the query's skiptoken, `nextLink` back to `path`.
-fn paged(call: &Call<'_>, path: &str, items: Vec<Value>) -> Result<Response, ServiceError> {
+pub(super) fn paged(call: &Call<'_>, path: &str, items: Vec<Value>) -> Result<Response, ServiceError> {
     let size = page_size(call.query)?;
     let offset = skip(call.query)?;
     let api_version = call.query.get("api-version").map_or("2025-07-01", String::as_str);
@@ -234,6 +248,11 @@ pub(super) fn execute(
             }
             let mut bundle = properties(format!("{base}/secrets/{}/{}", secret.name, found.id), found);
             bundle["value"] = json!(found.value.as_str());
+            if found.managed {
+                // A certificate's companion secret, as Key Vault serves it.
+                bundle["managed"] = json!(true);
+                bundle["kid"] = json!(format!("{base}/keys/{}/{}", secret.name, found.id));
+            }
             Ok(json_response(StatusCode::OK, bundle))
         }
         Op::List => {
@@ -334,6 +353,9 @@ pub(super) fn execute(
         Op::Purge => {
             shared.vault().purge(name)?;
             Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Op::GetCertificate | Op::ListCertificates | Op::ListCertificateVersions | Op::ImportCertificate => {
+            super::certificates::execute(call, op, name, version, body)
         }
     }
 }

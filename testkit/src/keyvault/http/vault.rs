@@ -48,6 +48,15 @@ fn route<'p>(method: &Method, path: &[&'p str]) -> Option<(Op, Option<&'p str>, 
             (Op::Purge, Some(*name), None)
         }
         (&Method::POST, ["deletedsecrets", name, "recover"]) => (Op::Recover, Some(*name), None),
+        (&Method::GET, ["certificates"] | ["certificates", ""]) => (Op::ListCertificates, None, None),
+        (&Method::GET, ["certificates", name, "versions"]) => {
+            (Op::ListCertificateVersions, Some(*name), None)
+        }
+        (&Method::GET, ["certificates", name]) => (Op::GetCertificate, Some(*name), None),
+        (&Method::GET, ["certificates", name, version]) => {
+            (Op::GetCertificate, Some(*name), non_empty(version))
+        }
+        (&Method::POST, ["certificates", name, "import"]) => (Op::ImportCertificate, Some(*name), None),
         _ => return None,
     })
 }
@@ -256,6 +265,22 @@ mod tests {
             Some((Op::Purge, Some("a"), None))
         );
         assert_eq!(route(&Method::POST, &["secrets", "a"]), None);
+        assert_eq!(
+            route(&get, &["certificates", "c", ""]),
+            Some((Op::GetCertificate, Some("c"), None))
+        );
+        assert_eq!(
+            route(&get, &["certificates", "c", "abc"]),
+            Some((Op::GetCertificate, Some("c"), Some("abc")))
+        );
+        assert_eq!(
+            route(&get, &["certificates", "c", "versions"]),
+            Some((Op::ListCertificateVersions, Some("c"), None))
+        );
+        assert_eq!(
+            route(&Method::POST, &["certificates", "c", "import"]),
+            Some((Op::ImportCertificate, Some("c"), None))
+        );
     }
 
     #[test]
