@@ -21,9 +21,14 @@ pub struct Args {
     /// `postgres://…` for Postgres.
     #[arg(long, env = "KEYFLEET_LOADTEST_DATABASE")]
     pub database: Option<String>,
-    /// Initial value of the Key Vault secret `acr-pull` (a docker config JSON); generated when absent.
+    /// Initial value of the Key Vault secret `--remote-key` (a docker config JSON); generated when
+    /// absent.
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
+    /// The Key Vault secret the run writes and rotates: the one the FleetSecret of
+    /// `--fleet-secret` reads (e.g. a spec imported from ESO with `keyfleet import eso`).
+    #[arg(long, default_value = "acr-pull")]
+    pub remote_key: String,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,

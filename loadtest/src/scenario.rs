@@ -27,7 +27,6 @@ use crate::tracker::Tracker;
 use crate::{drift, leakcheck, procfs, stats};
 
 /// The Key Vault secret the example FleetSecret reads.
-const REMOTE_KEY: &str = "acr-pull";
 /// The principal the polling baseline authenticates as (one per cluster in reality; one client
 /// id here, with a token per refresh, which is what the emulator counts).
 const BASELINE_CLIENT: &str = "eso-cluster";
@@ -76,7 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         None => docker_config(),
     };
     values.push(initial.as_bytes().to_vec());
-    kv.set_secret(REMOTE_KEY, &initial, &[("team", "platform")])
+    kv.set_secret(&args.remote_key, &initial, &[("team", "platform")])
         .map_err(|error| anyhow::anyhow!("set the initial secret: {} {}", error.code, error.message))?;
     std::fs::write(work.join("kv-ca.pem"), kv.ca_pem()).context("write the emulator CA")?;
     let federated = kv.mint_federated_token(
@@ -274,7 +273,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let hub_before = procfs::sample(hub.pid().context("hub pid")?)?;
         let fleet_before = procfs::sample(own_pid)?;
         let version = kv
-            .set_secret(REMOTE_KEY, &value, &[("team", "platform")])
+            .set_secret(&args.remote_key, &value, &[("team", "platform")])
             .map_err(|error| anyhow::anyhow!("rotate the secret: {} {}", error.code, error.message))?;
         let since = Instant::now();
         admin.sync_now().await?;
@@ -787,7 +786,7 @@ async fn run_baseline(
     };
     let plan = baseline::Plan {
         clusters,
-        keys: vec![REMOTE_KEY.to_owned()],
+        keys: vec![args.remote_key.clone()],
         refresh_interval: args.baseline_refresh,
         concurrency: 64,
     };
