@@ -1,6 +1,7 @@
 //! Drift during a rotation: a few clusters' Secrets are edited (data changed by another field
-//! manager, as `kubectl edit` would) or deleted right after the hub is asked to sync, while the
-//! new revision is fanning out. Every one must be repaired by its agent (the Secret back, with
+//! manager, as `kubectl edit` would) or deleted while the new revision is fanning out, each as
+//! soon as its cluster holds the new revision (earlier, the rollout's own write would overwrite
+//! the edit: no drift). Every one must be repaired by its agent (the Secret back, with
 //! the same content as the cluster's untouched namespace) and listed by the hub's drift report
 //! (`keyfleet drift`), within a bound; status truth is checked after, as for every run.
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
+use crate::tracker::Tracker;
 
 /// Clusters tampered with per run (fewer when the fleet is smaller).
 pub const CLUSTERS: usize = 6;
@@ -40,46 +42,68 @@ pub struct DriftFigures {
 /// One tampered Secret.
 pub struct Injected {
     cluster: String,
+    edited: bool,
     handle: ClusterHandle,
 }
 
-/// Tampers with the Secret `name` in namespace `namespaces.last()` of up to [`CLUSTERS`]
-/// clusters spread over the fleet: even picks are edited, odd ones deleted.
-pub fn inject(
+/// Tampers with the Secret `secret` in namespace `namespaces.last()` of up to [`CLUSTERS`]
+/// clusters spread over the fleet, each as soon as its cluster holds `revision` everywhere (within
+/// `bound`): even picks are edited, odd ones deleted. Returns what was tampered with and when the
+/// first tampering happened.
+pub async fn inject_once_applied(
+    tracker: &Tracker,
     handles: &[ClusterHandle],
     names: &[String],
     secret: &str,
     namespaces: &[String],
+    revision: u64,
+    bound: Duration,
 ) -> (Vec<Injected>, Instant) {
     let namespace = namespaces.last().map(String::as_str).unwrap_or("default");
     let count = CLUSTERS.min(handles.len());
     let step = (handles.len() / count.max(1)).max(1);
-    let at = Instant::now();
+    let mut pending: Vec<(usize, usize)> = (0..count)
+        .map(|pick| (pick, (pick * step + step / 2).min(handles.len() - 1)))
+        .collect();
+    let deadline = Instant::now() + bound;
+    let mut first = None;
     let mut injected = Vec::new();
-    for pick in 0..count {
-        let index = (pick * step + step / 2).min(handles.len() - 1);
-        let handle = &handles[index];
-        let done = if pick % 2 == 0 {
-            handle.get_secret(namespace, secret).is_some_and(|current| {
-                let mut edited = (*current).clone();
-                if let Some(body) = edited.secret_mut() {
-                    for value in body.data.values_mut() {
-                        *value = SecretBytes::new(b"{\"auths\":{}}".to_vec());
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut waiting = Vec::new();
+        for (pick, index) in pending {
+            if tracker.held(&names[index]) != Some(revision) {
+                waiting.push((pick, index));
+                continue;
+            }
+            let handle = &handles[index];
+            let done = if pick % 2 == 0 {
+                handle.get_secret(namespace, secret).is_some_and(|current| {
+                    let mut edited = (*current).clone();
+                    if let Some(body) = edited.secret_mut() {
+                        for value in body.data.values_mut() {
+                            *value = SecretBytes::new(b"{\"auths\":{}}".to_vec());
+                        }
                     }
-                }
-                handle.put_secret(edited, "kubectl-edit").is_ok()
-            })
-        } else {
-            handle.delete_secret(namespace, secret)
-        };
-        if done {
-            injected.push(Injected {
-                cluster: names[index].clone(),
-                handle: handle.clone(),
-            });
+                    handle.put_secret(edited, "kubectl-edit").is_ok()
+                })
+            } else {
+                handle.delete_secret(namespace, secret)
+            };
+            if done {
+                first.get_or_insert_with(Instant::now);
+                injected.push(Injected {
+                    cluster: names[index].clone(),
+                    edited: pick % 2 == 0,
+                    handle: handle.clone(),
+                });
+            }
+        }
+        pending = waiting;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    (injected, at)
+    (injected, first.unwrap_or_else(Instant::now))
 }
 
 /// Whether the tampered namespace holds the same content as the cluster's first namespace.
@@ -117,8 +141,8 @@ pub async fn check(
     since: chrono::DateTime<chrono::Utc>,
     secret: &str,
     namespaces: &[String],
-    edited: usize,
 ) -> anyhow::Result<DriftFigures> {
+    let edited = injected.iter().filter(|item| item.edited).count();
     let mut figures = DriftFigures {
         injected: injected.len(),
         edited,

@@ -279,13 +279,31 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         admin.sync_now().await?;
         let revision =
             wait_for_revision(&admin, &fleet_secret, previous_revision, Duration::from_secs(30)).await?;
-        // Drift while the last rotation fans out: a few Secrets edited or deleted by hand.
-        let tampered = (index == args.rotations as usize && !args.no_drift)
-            .then(|| drift::inject(&handles, &names, &secret_name, &namespaces));
         let progress = tracker.expect(revision, since);
         let bar = progress_bar(&args, index, clusters);
         let follow = follow_progress(progress, bar.clone());
-        let (latencies, behind) = tracker.wait(args.converge_timeout).await;
+        // Drift while the last rotation fans out: a few Secrets edited or deleted by hand, each
+        // once its cluster holds the new revision (an edit that lands before the agent writes the
+        // revision is simply overwritten by the rollout: no drift to repair).
+        let inject = async {
+            if index == args.rotations as usize && !args.no_drift {
+                Some(
+                    drift::inject_once_applied(
+                        &tracker,
+                        &handles,
+                        &names,
+                        &secret_name,
+                        &namespaces,
+                        revision,
+                        args.converge_timeout,
+                    )
+                    .await,
+                )
+            } else {
+                None
+            }
+        };
+        let ((latencies, behind), tampered) = tokio::join!(tracker.wait(args.converge_timeout), inject);
         follow.abort();
         bar.finish_and_clear();
         let duration_s = since.elapsed().as_secs_f64();
@@ -341,9 +359,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             ));
         }
         if let Some((injected, at)) = tampered {
-            let edited = injected.len().div_ceil(2);
-            let figures =
-                drift::check(&admin, &injected, at, started, &secret_name, &namespaces, edited).await?;
+            let figures = drift::check(&admin, &injected, at, started, &secret_name, &namespaces).await?;
             eprintln!(
                 "drift: {} Secrets tampered with, {} repaired in {:.1} s, {} reported by the hub in {:.1} s",
                 figures.injected, figures.repaired, figures.repaired_s, figures.reported, figures.reported_s
