@@ -149,6 +149,15 @@ async fn acks_refusals_removals_and_drift_are_written_in_one_flush_and_read_back
         default.failure.as_deref(),
         Some("forbidden: secrets \"regcred\" is forbidden")
     );
+    let reach = store.revision_reach("regcred").await.expect("reach");
+    assert_eq!(
+        (reach[&3].applied, reach[&3].refused, reach[&3].first_applied),
+        (1, 0, Some(at(1)))
+    );
+    assert_eq!(
+        (reach[&4].applied, reach[&4].refused, reach[&4].last_applied),
+        (0, 1, None)
+    );
     let counts = store.drift_counts(at(0)).await.expect("counts");
     assert_eq!(
         counts.get("regcred"),

@@ -126,6 +126,19 @@ pub struct DriftCount {
     pub unrepaired: u32,
 }
 
+/// How far one revision of a FleetSecret got, from its history: distinct clusters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevisionReach {
+    /// Clusters that applied it.
+    pub applied: u32,
+    /// Clusters that refused it.
+    pub refused: u32,
+    /// First time a cluster applied it.
+    pub first_applied: Option<DateTime<Utc>>,
+    /// Last time a cluster applied it.
+    pub last_applied: Option<DateTime<Utc>>,
+}
+
 /// Which history rows to read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
@@ -197,6 +210,15 @@ impl Store {
     /// Audit events, newest first.
     pub async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
         on_backend!(self, audit_events(query))
+    }
+
+    /// Per revision of `fleet_secret`: distinct clusters that applied and refused it, and when
+    /// it was first and last applied (one aggregate over the history, in the store).
+    pub async fn revision_reach(
+        &self,
+        fleet_secret: &str,
+    ) -> Result<std::collections::BTreeMap<u64, RevisionReach>, StoreError> {
+        on_backend!(self, revision_reach(fleet_secret))
     }
 
     /// Deletes history and drift older than `older_than`; how many rows.

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::store::convert::to_u64;
 use crate::store::history::{
     AuditQuery, DriftCount, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
+    RevisionReach,
 };
 use crate::store::{AuditEvent, StoreError};
 
@@ -193,6 +194,37 @@ pub(in crate::store) async fn audit_events(
         at: row.at,
     })
     .collect())
+}
+
+pub(in crate::store) async fn revision_reach(
+    pool: &PgPool,
+    fleet_secret: &str,
+) -> Result<std::collections::BTreeMap<u64, RevisionReach>, StoreError> {
+    sqlx::query!(
+        r#"SELECT revision,
+                  count(DISTINCT cluster_id) FILTER (WHERE outcome = 'applied') AS "applied!",
+                  count(DISTINCT cluster_id) FILTER (WHERE outcome = 'refused') AS "refused!",
+                  min(at) FILTER (WHERE outcome = 'applied') AS first_applied,
+                  max(at) FILTER (WHERE outcome = 'applied') AS last_applied
+           FROM sync_history WHERE fleet_secret = $1 AND outcome <> 'removed'
+           GROUP BY revision"#,
+        fleet_secret,
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|row| {
+        Ok((
+            to_u64(row.revision, "history revision")?,
+            RevisionReach {
+                applied: u32::try_from(row.applied).unwrap_or(u32::MAX),
+                refused: u32::try_from(row.refused).unwrap_or(u32::MAX),
+                first_applied: row.first_applied,
+                last_applied: row.last_applied,
+            },
+        ))
+    })
+    .collect()
 }
 
 pub(in crate::store) async fn prune_history(

@@ -4,10 +4,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row as _, Sqlite, SqlitePool};
 
-use super::{req_ts, ts};
+use super::{opt_ts, req_ts, ts};
 use crate::store::convert::to_u64;
 use crate::store::history::{
     AuditQuery, DriftCount, DriftEntry, DriftRow, HistoryEntry, HistoryOutcome, HistoryQuery, HistoryRow,
+    RevisionReach,
 };
 use crate::store::{AuditEvent, StoreError};
 
@@ -182,6 +183,37 @@ pub(in crate::store) async fn audit_events(
             subject: row.try_get("subject")?,
             at: req_ts(row, "at", "audit at")?,
         })
+    })
+    .collect()
+}
+
+pub(in crate::store) async fn revision_reach(
+    pool: &SqlitePool,
+    fleet_secret: &str,
+) -> Result<std::collections::BTreeMap<u64, RevisionReach>, StoreError> {
+    sqlx::query(
+        "SELECT revision,
+                count(DISTINCT CASE WHEN outcome = 'applied' THEN cluster_id END) AS applied,
+                count(DISTINCT CASE WHEN outcome = 'refused' THEN cluster_id END) AS refused,
+                min(CASE WHEN outcome = 'applied' THEN at END) AS first_applied,
+                max(CASE WHEN outcome = 'applied' THEN at END) AS last_applied
+         FROM sync_history WHERE fleet_secret = ?1 AND outcome <> 'removed'
+         GROUP BY revision",
+    )
+    .bind(fleet_secret)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok((
+            to_u64(row.try_get("revision")?, "history revision")?,
+            RevisionReach {
+                applied: u32::try_from(row.try_get::<i64, _>("applied")?).unwrap_or(u32::MAX),
+                refused: u32::try_from(row.try_get::<i64, _>("refused")?).unwrap_or(u32::MAX),
+                first_applied: opt_ts(row, "first_applied", "history time")?,
+                last_applied: opt_ts(row, "last_applied", "history time")?,
+            },
+        ))
     })
     .collect()
 }

@@ -1,13 +1,11 @@
 //! History use cases: when clusters got revisions (and refusals), repaired drift, the audit log,
 //! a FleetSecret's rollout history, and `rollout undo` (pin the previous revision's versions).
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 
 use super::status::FleetSecretStatus;
 use super::{Admin, AdminError, invalid, require_name};
-use crate::store::{AuditEvent, AuditQuery, ChangeKind, DriftRow, HistoryOutcome, HistoryQuery, HistoryRow};
+use crate::store::{AuditEvent, AuditQuery, ChangeKind, DriftRow, HistoryQuery, HistoryRow};
 
 /// Rows returned when the request names no limit.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
@@ -15,8 +13,6 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 pub const MAX_HISTORY_LIMIT: u32 = 10_000;
 /// Revisions `rollout history` shows.
 const ROLLOUT_HISTORY_REVISIONS: usize = 20;
-/// History rows `rollout history` reads to count clusters per revision.
-const ROLLOUT_HISTORY_ROWS: u32 = 100_000;
 /// Audit events `rollout history` shows.
 const ROLLOUT_HISTORY_EVENTS: usize = 100;
 
@@ -103,34 +99,14 @@ impl Admin {
                 last_applied: None,
             });
         }
-        let rows = self
-            .store
-            .history(&HistoryQuery {
-                fleet_secret: Some(name.to_owned()),
-                limit: ROLLOUT_HISTORY_ROWS,
-                ..HistoryQuery::default()
-            })
-            .await?;
-        // Distinct clusters per revision and outcome.
-        let mut seen: BTreeMap<(u64, HistoryOutcome), std::collections::BTreeSet<&str>> = BTreeMap::new();
-        for row in &rows {
-            seen.entry((row.revision, row.outcome))
-                .or_default()
-                .insert(&row.cluster);
-            if row.outcome == HistoryOutcome::Applied
-                && let Some(revision) = revisions.iter_mut().find(|r| r.revision == row.revision)
-            {
-                revision.first_applied = Some(revision.first_applied.map_or(row.at, |at| at.min(row.at)));
-                revision.last_applied = Some(revision.last_applied.map_or(row.at, |at| at.max(row.at)));
-            }
-        }
+        // Distinct clusters per revision, aggregated by the store (never the rows themselves).
+        let reach = self.store.revision_reach(name).await?;
         for revision in &mut revisions {
-            let count = |outcome| {
-                seen.get(&(revision.revision, outcome))
-                    .map_or(0, |clusters| u32::try_from(clusters.len()).unwrap_or(u32::MAX))
-            };
-            revision.applied = count(HistoryOutcome::Applied);
-            revision.refused = count(HistoryOutcome::Refused);
+            let found = reach.get(&revision.revision).copied().unwrap_or_default();
+            revision.applied = found.applied;
+            revision.refused = found.refused;
+            revision.first_applied = found.first_applied;
+            revision.last_applied = found.last_applied;
         }
         let subject = format!("fleetsecret/{name}");
         let events = self
