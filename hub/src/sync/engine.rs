@@ -30,6 +30,7 @@ mod revisions;
 mod sources;
 #[cfg(test)]
 mod tests;
+mod waves;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub(crate) use inventory::{Connectivity, plan_cluster, plan_status, rollout_prog
 use leader::{PollerRegistry, Vaults};
 pub use revisions::RevisionEncoder;
 use revisions::{SecretState, Values};
+use waves::{Observed, Waves};
 
 /// Engine settings.
 #[derive(Clone)]
@@ -242,6 +244,8 @@ pub struct Engine {
     /// through; it ends once the desired sets are sent and no wave is left (a rollout that
     /// completes, or the next version's rotation, ends it).
     rotations: BTreeMap<String, tracing::Span>,
+    /// The current wave of every progressing rollout, counted down as acks arrive.
+    waves: Waves,
 }
 
 impl Engine {
@@ -279,6 +283,7 @@ impl Engine {
             unannounced: BTreeSet::new(),
             unrecorded_versions: Vec::new(),
             rotations: BTreeMap::new(),
+            waves: Waves::default(),
         };
         (
             engine,
@@ -325,6 +330,7 @@ impl Engine {
         tokio::pin!(shutdown);
         loop {
             let deadline = due.map(|(quiet, max)| quiet.min(max));
+            let offline = self.waves.offline_deadline();
             let lost = leader::lost(self.vaults.leadership.as_ref());
             let mut changed = false;
             tokio::select! {
@@ -344,12 +350,26 @@ impl Engine {
                     self.on_vault_change(change).await;
                     changed = true;
                 }
-                Some(event) = events.recv() => {
-                    // An ack may complete a wave: plan again (debounced) so the next wave starts.
-                    if self.observe(event) {
+                Some(event) = events.recv() => match self.observe(event) {
+                    Observed::Nothing => {}
+                    Observed::Replan => {
                         self.replan = true;
                         changed = true;
                     }
+                    // The wave's last member answered: the next wave starts now, not after the
+                    // debounce.
+                    Observed::WaveDone => {
+                        self.replan = true;
+                        let planned = self.plan_now().await;
+                        self.survive("plan the next wave", planned)?;
+                    }
+                },
+                () = sleep_until_opt(offline), if offline.is_some() => {
+                    // An offline member of a wave stopped counting: the wave may be done.
+                    self.waves.offline_fired();
+                    self.replan = true;
+                    let planned = self.plan_now().await;
+                    self.survive("plan after an offline grace", planned)?;
                 }
                 Some(()) = wakeups.recv() => {
                     let caught_up = self.catch_up().await;

@@ -227,6 +227,14 @@ pub struct RolloutDecision {
     pub wave_applied: u32,
     /// Members of the current wave that reported an error for it.
     pub wave_errors: u32,
+    /// While progressing: the members of the current wave the wave still waits for (they can
+    /// answer, and have neither applied the revision nor refused it). The wave is done when the
+    /// last of them answers, so the engine counts them down as acks arrive instead of planning
+    /// again per ack.
+    pub waiting: Vec<ClusterId>,
+    /// While progressing: the earliest moment a disconnected member in `waiting` stops counting
+    /// (its last contact plus the offline grace); the wave may be done then.
+    pub offline_until: Option<DateTime<Utc>>,
 }
 
 impl RolloutDecision {
@@ -335,6 +343,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             can_answer: &can_answer,
             hash_order: &hash_order,
             progress: progress.get(secret.spec.name.as_str()).copied(),
+            now: input.now,
+            offline_grace: input.offline_grace,
         };
         let (decision, assignments) = context.decide();
         for (cluster, revision) in assignments {
@@ -445,6 +455,8 @@ struct SecretContext<'a> {
     can_answer: &'a [bool],
     hash_order: &'a [(u64, ClusterId, usize)],
     progress: Option<&'a RolloutProgress>,
+    now: DateTime<Utc>,
+    offline_grace: TimeDelta,
 }
 
 /// Counts of one wave against one revision.
@@ -480,6 +492,8 @@ impl SecretContext<'_> {
             wave_size: 0,
             wave_applied: 0,
             wave_errors: 0,
+            waiting: Vec::new(),
+            offline_until: None,
         }
     }
 
@@ -574,6 +588,9 @@ impl SecretContext<'_> {
             decision.wave_applied = wave_counts.applied;
             decision.wave_errors = wave_counts.errors;
         }
+        if decision.state == RolloutState::Progressing {
+            self.note_waiting(&mut decision, &wave_of, current.number);
+        }
 
         // Waves up to the current one get the current revision; a complete rollout gives it to all.
         let complete = decision.state == RolloutState::Complete;
@@ -599,6 +616,34 @@ impl SecretContext<'_> {
             assignments.extend(keep.map(|revision| (cluster, revision)));
         }
         (decision, assignments)
+    }
+
+    /// Fills [`RolloutDecision::waiting`] and [`RolloutDecision::offline_until`] for the current
+    /// wave (the same test as the wave counts: can answer, neither applied nor refused).
+    fn note_waiting(&self, decision: &mut RolloutDecision, wave_of: &[Option<u32>], current: u64) {
+        for (cluster, wave) in wave_of.iter().enumerate() {
+            if *wave != Some(decision.current_wave) || !self.can_answer[cluster] {
+                continue;
+            }
+            let status = self.status_of(cluster);
+            let answered = status.is_some_and(|status| {
+                status.applied_revision == Some(current)
+                    || (status.desired_revision == current && status.state == SyncState::Error)
+            });
+            if answered {
+                continue;
+            }
+            let member = &self.clusters[cluster];
+            decision.waiting.push(member.id);
+            if !member.connected
+                && let Some(seen) = member.last_seen
+            {
+                let until = seen + self.offline_grace;
+                if until > self.now {
+                    decision.offline_until = Some(decision.offline_until.map_or(until, |at| at.min(until)));
+                }
+            }
+        }
     }
 
     /// The wave of every cluster (`None` when not targeted); `waves.len()` is the implicit wave.

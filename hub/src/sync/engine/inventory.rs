@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::waves::Observed;
 use super::{Engine, EngineError};
 use crate::domain::{ClusterId, ClusterState, SyncState};
 use crate::fleet::credentials::Credentials;
@@ -307,8 +308,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies a fleet event to the in-memory status; true when a rollout may advance.
-    pub(super) fn observe(&mut self, event: FleetEvent) -> bool {
+    /// Applies a fleet event to the in-memory status and says what it means for planning: an
+    /// answer counts down its wave ([`Waves`](super::waves::Waves)); a (re)connection with what the
+    /// agent holds may change any rollout's view, so it plans again (debounced).
+    pub(super) fn observe(&mut self, event: FleetEvent) -> Observed {
         let secrets = &self.secrets;
         let rollout_relevant = |key: &str| secrets.get(key).is_some_and(|state| state.spec.rollout.is_some());
         let inventory = &mut self.inventory;
@@ -324,14 +327,19 @@ impl Engine {
                     relevant |= rollout_relevant(&key);
                     inventory.set_status(cluster, &key, Some(revision), SyncState::Applied);
                 }
-                relevant
+                if relevant {
+                    Observed::Replan
+                } else {
+                    Observed::Nothing
+                }
             }
             FleetEvent::Disconnected { cluster, at } => {
                 if let Some(entry) = inventory.clusters.get_mut(&cluster) {
                     entry.connected = false;
                     entry.last_seen = Some(at);
                 }
-                false
+                self.waves.disconnected(cluster, at, self.config.offline_grace);
+                Observed::Nothing
             }
             FleetEvent::Acked {
                 cluster,
@@ -340,21 +348,26 @@ impl Engine {
                 ..
             } => {
                 inventory.set_status(cluster, &key, Some(revision), SyncState::Applied);
-                rollout_relevant(&key)
+                self.waves.answered(cluster, &key, revision, false)
             }
-            FleetEvent::Nacked { cluster, key, .. } => {
+            FleetEvent::Nacked {
+                cluster,
+                key,
+                revision,
+                ..
+            } => {
                 let applied = inventory
                     .status
                     .get(&(cluster, Arc::from(key.as_str())))
                     .and_then(|row| row.applied_revision);
                 inventory.set_status(cluster, &key, applied, SyncState::Error);
-                rollout_relevant(&key)
+                self.waves.answered(cluster, &key, revision, true)
             }
             FleetEvent::Removed { cluster, key, .. } => {
                 inventory.status.remove(&(cluster, Arc::from(key.as_str())));
-                false
+                Observed::Nothing
             }
-            FleetEvent::Drift { .. } => false,
+            FleetEvent::Drift { .. } => Observed::Nothing,
         }
     }
 }

@@ -39,7 +39,22 @@ impl Engine {
             plan = self.compute_plan();
         }
         self.send_plan(&plan);
+        self.waves.reset(&plan);
         self.record_progress(&plan).await
+    }
+
+    /// Plans at once (a wave's last member answered, or an offline grace ended), without
+    /// rendering; a failure leaves the plan to the next debounced rebuild.
+    pub(super) async fn plan_now(&mut self) -> Result<(), EngineError> {
+        let span = match self.rotations.values().next() {
+            Some(rotation) => tracing::info_span!(parent: rotation, "plan", wave_done = true),
+            None => tracing::info_span!("plan", wave_done = true),
+        };
+        let planned = tracing::Instrument::instrument(self.plan_and_send(), span).await;
+        if planned.is_err() {
+            self.replan = true;
+        }
+        planned
     }
 
     /// Whether `decision` moves its rollout past the wave recorded for its revision.

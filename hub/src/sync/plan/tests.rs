@@ -538,16 +538,44 @@ fn offline_and_unenrolled_clusters_hold_a_wave_back_only_within_the_grace() {
         clusters[1].last_seen = Some(now() - TimeDelta::minutes(minutes));
         clusters
     };
-    for (what, clusters, wave) in [
-        ("connected and pending", clusters.clone(), 0),
-        ("offline for 5 minutes", offline_for(5, ClusterState::Active), 0),
+    // What the wave waits for (the engine counts it down as acks arrive) and when an offline
+    // member stops counting (the engine's timer).
+    let five_minutes_on = Some(now() + TimeDelta::minutes(5));
+    for (what, clusters, wave, waiting, offline_until) in [
+        ("connected and pending", clusters.clone(), 0, vec![id(2)], None),
+        (
+            "offline for 5 minutes",
+            offline_for(5, ClusterState::Active),
+            0,
+            vec![id(2)],
+            five_minutes_on,
+        ),
         // The early ring is empty here: the rollout moves on to the implicit last wave.
-        ("offline for an hour", offline_for(60, ClusterState::Active), 2),
-        ("never enrolled", offline_for(0, ClusterState::Pending), 2),
+        (
+            "offline for an hour",
+            offline_for(60, ClusterState::Active),
+            2,
+            vec![],
+            None,
+        ),
+        (
+            "never enrolled",
+            offline_for(0, ClusterState::Pending),
+            2,
+            vec![],
+            None,
+        ),
     ] {
         let plan = case(&clusters, &secrets, &status, &rollouts).plan();
         let decision = decision_for(&plan, "regcred");
         assert_eq!(decision.current_wave, wave, "{what}");
+        if wave == 2 {
+            // The last wave (c900, on revision 5) waits for c900.
+            assert_eq!(decision.waiting, vec![id(900)], "{what}");
+        } else {
+            assert_eq!(decision.waiting, waiting, "{what}");
+        }
+        assert_eq!(decision.offline_until, offline_until, "{what}");
         assert_eq!(
             held(&plan, &clusters, "regcred")["c2"],
             8,

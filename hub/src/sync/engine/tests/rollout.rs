@@ -386,3 +386,89 @@ async fn a_revocation_whose_change_was_missed_is_enforced_by_the_reconcile() {
     let (_, session) = &hub.agents["prod-1"];
     assert_eq!(session.close_reason(), None);
 }
+
+/// Acks every update queued for `session` (what an agent does).
+async fn ack_all(session: &mut Session) -> Vec<u64> {
+    let mut revisions = Vec::new();
+    while let Some(update) = session.next_update(Instant::now()).await {
+        let results = update
+            .upserts
+            .iter()
+            .map(|item| {
+                revisions.push(item.revision);
+                ItemOutcome {
+                    key: item.key.clone(),
+                    revision: item.revision,
+                    error: None,
+                }
+            })
+            .collect();
+        session
+            .ack(update.nonce, results, Instant::now())
+            .await
+            .expect("ack");
+    }
+    revisions
+}
+
+#[tokio::test]
+async fn the_next_wave_starts_on_the_last_ack_of_a_wave_not_on_a_timer() {
+    let mut hub = hub(
+        WAVED,
+        &[("canary-1", "canary"), ("prod-1", "main"), ("prod-2", "main")],
+    )
+    .await;
+    let first = hub.desired("prod-1");
+    hub.vault.set("acr-pull", b"two");
+    hub.poll().await;
+    let second = hub.desired("canary-1");
+    assert!(second > first);
+    assert_eq!(hub.desired("prod-1"), first, "the canary wave first");
+
+    // The loop runs with every timer an hour away: only the ack can start the next wave.
+    let Hub {
+        mut engine,
+        events,
+        mut agents,
+        _dir,
+        ..
+    } = hub;
+    let hour = std::time::Duration::from_secs(3600);
+    engine.config.debounce = hour;
+    engine.config.debounce_max = hour;
+    engine.config.tail_interval = hour;
+    engine.config.lead_retry = hour;
+    engine.config.credential_reconcile = hour;
+    engine.config.change_log_prune_interval = hour;
+    let mut ready = engine.ready();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(engine.run(events, async move {
+        let _ = stopped.await;
+    }));
+    ready.wait_for(|ready| *ready).await.expect("engine ready");
+
+    let (_, prod) = agents.get_mut("prod-1").expect("prod-1");
+    assert!(
+        !ack_all(prod).await.contains(&second),
+        "prod-1 waits for the canary"
+    );
+    let (_, canary) = agents.get_mut("canary-1").expect("canary-1");
+    assert!(ack_all(canary).await.contains(&second), "the canary applies it");
+
+    let (_, prod) = agents.get_mut("prod-1").expect("prod-1");
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        // notify_one keeps a wake-up that arrives between the check and the wait.
+        while !ack_all(prod).await.contains(&second) {
+            prod.woken().await;
+        }
+    })
+    .await;
+    assert!(
+        got.is_ok(),
+        "the next wave did not start on the canary's ack (debounce and ticks are an hour)"
+    );
+    tracing::info!(elapsed = ?started.elapsed(), "next wave");
+    let _ = stop.send(());
+    running.await.expect("join").expect("engine");
+}
