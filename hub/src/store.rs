@@ -603,6 +603,14 @@ impl Store {
         backend!(self, changes::latest_change())
     }
 
+    /// What the status views read beyond their own rows, as two numbers that move whenever it
+    /// moves: the newest change-log sequence number, and a generation the store bumps on every
+    /// write of sync status rows, clusters or drift events (migration `status_generation`). While
+    /// both stand still, a status view computed earlier is still exact.
+    pub async fn status_inputs(&self) -> Result<(i64, i64), StoreError> {
+        backend!(self, changes::status_inputs())
+    }
+
     /// Deletes change-log entries appended before `older_than`, always keeping the `keep` newest,
     /// and moves the horizon ([`Store::change_horizon`]) past them. Returns the entries deleted.
     pub async fn prune_changes(&self, older_than: DateTime<Utc>, keep: u32) -> Result<u64, StoreError> {

@@ -122,6 +122,7 @@ conformance!(
     status::dashboard_views,
     status::rollout_view_matches_the_status_rows,
     status::liveness_and_status_served_elsewhere,
+    status::status_inputs_move_with_every_status_input,
     secrets::no_column_holds_a_secret_value,
     digests::digests_survive_a_key_rotation,
     digests::unkeyed_digests_are_keyed_at_start,
@@ -235,6 +236,7 @@ async fn migration_from_empty(kind: Kind) {
                 (7, "expiry view"),
                 (8, "replica requests"),
                 (9, "history"),
+                (10, "status generation"),
             ]
         } else {
             // SQLite has no 0004/0005 of Postgres' own (lagging rows): its numbers run on.
@@ -243,6 +245,7 @@ async fn migration_from_empty(kind: Kind) {
                 (5, "keyed digests"),
                 (6, "replica requests"),
                 (7, "history"),
+                (8, "status generation"),
             ]
         };
         for (version, description) in more {

@@ -104,6 +104,8 @@ pub struct Admin {
     connectivity: Connectivity,
     /// `NearExpiry` threshold of FleetSecrets that set none.
     near_expiry: std::time::Duration,
+    /// The status views last computed, reused while the store's inputs stand still.
+    status_cache: Arc<tokio::sync::Mutex<status::StatusCache>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -122,6 +124,7 @@ impl Admin {
             control,
             connectivity: Connectivity::new(None, OFFLINE_GRACE),
             near_expiry: DEFAULT_NEAR_EXPIRY_THRESHOLD,
+            status_cache: Arc::default(),
         }
     }
 

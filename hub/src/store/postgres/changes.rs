@@ -106,6 +106,17 @@ pub(in crate::store) async fn latest_change(pool: &PgPool) -> Result<i64, StoreE
     )
 }
 
+pub(in crate::store) async fn status_inputs(pool: &PgPool) -> Result<(i64, i64), StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT GREATEST(COALESCE((SELECT max(seq) FROM changes), 0),
+                          COALESCE((SELECT pruned_through FROM change_horizon), 0)) AS "seq!",
+                  (SELECT last_value FROM status_generation) AS "generation!""#
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.seq, row.generation))
+}
+
 pub(in crate::store) async fn change_horizon(pool: &PgPool) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar!(r#"SELECT COALESCE((SELECT pruned_through FROM change_horizon), 0) AS "seq!""#)

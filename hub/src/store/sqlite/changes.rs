@@ -94,6 +94,16 @@ pub(in crate::store) async fn latest_change(pool: &SqlitePool) -> Result<i64, St
     .await?)
 }
 
+pub(in crate::store) async fn status_inputs(pool: &SqlitePool) -> Result<(i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT max(COALESCE((SELECT max(seq) FROM changes), 0),
+                    COALESCE((SELECT pruned_through FROM change_horizon), 0)),
+                (SELECT generation FROM status_generation WHERE id = 1)",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 pub(in crate::store) async fn change_horizon(pool: &SqlitePool) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT COALESCE((SELECT pruned_through FROM change_horizon), 0)")

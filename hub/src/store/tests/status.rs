@@ -506,3 +506,38 @@ pub(super) async fn dashboard_views(store: Store) {
         ]
     );
 }
+
+pub(super) async fn status_inputs_move_with_every_status_input(store: Store) {
+    let start = store.status_inputs().await.expect("inputs");
+    assert_eq!(
+        store.status_inputs().await.expect("inputs"),
+        start,
+        "reading moves nothing"
+    );
+    let cluster = store
+        .create_cluster("prod-1", &labels(&[]))
+        .await
+        .expect("cluster");
+    let created = store.status_inputs().await.expect("inputs");
+    assert!(created.1 > start.1, "a new cluster: {start:?} → {created:?}");
+    store
+        .record_connect(cluster.id, "hub-a", "test", at(10))
+        .await
+        .expect("connect");
+    let connected = store.status_inputs().await.expect("inputs");
+    assert!(connected.1 > created.1, "a connection");
+    store
+        .upsert_status_batch(&[status_row(cluster.id, "regcred", 1, 11)])
+        .await
+        .expect("batch");
+    let acked = store.status_inputs().await.expect("inputs");
+    assert!(acked.1 > connected.1, "a status flush");
+    assert_eq!(acked.0, start.0, "no change-log entry yet");
+    store
+        .append_change(ChangeKind::Pin, "regcred/acr-pull")
+        .await
+        .expect("change");
+    let changed = store.status_inputs().await.expect("inputs");
+    assert!(changed.0 > acked.0, "a change-log entry");
+    assert_eq!(store.status_inputs().await.expect("inputs"), changed, "still");
+}

@@ -152,9 +152,41 @@ pub struct FleetSecretStatus {
 /// How far back the status counts reported drift.
 pub const DRIFT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
+/// A status view is served again, without reading the store's rows, for at most this long while
+/// the store's inputs stand still: what depends on the clock alone (a disconnected cluster's
+/// offline grace, expiry conditions, the Lagging condition's age) is at most this old.
+pub const STATUS_SNAPSHOT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Most status views kept (one per FleetSecret asked and lagging limit).
+const STATUS_SNAPSHOTS: usize = 64;
+
+/// The status views last computed on this replica, each with the store inputs
+/// ([`crate::store::Store::status_inputs`]) it was computed from.
+///
+/// **Why a snapshot and not counters in memory:** every replica must answer the same, and only
+/// the store holds every replica's acks; a replica's own counters would miss the others'. So a
+/// call costs one small read of two numbers, and the full computation (every cluster and status
+/// row of the FleetSecret, and the planner's rollout decision) runs once per status flush of any
+/// replica (or change-log entry), however many callers (`rollout status --watch`, dashboards,
+/// scripts) ask in between. The lock also makes concurrent callers on a stale snapshot wait for
+/// one computation instead of each running it.
+#[derive(Default)]
+pub struct StatusCache {
+    snapshots: HashMap<(Option<String>, u32), Snapshot>,
+    /// Views computed from the store (tests and the debug log read it).
+    computed: u64,
+}
+
+struct Snapshot {
+    inputs: (i64, i64),
+    at: std::time::Instant,
+    statuses: Vec<FleetSecretStatus>,
+}
+
 impl Admin {
     /// Status of the named FleetSecrets (all when `only` is `None`), listing at most
-    /// `lagging_limit` lagging clusters each (0: [`DEFAULT_LAGGING_LIMIT`]).
+    /// `lagging_limit` lagging clusters each (0: [`DEFAULT_LAGGING_LIMIT`]); from the snapshot
+    /// of an earlier call while the store's inputs stand still ([`StatusCache`]).
     pub async fn statuses(
         &self,
         only: Option<&str>,
@@ -166,6 +198,45 @@ impl Admin {
                 format!("at most {MAX_LAGGING_LIMIT}"),
             ));
         }
+        let mut cache = self.status_cache.lock().await;
+        let inputs = self.store.status_inputs().await?;
+        let slot = (only.map(str::to_owned), lagging_limit);
+        if let Some(snapshot) = cache.snapshots.get(&slot)
+            && snapshot.inputs == inputs
+            && snapshot.at.elapsed() < STATUS_SNAPSHOT_MAX_AGE
+        {
+            return Ok(snapshot.statuses.clone());
+        }
+        let statuses = self.compute_statuses(only, lagging_limit).await?;
+        // Inputs read before the computation: a write during it leaves the snapshot stale for the
+        // next call, never the other way round.
+        if cache.snapshots.len() >= STATUS_SNAPSHOTS {
+            cache.snapshots.clear();
+        }
+        cache.computed += 1;
+        cache.snapshots.insert(
+            slot,
+            Snapshot {
+                inputs,
+                at: std::time::Instant::now(),
+                statuses: statuses.clone(),
+            },
+        );
+        Ok(statuses)
+    }
+
+    /// Status views computed from the store so far (not served from a snapshot).
+    #[cfg(test)]
+    pub(crate) async fn statuses_computed(&self) -> u64 {
+        self.status_cache.lock().await.computed
+    }
+
+    /// [`Admin::statuses`] computed from the store.
+    async fn compute_statuses(
+        &self,
+        only: Option<&str>,
+        lagging_limit: u32,
+    ) -> Result<Vec<FleetSecretStatus>, AdminError> {
         let mut secrets = self.fleet_secrets().await?;
         if let Some(name) = only {
             secrets.retain(|key, _| key == name);
@@ -342,3 +413,6 @@ impl Admin {
             .ok_or_else(|| not_found_fleet_secret(name))
     }
 }
+
+#[cfg(test)]
+mod tests;
