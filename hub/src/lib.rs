@@ -44,6 +44,49 @@ pub mod vault;
 
 pub use app::run;
 
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// The `keyfleet` program: parses `args` (the program name first, as `std::env::args_os` gives
+/// it) into [`config::Cli`], initializes telemetry and runs the command on a new multi-threaded
+/// tokio runtime until it ends or [`shutdown_signal`] fires. Bad flags print usage and exit 2;
+/// other errors map to the exit codes of [`cli::exit_code`].
+///
+/// `hub/src/main.rs` is just this; the loadtest runs it too, as its own process
+/// (`keyfleet-loadtest hub serve …`), so one build serves both.
+pub fn main_with<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    use clap::Parser as _;
+    let cli = config::Cli::parse_from(args); // bad flag or env: clap prints usage, exits 2
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _telemetry = match telemetry::init(&cli.telemetry) {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match run(cli.command, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                // Exit codes scripts can rely on: see `keyfleet_hub::cli`.
+                eprintln!("error: {error:#}");
+                ExitCode::from(cli::exit_code(&error))
+            }
+        }
+    })
+}
+
 /// Resolves when the process receives SIGINT or SIGTERM: the hub then drains and exits.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

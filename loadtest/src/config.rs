@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// The fleet rotation simulation: Key Vault emulator, the real hub binary, and N clusters (each a
-/// fake Kubernetes API with the real agent code); rotates the shared registry credential R times
-/// and reports how fast and how cheaply every cluster got it.
+/// The fleet rotation simulation: Key Vault emulator, the hub (`keyfleet serve`, its own
+/// process), and N clusters (each a fake Kubernetes API with the real agent code, or a
+/// protocol-level agent); rotates the shared registry credential R times and reports how fast and
+/// how cheaply every cluster got it.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "keyfleet-loadtest", version, about)]
 pub struct Args {
@@ -35,9 +36,23 @@ pub struct Args {
     /// Leave everything running at the end (for `keyfleet status` and dashboards) until Ctrl-C.
     #[arg(long)]
     pub keep: bool,
-    /// The hub binary (default: `keyfleet` next to this binary).
+    /// A `keyfleet` binary to run as the hub (default: this program runs the same hub code as its
+    /// own process, `keyfleet-loadtest hub serve …`).
     #[arg(long, env = "KEYFLEET_LOADTEST_HUB")]
     pub hub_binary: Option<PathBuf>,
+    /// What plays each cluster: `real` (the real agent code against a fake Kubernetes API) or
+    /// `protocol` (a protocol-level agent: one TLS connection and Sync stream, applies and acks
+    /// in memory; no Kubernetes API, no drift check).
+    #[arg(long, value_enum, default_value_t = AgentsArg::Real)]
+    pub agents: AgentsArg,
+    /// Hub replicas (`keyfleet serve` processes on the same store); more than 1 needs a
+    /// `postgres://` `--database`. Clusters are spread round-robin over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
+    /// During the last rotation, once about half the fleet applied it, kill -9 one replica (not
+    /// the Key Vault leader when it can tell); needs `--replicas 2` or more.
+    #[arg(long)]
+    pub kill_replica: bool,
     /// How long a rotation may take before the clusters still behind count as not converged.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub converge_timeout: Duration,
@@ -66,6 +81,46 @@ pub struct Args {
     /// No live progress bar (for CI logs).
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl Args {
+    /// Checks what clap cannot express: replicas need Postgres, `--kill-replica` needs replicas.
+    pub fn validate(&self) -> Result<(), String> {
+        let postgres = self
+            .database
+            .as_deref()
+            .is_some_and(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"));
+        if self.replicas > 1 && !postgres {
+            return Err(format!(
+                "--replicas {} needs a Postgres store shared by the replicas: --database postgres://…",
+                self.replicas
+            ));
+        }
+        if self.kill_replica && self.replicas < 2 {
+            return Err("--kill-replica needs --replicas 2 or more".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// `--agents`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentsArg {
+    /// The real agent code (`keyfleet_agent::AgentRuntime`) with a fake Kubernetes API each.
+    Real,
+    /// Protocol-level agents (`keyfleet_testkit::agent::RunningAgent`), in memory.
+    Protocol,
+}
+
+impl AgentsArg {
+    /// `real` or `protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Real => "real",
+            Self::Protocol => "protocol",
+        }
+    }
 }
 
 /// `--kube-transport`.
@@ -99,6 +154,31 @@ mod tests {
         assert!(args.database.is_none());
         assert_eq!(args.converge_timeout, Duration::from_secs(120));
         assert_eq!(args.kube_transport, KubeTransportArg::Auto);
+        assert_eq!(args.agents, AgentsArg::Real);
+        assert_eq!(args.replicas, 1);
+        assert!(!args.kill_replica);
+        assert_eq!(args.validate(), Ok(()));
+    }
+
+    #[test]
+    fn replicas_need_postgres_and_a_kill_needs_replicas() {
+        let sqlite = parse(&["--replicas", "2"]).expect("parses");
+        assert!(sqlite.validate().expect_err("sqlite").contains("Postgres"));
+        let lone = parse(&["--kill-replica", "--database", "postgres://h/db"]).expect("parses");
+        assert!(lone.validate().expect_err("one replica").contains("--replicas 2"));
+        let good = parse(&[
+            "--agents",
+            "protocol",
+            "--replicas",
+            "2",
+            "--kill-replica",
+            "--database",
+            "postgres://postgres@127.0.0.1/keyfleet_lt",
+        ])
+        .expect("parses");
+        assert_eq!(good.validate(), Ok(()));
+        assert_eq!(good.agents, AgentsArg::Protocol);
+        assert_eq!(parse(&["--replicas", "0"]).expect_err("0").exit_code(), 2);
     }
 
     #[test]
@@ -108,6 +188,7 @@ mod tests {
             &["--clusters", "many"],
             &["--converge-timeout", "soon"],
             &["--kube-transport", "carrier-pigeon"],
+            &["--agents", "fake"],
         ] {
             let error = parse(bad).expect_err("invalid");
             assert_eq!(error.exit_code(), 2, "{bad:?}");

@@ -47,12 +47,15 @@ pub struct Injected {
 }
 
 /// Tampers with the Secret `secret` in namespace `namespaces.last()` of up to [`CLUSTERS`]
-/// clusters spread over the fleet, each as soon as its cluster holds `revision` everywhere (within
-/// `bound`): even picks are edited, odd ones deleted. Returns what was tampered with and when the
-/// first tampering happened.
+/// clusters spread over `candidates` (cluster indices; every cluster but those of a replica about
+/// to be killed), each as soon as its cluster holds `revision` everywhere (within `bound`): even
+/// picks are edited, odd ones deleted. Returns what was tampered with and when the first
+/// tampering happened.
+#[allow(clippy::too_many_arguments)]
 pub async fn inject_once_applied(
     tracker: &Tracker,
     handles: &[ClusterHandle],
+    candidates: &[usize],
     names: &[String],
     secret: &str,
     namespaces: &[String],
@@ -60,10 +63,13 @@ pub async fn inject_once_applied(
     bound: Duration,
 ) -> (Vec<Injected>, Instant) {
     let namespace = namespaces.last().map(String::as_str).unwrap_or("default");
-    let count = CLUSTERS.min(handles.len());
-    let step = (handles.len() / count.max(1)).max(1);
+    let count = CLUSTERS.min(candidates.len());
+    let step = (candidates.len() / count.max(1)).max(1);
     let mut pending: Vec<(usize, usize)> = (0..count)
-        .map(|pick| (pick, (pick * step + step / 2).min(handles.len() - 1)))
+        .map(|pick| {
+            let at = (pick * step + step / 2).min(candidates.len() - 1);
+            (pick, candidates[at])
+        })
         .collect();
     let deadline = Instant::now() + bound;
     let mut first = None;

@@ -1,4 +1,5 @@
-//! The hub as its own process: the loadtest starts the real `keyfleet serve` binary so its memory
+//! The hub as its own process: the loadtest starts `keyfleet serve` (by default this very binary
+//! as `keyfleet-loadtest hub serve …`, the same hub code; or a `keyfleet` binary) so its memory
 //! and CPU are measured apart from the simulated fleet, captures its log for the leak check, and
 //! can kill it (`SIGKILL`) and start it again.
 
@@ -76,8 +77,10 @@ pub enum HubProcessError {
 /// How to start the hub.
 #[derive(Debug, Clone)]
 pub struct HubCommand {
-    /// Path of the `keyfleet` binary.
+    /// The program: a `keyfleet` binary, or this one (with `prefix` `["hub"]`).
     pub binary: PathBuf,
+    /// Arguments before `serve` (`hub` when the program is the loadtest itself).
+    pub prefix: Vec<String>,
     /// Arguments after `serve` (without `--ready-file`).
     pub args: Vec<String>,
     /// Extra environment.
@@ -108,6 +111,7 @@ impl HubProcess {
                 source,
             })?;
         let mut child = Command::new(&command.binary)
+            .args(&command.prefix)
             .arg("serve")
             .args(&command.args)
             .arg("--ready-file")
@@ -230,6 +234,11 @@ impl Metrics {
         Self { samples }
     }
 
+    /// Adds `other`'s samples (e.g. every replica's, so sums run over the replicas).
+    pub fn merge(&mut self, other: &Metrics) {
+        self.samples.extend(other.samples.iter().cloned());
+    }
+
     /// Sum of every sample of `name` (all label sets).
     pub fn sum(&self, name: &str) -> f64 {
         self.samples
@@ -267,6 +276,9 @@ mod tests {
         );
         assert_eq!(metrics.sum("keyfleet_hub_connected_agents"), 3.0);
         assert_eq!(metrics.sum("missing"), 0.0);
+        let mut both = metrics.clone();
+        both.merge(&metrics);
+        assert_eq!(both.sum("keyfleet_hub_bytes_sent_total"), 240.0);
     }
 
     #[tokio::test]
@@ -274,6 +286,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let command = HubCommand {
             binary: PathBuf::from("false"),
+            prefix: Vec::new(),
             args: Vec::new(),
             env: Vec::new(),
             log: dir.path().join("hub.log"),
@@ -305,6 +318,7 @@ mod tests {
             .expect("chmod");
         let command = HubCommand {
             binary: script,
+            prefix: vec!["hub".to_owned()],
             args: vec!["--x".to_owned()],
             env: Vec::new(),
             log: dir.path().join("hub.log"),

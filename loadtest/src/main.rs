@@ -1,10 +1,44 @@
 //! `keyfleet-loadtest`: the fleet rotation simulation (the quickstart) and benchmark.
+//!
+//! `keyfleet-loadtest hub <keyfleet arguments…>` (hidden) is the hub itself,
+//! `keyfleet_hub::main_with`: the run starts its hub replicas as `<this binary> hub serve …`, each
+//! its own process, so one build serves both and the hub is measured apart from the fleet.
 
-use clap::Parser as _;
+use std::ffi::OsString;
+use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let args = keyfleet_loadtest::config::Args::parse();
+use clap::{CommandFactory as _, Parser as _};
+
+/// The hidden first argument that makes this process a hub.
+const HUB_SUBCOMMAND: &str = "hub";
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let program = argv.next().unwrap_or_else(|| OsString::from("keyfleet-loadtest"));
+    let rest: Vec<OsString> = argv.collect();
+    if rest.first().is_some_and(|first| first == HUB_SUBCOMMAND) {
+        // Before anything else: this process is `keyfleet`, nothing of the loadtest runs.
+        return keyfleet_hub::main_with(
+            std::iter::once(OsString::from("keyfleet")).chain(rest.into_iter().skip(1)),
+        );
+    }
+    let args = keyfleet_loadtest::config::Args::parse_from(std::iter::once(program).chain(rest));
+    if let Err(message) = args.validate() {
+        keyfleet_loadtest::config::Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("keyfleet-loadtest: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(loadtest(args))
+}
+
+async fn loadtest(args: keyfleet_loadtest::config::Args) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -23,25 +57,25 @@ async fn main() -> std::process::ExitCode {
                     Ok(json) => {
                         if let Err(error) = std::fs::write(&path, json) {
                             eprintln!("keyfleet-loadtest: cannot write {}: {error}", path.display());
-                            return std::process::ExitCode::FAILURE;
+                            return ExitCode::FAILURE;
                         }
                         eprintln!("report written to {}", path.display());
                     }
                     Err(error) => {
                         eprintln!("keyfleet-loadtest: cannot encode the report: {error}");
-                        return std::process::ExitCode::FAILURE;
+                        return ExitCode::FAILURE;
                     }
                 }
             }
             if report.passed() {
-                std::process::ExitCode::SUCCESS
+                ExitCode::SUCCESS
             } else {
-                std::process::ExitCode::FAILURE
+                ExitCode::FAILURE
             }
         }
         Err(error) => {
             eprintln!("keyfleet-loadtest: {error:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

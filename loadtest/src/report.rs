@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::baseline::{RefreshCalls, Staleness};
+use crate::config::AgentsArg;
+use crate::figures::Headline;
 use crate::stats::Percentiles;
 
 /// The whole report.
@@ -19,13 +21,22 @@ pub struct Report {
     pub started: String,
     /// Simulated clusters.
     pub clusters: usize,
-    /// How the clusters were simulated: "real agent code (keyfleet_agent) against fake Kubernetes
-    /// APIs", or the protocol-level stand-in and why.
+    /// Which agents ran (`--agents`): `real` or `protocol`.
+    pub agent_kind: AgentsArg,
+    /// How the clusters were simulated, in words.
     pub agents: String,
-    /// How the agents reached their fake Kubernetes APIs.
-    pub kube_transport: crate::agents::KubeTransport,
+    /// How the real agents reached their fake Kubernetes APIs (`None`: protocol agents, no
+    /// Kubernetes API).
+    pub kube_transport: Option<crate::agents::KubeTransport>,
     /// Why that transport (requested, or `auto` and the open-file arithmetic).
     pub kube_transport_reason: String,
+    /// The headline figures with their targets: hub CPU µs per agent per rotation, hub RSS KiB
+    /// per connected agent, rotation p99.
+    pub figures: Headline,
+    /// Every hub replica (one unless `--replicas`).
+    pub replicas: Vec<ReplicaFigures>,
+    /// The replica killed during the last rotation (`--kill-replica`).
+    pub replica_kill: Option<ReplicaKill>,
     /// Store backend ("sqlite" or "postgres").
     pub database: String,
     /// Time to enroll every cluster and converge on the first revision, seconds.
@@ -45,6 +56,8 @@ pub struct Report {
     pub status_truth: StatusTruth,
     /// Secrets tampered with during the last rotation: repaired and reported.
     pub drift: Option<crate::drift::DriftFigures>,
+    /// Why there is no drift check (`n/a (protocol agents)`, `skipped (--no-drift)`).
+    pub drift_skipped: Option<String>,
     /// The per-cluster polling baseline (ESO's model) for the same rotations.
     pub baseline: Option<Baseline>,
     /// Secret values found in the hub's captured log (must be empty).
@@ -74,8 +87,12 @@ pub struct Rotation {
     /// Seconds until the store counted every cluster applied (None: not within the converge
     /// timeout); the gap to `duration_s` is how far status recording trails the fleet.
     pub store_applied_s: Option<f64>,
-    /// Hub CPU seconds (user + system) until every cluster converged.
+    /// Hub CPU seconds (user + system, all replicas) until every cluster converged.
     pub hub_cpu_s: f64,
+    /// `hub_cpu_s` / clusters, µs.
+    pub hub_cpu_us_per_agent: f64,
+    /// Hub CPU seconds per replica over the same time.
+    pub hub_cpu_per_replica_s: Vec<f64>,
     /// This process's CPU seconds over the same time (agents, fake APIs, emulator, tracker).
     pub fleet_cpu_s: f64,
     /// Streams the hub closed because an agent's acks stalled (hub metric).
@@ -90,23 +107,72 @@ pub struct Rotation {
     pub status_rows: u64,
     /// Bytes sent hub → agents during the rotation (hub metric).
     pub bytes_sent: u64,
+    /// Whether a replica was killed during this rotation (`--kill-replica`).
+    pub replica_killed: bool,
 }
 
-/// Hub process figures.
+/// Hub figures, summed over the replicas.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HubFigures {
-    /// Peak RSS of the hub process, bytes (VmHWM; of the restarted process after a restart).
+    /// Peak RSS of the hub (VmHWM; per replica the highest of its processes, summed), bytes.
     pub rss_peak_bytes: u64,
     /// RSS with every agent connected, bytes.
     pub rss_connected_bytes: u64,
     /// RSS per connected agent (connected RSS minus RSS before agents connected, / clusters).
     pub rss_per_agent_bytes: u64,
-    /// Hub CPU seconds over the run (user + system).
+    /// Hub CPU seconds over the run (user + system, every process of every replica).
     pub cpu_s: f64,
     /// Bytes sent hub → agents over the run.
     pub bytes_sent: u64,
     /// Open file descriptors of the hub with every agent connected.
     pub open_files_connected: usize,
+}
+
+/// One hub replica.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaFigures {
+    /// `--replica-id`.
+    pub id: String,
+    /// Its gRPC address.
+    pub grpc_addr: String,
+    /// Every process id it ran as (more than one after a kill and restart).
+    pub pids: Vec<u32>,
+    /// Clusters whose agents started on it.
+    pub agents: usize,
+    /// CPU seconds over the run, every process.
+    pub cpu_s: f64,
+    /// Peak RSS (the highest VmHWM of its processes), bytes.
+    pub rss_peak_bytes: u64,
+    /// RSS with every agent connected, bytes.
+    pub rss_connected_bytes: u64,
+    /// RSS growth from before agents connected to connected, / its agents, bytes.
+    pub rss_per_agent_bytes: u64,
+    /// Times it was killed (`--kill-replica`, the restart scenario).
+    pub kills: u32,
+}
+
+/// The replica killed during the last rotation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaKill {
+    /// Index of the killed replica.
+    pub replica: usize,
+    /// Its id.
+    pub replica_id: String,
+    /// Index of the replica leading the Key Vault pollers when it was killed, if one said so.
+    pub leader: Option<usize>,
+    /// The rotation it happened in.
+    pub rotation: usize,
+    /// Seconds from the sync-now request to the kill.
+    pub at_s: f64,
+    /// Clusters holding the new revision when it was killed.
+    pub applied_before: usize,
+    /// Whether it was started again on its ports (real agents know one hub address: they wait
+    /// for it; protocol agents move to another replica and it stays down until the restart
+    /// scenario).
+    pub restarted: bool,
+    /// Seconds from the kill until every cluster held the rotation's revision and every agent had
+    /// a stream again (`None`: not within the converge timeout).
+    pub all_back_in_sync_s: Option<f64>,
 }
 
 /// The simulated fleet's process (this one).
@@ -188,13 +254,18 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "keyfleet {} · {} clusters · {} · store {}",
-            self.version, self.clusters, self.agents, self.database
+            "keyfleet {} · {} clusters · {} agents · {} hub replica(s) · store {}",
+            self.version,
+            self.clusters,
+            self.agent_kind.as_str(),
+            self.replicas.len().max(1),
+            self.database
         );
+        let _ = writeln!(out, "agents: {}", self.agents);
         let _ = writeln!(
             out,
             "Kubernetes API transport: {} ({})",
-            self.kube_transport.as_str(),
+            self.kube_transport.map_or("none", |transport| transport.as_str()),
             self.kube_transport_reason
         );
         let _ = writeln!(
@@ -202,9 +273,26 @@ impl Report {
             "initial enrollment + convergence: {:.1} s",
             self.initial_convergence_s
         );
+        self.rotation_table(&mut out);
+        self.figures_table(&mut out);
+        self.hub_lines(&mut out);
+        self.outcome_lines(&mut out);
+        self.targets_table(&mut out);
+        if self.passed() {
+            let _ = writeln!(out, "\nresult: PASSED");
+        } else {
+            let _ = writeln!(out, "\nresult: FAILED");
+            for failure in &self.failures {
+                let _ = writeln!(out, "  - {failure}");
+            }
+        }
+        out
+    }
+
+    fn rotation_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "\n{:<4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8} {:>8} {:>9} {:>7}",
+            "\n{:<4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8} {:>9} {:>9} {:>9} {:>7}",
             "rot",
             "converged",
             "first ms",
@@ -217,6 +305,7 @@ impl Report {
             "rows",
             "bytes sent",
             "hub CPU",
+            "µs/agent",
             "fleet CPU",
             "stored s",
             "stalls"
@@ -226,7 +315,7 @@ impl Report {
             let ms = |f: fn(&Percentiles) -> u64| p.as_ref().map_or("-".to_owned(), |p| f(p).to_string());
             let _ = writeln!(
                 out,
-                "{:<4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8.1} {:>9.1} {:>9} {:>7}",
+                "{:<4} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>8.2} {:>9.1} {:>9.1} {:>9} {:>7}{}",
                 rotation.index,
                 format!("{}/{}", rotation.converged, self.clusters),
                 ms(|p| p.first_ms),
@@ -239,17 +328,58 @@ impl Report {
                 rotation.status_rows,
                 rotation.bytes_sent,
                 rotation.hub_cpu_s,
+                rotation.hub_cpu_us_per_agent,
                 rotation.fleet_cpu_s,
                 rotation
                     .store_applied_s
                     .map_or("-".to_owned(), |s| format!("{s:.1}")),
                 rotation.stalled_closes,
+                if rotation.replica_killed {
+                    "  (replica killed)"
+                } else {
+                    ""
+                },
             );
         }
+    }
+
+    fn figures_table(&self, out: &mut String) {
+        let figures = &self.figures;
+        let _ = writeln!(
+            out,
+            "\n{:<40} {:>12} {:>12}  verdict",
+            "figure", "measured", "target"
+        );
+        for (what, figure) in [
+            (
+                "hub CPU per agent per rotation",
+                &figures.hub_cpu_us_per_agent_per_rotation,
+            ),
+            ("hub RSS per connected agent", &figures.hub_rss_kib_per_agent),
+            ("rotation p99, sync-now to held", &figures.rotation_p99_ms),
+        ] {
+            let _ = writeln!(
+                out,
+                "{:<40} {:>12} {:>12}  {}  ({})",
+                what,
+                figure.value_text(),
+                figure.target_text(),
+                figure.verdict(),
+                figure.basis
+            );
+        }
+    }
+
+    fn hub_lines(&self, out: &mut String) {
         let hub = &self.hub;
         let _ = writeln!(
             out,
-            "\nhub: peak RSS {:.1} MiB, {:.1} KiB per connected agent, CPU {:.1} s, {} bytes sent",
+            "\nhub{}: peak RSS {:.1} MiB, {:.1} KiB per connected agent, CPU {:.1} s, {} bytes sent",
+            if self.replicas.len() > 1 {
+                format!(" (sum of {} replicas)", self.replicas.len())
+            } else {
+                String::new()
+            },
             mib(hub.rss_peak_bytes),
             hub.rss_per_agent_bytes as f64 / 1024.0,
             hub.cpu_s,
@@ -260,12 +390,41 @@ impl Report {
             "hub open files with every agent connected: {}",
             hub.open_files_connected
         );
+        if self.replicas.len() > 1 {
+            for replica in &self.replicas {
+                let _ = writeln!(
+                    out,
+                    "  replica {} ({}, pid {}): {} agents, peak RSS {:.1} MiB, {:.1} KiB per agent, CPU {:.1} s{}",
+                    replica.id,
+                    replica.grpc_addr,
+                    replica
+                        .pids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" → "),
+                    replica.agents,
+                    mib(replica.rss_peak_bytes),
+                    replica.rss_per_agent_bytes as f64 / 1024.0,
+                    replica.cpu_s,
+                    if replica.kills > 0 {
+                        format!(", killed {}×", replica.kills)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
         let fleet = &self.fleet;
         let _ = writeln!(
             out,
-            "simulated fleet (this process): RSS {:.1} MiB, {:.1} KiB per cluster (agent + fake API), {} open files (limit {})",
+            "simulated fleet (this process): RSS {:.1} MiB, {:.1} KiB per cluster ({}), {} open files (limit {})",
             mib(fleet.rss_connected_bytes),
             fleet.rss_per_cluster_bytes as f64 / 1024.0,
+            match self.agent_kind {
+                AgentsArg::Real => "agent + fake API",
+                AgentsArg::Protocol => "protocol agent",
+            },
             fleet.open_files_connected,
             fleet
                 .open_files_limit
@@ -276,6 +435,32 @@ impl Report {
                 out,
                 "note: {} write notifications missed; latencies of Secrets found by rescanning are upper bounds",
                 self.missed_notifications
+            );
+        }
+    }
+
+    fn outcome_lines(&self, out: &mut String) {
+        if let Some(kill) = &self.replica_kill {
+            let _ = writeln!(
+                out,
+                "replica kill (kill -9) in rotation {}: replica {} ({}) at {:.2} s after sync-now, {}/{} clusters applied by then; leader {}; {}; every cluster back in sync {}",
+                kill.rotation,
+                kill.replica,
+                kill.replica_id,
+                kill.at_s,
+                kill.applied_before,
+                self.clusters,
+                kill.leader
+                    .map_or("unknown".to_owned(), |leader| format!("replica {leader}")),
+                if kill.restarted {
+                    "restarted on its ports"
+                } else {
+                    "left down, its agents failed over"
+                },
+                kill.all_back_in_sync_s
+                    .map_or("NOT within the timeout".to_owned(), |s| format!(
+                        "{s:.1} s after the kill"
+                    ))
             );
         }
         if let Some(restart) = &self.restart {
@@ -307,6 +492,8 @@ impl Report {
                 drift.reported,
                 drift.reported_s
             );
+        } else if let Some(why) = &self.drift_skipped {
+            let _ = writeln!(out, "drift: {why}");
         }
         if let Some(baseline) = &self.baseline {
             let calls: u64 = baseline
@@ -339,34 +526,27 @@ impl Report {
                 format!("{} FOUND", self.leaks.len())
             }
         );
-        if !self.targets.is_empty() {
+    }
+
+    fn targets_table(&self, out: &mut String) {
+        if self.targets.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<44} {:<26} {:<24} verdict",
+            "target (ARCHITECTURE.md)", "goal", "measured"
+        );
+        for target in &self.targets {
             let _ = writeln!(
                 out,
-                "\n{:<44} {:<22} {:<24} verdict",
-                "target (ARCHITECTURE.md)", "goal", "measured"
+                "{:<44} {:<26} {:<24} {}",
+                target.what,
+                target.target,
+                target.measured,
+                crate::figures::verdict(target.met)
             );
-            for target in &self.targets {
-                let verdict = match target.met {
-                    Some(true) => "met",
-                    Some(false) => "MISSED",
-                    None => "n/a",
-                };
-                let _ = writeln!(
-                    out,
-                    "{:<44} {:<22} {:<24} {}",
-                    target.what, target.target, target.measured, verdict
-                );
-            }
         }
-        if self.passed() {
-            let _ = writeln!(out, "\nresult: PASSED");
-        } else {
-            let _ = writeln!(out, "\nresult: FAILED");
-            for failure in &self.failures {
-                let _ = writeln!(out, "  - {failure}");
-            }
-        }
-        out
     }
 }
 
@@ -379,33 +559,49 @@ mod tests {
     use super::*;
 
     fn report() -> Report {
+        let rotations = vec![Rotation {
+            index: 1,
+            version: "a".repeat(32),
+            revision: 2,
+            applied: crate::stats::percentiles(&[std::time::Duration::from_millis(40)]),
+            converged: 3,
+            duration_s: 0.2,
+            store_applied_s: Some(0.5),
+            hub_cpu_s: 0.12,
+            hub_cpu_us_per_agent: crate::figures::cpu_us_per_agent(0.12, 3),
+            hub_cpu_per_replica_s: vec![0.12],
+            fleet_cpu_s: 0.3,
+            stalled_closes: 0,
+            in_sync_reconnects: 0,
+            keyvault_calls: BTreeMap::from([("get_secret".to_owned(), 1)]),
+            status_flushes: 1,
+            status_rows: 3,
+            bytes_sent: 900,
+            replica_killed: false,
+        }];
+        let figures = crate::figures::headline(&rotations, 3, AgentsArg::Real, 60 * 1024);
         Report {
             version: "0.1.0".to_owned(),
             started: "2026-11-26T03:00:00Z".to_owned(),
             clusters: 3,
+            agent_kind: AgentsArg::Real,
             agents: "real agent code".to_owned(),
-            kube_transport: crate::agents::KubeTransport::Memory,
+            kube_transport: Some(crate::agents::KubeTransport::Memory),
             kube_transport_reason: "requested (--kube-transport memory)".to_owned(),
+            figures,
+            replicas: vec![ReplicaFigures {
+                id: "loadtest-hub".to_owned(),
+                agents: 3,
+                ..ReplicaFigures::default()
+            }],
+            replica_kill: None,
             database: "sqlite".to_owned(),
             initial_convergence_s: 1.5,
-            rotations: vec![Rotation {
-                index: 1,
-                version: "a".repeat(32),
-                revision: 2,
-                applied: crate::stats::percentiles(&[std::time::Duration::from_millis(40)]),
-                converged: 3,
-                duration_s: 0.2,
-                store_applied_s: Some(0.5),
-                hub_cpu_s: 0.1,
-                fleet_cpu_s: 0.3,
-                stalled_closes: 0,
-                in_sync_reconnects: 0,
-                keyvault_calls: BTreeMap::from([("get_secret".to_owned(), 1)]),
-                status_flushes: 1,
-                status_rows: 3,
-                bytes_sent: 900,
-            }],
-            hub: HubFigures::default(),
+            rotations,
+            hub: HubFigures {
+                rss_per_agent_bytes: 60 * 1024,
+                ..HubFigures::default()
+            },
             fleet: FleetFigures::default(),
             missed_notifications: 0,
             restart: None,
@@ -422,6 +618,7 @@ mod tests {
                 repaired_s: 0.4,
                 reported_s: 1.2,
             }),
+            drift_skipped: None,
             baseline: None,
             leaks: Vec::new(),
             targets: Vec::new(),
@@ -434,6 +631,10 @@ mod tests {
         let mut report = report();
         let table = report.table();
         assert!(table.contains("3/3"), "{table}");
+        assert!(
+            table.contains("3 clusters · real agents · 1 hub replica(s)"),
+            "{table}"
+        );
         assert!(
             table.contains("Kubernetes API transport: memory (requested (--kube-transport memory))"),
             "{table}"
@@ -452,9 +653,118 @@ mod tests {
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["rotations"][0]["applied"]["p50_ms"], 40);
         assert_eq!(json["kube_transport"], "memory");
+        assert_eq!(json["agent_kind"], "real");
         assert_eq!(
             json["kube_transport_reason"],
             "requested (--kube-transport memory)"
         );
+    }
+
+    #[test]
+    fn the_headline_figures_are_rows_with_their_targets_in_text_and_json() {
+        let mut report = report();
+        report.targets = crate::figures::targets(&report);
+        let table = report.table();
+        // 0.12 CPU seconds over 3 clusters: 40,000 µs per agent (a fleet of 3: not judged).
+        let cpu_row = table
+            .lines()
+            .find(|line| line.starts_with("hub CPU per agent per rotation"))
+            .expect("cpu row");
+        assert!(
+            cpu_row.contains("40000.0 µs") && cpu_row.contains("≤ 45 µs"),
+            "{cpu_row}"
+        );
+        assert!(cpu_row.contains("n/a"), "{cpu_row}");
+        let rss_row = table
+            .lines()
+            .find(|line| line.starts_with("hub RSS per connected agent"))
+            .expect("rss row");
+        assert!(
+            rss_row.contains("60.0 KiB") && rss_row.contains("≤ 48 KiB"),
+            "{rss_row}"
+        );
+        let p99_row = table
+            .lines()
+            .find(|line| line.starts_with("rotation p99, sync-now to held "))
+            .expect("p99 row");
+        assert!(
+            p99_row.contains("40 ms") && p99_row.contains("≤ 1000 ms") && p99_row.contains("met"),
+            "{p99_row}"
+        );
+        // The rotation row shows µs per agent too.
+        let rotation_row = table
+            .lines()
+            .find(|line| line.starts_with("1 "))
+            .expect("rotation row");
+        assert!(rotation_row.contains("40000.0"), "{rotation_row}");
+        assert!(
+            table.contains("hub CPU per agent per rotation               ≤ 45 µs (real agents)"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&report).expect("serializes");
+        let cpu = &json["figures"]["hub_cpu_us_per_agent_per_rotation"];
+        assert_eq!(cpu["value"], 40_000.0);
+        assert_eq!(cpu["target"], 45.0);
+        assert_eq!(cpu["unit"], "µs");
+        assert_eq!(json["figures"]["hub_rss_kib_per_agent"]["value"], 60.0);
+        assert_eq!(json["figures"]["hub_rss_kib_per_agent"]["target"], 48.0);
+        assert_eq!(json["figures"]["rotation_p99_ms"]["value"], 40.0);
+        assert_eq!(json["figures"]["rotation_p99_ms"]["met"], true);
+        assert_eq!(json["rotations"][0]["hub_cpu_us_per_agent"], 40_000.0);
+    }
+
+    #[test]
+    fn protocol_runs_say_so_and_show_replicas_and_the_kill() {
+        let mut report = report();
+        report.agent_kind = AgentsArg::Protocol;
+        report.kube_transport = None;
+        report.kube_transport_reason = "protocol agents: no Kubernetes API".to_owned();
+        report.drift = None;
+        report.drift_skipped = Some("n/a (protocol agents)".to_owned());
+        report.replicas = (0..2)
+            .map(|index| ReplicaFigures {
+                id: format!("loadtest-hub-{index}"),
+                grpc_addr: format!("127.0.0.1:{}", 7000 + index),
+                pids: if index == 1 { vec![10, 11] } else { vec![9] },
+                agents: 2,
+                cpu_s: 1.5,
+                kills: index as u32,
+                ..ReplicaFigures::default()
+            })
+            .collect();
+        report.rotations[0].replica_killed = true;
+        report.replica_kill = Some(ReplicaKill {
+            replica: 1,
+            replica_id: "loadtest-hub-1".to_owned(),
+            leader: Some(0),
+            rotation: 1,
+            at_s: 0.25,
+            applied_before: 2,
+            restarted: false,
+            all_back_in_sync_s: Some(2.5),
+        });
+        let table = report.table();
+        assert!(
+            table.contains("3 clusters · protocol agents · 2 hub replica(s)"),
+            "{table}"
+        );
+        assert!(table.contains("Kubernetes API transport: none"), "{table}");
+        assert!(table.contains("drift: n/a (protocol agents)"), "{table}");
+        assert!(table.contains("(replica killed)"), "{table}");
+        assert!(
+            table.contains("replica loadtest-hub-1 (127.0.0.1:7001, pid 10 → 11)")
+                && table.contains("killed 1×"),
+            "{table}"
+        );
+        assert!(
+            table.contains("replica 1 (loadtest-hub-1) at 0.25 s after sync-now, 2/3 clusters applied by then; leader replica 0; left down, its agents failed over; every cluster back in sync 2.5 s after the kill"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(json["agent_kind"], "protocol");
+        assert!(json["kube_transport"].is_null());
+        assert_eq!(json["drift_skipped"], "n/a (protocol agents)");
+        assert_eq!(json["replica_kill"]["replica_id"], "loadtest-hub-1");
+        assert_eq!(json["replicas"][1]["pids"], serde_json::json!([10, 11]));
     }
 }

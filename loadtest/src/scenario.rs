@@ -1,11 +1,10 @@
-//! The fleet rotation simulation, start to end: Key Vault emulator, the real hub binary, N
-//! simulated clusters with the real agent code, enrollment, the regcred FleetSecret, R rotations
-//! followed live, a kill -9 restart, the status truth check, the polling baseline, the leak scan
-//! and the report.
+//! The fleet rotation simulation, start to end: Key Vault emulator, the hub replicas (each
+//! `keyfleet serve` in its own process), N simulated clusters (real agents with fake Kubernetes
+//! APIs, or protocol-level agents), enrollment, the regcred FleetSecret, R rotations followed
+//! live (`rotation.rs`: drift, a replica kill), a kill -9 restart, the status truth check, the
+//! polling baseline (`checks.rs`), the leak scan and the report.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -13,31 +12,52 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use keyfleet_proto::v1;
 use keyfleet_testkit::keyvault::{self, KeyVaultConfig, KeyVaultEmulator, KeyVaultHandle, Principal};
-use keyfleet_testkit::kube::FakeKube;
 use rand::Rng as _;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
-use crate::agents::{self, Agents};
-use crate::baseline::{self, Baseline};
-use crate::config::Args;
-use crate::hub_process::{HubCommand, HubProcess, Metrics};
-use crate::report::{self, Report, Rotation};
+use crate::agents;
+use crate::config::{AgentsArg, Args};
+use crate::fleet::Fleet;
+use crate::replicas::{HubSetup, Replicas};
+use crate::report::{self, Report};
+use crate::rotation::{wait_for_applied, wait_for_revision};
 use crate::tracker::Tracker;
-use crate::{drift, leakcheck, procfs, stats};
+use crate::{figures, leakcheck, procfs};
 
-/// The Key Vault secret the example FleetSecret reads.
 /// The principal the polling baseline authenticates as (one per cluster in reality; one client
 /// id here, with a token per refresh, which is what the emulator counts).
-const BASELINE_CLIENT: &str = "eso-cluster";
-const BASELINE_SECRET: &str = "eso-cluster-secret";
-/// Fleet size from which per-agent and per-10,000 figures are judged against their targets.
-const MEASURABLE_FLEET: usize = 500;
+pub(crate) const BASELINE_CLIENT: &str = "eso-cluster";
+pub(crate) const BASELINE_SECRET: &str = "eso-cluster-secret";
 /// Registry the generated docker config points at.
 const REGISTRY: &str = "keyfleetdemo.azurecr.io";
 
+/// What the phases of a run share.
+pub(crate) struct Run {
+    pub(crate) args: Args,
+    pub(crate) clusters: usize,
+    pub(crate) names: Vec<String>,
+    pub(crate) kv: KeyVaultHandle,
+    /// Every value the Key Vault secret had (for the leak scan).
+    pub(crate) values: Vec<Vec<u8>>,
+    pub(crate) replicas: Replicas,
+    pub(crate) admin: Admin,
+    pub(crate) admin_token: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) fleet: Fleet,
+    pub(crate) tracker: Tracker,
+    /// The FleetSecret's name (the key protocol agents hold).
+    pub(crate) fleet_secret: String,
+    /// The target Secret's name and namespaces.
+    pub(crate) secret_name: String,
+    pub(crate) namespaces: Vec<String>,
+    pub(crate) started: chrono::DateTime<chrono::Utc>,
+    pub(crate) failures: Vec<String>,
+}
+
 /// Runs the whole simulation and returns its report.
 pub async fn run(args: Args) -> anyhow::Result<Report> {
+    args.validate().map_err(anyhow::Error::msg)?;
     let started = chrono::Utc::now();
     let dir = tempfile::Builder::new()
         .prefix("keyfleet-loadtest-")
@@ -46,18 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let work = dir.path().to_path_buf();
     eprintln!("keyfleet-loadtest: working in {}", work.display());
     let clusters = args.clusters as usize;
-    let mut failures = Vec::new();
     let own_pid = std::process::id();
-    let transport = agents::choose_transport(
-        args.kube_transport,
-        clusters,
-        procfs::open_files_limit(own_pid).map_err(|error| error.to_string()),
-    );
-    eprintln!(
-        "keyfleet-loadtest: agents reach their fake Kubernetes APIs over {} ({})",
-        transport.transport.as_str(),
-        transport.reason
-    );
 
     // --- Key Vault emulator -------------------------------------------------------------------
     let mut kv_config = KeyVaultConfig::default();
@@ -67,14 +76,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let kv = KeyVaultEmulator::start(kv_config)
         .await
         .context("start the Key Vault emulator")?;
-    let mut values: Vec<Vec<u8>> = Vec::new();
     let initial = match &args.secret_file {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("read --secret-file {}", path.display()))?
         }
         None => docker_config(),
     };
-    values.push(initial.as_bytes().to_vec());
+    let values = vec![initial.as_bytes().to_vec()];
     kv.set_secret(&args.remote_key, &initial, &[("team", "platform")])
         .map_err(|error| anyhow::anyhow!("set the initial secret: {} {}", error.code, error.message))?;
     std::fs::write(work.join("kv-ca.pem"), kv.ca_pem()).context("write the emulator CA")?;
@@ -83,91 +91,21 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         keyvault::DEFAULT_FEDERATED_SUBJECT,
     );
     std::fs::write(work.join("federated-token"), federated).context("write the federated token")?;
-
-    // --- fake Kubernetes APIs -----------------------------------------------------------------
     let (secret_name, namespaces, spec_text) = fleet_secret_spec(&args.fleet_secret, kv.vault_url())?;
-    let fleet_rss_before = procfs::sample(own_pid)?.rss_bytes;
-    let kube = Arc::new(
-        FakeKube::start(keyfleet_testkit::kube::Config {
-            // The tracker must see every write of a burst (a rotation writes the Secret in every
-            // namespace of every cluster at once; enrollment adds a credential Secret each).
-            write_notifications: (clusters * (namespaces.len() + 2)).max(4096),
-            ..keyfleet_testkit::kube::Config::default()
-        })
-        .await
-        .context("start the fake Kubernetes API server")?,
-    );
-    let names: Vec<String> = (0..clusters).map(|index| format!("cluster-{index:05}")).collect();
-    let mut handles = Vec::with_capacity(clusters);
-    for name in &names {
-        let handle = kube
-            .add_cluster(name)
-            .with_context(|| format!("add fake cluster {name}"))?;
-        for namespace in namespaces.iter().map(String::as_str).chain(["keyfleet-system"]) {
-            if namespace != "default" {
-                let _ = handle.create_namespace(namespace);
-            }
-        }
-        handles.push(handle);
-    }
-    let tracker = Tracker::start(Arc::clone(&kube), &names, &secret_name, namespaces.clone());
 
-    // --- the hub --------------------------------------------------------------------------------
-    let database = args
-        .database
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", work.join("keyfleet.db").display()));
+    // --- the hub replicas -----------------------------------------------------------------------
     let admin_token = random_token();
-    // The hub's token file format (name:token); the CLI reads the same file.
-    std::fs::write(work.join("admin-token"), format!("loadtest:{admin_token}\n"))
-        .context("write the admin token")?;
-    // The hub keys the digests it stores with this (required with Postgres; a restart reuses it).
-    let digest_key: [u8; 32] = rand::rng().random();
-    std::fs::write(work.join("digest-key"), hex::encode(digest_key)).context("write the digest key")?;
-    let hub_command = HubCommand {
-        binary: hub_binary(args.hub_binary.as_deref())?,
-        args: vec![
-            "--database".into(),
-            database.clone(),
-            "--migrate".into(),
-            "--grpc-addr".into(),
-            "127.0.0.1:0".into(),
-            "--ops-addr".into(),
-            "127.0.0.1:0".into(),
-            "--tls-self-signed".into(),
-            work.join("tls").display().to_string(),
-            "--admin-token-file".into(),
-            work.join("admin-token").display().to_string(),
-            "--digest-key-file".into(),
-            work.join("digest-key").display().to_string(),
-            "--vault-ca-file".into(),
-            work.join("kv-ca.pem").display().to_string(),
-            "--replica-id".into(),
-            "loadtest-hub".into(),
-            "--vault-skip-challenge-resource-check".into(),
-        ],
-        env: vec![
-            ("AZURE_TENANT_ID".into(), kv.tenant().to_owned()),
-            ("AZURE_CLIENT_ID".into(), keyvault::DEFAULT_CLIENT_ID.to_owned()),
-            (
-                "AZURE_FEDERATED_TOKEN_FILE".into(),
-                work.join("federated-token").display().to_string(),
-            ),
-            ("AZURE_AUTHORITY_HOST".into(), kv.authority_url().to_string()),
-            ("KEYFLEET_LOG_FORMAT".into(), "json".into()),
-        ],
-        log: work.join("hub.log"),
-        ready_file: work.join("hub-ready.json"),
-    };
-    let mut hub = HubProcess::start(hub_command, Duration::from_secs(120))
+    let setup = hub_setup(&args, &work, &kv, &admin_token)?;
+    let mut replicas = Replicas::start(&setup, args.replicas as usize)
         .await
         .context("start the hub")?;
-    let hub_url = format!("https://localhost:{}", hub.ready().grpc_addr.port());
-    let hub_ca = std::fs::read_to_string(work.join("tls").join("ca.pem")).context("read the hub CA")?;
+    for line in replicas.describe() {
+        eprintln!("keyfleet-loadtest: {line}");
+    }
     let http = reqwest::Client::builder()
         .build()
         .context("build the metrics client")?;
-    let admin = Admin::connect(&hub_url, &hub_ca, &admin_token).await?;
+    let admin = Admin::connect(&replicas.url(0), replicas.ca_pem(), &admin_token).await?;
     // The simulated fleet is enrolled from scratch: an earlier run's clusters would collide with
     // its names, and this program never deletes data it did not create.
     let existing = admin.cluster_count().await?;
@@ -177,9 +115,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
              or a real fleet; pass an empty database (for example: createdb keyfleet_loadtest)"
         );
     }
-    let rss_before_agents = procfs::sample(hub.pid().context("hub pid")?)?.rss_bytes;
+    let rss_before_agents = replicas.rss()?;
 
-    // --- apply the FleetSecret, enroll and start the fleet -----------------------------------
+    // --- apply the FleetSecret ------------------------------------------------------------------
     let applied = admin
         .apply(vec![v1::SpecFile {
             name: args.fleet_secret.display().to_string(),
@@ -195,65 +133,49 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .find(|object| object.kind == "FleetSecret")
         .map(|object| object.name.clone())
         .context("the spec file holds no FleetSecret")?;
-    let setup_started = Instant::now();
-    let canaries = (clusters / 100).max(1);
-    let tokens: Vec<(usize, String)> = futures::stream::iter(names.iter().enumerate())
-        .map(|(index, name)| {
-            let admin = admin.clone();
-            async move {
-                let ring = if index < canaries { "canary" } else { "main" };
-                let region = ["westeurope", "eastus", "southeastasia"][index % 3];
-                let response = admin
-                    .add_cluster(name, &[("env", "prod"), ("ring", ring), ("region", region)])
-                    .await?;
-                let token = response.token.context("CreateCluster returned no token")?.token;
-                anyhow::Ok((index, token))
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    let mut agents = Agents::new(transport.transport);
-    for (index, token) in tokens {
-        agents.start(&handles[index], &hub_url, &hub_ca, token).await?;
-    }
-    let first_revision = wait_for_revision(&admin, &fleet_secret, 0, Duration::from_secs(60)).await?;
-    tracker.expect(first_revision, setup_started);
-    let (_, behind) = tracker
-        .wait(args.converge_timeout.max(Duration::from_secs(300)))
-        .await;
-    if !behind.is_empty() {
-        failures.push(format!(
-            "{} clusters did not converge on the first revision (e.g. {})",
-            behind.len(),
-            behind.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    let initial_convergence_s = setup_started.elapsed().as_secs_f64();
-    eprintln!(
-        "enrolled {clusters} clusters and converged on revision {first_revision} in {initial_convergence_s:.1} s"
-    );
-    // The first rotation's counters (statements, rows) must not include the initial status rows
-    // the hub is still recording.
-    if !wait_for_applied(
-        &admin,
-        &fleet_secret,
-        first_revision,
+
+    // --- the simulated fleet --------------------------------------------------------------------
+    let fleet_rss_before = procfs::sample(own_pid)?.rss_bytes;
+    let names: Vec<String> = (0..clusters).map(|index| format!("cluster-{index:05}")).collect();
+    let (fleet, tracker) = match args.agents {
+        AgentsArg::Real => {
+            let transport = agents::choose_transport(
+                args.kube_transport,
+                clusters,
+                procfs::open_files_limit(own_pid).map_err(|error| error.to_string()),
+            );
+            eprintln!(
+                "keyfleet-loadtest: agents reach their fake Kubernetes APIs over {} ({})",
+                transport.transport.as_str(),
+                transport.reason
+            );
+            Fleet::real(&names, &secret_name, &namespaces, transport).await?
+        }
+        AgentsArg::Protocol => Fleet::protocol(&names, &fleet_secret, &replicas),
+    };
+    let mut run = Run {
+        args,
         clusters,
-        args.converge_timeout.max(Duration::from_secs(300)),
-    )
-    .await
-    {
-        failures.push(format!(
-            "the store did not count all {clusters} clusters applied on revision {first_revision}"
-        ));
-    }
-    let rss_connected = procfs::sample(hub.pid().context("hub pid")?)?.rss_bytes;
-    let hub_open_files = procfs::open_files(hub.pid().context("hub pid")?)?;
+        names,
+        kv,
+        values,
+        replicas,
+        admin,
+        admin_token,
+        http,
+        fleet,
+        tracker,
+        fleet_secret,
+        secret_name,
+        namespaces,
+        started,
+        failures: Vec::new(),
+    };
+    let (first_revision, initial_convergence_s) = run.enroll_and_converge().await?;
+    let rss_connected = run.replicas.rss()?;
+    let hub_open_files = run.replicas.open_files()?;
     let fleet_connected = procfs::sample(own_pid)?;
-    let fleet = report::FleetFigures {
+    let fleet_figures = report::FleetFigures {
         rss_connected_bytes: fleet_connected.rss_bytes,
         rss_per_cluster_bytes: fleet_connected.rss_bytes.saturating_sub(fleet_rss_before)
             / clusters.max(1) as u64,
@@ -264,266 +186,272 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // --- rotations ------------------------------------------------------------------------------
     let mut rotations = Vec::new();
     let mut drift_figures = None;
+    let mut replica_kill = None;
     let mut previous_revision = first_revision;
-    for index in 1..=args.rotations as usize {
-        let value = docker_config();
-        values.push(value.as_bytes().to_vec());
-        let kv_before = kv.counters();
-        let metrics_before = Metrics::scrape(&http, hub.ready().ops_addr).await?;
-        let hub_before = procfs::sample(hub.pid().context("hub pid")?)?;
-        let fleet_before = procfs::sample(own_pid)?;
-        let version = kv
-            .set_secret(&args.remote_key, &value, &[("team", "platform")])
-            .map_err(|error| anyhow::anyhow!("rotate the secret: {} {}", error.code, error.message))?;
-        let since = Instant::now();
-        admin.sync_now().await?;
-        let revision =
-            wait_for_revision(&admin, &fleet_secret, previous_revision, Duration::from_secs(30)).await?;
-        let progress = tracker.expect(revision, since);
-        let bar = progress_bar(&args, index, clusters);
-        let follow = follow_progress(progress, bar.clone());
-        // Drift while the last rotation fans out: a few Secrets edited or deleted by hand, each
-        // once its cluster holds the new revision (an edit that lands before the agent writes the
-        // revision is simply overwritten by the rollout: no drift to repair).
-        let inject = async {
-            if index == args.rotations as usize && !args.no_drift {
-                Some(
-                    drift::inject_once_applied(
-                        &tracker,
-                        &handles,
-                        &names,
-                        &secret_name,
-                        &namespaces,
-                        revision,
-                        args.converge_timeout,
-                    )
-                    .await,
-                )
-            } else {
-                None
-            }
-        };
-        let ((latencies, behind), tampered) = tokio::join!(tracker.wait(args.converge_timeout), inject);
-        follow.abort();
-        bar.finish_and_clear();
-        let duration_s = since.elapsed().as_secs_f64();
-        let hub_cpu = procfs::sample(hub.pid().context("hub pid")?)?.cpu - hub_before.cpu;
-        let fleet_cpu = procfs::sample(own_pid)?.cpu - fleet_before.cpu;
-        // Acks reach the store in batches: let the last flush land before reading the counters.
-        let store_applied_s =
-            wait_for_applied(&admin, &fleet_secret, revision, clusters, args.converge_timeout)
-                .await
-                .then(|| since.elapsed().as_secs_f64());
-        let metrics_after = Metrics::scrape(&http, hub.ready().ops_addr).await?;
-        let kv_after = kv.counters();
-        let rotation = Rotation {
-            index,
-            version,
-            revision,
-            applied: stats::percentiles(&latencies),
-            converged: latencies.len(),
-            duration_s,
-            store_applied_s,
-            hub_cpu_s: hub_cpu.as_secs_f64(),
-            fleet_cpu_s: fleet_cpu.as_secs_f64(),
-            stalled_closes: delta(
-                &metrics_before,
-                &metrics_after,
-                "keyfleet_hub_fleet_stalled_closes_total",
-            ),
-            in_sync_reconnects: delta(
-                &metrics_before,
-                &metrics_after,
-                "keyfleet_hub_fleet_in_sync_hellos_total",
-            ),
-            keyvault_calls: calls_between(&kv_before, &kv_after, Some(keyvault::DEFAULT_CLIENT_ID)),
-            status_flushes: delta(
-                &metrics_before,
-                &metrics_after,
-                "keyfleet_hub_status_flushes_total",
-            ),
-            status_rows: delta(&metrics_before, &metrics_after, "keyfleet_hub_status_rows_total"),
-            bytes_sent: delta(
-                &metrics_before,
-                &metrics_after,
-                "keyfleet_hub_fleet_sent_bytes_total",
-            ),
-        };
-        eprintln!("{}", rotation_line(&rotation, clusters));
-        if !behind.is_empty() {
-            failures.push(format!(
-                "rotation {index}: {} clusters did not converge within {:?} (e.g. {})",
-                behind.len(),
-                args.converge_timeout,
-                behind.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        if let Some((injected, at)) = tampered {
-            let figures = drift::check(&admin, &injected, at, started, &secret_name, &namespaces).await?;
-            eprintln!(
-                "drift: {} Secrets tampered with, {} repaired in {:.1} s, {} reported by the hub in {:.1} s",
-                figures.injected, figures.repaired, figures.repaired_s, figures.reported, figures.reported_s
-            );
-            if figures.repaired < figures.injected || figures.reported < figures.injected {
-                failures.push(format!(
-                    "drift: {} Secrets tampered with, only {} repaired and {} reported",
-                    figures.injected, figures.repaired, figures.reported
-                ));
-            }
-            drift_figures = Some(figures);
-        }
-        previous_revision = revision;
-        rotations.push(rotation);
+    for index in 1..=run.args.rotations as usize {
+        let outcome = run.rotate(index, previous_revision).await?;
+        previous_revision = outcome.rotation.revision;
+        rotations.push(outcome.rotation);
+        drift_figures = drift_figures.or(outcome.drift);
+        replica_kill = replica_kill.or(outcome.kill);
     }
 
     // --- restart: kill -9 and start again -----------------------------------------------------
-    let mut hub_figures = report::HubFigures::default();
-    let before_kill = procfs::sample(hub.pid().context("hub pid")?)?;
-    let mut bytes_total = Metrics::scrape(&http, hub.ready().ops_addr)
+    let restart = if run.args.no_restart {
+        None
+    } else {
+        Some(run.restart().await?)
+    };
+    let cpu_per_replica = run.replicas.cpu()?;
+    let peak_per_replica = run.replicas.peak_rss()?;
+    let bytes_total = run
+        .replicas
+        .scrape_counters(&run.http)
         .await?
         .sum("keyfleet_hub_fleet_sent_bytes_total");
-    hub_figures.rss_peak_bytes = before_kill.peak_rss_bytes;
-    hub_figures.cpu_s = before_kill.cpu.as_secs_f64();
-    let restart = if args.no_restart {
-        None
-    } else {
-        // The agents know the hub by its address: the new process takes over the same ports.
-        let mut command = hub.command().clone();
-        let ready = hub.ready();
-        pin_addr(&mut command.args, "--grpc-addr", ready.grpc_addr);
-        pin_addr(&mut command.args, "--ops-addr", ready.ops_addr);
-        hub.kill().await?;
-        eprintln!("hub killed (SIGKILL); restarting");
-        hub = HubProcess::start(command, Duration::from_secs(120))
-            .await
-            .context("restart the hub")?;
-        let ready_at = Instant::now();
-        let deadline = ready_at + Duration::from_secs(120);
-        let mut metrics;
-        loop {
-            metrics = Metrics::scrape(&http, hub.ready().ops_addr).await?;
-            if metrics.sum("keyfleet_hub_fleet_connected_agents") as usize >= clusters
-                || Instant::now() >= deadline
-            {
-                break;
+    let replica_count = run.replicas.len();
+    let replica_figures: Vec<report::ReplicaFigures> = (0..replica_count)
+        .map(|index| {
+            let agents = (index..clusters).step_by(replica_count).count();
+            let grown = rss_connected[index].saturating_sub(rss_before_agents[index]);
+            report::ReplicaFigures {
+                id: run.replicas.ids()[index].clone(),
+                grpc_addr: run.replicas.grpc_addrs()[index].to_string(),
+                pids: run.replicas.all_pids()[index].clone(),
+                agents,
+                cpu_s: cpu_per_replica[index].as_secs_f64(),
+                rss_peak_bytes: peak_per_replica[index],
+                rss_connected_bytes: rss_connected[index],
+                rss_per_agent_bytes: grown / agents.max(1) as u64,
+                kills: run.replicas.kills()[index],
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let all_back_s = ready_at.elapsed().as_secs_f64();
-        let connected = metrics.sum("keyfleet_hub_fleet_connected_agents") as usize;
-        if connected < clusters {
-            failures.push(format!(
-                "after the restart only {connected}/{clusters} agents reconnected within 120 s"
-            ));
-        }
-        let bytes = metrics.sum("keyfleet_hub_fleet_sent_bytes_total");
-        bytes_total += bytes;
-        let after = procfs::sample(hub.pid().context("hub pid")?)?;
-        hub_figures.cpu_s += after.cpu.as_secs_f64();
-        hub_figures.rss_peak_bytes = hub_figures.rss_peak_bytes.max(after.peak_rss_bytes);
-        Some(report::Restart {
-            all_back_s,
-            hub_cpu_s: after.cpu.as_secs_f64(),
-            admission_refusals: metrics.sum("keyfleet_hub_fleet_admission_rejects_total") as u64,
-            in_sync_reconnects: metrics.sum("keyfleet_hub_fleet_in_sync_hellos_total") as u64,
-            bytes_per_agent: bytes / clusters.max(1) as f64,
         })
-    };
-    hub_figures.bytes_sent = bytes_total as u64;
-    hub_figures.rss_connected_bytes = rss_connected;
-    hub_figures.open_files_connected = hub_open_files;
-    hub_figures.rss_per_agent_bytes =
-        rss_connected.saturating_sub(rss_before_agents) / clusters.max(1) as u64;
-
-    // --- status truth -------------------------------------------------------------------------
-    wait_for_applied(
-        &admin,
-        &fleet_secret,
-        previous_revision,
-        clusters,
-        args.converge_timeout,
-    )
-    .await;
-    let status_truth = status_truth(&admin, &tracker, &names, &fleet_secret).await;
-    if status_truth.mismatches > 0 {
-        failures.push(format!(
-            "{} clusters' Secrets differ from the store's status",
-            status_truth.mismatches
-        ));
-    }
-
-    // --- the polling baseline -----------------------------------------------------------------
-    let hub_kv_calls: u64 = rotations
+        .collect();
+    let grown: u64 = rss_connected
         .iter()
-        .map(|rotation: &Rotation| rotation.keyvault_calls.values().sum::<u64>())
+        .zip(&rss_before_agents)
+        .map(|(connected, before)| connected.saturating_sub(*before))
         .sum();
-    let baseline = if args.no_baseline || args.rotations == 0 {
+    let hub_figures = report::HubFigures {
+        rss_peak_bytes: peak_per_replica.iter().sum(),
+        rss_connected_bytes: rss_connected.iter().sum(),
+        rss_per_agent_bytes: grown / clusters.max(1) as u64,
+        cpu_s: cpu_per_replica.iter().map(Duration::as_secs_f64).sum(),
+        bytes_sent: bytes_total as u64,
+        open_files_connected: hub_open_files,
+    };
+
+    // --- status truth, baseline, leak scan ----------------------------------------------------
+    let status_truth = run.status_truth(previous_revision).await;
+    let baseline = if run.args.no_baseline || run.args.rotations == 0 {
         None
     } else {
-        Some(run_baseline(&args, &kv, clusters, hub_kv_calls).await?)
+        Some(run.baseline(&rotations).await?)
     };
-
-    // --- leak scan ----------------------------------------------------------------------------
-    let log = std::fs::read(work.join("hub.log")).context("read the hub log")?;
-    let leaks = leakcheck::scan(&log, &values);
+    let mut leaks = Vec::new();
+    for log in run.replicas.logs() {
+        let text = std::fs::read(&log).with_context(|| format!("read the hub log {}", log.display()))?;
+        leaks.extend(leakcheck::scan(&text, &run.values));
+    }
     if !leaks.is_empty() {
-        failures.push(format!("{} secret values found in the hub log", leaks.len()));
+        run.failures
+            .push(format!("{} secret values found in the hub log", leaks.len()));
     }
 
-    let agents_note = format!(
-        "real agent code (keyfleet_agent::AgentRuntime) × {clusters}, each with its own kube client to its own fake Kubernetes API ({})",
-        match transport.transport {
-            agents::KubeTransport::Loopback => "over loopback HTTPS",
-            agents::KubeTransport::Memory => "in memory: the fake API's router called in process",
-        }
-    );
-    let missed_notifications = tracker.missed_notifications();
+    let kind = run.fleet.kind();
+    let drift_skipped = match (kind, &drift_figures) {
+        (_, Some(_)) => None,
+        (AgentsArg::Protocol, None) => Some("n/a (protocol agents)".to_owned()),
+        (AgentsArg::Real, None) if run.args.no_drift => Some("skipped (--no-drift)".to_owned()),
+        (AgentsArg::Real, None) => Some("not run (no rotation)".to_owned()),
+    };
+    let (kube_transport, kube_transport_reason) = match run.fleet.transport() {
+        Some(choice) => (Some(choice.transport), choice.reason.clone()),
+        None => (None, "protocol agents: no Kubernetes API".to_owned()),
+    };
+    let figures = figures::headline(&rotations, clusters, kind, hub_figures.rss_per_agent_bytes);
     let mut report = Report {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started: started.to_rfc3339(),
         clusters,
-        agents: agents_note,
-        kube_transport: transport.transport,
-        kube_transport_reason: transport.reason,
-        database: database.split(':').next().unwrap_or("sqlite").to_owned(),
+        agent_kind: kind,
+        agents: run.fleet.describe(clusters, replica_count),
+        kube_transport,
+        kube_transport_reason,
+        figures,
+        replicas: replica_figures,
+        replica_kill,
+        database: database_kind(run.args.database.as_deref()),
         initial_convergence_s,
         rotations,
         hub: hub_figures,
-        fleet,
-        missed_notifications,
+        fleet: fleet_figures,
+        missed_notifications: run.tracker.missed_notifications(),
         restart,
         status_truth,
         drift: drift_figures,
+        drift_skipped,
         baseline,
         leaks,
         targets: Vec::new(),
-        failures,
+        failures: std::mem::take(&mut run.failures),
     };
-    report.targets = targets(&report);
+    report.targets = figures::targets(&report);
 
-    if args.keep {
+    if run.args.keep {
+        for line in run.replicas.describe() {
+            eprintln!("--keep: {line}");
+        }
         eprintln!(
-            "--keep: hub at {hub_url} (admin token in {}), CA {}; Ctrl-C to stop",
+            "--keep: hub at {} (admin token in {}), CA {}; Ctrl-C to stop",
+            run.replicas.url(0),
             work.join("admin-token").display(),
             work.join("tls/ca.pem").display()
         );
         let _ = tokio::signal::ctrl_c().await;
     }
-    agents.stop().await;
-    hub.terminate(Duration::from_secs(10)).await?;
+    let keep = run.args.keep;
+    let Run {
+        fleet, replicas, kv, ..
+    } = run;
+    fleet.stop().await;
+    replicas.terminate(Duration::from_secs(10)).await?;
     kv.shutdown().await;
-    if args.keep {
+    if keep {
         let _ = dir.keep();
     }
     Ok(report)
 }
 
-/// Replaces the value after `flag` with `addr`.
-fn pin_addr(args: &mut [String], flag: &str, addr: std::net::SocketAddr) {
-    if let Some(index) = args.iter().position(|arg| arg == flag)
-        && let Some(value) = args.get_mut(index + 1)
-    {
-        *value = addr.to_string();
+impl Run {
+    /// Enrolls every cluster, starts its agent and waits until every one holds the first
+    /// revision and the store counts them all; returns that revision and the seconds it took.
+    async fn enroll_and_converge(&mut self) -> anyhow::Result<(u64, f64)> {
+        let clusters = self.clusters;
+        let setup_started = Instant::now();
+        let canaries = (clusters / 100).max(1);
+        let tokens: Vec<(usize, String)> = futures::stream::iter(self.names.iter().enumerate())
+            .map(|(index, name)| {
+                let admin = self.admin.clone();
+                async move {
+                    let ring = if index < canaries { "canary" } else { "main" };
+                    let region = ["westeurope", "eastus", "southeastasia"][index % 3];
+                    let response = admin
+                        .add_cluster(name, &[("env", "prod"), ("ring", ring), ("region", region)])
+                        .await?;
+                    let token = response.token.context("CreateCluster returned no token")?.token;
+                    anyhow::Ok((index, token))
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        for (index, token) in tokens {
+            self.fleet
+                .start(index, &self.names[index], token, &self.replicas, &self.tracker)
+                .await?;
+        }
+        let first_revision =
+            wait_for_revision(&self.admin, &self.fleet_secret, 0, Duration::from_secs(60)).await?;
+        self.tracker.expect(first_revision, setup_started);
+        let (_, behind) = self
+            .tracker
+            .wait(self.args.converge_timeout.max(Duration::from_secs(300)))
+            .await;
+        if !behind.is_empty() {
+            self.failures.push(format!(
+                "{} clusters did not converge on the first revision (e.g. {})",
+                behind.len(),
+                behind.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let initial_convergence_s = setup_started.elapsed().as_secs_f64();
+        eprintln!(
+            "enrolled {clusters} clusters and converged on revision {first_revision} in {initial_convergence_s:.1} s"
+        );
+        // The first rotation's counters (statements, rows) must not include the initial status
+        // rows the hub is still recording.
+        if !wait_for_applied(
+            &self.admin,
+            &self.fleet_secret,
+            first_revision,
+            clusters,
+            self.args.converge_timeout.max(Duration::from_secs(300)),
+        )
+        .await
+        {
+            self.failures.push(format!(
+                "the store did not count all {clusters} clusters applied on revision {first_revision}"
+            ));
+        }
+        Ok((first_revision, initial_convergence_s))
+    }
+}
+
+/// What every hub replica is started with.
+fn hub_setup(args: &Args, work: &Path, kv: &KeyVaultHandle, admin_token: &str) -> anyhow::Result<HubSetup> {
+    let database = args
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", work.join("keyfleet.db").display()));
+    // The hub's token file format (name:token); the CLI reads the same file.
+    std::fs::write(work.join("admin-token"), format!("loadtest:{admin_token}\n"))
+        .context("write the admin token")?;
+    // The hub keys the digests it stores with this (required with Postgres; every replica and a
+    // restart use the same).
+    let digest_key: [u8; 32] = rand::rng().random();
+    std::fs::write(work.join("digest-key"), hex::encode(digest_key)).context("write the digest key")?;
+    let (binary, prefix) = hub_program(args.hub_binary.as_deref())?;
+    Ok(HubSetup {
+        binary,
+        prefix,
+        args: vec![
+            "--database".into(),
+            database,
+            "--migrate".into(),
+            "--admin-token-file".into(),
+            work.join("admin-token").display().to_string(),
+            "--digest-key-file".into(),
+            work.join("digest-key").display().to_string(),
+            "--vault-ca-file".into(),
+            work.join("kv-ca.pem").display().to_string(),
+            "--vault-skip-challenge-resource-check".into(),
+        ],
+        env: vec![
+            ("AZURE_TENANT_ID".into(), kv.tenant().to_owned()),
+            ("AZURE_CLIENT_ID".into(), keyvault::DEFAULT_CLIENT_ID.to_owned()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE".into(),
+                work.join("federated-token").display().to_string(),
+            ),
+            ("AZURE_AUTHORITY_HOST".into(), kv.authority_url().to_string()),
+            ("KEYFLEET_LOG_FORMAT".into(), "json".into()),
+        ],
+        work: work.to_path_buf(),
+    })
+}
+
+/// The program that runs a hub replica: `--hub-binary` (a `keyfleet` binary), else this very
+/// program as `keyfleet-loadtest hub serve …` (the hub library's `main_with`: the same code as
+/// `keyfleet serve`, nothing to build).
+fn hub_program(explicit: Option<&Path>) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    match explicit {
+        Some(path) => Ok((path.to_path_buf(), Vec::new())),
+        None => Ok((
+            std::env::current_exe().context("locate this binary")?,
+            vec!["hub".to_owned()],
+        )),
+    }
+}
+
+/// `sqlite` or `postgres`, from the URL.
+fn database_kind(url: Option<&str>) -> String {
+    match url.and_then(|url| url.split(':').next()) {
+        Some("postgresql") => "postgres".to_owned(),
+        Some(scheme) => scheme.to_owned(),
+        None => "sqlite".to_owned(),
     }
 }
 
@@ -574,41 +502,8 @@ fn fleet_secret_spec(path: &Path, vault_url: &url::Url) -> anyhow::Result<(Strin
     Ok((name, namespaces, rewritten))
 }
 
-fn hub_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = explicit {
-        return Ok(path.to_path_buf());
-    }
-    let me = std::env::current_exe().context("locate this binary")?;
-    let sibling = me.with_file_name("keyfleet");
-    // Run through `cargo run`: make sure the hub binary of the same profile is built and current
-    // (a no-op when it is). Otherwise use the one next to this binary.
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let release = me
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|name| name == "release");
-        eprintln!("keyfleet-loadtest: building the hub binary (keyfleet) if needed");
-        let mut command = std::process::Command::new(cargo);
-        command.args(["build", "--quiet", "-p", "keyfleet-hub", "--bin", "keyfleet"]);
-        if release {
-            command.arg("--release");
-        }
-        let status = command.status().context("run cargo build for the hub")?;
-        if !status.success() {
-            bail!("building the hub binary failed ({status})");
-        }
-    }
-    if !sibling.exists() {
-        bail!(
-            "no hub binary at {}; build it with `cargo build --release --workspace --bins` or pass --hub-binary",
-            sibling.display()
-        );
-    }
-    Ok(sibling)
-}
-
 /// A docker config JSON for the demo registry with a fresh random password.
-fn docker_config() -> String {
+pub(crate) fn docker_config() -> String {
     let password = random_token();
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("keyfleet-pull:{password}"));
     serde_json::json!({
@@ -624,275 +519,25 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Polls the Admin API until the FleetSecret's revision is above `after`.
-async fn wait_for_revision(
-    admin: &Admin,
-    fleet_secret: &str,
-    after: u64,
-    timeout: Duration,
-) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = admin.status(fleet_secret, 1).await?
-            && status.revision > after
-        {
-            return Ok(status.revision);
-        }
-        if Instant::now() >= deadline {
-            bail!("the hub rendered no revision of {fleet_secret} after {after} within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_hub_is_this_program_run_as_hub() {
+        let (binary, prefix) = hub_program(None).expect("current exe");
+        assert_eq!(binary, std::env::current_exe().expect("exe"));
+        assert_eq!(prefix, ["hub"]);
+        let (binary, prefix) = hub_program(Some(Path::new("/usr/bin/keyfleet"))).expect("explicit");
+        assert_eq!(binary, Path::new("/usr/bin/keyfleet"));
+        assert!(prefix.is_empty());
     }
-}
 
-/// Polls the Admin API until the store says every cluster applied `revision`; false when the
-/// timeout passed first.
-async fn wait_for_applied(
-    admin: &Admin,
-    fleet_secret: &str,
-    revision: u64,
-    clusters: usize,
-    timeout: Duration,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = admin.status(fleet_secret, 1).await
-            && status.revision == revision
-            && status.applied as usize >= clusters
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    #[test]
+    fn names_the_store_backend() {
+        assert_eq!(database_kind(None), "sqlite");
+        assert_eq!(database_kind(Some("sqlite:///tmp/x.db")), "sqlite");
+        assert_eq!(database_kind(Some("postgres://h/db")), "postgres");
+        assert_eq!(database_kind(Some("postgresql://h/db")), "postgres");
     }
-    false
-}
-
-fn progress_bar(args: &Args, index: usize, clusters: usize) -> indicatif::ProgressBar {
-    if args.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(clusters as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{bar:40}] {pos}/{len} applied · {msg} · {elapsed_precise}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("rotation {index}"));
-    bar
-}
-
-fn follow_progress(
-    mut progress: tokio::sync::watch::Receiver<crate::tracker::Progress>,
-    bar: indicatif::ProgressBar,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let current = *progress.borrow_and_update();
-            bar.set_position(current.converged as u64);
-            bar.set_message(format!("pending {}", current.total - current.converged));
-            if progress.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-}
-
-fn rotation_line(rotation: &Rotation, clusters: usize) -> String {
-    match &rotation.applied {
-        Some(p) => format!(
-            "rotation {}: revision {} on {}/{} clusters; first {} ms, p50 {} ms, p99 {} ms, last {} ms; {} Key Vault calls",
-            rotation.index,
-            rotation.revision,
-            rotation.converged,
-            clusters,
-            p.first_ms,
-            p.p50_ms,
-            p.p99_ms,
-            p.last_ms,
-            rotation.keyvault_calls.values().sum::<u64>()
-        ),
-        None => format!("rotation {}: no cluster converged", rotation.index),
-    }
-}
-
-fn delta(before: &Metrics, after: &Metrics, name: &str) -> u64 {
-    (after.sum(name) - before.sum(name)).max(0.0) as u64
-}
-
-/// Key Vault calls by operation between two counter snapshots, for one principal (or all).
-fn calls_between(
-    before: &keyvault::Counters,
-    after: &keyvault::Counters,
-    principal: Option<&str>,
-) -> BTreeMap<String, u64> {
-    let total = |counters: &keyvault::Counters| {
-        let mut by_operation: BTreeMap<String, u64> = BTreeMap::new();
-        for row in &counters.calls {
-            if principal.is_none_or(|principal| row.principal == principal || row.principal == "anonymous") {
-                *by_operation.entry(row.operation.clone()).or_default() += row.count;
-            }
-        }
-        by_operation
-    };
-    let before = total(before);
-    total(after)
-        .into_iter()
-        .map(|(operation, count)| {
-            let delta = count - before.get(&operation).copied().unwrap_or(0);
-            (operation, delta)
-        })
-        .filter(|(_, count)| *count > 0)
-        .collect()
-}
-
-async fn status_truth(
-    admin: &Admin,
-    tracker: &Tracker,
-    names: &[String],
-    fleet_secret: &str,
-) -> report::StatusTruth {
-    let results: Vec<Option<String>> = futures::stream::iter(names.iter())
-        .map(|name| {
-            let admin = admin.clone();
-            async move {
-                let actual = tracker.held(name);
-                let recorded = match admin.cluster(name).await {
-                    Ok(response) => response
-                        .secrets
-                        .iter()
-                        .find(|secret| secret.fleet_secret == fleet_secret)
-                        .map(|secret| (secret.applied_revision, secret.state.clone())),
-                    Err(error) => return Some(format!("{name}: cannot read its status: {error}")),
-                };
-                match (actual, recorded) {
-                    (Some(actual), Some((applied, _))) if actual == applied => None,
-                    (actual, recorded) => Some(format!(
-                        "{name}: cluster holds {actual:?}, store says {:?}",
-                        recorded.map(|(applied, state)| format!("{applied} ({state})"))
-                    )),
-                }
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mismatches: Vec<String> = results.into_iter().flatten().collect();
-    report::StatusTruth {
-        checked: names.len(),
-        mismatches: mismatches.len(),
-        examples: mismatches.into_iter().take(5).collect(),
-    }
-}
-
-async fn run_baseline(
-    args: &Args,
-    kv: &KeyVaultHandle,
-    clusters: usize,
-    hub_calls: u64,
-) -> anyhow::Result<report::Baseline> {
-    let target = baseline::Target {
-        vault_url: kv.vault_url().clone(),
-        authority_url: kv.authority_url().clone(),
-        tenant: kv.tenant().to_owned(),
-        client_id: BASELINE_CLIENT.to_owned(),
-        client_secret: BASELINE_SECRET.to_owned(),
-        ca_pem: kv.ca_pem().as_bytes().to_vec(),
-    };
-    let plan = baseline::Plan {
-        clusters,
-        keys: vec![args.remote_key.clone()],
-        refresh_interval: args.baseline_refresh,
-        concurrency: 64,
-    };
-    let runner = Baseline::new(target, plan)?;
-    let mut per_rotation = Vec::new();
-    let mut keyvault_calls = Vec::new();
-    eprintln!("polling baseline: one refresh of {clusters} clusters per rotation, ESO's way");
-    for _ in 0..args.rotations {
-        let before = kv.counters();
-        per_rotation.push(runner.refresh_all().await);
-        let after = kv.counters();
-        keyvault_calls.push(calls_between(&before, &after, Some(BASELINE_CLIENT)));
-    }
-    let baseline_calls: u64 = keyvault_calls.iter().flat_map(|calls| calls.values()).sum();
-    let staleness = runner.staleness(&mut rand::rng());
-    Ok(report::Baseline {
-        model: format!(
-            "ESO: per cluster and refresh a new client (401 challenge), a new Entra token and one GET per key; refreshInterval {}",
-            humantime::format_duration(args.baseline_refresh)
-        ),
-        per_rotation,
-        keyvault_calls,
-        staleness,
-        calls_ratio: baseline_calls as f64 / hub_calls.max(1) as f64,
-    })
-}
-
-/// The performance targets (ARCHITECTURE.md, Performance Targets) against the report's figures.
-fn targets(report: &Report) -> Vec<report::Target> {
-    let mut targets = Vec::new();
-    let n = report.clusters;
-    targets.push(report::Target {
-        what: "connected streams on one hub".into(),
-        target: "≥ 10,000".into(),
-        measured: format!("{n}"),
-        met: (n >= 10_000).then_some(true),
-    });
-    targets.push(report::Target {
-        what: "hub memory per connected agent".into(),
-        target: "≤ 48 KiB".into(),
-        measured: format!("{:.1} KiB", report.hub.rss_per_agent_bytes as f64 / 1024.0),
-        // Below a few hundred agents the process's fixed growth dominates the division.
-        met: (n >= MEASURABLE_FLEET).then_some(report.hub.rss_per_agent_bytes <= 48 * 1024),
-    });
-    let worst_p99 = report
-        .rotations
-        .iter()
-        .filter_map(|rotation| rotation.applied.map(|p| p.p99_ms))
-        .max();
-    targets.push(report::Target {
-        what: "rotation p99, sync-now to Secret written".into(),
-        target: "≤ 1,000 ms".into(),
-        measured: worst_p99.map_or("-".into(), |ms| format!("{ms} ms (worst rotation)")),
-        met: worst_p99.map(|ms| ms <= 1000),
-    });
-    let gets: Vec<u64> = report
-        .rotations
-        .iter()
-        .map(|rotation| rotation.keyvault_calls.get("get").copied().unwrap_or(0))
-        .collect();
-    targets.push(report::Target {
-        what: "Key Vault GETs per rotation (whole fleet)".into(),
-        target: "1 per changed version".into(),
-        measured: format!("{gets:?}"),
-        met: (!gets.is_empty()).then(|| gets.iter().all(|&count| count <= 1)),
-    });
-    let per_10k = report
-        .rotations
-        .iter()
-        .map(|rotation| rotation.status_flushes as f64 * 10_000.0 / n.max(1) as f64)
-        .fold(0.0_f64, f64::max);
-    targets.push(report::Target {
-        what: "status statements per 10,000 acks".into(),
-        target: "≤ 50".into(),
-        measured: format!("{per_10k:.0}"),
-        met: (!report.rotations.is_empty() && n >= MEASURABLE_FLEET).then_some(per_10k <= 50.0),
-    });
-    if let Some(restart) = &report.restart {
-        targets.push(report::Target {
-            what: "in-sync reconnect, hub → agent".into(),
-            target: "≤ 100 bytes".into(),
-            measured: format!("{:.0} bytes", restart.bytes_per_agent),
-            met: Some(restart.bytes_per_agent <= 100.0),
-        });
-        targets.push(report::Target {
-            what: "hub restart: all agents back in sync".into(),
-            target: "≤ 30 s".into(),
-            measured: format!("{:.1} s", restart.all_back_s),
-            met: Some(restart.all_back_s <= 30.0),
-        });
-    }
-    targets
 }

@@ -1,64 +1,14 @@
-//! The quickstart end to end at a small size: Key Vault emulator, the real hub binary (built by
-//! `cargo test --workspace` next to this test), a handful of clusters with the real agent code,
+//! The quickstart end to end at a small size: Key Vault emulator, the hub binary `keyfleet` (built
+//! by `cargo build --workspace` next to this test), a handful of clusters with the real agent code,
 //! a rotation, a kill -9 restart, the status truth check, the baseline and the leak scan; and the
 //! same agents reaching their fake Kubernetes APIs in memory, as large fleets do.
 
+mod support;
+
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::Parser as _;
 use keyfleet_loadtest::agents::KubeTransport;
-use keyfleet_loadtest::config::Args;
-
-/// `target/<profile>/keyfleet`, next to `target/<profile>/deps/<this test>`.
-fn hub_binary() -> PathBuf {
-    let test = std::env::current_exe().expect("test path");
-    let profile_dir = test
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let hub = profile_dir.join("keyfleet");
-    assert!(
-        hub.exists(),
-        "the hub binary {} is missing: run `cargo build --workspace` (scripts/test does)",
-        hub.display()
-    );
-    hub
-}
-
-/// The loadtest's arguments: `specific` ones, then what every test here shares (quiet, a 60 s
-/// convergence bound, the hub binary cargo built, the regcred example).
-fn args(specific: &[&str]) -> Args {
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/regcred.yaml");
-    args_with_spec(specific, &example)
-}
-
-/// [`args`] with another spec file than the regcred example.
-fn args_with_spec(specific: &[&str], spec: &std::path::Path) -> Args {
-    let hub = hub_binary();
-    let common = [
-        "--quiet",
-        "--converge-timeout",
-        "60s",
-        "--hub-binary",
-        hub.to_str().expect("utf-8 path"),
-        "--fleet-secret",
-        spec.to_str().expect("utf-8 path"),
-    ];
-    Args::try_parse_from(
-        std::iter::once("keyfleet-loadtest")
-            .chain(specific.iter().copied())
-            .chain(common),
-    )
-    .expect("valid arguments")
-}
-
-/// Runs the scenario within 10 minutes.
-async fn run(args: Args) -> anyhow::Result<keyfleet_loadtest::report::Report> {
-    tokio::time::timeout(Duration::from_secs(600), keyfleet_loadtest::scenario::run(args))
-        .await
-        .expect("the run finishes")
-}
+use support::{args, args_with_spec, hub_binary, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_fleet_rotates_restarts_and_reports_the_truth() {
@@ -78,7 +28,7 @@ async fn a_small_fleet_rotates_restarts_and_reports_the_truth() {
     let table = report.table();
     assert!(report.passed(), "{table}");
     // A handful of clusters fits any open-file limit: `auto` keeps the real network path.
-    assert_eq!(report.kube_transport, KubeTransport::Loopback, "{table}");
+    assert_eq!(report.kube_transport, Some(KubeTransport::Loopback), "{table}");
     assert!(report.kube_transport_reason.starts_with("auto: "), "{table}");
     assert_eq!(report.rotations.len(), 2, "{table}");
     for rotation in &report.rotations {
@@ -114,7 +64,7 @@ async fn agents_reaching_their_clusters_in_memory_converge_and_report_the_transp
     .expect("the run completes");
     let table = report.table();
     assert!(report.passed(), "{table}");
-    assert_eq!(report.kube_transport, KubeTransport::Memory, "{table}");
+    assert_eq!(report.kube_transport, Some(KubeTransport::Memory), "{table}");
     assert!(
         table.contains("Kubernetes API transport: memory (requested (--kube-transport memory))"),
         "{table}"
