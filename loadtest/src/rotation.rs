@@ -327,10 +327,14 @@ pub(crate) async fn wait_for_revision(
 ) -> anyhow::Result<u64> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = admin.status(fleet_secret, 1).await?
-            && status.revision > after
-        {
-            return Ok(status.revision);
+        match admin.status(fleet_secret, 1).await {
+            Ok(Some(status)) if status.revision > after => return Ok(status.revision),
+            Ok(_) => {}
+            // A hub that says "retry later" (its store is busy, e.g. while 10,000 agents enroll
+            // at once) is asked again until the deadline; anything else is an error.
+            Err(crate::admin::AdminError::Call { source, .. })
+                if source.code() == tonic::Code::Unavailable && Instant::now() < deadline => {}
+            Err(error) => return Err(error.into()),
         }
         if Instant::now() >= deadline {
             bail!("the hub rendered no revision of {fleet_secret} after {after} within {timeout:?}");
