@@ -137,6 +137,27 @@ impl Admin {
             })
     }
 
+    /// The current revision of `fleet_secret` (0: none yet), from `ListFleetSecrets`: a few small
+    /// reads on the hub, where `GetStatus` counts every cluster (the rotation's CPU window polls
+    /// this one).
+    pub async fn revision(&self, fleet_secret: &str) -> Result<u64, AdminError> {
+        let response = self
+            .client
+            .clone()
+            .list_fleet_secrets(v1::ListFleetSecretsRequest::default())
+            .await
+            .map_err(|source| AdminError::Call {
+                call: "ListFleetSecrets",
+                source,
+            })?;
+        Ok(response
+            .into_inner()
+            .fleet_secrets
+            .into_iter()
+            .find(|secret| secret.name == fleet_secret)
+            .map_or(0, |secret| secret.revision))
+    }
+
     /// `keyfleet status NAME`.
     pub async fn status(
         &self,

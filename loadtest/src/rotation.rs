@@ -318,7 +318,8 @@ async fn wait_progress(
     let _ = progress.wait_for(ready).await.map(|_| ());
 }
 
-/// Polls the Admin API until the FleetSecret's revision is above `after`.
+/// Polls the Admin API (`ListFleetSecrets`, cheap) until the FleetSecret's revision is above
+/// `after`.
 pub(crate) async fn wait_for_revision(
     admin: &Admin,
     fleet_secret: &str,
@@ -327,8 +328,8 @@ pub(crate) async fn wait_for_revision(
 ) -> anyhow::Result<u64> {
     let deadline = Instant::now() + timeout;
     loop {
-        match admin.status(fleet_secret, 1).await {
-            Ok(Some(status)) if status.revision > after => return Ok(status.revision),
+        match admin.revision(fleet_secret).await {
+            Ok(revision) if revision > after => return Ok(revision),
             Ok(_) => {}
             // A hub that says "retry later" (its store is busy, e.g. while 10,000 agents enroll
             // at once) is asked again until the deadline; anything else is an error.

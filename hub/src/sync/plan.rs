@@ -54,6 +54,8 @@ pub struct PlanCluster {
     pub connected: bool,
     /// Last time the hub heard from the agent.
     pub last_seen: Option<DateTime<Utc>>,
+    /// [`wave_hash`] of `id`, computed once where the cluster is loaded (not per plan).
+    pub wave_hash: u64,
 }
 
 /// A rendered revision, by its number (its bytes and digest stay with the engine; the plan
@@ -269,7 +271,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut hash_order: Vec<(u64, ClusterId, usize)> = clusters
         .iter()
         .enumerate()
-        .map(|(index, cluster)| (wave_hash(cluster.id), cluster.id, index))
+        .map(|(index, cluster)| (cluster.wave_hash, cluster.id, index))
         .collect();
     hash_order.sort_unstable();
     let can_answer: Vec<bool> = clusters

@@ -77,6 +77,7 @@ pub fn plan_cluster(cluster: &Cluster, connected: bool) -> PlanCluster {
         labels: Arc::new(cluster.labels.clone()),
         state: cluster.state,
         last_seen: cluster.last_seen,
+        wave_hash: crate::sync::plan::wave_hash(cluster.id),
     }
 }
 

@@ -33,10 +33,12 @@ impl Engine {
             .collect();
         if !advancing.is_empty() {
             // A wave is about to advance: first count what other replicas recorded (their acks,
-            // which clusters they serve), so that no wave moves on without their clusters.
+            // which clusters they serve), so that no wave moves on without their clusters; plan
+            // again only if that changed what the planner sees.
             self.refresh_from_store(&advancing).await?;
-            self.replan = false;
-            plan = self.compute_plan();
+            if std::mem::take(&mut self.replan) {
+                plan = self.compute_plan();
+            }
         }
         self.send_plan(&plan);
         self.waves.reset(&plan);
@@ -102,6 +104,16 @@ impl Engine {
         let mut changed = Vec::new();
         let mut not_built: BTreeSet<(&str, u64)> = BTreeSet::new();
         for cluster_plan in &plan.clusters {
+            // Most clusters' sets do not change from one plan to the next (a wave moves a share of
+            // the fleet): compare before building anything.
+            if self
+                .inventory
+                .sent
+                .get(&cluster_plan.cluster)
+                .is_some_and(|sent| Self::unchanged(sent, cluster_plan))
+            {
+                continue;
+            }
             let mut desired = ClusterDesired::default();
             for item in &cluster_plan.desired {
                 let name: &str = &item.fleet_secret;
@@ -152,6 +164,22 @@ impl Engine {
             }
             self.fleet.set_desired_many(changed);
         }
+    }
+
+    /// Whether `sent` already is what `cluster_plan` asks for: the same revision of every key (a
+    /// revision number is global and its encoded bytes never change) and the same removals.
+    fn unchanged(sent: &ClusterDesired, cluster_plan: &plan::ClusterPlan) -> bool {
+        sent.items.len() == cluster_plan.desired.len()
+            && sent.removals.len() == cluster_plan.removals.len()
+            && cluster_plan.desired.iter().all(|item| {
+                sent.items
+                    .get(&*item.fleet_secret)
+                    .is_some_and(|encoded| encoded.revision == item.revision.number)
+            })
+            && cluster_plan
+                .removals
+                .iter()
+                .all(|removal| sent.removals.get(&*removal.fleet_secret) == Some(&removal.deletion_policy))
     }
 
     /// Notes which rollouts progress and, on the leader, records their progress (and an audit row

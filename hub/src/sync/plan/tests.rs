@@ -50,6 +50,7 @@ fn cluster(n: u128, labels: &[(&str, &str)]) -> PlanCluster {
         state: ClusterState::Active,
         connected: true,
         last_seen: Some(now()),
+        wave_hash: wave_hash(id(n)),
     }
 }
 
