@@ -1,7 +1,16 @@
 //! Unit tests of the Sync service's codec, checks and stream handling.
 
+use std::sync::Arc;
+
+use keyfleet_proto::v1::{self, hub_message};
+use prost::Message as _;
+
+use super::checks::{check_hello, check_key};
+use super::stream::End;
 use super::*;
+use crate::domain::Sha256;
 use crate::fleet::RemovalPolicy;
+use crate::fleet::{EncodedRevision, PlannedUpdate};
 
 fn revision(key: &str, data: &[u8]) -> Arc<EncodedRevision> {
     let payload = v1::SecretPayload {
