@@ -46,6 +46,8 @@ struct Inner {
     events: mpsc::Sender<FleetEvent>,
     metrics: FleetMetrics,
     next_session: AtomicU64,
+    /// Streams attached plus streams detached, ever (see [`Fleet::stream_churn`]).
+    churn: AtomicU64,
     draining: AtomicBool,
     idle: Notify,
 }
@@ -81,6 +83,7 @@ impl Fleet {
                 events,
                 metrics: FleetMetrics::default(),
                 next_session: AtomicU64::new(1),
+                churn: AtomicU64::new(0),
                 draining: AtomicBool::new(false),
                 idle: Notify::new(),
             }),
@@ -209,6 +212,12 @@ impl Fleet {
         }
     }
 
+    /// Streams attached plus streams detached since the fleet was built: it changes whenever
+    /// agents connect or leave (the hub returns the memory a burst of them freed, `app::serve`).
+    pub fn stream_churn(&self) -> u64 {
+        self.inner.churn.load(Ordering::Relaxed)
+    }
+
     /// Connected streams.
     pub fn connected_count(&self) -> usize {
         usize::try_from(self.inner.metrics.connected.get()).unwrap_or(0)
@@ -242,6 +251,7 @@ impl Fleet {
         if slot.revoked {
             return Err(AttachError::Revoked(cluster));
         }
+        self.inner.churn.fetch_add(1, Ordering::Relaxed);
         match slot.stream.replace((id, Arc::clone(&shared))) {
             Some((_, old)) => old.close(CloseReason::Replaced),
             None => {
@@ -260,6 +270,7 @@ impl Fleet {
         if slot.stream.as_ref().is_some_and(|(current, _)| *current == id) {
             slot.stream = None;
             drop(slots);
+            self.inner.churn.fetch_add(1, Ordering::Relaxed);
             self.inner.metrics.connected.dec();
             self.inner.idle.notify_waiters();
             true

@@ -31,14 +31,17 @@ async fn desired_sets_are_kept_for_disconnected_clusters_and_seen_on_connect() {
     let (fleet, _events) = Fleet::new(FleetConfig::default());
     fleet.set_desired(cluster(1), desired("a", 3));
     assert!(!fleet.is_connected(cluster(1)));
+    assert_eq!(fleet.stream_churn(), 0);
     let mut session = fleet.attach(cluster(1)).expect("attach");
     assert!(fleet.is_connected(cluster(1)));
     assert_eq!(fleet.connected_count(), 1);
+    assert_eq!(fleet.stream_churn(), 1);
     let update = session.next_update(Instant::now()).await.expect("update");
     assert_eq!(update.upserts[0].revision, 3);
     drop(session);
     assert_eq!(fleet.connected_count(), 0);
     assert!(!fleet.is_connected(cluster(1)));
+    assert_eq!(fleet.stream_churn(), 2, "a detach is churn too");
 }
 
 #[tokio::test]

@@ -111,11 +111,12 @@ impl Codec for SyncCodec {
     }
 }
 
-/// Initial size of each stream's encode and decode buffers. Most messages of a Sync stream are
-/// a few hundred bytes (Hello, Ack, Heartbeat, an Update of one Secret); larger ones grow the
-/// buffer as needed. tonic's default (8 KiB each way) was 16 KiB of the hub's ~66 KiB per
-/// connected agent, mostly idle (heaptrack of the loadtest's hub).
-const STREAM_BUFFER_BYTES: usize = 1024;
+/// Initial size of each stream's encode and decode buffers, kept for the stream's life. Most
+/// messages of a Sync stream are tens of bytes (Ack, Heartbeat, Welcome); an Update of a Secret or
+/// a VersionPage grows the buffer as needed. tonic's default (8 KiB each way) was 16 KiB of the
+/// hub's ~66 KiB per connected agent and 1 KiB each way still 2 KiB (docs/performance.md,
+/// "Memory per agent").
+const STREAM_BUFFER_BYTES: usize = 256;
 /// Encoded bytes after which a stream yields to others (tonic's default).
 const STREAM_YIELD_BYTES: usize = 32 * 1024;
 
@@ -157,13 +158,13 @@ impl Decoder for AgentMessageDecoder {
 /// anything still queued.
 pub struct OutboundStream {
     end: Option<oneshot::Receiver<Status>>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: mpsc::Receiver<Box<Outbound>>,
     done: bool,
 }
 
 impl OutboundStream {
     /// The messages of `rx`, then the status `end` hands over, if any.
-    pub(super) fn new(rx: mpsc::Receiver<Outbound>, end: oneshot::Receiver<Status>) -> Self {
+    pub(super) fn new(rx: mpsc::Receiver<Box<Outbound>>, end: oneshot::Receiver<Status>) -> Self {
         Self {
             end: Some(end),
             rx,
@@ -212,7 +213,7 @@ impl futures::Stream for OutboundStream {
                     Poll::Pending => Poll::Pending,
                 }
             }
-            next => next.map(|next| next.map(Ok)),
+            next => next.map(|next| next.map(|message| Ok(*message))),
         }
     }
 }

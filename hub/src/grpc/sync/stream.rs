@@ -34,7 +34,9 @@ impl From<Status> for End {
 pub(super) struct Stream {
     pub(super) service: SyncService,
     pub(super) cluster: crate::domain::ClusterId,
-    pub(super) out: mpsc::Sender<Outbound>,
+    /// Boxed: a channel's first block holds 32 slots, ~2.5 KiB per stream for `Outbound`
+    /// itself, 256 bytes for a box.
+    pub(super) out: mpsc::Sender<Box<Outbound>>,
 }
 
 pub(super) fn invalid(message: String) -> End {
@@ -61,7 +63,7 @@ impl Stream {
                     })),
                 };
                 // A stream too slow to take even this is closed without it.
-                let drain = Outbound::Message(drain);
+                let drain = Box::new(Outbound::Message(drain));
                 let bytes = drain.encoded_len();
                 if self.out.try_send(drain).is_ok() {
                     self.count_bytes(bytes);
@@ -110,7 +112,7 @@ impl Stream {
             tokio::select! {
                 permit = self.out.reserve() => {
                     let permit = permit.map_err(|_| End::AgentGone)?;
-                    permit.send(message);
+                    permit.send(Box::new(message));
                     self.count_bytes(bytes);
                     return Ok(());
                 }
@@ -167,7 +169,23 @@ impl Stream {
         }
     }
 
+    /// The handshake, then the stream's life. The handshake runs boxed: its state (Hello, pages,
+    /// their timeouts) is dead once the stream serves, and the task, which lives as long as the
+    /// stream, would otherwise be sized for it.
     async fn drive(
+        &self,
+        inbound: &mut Streaming<v1::AgentMessage>,
+        slot: &mut Option<Session>,
+    ) -> Result<(), End> {
+        Box::pin(self.handshake(inbound, slot)).await?;
+        match slot.as_mut() {
+            Some(session) => self.serve(inbound, session).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Hello → attach → (NeedVersions → pages) → Welcome → `Connected`.
+    async fn handshake(
         &self,
         inbound: &mut Streaming<v1::AgentMessage>,
         slot: &mut Option<Session>,
@@ -224,7 +242,7 @@ impl Stream {
         session.announce(&hello.agent_version, in_sync).await;
         tracing::info!(cluster = %self.cluster, agent_version = %hello.agent_version, in_sync,
             "agent connected");
-        self.serve(inbound, session).await
+        Ok(())
     }
 
     async fn read_pages(
@@ -304,36 +322,43 @@ impl Stream {
         inbound: &mut Streaming<v1::AgentMessage>,
         session: &mut Session,
     ) -> Result<(), End> {
+        // An idle stream waits in the `select!` below for its whole life, so the task is sized
+        // by that state plus the largest future awaited from it: planning, sending and handling
+        // a message run boxed (one short-lived allocation each) to keep that size small.
         let heartbeat = self.service.inner.fleet.config().heartbeat_interval;
         let mut heartbeat_at = Instant::now() + jittered(heartbeat);
         loop {
             if let Some(reason) = session.close_reason() {
                 return Err(End::Close(reason));
             }
-            while let Some(update) = session.next_update(Instant::now()).await {
+            while let Some(update) = Box::pin(session.next_update(Instant::now())).await {
                 tracing::debug!(cluster = %self.cluster, nonce = update.nonce,
                     upserts = update.upserts.len(), removals = update.removals.len(), "sending update");
-                self.send(Some(session), Outbound::Update(update)).await?;
+                Box::pin(self.send(Some(session), Outbound::Update(update))).await?;
             }
-            let deadline = session.deadline(Instant::now());
+            // One timer for both the heartbeat and the queue's deadline (stall or retry).
+            let wake_at = session
+                .deadline(Instant::now())
+                .map_or(heartbeat_at, |deadline| deadline.min(heartbeat_at));
             tokio::select! {
                 () = session.woken() => {}
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => self.handle(session, message).await?,
+                    Ok(Some(message)) => Box::pin(self.handle(session, message)).await?,
                     Ok(None) => return Err(End::AgentGone),
                     Err(status) => return Err(End::Status(status)),
                 },
-                () = sleep_until(heartbeat_at) => {
-                    heartbeat_at = Instant::now() + jittered(heartbeat);
-                    self.send(Some(session), Outbound::Message(v1::HubMessage {
-                        body: Some(hub_message::Body::Heartbeat(v1::Heartbeat {
-                            sent_at_unix_ms: unix_ms(),
-                        })),
-                    })).await?;
-                }
-                () = sleep_until(deadline.unwrap_or(heartbeat_at)), if deadline.is_some() => {
-                    if session.stalled(Instant::now()) {
+                () = sleep_until(wake_at) => {
+                    let now = Instant::now();
+                    if session.stalled(now) {
                         return Err(End::Stalled);
+                    }
+                    if now >= heartbeat_at {
+                        heartbeat_at = now + jittered(heartbeat);
+                        Box::pin(self.send(Some(session), Outbound::Message(v1::HubMessage {
+                            body: Some(hub_message::Body::Heartbeat(v1::Heartbeat {
+                                sent_at_unix_ms: unix_ms(),
+                            })),
+                        }))).await?;
                     }
                 }
             }
