@@ -5,6 +5,8 @@
 //! once the runtime has computed every cluster's desired set (`SyncService::set_ready`), so a
 //! reconnecting agent is never compared against an empty set.
 
+mod allocator;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -64,6 +66,7 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     super::install_crypto_provider();
+    allocator::limit_arenas();
     let stop = CancellationToken::new();
     {
         let stop = stop.clone();
@@ -112,6 +115,7 @@ pub(super) async fn serve(
     let replica = config.grpc.replica_id.clone();
     let (fleet, events) = Fleet::new(FleetConfig::default());
     ops.register(|registry| fleet.register_metrics(registry));
+    tokio::spawn(allocator::trim_after_churn(fleet.clone(), stop.clone()));
     let credentials = Credentials::default();
     let vault_metrics = VaultMetrics::default();
     // `keyfleet_hub_vault_*` (as docs/metrics.md names them).
