@@ -25,7 +25,8 @@ fn migrate_applies_once_then_reports_up_to_date() {
          sqlite: applied migration 0004 expiry view\n\
          sqlite: applied migration 0005 keyed digests\n\
          sqlite: applied migration 0006 replica requests\n\
-         sqlite: applied migration 0007 history\n"
+         sqlite: applied migration 0007 history\n\
+         sqlite: applied migration 0008 status generation\n"
     );
     assert!(dir.path().join("keyfleet.db").exists(), "the file is created");
 
