@@ -11,7 +11,9 @@
 //!   freed pages stay resident, and the next connections' buffers reuse them dirty.
 //!   [`trim_after_churn`] calls `malloc_trim(0)`, which also releases the whole free pages inside
 //!   the heaps, every [`TRIM_PERIOD`] (100 ms) while agents connect or leave, never taking more
-//!   than a tenth of a thread (0.2-3 ms a trim at 1,500 agents): a steady fleet costs nothing.
+//!   than a tenth of a thread: a steady fleet costs nothing. A trim holds each arena's lock in
+//!   turn: 0.2-3.4 ms at 1,500 agents, median 1.9 ms and at most 59 ms while 10,000 connected.
+//!   A draining hub stops trimming.
 //!
 //! Elsewhere (musl, other systems) both are no-ops.
 
@@ -56,6 +58,11 @@ pub(super) async fn trim_after_churn(fleet: Fleet, stop: CancellationToken) -> u
             () = tokio::time::sleep(wait) => {}
         }
         wait = TRIM_PERIOD;
+        if fleet.is_draining() {
+            // Shutting down: every stream is about to free its memory, the process with it (at
+            // 10,000 agents a trim then took 466 ms, holding each arena's lock in turn).
+            return trims;
+        }
         let churn = fleet.stream_churn();
         if churn == trimmed_at {
             continue;
@@ -113,6 +120,21 @@ mod glibc {
 mod tests {
     use super::*;
     use crate::fleet::FleetConfig;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_fleet_is_not_trimmed() {
+        let (fleet, _events) = Fleet::new(FleetConfig::default());
+        let session = fleet.attach(crate::domain::ClusterId(uuid::Uuid::from_u128(1)));
+        fleet.drain();
+        drop(session);
+        let trims = tokio::time::timeout(
+            Duration::from_secs(5),
+            trim_after_churn(fleet, CancellationToken::new()),
+        )
+        .await
+        .expect("returns once the fleet drains");
+        assert_eq!(trims, 0);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn trims_once_per_period_of_churn_and_never_without() {
