@@ -12,7 +12,7 @@ use crate::report::{Report, Rotation, Target};
 pub const MEASURABLE_FLEET: usize = 500;
 /// Hub CPU per agent per rotation with protocol agents, µs.
 pub const CPU_TARGET_PROTOCOL_US: f64 = 30.0;
-/// Hub CPU per agent per rotation with real agents, µs: 1.5× the protocol target (issue #21).
+/// Hub CPU per agent per rotation with real agents, µs: 1.5× the protocol target (ARCHITECTURE.md, Performance Targets).
 pub const CPU_TARGET_REAL_US: f64 = 45.0;
 /// Hub RSS per connected agent, KiB.
 pub const RSS_TARGET_KIB: f64 = 48.0;

@@ -23,6 +23,9 @@ if ! "$DENY" --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; 
 fi
 
 "$DENY" --version
+# cargo-deny reads the whole graph (`cargo metadata`), every platform's crates included, and runs
+# offline: fetch what the builds here never downloaded (Windows, Android, ... crates; crates.io only).
+cargo fetch --locked --quiet
 # Offline: the tree is already resolved by Cargo.lock. Errors are shown in full; warnings
 # (duplicate versions) are counted in the stats: `target/tools/bin/cargo-deny check bans` lists them.
 "$DENY" --locked --offline --log-level error check --show-stats licenses bans sources
