@@ -21,6 +21,13 @@ use crate::grpc::admission::Admission;
 use crate::store::{Store, TokenRejection};
 use crate::sync::admin::ENROLLMENT_TOKEN_PREFIX;
 
+/// Enrollments doing store work at once on one replica. An enrollment is five statements in a row;
+/// admitted at 500/s with a burst, a fleet enrolling at once (a first install of 10,000 clusters)
+/// otherwise held every connection of the store's pool (16) for seconds, and the engine, the status
+/// writer and the Admin API (`keyfleet status`) timed out waiting ("store unavailable"). Waiting
+/// enrollments queue here, in memory, bounded by the admission burst.
+const STORE_CONCURRENCY: usize = 4;
+
 /// The answer for any token that cannot be used.
 const REFUSED: &str = "enrollment token is unknown, already used or expired";
 
@@ -45,6 +52,8 @@ pub struct EnrollService {
     store: Store,
     credentials: Credentials,
     admission: Admission,
+    /// [`STORE_CONCURRENCY`] permits around the store work of an enrollment.
+    store_slots: tokio::sync::Semaphore,
     replay_window: chrono::TimeDelta,
 }
 
@@ -55,6 +64,7 @@ impl EnrollService {
             store,
             credentials,
             admission: Admission::new(f64::from(per_second.max(1)), burst),
+            store_slots: tokio::sync::Semaphore::new(STORE_CONCURRENCY),
             replay_window: REPLAY_WINDOW,
         }
     }
@@ -97,6 +107,12 @@ impl enrollment_server::Enrollment for EnrollService {
         if let Err(hint) = self.admission.check() {
             return Err(Admission::refusal("enrollments", hint));
         }
+        // Never closed: the error arm cannot happen.
+        let _slot = self
+            .store_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("hub is shutting down"))?;
         let token_hash = Sha256::of(request.token.as_bytes());
         let mut replay = false;
         let cluster = match self.store.consume_enrollment_token(&token_hash, Utc::now()).await {
