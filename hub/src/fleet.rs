@@ -121,12 +121,17 @@ impl Fleet {
         Self::store_desired(&mut slots, cluster, desired, digest);
     }
 
-    /// [`Fleet::set_desired`] for many clusters under one lock acquisition.
+    /// [`Fleet::set_desired`] for many clusters under one lock acquisition. Clusters sharing one
+    /// set (the same `Arc`) share its digest, computed once.
     pub fn set_desired_many(&self, sets: impl IntoIterator<Item = (ClusterId, Arc<ClusterDesired>)>) {
+        // Keyed by address: every set stays alive in `sets` until the end, so no address is reused.
+        let mut digests: HashMap<*const ClusterDesired, [u8; 32]> = HashMap::new();
         let sets: Vec<_> = sets
             .into_iter()
             .map(|(cluster, desired)| {
-                let digest = desired.digest();
+                let digest = *digests
+                    .entry(Arc::as_ptr(&desired))
+                    .or_insert_with(|| desired.digest());
                 (cluster, desired, digest)
             })
             .collect();

@@ -365,7 +365,7 @@ pub enum CreationPolicy {
 }
 
 /// ESO's `deletionPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeletionPolicy {
     /// Leave the Secret when the FleetSecret no longer applies.
     #[default]

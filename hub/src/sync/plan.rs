@@ -158,7 +158,7 @@ impl ClusterPlan {
 }
 
 /// One FleetSecret a cluster must hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Desired {
     /// FleetSecret name.
     pub fleet_secret: Arc<str>,
@@ -167,7 +167,7 @@ pub struct Desired {
 }
 
 /// One FleetSecret a cluster must no longer hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Removal {
     /// FleetSecret name.
     pub fleet_secret: Arc<str>,
@@ -258,22 +258,90 @@ impl RolloutDecision {
 /// Reason recorded by a manual pause without a message.
 pub const MANUAL_PAUSE_REASON: &str = "paused by admin";
 
+/// What a plan derives from the clusters' labels and states and the FleetSecrets' specs alone:
+/// which clusters each FleetSecret targets and the wave of each. It does not depend on status,
+/// progress, connectivity or time, so a caller may keep it while `clusters` (same clusters, same
+/// order, same labels and states) and the specs stay the same, and plan many times with
+/// [`plan_with`]: selector matching was a quarter of each plan at 10,000 clusters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// Per FleetSecret (the order of [`PlanInput::fleet_secrets`]): per cluster, whether targeted.
+    targeted: Vec<Vec<bool>>,
+    /// Per FleetSecret with a rollout: per cluster, its wave (`None`: not targeted).
+    wave_of: Vec<Option<Vec<Option<u32>>>>,
+}
+
+impl Selection {
+    /// The selection of `fleet_secrets` over `clusters`.
+    pub fn new(clusters: &[PlanCluster], fleet_secrets: &[PlanFleetSecret]) -> Self {
+        // Stable hash order of every cluster, computed once; each FleetSecret with percentage
+        // waves ranks its targeted clusters by walking it.
+        let hash_order = if fleet_secrets.iter().any(|secret| {
+            secret
+                .spec
+                .rollout
+                .as_ref()
+                .is_some_and(|rollout| rollout.waves.iter().any(|wave| matches!(wave, Wave::Percent(_))))
+        }) {
+            let mut order: Vec<(u64, ClusterId, usize)> = clusters
+                .iter()
+                .enumerate()
+                .map(|(index, cluster)| (cluster.wave_hash, cluster.id, index))
+                .collect();
+            order.sort_unstable();
+            order
+        } else {
+            Vec::new()
+        };
+        let mut targeted = Vec::with_capacity(fleet_secrets.len());
+        let mut wave_of = Vec::with_capacity(fleet_secrets.len());
+        for secret in fleet_secrets {
+            let selected: Vec<bool> = clusters
+                .iter()
+                .map(|cluster| {
+                    cluster.state != ClusterState::Revoked && secret.spec.clusters.matches(&cluster.labels)
+                })
+                .collect();
+            wave_of.push(
+                secret
+                    .spec
+                    .rollout
+                    .as_ref()
+                    .map(|rollout| waves_of(clusters, &selected, &hash_order, &rollout.waves)),
+            );
+            targeted.push(selected);
+        }
+        Self { targeted, wave_of }
+    }
+
+    /// Whether this selection was made for `clusters` clusters and `fleet_secrets` FleetSecrets.
+    fn fits(&self, clusters: usize, fleet_secrets: usize) -> bool {
+        self.targeted.len() == fleet_secrets
+            && self.targeted.iter().all(|targeted| targeted.len() == clusters)
+    }
+}
+
 /// Computes the plan.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
+    plan_with(input, &Selection::new(input.clusters, input.fleet_secrets))
+}
+
+/// Computes the plan with a [`Selection`] made earlier for the same clusters and specs (one that
+/// does not fit their numbers is made again).
+pub fn plan_with(input: &PlanInput<'_>, selection: &Selection) -> Plan {
+    let fresh;
+    let selection = if selection.fits(input.clusters.len(), input.fleet_secrets.len()) {
+        selection
+    } else {
+        fresh = Selection::new(input.clusters, input.fleet_secrets);
+        &fresh
+    };
     let clusters = input.clusters;
     let cluster_index: FastMap<ClusterId, usize> = clusters
         .iter()
         .enumerate()
         .map(|(index, cluster)| (cluster.id, index))
         .collect();
-    // Stable hash order of every cluster, computed once; each FleetSecret ranks its targeted
-    // clusters by walking it.
-    let mut hash_order: Vec<(u64, ClusterId, usize)> = clusters
-        .iter()
-        .enumerate()
-        .map(|(index, cluster)| (cluster.wave_hash, cluster.id, index))
-        .collect();
-    hash_order.sort_unstable();
     let can_answer: Vec<bool> = clusters
         .iter()
         .map(|cluster| can_answer(cluster, input.now, input.offline_grace))
@@ -326,24 +394,18 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .collect();
 
     let mut desired: Vec<Vec<Desired>> = vec![Vec::new(); clusters.len()];
-    let mut targeted_by_secret: Vec<Vec<bool>> = vec![Vec::new(); input.fleet_secrets.len()];
+    let targeted_by_secret = &selection.targeted;
     let mut rollouts = Vec::with_capacity(input.fleet_secrets.len());
     for &secret_index in &order {
         let secret = &input.fleet_secrets[secret_index];
-        let targeted: Vec<bool> = clusters
-            .iter()
-            .map(|cluster| {
-                cluster.state != ClusterState::Revoked && secret.spec.clusters.matches(&cluster.labels)
-            })
-            .collect();
         let context = SecretContext {
             name: &names[secret_index],
             secret,
             clusters,
-            targeted: &targeted,
+            targeted: &targeted_by_secret[secret_index],
+            wave_of: selection.wave_of[secret_index].as_deref(),
             status: &status_by_secret[secret_index],
             can_answer: &can_answer,
-            hash_order: &hash_order,
             progress: progress.get(secret.spec.name.as_str()).copied(),
             now: input.now,
             offline_grace: input.offline_grace,
@@ -356,7 +418,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             });
         }
         rollouts.push(decision);
-        targeted_by_secret[secret_index] = targeted;
     }
 
     let mut removals: Vec<Vec<Removal>> = vec![Vec::new(); clusters.len()];
@@ -452,10 +513,11 @@ struct SecretContext<'a> {
     secret: &'a PlanFleetSecret,
     clusters: &'a [PlanCluster],
     targeted: &'a [bool],
+    /// The wave of every cluster, for a FleetSecret with a rollout ([`Selection`]).
+    wave_of: Option<&'a [Option<u32>]>,
     /// Cluster index → status row (empty when no cluster has one).
     status: &'a [Option<&'a PlanStatus>],
     can_answer: &'a [bool],
-    hash_order: &'a [(u64, ClusterId, usize)],
     progress: Option<&'a RolloutProgress>,
     now: DateTime<Utc>,
     offline_grace: TimeDelta,
@@ -518,7 +580,14 @@ impl SecretContext<'_> {
             );
         };
 
-        let wave_of = self.waves(&rollout.waves);
+        let computed;
+        let wave_of = match self.wave_of {
+            Some(wave_of) => wave_of,
+            None => {
+                computed = waves_of(self.clusters, self.targeted, &[], &rollout.waves);
+                &computed
+            }
+        };
         let explicit = u32::try_from(rollout.waves.len()).unwrap_or(u32::MAX);
         let implicit_used = wave_of.contains(&Some(explicit));
         let waves = explicit + u32::from(implicit_used);
@@ -591,7 +660,7 @@ impl SecretContext<'_> {
             decision.wave_errors = wave_counts.errors;
         }
         if decision.state == RolloutState::Progressing {
-            self.note_waiting(&mut decision, &wave_of, current.number);
+            self.note_waiting(&mut decision, wave_of, current.number);
         }
 
         // Waves up to the current one get the current revision; a complete rollout gives it to all.
@@ -647,46 +716,65 @@ impl SecretContext<'_> {
             }
         }
     }
+}
 
-    /// The wave of every cluster (`None` when not targeted); `waves.len()` is the implicit wave.
-    fn waves(&self, waves: &[Wave]) -> Vec<Option<u32>> {
-        let targeted_count = self.targeted.iter().filter(|targeted| **targeted).count();
-        let mut rank: Vec<usize> = vec![usize::MAX; self.clusters.len()];
-        if waves.iter().any(|wave| matches!(wave, Wave::Percent(_))) {
-            let mut next = 0;
-            for &(_, _, cluster) in self.hash_order {
-                if self.targeted[cluster] {
-                    rank[cluster] = next;
-                    next += 1;
-                }
+/// The wave of every cluster (`None` when not targeted); `waves.len()` is the implicit wave.
+/// `hash_order` is every cluster by its stable hash (needed for percentage waves only).
+fn waves_of(
+    clusters: &[PlanCluster],
+    targeted: &[bool],
+    hash_order: &[(u64, ClusterId, usize)],
+    waves: &[Wave],
+) -> Vec<Option<u32>> {
+    let targeted_count = targeted.iter().filter(|targeted| **targeted).count();
+    let mut rank: Vec<usize> = vec![usize::MAX; clusters.len()];
+    if waves.iter().any(|wave| matches!(wave, Wave::Percent(_))) {
+        let sorted;
+        let hash_order = if hash_order.len() == clusters.len() {
+            hash_order
+        } else {
+            let mut order: Vec<(u64, ClusterId, usize)> = clusters
+                .iter()
+                .enumerate()
+                .map(|(index, cluster)| (cluster.wave_hash, cluster.id, index))
+                .collect();
+            order.sort_unstable();
+            sorted = order;
+            &sorted
+        };
+        let mut next = 0;
+        for &(_, _, cluster) in hash_order {
+            if targeted[cluster] {
+                rank[cluster] = next;
+                next += 1;
             }
         }
-        let cutoffs: Vec<usize> = waves
-            .iter()
-            .map(|wave| match wave {
-                Wave::Percent(percent) => (targeted_count * usize::from(*percent)).div_ceil(100),
-                Wave::Selector(_) => 0,
-            })
-            .collect();
-        let implicit = u32::try_from(waves.len()).unwrap_or(u32::MAX);
-        (0..self.clusters.len())
-            .map(|cluster| {
-                if !self.targeted[cluster] {
-                    return None;
-                }
-                let labels = &self.clusters[cluster].labels;
-                let wave = waves
-                    .iter()
-                    .zip(&cutoffs)
-                    .position(|(wave, cutoff)| match wave {
-                        Wave::Selector(selector) => selector.matches(labels),
-                        Wave::Percent(_) => rank[cluster] < *cutoff,
-                    })
-                    .map_or(implicit, |position| u32::try_from(position).unwrap_or(implicit));
-                Some(wave)
-            })
-            .collect()
     }
+    let cutoffs: Vec<usize> = waves
+        .iter()
+        .map(|wave| match wave {
+            Wave::Percent(percent) => (targeted_count * usize::from(*percent)).div_ceil(100),
+            Wave::Selector(_) => 0,
+        })
+        .collect();
+    let implicit = u32::try_from(waves.len()).unwrap_or(u32::MAX);
+    (0..clusters.len())
+        .map(|cluster| {
+            if !targeted[cluster] {
+                return None;
+            }
+            let labels = &clusters[cluster].labels;
+            let wave = waves
+                .iter()
+                .zip(&cutoffs)
+                .position(|(wave, cutoff)| match wave {
+                    Wave::Selector(selector) => selector.matches(labels),
+                    Wave::Percent(_) => rank[cluster] < *cutoff,
+                })
+                .map_or(implicit, |position| u32::try_from(position).unwrap_or(implicit));
+            Some(wave)
+        })
+        .collect()
 }
 
 #[cfg(test)]

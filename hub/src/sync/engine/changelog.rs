@@ -55,8 +55,16 @@ impl Engine {
                 self.load_pins().await?;
             }
             if rollouts {
-                self.load_rollouts().await?;
-                self.replan = true;
+                // The leader reads back what it recorded itself: plan again only if that differs
+                // from what this replica planned with (a follower, an admin's pause or resume).
+                let before = std::mem::take(&mut self.rollouts);
+                let loaded = self.load_rollouts().await;
+                if loaded.is_err() {
+                    self.rollouts = before;
+                    loaded?;
+                } else if self.rollouts != before {
+                    self.replan = true;
+                }
             }
             if clusters {
                 self.reload_clusters().await?;

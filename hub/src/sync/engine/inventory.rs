@@ -114,9 +114,7 @@ pub async fn refresh_credentials(
     credentials: &Credentials,
     fleet: &Fleet,
 ) -> Result<Vec<ClusterId>, StoreError> {
-    for (hash, cluster) in store.active_credentials().await? {
-        credentials.insert(hash, cluster);
-    }
+    credentials.insert_many(&store.active_credentials().await?);
     let mut revoked = Vec::new();
     for cluster in clusters {
         if cluster.state != ClusterState::Revoked {
@@ -141,6 +139,17 @@ pub(super) struct Inventory {
     pub(super) status: HashMap<(ClusterId, Arc<str>), PlanStatus>,
     /// What was last handed to the fleet, per cluster.
     pub(super) sent: HashMap<ClusterId, Arc<ClusterDesired>>,
+    /// The planner's [`Selection`](crate::sync::plan::Selection) for the clusters in the order it
+    /// was made; dropped whenever the clusters are set again.
+    pub(super) selection: Option<CachedSelection>,
+}
+
+/// A [`Selection`](crate::sync::plan::Selection), the cluster order it was made for and the specs
+/// it was made from (held, so that a replaced spec can never share an address with its successor).
+pub(super) struct CachedSelection {
+    pub(super) order: Vec<ClusterId>,
+    pub(super) specs: Vec<Arc<crate::spec::FleetSecretSpec>>,
+    pub(super) selection: crate::sync::plan::Selection,
 }
 
 impl Inventory {
@@ -151,7 +160,14 @@ impl Inventory {
             elsewhere: HashSet::new(),
             status: HashMap::new(),
             sent: HashMap::new(),
+            selection: None,
         }
+    }
+
+    /// Whether every known cluster has its stream on this replica.
+    pub(super) fn all_connected_here(&self, fleet: &Fleet) -> bool {
+        fleet.connected_count() >= self.clusters.len()
+            && self.clusters.keys().all(|id| fleet.is_connected(*id))
     }
 
     /// Refreshes every cluster's `connected` from the fleet and `elsewhere`.
@@ -273,6 +289,8 @@ impl Engine {
             self.credentials.revoke_cluster(*gone);
         }
         self.inventory.clusters = clusters;
+        // Labels, states or membership may have changed: the planner selects again.
+        self.inventory.selection = None;
     }
 
     /// The acks other replicas record count for waves too: reloads the clusters (liveness, which
@@ -285,7 +303,14 @@ impl Engine {
     /// time, and the status rows of clusters the store does not show here. (Measured at 10,000
     /// clusters: re-listing the whole inventory with labels and every status row of the fleet
     /// secret each second was ~25 % of the hub's CPU during a rotation.)
+    ///
+    /// When every known cluster is connected here, the store has nothing to add (this process
+    /// hears each of their answers first) and nothing is read: a single replica, or one serving
+    /// the whole fleet, never pays for the 10,000-row liveness read per wave.
     pub(super) async fn refresh_from_store(&mut self, names: &[String]) -> Result<(), EngineError> {
+        if self.inventory.all_connected_here(&self.fleet) {
+            return Ok(());
+        }
         let liveness = self.store.cluster_liveness().await?;
         let mut changed = self.inventory.apply_liveness(&liveness, &self.fleet);
         for name in names {

@@ -2,11 +2,12 @@
 //! the fleet, and (leader only) rollout progress recorded with a change-log entry followers plan
 //! from. Before a wave advances, what other replicas recorded is read first.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::Utc;
 
+use super::inventory::CachedSelection;
 use super::{Engine, EngineError};
 use crate::fleet::ClusterDesired;
 use crate::store::{ChangeKind, RolloutRecord};
@@ -24,6 +25,7 @@ impl Engine {
         if !std::mem::take(&mut self.replan) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let mut plan = self.compute_plan();
         let advancing: Vec<String> = plan
             .rollouts
@@ -40,7 +42,14 @@ impl Engine {
                 plan = self.compute_plan();
             }
         }
-        self.send_plan(&plan);
+        let changed = self.send_plan(&plan);
+        tracing::debug!(
+            clusters = plan.clusters.len(),
+            changed,
+            refreshed = !advancing.is_empty(),
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "planned"
+        );
         self.waves.reset(&plan);
         self.record_progress(&plan).await
     }
@@ -72,10 +81,11 @@ impl Engine {
         decision.waves > 0 && decision.current_wave > recorded
     }
 
-    /// The plan for the current inventory, revisions, status and rollout progress.
+    /// The plan for the current inventory, revisions, status and rollout progress. Which clusters
+    /// each FleetSecret targets and their waves are selected once per set of clusters and specs
+    /// ([`plan::Selection`]), not per plan.
     fn compute_plan(&mut self) -> plan::Plan {
         self.inventory.refresh_connected(&self.fleet);
-        let clusters: Vec<PlanCluster> = self.inventory.clusters.values().cloned().collect();
         let fleet_secrets: Vec<PlanFleetSecret> = self
             .secrets
             .values()
@@ -85,6 +95,35 @@ impl Engine {
                 previous: state.previous,
             })
             .collect();
+        let inventory = &mut self.inventory;
+        let fits = inventory.selection.as_ref().is_some_and(|cached| {
+            cached.order.len() == inventory.clusters.len()
+                && cached.specs.len() == fleet_secrets.len()
+                && cached
+                    .specs
+                    .iter()
+                    .zip(&fleet_secrets)
+                    .all(|(spec, secret)| Arc::ptr_eq(spec, &secret.spec))
+        });
+        let clusters: Vec<PlanCluster> = match inventory.selection.as_ref().filter(|_| fits) {
+            Some(cached) => cached
+                .order
+                .iter()
+                .filter_map(|id| inventory.clusters.get(id).cloned())
+                .collect(),
+            None => {
+                let clusters: Vec<PlanCluster> = inventory.clusters.values().cloned().collect();
+                inventory.selection = Some(CachedSelection {
+                    order: clusters.iter().map(|cluster| cluster.id).collect(),
+                    specs: fleet_secrets
+                        .iter()
+                        .map(|secret| Arc::clone(&secret.spec))
+                        .collect(),
+                    selection: plan::Selection::new(&clusters, &fleet_secrets),
+                });
+                clusters
+            }
+        };
         let status: Vec<PlanStatus> = self.inventory.status.values().cloned().collect();
         let rollouts: Vec<RolloutProgress> = self.rollouts.values().cloned().collect();
         let input = PlanInput {
@@ -96,22 +135,33 @@ impl Engine {
             now: Utc::now(),
             offline_grace: self.config.offline_grace,
         };
-        plan::plan(&input)
+        match &self.inventory.selection {
+            // Every cluster of the order is still known (else the counts differ and `plan_with`
+            // selects again).
+            Some(cached) => plan::plan_with(&input, &cached.selection),
+            None => plan::plan(&input),
+        }
     }
 
-    /// Hands every changed desired set to the fleet.
-    fn send_plan(&mut self, plan: &plan::Plan) {
+    /// Hands every changed desired set to the fleet; returns how many changed. Clusters that
+    /// must hold the same revisions and removals share one desired set (and the fleet computes
+    /// its digest once): a wave of 9,000 clusters builds one set, not 9,000.
+    fn send_plan(&mut self, plan: &plan::Plan) -> usize {
         let mut changed = Vec::new();
         let mut not_built: BTreeSet<(&str, u64)> = BTreeSet::new();
+        let mut shared: HashMap<(&[plan::Desired], &[plan::Removal]), Arc<ClusterDesired>> = HashMap::new();
         for cluster_plan in &plan.clusters {
             // Most clusters' sets do not change from one plan to the next (a wave moves a share of
             // the fleet): compare before building anything.
-            if self
-                .inventory
-                .sent
-                .get(&cluster_plan.cluster)
-                .is_some_and(|sent| Self::unchanged(sent, cluster_plan))
-            {
+            let sent = self.inventory.sent.get(&cluster_plan.cluster);
+            if sent.is_some_and(|sent| Self::unchanged(sent, cluster_plan)) {
+                continue;
+            }
+            let key = (cluster_plan.desired.as_slice(), cluster_plan.removals.as_slice());
+            if let Some(desired) = shared.get(&key) {
+                if sent.is_none_or(|sent| !Arc::ptr_eq(sent, desired) && **sent != **desired) {
+                    changed.push((cluster_plan.cluster, Arc::clone(desired)));
+                }
                 continue;
             }
             let mut desired = ClusterDesired::default();
@@ -141,13 +191,10 @@ impl Engine {
                     .removals
                     .insert(removal.fleet_secret.to_string(), removal.deletion_policy);
             }
-            if self
-                .inventory
-                .sent
-                .get(&cluster_plan.cluster)
-                .is_none_or(|sent| **sent != desired)
-            {
-                changed.push((cluster_plan.cluster, Arc::new(desired)));
+            let desired = Arc::new(desired);
+            shared.insert(key, Arc::clone(&desired));
+            if sent.is_none_or(|sent| **sent != *desired) {
+                changed.push((cluster_plan.cluster, desired));
             }
         }
         for (name, revision) in not_built {
@@ -157,13 +204,14 @@ impl Engine {
                 "revision not built here; sending the current one instead"
             );
         }
-        if !changed.is_empty() {
-            tracing::debug!(clusters = changed.len(), "desired sets changed");
-            for (cluster, desired) in &changed {
-                self.inventory.sent(*cluster, Arc::clone(desired));
-            }
+        for (cluster, desired) in &changed {
+            self.inventory.sent(*cluster, Arc::clone(desired));
+        }
+        let count = changed.len();
+        if count > 0 {
             self.fleet.set_desired_many(changed);
         }
+        count
     }
 
     /// Whether `sent` already is what `cluster_plan` asks for: the same revision of every key (a

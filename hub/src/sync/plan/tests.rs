@@ -99,8 +99,10 @@ struct Case<'a> {
 }
 
 impl Case<'_> {
+    /// The plan; also checks that planning with a selection made beforehand, or with one made
+    /// for other clusters (selected again), gives the same plan.
     fn plan(&self) -> Plan {
-        plan(&PlanInput {
+        let input = PlanInput {
             clusters: self.clusters,
             fleet_secrets: self.secrets,
             deleted: &self.deleted,
@@ -108,7 +110,24 @@ impl Case<'_> {
             rollouts: self.rollouts,
             now: now(),
             offline_grace: TimeDelta::minutes(10),
-        })
+        };
+        let planned = plan(&input);
+        let selection = Selection::new(self.clusters, self.secrets);
+        assert_eq!(
+            plan_with(&input, &selection),
+            planned,
+            "with a selection made beforehand"
+        );
+        let other = Selection::new(
+            &self.clusters[..self.clusters.len().saturating_sub(1)],
+            self.secrets,
+        );
+        assert_eq!(
+            plan_with(&input, &other),
+            planned,
+            "with a selection of other clusters"
+        );
+        planned
     }
 }
 
@@ -767,6 +786,52 @@ fn ten_thousand_clusters_and_fifty_fleet_secrets() {
             assert_eq!(on_current, targeted.len(), "{name}");
         }
     }
+}
+
+#[test]
+fn one_selection_serves_every_plan_of_a_rollout() {
+    // The engine selects once per set of clusters and specs and plans each wave with it: the
+    // waves must advance exactly as when every plan selects afresh.
+    let clusters = ringed_fleet();
+    let secrets = ringed_secret(8, Some(5));
+    let selection = Selection::new(&clusters, &secrets);
+    let mut status = all_applied(&clusters, 5);
+    let mut rollouts = vec![progress("regcred", 5, 2, false, "")];
+    let mut waves_seen = Vec::new();
+    for _ in 0..5 {
+        let input = PlanInput {
+            clusters: &clusters,
+            fleet_secrets: &secrets,
+            deleted: &BTreeMap::new(),
+            status: &status,
+            rollouts: &rollouts,
+            now: now(),
+            offline_grace: TimeDelta::minutes(10),
+        };
+        let cached = plan_with(&input, &selection);
+        assert_eq!(cached, plan(&input));
+        let decision = decision_for(&cached, "regcred");
+        waves_seen.push((decision.current_wave, decision.state));
+        // Every cluster given revision 8 applies it.
+        for entry in &cached.clusters {
+            if entry.desired_for("regcred") == Some(revision(8)) {
+                for row in status.iter_mut().filter(|row| row.cluster == entry.cluster) {
+                    *row = applied(entry.cluster.0.as_u128(), "regcred", 8);
+                }
+            }
+        }
+        rollouts = decision.progress().into_iter().collect();
+    }
+    assert_eq!(
+        waves_seen,
+        vec![
+            (0, RolloutState::Progressing),
+            (1, RolloutState::Progressing),
+            (2, RolloutState::Progressing),
+            (2, RolloutState::Complete),
+            (2, RolloutState::Complete),
+        ]
+    );
 }
 
 #[test]
