@@ -59,6 +59,9 @@ impl Admin {
             .tls_config(tls)
             .map_err(|error| AdminError::Url(url.to_owned(), error))?
             .connect_timeout(Duration::from_secs(10))
+            // Every call is bounded: a hub that accepts a call and never answers fails the run
+            // with the call's name instead of holding it.
+            .timeout(Duration::from_secs(60))
             .http2_keep_alive_interval(Duration::from_secs(30));
         let channel = endpoint
             .connect()

@@ -102,7 +102,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     for line in replicas.describe() {
         eprintln!("keyfleet-loadtest: {line}");
     }
+    // Bounded: a hub whose operations endpoint stops answering fails the run with its address
+    // (a metrics scrape once hung a run until the test's 10-minute limit).
     let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
         .build()
         .context("build the metrics client")?;
     let admin = Admin::connect(&replicas.url(0), replicas.ca_pem(), &admin_token).await?;

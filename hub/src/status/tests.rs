@@ -515,3 +515,26 @@ async fn a_connect_the_store_refused_is_recorded_at_the_next_flush() {
     assert_eq!(harness.metrics.errors.get(), 1);
     assert_eq!(harness.metrics.pending.get(), 0, "nothing is held any more");
 }
+
+#[test]
+fn a_clusters_held_keys_stay_sorted_and_take_one_slot_each() {
+    let mut held = super::Held::default();
+    let sha = Sha256::of(b"x");
+    held.insert("regcred".to_owned(), (3, Some(sha)));
+    held.insert("api-token".to_owned(), (1, None));
+    held.insert("regcred".to_owned(), (4, Some(sha)));
+    held.insert("zeta".to_owned(), (9, None));
+    assert_eq!(held.get("regcred"), Some(&(4, Some(sha))));
+    assert_eq!(held.get("missing"), None);
+    let keys: Vec<&String> = held.iter().map(|(key, _)| key).collect();
+    assert_eq!(keys, ["api-token", "regcred", "zeta"]);
+    assert_eq!(held.0.capacity(), 3, "no slot reserved ahead");
+    held.remove("api-token");
+    held.remove("missing");
+    assert_eq!(
+        held.iter()
+            .map(|(key, value)| (key.as_str(), value.0))
+            .collect::<Vec<_>>(),
+        [("regcred", 4), ("zeta", 9)]
+    );
+}
