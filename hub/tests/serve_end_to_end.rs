@@ -78,6 +78,8 @@ impl ScratchDb {
 struct HubProcess {
     child: tokio::process::Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// The task draining the log; it ends at EOF, after the process's last line.
+    reader: tokio::task::JoinHandle<()>,
     grpc_addr: SocketAddr,
 }
 
@@ -102,7 +104,7 @@ impl HubProcess {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-        {
+        let reader = {
             let log = Arc::clone(&log);
             // Drains the log for the hub's whole life (a full pipe would block it).
             tokio::spawn(async move {
@@ -116,8 +118,8 @@ impl HubProcess {
                     }
                     log.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        };
         let print_log = |log: &Mutex<Vec<String>>| log.lock().unwrap().join("\n");
         match tokio::time::timeout(START, ready_rx).await {
             Ok(Ok(())) => {}
@@ -131,6 +133,7 @@ impl HubProcess {
         Self {
             child,
             log,
+            reader,
             grpc_addr: ready["grpc_addr"].as_str().unwrap().parse().unwrap(),
         }
     }
@@ -151,6 +154,11 @@ impl HubProcess {
             .await
             .expect("keyfleet serve stops within the bound")
             .unwrap();
+        // The process has exited; its last lines may still be in the pipe: read them to EOF.
+        tokio::time::timeout(START, &mut self.reader)
+            .await
+            .expect("the log reaches EOF once the process exited")
+            .expect("the log reader does not panic");
         assert!(
             exit.success(),
             "keyfleet serve exited with {exit}:\n{}",
