@@ -108,26 +108,28 @@ impl Stream {
         let stall = self.service.inner.fleet.config().stall_timeout;
         let deadline = sleep(stall);
         tokio::pin!(deadline);
-        loop {
+        let mut changed = false;
+        let sent = loop {
             tokio::select! {
                 permit = self.out.reserve() => {
-                    let permit = permit.map_err(|_| End::AgentGone)?;
+                    let Ok(permit) = permit else { break Err(End::AgentGone) };
                     permit.send(Box::new(message));
                     self.count_bytes(bytes);
-                    return Ok(());
+                    break Ok(());
                 }
                 () = woken(session) => {
                     if let Some(reason) = session.and_then(Session::close_reason) {
-                        return Err(End::Close(reason));
+                        break Err(End::Close(reason));
                     }
-                    // A desired-set change: the main loop replans after this send.
-                    if let Some(session) = session {
-                        session.rewake();
-                    }
+                    // A desired-set change: noted, handed back to the main loop below (re-armed
+                    // here, the wake-up would fire again at once and spin this loop).
+                    changed = true;
                 }
-                () = &mut deadline => return Err(End::Stalled),
+                () = &mut deadline => break Err(End::Stalled),
             }
-        }
+        };
+        rearm(session, changed);
+        sent
     }
 
     /// Waits for the next agent message during the handshake, honouring closes and the timeout.
@@ -139,10 +141,11 @@ impl Stream {
     ) -> Result<agent_message::Body, End> {
         let deadline = sleep(self.service.inner.config.handshake_timeout);
         tokio::pin!(deadline);
-        loop {
+        let mut changed = false;
+        let received = loop {
             tokio::select! {
                 message = inbound.message() => {
-                    return match message {
+                    break match message {
                         Ok(Some(v1::AgentMessage { body: Some(body) })) => Ok(body),
                         Ok(Some(v1::AgentMessage { body: None })) => {
                             Err(invalid("agent message: empty body".to_owned()))
@@ -153,20 +156,21 @@ impl Stream {
                 }
                 () = woken(session) => {
                     if let Some(reason) = session.and_then(Session::close_reason) {
-                        return Err(End::Close(reason));
+                        break Err(End::Close(reason));
                     }
-                    if let Some(session) = session {
-                        session.rewake();
-                    }
+                    // Noted for after the handshake (see `send`).
+                    changed = true;
                 }
                 () = &mut deadline => {
-                    return Err(End::Status(Status::deadline_exceeded(format!(
+                    break Err(End::Status(Status::deadline_exceeded(format!(
                         "no {what} within {:?}",
                         self.service.inner.config.handshake_timeout
                     ))));
                 }
             }
-        }
+        };
+        rearm(session, changed);
+        received
     }
 
     /// The handshake, then the stream's life. The handshake runs boxed: its state (Hello, pages,
@@ -413,6 +417,16 @@ impl Stream {
             }
             None => Err(invalid("agent message: empty body".to_owned())),
         }
+    }
+}
+
+/// Re-arms a desired-set wake-up that a wait consumed without acting on it, once that wait is
+/// over: the main loop plans after it. Re-arming inside the wait made its next `woken` fire at
+/// once, a busy loop on both cores for as long as an agent took to answer (seen as a hub at
+/// 190 % CPU after a replica kill, its failed-over agents mid-handshake during a rollout).
+fn rearm(session: Option<&Session>, changed: bool) {
+    if changed && let Some(session) = session {
+        session.rewake();
     }
 }
 
