@@ -283,13 +283,7 @@ impl Selection {
                 .as_ref()
                 .is_some_and(|rollout| rollout.waves.iter().any(|wave| matches!(wave, Wave::Percent(_))))
         }) {
-            let mut order: Vec<(u64, ClusterId, usize)> = clusters
-                .iter()
-                .enumerate()
-                .map(|(index, cluster)| (cluster.wave_hash, cluster.id, index))
-                .collect();
-            order.sort_unstable();
-            order
+            hash_order(clusters)
         } else {
             Vec::new()
         };
@@ -584,7 +578,12 @@ impl SecretContext<'_> {
         let wave_of = match self.wave_of {
             Some(wave_of) => wave_of,
             None => {
-                computed = waves_of(self.clusters, self.targeted, &[], &rollout.waves);
+                computed = waves_of(
+                    self.clusters,
+                    self.targeted,
+                    &hash_order(self.clusters),
+                    &rollout.waves,
+                );
                 &computed
             }
         };
@@ -718,8 +717,20 @@ impl SecretContext<'_> {
     }
 }
 
+/// Every cluster by its stable hash ([`wave_hash`], then id): the order percentage waves rank
+/// targeted clusters in.
+fn hash_order(clusters: &[PlanCluster]) -> Vec<(u64, ClusterId, usize)> {
+    let mut order: Vec<(u64, ClusterId, usize)> = clusters
+        .iter()
+        .enumerate()
+        .map(|(index, cluster)| (cluster.wave_hash, cluster.id, index))
+        .collect();
+    order.sort_unstable();
+    order
+}
+
 /// The wave of every cluster (`None` when not targeted); `waves.len()` is the implicit wave.
-/// `hash_order` is every cluster by its stable hash (needed for percentage waves only).
+/// `hash_order` is [`hash_order`] of `clusters`, needed (and read) only for percentage waves.
 fn waves_of(
     clusters: &[PlanCluster],
     targeted: &[bool],
@@ -729,19 +740,6 @@ fn waves_of(
     let targeted_count = targeted.iter().filter(|targeted| **targeted).count();
     let mut rank: Vec<usize> = vec![usize::MAX; clusters.len()];
     if waves.iter().any(|wave| matches!(wave, Wave::Percent(_))) {
-        let sorted;
-        let hash_order = if hash_order.len() == clusters.len() {
-            hash_order
-        } else {
-            let mut order: Vec<(u64, ClusterId, usize)> = clusters
-                .iter()
-                .enumerate()
-                .map(|(index, cluster)| (cluster.wave_hash, cluster.id, index))
-                .collect();
-            order.sort_unstable();
-            sorted = order;
-            &sorted
-        };
         let mut next = 0;
         for &(_, _, cluster) in hash_order {
             if targeted[cluster] {

@@ -46,7 +46,7 @@ impl Engine {
         tracing::debug!(
             clusters = plan.clusters.len(),
             changed,
-            refreshed = !advancing.is_empty(),
+            wave_advancing = !advancing.is_empty(),
             elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "planned"
         );
