@@ -235,6 +235,14 @@ impl Fleet {
             .is_some_and(|slot| slot.stream.is_some())
     }
 
+    /// Answers whether each cluster has a stream, under one lock of the registry (the engine asks
+    /// for every known cluster at once, each second of a rollout: one lock per cluster would
+    /// contend with every stream's attach and detach).
+    pub fn with_connected<R>(&self, f: impl FnOnce(&dyn Fn(ClusterId) -> bool) -> R) -> R {
+        let slots = self.slots();
+        f(&|cluster| slots.get(&cluster).is_some_and(|slot| slot.stream.is_some()))
+    }
+
     /// Connected clusters (one pass, for the coarse liveness refresh).
     pub fn connected_clusters(&self) -> Vec<ClusterId> {
         self.slots()

@@ -103,7 +103,7 @@ impl Stream {
 
     /// Sends one message, unless the stream must close or the agent stops reading for the stall
     /// timeout.
-    async fn send(&self, session: Option<&Session>, message: Outbound) -> Result<(), End> {
+    pub(super) async fn send(&self, session: Option<&Session>, message: Outbound) -> Result<(), End> {
         let bytes = message.encoded_len();
         let stall = self.service.inner.fleet.config().stall_timeout;
         let deadline = sleep(stall);

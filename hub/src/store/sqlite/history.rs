@@ -37,7 +37,8 @@ pub(in crate::store) async fn append_history(
                 .push_bind(replica.to_owned())
                 .push_bind(ts(entry.at));
         });
-        insert.build().execute(pool).await?;
+        // One text per batch size: not cached (see `status::upsert_status`).
+        insert.build().persistent(false).execute(pool).await?;
     }
     Ok(())
 }
@@ -61,7 +62,8 @@ pub(in crate::store) async fn append_drift(
                 .push_bind(replica.to_owned())
                 .push_bind(ts(entry.at));
         });
-        insert.build().execute(pool).await?;
+        // One text per batch size: not cached (see `status::upsert_status`).
+        insert.build().persistent(false).execute(pool).await?;
     }
     Ok(())
 }

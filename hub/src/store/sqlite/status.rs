@@ -57,7 +57,10 @@ impl StatusSql for Sqlite {
             sql.push_str("(?,?,?,?,?,?,?,?,?,?)");
         }
         sql.push_str(STATUS_UPSERT_TAIL);
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        // Not kept in the connection's statement cache: its text changes with the batch's row
+        // count, so a cached copy would rarely be used again, and each holds a program the size of
+        // its batch (up to 3,276 rows) until 100 others push it out.
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
         for row in rows {
             query = query
                 .bind(row.cluster.hyphenated().to_string())

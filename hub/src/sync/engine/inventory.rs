@@ -167,14 +167,17 @@ impl Inventory {
     /// Whether every known cluster has its stream on this replica.
     pub(super) fn all_connected_here(&self, fleet: &Fleet) -> bool {
         fleet.connected_count() >= self.clusters.len()
-            && self.clusters.keys().all(|id| fleet.is_connected(*id))
+            && fleet.with_connected(|connected| self.clusters.keys().all(|id| connected(*id)))
     }
 
     /// Refreshes every cluster's `connected` from the fleet and `elsewhere`.
     pub(super) fn refresh_connected(&mut self, fleet: &Fleet) {
-        for cluster in self.clusters.values_mut() {
-            cluster.connected = fleet.is_connected(cluster.id) || self.elsewhere.contains(&cluster.id);
-        }
+        let elsewhere = &self.elsewhere;
+        fleet.with_connected(|connected| {
+            for cluster in self.clusters.values_mut() {
+                cluster.connected = connected(cluster.id) || elsewhere.contains(&cluster.id);
+            }
+        });
     }
 
     /// Takes which replica serves each known cluster and when it was last seen; whether that
@@ -189,19 +192,23 @@ impl Inventory {
             })
             .map(|entry| entry.id)
             .collect();
-        let mut changed = false;
-        for entry in liveness {
-            let Some(cluster) = self.clusters.get_mut(&entry.id) else {
-                continue;
-            };
-            let connected = fleet.is_connected(entry.id) || self.elsewhere.contains(&entry.id);
-            if cluster.connected != connected || cluster.last_seen != entry.last_seen {
-                cluster.connected = connected;
-                cluster.last_seen = entry.last_seen;
-                changed = true;
+        let elsewhere = &self.elsewhere;
+        let clusters = &mut self.clusters;
+        fleet.with_connected(|connected_here| {
+            let mut changed = false;
+            for entry in liveness {
+                let Some(cluster) = clusters.get_mut(&entry.id) else {
+                    continue;
+                };
+                let connected = connected_here(entry.id) || elsewhere.contains(&entry.id);
+                if cluster.connected != connected || cluster.last_seen != entry.last_seen {
+                    cluster.connected = connected;
+                    cluster.last_seen = entry.last_seen;
+                    changed = true;
+                }
             }
-        }
-        changed
+            changed
+        })
     }
 
     /// Records what `cluster` holds of `key`: applied only when it is the revision sent.
@@ -272,13 +279,15 @@ impl Engine {
             })
             .map(|cluster| cluster.id)
             .collect();
-        let clusters: HashMap<ClusterId, PlanCluster> = listed
-            .iter()
-            .map(|cluster| {
-                let connected = connectivity.connected(self.fleet.is_connected(cluster.id), cluster, now);
-                (cluster.id, plan_cluster(cluster, connected))
-            })
-            .collect();
+        let clusters: HashMap<ClusterId, PlanCluster> = self.fleet.with_connected(|connected_here| {
+            listed
+                .iter()
+                .map(|cluster| {
+                    let connected = connectivity.connected(connected_here(cluster.id), cluster, now);
+                    (cluster.id, plan_cluster(cluster, connected))
+                })
+                .collect()
+        });
         for gone in self
             .inventory
             .clusters
