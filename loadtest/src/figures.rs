@@ -220,11 +220,18 @@ pub fn targets(report: &Report) -> Vec<Target> {
         .iter()
         .map(|rotation| rotation.keyvault_calls.get("get").copied().unwrap_or(0))
         .collect();
+    // The leader reads each version once for the whole fleet; each other replica reproduces the
+    // revision from the recorded version with one GET of its own (ARCHITECTURE.md).
+    let per_version = replicas as u64;
     targets.push(Target {
         what: "Key Vault GETs per rotation (whole fleet)".into(),
-        target: "1 per changed version".into(),
+        target: if replicas > 1 {
+            format!("1 per changed version and replica ({replicas})")
+        } else {
+            "1 per changed version".into()
+        },
         measured: format!("{gets:?}"),
-        met: (!gets.is_empty()).then(|| gets.iter().all(|&count| count <= 1)),
+        met: (!gets.is_empty()).then(|| gets.iter().all(|&count| count <= per_version)),
     });
     let per_10k = report
         .rotations

@@ -713,6 +713,30 @@ mod tests {
         assert_eq!(json["rotations"][0]["hub_cpu_us_per_agent"], 40_000.0);
     }
 
+    /// The leader reads a version once for the fleet; every other replica once more for itself.
+    #[test]
+    fn key_vault_gets_are_judged_per_replica() {
+        let gets = |report: &Report| {
+            crate::figures::targets(report)
+                .into_iter()
+                .find(|target| target.what.starts_with("Key Vault GETs"))
+                .expect("the Key Vault target")
+        };
+        let mut report = report();
+        report.rotations[0].keyvault_calls = BTreeMap::from([("get".to_owned(), 2)]);
+        let one = gets(&report);
+        assert_eq!(
+            (one.target.as_str(), one.met),
+            ("1 per changed version", Some(false))
+        );
+        report.replicas.push(report.replicas[0].clone());
+        let two = gets(&report);
+        assert_eq!(two.target, "1 per changed version and replica (2)");
+        assert_eq!((two.measured.as_str(), two.met), ("[2]", Some(true)));
+        report.rotations[0].keyvault_calls = BTreeMap::from([("get".to_owned(), 3)]);
+        assert_eq!(gets(&report).met, Some(false));
+    }
+
     #[test]
     fn protocol_runs_say_so_and_show_replicas_and_the_kill() {
         let mut report = report();

@@ -54,8 +54,10 @@ impl<'a> ActionParser<'a> {
         self.position == self.text.len()
     }
 
+    /// Skips the space between an action's words: Go's `text/template` counts only ASCII space,
+    /// tab, CR and LF (any other whitespace, `U+0085` say, is a syntax error there and here).
     pub(super) fn skip_space(&mut self) {
-        while self.peek().is_some_and(char::is_whitespace) {
+        while self.peek().is_some_and(|c| matches!(c, ' ' | '\t' | '\r' | '\n')) {
             self.position += 1;
         }
     }

@@ -338,3 +338,28 @@ fn pkcs12_archives_split_like_eso() {
         Err("pkcs12cert: input is not a PKCS#12 archive"),
     );
 }
+
+/// Found by `props_spec` (a spec byte replaced by U+0085, NEL): the action parser stepped over
+/// whitespace one byte at a time and sliced inside the two-byte character. Only Go's four ASCII
+/// spaces separate an action's words; other whitespace is a syntax error naming its offset.
+#[test]
+fn non_ascii_whitespace_in_an_action_is_a_syntax_error_not_a_panic() {
+    let server = [("server", "r.io")];
+    check("{{ .server | quote }}", &server, Ok("\"r.io\""));
+    check("{{\t.server\r\n| quote }}", &server, Ok("\"r.io\""));
+    for space in ['\u{85}', '\u{a0}', '\u{2003}', '\u{3000}'] {
+        for template in [
+            format!("{{{{{space}.server | quote }}}}"),
+            format!("{{{{ .server{space}| quote }}}}"),
+            format!("{{{{ .server |{space}quote }}}}"),
+        ] {
+            let error = Template::parse(&template)
+                .and_then(|parsed| parsed.execute(&values(&server)))
+                .expect_err(&template);
+            assert!(
+                matches!(error, TemplateError::Syntax { .. }),
+                "{template}: {error}"
+            );
+        }
+    }
+}
