@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 use crate::fleet::credentials::Credentials;
-use crate::fleet::{Fleet, FleetConfig, FleetEvent};
+use crate::fleet::{Fleet, FleetConfig};
 use crate::grpc::admin::{AdminAuth, AdminService};
 use crate::grpc::client_ca::ClientCa;
 use crate::grpc::convert::ProtoEncoder;
@@ -113,7 +113,13 @@ pub(super) async fn serve(
 
     // Fan-out, runtime, status.
     let replica = config.grpc.replica_id.clone();
-    let (fleet, events) = Fleet::new(FleetConfig::default());
+    // Every fleet event goes to the status writer, the history writer (it drains into memory,
+    // bounded: a slow store never holds a stream) and the runtime (rollout progress), in that
+    // order, sent by the stream that has it.
+    let (status_tx, status_rx) = mpsc::channel(EVENT_BUFFER);
+    let (history_tx, history_rx) = mpsc::channel(EVENT_BUFFER);
+    let (runtime_tx, runtime_rx) = mpsc::channel(EVENT_BUFFER);
+    let fleet = Fleet::with_subscribers(FleetConfig::default(), vec![status_tx, history_tx, runtime_tx]);
     ops.register(|registry| fleet.register_metrics(registry));
     tokio::spawn(allocator::trim_after_churn(fleet.clone(), stop.clone()));
     let credentials = Credentials::default();
@@ -154,10 +160,6 @@ pub(super) async fn serve(
     );
     let control = Arc::new(control);
     let mut runtime_ready = runtime.ready();
-    let (status_tx, status_rx) = mpsc::channel(EVENT_BUFFER);
-    let (runtime_tx, runtime_rx) = mpsc::channel(EVENT_BUFFER);
-    let (history_tx, history_rx) = mpsc::channel(EVENT_BUFFER);
-    tokio::spawn(tee(events, status_tx, runtime_tx, history_tx));
     let history = HistoryWriter::new(
         store.clone(),
         HistoryConfig {
@@ -360,27 +362,6 @@ pub(super) async fn serve(
     store.close().await;
     tracing::info!("hub stopped");
     Ok(())
-}
-
-/// Copies every fleet event to the status writer, the history writer and the runtime (rollout
-/// progress).
-async fn tee(
-    mut events: mpsc::Receiver<FleetEvent>,
-    status: mpsc::Sender<FleetEvent>,
-    runtime: mpsc::Sender<FleetEvent>,
-    history: mpsc::Sender<FleetEvent>,
-) {
-    while let Some(event) = events.recv().await {
-        let for_runtime = event.clone();
-        let for_history = event.clone();
-        if status.send(event).await.is_err() {
-            return;
-        }
-        // The history writer drains into memory (bounded): a slow store never holds the tee.
-        let _ = history.send(for_history).await;
-        // The runtime ends first at shutdown: the status writer still gets the rest.
-        let _ = runtime.send(for_runtime).await;
-    }
 }
 
 fn runtime_result(result: Result<Result<(), EngineError>, tokio::task::JoinError>) -> anyhow::Result<()> {

@@ -283,7 +283,7 @@ impl Drop for Session {
                 cluster: self.cluster,
                 at: Utc::now(),
             };
-            if self.fleet.inner.events.try_send(event).is_err() && !self.fleet.inner.events.is_closed() {
+            if !self.fleet.try_emit(event) {
                 self.fleet.inner.metrics.events_dropped.inc();
                 tracing::warn!(cluster = %self.cluster, "event channel full: disconnect not recorded");
             }

@@ -138,3 +138,46 @@ fn metrics_register_under_the_fleet_prefix() {
     assert!(text.contains("keyfleet_hub_fleet_connected_agents"), "{text}");
     assert!(text.contains("keyfleet_hub_fleet_stalled_closes_total"), "{text}");
 }
+
+/// The hub's fleet sends each event to the status writer, the history writer and the engine
+/// itself: every open subscriber gets every event in order, a closed one is skipped, and a
+/// disconnect that finds an open subscriber full is counted as dropped.
+#[tokio::test]
+async fn events_go_to_every_open_subscriber() {
+    let (status_tx, mut status) = mpsc::channel(8);
+    let (history_tx, history) = mpsc::channel(8);
+    let (engine_tx, mut engine) = mpsc::channel(1);
+    drop(history);
+    let fleet = Fleet::with_subscribers(FleetConfig::default(), vec![status_tx, history_tx, engine_tx]);
+
+    let mut session = fleet.attach(cluster(1)).expect("attach");
+    session.announce("0.1.0", true).await;
+    assert!(matches!(status.recv().await, Some(FleetEvent::Connected { .. })));
+    assert!(matches!(engine.recv().await, Some(FleetEvent::Connected { .. })));
+    drop(session);
+    assert!(matches!(
+        status.recv().await,
+        Some(FleetEvent::Disconnected { .. })
+    ));
+    assert!(matches!(
+        engine.recv().await,
+        Some(FleetEvent::Disconnected { .. })
+    ));
+    assert_eq!(fleet.metrics().events_dropped.get(), 0);
+
+    // The engine's channel (capacity 1) is full: the next disconnect cannot wait for it.
+    let mut session = fleet.attach(cluster(2)).expect("attach");
+    session.announce("0.1.0", true).await;
+    drop(session);
+    assert!(matches!(status.recv().await, Some(FleetEvent::Connected { .. })));
+    assert!(matches!(
+        status.recv().await,
+        Some(FleetEvent::Disconnected { .. })
+    ));
+    assert!(matches!(engine.recv().await, Some(FleetEvent::Connected { .. })));
+    assert!(
+        engine.try_recv().is_err(),
+        "the disconnect found the engine's channel full"
+    );
+    assert_eq!(fleet.metrics().events_dropped.get(), 1);
+}
