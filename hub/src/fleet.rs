@@ -240,9 +240,7 @@ impl Fleet {
 
     /// Whether `cluster` has a stream.
     pub fn is_connected(&self, cluster: ClusterId) -> bool {
-        self.slots()
-            .get(&cluster)
-            .is_some_and(|slot| slot.stream.is_some())
+        self.with_connected(|connected| connected(cluster))
     }
 
     /// Answers whether each cluster has a stream, under one lock of the registry (the engine asks
