@@ -314,9 +314,11 @@ impl Engine {
                 // Waves advance as acks arrive: plan again once they do.
             }
         }
-        // A rotation whose rollout has no wave left ends here (its span closes).
-        let progressing = &self.progressing;
-        self.rotations.retain(|name, _| progressing.contains(name));
+        // A rotation whose rollout has no wave left ends here (its span closes); one whose
+        // version is not rendered yet (a plan between the version and its render) has not begun.
+        let (progressing, dirty) = (&self.progressing, &self.dirty);
+        self.rotations
+            .retain(|name, _| progressing.contains(name) || dirty.contains(name));
         Ok(())
     }
 }

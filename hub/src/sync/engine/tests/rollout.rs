@@ -227,6 +227,39 @@ async fn a_rotation_reaches_the_canary_first_then_everyone() {
     );
 }
 
+/// A wave's last ack can plan (`plan_now`) between a new version's arrival and its render: that
+/// plan must not end the new rotation, or its render and plan lose their parent span (seen as a
+/// flaky `hub/tests/traces.rs`).
+#[tokio::test]
+async fn a_plan_before_the_render_keeps_the_new_rotation() {
+    let mut hub = hub(WAVED, &[("canary-1", "canary"), ("prod-1", "main")]).await;
+    hub.vault.set("acr-pull", b"two");
+    let (reply, answer) = oneshot::channel();
+    hub.engine.sync_now(None, reply);
+    answer.await.expect("reply").expect("sync-now");
+    while let Ok(change) = hub.engine.vaults.changes.try_recv() {
+        hub.engine.on_vault_change(change).await;
+    }
+    assert!(hub.engine.rotations.contains_key("regcred"), "the rotation began");
+
+    hub.engine.replan = true;
+    hub.engine.plan_now().await.expect("plan");
+    assert!(
+        hub.engine.rotations.contains_key("regcred"),
+        "a plan before the render ended the rotation"
+    );
+    hub.engine.rebuild().await.expect("rebuild");
+    assert!(
+        hub.engine.rotations.contains_key("regcred"),
+        "the rollout has a wave to go: its rotation stays open"
+    );
+    hub.settle().await;
+    assert!(
+        hub.engine.rotations.is_empty(),
+        "the last wave ended the rotation"
+    );
+}
+
 #[tokio::test]
 async fn a_pin_rolls_the_fleet_back_to_the_pinned_version() {
     let mut hub = hub(AT_ONCE, &[("prod-1", "main"), ("prod-2", "main")]).await;
