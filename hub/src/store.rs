@@ -56,6 +56,20 @@ pub use records::{
 /// The Postgres channel `append_change` notifies and `change_wakeups` listens on.
 pub(crate) const CHANGES_CHANNEL: &str = "keyfleet_changes";
 
+/// The Postgres channel each status write notifies (after it committed) and `change_wakeups`
+/// listens on too: a replica whose rollout waits for clusters another replica serves learns of
+/// their acks when they are written, not on its next tail tick.
+pub(crate) const STATUS_CHANNEL: &str = "keyfleet_status";
+
+/// What [`Store::change_wakeups`] hands the engine. Wake-ups coalesce (capacity 1 each).
+#[derive(Debug)]
+pub struct Wakeups {
+    /// "Read the change log from your cursor."
+    pub changes: mpsc::Receiver<()>,
+    /// "Some replica wrote status rows": re-read other replicas' status if a wave waits on them.
+    pub status: mpsc::Receiver<()>,
+}
+
 /// Agents' error strings are cut to this many bytes (on a character boundary).
 pub(crate) const MAX_ERROR_BYTES: usize = 1024;
 
@@ -521,6 +535,12 @@ impl Store {
         let (written, statements) = shared!(self.upsert_status_batch(&rows))?;
         self.status_statements.fetch_add(statements, Ordering::Relaxed);
         if let Backend::Postgres(pool) = &self.backend {
+            // Other replicas' waves may wait for these rows. The rows are committed either way:
+            // a lost notification only leaves them to the readers' next tail tick.
+            // (One `pg_notify` per flush; `status_statements` counts the upserts only.)
+            if let Err(error) = postgres::changes::notify_status(pool).await {
+                tracing::debug!(%error, "status notification not sent");
+            }
             let churn = self.lagging_churn.fetch_add(written, Ordering::Relaxed) + written;
             if churn >= LAGGING_VACUUM_ROWS {
                 self.lagging_churn.store(0, Ordering::Relaxed);
@@ -623,20 +643,28 @@ impl Store {
         backend!(self, changes::change_horizon())
     }
 
-    /// PG: a task that LISTENs `keyfleet_changes` and sends () per notification (and once after
-    /// each reconnect, after re-LISTEN). SQLite: a receiver that is never signalled.
-    /// Wake-ups coalesce (capacity 1): a wake-up means "read the log from your cursor".
-    pub async fn change_wakeups(&self) -> Result<mpsc::Receiver<()>, StoreError> {
-        let (sender, receiver) = mpsc::channel(1);
+    /// PG: a task that LISTENs `keyfleet_changes` and `keyfleet_status` and sends () on the
+    /// matching receiver per notification (and on both once after each reconnect, after
+    /// re-LISTEN). SQLite: receivers that are never signalled (one process: nobody else writes).
+    /// A change wake-up means "read the log from your cursor"; a status wake-up only hurries a
+    /// read the tail tick would make anyway.
+    pub async fn change_wakeups(&self) -> Result<Wakeups, StoreError> {
+        let (changes, changes_rx) = mpsc::channel(1);
+        let (status, status_rx) = mpsc::channel(1);
         match &self.backend {
-            Backend::Postgres(pool) => postgres::changes::spawn_listener(pool, sender).await?,
+            Backend::Postgres(pool) => postgres::changes::spawn_listener(pool, changes, status).await?,
             Backend::Sqlite(_) => {
-                // Single node: nobody else writes the log. Keep the sender alive with the
-                // receiver so it reads as "no wake-up yet" rather than "closed".
-                tokio::spawn(async move { sender.closed().await });
+                // Single node: keep the senders alive with the receivers so they read as "no
+                // wake-up yet" rather than "closed".
+                tokio::spawn(async move {
+                    tokio::join!(changes.closed(), status.closed());
+                });
             }
         }
-        Ok(receiver)
+        Ok(Wakeups {
+            changes: changes_rx,
+            status: status_rx,
+        })
     }
 
     // --- leader election ---

@@ -117,6 +117,7 @@ conformance!(
     changes::change_log_pruning_moves_the_horizon,
     changes::change_wakeups,
     changes::change_wakeups_survive_a_lost_listener,
+    changes::status_writes_wake_other_replicas,
     changes::leader_election,
     changes::audit_returns_exactly_what_was_passed,
     status::dashboard_views,

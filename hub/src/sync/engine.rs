@@ -57,6 +57,10 @@ pub use revisions::RevisionEncoder;
 use revisions::{SecretState, Values};
 use waves::{Observed, Waves};
 
+/// Shortest time between two reads of other replicas' status woken by their writes (a replica
+/// writes at most every 250 ms per batch, but several replicas may).
+const STATUS_READ_GAP: Duration = Duration::from_millis(100);
+
 /// Engine settings.
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -317,6 +321,10 @@ impl Engine {
             "runtime ready"
         );
         let mut wakeups = self.store.change_wakeups().await?;
+        // Other replicas' status writes, read at most every `STATUS_READ_GAP` and only while a
+        // wave waits for clusters another replica serves.
+        let mut status_due: Option<Instant> = None;
+        let mut status_read_at: Option<Instant> = None;
         let mut tail = tokio::time::interval(self.config.tail_interval);
         tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(self.config.change_log_prune_interval);
@@ -371,7 +379,31 @@ impl Engine {
                     let planned = self.plan_now().await;
                     self.survive("plan after an offline grace", planned)?;
                 }
-                Some(()) = wakeups.recv() => {
+                Some(()) = wakeups.status.recv() => {
+                    if status_due.is_none() && !self.progressing.is_empty() {
+                        let now = Instant::now();
+                        let earliest = status_read_at.map_or(now, |at| at + STATUS_READ_GAP);
+                        status_due = Some(earliest.max(now));
+                    }
+                }
+                () = sleep_until_opt(status_due), if status_due.is_some() => {
+                    status_due = None;
+                    if !self.store_down
+                        && self.fleet.with_connected(|here| self.waves.waits_elsewhere(here))
+                    {
+                        status_read_at = Some(Instant::now());
+                        let names: Vec<String> = self.progressing.iter().cloned().collect();
+                        let refreshed = self.refresh_from_store(&names).await;
+                        self.survive("read other replicas' status", refreshed)?;
+                        // Their acks may end the wave: the next one starts now, not after the
+                        // debounce.
+                        if self.replan {
+                            let planned = self.plan_now().await;
+                            self.survive("plan after other replicas' acks", planned)?;
+                        }
+                    }
+                }
+                Some(()) = wakeups.changes.recv() => {
                     let caught_up = self.catch_up().await;
                     self.survive("read the change log", caught_up)?;
                     let served = self.serve_requests().await.map_err(EngineError::from);

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::store::convert::change_kind;
 use crate::store::dialect::ChangeSql;
-use crate::store::{CHANGES_CHANNEL, Change, ChangeKind, StoreError};
+use crate::store::{CHANGES_CHANNEL, Change, ChangeKind, STATUS_CHANNEL, StoreError};
 
 impl ChangeSql for Postgres {
     async fn append_change(
@@ -128,9 +128,20 @@ pub(in crate::store) async fn change_horizon(pool: &PgPool) -> Result<i64, Store
 /// LISTENs on a connection of its own (a one-connection pool, so the store's pool keeps all of
 /// its connections) and turns notifications into coalesced wake-ups. Ends when the receiver is
 /// dropped.
+/// Tells every listening replica that status rows were written (an empty payload: the readers
+/// re-read what they need).
+pub(in crate::store) async fn notify_status(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(STATUS_CHANNEL)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub(in crate::store) async fn spawn_listener(
     pool: &PgPool,
-    sender: mpsc::Sender<()>,
+    changes: mpsc::Sender<()>,
+    status: mpsc::Sender<()>,
 ) -> Result<(), StoreError> {
     let listen_pool = PgPoolOptions::new()
         .max_connections(1)
@@ -139,24 +150,32 @@ pub(in crate::store) async fn spawn_listener(
         .idle_timeout(None)
         .connect_lazy_with((*pool.connect_options()).clone());
     let mut listener = PgListener::connect_with(&listen_pool).await?;
-    listener.listen(CHANGES_CHANNEL).await?;
+    listener.listen_all([CHANGES_CHANNEL, STATUS_CHANNEL]).await?;
+    let wake_both = |changes: &mpsc::Sender<()>, status: &mpsc::Sender<()>| {
+        let _ = changes.try_send(());
+        let _ = status.try_send(());
+    };
     tokio::spawn(async move {
         let mut failures: u32 = 0;
         loop {
             let received = tokio::select! {
                 received = listener.try_recv() => received,
-                () = sender.closed() => break,
+                () = changes.closed() => break,
             };
             match received {
-                Ok(Some(_notification)) => {
+                Ok(Some(notification)) => {
                     failures = 0;
-                    let _ = sender.try_send(());
+                    if notification.channel() == STATUS_CHANNEL {
+                        let _ = status.try_send(());
+                    } else {
+                        let _ = changes.try_send(());
+                    }
                 }
                 Ok(None) => {
                     // Eager reconnect: the connection is back and LISTENs again; notifications
                     // sent meanwhile are lost, so wake the reader to re-read from its cursor.
                     tracing::info!(channel = CHANGES_CHANNEL, "change listener reconnected");
-                    let _ = sender.try_send(());
+                    wake_both(&changes, &status);
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -166,11 +185,15 @@ pub(in crate::store) async fn spawn_listener(
                     tracing::warn!(%error, ?backoff, "change listener failed; reconnecting");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = sender.closed() => break,
+                        () = changes.closed() => break,
                     }
                     // Re-LISTEN first (this reconnects), then wake: never re-read before LISTEN.
-                    if listener.listen(CHANGES_CHANNEL).await.is_ok() {
-                        let _ = sender.try_send(());
+                    if listener
+                        .listen_all([CHANGES_CHANNEL, STATUS_CHANNEL])
+                        .await
+                        .is_ok()
+                    {
+                        wake_both(&changes, &status);
                     }
                 }
             }

@@ -100,7 +100,8 @@ pub(super) async fn change_log_pruning_moves_the_horizon(store: Store) {
 }
 
 pub(super) async fn change_wakeups(store: Store) {
-    let mut wakeups = store.change_wakeups().await.expect("subscribe");
+    let wakeups = store.change_wakeups().await.expect("subscribe");
+    let mut wakeups = wakeups.changes;
     let seq = store.append_change(ChangeKind::Spec, "db").await.expect("append");
     match store.backend() {
         "postgres" => {
@@ -119,11 +120,38 @@ pub(super) async fn change_wakeups(store: Store) {
     }
 }
 
+pub(super) async fn status_writes_wake_other_replicas(store: Store) {
+    let mut wakeups = store.change_wakeups().await.expect("subscribe");
+    let id = cluster(&store, "eu-1").await.id;
+    store
+        .upsert_status_batch(&[status_row(id, "regcred", 3, 1)])
+        .await
+        .expect("status");
+    match store.backend() {
+        "postgres" => {
+            tokio::time::timeout(Duration::from_secs(30), wakeups.status.recv())
+                .await
+                .expect("a status wake-up within 30 s")
+                .expect("channel open");
+            assert_eq!(
+                wakeups.changes.try_recv(),
+                Err(mpsc::error::TryRecvError::Empty),
+                "a status write is not a change-log entry"
+            );
+        }
+        _ => assert_eq!(
+            wakeups.status.try_recv(),
+            Err(mpsc::error::TryRecvError::Empty),
+            "SQLite never signals, and the channel stays open"
+        ),
+    }
+}
+
 pub(super) async fn change_wakeups_survive_a_lost_listener(store: Store) {
     if store.backend() == "sqlite" {
         return; // single node: no listener
     }
-    let mut wakeups = store.change_wakeups().await.expect("subscribe");
+    let mut wakeups = store.change_wakeups().await.expect("subscribe").changes;
     // Kill the listener's connection; the task reconnects, re-LISTENs, then wakes the reader.
     let killed = tokio::time::timeout(Duration::from_secs(30), async {
         loop {

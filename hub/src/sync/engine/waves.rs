@@ -125,6 +125,14 @@ impl Waves {
         self.offline_until = None;
     }
 
+    /// Whether a wave waits for a member that is not connected to this process: another
+    /// replica's status writes may be its answer.
+    pub(super) fn waits_elsewhere(&self, connected_here: &dyn Fn(ClusterId) -> bool) -> bool {
+        self.countdowns
+            .values()
+            .any(|countdown| countdown.waiting.iter().any(|cluster| !connected_here(*cluster)))
+    }
+
     /// Members the wave of `key` still waits for (tests).
     #[cfg(test)]
     pub(super) fn waiting(&self, key: &str) -> usize {
@@ -167,6 +175,26 @@ mod tests {
             clusters: Vec::new(),
             rollouts,
         }
+    }
+
+    #[test]
+    fn a_wave_waits_elsewhere_while_a_member_it_waits_for_is_not_connected_here() {
+        let mut waves = Waves::default();
+        let here = |cluster: ClusterId| cluster == id(1) || cluster == id(2);
+        assert!(!waves.waits_elsewhere(&here), "no rollout");
+        waves.reset(&plan(vec![decision(
+            "regcred",
+            RolloutState::Progressing,
+            &[1, 2, 3],
+            false,
+        )]));
+        assert!(waves.waits_elsewhere(&here), "3 is served elsewhere");
+        assert_eq!(waves.answered(id(1), "regcred", 8, false), Observed::Nothing);
+        assert!(waves.waits_elsewhere(&here), "still 3");
+        let everywhere = |_: ClusterId| true;
+        assert!(!waves.waits_elsewhere(&everywhere), "every member connected here");
+        waves.reset(&plan(vec![decision("regcred", RolloutState::Paused, &[3], true)]));
+        assert!(!waves.waits_elsewhere(&here), "a paused rollout waits for nobody");
     }
 
     #[test]
