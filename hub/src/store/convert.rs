@@ -174,11 +174,15 @@ pub(super) fn prepare_status_rows(
         last.insert((row.cluster, row.fleet_secret.as_str()), index);
     }
     let mut out = Vec::with_capacity(last.len());
+    // A batch is mostly acks of the same revision: key each distinct digest once (an HMAC each).
+    let mut keyed: std::collections::HashMap<Sha256, StoredDigest> = std::collections::HashMap::new();
     for (index, row) in rows.iter().enumerate() {
         if last.get(&(row.cluster, row.fleet_secret.as_str())) != Some(&index) {
             continue;
         }
-        let applied = row.applied_sha256.map(|plain| keys.key(&plain));
+        let applied = row
+            .applied_sha256
+            .map(|plain| keyed.entry(plain).or_insert_with(|| keys.key(&plain)).clone());
         out.push(StatusBind {
             cluster: row.cluster.0,
             fleet_secret: row.fleet_secret.clone(),
