@@ -393,7 +393,7 @@ impl Engine {
                     {
                         status_read_at = Some(Instant::now());
                         let names: Vec<String> = self.progressing.iter().cloned().collect();
-                        let refreshed = self.refresh_from_store(&names).await;
+                        let refreshed = self.refresh_status(&names).await;
                         self.survive("read other replicas' status", refreshed)?;
                         // Their acks may end the wave: the next one starts now, not after the
                         // debounce.

@@ -321,7 +321,19 @@ impl Engine {
             return Ok(());
         }
         let liveness = self.store.cluster_liveness().await?;
-        let mut changed = self.inventory.apply_liveness(&liveness, &self.fleet);
+        let changed = self.inventory.apply_liveness(&liveness, &self.fleet);
+        self.replan |= changed;
+        self.refresh_status(names).await
+    }
+
+    /// The status half of [`Engine::refresh_from_store`], alone: what another replica's status
+    /// write (`keyfleet_status`) can have changed. Which replica serves which cluster comes with
+    /// the tail tick.
+    pub(super) async fn refresh_status(&mut self, names: &[String]) -> Result<(), EngineError> {
+        if self.inventory.all_connected_here(&self.fleet) {
+            return Ok(());
+        }
+        let mut changed = false;
         for name in names {
             for row in self
                 .store
