@@ -1,5 +1,6 @@
 //! Postgres `changes` and `change_horizon`: the change log replicas tail, its pruning (statements
-//! of [`ChangeSql`]), and the `LISTEN keyfleet_changes` task that wakes a reader.
+//! of [`ChangeSql`]), and the task that LISTENs `keyfleet_changes` and `keyfleet_status` and
+//! wakes a reader.
 //! **Invariant:** a notification is only a wake-up; the log is the truth.
 
 use std::time::Duration;
@@ -125,9 +126,6 @@ pub(in crate::store) async fn change_horizon(pool: &PgPool) -> Result<i64, Store
     )
 }
 
-/// LISTENs on a connection of its own (a one-connection pool, so the store's pool keeps all of
-/// its connections) and turns notifications into coalesced wake-ups. Ends when the receiver is
-/// dropped.
 /// Tells every listening replica that status rows were written (an empty payload: the readers
 /// re-read what they need).
 pub(in crate::store) async fn notify_status(pool: &PgPool) -> Result<(), StoreError> {
@@ -138,6 +136,9 @@ pub(in crate::store) async fn notify_status(pool: &PgPool) -> Result<(), StoreEr
     Ok(())
 }
 
+/// LISTENs on a connection of its own (a one-connection pool, so the store's pool keeps all of
+/// its connections) and turns notifications into coalesced wake-ups, per channel. Ends when the
+/// change-log receiver is dropped.
 pub(in crate::store) async fn spawn_listener(
     pool: &PgPool,
     changes: mpsc::Sender<()>,
