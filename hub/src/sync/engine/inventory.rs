@@ -328,28 +328,25 @@ impl Engine {
 
     /// The status half of [`Engine::refresh_from_store`], alone: what another replica's status
     /// write (`keyfleet_status`) can have changed. Which replica serves which cluster comes with
-    /// the tail tick.
+    /// the tail tick. The caller knows some cluster is not connected here (a wave waits for one).
     pub(super) async fn refresh_status(&mut self, names: &[String]) -> Result<(), EngineError> {
-        if self.inventory.all_connected_here(&self.fleet) {
-            return Ok(());
-        }
         let mut changed = false;
         for name in names {
-            for row in self
+            let rows = self
                 .store
                 .status_served_elsewhere(name, &self.config.replica)
-                .await?
-            {
-                if self.fleet.is_connected(row.cluster) {
-                    continue;
+                .await?;
+            let inventory = &mut self.inventory;
+            self.fleet.with_connected(|connected_here| {
+                for row in rows.iter().filter(|row| !connected_here(row.cluster)) {
+                    let status = plan_status(row);
+                    let slot = (row.cluster, Arc::clone(&status.fleet_secret));
+                    if inventory.status.get(&slot) != Some(&status) {
+                        inventory.status.insert(slot, status);
+                        changed = true;
+                    }
                 }
-                let status = plan_status(&row);
-                let slot = (row.cluster, Arc::clone(&status.fleet_secret));
-                if self.inventory.status.get(&slot) != Some(&status) {
-                    self.inventory.status.insert(slot, status);
-                    changed = true;
-                }
-            }
+            });
         }
         self.replan |= changed;
         Ok(())
