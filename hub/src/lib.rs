@@ -21,6 +21,7 @@
 //! - [`vault`]: Azure Key Vault through the official crates (`SecretSource`, `AzureKeyVault`,
 //!   `SourceFactory`), the per-store change `Poller`, an in-memory fake behind `test-util`.
 //! - [`history`]: append-only sync history and repaired drift, batched from fleet events.
+//! - [`memory`]: the global allocator of the hub's binaries (large buffers on pages of their own).
 //! - [`store`]: Postgres / SQLite store (inventory, revisions, sync status); the only sqlx user.
 //! - [`domain`]: pure types and rules shared by every module (`SecretValue`, names, labels).
 
@@ -33,6 +34,7 @@ pub mod domain;
 pub mod fleet;
 pub mod grpc;
 pub mod history;
+pub mod memory;
 mod ops;
 pub mod render;
 pub mod spec;

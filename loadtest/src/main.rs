@@ -9,6 +9,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser as _};
 
+/// The hub's allocator (`keyfleet_hub::memory`): this binary is the hub's process too.
+#[global_allocator]
+static ALLOCATOR: keyfleet_hub::memory::HubAllocator = keyfleet_hub::memory::HubAllocator;
+
 /// The hidden first argument that makes this process a hub.
 const HUB_SUBCOMMAND: &str = "hub";
 

@@ -43,7 +43,17 @@ impl Dialect for Sqlite {
     }
 }
 
-/// A pool on `url`: one connection forever for `:memory:`, else up to 8 in WAL mode.
+/// Connections of a file database: SQLite runs one writer at a time (the status and history
+/// writers take turns), so more connections add only readers, and each holds its own schema,
+/// statement cache and page cache. 8 of them held ~1 KiB per agent more at 1,500 agents than 4
+/// (docs/performance.md, "Memory per agent").
+const FILE_CONNECTIONS: u32 = 4;
+/// Each connection's page cache, KiB (SQLite's default is 2,000 KiB). The file's pages stay in the
+/// kernel's page cache as well, so a page this cache dropped is a `pread` away, not a disk read.
+const PAGE_CACHE_KIB: u32 = 512;
+
+/// A pool on `url`: one connection forever for `:memory:`, else up to [`FILE_CONNECTIONS`] in
+/// WAL mode.
 pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
     let memory = url.contains(":memory:") || url.contains("mode=memory");
     let mut options = SqliteConnectOptions::from_str(url)?
@@ -60,8 +70,10 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
     } else {
         options = options
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal);
-        SqlitePoolOptions::new().max_connections(8)
+            .synchronous(SqliteSynchronous::Normal)
+            // Negative: a size in KiB rather than in pages.
+            .pragma("cache_size", format!("-{PAGE_CACHE_KIB}"));
+        SqlitePoolOptions::new().max_connections(FILE_CONNECTIONS)
     };
     Ok(pool.connect_with(options).await?)
 }

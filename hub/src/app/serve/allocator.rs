@@ -84,7 +84,7 @@ pub(super) async fn trim_after_churn(fleet: Fleet, stop: CancellationToken) -> u
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod glibc {
-    //! The two glibc calls, the hub's only `unsafe` code.
+    //! The two glibc calls (the hub's other `unsafe` code is its allocator, `crate::memory`).
 
     pub(super) const AVAILABLE: bool = true;
 
