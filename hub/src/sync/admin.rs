@@ -106,6 +106,20 @@ pub struct Admin {
     near_expiry: std::time::Duration,
     /// The status views last computed, reused while the store's inputs stand still.
     status_cache: Arc<tokio::sync::Mutex<status::StatusCache>>,
+    /// FleetSecrets parsed before, by name, with the text they were parsed from.
+    parsed: Arc<std::sync::Mutex<ParsedSpecs>>,
+}
+
+/// FleetSecrets parsed from the store, by name, each with the canonical YAML it was parsed from:
+/// a stored FleetSecret whose text has not changed is not parsed again (`ListFleetSecrets`,
+/// `GetCluster` and the rollout calls list them on every call, and dashboards and `--watch`
+/// poll them). Keyed by the text, not the generation, which a deleted and re-created FleetSecret
+/// starts again.
+#[derive(Default)]
+struct ParsedSpecs {
+    by_name: std::collections::HashMap<String, (String, Arc<FleetSecretSpec>)>,
+    /// Parses so far (tests).
+    parses: u64,
 }
 
 impl std::fmt::Debug for Admin {
@@ -125,6 +139,7 @@ impl Admin {
             connectivity: Connectivity::new(None, OFFLINE_GRACE),
             near_expiry: DEFAULT_NEAR_EXPIRY_THRESHOLD,
             status_cache: Arc::default(),
+            parsed: Arc::default(),
         }
     }
 
@@ -161,24 +176,59 @@ impl Admin {
     async fn fleet_secrets(
         &self,
     ) -> Result<BTreeMap<String, (StoredSpec, Arc<FleetSecretSpec>)>, AdminError> {
+        let stored: Vec<StoredSpec> = self
+            .store
+            .list_specs()
+            .await?
+            .into_iter()
+            .filter(|stored| stored.kind == SpecKind::FleetSecret)
+            .collect();
+        let mut parsed = self
+            .parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forget the deleted ones.
+        let names: std::collections::HashSet<&str> =
+            stored.iter().map(|stored| stored.name.as_str()).collect();
+        parsed.by_name.retain(|name, _| names.contains(name.as_str()));
         let mut secrets = BTreeMap::new();
-        for stored in self.store.list_specs().await? {
-            if stored.kind != SpecKind::FleetSecret {
-                continue;
-            }
-            match spec::parse_stored(Kind::FleetSecret, &stored.name, &stored.yaml) {
-                Ok(Spec::FleetSecret(secret)) => {
-                    secrets.insert(stored.name.clone(), (stored, Arc::new(secret)));
+        for stored in stored {
+            let known = parsed
+                .by_name
+                .get(&stored.name)
+                .filter(|(yaml, _)| *yaml == stored.yaml)
+                .map(|(_, secret)| Arc::clone(secret));
+            let secret = match known {
+                Some(secret) => secret,
+                None => {
+                    parsed.parses += 1;
+                    let Ok(Spec::FleetSecret(secret)) =
+                        spec::parse_stored(Kind::FleetSecret, &stored.name, &stored.yaml)
+                    else {
+                        return Err(AdminError::Corrupt(format!(
+                            "stored FleetSecret {:?} does not parse",
+                            stored.name
+                        )));
+                    };
+                    let secret = Arc::new(secret);
+                    parsed
+                        .by_name
+                        .insert(stored.name.clone(), (stored.yaml.clone(), Arc::clone(&secret)));
+                    secret
                 }
-                Ok(_) | Err(_) => {
-                    return Err(AdminError::Corrupt(format!(
-                        "stored FleetSecret {:?} does not parse",
-                        stored.name
-                    )));
-                }
-            }
+            };
+            secrets.insert(stored.name.clone(), (stored, secret));
         }
         Ok(secrets)
+    }
+
+    /// FleetSecrets parsed from their stored text so far.
+    #[cfg(test)]
+    pub(crate) fn specs_parsed(&self) -> u64 {
+        self.parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .parses
     }
 
     /// The current revision number of every FleetSecret that has one, by name.

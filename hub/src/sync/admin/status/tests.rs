@@ -1,5 +1,6 @@
 //! The status snapshot: served again while the store's inputs stand still, computed again as
-//! soon as a status row, a cluster or the change log moves.
+//! soon as a status row, a cluster or the change log moves; and the FleetSecrets parsed again only
+//! when their stored text changes.
 
 use std::sync::Arc;
 
@@ -98,4 +99,53 @@ async fn a_status_is_computed_once_per_change_of_its_inputs() {
     assert_eq!(admin.statuses_computed().await, 4, "the change log moved");
     admin.statuses(None, 0).await.expect("status");
     assert_eq!(admin.statuses_computed().await, 4);
+}
+
+#[tokio::test]
+async fn a_fleet_secret_is_parsed_again_only_when_its_stored_text_changes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("keyfleet.db").display());
+    let store = Store::connect(&url).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let write = |kind, name, yaml| SpecWrite { kind, name, yaml };
+    let writes: Vec<SpecWrite<'_>> = SPECS
+        .iter()
+        .map(|(kind, name, yaml)| write(*kind, name, yaml))
+        .collect();
+    store.apply_specs(&writes, "test").await.expect("specs");
+    let admin = Admin::new(store.clone(), Arc::new(NoHub));
+    let keys = |admin: &Admin| {
+        let admin = admin.clone();
+        async move {
+            let (_, secret) = admin.fleet_secret("regcred").await.expect("regcred");
+            secret.remote_keys().join(",")
+        }
+    };
+
+    assert_eq!(keys(&admin).await, "acr-pull");
+    assert_eq!(keys(&admin).await, "acr-pull");
+    assert_eq!(admin.specs_parsed(), 1, "unchanged text, parsed once");
+
+    let changed = SPECS[1].2.replace("acr-pull", "acr-pull-2");
+    store
+        .apply_specs(&[write(SpecKind::FleetSecret, "regcred", &changed)], "test")
+        .await
+        .expect("changed spec");
+    assert_eq!(keys(&admin).await, "acr-pull-2");
+    assert_eq!(admin.specs_parsed(), 2);
+
+    // Deleted, then created again: its generation starts again, its text decides.
+    assert!(
+        store
+            .delete_spec(SpecKind::FleetSecret, "regcred")
+            .await
+            .expect("delete")
+    );
+    assert!(admin.fleet_secret("regcred").await.is_err(), "gone");
+    store
+        .apply_specs(&[write(SpecKind::FleetSecret, "regcred", SPECS[1].2)], "test")
+        .await
+        .expect("created again");
+    assert_eq!(keys(&admin).await, "acr-pull");
+    assert_eq!(admin.specs_parsed(), 3);
 }
