@@ -187,20 +187,13 @@ impl Admin {
             .parsed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Forget the deleted ones.
-        let names: std::collections::HashSet<&str> =
-            stored.iter().map(|stored| stored.name.as_str()).collect();
-        parsed.by_name.retain(|name, _| names.contains(name.as_str()));
+        // Rebuilt from what is stored now, so a deleted FleetSecret is forgotten.
+        let mut previous = std::mem::take(&mut parsed.by_name);
         let mut secrets = BTreeMap::new();
         for stored in stored {
-            let known = parsed
-                .by_name
-                .get(&stored.name)
-                .filter(|(yaml, _)| *yaml == stored.yaml)
-                .map(|(_, secret)| Arc::clone(secret));
-            let secret = match known {
-                Some(secret) => secret,
-                None => {
+            let (yaml, secret) = match previous.remove(&stored.name) {
+                Some((yaml, secret)) if yaml == stored.yaml => (yaml, secret),
+                _ => {
                     parsed.parses += 1;
                     let Ok(Spec::FleetSecret(secret)) =
                         spec::parse_stored(Kind::FleetSecret, &stored.name, &stored.yaml)
@@ -210,13 +203,12 @@ impl Admin {
                             stored.name
                         )));
                     };
-                    let secret = Arc::new(secret);
-                    parsed
-                        .by_name
-                        .insert(stored.name.clone(), (stored.yaml.clone(), Arc::clone(&secret)));
-                    secret
+                    (stored.yaml.clone(), Arc::new(secret))
                 }
             };
+            parsed
+                .by_name
+                .insert(stored.name.clone(), (yaml, Arc::clone(&secret)));
             secrets.insert(stored.name.clone(), (stored, secret));
         }
         Ok(secrets)

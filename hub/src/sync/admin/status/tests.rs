@@ -35,8 +35,8 @@ const SPECS: [(SpecKind, &str, &str); 2] = [
     ),
 ];
 
-#[tokio::test]
-async fn a_status_is_computed_once_per_change_of_its_inputs() {
+/// A SQLite store in a temporary directory (kept alive by the returned guard) holding `SPECS`.
+async fn store_with_specs() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("keyfleet.db").display());
     let store = Store::connect(&url).await.expect("connect");
@@ -50,6 +50,12 @@ async fn a_status_is_computed_once_per_change_of_its_inputs() {
         })
         .collect();
     store.apply_specs(&writes, "test").await.expect("specs");
+    (dir, store)
+}
+
+#[tokio::test]
+async fn a_status_is_computed_once_per_change_of_its_inputs() {
+    let (_dir, store) = store_with_specs().await;
     let cluster = store
         .create_cluster("prod-1", &Labels::new())
         .await
@@ -103,16 +109,8 @@ async fn a_status_is_computed_once_per_change_of_its_inputs() {
 
 #[tokio::test]
 async fn a_fleet_secret_is_parsed_again_only_when_its_stored_text_changes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("keyfleet.db").display());
-    let store = Store::connect(&url).await.expect("connect");
-    store.migrate().await.expect("migrate");
+    let (_dir, store) = store_with_specs().await;
     let write = |kind, name, yaml| SpecWrite { kind, name, yaml };
-    let writes: Vec<SpecWrite<'_>> = SPECS
-        .iter()
-        .map(|(kind, name, yaml)| write(*kind, name, yaml))
-        .collect();
-    store.apply_specs(&writes, "test").await.expect("specs");
     let admin = Admin::new(store.clone(), Arc::new(NoHub));
     let keys = |admin: &Admin| {
         let admin = admin.clone();
